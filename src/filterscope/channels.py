@@ -1,0 +1,236 @@
+"""Rendering many channels: a stream of batches, each finished channel written and recorded at once.
+
+Channels are rendered in batches (``batch`` images at a time; on a CPU one image per step is as fast as
+any batch, on a GPU the batch is sized from free memory). Each image has its own seed
+(:func:`~filterscope.render.channel_seed`), so a channel's picture does not depend on its batch. With a
+:class:`~filterscope.outputs.RunDir`, finished channels are skipped on ``--resume``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .layers import LayerInfo
+from .models import Model
+from .layers import LOGIT
+from .objectives import Objective, channel, logit
+from .renderer import Renderer, RenderResult, RenderSettings, channel_seed
+
+MAX_BATCH = 64
+
+
+@dataclass
+class ChannelResult:
+    layer: str
+    channel: int
+    image: torch.Tensor  # [3, H, W] in [0, 1]
+    before: float
+    after: float
+    curve: list[float]
+    status: str
+    seconds: float  # this channel's share of its batch's time
+
+    def record(self) -> dict:
+        return {"layer": self.layer, "channel": self.channel, "activation_before": round(self.before, 6),
+                "activation_after": round(self.after, 6), "status": self.status,
+                "loss_curve": [round(-v, 5) for v in self.curve]}
+
+
+def target(layer: LayerInfo, c: int) -> Objective:
+    """The objective that renders channel ``c`` of ``layer`` (a class logit for the pseudo-layer ``logit``)."""
+    return logit(c) if layer.name == LOGIT else channel(layer.name, c)
+
+
+def auto_batch(model: Model, settings: RenderSettings, layer: LayerInfo) -> int:
+    """1 on a CPU (measured: no throughput gain from batching on few cores); on CUDA, from free memory."""
+    if model.device.type != "cuda":
+        return 1
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    probe = settings.with_(steps=1)
+    Renderer(model, probe).render(target(layer, 0), [0])
+    per_image = max(1, torch.cuda.max_memory_allocated() - base)
+    free, _ = torch.cuda.mem_get_info()
+    return int(max(1, min(MAX_BATCH, 0.6 * free // per_image)))
+
+
+def render_stream(
+    model: Model,
+    layer: LayerInfo,
+    channels: Sequence[int],
+    settings: RenderSettings,
+    seed: int,
+    *,
+    batch: int | None = None,
+    extra: Callable[[int], Objective] | None = None,
+    on_step: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[ChannelResult]:
+    """Yield each channel's render as soon as its batch finishes; stop early when asked.
+
+    ``extra(c)`` can add terms to channel ``c``'s objective (e.g. a regulariser).
+    """
+    renderer = Renderer(model, settings)
+    b = batch or auto_batch(model, settings, layer)
+    for start in range(0, len(channels), b):
+        chunk = list(channels[start:start + b])
+        objs = [target(layer, c) + extra(c) if extra else target(layer, c) for c in chunk]
+        res: RenderResult = renderer.render(objs if len(objs) > 1 else objs[0],
+                                            [channel_seed(seed, c) for c in chunk],
+                                            on_step=on_step, should_stop=should_stop)
+        if res.interrupted:
+            return
+        for i, c in enumerate(chunk):
+            yield ChannelResult(layer.name, c, res.images[i], res.before[i], res.after[i], res.curves[i],
+                                res.status[i], res.seconds / len(chunk))
+        if should_stop and should_stop():
+            return
+
+
+def channel_file(layer: str, c: int, variant: int = 0) -> str:
+    """``<layer>/channel_0042.png``; class logits: ``logit_0967.png``; diversity variants in subfolders."""
+    sub = f"diversity_{variant}/" if variant else ""
+    if layer == LOGIT:
+        return f"{sub}logit_{c:04d}.png"
+    return f"{layer}/{sub}channel_{c:04d}.png"
+
+
+@dataclass
+class StreamSummary:
+    rendered: list[int]
+    skipped: list[int]
+    failed: dict[int, str]
+    interrupted: bool
+    seconds: float
+
+
+def render_to_dir(
+    model: Model,
+    layer: LayerInfo,
+    channels: Sequence[int],
+    settings: RenderSettings,
+    seed: int,
+    run,
+    *,
+    batch: int | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    bar=None,
+    extra: Callable[[int], Objective] | None = None,
+) -> StreamSummary:
+    """Render ``channels`` into ``run`` (a :class:`~filterscope.outputs.RunDir`): one PNG per channel, a
+    record in ``run.json`` after each; channels already recorded there are skipped (resume).
+
+    ``bar`` is an optional shared tqdm bar over channels (one bar across several layers)."""
+    import time
+
+    from tqdm import tqdm
+
+    todo = [c for c in channels if not run.done(f"{layer.name}:{c}")]
+    skipped = [c for c in channels if c not in set(todo)]
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(channels), initial=len(skipped), unit="ch", disable=not progress,
+                   desc=f"render {layer.name}", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    rendered, failed = [], {}
+    steps = settings.steps
+
+    def on_step(i: int) -> None:
+        bar.set_postfix_str(f"step {i}/{steps}", refresh=i == steps or i % 8 == 0)
+
+    try:
+        for r in render_stream(model, layer, todo, settings, seed, batch=batch, on_step=on_step,
+                               should_stop=should_stop, extra=extra):
+            rec = r.record()
+            run.record["timings"].setdefault("channel_seconds", {})[f"{layer.name}:{r.channel}"] = round(r.seconds, 3)
+            if r.status == "ok":
+                rec["file"] = channel_file(layer.name, r.channel)
+                run.write_png(rec["file"], r.image)
+                rendered.append(r.channel)
+            else:
+                failed[r.channel] = r.status
+            run.result(f"{layer.name}:{r.channel}", rec)
+            bar.update(1)
+    finally:
+        if own_bar:
+            bar.close()
+    stopped = bool(should_stop and should_stop()) and len(rendered) + len(failed) < len(todo)
+    return StreamSummary(rendered, skipped, failed, stopped, time.perf_counter() - t0)
+
+
+def diversity_seeds(seed: int, c: int, n: int) -> list[int]:
+    return [channel_seed(seed, c + (v + 1) * 1_000_003) for v in range(n)]
+
+
+def render_layer(
+    model: Model,
+    layer: LayerInfo,
+    channels: Sequence[int],
+    settings: RenderSettings,
+    seed: int,
+    run,
+    *,
+    batch: int | None = None,
+    diversity: int = 0,
+    diversity_weight: float = 1.0,
+    penalty: Objective | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    bar=None,
+) -> StreamSummary:
+    """Render channels into ``run`` plus, with ``diversity=N``, N jointly optimised variants per channel
+    (Lucid's diversity term at the same layer), and write ``grid_<layer>.png``."""
+    from .objectives import diversity as diversity_term
+
+    extra = (lambda c: -1.0 * penalty) if penalty is not None else None
+    summary = render_to_dir(model, layer, channels, settings, seed, run, batch=batch, progress=progress,
+                            should_stop=should_stop, bar=bar, extra=extra)
+    if diversity > 1 and not summary.interrupted:
+        from .layers import default_layer
+
+        div_layer = layer.name if layer.name != LOGIT else default_layer(model)
+        renderer = Renderer(model, settings)
+        for c in channels:
+            key = f"{layer.name}:{c}:diversity"
+            if run.done(key):
+                continue
+            if should_stop and should_stop():
+                summary.interrupted = True
+                break
+            obj = target(layer, c) + diversity_weight * diversity_term(div_layer)
+            if penalty is not None:
+                obj = obj - penalty
+            res = renderer.render(obj, diversity_seeds(seed, c, diversity), should_stop=should_stop)
+            if res.interrupted:
+                summary.interrupted = True
+                break
+            files = []
+            for v in range(diversity):
+                if res.status[v] == "ok":
+                    files.append(channel_file(layer.name, c, v + 1))
+                    run.write_png(files[-1], res.images[v])
+            run.result(key, {"layer": layer.name, "channel": c, "files": files,
+                             "activation_after": [round(a, 6) for a in res.after], "status": res.status})
+    write_grid(run, layer.name, channels)
+    return summary
+
+
+def write_grid(run, layer: str, channels: Sequence[int]) -> str | None:
+    """``grid_<layer>.png`` from the channel PNGs on disk, labelled with channel numbers."""
+    from PIL import Image
+
+    from .figures import grid
+
+    have = [c for c in channels if run.file(channel_file(layer, c)).is_file()]
+    if not have:
+        return None
+    images = [Image.open(run.file(channel_file(layer, c))).convert("RGB") for c in have]
+    name = f"grid_{layer}.png"
+    tile = 128 if len(have) <= 256 else 96
+    run.write_png(name, grid(images, [str(c) for c in have], tile=tile))
+    return name

@@ -1,0 +1,36 @@
+"""Named render presets (``--method``); the README's "Presets" section gives the measurements behind them.
+
+- ``seed``: the tutorial's method, the baseline: pixels from uniform grey noise (0.45-0.55, Chollet's
+  "grey image with noise"), Adam, loss = -mean activation, no transforms, 48 steps at lr 0.02. High
+  activations, high-frequency pictures.
+- ``lucid``: Lucid/Lucent's defaults: Fourier + decorrelated colour, Lucid's standard transforms, Adam
+  lr 0.05, 512 steps. The slow reference.
+- ``maco``: Fel et al. 2023 (Horama): magnitude-constrained phase optimisation with NAdam lr 1.0 and one
+  random crop (80-100 % of the side) with noise per step; 96 steps at 224 px.
+- ``fast`` (default): Fourier + decorrelated colour + standard transforms with NAdam lr 0.05 (NAdam reached
+  the same robustness as Adam in ~3/4 of the steps), 48 steps, and each image stops once its objective
+  gains < 1 % over 8 steps (saturating layers such as ReLU6 outputs converge in ~20-30 steps).
+"""
+
+from __future__ import annotations
+
+from .errors import UsageError, closest
+from .renderer import RenderSettings
+
+PRESETS: dict[str, RenderSettings] = {
+    "seed": RenderSettings(param="pixel", decorrelate=False, transforms="none", steps=48, lr=0.02,
+                           param_options=(("noise", (0.45, 0.55)),)),
+    "lucid": RenderSettings(param="fourier", decorrelate=True, transforms="standard", steps=512, lr=0.05),
+    "maco": RenderSettings(param="maco", decorrelate=True, transforms="maco", steps=96, lr=1.0,
+                           optimizer="nadam"),
+    "fast": RenderSettings(param="fourier", decorrelate=True, transforms="standard", steps=48, lr=0.05,
+                           optimizer="nadam", converge=0.01, window=8),
+}
+
+DEFAULT_METHOD = "fast"
+
+
+def get_preset(name: str) -> RenderSettings:
+    if name not in PRESETS:
+        raise UsageError(f"unknown method {name!r}", hint=closest(name, PRESETS) or "use " + ", ".join(PRESETS))
+    return PRESETS[name]
