@@ -185,13 +185,15 @@ def layers(model_name, weights, trust_checkpoint, device, as_json):
 @output_options
 def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top, out, quiet, as_json):
     """Which filters of LAYER an IMAGE excites most, and where (chart, heatmaps, CSV)."""
-    from .pipeline import inspect_to_dir
     from .images import load_image
+    from .layers import get_layer
+    from .pipeline import inspect_to_dir
 
     if image:
         load_image(image)
     out = out or os.path.join(DEFAULT_OUT, "inspect")
     model = load(model_name, weights, trust_checkpoint, device)
+    layer = get_layer(model, layer).name
     check_writable_parent(out)
     run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top)
     lines = [f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "

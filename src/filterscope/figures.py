@@ -30,9 +30,9 @@ def bar_chart(ins: Inspection, ax: plt.Axes | None = None) -> plt.Figure:
     if ax is None:
         fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
     n = len(ins.means)
-    colours = np.full(n, OTHER_COLOUR, dtype=object)
-    colours[ins.top] = TOP_COLOUR
-    ax.bar(np.arange(n), ins.means, width=1.0, color=list(colours), linewidth=0)
+    ax.bar(np.arange(n), ins.means, width=1.0, color=OTHER_COLOUR, linewidth=0)
+    # top bars drawn again, wider, so they stay visible when hundreds of bars share a pixel
+    ax.bar(ins.top, ins.means[ins.top], width=max(1.0, n / 250), color=TOP_COLOUR, linewidth=0, zorder=3)
     for i in ins.top:
         ax.annotate(f"{i}\n{ins.means[i]:.2f}", (i, ins.means[i]), xytext=(0, 3), textcoords="offset points",
                     ha="center", va="bottom", fontsize=8, color=TOP_COLOUR)
@@ -71,7 +71,7 @@ def heatmaps(ins: Inspection) -> plt.Figure:
     for ax in axes:
         ax.axis("off")
     fig.suptitle(f"Where the top filters of {ins.layer.name} fire (maps from {ins.maps_from})", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 
@@ -98,7 +98,7 @@ def boost_figure(ins: Inspection, renders: Sequence[tuple[int, torch.Tensor | Im
         ax.set_title(f"filter {idx}: {after:.2f} ({gain} vs noise)\nimage act. {ins.means[idx]:.2f}", fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
 
 

@@ -84,11 +84,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Create ``path`` if needed and prove a file can be written there, before any work starts."""
+def check_writable(path: str | os.PathLike, *, keep: bool = False) -> Path:
+    """Prove a file can be written in ``path`` before any work starts.
+
+    Directories created for the test are removed again unless ``keep``, so a run that fails later in
+    validation leaves nothing behind.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output path {path} exists and is not a directory")
+    created = []
+    probe = path
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
@@ -96,6 +105,13 @@ def check_writable(path: str | os.PathLike) -> Path:
         os.unlink(tmp)
     except OSError as e:
         raise OutputError(f"output directory {path} is not writable: {e.strerror or e}") from None
+    finally:
+        if not keep:
+            for d in created:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
     return path
 
 
@@ -121,13 +137,13 @@ class RunDir:
             self.record = previous
             self.record["status"] = "running"
         else:
-            check_writable(self.path)
+            check_writable(self.path, keep=True)
             if previous is not None:
                 self._remove_recorded(previous)
             self.record = {"command": command, "status": "running", "settings": settings,
                            "versions": versions(), "argv": sys.argv[1:], "results": {}, "files": [],
                            "timings": {}}
-        check_writable(self.path)
+        check_writable(self.path, keep=True)
 
     def _read_previous(self) -> dict[str, Any] | None:
         f = self.path / RUN_FILE
@@ -151,7 +167,7 @@ class RunDir:
     def write(self, rel: str, data: bytes) -> Path:
         atomic_write(self.path / rel, data)
         if rel not in self.record["files"]:
-            self.record["files"].append(rel)
+            self.record["files"] = sorted(self.record["files"] + [rel])
         return self.path / rel
 
     def write_png(self, rel: str, image) -> Path:
