@@ -15,6 +15,7 @@ import torch
 
 from .layers import LayerInfo
 from .models import Model
+from .images import png_bytes
 from .layers import LOGIT
 from .objectives import Objective, channel, logit
 from .renderer import Renderer, RenderResult, RenderSettings, channel_seed
@@ -108,6 +109,16 @@ class StreamSummary:
     seconds: float
 
 
+def finish_channel(run, rec: dict, png: bytes | None, seconds: float) -> None:
+    """Write one finished channel (its PNG, its record, its time) into ``run``: shared by all backends."""
+    key = f"{rec['layer']}:{rec['channel']}"
+    run.record["timings"].setdefault("channel_seconds", {})[key] = round(seconds, 3)
+    if png is not None:
+        rec["file"] = channel_file(rec["layer"], rec["channel"])
+        run.write(rec["file"], png)
+    run.result(key, rec)
+
+
 def render_to_dir(
     model: Model,
     layer: LayerInfo,
@@ -146,15 +157,12 @@ def render_to_dir(
     try:
         for r in render_stream(model, layer, todo, settings, seed, batch=batch, on_step=on_step,
                                should_stop=should_stop, extra=extra):
-            rec = r.record()
-            run.record["timings"].setdefault("channel_seconds", {})[f"{layer.name}:{r.channel}"] = round(r.seconds, 3)
-            if r.status == "ok":
-                rec["file"] = channel_file(layer.name, r.channel)
-                run.write_png(rec["file"], r.image)
+            png = png_bytes(r.image) if r.status == "ok" else None
+            finish_channel(run, r.record(), png, r.seconds)
+            if png:
                 rendered.append(r.channel)
             else:
                 failed[r.channel] = r.status
-            run.result(f"{layer.name}:{r.channel}", rec)
             bar.update(1)
     finally:
         if own_bar:

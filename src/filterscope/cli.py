@@ -472,6 +472,93 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
         click.echo(f"wrote {Path(run_dir) / 'evaluation.json'}")
 
 
+@cli.command()
+@model_options
+@click.option("--layers", "layer_names", default="default", show_default=True,
+              help="Comma-separated layers, e.g. blocks.3,blocks.5.")
+@click.option("--channels", default="all", show_default=True, help="Channels of every layer: all, 0-63, 1,5,9.")
+@render_options
+@click.option("--images", default=None, help="Folder of images for dataset examples (default: bundled photos).")
+@click.option("--top", "n_top", type=click.IntRange(min=1, max=50), default=6, show_default=True,
+              help="Dataset examples per channel.")
+@click.option("--diversity", type=click.IntRange(min=0), default=0, help="Diverse variants per channel.")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads per render (default: torch's); the same value gives identical files on any backend.")
+@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/atlas].")
+@click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
+@output_options
+def atlas(model_name, weights, trust_checkpoint, device, layer_names, channels, method, steps, lr, size, seed, batch,
+          images, n_top, diversity, backend, address, workers, threads, out, resume, quiet, as_json):
+    """Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html)."""
+    import torch
+
+    from .atlas import build_atlas
+    from .images import list_images
+    from .interrupt import graceful_stop
+    from .layers import get_layer
+
+    t0 = time.perf_counter()
+    method, settings = settings_for(method, steps, lr, size, seed, batch, device)
+    if images:
+        list_images(images)
+    if backend == "ray":
+        from .ray_backend import _ray
+
+        _ray()
+        if diversity:
+            raise UsageError("--diversity is not supported with --backend ray yet")
+    out = out or os.path.join(DEFAULT_OUT, "atlas")
+    model = load(model_name, weights, trust_checkpoint, device)
+    infos = []
+    for name in [n.strip() for n in layer_names.split(",") if n.strip()]:
+        info = get_layer(model, name)
+        if info.name not in [i.name for i in infos]:
+            infos.append(info)
+    if not infos:
+        raise UsageError("--layers is empty")
+    chans = {i.name: parse_channels(channels, i.channels) for i in infos}
+    check_writable_parent(out)
+    if threads:
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    with graceful_stop(quiet) as stop:
+        summary = build_atlas(model, infos, chans, settings, seed, out, method=method, images=images, n_top=n_top,
+                              diversity=diversity, batch=batch, backend=backend, address=address, workers=workers,
+                              threads=threads, resume=resume, progress=not quiet, should_stop=stop)
+    if summary.interrupted:
+        raise interrupted_error(summary.run_dir, summary.rendered + summary.skipped, summary.channels)
+    lines = [f"atlas of {summary.channels} channels ({summary.rendered} rendered now, {summary.skipped} kept) "
+             f"in {time.perf_counter() - t0:.1f} s → {summary.run_dir}/index.html"]
+    emit(as_json, quiet, {"run_dir": str(summary.run_dir), "timings": summary.seconds,
+                          "channels": summary.channels, "rendered": summary.rendered}, lines)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path())
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
+def serve(directory, host, port):
+    """Serve a built atlas over HTTP (bound to 127.0.0.1 unless --host says otherwise)."""
+    from .site import serve as make_server
+
+    if not (Path(directory) / "index.html").is_file():
+        raise UsageError(f"{directory} has no index.html; build it with 'filterscope atlas --out {directory}'")
+    try:
+        server = make_server(directory, host, port)
+    except OSError as e:
+        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    click.echo(f"serving {directory} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
 # ---------------------------------------------------------------- entry point
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -62,6 +63,10 @@ def _jsonable(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _natural(key: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
 
 
 def versions() -> dict[str, str]:
@@ -195,6 +200,8 @@ class RunDir:
         self.save()
 
     def save(self) -> None:
+        # results in a natural order (layer, then channel number) whatever order they finished in
+        self.record["results"] = dict(sorted(self.record["results"].items(), key=lambda kv: _natural(kv[0])))
         atomic_write(self.path / RUN_FILE, json_bytes(self.record))
 
     def finish(self, status: str = "complete", **extra: Any) -> Path:

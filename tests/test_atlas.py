@@ -1,0 +1,198 @@
+"""The layer atlas: end to end, resume, true top-N examples, flat memory, a real browser, and Ray."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from filterscope.cli import main
+
+ATLAS = ["atlas", "--layers", "blocks.0", "--channels", "0-5", "--steps", "6", "--top", "4", "--quiet"]
+
+
+def run_main(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("atlas") / "site"
+    rc = main([*ATLAS, "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_atlas_end_to_end(atlas_dir):
+    rec = json.loads((atlas_dir / "run.json").read_text())
+    assert rec["status"] == "complete"
+    assert [k for k in rec["results"]] == [f"blocks.0:{c}" for c in range(6)]
+    for c in range(6):
+        assert Image.open(atlas_dir / f"blocks.0/channel_{c:04d}.png").size == (224, 224)
+        assert (atlas_dir / f"blocks.0/channel_{c:04d}.html").is_file()
+    assert (atlas_dir / "grid_blocks.0.png").is_file()
+    assert (atlas_dir / "index.html").is_file() and (atlas_dir / "blocks.0/index.html").is_file()
+    ex = json.loads((atlas_dir / "examples.json").read_text())
+    assert ex["n_images"] == 36
+    ch0 = ex["layers"]["blocks.0"]["channels"]["0"]
+    assert len(ch0["top"]) == 4 and sum(ch0["hist"]["counts"]) == 36
+    for e in ch0["top"]:
+        assert (atlas_dir / e["crop"]).is_file() and (atlas_dir / e["thumb"]).is_file()
+    page = (atlas_dir / "blocks.0/channel_0003.html").read_text()
+    assert "channel_0003.png" in page and ch0["top"][0]["name"] not in ("",)
+
+
+def test_atlas_resume_renders_only_missing(tmp_path, capsys):
+    out = tmp_path / "a"
+    assert run_main(capsys, *ATLAS, "--out", out)[0] == 0
+    rec = json.loads((out / "run.json").read_text())
+    removed = ["blocks.0:1", "blocks.0:4"]
+    originals = {k: (out / rec["results"][k]["file"]).read_bytes() for k in removed}
+    kept_mtime = (out / "blocks.0/channel_0000.png").stat().st_mtime_ns
+    for k in removed:  # as if the run had been interrupted before these
+        (out / rec["results"][k]["file"]).unlink()
+        del rec["results"][k]
+    rec["status"] = "partial"
+    (out / "run.json").write_text(json.dumps(rec))
+    rc, _, err = run_main(capsys, *ATLAS, "--out", out, "--resume")
+    assert rc == 0, err
+    rec2 = json.loads((out / "run.json").read_text())
+    assert rec2["status"] == "complete" and len(rec2["results"]) == 6
+    assert (out / "blocks.0/channel_0000.png").stat().st_mtime_ns == kept_mtime  # not re-rendered
+    for k in removed:
+        assert (out / rec2["results"][k]["file"]).read_bytes() == originals[k]
+
+
+def test_dataset_examples_are_the_true_top_n(model):
+    from filterscope.dataset import collect_examples
+    from filterscope.evaluate import _layer_means
+    from filterscope.images import list_images, load_image, model_input, sample_photos_dir
+    from filterscope.layers import get_layer
+
+    layers = [get_layer(model, "blocks.2"), get_layer(model, "blocks.4")]
+    files, stats = collect_examples(model, layers, sample_photos_dir(), n_top=5, batch=7, progress=False)
+    x = torch.cat([model_input(model, load_image(f)) for f in list_images(sample_photos_dir())])
+    for info in layers:
+        means = _layer_means(model, info.name, x)  # brute force: every image, every channel
+        order = torch.argsort(-means, dim=0, stable=True)[:5].T
+        assert torch.equal(stats[info.name].top_index, order)
+        assert torch.allclose(stats[info.name].top_values, means.gather(0, order.T).T, atol=1e-5)
+        assert torch.allclose(stats[info.name].maximum, means.amax(0), atol=1e-5)
+        assert stats[info.name].count == len(files)
+
+
+MEMORY_PROBE = textwrap.dedent("""
+    import resource, sys, gc
+    from filterscope.models import load_model
+    from filterscope.layers import get_layer
+    from filterscope.dataset import collect_examples
+    m = load_model()
+    layers = [get_layer(m, "blocks.5"), get_layer(m, "bn2")]
+    folder = sys.argv[1]
+    collect_examples(m, layers, folder, n_top=6, batch=16, progress=False)  # warm-up: allocator pools
+    gc.collect()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    collect_examples(m, layers, folder, n_top=6, batch=16, progress=False)
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)
+""")
+
+
+@pytest.mark.slow
+def test_examples_memory_flat_as_folder_grows(tmp_path):
+    rng = np.random.default_rng(0)
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir()
+    big.mkdir()
+    for i in range(400):
+        im = Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+        im.save(big / f"{i:04d}.png")
+        if i < 40:
+            im.save(small / f"{i:04d}.png")
+    growth = {}
+    for name, folder in (("small", small), ("big", big)):
+        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder)], capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr
+        growth[name] = int(r.stdout.strip().splitlines()[-1])  # KiB added to the peak by the second pass
+    # 10× the images must not raise the peak by more than a few MiB (holding 400 maps would be ~100 MiB)
+    assert growth["big"] - growth["small"] < 16 * 1024, growth
+
+
+def test_serve_and_browser(atlas_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium installed (apt install chromium)")
+    pw = pytest.importorskip("playwright.sync_api")
+    from filterscope.site import serve
+
+    server = serve(atlas_dir, "127.0.0.1", 0)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    base_http = f"http://127.0.0.1:{server.server_address[1]}/"
+    errors, failed = [], []
+    try:
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--no-first-run", "--disable-sync"])
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("requestfailed", lambda r: failed.append(r.url))
+            for base in (base_http, atlas_dir.resolve().as_uri() + "/"):
+                page.goto(base + "index.html")
+                assert page.title().startswith("filterscope atlas")
+                page.click("text=blocks.0")
+                assert page.url.endswith("blocks.0/index.html")
+                tiles = page.locator("a.tile")
+                assert tiles.count() == 6
+                tiles.nth(2).click()
+                assert page.url.endswith("channel_0002.html")
+                page.wait_for_load_state("load")
+                imgs = page.eval_on_selector_all("img", "els => els.map(e => [e.src, e.complete && e.naturalWidth])")
+                assert len(imgs) >= 1 + 2 * 4, imgs
+                assert all(w for _, w in imgs), [s for s, w in imgs if not w]
+                assert page.locator(".hist .bar").count() == 30
+                page.click("text=next")
+                assert page.url.endswith("channel_0003.html")
+                page.click("text=filterscope atlas")
+                assert page.url.endswith("/index.html")
+            page.goto(base_http + "blocks.0/index.html")
+            lazy = page.eval_on_selector_all("a.tile", "els => els.map(e => e.getAttribute('href'))")
+            for href in lazy:  # every channel page exists
+                assert page.request.get(base_http + "blocks.0/" + href).ok, href
+            browser.close()
+    finally:
+        server.shutdown()
+    assert not errors, errors
+    assert not failed, failed
+
+
+@pytest.mark.slow
+def test_ray_backend_matches_local(tmp_path):
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"}
+    args = [sys.executable, "-m", "filterscope.cli", "atlas", "--layers", "blocks.0", "--channels", "0-3",
+            "--steps", "5", "--top", "3", "--threads", "1", "--quiet"]
+    local = subprocess.run(args + ["--out", str(tmp_path / "local")], capture_output=True, text=True, env=env,
+                           timeout=600)
+    assert local.returncode == 0, local.stderr
+    remote = subprocess.run(args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert remote.returncode == 0, remote.stderr
+    pngs = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.png"))
+    assert len(pngs) == 5
+    for f in pngs:
+        assert (tmp_path / "local" / f).read_bytes() == (tmp_path / "ray" / f).read_bytes(), f
+    a, b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("local", "ray"))
+    assert a["results"] == b["results"]
