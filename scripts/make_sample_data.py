@@ -79,9 +79,14 @@ def main() -> None:
     lines += ["", "`../coffee.jpg`: scikit-image `coffee`, CC0 by the photographer (Rachel Michetti).", ""]
     (photos / "LICENSE.md").write_text("\n".join(lines))
 
-    # colour statistics over the colour photos
-    pix = np.concatenate([images[n].reshape(-1, 3) / 255.0 for n in COLOUR])
-    cov = np.cov(pix - pix.mean(0), rowvar=False)
+    # colour statistics over the colour photos, each photo weighted equally (resized to 256 px first:
+    # otherwise the 1411x1411 retina photo would dominate and tint every render red)
+    covs = []
+    for n in COLOUR:
+        small = np.asarray(Image.fromarray(images[n]).resize((SIZE, SIZE), Image.Resampling.LANCZOS)) / 255.0
+        pix = small.reshape(-1, 3)
+        covs.append(np.cov(pix - pix.mean(0), rowvar=False))
+    cov = np.mean(covs, 0)
     u, s, _ = np.linalg.svd(cov)
     sqrt = u * np.sqrt(s)  # columns: principal colour directions scaled by their std
     inv = np.linalg.inv(sqrt)

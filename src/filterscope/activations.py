@@ -41,8 +41,8 @@ def inspect(model: Model, image: Image.Image | torch.Tensor, layer: str = "defau
         x = x.unsqueeze(0)
     x = x.to(model.device)
     needs_input = not info.spatial or info.shape[1] * info.shape[2] == 1
-    with capture(model.net, [info.name], calls={info.name: info.calls}, keep_inputs=needs_input) as cap, \
-            torch.inference_mode():
+    with capture(model.net, [info.name], calls={info.name: info.calls},
+                 inputs_of=[info.name] if needs_input else []) as cap, torch.inference_mode():
         logits = run(model.forward, x, cap)
         act = cap.acts[info.name][0].float()
         fed = cap.inputs.get(info.name)

@@ -109,13 +109,23 @@ class StreamSummary:
     seconds: float
 
 
-def finish_channel(run, rec: dict, png: bytes | None, seconds: float) -> None:
-    """Write one finished channel (its PNG, its record, its time) into ``run``: shared by all backends."""
+def pending(run, layer: str, channels: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Split ``channels`` into those still to render and those ``run`` already finished (resume)."""
+    done = {c for c in channels if run.done(f"{layer}:{c}")}
+    return [c for c in channels if c not in done], [c for c in channels if c in done]
+
+
+def finish_channel(run, rec: dict, png: bytes | None, seconds: float, summary: StreamSummary) -> None:
+    """Write one finished channel (its PNG, its record, its time) into ``run`` and count it in ``summary``:
+    shared by all backends, so their outputs are the same."""
     key = f"{rec['layer']}:{rec['channel']}"
     run.record["timings"].setdefault("channel_seconds", {})[key] = round(seconds, 3)
     if png is not None:
         rec["file"] = channel_file(rec["layer"], rec["channel"])
         run.write(rec["file"], png)
+        summary.rendered.append(rec["channel"])
+    else:
+        summary.failed[rec["channel"]] = rec["status"]
     run.result(key, rec)
 
 
@@ -141,14 +151,13 @@ def render_to_dir(
 
     from tqdm import tqdm
 
-    todo = [c for c in channels if not run.done(f"{layer.name}:{c}")]
-    skipped = [c for c in channels if c not in set(todo)]
+    todo, skipped = pending(run, layer.name, channels)
+    summary = StreamSummary([], skipped, {}, False, 0.0)
     own_bar = bar is None
     if own_bar:
         bar = tqdm(total=len(channels), initial=len(skipped), unit="ch", disable=not progress,
                    desc=f"render {layer.name}", dynamic_ncols=True)
     t0 = time.perf_counter()
-    rendered, failed = [], {}
     steps = settings.steps
 
     def on_step(i: int) -> None:
@@ -157,18 +166,15 @@ def render_to_dir(
     try:
         for r in render_stream(model, layer, todo, settings, seed, batch=batch, on_step=on_step,
                                should_stop=should_stop, extra=extra):
-            png = png_bytes(r.image) if r.status == "ok" else None
-            finish_channel(run, r.record(), png, r.seconds)
-            if png:
-                rendered.append(r.channel)
-            else:
-                failed[r.channel] = r.status
+            finish_channel(run, r.record(), png_bytes(r.image) if r.status == "ok" else None, r.seconds, summary)
             bar.update(1)
     finally:
         if own_bar:
             bar.close()
-    stopped = bool(should_stop and should_stop()) and len(rendered) + len(failed) < len(todo)
-    return StreamSummary(rendered, skipped, failed, stopped, time.perf_counter() - t0)
+    finished = len(summary.rendered) + len(summary.failed)
+    summary.interrupted = bool(should_stop and should_stop()) and finished < len(todo)
+    summary.seconds = time.perf_counter() - t0
+    return summary
 
 
 def diversity_seeds(seed: int, c: int, n: int) -> list[int]:
@@ -237,8 +243,11 @@ def write_grid(run, layer: str, channels: Sequence[int]) -> str | None:
     have = [c for c in channels if run.file(channel_file(layer, c)).is_file()]
     if not have:
         return None
-    images = [Image.open(run.file(channel_file(layer, c))).convert("RGB") for c in have]
+    tile = 128 if len(have) <= 64 else 96 if len(have) <= 256 else 64
+    images = []
+    for c in have:  # shrink while reading, so a whole layer's grid does not hold every full-size PNG
+        with Image.open(run.file(channel_file(layer, c))) as im:
+            images.append(im.convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR, reducing_gap=2.0))
     name = f"grid_{layer}.png"
-    tile = 128 if len(have) <= 256 else 96
     run.write_png(name, grid(images, [str(c) for c in have], tile=tile))
     return name

@@ -74,15 +74,17 @@ def check_size(size: int | None, batch: int | None, device) -> None:
         raise UsageError(f"--size must be at least 32 pixels, got {size}")
     from .memory import available_bytes, render_bytes
 
+    from .models import resolve_device
+
     need = render_bytes(size, batch or 1)
-    have = available_bytes(device)
+    have = available_bytes(resolve_device(device).type)
     if need > have:
         raise UsageError(f"--size {size} needs about {need / 2**30:.1f} GiB for the image buffers, "
                          f"only {have / 2**30:.1f} GiB is available; use a smaller --size or --batch")
 
 
 def model_options(f):
-    f = click.option("--device", default="cpu", show_default=True, help="auto, cpu, cuda or mps.")(f)
+    f = click.option("--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps.")(f)
     f = click.option("--trust-checkpoint", is_flag=True,
                      help="Allow a weights file that needs code to unpickle (runs that code!).")(f)
     f = click.option("--weights", type=click.Path(dir_okay=False), default=None,
@@ -99,6 +101,11 @@ def output_options(f):
 
 
 def render_options(f):
+    f = click.option("--optimizer", type=click.Choice(["adam", "nadam"]), default=None,
+                     help="Override the method's optimiser.")(f)
+    f = click.option("--transforms", default=None,
+                     help="Override the method's transforms: none, standard, light, maco, maco_horama.")(f)
+    f = click.option("--param", default=None, help="Override the method's parameterisation: pixel, fourier, maco.")(f)
     f = click.option("--batch", type=int, default=None, help="Images per step (default: 1 on CPU, from memory on GPU).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     f = click.option("--size", type=int, default=None, help="Side of the rendered image (default: the model's input).")(f)
@@ -114,8 +121,11 @@ def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: s
     return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device)
 
 
-def settings_for(method: str | None, steps, lr, size, seed, batch, device):
+def settings_for(method: str | None, steps, lr, size, seed, batch, device, param=None, transforms=None,
+                 optimizer=None):
+    from .param import PARAM_REGISTRY
     from .presets import DEFAULT_METHOD, get_preset
+    from .transform import TRANSFORM_PRESETS
 
     method = method or DEFAULT_METHOD
     base = get_preset(method)
@@ -127,7 +137,14 @@ def settings_for(method: str | None, steps, lr, size, seed, batch, device):
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
     check_size(size if size is not None else base.size, batch, device)
-    return method, base.with_(steps=steps, lr=lr, size=size)
+    from .errors import closest
+
+    if param is not None and param not in PARAM_REGISTRY:
+        raise UsageError(f"unknown --param {param!r}", hint=closest(param, PARAM_REGISTRY))
+    if transforms is not None and transforms not in TRANSFORM_PRESETS:
+        raise UsageError(f"unknown --transforms {transforms!r}", hint=closest(transforms, TRANSFORM_PRESETS))
+    return method, base.with_(steps=steps, lr=lr, size=size, param=param, transforms=transforms,
+                              optimizer=optimizer)
 
 
 def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
@@ -219,7 +236,7 @@ def check_writable_parent(out: str) -> None:
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
 def boost(image, model_name, weights, trust_checkpoint, device, layer, top, method, steps, lr, size, seed, batch,
-          out, resume, quiet, as_json):
+          param, transforms, optimizer, out, resume, quiet, as_json):
     """The main job: IMAGE's top filters at LAYER and their boosted features (default: bundled cup)."""
     from .pipeline import boost as run_boost
     from .images import load_image
@@ -229,7 +246,7 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
     t0 = time.perf_counter()
     if image:
         load_image(image)
-    method, settings = settings_for(method, steps, lr, size, seed, batch, device)
+    method, settings = settings_for(method, steps, lr, size, seed, batch, device, param, transforms, optimizer)
     out = out or os.path.join(DEFAULT_OUT, "boost")
     model = load(model_name, weights, trust_checkpoint, device)
     info = get_layer(model, layer)
@@ -270,7 +287,7 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
 def render_cmd(model_name, weights, trust_checkpoint, device, layer, channels, method, steps, lr, size, seed, batch,
-               objective, penalty, diversity, out, resume, quiet, as_json):
+               param, transforms, optimizer, objective, penalty, diversity, out, resume, quiet, as_json):
     """Render channels of a layer: one PNG per channel, a grid, and run.json."""
     from .channels import render_layer
     from .interrupt import graceful_stop
@@ -278,7 +295,7 @@ def render_cmd(model_name, weights, trust_checkpoint, device, layer, channels, m
     from .outputs import RunDir
 
     t0 = time.perf_counter()
-    method, settings = settings_for(method, steps, lr, size, seed, batch, device)
+    method, settings = settings_for(method, steps, lr, size, seed, batch, device, param, transforms, optimizer)
     out = out or os.path.join(DEFAULT_OUT, "render")
     model = load(model_name, weights, trust_checkpoint, device)
     if objective:
@@ -442,7 +459,7 @@ def compare(model_name, weights, trust_checkpoint, device, layer, channels, meth
 @click.option("--images", default=None, help="Folder of natural images (default: the bundled photos).")
 @click.option("--eval-model", default=None, help="Second model for transferability of logit renders, "
               "e.g. efficientnet_lite1.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="auto", show_default=True)
 @click.option("--trust-checkpoint", is_flag=True)
 @output_options
 def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_json):
@@ -491,7 +508,8 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
 @click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
 @output_options
 def atlas(model_name, weights, trust_checkpoint, device, layer_names, channels, method, steps, lr, size, seed, batch,
-          images, n_top, diversity, backend, address, workers, threads, out, resume, quiet, as_json):
+          param, transforms, optimizer, images, n_top, diversity, backend, address, workers, threads, out, resume,
+          quiet, as_json):
     """Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html)."""
     import torch
 
@@ -501,7 +519,7 @@ def atlas(model_name, weights, trust_checkpoint, device, layer_names, channels, 
     from .layers import get_layer
 
     t0 = time.perf_counter()
-    method, settings = settings_for(method, steps, lr, size, seed, batch, device)
+    method, settings = settings_for(method, steps, lr, size, seed, batch, device, param, transforms, optimizer)
     if images:
         list_images(images)
     if backend == "ray":

@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from .activations import Inspection  # noqa: E402
-from .images import to_tensor, to_uint8  # noqa: E402
+from .images import to_uint8  # noqa: E402
 
 TOP_COLOUR = "#d62728"
 OTHER_COLOUR = "#7f9fbf"
@@ -104,18 +104,22 @@ def boost_figure(ins: Inspection, renders: Sequence[tuple[int, torch.Tensor | Im
 
 def grid(images: Sequence[torch.Tensor | Image.Image], labels: Sequence[str] | None = None,
          ncol: int | None = None, tile: int = 128, pad: int = 2) -> Image.Image:
-    """Tile images (torchvision's ``make_grid``) with a small label under each tile."""
+    """Tile images (torchvision's ``make_grid``, in uint8 so a 1280-tile grid stays small) with a label
+    under each tile."""
     from torchvision.utils import make_grid
 
-    ts = [(to_tensor(im) if isinstance(im, Image.Image) else im.float().cpu()) for im in images]
-    ts = [F.interpolate(t[None], size=(tile, tile), mode="bilinear", antialias=True, align_corners=False)[0]
-          for t in ts]
-    ncol = ncol or max(1, math.ceil(math.sqrt(len(ts))))
     label_h = 12 if labels else 0
-    if labels:
-        ts = [torch.cat([t, torch.ones(3, label_h, tile)], 1) for t in ts]
-    g = make_grid(torch.stack(ts), nrow=ncol, padding=pad, pad_value=1.0)
-    im = Image.fromarray(to_uint8(g))
+
+    def small(im: torch.Tensor | Image.Image) -> torch.Tensor:
+        if isinstance(im, torch.Tensor):
+            im = Image.fromarray(to_uint8(im))
+        im = im.convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        t = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        return torch.cat([t, torch.full((3, label_h, tile), 255, dtype=torch.uint8)], 1) if label_h else t
+
+    ncol = ncol or max(1, math.ceil(math.sqrt(len(images))))
+    g = make_grid(torch.stack([small(im) for im in images]), nrow=ncol, padding=pad, pad_value=255)
+    im = Image.fromarray(g.permute(1, 2, 0).numpy())
     if labels:
         draw = ImageDraw.Draw(im)
         for k, text in enumerate(labels):

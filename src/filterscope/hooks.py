@@ -22,7 +22,7 @@ class StopForward(Exception):
 
 
 class capture:
-    """Collect the outputs (and optionally inputs) of named modules during forward passes.
+    """Collect the outputs of named ``layers`` (and the inputs of ``inputs_of``) during forward passes.
 
     ``calls`` maps a layer to how many times the module runs per forward pass (a module can be used more
     than once, e.g. torchvision's shared ReLU in a residual block); the output of its last call is kept.
@@ -35,13 +35,13 @@ class capture:
         *,
         calls: dict[str, int] | None = None,
         stop: bool = False,
-        keep_inputs: bool = False,
+        inputs_of: Iterable[str] = (),
     ):
         self.net = net
         self.layers = list(dict.fromkeys(layers))
+        self.inputs_of = list(dict.fromkeys(inputs_of))
         self.calls = calls or {}
         self.stop = stop
-        self.keep_inputs = keep_inputs
         self.acts: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self._seen: dict[str, int] = {}
@@ -52,6 +52,8 @@ class capture:
         try:
             for name in self.layers:
                 self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+            for name in self.inputs_of:
+                self._handles.append(modules[name].register_forward_pre_hook(self._pre_hook(name)))
         except BaseException:
             self.remove()
             raise
@@ -78,10 +80,15 @@ class capture:
             stopping = self.stop and n >= self.calls.get(name, 1) and self._all_done(name)
             # a later in-place op (e.g. torchvision's ReLU(inplace=True)) would overwrite a kept tensor
             self.acts[name] = output if stopping else output.clone()
-            if self.keep_inputs and inputs and isinstance(inputs[0], torch.Tensor):
-                self.inputs[name] = inputs[0] if stopping else inputs[0].clone()
             if stopping:
                 raise StopForward
+
+        return hook
+
+    def _pre_hook(self, name: str):
+        def hook(module: nn.Module, inputs: tuple) -> None:
+            if inputs and isinstance(inputs[0], torch.Tensor):
+                self.inputs[name] = inputs[0].clone()  # before the module runs: in-place ops cannot touch it
 
         return hook
 

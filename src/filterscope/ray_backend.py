@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .channels import StreamSummary, finish_channel
+from .channels import StreamSummary, finish_channel, pending
 from .errors import UsageError
 from .layers import LayerInfo
 from .models import Model
@@ -75,9 +75,8 @@ def render_layer_ray(
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UsageError(f"cannot start or reach Ray{' at ' + address if address else ''}: {e}") from None
     t0 = time.perf_counter()
-    todo = [c for c in channels if not run.done(f"{layer.name}:{c}")]
-    skipped = [c for c in channels if c not in set(todo)]
-    rendered, failed, interrupted = [], {}, False
+    todo, skipped = pending(run, layer.name, channels)
+    summary = StreamSummary([], skipped, {}, False, 0.0)
     if todo:
         threads = threads or torch.get_num_threads()
         model_ref = ray.put(model)
@@ -91,20 +90,17 @@ def render_layer_ray(
                 submitted += 1
         while pool.has_next():
             for rec, png, seconds in pool.get_next_unordered():
-                finish_channel(run, rec, png, seconds)
-                if png:
-                    rendered.append(rec["channel"])
-                else:
-                    failed[rec["channel"]] = rec["status"]
+                finish_channel(run, rec, png, seconds, summary)
                 if bar is not None:
                     bar.update(1)
             if should_stop and should_stop():
-                interrupted = True
+                summary.interrupted = True
                 continue  # let in-flight shards finish, submit no more
             if submitted < len(shards):
                 pool.submit(lambda a, s: a.render.remote(layer, s, settings, seed), shards[submitted])
                 submitted += 1
         for a in actors:
             ray.kill(a)
-        interrupted = interrupted and submitted < len(shards)
-    return StreamSummary(rendered, skipped, failed, interrupted, time.perf_counter() - t0)
+        summary.interrupted = summary.interrupted and submitted < len(shards)
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -44,6 +44,7 @@ class RenderSettings:
     param_options: tuple[tuple[str, object], ...] = ()
     early_exit: bool = True
     redirect_relu: bool = True  # Lucid's redirected ReLU gradients, see relu.py
+    pre_relu: bool = False  # optimise a layer's pre-activation when it ends in a ReLU/ReLU6 (Lucid's _pre_relu)
     converge: float = 0.0  # stop an image once its objective gains less than this fraction per window
     window: int = 8
 
@@ -162,6 +163,24 @@ class Renderer:
                 picked.add(before[-1])
         return sorted(picked)
 
+    def _final_relus(self, layers) -> dict[str, str]:
+        """For each target layer whose last operation is a ReLU/ReLU6 module, that module's name.
+
+        Optimising that module's input (the pre-activation) instead of its clamped output keeps a gradient
+        where the unit is off or saturated (ReLU6 at 6), so the picture keeps improving; the values reported
+        before/after are always the layer's real outputs.
+        """
+        modules = dict(self.model.net.named_modules())
+        out = {}
+        for layer in layers:
+            inside = [(o, n) for n, o in self.orders.items() if n == layer or n.startswith(layer + ".")]
+            inside = [(o, n) for o, n in inside if n != layer] or inside
+            if inside:
+                _, last = max(inside)
+                if is_relu(modules[last]):
+                    out[layer] = last
+        return out
+
     def _evaluate(self, objective: Objective, images: torch.Tensor, cap: capture) -> torch.Tensor:
         x = _fit(images, self.model.input_size)
         logits = run(self.model.forward, x, cap)
@@ -205,6 +224,8 @@ class Renderer:
         interrupted = False
         done = 0
         relus = self._relus_before(objective.layers) if s.redirect_relu else []
+        pre = self._final_relus(objective.layers) if s.pre_relu else {}
+        cap.inputs_of = list(pre.values())
         with cap, redirect_relu(self.model.net, relus):
             with torch.no_grad():
                 before = self._evaluate(objective, param(), cap).float().cpu()
@@ -216,7 +237,8 @@ class Renderer:
                 x = _fit(transform(images, gens, sizes[step]), sizes[step])
                 logits = run(self.model.forward, x, cap)
                 owner = torch.arange(b, device=device).repeat_interleave(x.shape[0] // b)
-                values = objective(Context(cap.acts, logits, images, owner))
+                acts = {**cap.acts, **{layer: cap.inputs[relu] for layer, relu in pre.items()}}
+                values = objective(Context(acts, logits, images, owner))
                 vals = values.detach().float().cpu()
                 bad = ~torch.isfinite(vals) & alive
                 for i in torch.nonzero(bad).flatten().tolist():

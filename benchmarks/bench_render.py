@@ -1,0 +1,371 @@
+"""Rendering benchmark: time to a good picture, side by side in one run on one machine.
+
+For each model/layer, on the same channels and seeds:
+  naive      the tutorial's loop: full model, batch 1, Adam on pixels, one channel after another
+  <preset>   every filterscope preset at its default steps, and at the naive loop's steps
+  lucent     Lucent's ``render_vis`` at its default 512 steps (when torch-lucent is installed)
+  ceiling    forward+backward images/s of the model truncated at the layer (batch 1 on CPU)
+Each method runs in its own subprocess (so its peak RSS is its own) and reports seconds per channel,
+seconds per step, the ``evaluate`` robustness ratio (median over the channels) and peak memory.
+
+    python benchmarks/bench_render.py                      # full run (~40 min on 2 CPU cores)
+    python benchmarks/bench_render.py --quick              # one layer, 2 channels, no Lucent
+    python benchmarks/bench_render.py --curve --layer blocks.5   # robustness vs steps for each preset
+
+Writes benchmarks/results/bench.json, bench.md and bench.png (robust ratio vs seconds per channel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+CONFIGS = {
+    "efficientnet_lite0": ["blocks.1", "blocks.3", "bn2"],
+    "resnet18": ["layer2", "layer3", "avgpool"],
+}
+NAIVE_STEPS = 48
+NAIVE_LR = 0.02
+
+
+def load(model_name: str, device: str):
+    """The real model for efficientnet_lite0; resnet18 with random weights (speed only, no download)."""
+    import torch
+    import torchvision
+
+    from filterscope.models import load_model
+
+    if model_name == "resnet18":
+        torch.manual_seed(0)
+        return load_model(torchvision.models.resnet18(weights=None), name="resnet18-random", device=device)
+    return load_model(model_name, device=device)
+
+
+def pick_channels(model, layer: str, n: int) -> list[int]:
+    import numpy as np
+
+    from filterscope.layers import get_layer
+
+    c = get_layer(model, layer).channels
+    return sorted(int(x) for x in np.random.default_rng(1).choice(c, n, replace=False))
+
+
+def peak_mib(device: str) -> dict:
+    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if device.startswith("cuda"):
+        import torch
+
+        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- methods (run inside a worker process)
+
+def naive(model, layer, channels, steps, device):
+    """The tutorial's loop, written the way the tutorial does it: a hook, the full model, pixels, Adam."""
+    import copy
+
+    import torch
+
+    net = copy.deepcopy(model.net).to(memory_format=torch.contiguous_format)
+    module = dict(net.named_modules())[layer]
+    store = {}
+    h = module.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
+    images = []
+    for c in channels:
+        g = torch.Generator().manual_seed(c)
+        img = (0.45 + 0.1 * torch.rand(1, 3, model.input_size, model.input_size, generator=g)).to(device)
+        img.requires_grad_(True)
+        opt = torch.optim.Adam([img], lr=NAIVE_LR)
+        for _ in range(steps):
+            opt.zero_grad()
+            net((img - mean) / std)
+            loss = -store["a"][0, c].mean()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                img.clamp_(0, 1)
+        images.append(img.detach()[0].cpu())
+    h.remove()
+    return images, steps
+
+
+def preset(model, layer, channels, name, steps, device, batch):
+    from filterscope.channels import render_stream
+    from filterscope.layers import get_layer
+    from filterscope.presets import get_preset
+
+    settings = get_preset(name).with_(steps=steps)
+    images, done = [], 0
+    for r in render_stream(model, get_layer(model, layer), channels, settings, seed=0, batch=batch):
+        images.append(r.image)
+        done += len(r.curve)
+    return images, done / len(channels)
+
+
+def lucent(model, layer, channels, steps, device):
+    import torch
+    from lucent.optvis import objectives, render
+
+    class Wrapped(torch.nn.Module):  # Lucent's preprocessing assumes ImageNet stats; normalise ourselves
+        def __init__(self, net, mean, std):
+            super().__init__()
+            self.net = net
+            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+        def forward(self, x):
+            return self.net((x - self.mean) / self.std)
+
+    w = Wrapped(model.net, model.mean, model.std).to(device).eval()
+    images = []
+    for c in channels:
+        torch.manual_seed(c)
+        out = render.render_vis(w, objectives.channel("net_" + layer.replace(".", "_"), c), thresholds=(steps,),
+                                show_image=False, progress=False, preprocess=False, verbose=False)
+        images.append(torch.tensor(out[-1][0]).permute(2, 0, 1))
+    return images, steps
+
+
+def ceiling(model, layer, device, batch, n=20):
+    """Seconds per image for forward+backward (w.r.t. the input) of the model truncated at ``layer``."""
+    import torch
+
+    from filterscope.hooks import capture, run
+    from filterscope.layers import get_layer
+
+    info = get_layer(model, layer)
+    x = torch.rand(batch, 3, model.input_size, model.input_size, device=device, requires_grad=True)
+    with capture(model.net, [layer], calls={layer: info.calls}, stop=True) as cap:
+        def step():
+            run(model.forward, x, cap)
+            cap.acts[layer][:, 0].mean().backward()
+
+        for _ in range(3):
+            step()
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(n):
+            step()
+        sync(device)
+    return (time.perf_counter() - t) / n / batch
+
+
+def worker(args) -> None:
+    import torch
+
+    from filterscope.evaluate import natural_max, score_images
+
+    model = load(args.model, args.device)
+    channels = [int(c) for c in args.channels.split(",")]
+    sync(args.device)
+    t0 = time.perf_counter()
+    if args.method == "ceiling":
+        s = ceiling(model, args.layer, args.device, args.batch or 1)
+        print(json.dumps({"s_per_image_step": s, **peak_mib(args.device)}))
+        return
+    if args.method == "naive":
+        images, steps = naive(model, args.layer, channels, args.steps, args.device)
+    elif args.method == "lucent":
+        images, steps = lucent(model, args.layer, channels, args.steps, args.device)
+    else:
+        images, steps = preset(model, args.layer, channels, args.method, args.steps, args.device, args.batch)
+    sync(args.device)
+    seconds = (time.perf_counter() - t0) / len(channels)
+    mem = peak_mib(args.device)
+    nat = natural_max(model, args.layer)
+    stack = torch.stack([torch.nn.functional.interpolate(i[None].float(), size=(model.input_size,) * 2,
+                                                         mode="bilinear", antialias=True)[0] for i in images])
+    scores = score_images(model, args.layer, channels, stack, nat)
+    rr = sorted(s.robust_ratio for s in scores)
+    print(json.dumps({"s_per_channel": seconds, "steps": steps, "s_per_step": seconds / max(steps, 1),
+                      "median_robust_ratio": rr[len(rr) // 2] if len(rr) % 2 else (rr[len(rr) // 2 - 1] + rr[len(rr) // 2]) / 2,
+                      "robust_ratios": [round(x, 3) for x in (s.robust_ratio for s in scores)], **mem}))
+
+
+# ---------------------------------------------------------------- orchestration
+
+def run_worker(model, layer, method, channels, steps, device, batch=None) -> dict:
+    cmd = [sys.executable, __file__, "--worker", "--model", model, "--layer", layer, "--method", method,
+           "--channels", ",".join(map(str, channels)), "--steps", str(steps), "--device", device]
+    if batch:
+        cmd += ["--batch", str(batch)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def have_lucent() -> bool:
+    try:
+        import lucent  # noqa: F401
+        return True
+    except Exception:  # noqa: BLE001 - any import failure means "not available"
+        return False
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}{gpu}"
+
+
+def bench(args) -> dict:
+    from filterscope.presets import PRESETS
+
+    results = {"machine": machine(), "device": args.device, "naive_steps": NAIVE_STEPS, "rows": []}
+    configs = {"efficientnet_lite0": ["blocks.5"]} if args.quick else CONFIGS
+    if args.layer:
+        configs = {args.model or "efficientnet_lite0": [args.layer]}
+    for model_name, layers in configs.items():
+        from filterscope.models import load_model  # noqa: F401 - fail early if the package is broken
+
+        m = load(model_name, "cpu")
+        for layer in layers:
+            channels = pick_channels(m, layer, 2 if args.quick else args.n_channels)
+            ceil = run_worker(model_name, layer, "ceiling", channels, 1, args.device)
+            row_base = {"model": model_name, "layer": layer, "channels": channels,
+                        "ceiling_s_per_step": ceil.get("s_per_image_step")}
+            plan = [("naive", NAIVE_STEPS)]
+            for name, st in PRESETS.items():
+                plan.append((name, st.steps))
+                if st.steps != NAIVE_STEPS:
+                    plan.append((name, NAIVE_STEPS))
+            if have_lucent() and not args.quick and not args.no_lucent:
+                plan.append(("lucent", 512))
+            for method, steps in plan:
+                if method == "lucid" and steps == 512 and args.skip_slow:
+                    continue
+                r = run_worker(model_name, layer, method, channels, steps, args.device)
+                row = {**row_base, "method": method, "steps_asked": steps, **r}
+                if "s_per_step" in r and row["ceiling_s_per_step"]:
+                    row["fraction_of_ceiling"] = row["ceiling_s_per_step"] / r["s_per_step"]
+                results["rows"].append(row)
+                print(json.dumps(row), flush=True)
+    return results
+
+
+def curve(args) -> dict:
+    """Robustness ratio against steps for each preset (the tuning script behind the default preset)."""
+    from filterscope.presets import PRESETS
+
+    model_name = args.model or "efficientnet_lite0"
+    m = load(model_name, "cpu")
+    channels = pick_channels(m, args.layer, args.n_channels)
+    rows = []
+    for name in PRESETS:
+        for steps in (8, 16, 32, 48, 64, 96, 128, 256):
+            if name == "lucid" and steps > 128 and args.skip_slow:
+                continue
+            r = run_worker(model_name, args.layer, name, channels, steps, args.device)
+            rows.append({"method": name, "steps_asked": steps, **r})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"machine": machine(), "layer": args.layer, "channels": channels, "curve": rows}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"Machine: {results['machine']}; device {results['device']}. Robust ratio: median over the channels "
+             "of act(render under 90-100 % crops) / max act over the 36 bundled photos.", "",
+             "| model | layer | method | steps | s/channel | s/step | ceiling s/step | % of ceiling | robust ratio | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps_asked']} | error: {r['error']} |||||")
+            continue
+        frac = f"{100 * r['fraction_of_ceiling']:.0f} %" if r.get("fraction_of_ceiling") else ""
+        ceil = f"{r['ceiling_s_per_step'] * 1000:.1f} ms" if r.get("ceiling_s_per_step") else ""
+        lines.append(f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps']:.0f} | {r['s_per_channel']:.2f} | "
+                     f"{r['s_per_step'] * 1000:.1f} ms | {ceil} | {frac} | {r['median_robust_ratio']:.2f} | "
+                     f"{r['peak_rss_mib']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["layer"]) for r in results["rows"] if "error" not in r})
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.8), dpi=100, squeeze=False)
+    colours = {"naive": "#888888", "seed": "#1f77b4", "lucid": "#2ca02c", "maco": "#9467bd", "fast": "#d62728",
+               "lucent": "#ff7f0e"}
+    for ax, (model, layer) in zip(axes[0], groups):
+        for r in results["rows"]:
+            if (r["model"], r["layer"]) != (model, layer) or "error" in r:
+                continue
+            ax.scatter(r["s_per_channel"], r["median_robust_ratio"], color=colours.get(r["method"], "k"), s=40)
+            ax.annotate(f"{r['method']} {r['steps']:.0f}", (r["s_per_channel"], r["median_robust_ratio"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per channel (log)")
+        ax.set_ylabel("median robust ratio")
+        ax.set_title(f"{model} · {layer}", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Quality vs time to render — {results['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--method")
+    p.add_argument("--model")
+    p.add_argument("--layer")
+    p.add_argument("--channels")
+    p.add_argument("--steps", type=int, default=NAIVE_STEPS)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n-channels", type=int, default=3)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--curve", action="store_true")
+    p.add_argument("--no-lucent", action="store_true")
+    p.add_argument("--skip-slow", action="store_true", help="skip the 512-step lucid preset")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.curve:
+        res = curve(args)
+        (out / f"curve_{args.layer}.json").write_text(json.dumps(res, indent=2))
+        return
+    res = bench(args)
+    (out / "bench.json").write_text(json.dumps(res, indent=2))
+    (out / "bench.md").write_text(markdown(res))
+    plot(res, out / "bench.png")
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

