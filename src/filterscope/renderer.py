@@ -201,76 +201,105 @@ class Renderer:
             if len(objective) != len(seeds):
                 raise UsageError("give one objective per seed")
             objective = stack(objective)
-        device = self.model.device
         options = dict(s.param_options)
         if s.param == "pixel":
             options.setdefault("decorrelate", s.decorrelate)
         else:
             options["decorrelate"] = s.decorrelate
-        param: ImageParam = make_param(s.param, seeds, self.size, **options).to(device)
-        transform = self._transform()
-        gens = [torch.Generator().manual_seed(int(sd) ^ 0x5EED) for sd in seeds]
-        opt = _optimizer(s.optimizer, list(param.tensors), s.lr)
-        stop_early = s.early_exit and not objective.needs_logits and bool(objective.layers)
-        cap = capture(self.model.net, sorted(objective.layers, key=lambda n: self.orders.get(n, 0)),
-                      calls=self.calls, stop=stop_early)
-        b = len(seeds)
-        alive = torch.ones(b, dtype=torch.bool)
-        active = torch.ones(b, dtype=torch.bool)  # alive and not yet converged
-        status = ["ok"] * b
-        curves: list[list[float]] = [[] for _ in range(b)]
-        sizes = _octave_sizes(s, self.model.input_size)
+        st = _State(
+            objective=objective,
+            param=make_param(s.param, seeds, self.size, **options).to(self.model.device),
+            transform=self._transform(),
+            gens=[torch.Generator().manual_seed(int(sd) ^ 0x5EED) for sd in seeds],
+            cap=capture(self.model.net, sorted(objective.layers, key=lambda n: self.orders.get(n, 0)),
+                        calls=self.calls,
+                        stop=s.early_exit and not objective.needs_logits and bool(objective.layers)),
+            pre=self._final_relus(objective.layers) if s.pre_relu else {},
+            sizes=_octave_sizes(s, self.model.input_size),
+            batch=len(seeds),
+        )
+        st.opt = _optimizer(s.optimizer, list(st.param.tensors), s.lr)
+        st.cap.inputs_of = list(st.pre.values())
         t0 = time.perf_counter()
-        interrupted = False
-        done = 0
-        relus = self._relus_before(objective.layers) if s.redirect_relu else []
-        pre = self._final_relus(objective.layers) if s.pre_relu else {}
-        cap.inputs_of = list(pre.values())
-        with cap, redirect_relu(self.model.net, relus):
+        with st.cap:
             with torch.no_grad():
-                before = self._evaluate(objective, param(), cap).float().cpu()
-            for step in range(s.steps):
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(s, step)
-                opt.zero_grad(set_to_none=True)
-                images = param()
-                x = _fit(transform(images, gens, sizes[step]), sizes[step])
-                logits = run(self.model.forward, x, cap)
-                owner = torch.arange(b, device=device).repeat_interleave(x.shape[0] // b)
-                acts = {**cap.acts, **{layer: cap.inputs[relu] for layer, relu in pre.items()}}
-                values = objective(Context(acts, logits, images, owner))
-                vals = values.detach().float().cpu()
-                bad = ~torch.isfinite(vals) & alive
-                for i in torch.nonzero(bad).flatten().tolist():
-                    status[i] = f"non-finite objective at step {step + 1}; stopped"
-                alive &= ~bad
-                active &= alive
-                if not active.any():
-                    done = step + 1
-                    break
-                loss = -values[active.to(values.device)].sum()
-                loss.backward()
-                for i in torch.nonzero(~active).flatten().tolist():
-                    param.tensors[i].grad = None
-                opt.step()
-                param.project()
-                for i in range(b):
-                    curves[i].append(float(vals[i]))
-                done = step + 1
-                if s.converge > 0:
-                    active &= ~torch.tensor([_converged(c, s.window, s.converge) for c in curves])
-                    if not active.any():
-                        break
-                if on_step:
-                    on_step(done)
-                if should_stop and should_stop():
-                    interrupted = done < s.steps
-                    break
+                before = self._evaluate(objective, st.param(), st.cap).float().cpu()
+            # only an objective that is exactly 0 (a ReLU off everywhere) needs redirected gradients
+            dead = s.redirect_relu and bool((before == 0).any())
+            with redirect_relu(self.model.net, self._relus_before(objective.layers) if dead else []):
+                interrupted = self._optimise(st, on_step, should_stop)
             with torch.no_grad():
-                final = param().detach()
-                after = self._evaluate(objective, final, cap).float().cpu()
-        return RenderResult(final.cpu(), before.tolist(), after.tolist(), curves, status, done,
+                final = st.param().detach()
+                after = self._evaluate(objective, final, st.cap).float().cpu()
+        return RenderResult(final.cpu(), before.tolist(), after.tolist(), st.curves, st.status, st.done,
                             time.perf_counter() - t0, interrupted, s)
+
+    def _optimise(self, st: _State, on_step, should_stop) -> bool:
+        """The optimisation steps; returns whether a stop request interrupted them."""
+        s = self.settings
+        b = st.batch
+        for step in range(s.steps):
+            for group in st.opt.param_groups:
+                group["lr"] = _lr_at(s, step)
+            st.opt.zero_grad(set_to_none=True)
+            images = st.param()
+            x = _fit(st.transform(images, st.gens, st.sizes[step]), st.sizes[step])
+            logits = run(self.model.forward, x, st.cap)
+            owner = torch.arange(b, device=x.device).repeat_interleave(x.shape[0] // b)
+            acts = {**st.cap.acts, **{layer: st.cap.inputs[relu] for layer, relu in st.pre.items()}}
+            values = st.objective(Context(acts, logits, images, owner))
+            vals = values.detach().float().cpu()
+            bad = ~torch.isfinite(vals) & st.alive
+            for i in torch.nonzero(bad).flatten().tolist():
+                st.status[i] = f"non-finite objective at step {step + 1}; stopped"
+            st.alive &= ~bad
+            st.active &= st.alive
+            if not st.active.any():
+                st.done = step + 1
+                return False
+            (-values[st.active.to(values.device)].sum()).backward()
+            for i in torch.nonzero(~st.active).flatten().tolist():
+                st.param.tensors[i].grad = None  # frozen images: optimisers skip parameters without gradient
+            st.opt.step()
+            st.param.project()
+            for i in range(b):
+                st.curves[i].append(float(vals[i]))
+            st.done = step + 1
+            if s.converge > 0:
+                st.active &= ~torch.tensor([_converged(c, s.window, s.converge) for c in st.curves])
+                if not st.active.any():
+                    return False
+            if on_step:
+                on_step(st.done)
+            if should_stop and should_stop():
+                return st.done < s.steps
+        return False
+
+
+@dataclass
+class _State:
+    """Everything one ``Renderer.render`` call works on."""
+
+    objective: Objective
+    param: ImageParam
+    transform: Transform
+    gens: list[torch.Generator]
+    cap: capture
+    pre: dict[str, str]
+    sizes: list[int]
+    batch: int
+    opt: torch.optim.Optimizer | None = None
+    done: int = 0
+    alive: torch.Tensor = field(init=False)
+    active: torch.Tensor = field(init=False)  # alive and not yet converged
+    status: list[str] = field(init=False)
+    curves: list[list[float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.alive = torch.ones(self.batch, dtype=torch.bool)
+        self.active = self.alive.clone()
+        self.status = ["ok"] * self.batch
+        self.curves = [[] for _ in range(self.batch)]
 
 
 def render(

@@ -3,7 +3,7 @@
 A transform takes images ``[B,3,H,W]`` and one random generator per image, and returns transformed images
 (it may return several rows per image: MACO's crops). Randomness is drawn per image from its own generator,
 so an image's render does not depend on its batch. Resampling uses torchvision's transform functionals and
-``torchvision.ops.roi_align``. Named presets live in :data:`TRANSFORM_PRESETS`.
+``resized_crop``. Named presets live in :data:`TRANSFORM_PRESETS`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from torchvision.ops import roi_align
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -68,26 +67,30 @@ class Jitter(Transform):
 
 @dataclass
 class RandomAffine(Transform):
-    """Random scale and rotation about the centre, one draw per image, same output size."""
+    """Random scale, rotation (and translation by up to ``translate`` pixels) about the centre, one draw per
+    image, same output size, grey outside."""
 
     scales: Sequence[float] = tuple(1 + (i - 5) / 50 for i in range(11))
     angles: Sequence[float] = tuple(range(-10, 11)) + (0,) * 5
+    translate: int = 0
 
     def __call__(self, x, gens, out_size=None):
         out = []
         for i, g in enumerate(gens):
             s, a = _choice(g, self.scales), _choice(g, self.angles)
-            if s == 1 and a == 0:
+            t = [int(torch.randint(-self.translate, self.translate + 1, (), generator=g)) for _ in range(2)] \
+                if self.translate else [0, 0]
+            if s == 1 and a == 0 and t == [0, 0]:
                 out.append(x[i:i + 1])
                 continue
             # torchvision's ``fill`` path is not autograd-safe: shift so that its zero fill is grey
-            out.append(TF.affine(x[i:i + 1] - 0.5, angle=float(a), translate=[0, 0], scale=float(s),
+            out.append(TF.affine(x[i:i + 1] - 0.5, angle=float(a), translate=t, scale=float(s),
                                  shear=[0.0, 0.0], interpolation=InterpolationMode.BILINEAR) + 0.5)
         return torch.cat(out)
 
     def describe(self) -> dict:
         return {"name": "randomaffine", "scales": [min(self.scales), max(self.scales)],
-                "angles": [min(self.angles), max(self.angles)]}
+                "angles": [min(self.angles), max(self.angles)], "translate": self.translate}
 
 
 @dataclass
@@ -108,17 +111,19 @@ class Crops(Transform):
         return self.n
 
     def __call__(self, x, gens, out_size=None):
-        b, _, h, w = x.shape
-        boxes = []
+        _, _, h, w = x.shape
+        side_out = out_size or round(min(h, w) * sum(self.box) / 2)
+        out = []
         for i, g in enumerate(gens):
             for _ in range(self.n):
                 frac = _uniform(g, *self.box)
                 cx = min(max(0.5 + self.spread * torch.randn((), generator=g).item(), frac / 2), 1 - frac / 2)
                 cy = min(max(0.5 + self.spread * torch.randn((), generator=g).item(), frac / 2), 1 - frac / 2)
-                boxes.append([i, (cx - frac / 2) * w, (cy - frac / 2) * h, (cx + frac / 2) * w, (cy + frac / 2) * h])
-        rois = torch.tensor(boxes, dtype=x.dtype, device=x.device)
-        side = out_size or round(min(h, w) * sum(self.box) / 2)
-        out = roi_align(x, rois, output_size=(side, side), aligned=True)
+                ch, cw = max(2, round(frac * h)), max(2, round(frac * w))
+                top = min(max(0, round(cy * h - ch / 2)), h - ch)
+                left = min(max(0, round(cx * w - cw / 2)), w - cw)
+                out.append(TF.resized_crop(x[i:i + 1], top, left, ch, cw, [side_out, side_out], antialias=True))
+        out = torch.cat(out)
         if self.noise:
             noise = torch.cat([torch.randn(self.n, *out.shape[1:], generator=g) * self.noise
                                + (torch.rand(self.n, *out.shape[1:], generator=g) - 0.5) * self.noise
@@ -153,6 +158,12 @@ def standard() -> Compose:
     return Compose([Pad(12), Jitter(8), RandomAffine(), Jitter(4)])
 
 
+def fused() -> Compose:
+    """Lucid's standard transforms in one resample: translate ±12 px (pad 12 + jitter 8 + jitter 4),
+    scale 0.9-1.1, rotate ±10°, grey outside, output at the input size (no crop/resize afterwards)."""
+    return Compose([RandomAffine(translate=12)])
+
+
 def light() -> Compose:
     """Jitter and small scale/rotation, no padding: cheaper, for few-step renders."""
     return Compose([Pad(4), Jitter(4), RandomAffine(scales=(0.95, 1.0, 1.05), angles=(-5, 0, 5)), Jitter(4)])
@@ -172,6 +183,7 @@ def maco_horama() -> Compose:
 TRANSFORM_PRESETS: dict[str, Callable[[], Transform]] = {
     "none": lambda: Compose([]),
     "standard": standard,
+    "fused": fused,
     "light": light,
     "maco": maco,
     "maco_horama": maco_horama,
