@@ -148,8 +148,10 @@ def lucent(model, layer, channels, steps, device):
     return images, steps
 
 
-def ceiling(model, layer, device, batch, n=20):
-    """Seconds per image for forward+backward (w.r.t. the input) of the model truncated at ``layer``."""
+def ceiling(model, layer, device, batch, n=8, repeats=4):
+    """Seconds per image for forward+backward (w.r.t. the input) of the model truncated at ``layer``: the
+    best of ``repeats`` timings of ``n`` steps (timings on a shared machine are noisy; the best is the
+    machine's real speed)."""
     import torch
 
     from filterscope.hooks import capture, run
@@ -157,6 +159,7 @@ def ceiling(model, layer, device, batch, n=20):
 
     info = get_layer(model, layer)
     x = torch.rand(batch, 3, model.input_size, model.input_size, device=device, requires_grad=True)
+    best = float("inf")
     with capture(model.net, [layer], calls={layer: info.calls}, stop=True) as cap:
         def step():
             run(model.forward, x, cap)
@@ -164,12 +167,14 @@ def ceiling(model, layer, device, batch, n=20):
 
         for _ in range(3):
             step()
-        sync(device)
-        t = time.perf_counter()
-        for _ in range(n):
-            step()
-        sync(device)
-    return (time.perf_counter() - t) / n / batch
+        for _ in range(repeats):
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(n):
+                step()
+            sync(device)
+            best = min(best, (time.perf_counter() - t) / n / batch)
+    return best
 
 
 def worker(args) -> None:
@@ -179,7 +184,8 @@ def worker(args) -> None:
 
     model = load(args.model, args.device)
     channels = [int(c) for c in args.channels.split(",")]
-    # the ceiling is measured in the same process, just before the method, so machine noise cancels out
+    # the ceiling is measured in the same process before and after the method (the best of both), so slow
+    # phases of a shared machine do not flatter the fraction of the ceiling
     ceil = ceiling(model, args.layer, args.device, args.batch or 1)
     sync(args.device)
     t0 = time.perf_counter()
@@ -191,6 +197,7 @@ def worker(args) -> None:
         images, steps = preset(model, args.layer, channels, args.method, args.steps, args.device, args.batch)
     sync(args.device)
     seconds = (time.perf_counter() - t0) / len(channels)
+    ceil = min(ceil, ceiling(model, args.layer, args.device, args.batch or 1))
     mem = peak_mib(args.device)
     nat = natural_max(model, args.layer)
     stack = torch.stack([torch.nn.functional.interpolate(i[None].float(), size=(model.input_size,) * 2,

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from .errors import FilterscopeError, Interrupted, UsageError
+from .outputs import check_writable
 
 DEFAULT_OUT = "filterscope-out"
 
@@ -211,19 +212,13 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
     out = out or os.path.join(DEFAULT_OUT, "inspect")
     model = load(model_name, weights, trust_checkpoint, device)
     layer = get_layer(model, layer).name
-    check_writable_parent(out)
+    check_writable(out)
     run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top)
     lines = [f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
              f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})", "top filters (mean activation):"]
     lines += [f"  {i:5d}  {ins.means[i]:.4f}" for i in ins.top]
     lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
     emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
-
-
-def check_writable_parent(out: str) -> None:
-    from .outputs import check_writable
-
-    check_writable(out)
 
 
 @cli.command()
@@ -252,7 +247,7 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
     info = get_layer(model, layer)
     if top > info.channels:
         raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
-    check_writable_parent(out)
+    check_writable(out)
     with graceful_stop(quiet) as stop:
         res = run_boost(model, image, layer=info.name, top=top, method=method, settings=settings, seed=seed,
                         out=out, batch=batch, resume=resume, progress=not quiet, should_stop=stop)
@@ -303,7 +298,7 @@ def render_cmd(model_name, weights, trust_checkpoint, device, layer, channels, m
     info = get_layer(model, layer)
     chans = parse_channels(channels, info.channels)
     pen = parse_objective(model, penalty) if penalty else None
-    check_writable_parent(out)
+    check_writable(out)
     record = {"model": model.describe(), "layer": info.name, "channels": chans, "method": method,
               "render": settings.as_dict(), "seed": seed, "batch": batch, "diversity": diversity,
               "penalty": penalty}
@@ -358,7 +353,7 @@ def render_objective_cmd(model, text, method, settings, seed, out, resume, quiet
     from .renderer import Renderer, channel_seed
 
     obj: Objective = parse_objective(model, text)
-    check_writable_parent(out)
+    check_writable(out)
     spec = getattr(obj, "channel_spec", None)
     if obj.needs_logits and obj.name.startswith("logit:") and obj.name[6:].isdigit():
         fname = f"logit_{int(obj.name[6:]):04d}.png"
@@ -426,7 +421,7 @@ def compare(model_name, weights, trust_checkpoint, device, layer, channels, meth
     model = load(model_name, weights, trust_checkpoint, device)
     info = get_layer(model, layer)
     chans = parse_channels(channels, info.channels)
-    check_writable_parent(out)
+    check_writable(out)
     settings = {n: p.with_(steps=steps) for n, p in presets.items()}
     run = RunDir(out, "compare", {"model": model.describe(), "layer": info.name, "channels": chans,
                                   "methods": {n: s.as_dict() for n, s in settings.items()}, "seed": seed},
@@ -538,7 +533,7 @@ def atlas(model_name, weights, trust_checkpoint, device, layer_names, channels, 
     if not infos:
         raise UsageError("--layers is empty")
     chans = {i.name: parse_channels(channels, i.channels) for i in infos}
-    check_writable_parent(out)
+    check_writable(out)
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()

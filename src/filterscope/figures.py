@@ -94,8 +94,8 @@ def boost_figure(ins: Inspection, renders: Sequence[tuple[int, torch.Tensor | Im
         ax = fig.add_subplot(gs[1, j])
         arr = to_uint8(img) if isinstance(img, torch.Tensor) else np.asarray(img)
         ax.imshow(arr)
-        gain = f"×{after / before:.1f}" if before > 1e-6 else f"{before:.2f}→{after:.2f}"
-        ax.set_title(f"filter {idx}: {after:.2f} ({gain} vs noise)\nimage act. {ins.means[idx]:.2f}", fontsize=9)
+        gain = f"×{after / before:.1f} vs noise" if before > 0.1 else f"noise {before:.2f}"
+        ax.set_title(f"filter {idx}: boosted {after:.2f} ({gain})\non the photo {ins.means[idx]:.2f}", fontsize=9)
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))

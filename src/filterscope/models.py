@@ -8,7 +8,6 @@ everywhere; normalisation happens inside :meth:`Model.forward`, so renders can b
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 import socket
@@ -423,9 +422,3 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     except RuntimeError:
         raise ModelError(f"unknown device {device!r}", hint="use auto, cpu, cuda or mps") from None
 
-
-def state_dict_bytes(net: nn.Module) -> bytes:
-    """Serialise a module's weights (used by tests and the Ray backend)."""
-    buf = io.BytesIO()
-    torch.save(net.state_dict(), buf)
-    return buf.getvalue()
