@@ -6,9 +6,9 @@
 - docs/grid_methods_bn2.png, docs/grid_methods_blocks5.png: ``filterscope compare`` of seed, lucid, maco
   and fast (each at its own default steps) on 6 channels of the default layer (the cup's top filters) and
   of blocks.5;
-- docs/atlas_index.png, docs/atlas_channel.png: headless-Chromium screenshots of an atlas (``--atlas DIR``,
+- docs/atlas_layer.png, docs/atlas_channel.png: headless-Chromium screenshots of an atlas (``--atlas DIR``,
   built with ``filterscope atlas``);
-- docs/bench.png and the benchmark table (copied from ``--bench``).
+- docs/bench.png (copied from ``--bench``; paste its bench.md table into the README).
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ def screenshots(atlas: Path) -> None:
         rec = json.loads((atlas / "run.json").read_text())
         layer = next(iter(rec["settings"]["layers"]))
         page.goto((atlas / layer / "index.html").resolve().as_uri())
+        # the grid's images load lazily: load the first screen's before the screenshot
+        page.evaluate("document.querySelectorAll('img').forEach((i, k) => { if (k < 200) i.loading = 'eager'; })")
+        page.wait_for_function("[...document.querySelectorAll('img')].slice(0, 200).every(i => i.complete)")
         page.screenshot(path=str(DOCS / "atlas_layer.png"))
         ex = json.loads((atlas / "examples.json").read_text())
         chans = ex["layers"][layer]["channels"]

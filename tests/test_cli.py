@@ -51,6 +51,10 @@ def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
     assert rec["inspection"]["predictions"][0]["class"] == 967
     csv = (out / "activations.csv").read_text().splitlines()
     assert csv[0] == "filter,mean,max" and len(csv) == 1281
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ["run.json", "figure_boost.png", f"bn2/channel_{top[0]:04d}.png"]:  # not mkstemp's 0600
+        assert (out / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
 def test_inspect_top_filter_is_argmax_and_deterministic(model, coffee, tmp_path, capsys):
@@ -185,6 +189,13 @@ BAD = [
     ("unknown method", ["boost", "--method", "dreamy"], 2, "unknown method"),
     ("bad objective", ["render", "--objective", "blocks.5:12 -"], 2, "cannot read objective"),
     ("unknown objective", ["render", "--objective", "sharpness(3)"], 2, "unknown objective"),
+    ("objective channel too big", ["render", "--objective", "blocks.5:9999"], 2, "out of range for blocks.5"),
+    ("objective fractional channel", ["render", "--objective", "blocks.5:1.5"], 2, "not a whole number"),
+    ("objective class too big", ["render", "--objective", "logit:5000"], 2, "class 5000 is out of range"),
+    ("objective negative neuron", ["render", "--objective", "neuron(blocks.5, -3)"], 2, "out of range"),
+    ("objective on logit layer", ["render", "--objective", "deepdream(logit)"], 2, "use logit:N"),
+    ("inspect logit", ["inspect", "--layer", "logit"], 2, "not 'logit'"),
+    ("diversity of one", ["render", "--diversity", "1"], 2, "at least 2"),
     ("output is a file", ["boost", "--out", "{d}/not_a_dir"], 1, "not a directory"),
     ("missing weights", ["boost", "--model", "resnet18", "--weights", "{d}/none.pth"], 2, "not found"),
     ("weights of another arch", ["layers", "--model", "resnet18", "--weights", "{d}/r34.pth"], 1, "do not fit"),

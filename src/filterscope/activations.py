@@ -14,7 +14,8 @@ from PIL import Image
 
 from .hooks import capture, run
 from .images import model_input
-from .layers import LayerInfo, get_layer, list_layers
+from .errors import LayerError
+from .layers import LOGIT, LayerInfo, get_layer, list_layers
 from .models import Model
 
 
@@ -29,13 +30,13 @@ class Inspection:
     top: list[int]  # filter indices, highest mean first
     predictions: list[tuple[int, str, float]]  # top-5 classes (index, name, probability)
 
-    def top_values(self) -> list[float]:
-        return [float(self.means[i]) for i in self.top]
-
 
 def inspect(model: Model, image: Image.Image | torch.Tensor, layer: str = "default", top: int = 5) -> Inspection:
     """Run ``image`` through ``model`` and collect ``layer``'s activations with a forward hook."""
     info = get_layer(model, layer)
+    if info.name == LOGIT:
+        raise LayerError("'logit' has no activation maps to inspect; pick a layer of the network "
+                         "(render class logits with 'filterscope render --layer logit')")
     x = image if isinstance(image, torch.Tensor) else model_input(model, image)
     if x.dim() == 3:
         x = x.unsqueeze(0)

@@ -2,7 +2,7 @@
 
 Channels are rendered in batches (``batch`` images at a time; on a CPU one image per step is as fast as
 any batch, on a GPU the batch is sized from free memory). Each image has its own seed
-(:func:`~filterscope.render.channel_seed`), so a channel's picture does not depend on its batch. With a
+(:func:`~filterscope.renderer.channel_seed`), so a channel's picture does not depend on its batch. With a
 :class:`~filterscope.outputs.RunDir`, finished channels are skipped on ``--resume``.
 """
 
@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .layers import LayerInfo
-from .models import Model
+from .errors import UsageError
 from .images import png_bytes
-from .layers import LOGIT
+from .layers import LOGIT, LayerInfo
+from .models import Model
 from .objectives import Objective, channel, logit
 from .renderer import Renderer, RenderResult, RenderSettings, channel_seed
 
@@ -200,6 +200,9 @@ def render_layer(
     """Render channels into ``run`` plus, with ``diversity=N``, N jointly optimised variants per channel
     (Lucid's diversity term at the same layer), and write ``grid_<layer>.png``."""
     from .objectives import diversity as diversity_term
+
+    if diversity == 1:
+        raise UsageError("diversity needs at least 2 variants (each is pushed away from the others)")
 
     extra = (lambda c: -1.0 * penalty) if penalty is not None else None
     summary = render_to_dir(model, layer, channels, settings, seed, run, batch=batch, progress=progress,

@@ -105,7 +105,7 @@ def render_options(f):
     f = click.option("--optimizer", type=click.Choice(["adam", "nadam"]), default=None,
                      help="Override the method's optimiser.")(f)
     f = click.option("--transforms", default=None,
-                     help="Override the method's transforms: none, standard, light, maco, maco_horama.")(f)
+                     help="Override the method's transforms: none, standard, fused, light, maco, maco_horama.")(f)
     f = click.option("--param", default=None, help="Override the method's parameterisation: pixel, fourier, maco.")(f)
     f = click.option("--batch", type=int, default=None, help="Images per step (default: 1 on CPU, from memory on GPU).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
@@ -154,6 +154,12 @@ def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
     elif not quiet:
         for line in lines:
             click.echo(line)
+
+
+def check_diversity(n: int) -> int:
+    if n == 1:
+        raise UsageError("--diversity needs at least 2 variants (each is pushed away from the others); 0 turns it off")
+    return n
 
 
 def interrupted_error(run_dir: Path, done: int, total: int) -> Interrupted:
@@ -212,6 +218,7 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
     out = out or os.path.join(DEFAULT_OUT, "inspect")
     model = load(model_name, weights, trust_checkpoint, device)
     layer = get_layer(model, layer).name
+    no_logit(layer, "inspect")
     check_writable(out)
     run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top)
     lines = [f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
@@ -219,6 +226,12 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
     lines += [f"  {i:5d}  {ins.means[i]:.4f}" for i in ins.top]
     lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
     emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
+
+
+def no_logit(layer: str, command: str) -> None:
+    if layer == "logit":
+        raise UsageError(f"{command} needs a layer of the network, not 'logit' "
+                         "(class logits are rendered with 'filterscope render --layer logit')")
 
 
 @cli.command()
@@ -245,6 +258,7 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
     out = out or os.path.join(DEFAULT_OUT, "boost")
     model = load(model_name, weights, trust_checkpoint, device)
     info = get_layer(model, layer)
+    no_logit(info.name, "boost")
     if top > info.channels:
         raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
     check_writable(out)
@@ -277,7 +291,8 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
 @click.option("--objective", default=None, help="Render one objective given as text instead, "
               "e.g. 'blocks.5:12 - 0.1*tv' or 'logit:967'.")
 @click.option("--penalty", default=None, help="Regularisers subtracted from every channel, e.g. '0.05*tv'.")
-@click.option("--diversity", type=click.IntRange(min=0), default=0, help="Also render N diverse variants per channel.")
+@click.option("--diversity", type=click.IntRange(min=0), default=0, callback=lambda c, p, v: check_diversity(v),
+              help="Also render N ≥ 2 diverse variants per channel.")
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/render].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
@@ -334,19 +349,22 @@ def parse_objective(model, text: str):
             import torch
 
             try:
-                return torch.tensor(np.load(arg)).float()
+                vec = torch.tensor(np.load(arg)).float().flatten()
             except (OSError, ValueError) as e:
                 raise UsageError(f"cannot read direction vector {arg}: {e}") from None
+            n = get_layer(model, layer).channels
+            if vec.numel() != n:
+                raise UsageError(f"direction vector {arg} has {vec.numel()} values; {layer} has {n} channels")
+            return vec
         ins = inspect(model, load_image(arg), layer, top=1)
         return ins.means
 
-    return parse(text, resolve, vector)
+    return parse(text, resolve, vector, channels=lambda name: get_layer(model, name).channels)
 
 
 def render_objective_cmd(model, text, method, settings, seed, out, resume, quiet, as_json, t0):
     from tqdm import tqdm
 
-    from .images import to_pil
     from .interrupt import graceful_stop
     from .objectives import Objective
     from .outputs import RunDir
@@ -402,11 +420,8 @@ def render_objective_cmd(model, text, method, settings, seed, out, resume, quiet
 def compare(model_name, weights, trust_checkpoint, device, layer, channels, methods, steps, seed, out, resume,
             quiet, as_json):
     """The same channels rendered with every preset, side by side in one figure."""
-    from PIL import Image
-
     from .channels import channel_file, render_layer
     from .figures import compare_figure
-    from .images import to_tensor
     from .interrupt import graceful_stop
     from .layers import get_layer
     from .outputs import RunDir
@@ -427,6 +442,7 @@ def compare(model_name, weights, trust_checkpoint, device, layer, channels, meth
                                   "methods": {n: s.as_dict() for n, s in settings.items()}, "seed": seed},
                  resume=resume)
     rows, notes = {}, {}
+    finished = 0
     with graceful_stop(quiet) as stop:
         for n, st in settings.items():
             sub = RunDir(run.path / n, "render", {"model": model.describe(), "layer": info.name,
@@ -436,10 +452,12 @@ def compare(model_name, weights, trust_checkpoint, device, layer, channels, meth
             t = time.perf_counter()
             summary = render_layer(model, info, chans, st, seed, sub, progress=not quiet, should_stop=stop)
             sub.finish("partial" if summary.interrupted else "complete")
+            finished += len(summary.rendered) + len(summary.skipped)
             if summary.interrupted:
                 run.finish("partial")
-                raise interrupted_error(run.path, 0, len(chans) * len(settings))
-            rows[n] = [to_tensor(Image.open(sub.file(channel_file(info.name, c))).convert("RGB")) for c in chans]
+                raise interrupted_error(run.path, finished, len(chans) * len(settings))
+            rows[n] = [compare_tile(sub.file(channel_file(info.name, c)), st.size or model.input_size)
+                       for c in chans]
             notes[n] = f"{st.steps} steps"
             run.record["timings"][n + "_s"] = round(time.perf_counter() - t, 3)
             run.record["results"][n] = {"dir": n, "steps": st.steps}
@@ -447,6 +465,19 @@ def compare(model_name, weights, trust_checkpoint, device, layer, channels, meth
     run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
     run.finish("complete")
     emit(as_json, quiet, run.record, [f"wrote {run.path}/figure_compare.png ({len(names)} methods × {len(chans)} channels)"])
+
+
+def compare_tile(path: Path, size: int):
+    """A finished render as a tensor; a channel that failed (no PNG) shows as a grey tile."""
+    import torch
+    from PIL import Image
+
+    from .images import to_tensor
+
+    if not path.is_file():
+        return torch.full((3, size, size), 0.5)
+    with Image.open(path) as im:
+        return to_tensor(im.convert("RGB"))
 
 
 @cli.command()
@@ -493,7 +524,8 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
 @click.option("--images", default=None, help="Folder of images for dataset examples (default: bundled photos).")
 @click.option("--top", "n_top", type=click.IntRange(min=1, max=50), default=6, show_default=True,
               help="Dataset examples per channel.")
-@click.option("--diversity", type=click.IntRange(min=0), default=0, help="Diverse variants per channel.")
+@click.option("--diversity", type=click.IntRange(min=0), default=0, callback=lambda c, p, v: check_diversity(v),
+              help="N ≥ 2 diverse variants per channel.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
@@ -528,6 +560,7 @@ def atlas(model_name, weights, trust_checkpoint, device, layer_names, channels, 
     infos = []
     for name in [n.strip() for n in layer_names.split(",") if n.strip()]:
         info = get_layer(model, name)
+        no_logit(info.name, "atlas")
         if info.name not in [i.name for i in infos]:
             infos.append(info)
     if not infos:

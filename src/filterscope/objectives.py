@@ -287,12 +287,35 @@ def _tokens(text: str) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    def __init__(self, text: str, resolve_layer: Callable[[str], str], load_vector: Callable[[str, str], torch.Tensor]):
+    def __init__(self, text: str, resolve_layer: Callable[[str], str], load_vector: Callable[[str, str], torch.Tensor],
+                 channels: Callable[[str], int] | None = None):
         self.text = text
         self.toks = _tokens(text)
         self.i = 0
-        self.resolve_layer = resolve_layer
+        self.resolve = resolve_layer
         self.load_vector = load_vector
+        self.channels = channels
+
+    def resolve_layer(self, name: str) -> str:
+        """A real layer of the network: ``logit`` is only valid as ``logit:N``."""
+        out = self.resolve(name)
+        if out == "logit":
+            raise UsageError(f"cannot read objective {self.text!r}: 'logit' is not a layer here; use logit:N")
+        return out
+
+    def index(self, tok: str, layer: str, what: str = "channel") -> int:
+        """An integer channel/class number, checked against the layer's size when it is known."""
+        try:
+            v = float(tok)
+        except ValueError:
+            raise UsageError(f"cannot read objective {self.text!r}: {tok!r} is not a {what} number") from None
+        if not v.is_integer():
+            raise UsageError(f"cannot read objective {self.text!r}: {what} {tok} is not a whole number")
+        n = self.channels(layer) if self.channels else None
+        if v < 0 or (n is not None and v >= n):
+            limit = f"0-{n - 1}" if n is not None else "≥ 0"
+            raise UsageError(f"objective {self.text!r}: {what} {tok} is out of range for {layer} ({limit})")
+        return int(v)
 
     def peek(self) -> tuple[str, str] | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -356,15 +379,18 @@ class _Parser:
             raise UsageError(f"cannot read objective {self.text!r}: unexpected {val!r}")
         if self.peek() and self.peek()[1] == ":":
             self.take(":")
-            idx = int(self.take()[1]) if self.peek() and self.peek()[0] == "num" else None
-            if idx is None or float(idx) != int(idx):
+            if not (self.peek() and self.peek()[0] == "num"):
                 raise UsageError(f"cannot read objective {self.text!r}: expected a channel number after ':'")
-            return logit(idx) if val == "logit" else channel(self.resolve_layer(val), idx)
+            tok = self.take()[1]
+            if val == "logit":
+                return logit(self.index(tok, "logit", "class"))
+            lay = self.resolve_layer(val)
+            return channel(lay, self.index(tok, lay))
         args: list[str] = []
         if self.peek() and self.peek()[1] == "(":
             self.take("(")
             while self.peek() and self.peek()[1] != ")":
-                k, v = self.take()
+                _, v = self.take()
                 if v == ",":
                     continue
                 if v == "-" and self.peek() and self.peek()[0] == "num":
@@ -386,12 +412,14 @@ class _Parser:
         try:
             if name in ("channel", "neuron"):
                 layer_name = self.resolve_layer(args[0])
-                rest = [int(num(a)) for a in args[1:]]
+                rest = [self.index(args[1], layer_name)] + [int(num(a)) for a in args[2:]]
+                if any(r < 0 for r in rest):
+                    raise UsageError(f"objective {name}: positions must be ≥ 0, got ({', '.join(args)})")
                 return OBJECTIVE_REGISTRY[name](layer_name, *rest)
             if name in ("layer", "deepdream", "diversity"):
                 return OBJECTIVE_REGISTRY[name](self.resolve_layer(args[0]))
             if name == "logit":
-                return logit(int(num(args[0])))
+                return logit(self.index(args[0], "logit", "class"))
             if name == "direction":
                 layer_name = self.resolve_layer(args[0])
                 return direction(layer_name, self.load_vector(layer_name, args[1]),
@@ -402,11 +430,13 @@ class _Parser:
 
 
 def parse(text: str, resolve_layer: Callable[[str], str] = lambda s: s,
-          load_vector: Callable[[str, str], torch.Tensor] | None = None) -> Objective:
+          load_vector: Callable[[str, str], torch.Tensor] | None = None,
+          channels: Callable[[str], int] | None = None) -> Objective:
     """Read an objective from text. ``resolve_layer`` checks/expands layer names (``default``);
-    ``load_vector(layer, arg)`` gives ``direction``'s vector (an image path or a ``.npy`` file)."""
+    ``load_vector(layer, arg)`` gives ``direction``'s vector (an image path or a ``.npy`` file);
+    ``channels(layer)`` (``logit`` for classes) lets channel numbers be range-checked."""
 
     def no_vectors(layer_name: str, arg: str) -> torch.Tensor:
         raise UsageError("direction objectives need a model to read their vector")
 
-    return _Parser(text, resolve_layer, load_vector or no_vectors).parse()
+    return _Parser(text, resolve_layer, load_vector or no_vectors, channels).parse()

@@ -22,6 +22,8 @@ from typing import Any
 from .errors import OutputError, UsageError
 
 RUN_FILE = "run.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp makes 0600 files, outputs get the usual 0666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
@@ -34,6 +36,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -1,4 +1,4 @@
-"""Named render presets (``--method``); the README's "Presets" section gives the measurements behind them.
+"""Named render presets (``--method``); the README's "Methods (presets)" section gives the measurements behind them.
 
 - ``seed``: the tutorial's method, the baseline: pixels from uniform grey noise (0.45-0.55, Chollet's
   "grey image with noise"), Adam, loss = -mean activation, no transforms, 48 steps at lr 0.02. High
