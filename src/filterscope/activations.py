@@ -14,8 +14,7 @@ from PIL import Image
 
 from .hooks import capture, run
 from .images import model_input
-from .errors import LayerError
-from .layers import LOGIT, LayerInfo, get_layer, list_layers
+from .layers import LayerInfo, list_layers, network_layer
 from .models import Model
 
 
@@ -33,10 +32,7 @@ class Inspection:
 
 def inspect(model: Model, image: Image.Image | torch.Tensor, layer: str = "default", top: int = 5) -> Inspection:
     """Run ``image`` through ``model`` and collect ``layer``'s activations with a forward hook."""
-    info = get_layer(model, layer)
-    if info.name == LOGIT:
-        raise LayerError("'logit' has no activation maps to inspect; pick a layer of the network "
-                         "(render class logits with 'filterscope render --layer logit')")
+    info = network_layer(model, layer, "inspect")
     x = image if isinstance(image, torch.Tensor) else model_input(model, image)
     if x.dim() == 3:
         x = x.unsqueeze(0)

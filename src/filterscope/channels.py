@@ -177,6 +177,14 @@ def render_to_dir(
     return summary
 
 
+def check_diversity(n: int) -> int:
+    """Diverse variants are pushed away from each other, so there must be none or at least 2."""
+    if n == 1:
+        raise UsageError("--diversity needs at least 2 variants (each is pushed away from the others); "
+                         "0 turns it off")
+    return n
+
+
 def diversity_seeds(seed: int, c: int, n: int) -> list[int]:
     return [channel_seed(seed, c + (v + 1) * 1_000_003) for v in range(n)]
 
@@ -201,9 +209,7 @@ def render_layer(
     (Lucid's diversity term at the same layer), and write ``grid_<layer>.png``."""
     from .objectives import diversity as diversity_term
 
-    if diversity == 1:
-        raise UsageError("diversity needs at least 2 variants (each is pushed away from the others)")
-
+    check_diversity(diversity)
     extra = (lambda c: -1.0 * penalty) if penalty is not None else None
     summary = render_to_dir(model, layer, channels, settings, seed, run, batch=batch, progress=progress,
                             should_stop=should_stop, bar=bar, extra=extra)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from .errors import FilterscopeError, Interrupted, UsageError
+from .errors import FilterscopeError, Interrupted, UsageError, closest
 from .outputs import check_writable
 
 DEFAULT_OUT = "filterscope-out"
@@ -74,7 +74,6 @@ def check_size(size: int | None, batch: int | None, device) -> None:
     if size < 32:
         raise UsageError(f"--size must be at least 32 pixels, got {size}")
     from .memory import available_bytes, render_bytes
-
     from .models import resolve_device
 
     need = render_bytes(size, batch or 1)
@@ -138,8 +137,6 @@ def settings_for(method: str | None, steps, lr, size, seed, batch, device, param
     if batch is not None and batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
     check_size(size if size is not None else base.size, batch, device)
-    from .errors import closest
-
     if param is not None and param not in PARAM_REGISTRY:
         raise UsageError(f"unknown --param {param!r}", hint=closest(param, PARAM_REGISTRY))
     if transforms is not None and transforms not in TRANSFORM_PRESETS:
@@ -156,10 +153,10 @@ def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
             click.echo(line)
 
 
-def check_diversity(n: int) -> int:
-    if n == 1:
-        raise UsageError("--diversity needs at least 2 variants (each is pushed away from the others); 0 turns it off")
-    return n
+def diversity_option(ctx, param, value: int) -> int:
+    from .channels import check_diversity
+
+    return check_diversity(value)
 
 
 def interrupted_error(run_dir: Path, done: int, total: int) -> Interrupted:
@@ -210,15 +207,14 @@ def layers(model_name, weights, trust_checkpoint, device, as_json):
 def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top, out, quiet, as_json):
     """Which filters of LAYER an IMAGE excites most, and where (chart, heatmaps, CSV)."""
     from .images import load_image
-    from .layers import get_layer
+    from .layers import network_layer
     from .pipeline import inspect_to_dir
 
     if image:
         load_image(image)
     out = out or os.path.join(DEFAULT_OUT, "inspect")
     model = load(model_name, weights, trust_checkpoint, device)
-    layer = get_layer(model, layer).name
-    no_logit(layer, "inspect")
+    layer = network_layer(model, layer, "inspect").name
     check_writable(out)
     run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top)
     lines = [f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
@@ -226,12 +222,6 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
     lines += [f"  {i:5d}  {ins.means[i]:.4f}" for i in ins.top]
     lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
     emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
-
-
-def no_logit(layer: str, command: str) -> None:
-    if layer == "logit":
-        raise UsageError(f"{command} needs a layer of the network, not 'logit' "
-                         "(class logits are rendered with 'filterscope render --layer logit')")
 
 
 @cli.command()
@@ -249,7 +239,7 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
     from .pipeline import boost as run_boost
     from .images import load_image
     from .interrupt import graceful_stop
-    from .layers import get_layer
+    from .layers import network_layer
 
     t0 = time.perf_counter()
     if image:
@@ -257,8 +247,7 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
     method, settings = settings_for(method, steps, lr, size, seed, batch, device, param, transforms, optimizer)
     out = out or os.path.join(DEFAULT_OUT, "boost")
     model = load(model_name, weights, trust_checkpoint, device)
-    info = get_layer(model, layer)
-    no_logit(info.name, "boost")
+    info = network_layer(model, layer, "boost")
     if top > info.channels:
         raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
     check_writable(out)
@@ -291,7 +280,7 @@ def boost(image, model_name, weights, trust_checkpoint, device, layer, top, meth
 @click.option("--objective", default=None, help="Render one objective given as text instead, "
               "e.g. 'blocks.5:12 - 0.1*tv' or 'logit:967'.")
 @click.option("--penalty", default=None, help="Regularisers subtracted from every channel, e.g. '0.05*tv'.")
-@click.option("--diversity", type=click.IntRange(min=0), default=0, callback=lambda c, p, v: check_diversity(v),
+@click.option("--diversity", type=click.IntRange(min=0), default=0, callback=diversity_option,
               help="Also render N ≥ 2 diverse variants per channel.")
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/render].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
@@ -524,7 +513,7 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
 @click.option("--images", default=None, help="Folder of images for dataset examples (default: bundled photos).")
 @click.option("--top", "n_top", type=click.IntRange(min=1, max=50), default=6, show_default=True,
               help="Dataset examples per channel.")
-@click.option("--diversity", type=click.IntRange(min=0), default=0, callback=lambda c, p, v: check_diversity(v),
+@click.option("--diversity", type=click.IntRange(min=0), default=0, callback=diversity_option,
               help="N ≥ 2 diverse variants per channel.")
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")
@@ -543,7 +532,7 @@ def atlas(model_name, weights, trust_checkpoint, device, layer_names, channels, 
     from .atlas import build_atlas
     from .images import list_images
     from .interrupt import graceful_stop
-    from .layers import get_layer
+    from .layers import network_layer
 
     t0 = time.perf_counter()
     method, settings = settings_for(method, steps, lr, size, seed, batch, device, param, transforms, optimizer)
@@ -559,8 +548,7 @@ def atlas(model_name, weights, trust_checkpoint, device, layer_names, channels, 
     model = load(model_name, weights, trust_checkpoint, device)
     infos = []
     for name in [n.strip() for n in layer_names.split(",") if n.strip()]:
-        info = get_layer(model, name)
-        no_logit(info.name, "atlas")
+        info = network_layer(model, name, "atlas")
         if info.name not in [i.name for i in infos]:
             infos.append(info)
     if not infos:

@@ -111,6 +111,16 @@ def logit_layer(model: Model) -> LayerInfo:
     return LayerInfo(LOGIT, "output", (n,), 1, 1 << 30)
 
 
+def network_layer(model: Model, name: str = "default", use: str = "this") -> LayerInfo:
+    """:func:`get_layer` for uses that need a module of the network (its activation maps), not the
+    pseudo-layer ``logit``."""
+    info = get_layer(model, name)
+    if info.name == LOGIT:
+        raise LayerError(f"{use} needs a layer of the network, not 'logit' "
+                         "(class logits are rendered with 'filterscope render --layer logit')")
+    return info
+
+
 def get_layer(model: Model, name: str = "default") -> LayerInfo:
     """Resolve a layer name (``default`` and ``logit`` allowed) or raise with the closest names as a hint."""
     if name in (None, "", "default"):

@@ -412,10 +412,10 @@ class _Parser:
         try:
             if name in ("channel", "neuron"):
                 layer_name = self.resolve_layer(args[0])
-                rest = [self.index(args[1], layer_name)] + [int(num(a)) for a in args[2:]]
-                if any(r < 0 for r in rest):
+                position = [int(num(a)) for a in args[2:]]
+                if any(p < 0 for p in position):
                     raise UsageError(f"objective {name}: positions must be ≥ 0, got ({', '.join(args)})")
-                return OBJECTIVE_REGISTRY[name](layer_name, *rest)
+                return OBJECTIVE_REGISTRY[name](layer_name, self.index(args[1], layer_name), *position)
             if name in ("layer", "deepdream", "diversity"):
                 return OBJECTIVE_REGISTRY[name](self.resolve_layer(args[0]))
             if name == "logit":

@@ -206,20 +206,21 @@ class Renderer:
             options.setdefault("decorrelate", s.decorrelate)
         else:
             options["decorrelate"] = s.decorrelate
+        param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
+        pre = self._final_relus(objective.layers) if s.pre_relu else {}
         st = _State(
             objective=objective,
-            param=make_param(s.param, seeds, self.size, **options).to(self.model.device),
+            param=param,
+            opt=_optimizer(s.optimizer, list(param.tensors), s.lr),
             transform=self._transform(),
             gens=[torch.Generator().manual_seed(int(sd) ^ 0x5EED) for sd in seeds],
             cap=capture(self.model.net, sorted(objective.layers, key=lambda n: self.orders.get(n, 0)),
-                        calls=self.calls,
+                        calls=self.calls, inputs_of=list(pre.values()),
                         stop=s.early_exit and not objective.needs_logits and bool(objective.layers)),
-            pre=self._final_relus(objective.layers) if s.pre_relu else {},
+            pre=pre,
             sizes=_octave_sizes(s, self.model.input_size),
             batch=len(seeds),
         )
-        st.opt = _optimizer(s.optimizer, list(st.param.tensors), s.lr)
-        st.cap.inputs_of = list(st.pre.values())
         t0 = time.perf_counter()
         with st.cap:
             with torch.no_grad():
@@ -282,13 +283,13 @@ class _State:
 
     objective: Objective
     param: ImageParam
+    opt: torch.optim.Optimizer
     transform: Transform
     gens: list[torch.Generator]
     cap: capture
     pre: dict[str, str]
     sizes: list[int]
     batch: int
-    opt: torch.optim.Optimizer | None = None
     done: int = 0
     alive: torch.Tensor = field(init=False)
     active: torch.Tensor = field(init=False)  # alive and not yet converged
