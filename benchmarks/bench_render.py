@@ -56,7 +56,7 @@ def load(model_name: str, device: str):
 def pick_channels(model, layer: str, n: int) -> list[int]:
     import numpy as np
 
-    from filterscope.layers import get_layer
+    from filterscope.models.layers import get_layer
 
     c = get_layer(model, layer).channels
     return sorted(int(x) for x in np.random.default_rng(1).choice(c, n, replace=False))
@@ -79,6 +79,7 @@ def sync(device: str) -> None:
 
 
 # ---------------------------------------------------------------- methods (run inside a worker process)
+
 
 def naive(model, layer, channels, steps, device):
     """The tutorial's loop, written the way the tutorial does it: a hook, the full model, pixels, Adam."""
@@ -112,9 +113,9 @@ def naive(model, layer, channels, steps, device):
 
 
 def preset(model, layer, channels, name, steps, device, batch):
-    from filterscope.channels import render_stream
-    from filterscope.layers import get_layer
-    from filterscope.presets import get_preset
+    from filterscope.jobs.channels import render_stream
+    from filterscope.models.layers import get_layer
+    from filterscope.optvis.presets import get_preset
 
     settings = get_preset(name).with_(steps=steps)
     images, done = [], 0
@@ -142,8 +143,15 @@ def lucent(model, layer, channels, steps, device):
     images = []
     for c in channels:
         torch.manual_seed(c)
-        out = render.render_vis(w, objectives.channel("net_" + layer.replace(".", "_"), c), thresholds=(steps,),
-                                show_image=False, progress=False, preprocess=False, verbose=False)
+        out = render.render_vis(
+            w,
+            objectives.channel("net_" + layer.replace(".", "_"), c),
+            thresholds=(steps,),
+            show_image=False,
+            progress=False,
+            preprocess=False,
+            verbose=False,
+        )
         images.append(torch.tensor(out[-1][0]).permute(2, 0, 1))
     return images, steps
 
@@ -154,13 +162,14 @@ def ceiling(model, layer, device, batch, n=8, repeats=4):
     machine's real speed)."""
     import torch
 
-    from filterscope.hooks import capture, run
-    from filterscope.layers import get_layer
+    from filterscope.models.layers import get_layer
+    from filterscope.optvis.hooks import capture, run
 
     info = get_layer(model, layer)
     x = torch.rand(batch, 3, model.input_size, model.input_size, device=device, requires_grad=True)
     best = float("inf")
     with capture(model.net, [layer], calls={layer: info.calls}, stop=True) as cap:
+
         def step():
             run(model.forward, x, cap)
             cap.acts[layer][:, 0].mean().backward()
@@ -180,7 +189,7 @@ def ceiling(model, layer, device, batch, n=8, repeats=4):
 def worker(args) -> None:
     import torch
 
-    from filterscope.evaluate import natural_max, score_images
+    from filterscope.jobs.evaluate import natural_max, score_images
 
     model = load(args.model, args.device)
     channels = [int(c) for c in args.channels.split(",")]
@@ -200,21 +209,55 @@ def worker(args) -> None:
     ceil = min(ceil, ceiling(model, args.layer, args.device, args.batch or 1))
     mem = peak_mib(args.device)
     nat = natural_max(model, args.layer)
-    stack = torch.stack([torch.nn.functional.interpolate(i[None].float(), size=(model.input_size,) * 2,
-                                                         mode="bilinear", antialias=True)[0] for i in images])
+    stack = torch.stack(
+        [
+            torch.nn.functional.interpolate(
+                i[None].float(), size=(model.input_size,) * 2, mode="bilinear", antialias=True
+            )[0]
+            for i in images
+        ]
+    )
     scores = score_images(model, args.layer, channels, stack, nat)
     rr = sorted(s.robust_ratio for s in scores)
-    print(json.dumps({"s_per_channel": seconds, "steps": steps, "s_per_step": seconds / max(steps, 1),
-                      "ceiling_s_per_step": ceil, "fraction_of_ceiling": ceil / (seconds / max(steps, 1)),
-                      "median_robust_ratio": rr[len(rr) // 2] if len(rr) % 2 else (rr[len(rr) // 2 - 1] + rr[len(rr) // 2]) / 2,
-                      "robust_ratios": [round(x, 3) for x in (s.robust_ratio for s in scores)], **mem}))
+    print(
+        json.dumps(
+            {
+                "s_per_channel": seconds,
+                "steps": steps,
+                "s_per_step": seconds / max(steps, 1),
+                "ceiling_s_per_step": ceil,
+                "fraction_of_ceiling": ceil / (seconds / max(steps, 1)),
+                "median_robust_ratio": rr[len(rr) // 2]
+                if len(rr) % 2
+                else (rr[len(rr) // 2 - 1] + rr[len(rr) // 2]) / 2,
+                "robust_ratios": [round(x, 3) for x in (s.robust_ratio for s in scores)],
+                **mem,
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------- orchestration
 
+
 def run_worker(model, layer, method, channels, steps, device, batch=None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--model", model, "--layer", layer, "--method", method,
-           "--channels", ",".join(map(str, channels)), "--steps", str(steps), "--device", device]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--model",
+        model,
+        "--layer",
+        layer,
+        "--method",
+        method,
+        "--channels",
+        ",".join(map(str, channels)),
+        "--steps",
+        str(steps),
+        "--device",
+        device,
+    ]
     if batch:
         cmd += ["--batch", str(batch)]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
@@ -226,8 +269,9 @@ def run_worker(model, layer, method, channels, steps, device, batch=None) -> dic
 def have_lucent() -> bool:
     try:
         import lucent  # noqa: F401
+
         return True
-    except Exception:  # noqa: BLE001 - any import failure means "not available"
+    except Exception:
         return False
 
 
@@ -247,7 +291,7 @@ def machine() -> str:
 
 
 def bench(args) -> dict:
-    from filterscope.presets import PRESETS
+    from filterscope.optvis.presets import PRESETS
 
     results = {"machine": machine(), "device": args.device, "naive_steps": NAIVE_STEPS, "rows": []}
     configs = {"efficientnet_lite0": ["blocks.5"]} if args.quick else CONFIGS
@@ -279,7 +323,7 @@ def bench(args) -> dict:
 
 def curve(args) -> dict:
     """Robustness ratio against steps for each preset (the tuning script behind the default preset)."""
-    from filterscope.presets import PRESETS
+    from filterscope.optvis.presets import PRESETS
 
     model_name = args.model or "efficientnet_lite0"
     m = load(model_name, "cpu")
@@ -308,23 +352,30 @@ def markdown(results: dict) -> str:
             best[key] = min(best.get(key, float("inf")), r["ceiling_s_per_step"])
         if r["method"] == "naive":
             naive[key] = r["s_per_step"]
-    lines = [f"Machine: {results['machine']}; device {results['device']}. Robust ratio: median over the channels "
-             "of act(render under 90-100 % crops) / max act over the 36 bundled photos. Ceiling: forward+backward "
-             "of the model truncated at the layer, batch 1, best timing in the run.", "",
-             "| model | layer | method | steps | s/channel | s/step | × naive/step | % of ceiling | robust ratio "
-             "| peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {results['machine']}; device {results['device']}. Robust ratio: median over the channels "
+        "of act(render under 90-100 % crops) / max act over the 36 bundled photos. Ceiling: forward+backward "
+        "of the model truncated at the layer, batch 1, best timing in the run.",
+        "",
+        "| model | layer | method | steps | s/channel | s/step | × naive/step | % of ceiling | robust ratio "
+        "| peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["rows"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps_asked']} | error: {r['error']} |||||")
+            lines.append(
+                f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps_asked']} | error: {r['error']} |||||"
+            )
             continue
         key = (r["model"], r["layer"])
         ceil = best.get(key)
         frac = f"{100 * ceil / r['s_per_step']:.0f} % of {ceil * 1000:.1f} ms" if ceil else ""
         vs = f"{naive[key] / r['s_per_step']:.2f}×" if key in naive else ""
-        lines.append(f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps']:.0f} | {r['s_per_channel']:.2f} | "
-                     f"{r['s_per_step'] * 1000:.1f} ms | {vs} | {frac} | {r['median_robust_ratio']:.2f} | "
-                     f"{r['peak_rss_mib']:.0f} |")
+        lines.append(
+            f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps']:.0f} | {r['s_per_channel']:.2f} | "
+            f"{r['s_per_step'] * 1000:.1f} ms | {vs} | {frac} | {r['median_robust_ratio']:.2f} | "
+            f"{r['peak_rss_mib']:.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -333,24 +384,34 @@ def plot(results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     groups = list(dict.fromkeys((r["model"], r["layer"]) for r in results["rows"] if "error" not in r))
     ncols = min(3, len(groups))
     nrows = -(-len(groups) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), dpi=110, squeeze=False)
-    colours = {"naive": "#888888", "seed": "#1f77b4", "lucid": "#2ca02c", "maco": "#9467bd", "fast": "#d62728",
-               "lucent": "#ff7f0e"}
-    for ax in axes.flat[len(groups):]:
+    colours = {
+        "naive": "#888888",
+        "seed": "#1f77b4",
+        "lucid": "#2ca02c",
+        "maco": "#9467bd",
+        "fast": "#d62728",
+        "lucent": "#ff7f0e",
+    }
+    for ax in axes.flat[len(groups) :]:
         ax.set_visible(False)
     for ax, (model, layer) in zip(axes.flat, groups):
         for r in results["rows"]:
             if (r["model"], r["layer"]) != (model, layer) or "error" in r:
                 continue
             ax.scatter(r["s_per_channel"], r["median_robust_ratio"], color=colours.get(r["method"], "k"), s=40)
-            ax.annotate(f"{r['method']} {r['steps']:.0f}", (r["s_per_channel"], r["median_robust_ratio"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+            ax.annotate(
+                f"{r['method']} {r['steps']:.0f}",
+                (r["s_per_channel"], r["median_robust_ratio"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.set_xscale("log")
         ax.set_xticks([1, 2, 5, 10, 20, 50])
         ax.xaxis.set_major_formatter(ScalarFormatter())

@@ -34,8 +34,9 @@ def screenshots(atlas: Path) -> None:
 
     chromium = shutil.which("chromium")
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
-                                                              "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         page = b.new_page(viewport={"width": 1200, "height": 900})
         rec = json.loads((atlas / "run.json").read_text())
         layer = next(iter(rec["settings"]["layers"]))
@@ -66,8 +67,16 @@ def main() -> None:
         fs("inspect", "--top", "6", "--out", str(tmp / "inspect"), "--quiet")
         top6 = [t["filter"] for t in json.loads((tmp / "inspect/run.json").read_text())["inspection"]["top"]]
         for layer, chans, name in (("bn2", top6, "bn2"), ("blocks.5", [0, 17, 42, 88, 150, 191], "blocks5")):
-            fs("compare", "--layer", layer, "--channels", ",".join(map(str, chans)), "--out",
-               str(tmp / f"compare_{name}"), "--quiet")
+            fs(
+                "compare",
+                "--layer",
+                layer,
+                "--channels",
+                ",".join(map(str, chans)),
+                "--out",
+                str(tmp / f"compare_{name}"),
+                "--quiet",
+            )
             shutil.copy(tmp / f"compare_{name}/figure_compare.png", DOCS / f"grid_methods_{name}.png")
     if a.atlas:
         screenshots(a.atlas)

@@ -38,9 +38,12 @@ SOURCES = {
     "brick": (skimage.data.brick, "CC0 (CC0Textures)"),
     "grass": (skimage.data.grass, "CC0 (DeviantArt, linolafett)"),
     "gravel": (skimage.data.gravel, "CC0 (CC0Textures)"),
-    "grace_hopper": (lambda: np.asarray(Image.open(
-        Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")),
-        "public domain (U.S. Navy), via matplotlib"),
+    "grace_hopper": (
+        lambda: np.asarray(
+            Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+        ),
+        "public domain (U.S. Navy), via matplotlib",
+    ),
 }
 COLOUR = ["astronaut", "chelsea", "coffee", "rocket", "hubble", "retina", "ihc", "grace_hopper"]
 
@@ -55,11 +58,11 @@ def rgb(a: np.ndarray) -> np.ndarray:
 def square_views(a: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
     h, w = a.shape[:2]
     s = min(h, w)
-    views = [a[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]]
+    views = [a[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]]
     for _ in range(2):
         c = int(s * rng.uniform(0.45, 0.7))
         y, x = rng.integers(0, h - c + 1), rng.integers(0, w - c + 1)
-        views.append(a[y:y + c, x:x + c])
+        views.append(a[y : y + c, x : x + c])
     return views
 
 
@@ -70,11 +73,17 @@ def main() -> None:
     images = {name: rgb(load()) for name, (load, _) in SOURCES.items()}
 
     Image.fromarray(images["coffee"]).save(DATA / "coffee.jpg", quality=95)
-    lines = ["# Bundled photos", "", "Square views (256 px) of these photos, made by `scripts/make_sample_data.py`:", ""]
+    lines = [
+        "# Bundled photos",
+        "",
+        "Square views (256 px) of these photos, made by `scripts/make_sample_data.py`:",
+        "",
+    ]
     for name, a in images.items():
         for k, v in enumerate(square_views(a, rng)):
             Image.fromarray(v).resize((SIZE, SIZE), Image.Resampling.LANCZOS).save(
-                photos / f"{name}_{k}.jpg", quality=90)
+                photos / f"{name}_{k}.jpg", quality=90
+            )
         lines.append(f"- `{name}_*.jpg`: {SOURCES[name][1]}")
     lines += ["", "`../coffee.jpg`: scikit-image `coffee`, CC0 by the photographer (Rachel Michetti).", ""]
     (photos / "LICENSE.md").write_text("\n".join(lines))
@@ -100,15 +109,24 @@ def main() -> None:
         for _ in range(24):
             c = int(rng.uniform(0.35, 1.0) * min(h, w))
             y, x = rng.integers(0, h - c + 1), rng.integers(0, w - c + 1)
-            crop = np.asarray(Image.fromarray((a[y:y + c, x:x + c] * 255).astype(np.uint8)).resize(
-                (SIZE, SIZE), Image.Resampling.LANCZOS)) / 255.0
+            crop = (
+                np.asarray(
+                    Image.fromarray((a[y : y + c, x : x + c] * 255).astype(np.uint8)).resize(
+                        (SIZE, SIZE), Image.Resampling.LANCZOS
+                    )
+                )
+                / 255.0
+            )
             d = (crop - crop.mean((0, 1))) @ inv.T
             spec += np.abs(np.fft.rfft2(d.transpose(2, 0, 1), norm="ortho"))
             n += 1
     spec /= n
-    np.savez_compressed(DATA / "natural_stats.npz", color_sqrt=sqrt.astype(np.float32),
-                        log_magnitude=np.log(spec + 1e-8).astype(np.float16),
-                        source=np.array(", ".join(COLOUR)))
+    np.savez_compressed(
+        DATA / "natural_stats.npz",
+        color_sqrt=sqrt.astype(np.float32),
+        log_magnitude=np.log(spec + 1e-8).astype(np.float16),
+        source=np.array(", ".join(COLOUR)),
+    )
     print(f"wrote {len(list(photos.glob('*.jpg')))} photos, colour matrix\n{sqrt}\nand a spectrum from {n} crops")
 
 

@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,21 +17,6 @@ def model():
 
 @pytest.fixture(scope="session")
 def coffee():
-    from filterscope.images import load_image, sample_image_path
+    from filterscope.outputs.images import load_image, sample_image_path
 
     return load_image(sample_image_path())
-
-
-def run_cli(*args, cwd=None, timeout=600, env=None):
-    """Run the real console entry point in a subprocess; returns CompletedProcess."""
-    e = dict(os.environ)
-    e.pop("FILTERSCOPE_DEBUG", None)
-    if env:
-        e.update(env)
-    return subprocess.run([sys.executable, "-m", "filterscope.cli", *map(str, args)], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def cli():
-    return run_cli

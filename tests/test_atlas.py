@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +48,10 @@ def test_atlas_end_to_end(atlas_dir):
     for e in ch0["top"]:
         assert (atlas_dir / e["crop"]).is_file() and (atlas_dir / e["thumb"]).is_file()
     page = (atlas_dir / "blocks.0/channel_0003.html").read_text()
-    assert "channel_0003.png" in page and ch0["top"][0]["name"] not in ("",)
+    ch3 = ex["layers"]["blocks.0"]["channels"]["3"]
+    assert "channel_0003.png" in page and len(ch3["top"]) == 4
+    for e in ch3["top"]:  # the channel's own dataset examples, by name and crop, are on its page
+        assert e["name"] in page and e["crop"].rsplit("/", 1)[1] in page
 
 
 def test_atlas_resume_renders_only_missing(tmp_path, capsys):
@@ -74,10 +76,10 @@ def test_atlas_resume_renders_only_missing(tmp_path, capsys):
 
 
 def test_dataset_examples_are_the_true_top_n(model):
-    from filterscope.dataset import collect_examples
-    from filterscope.evaluate import _layer_means
-    from filterscope.images import list_images, load_image, model_input, sample_photos_dir
-    from filterscope.layers import get_layer
+    from filterscope.jobs.dataset import collect_examples
+    from filterscope.jobs.evaluate import _layer_means
+    from filterscope.models.layers import get_layer
+    from filterscope.outputs.images import list_images, load_image, model_input, sample_photos_dir
 
     layers = [get_layer(model, "blocks.2"), get_layer(model, "blocks.4")]
     files, stats = collect_examples(model, layers, sample_photos_dir(), n_top=5, batch=7, progress=False)
@@ -94,8 +96,8 @@ def test_dataset_examples_are_the_true_top_n(model):
 MEMORY_PROBE = textwrap.dedent("""
     import resource, sys, gc
     from filterscope.models import load_model
-    from filterscope.layers import get_layer
-    from filterscope.dataset import collect_examples
+    from filterscope.models.layers import get_layer
+    from filterscope.jobs.dataset import collect_examples
     m = load_model()
     layers = [get_layer(m, "blocks.5"), get_layer(m, "bn2")]
     folder = sys.argv[1]
@@ -120,8 +122,9 @@ def test_examples_memory_flat_as_folder_grows(tmp_path):
             im.save(small / f"{i:04d}.png")
     growth = {}
     for name, folder in (("small", small), ("big", big)):
-        r = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(folder)], capture_output=True, text=True,
-                           timeout=600)
+        r = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(folder)], capture_output=True, text=True, timeout=600
+        )
         assert r.returncode == 0, r.stderr
         growth[name] = int(r.stdout.strip().splitlines()[-1])  # KiB added to the peak by the second pass
     # 10× the images must not raise the peak by more than a few MiB (holding 400 maps would be ~100 MiB)
@@ -133,7 +136,7 @@ def test_serve_and_browser(atlas_dir, tmp_path):
     if not chromium:
         pytest.skip("no chromium installed (apt install chromium)")
     pw = pytest.importorskip("playwright.sync_api")
-    from filterscope.site import serve
+    from filterscope.outputs.site import serve
 
     server = serve(atlas_dir, "127.0.0.1", 0)
     t = threading.Thread(target=server.serve_forever, daemon=True)
@@ -142,9 +145,17 @@ def test_serve_and_browser(atlas_dir, tmp_path):
     errors, failed = [], []
     try:
         with pw.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=chromium, args=[
-                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                "--no-first-run", "--disable-sync"])
+            browser = p.chromium.launch(
+                executable_path=chromium,
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--no-first-run",
+                    "--disable-sync",
+                ],
+            )
             page = browser.new_page()
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(str(e)))
@@ -184,13 +195,34 @@ def test_serve_and_browser(atlas_dir, tmp_path):
 def test_ray_backend_matches_local(tmp_path):
     pytest.importorskip("ray")
     env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"}
-    args = [sys.executable, "-m", "filterscope.cli", "atlas", "--layers", "blocks.0", "--channels", "0-3",
-            "--steps", "5", "--top", "3", "--threads", "1", "--quiet"]
-    local = subprocess.run(args + ["--out", str(tmp_path / "local")], capture_output=True, text=True, env=env,
-                           timeout=600)
+    args = [
+        sys.executable,
+        "-m",
+        "filterscope.cli",
+        "atlas",
+        "--layers",
+        "blocks.0",
+        "--channels",
+        "0-3",
+        "--steps",
+        "5",
+        "--top",
+        "3",
+        "--threads",
+        "1",
+        "--quiet",
+    ]
+    local = subprocess.run(
+        args + ["--out", str(tmp_path / "local")], capture_output=True, text=True, env=env, timeout=600
+    )
     assert local.returncode == 0, local.stderr
-    remote = subprocess.run(args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
-                            capture_output=True, text=True, env=env, timeout=600)
+    remote = subprocess.run(
+        args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert remote.returncode == 0, remote.stderr
     pngs = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.png"))
     assert len(pngs) == 5

@@ -58,7 +58,7 @@ def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
 
 
 def test_inspect_top_filter_is_argmax_and_deterministic(model, coffee, tmp_path, capsys):
-    from filterscope.activations import inspect
+    from filterscope.jobs.inspect import inspect
 
     a = inspect(model, coffee, "default", top=5)
     b = inspect(model, coffee, "default", top=5)
@@ -74,7 +74,7 @@ def test_inspect_top_filter_is_argmax_and_deterministic(model, coffee, tmp_path,
 def test_inspect_avgpool_takes_maps_from_its_input():
     import torchvision
 
-    from filterscope.activations import inspect
+    from filterscope.jobs.inspect import inspect
     from filterscope.models import load_model
 
     torch.manual_seed(0)
@@ -96,8 +96,9 @@ def test_layers_command_marks_default(capsys):
 def test_same_seed_gives_identical_bytes(tmp_path, capsys):
     runs = []
     for name in ("a", "b"):
-        rc, _, err = cli_inproc(capsys, "render", "--layer", "blocks.2", "--channels", "0-2", *FAST,
-                                "--out", tmp_path / name, "--quiet")
+        rc, _, err = cli_inproc(
+            capsys, "render", "--layer", "blocks.2", "--channels", "0-2", *FAST, "--out", tmp_path / name, "--quiet"
+        )
         assert rc == 0, err
         runs.append(tmp_path / name)
     files = sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*.png"))
@@ -109,9 +110,23 @@ def test_same_seed_gives_identical_bytes(tmp_path, capsys):
         r.pop("timings")
         r["argv"] = None
     assert ra == rb
-    rc, _, _ = cli_inproc(capsys, "render", "--layer", "blocks.2", "--channels", "0", *FAST, "--seed", 1,
-                          "--out", tmp_path / "c", "--quiet")
-    assert (tmp_path / "c/blocks.2/channel_0000.png").read_bytes() != (runs[0] / "blocks.2/channel_0000.png").read_bytes()
+    rc, _, _ = cli_inproc(
+        capsys,
+        "render",
+        "--layer",
+        "blocks.2",
+        "--channels",
+        "0",
+        *FAST,
+        "--seed",
+        1,
+        "--out",
+        tmp_path / "c",
+        "--quiet",
+    )
+    assert (tmp_path / "c/blocks.2/channel_0000.png").read_bytes() != (
+        runs[0] / "blocks.2/channel_0000.png"
+    ).read_bytes()
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -119,12 +134,14 @@ def test_same_seed_gives_identical_bytes(tmp_path, capsys):
 
 def _png_with_size(path: Path, w: int, h: int) -> None:
     """A PNG whose header declares w×h (a decompression bomb when large) with a tiny body."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+    )
 
 
 class Evil:
@@ -180,7 +197,7 @@ BAD = [
     ("nan lr", ["boost", "--lr", "nan"], 2, "finite"),
     ("inf lr", ["render", "--lr", "inf"], 2, "finite"),
     ("negative lr", ["boost", "--lr", "-0.1"], 2, "positive"),
-    ("zero size", ["boost", "--size", "0"], 2, "at least 32"),
+    ("zero size", ["boost", "--size", "0"], 2, "at least 16"),
     ("huge size", ["render", "--size", "200000"], 2, "GiB"),
     ("negative seed", ["boost", "--seed", "-1"], 2, "seed"),
     ("zero batch", ["render", "--batch", "0"], 2, "batch"),
@@ -203,15 +220,21 @@ BAD = [
     ("corrupt weights", ["layers", "--model", "resnet18", "--weights", "{d}/corrupt.pth"], 1, "not a readable"),
     ("weights as model", ["layers", "--model", "{d}/r34.pth"], 2, "weights file, not a model"),
     ("evaluate non-run", ["evaluate", "{d}/run_other"], 2, "not a filterscope run"),
-    ("evaluate bad images", ["evaluate", "{d}/run_other", "--images", "{d}/nope"], 2, "not a filterscope run|not found"),
+    (
+        "evaluate bad images",
+        ["evaluate", "{d}/run_other", "--images", "{d}/nope"],
+        2,
+        "not a filterscope run|not found",
+    ),
     ("unknown command", ["dream"], 2, "No such command"),
     ("unknown option", ["boost", "--colour", "red"], 2, "No such option"),
 ]
 
 
 @pytest.mark.parametrize("name,args,code,pattern", BAD, ids=[b[0] for b in BAD])
-def test_bad_input_one_line_error_and_nothing_written(bad_files, tmp_path, monkeypatch, capsys, name, args,
-                                                      code, pattern):
+def test_bad_input_one_line_error_and_nothing_written(
+    bad_files, tmp_path, monkeypatch, capsys, name, args, code, pattern
+):
     import re
 
     monkeypatch.chdir(tmp_path)
@@ -234,8 +257,9 @@ def test_bad_input_one_line_error_and_nothing_written(bad_files, tmp_path, monke
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli_inproc(capsys, "render", "--layer", "blocks.1", "--channels", "0", *FAST, "--out", out, "-q")[0] == 0
-    rc, _, err = cli_inproc(capsys, "render", "--layer", "blocks.1", "--channels", "0", "--steps", "7", "--out", out,
-                            "--resume", "-q")
+    rc, _, err = cli_inproc(
+        capsys, "render", "--layer", "blocks.1", "--channels", "0", "--steps", "7", "--out", out, "--resume", "-q"
+    )
     assert rc == 2 and "other settings (render differ)" in err
 
 
@@ -246,13 +270,14 @@ ODD_IMAGES = {
     "palette.gif": lambda p: Image.new("P", (64, 64), 3).save(p),
     "gray.jpg": lambda p: Image.new("L", (50, 70), 128).save(p),
     "animated.gif": lambda p: Image.new("RGB", (64, 64), (0, 0, 255)).save(
-        p, save_all=True, append_images=[Image.new("RGB", (64, 64), (255, 0, 0))], duration=100, loop=0),
+        p, save_all=True, append_images=[Image.new("RGB", (64, 64), (255, 0, 0))], duration=100, loop=0
+    ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(ODD_IMAGES))
 def test_unusual_but_valid_images_are_read(tmp_path, name):
-    from filterscope.images import load_image
+    from filterscope.outputs.images import load_image
 
     p = tmp_path / name
     ODD_IMAGES[name](p)
@@ -270,7 +295,7 @@ def test_unusual_but_valid_images_are_read(tmp_path, name):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from filterscope.images import load_image
+    from filterscope.outputs.images import load_image
 
     p = tmp_path / "rotated.jpg"
     exif = Image.Exif()
@@ -302,8 +327,9 @@ def test_sigint_keeps_finished_channels_and_resume_matches_uninterrupted(tmp_pat
     env = {**os.environ}
     env.pop("FILTERSCOPE_DEBUG", None)
     out = tmp_path / "interrupted"
-    proc = subprocess.Popen([sys.executable, "-m", "filterscope.cli", *args, "--out", str(out)],
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filterscope.cli", *args, "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env
+    )
     _wait_for_results(out / "run.json", 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -316,16 +342,26 @@ def test_sigint_keeps_finished_channels_and_resume_matches_uninterrupted(tmp_pat
     assert sorted(int(p.stem[-4:]) for p in (out / "blocks.1").glob("channel_*.png")) == done
     assert not list(out.rglob("*.tmp"))
 
-    res = subprocess.run([sys.executable, "-m", "filterscope.cli", *args, "--out", str(out), "--resume"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "filterscope.cli", *args, "--out", str(out), "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     rec2 = json.loads((out / "run.json").read_text())
     assert rec2["status"] == "complete" and len(rec2["results"]) == 6
     assert set(rec2["timings"]["channel_seconds"]) >= {f"blocks.1:{c}" for c in range(6)}
 
     full = tmp_path / "full"
-    res = subprocess.run([sys.executable, "-m", "filterscope.cli", *args, "--out", str(full)],
-                         capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "filterscope.cli", *args, "--out", str(full)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     for f in sorted(full.rglob("*.png")):
         assert f.read_bytes() == (out / f.relative_to(full)).read_bytes(), f

@@ -8,8 +8,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def test_render_on_cuda_matches_cpu_quality():
     from filterscope.models import load_model
-    from filterscope.objectives import channel
-    from filterscope.renderer import Renderer, RenderSettings
+    from filterscope.optvis.objectives import channel
+    from filterscope.optvis.render import Renderer, RenderSettings
 
     s = RenderSettings(steps=16, lr=0.05)
     cpu = Renderer(load_model(device="cpu"), s).render(channel("blocks.4", 3), [1])
@@ -21,10 +21,10 @@ def test_render_on_cuda_matches_cpu_quality():
 
 
 def test_auto_batch_on_cuda_is_more_than_one():
-    from filterscope.channels import auto_batch
-    from filterscope.layers import get_layer
+    from filterscope.jobs.channels import auto_batch
     from filterscope.models import load_model
-    from filterscope.presets import get_preset
+    from filterscope.models.layers import get_layer
+    from filterscope.optvis.presets import get_preset
 
     m = load_model(device="cuda")
     assert auto_batch(m, get_preset("fast"), get_layer(m, "blocks.5")) > 1

@@ -8,11 +8,18 @@ import pytest
 import torch
 
 from filterscope.cli import main
-from filterscope.evaluate import _layer_means, natural_max, robust_views, score_images
-from filterscope.images import list_images, load_image, model_input, sample_image_path, sample_photos_dir, to_tensor
-from filterscope.objectives import channel
-from filterscope.presets import get_preset
-from filterscope.renderer import Renderer, channel_seed
+from filterscope.jobs.evaluate import _layer_means, natural_max, robust_views, score_images
+from filterscope.optvis.objectives import channel
+from filterscope.optvis.presets import get_preset
+from filterscope.optvis.render import Renderer, channel_seed
+from filterscope.outputs.images import (
+    list_images,
+    load_image,
+    model_input,
+    sample_image_path,
+    sample_photos_dir,
+    to_tensor,
+)
 
 
 def test_natural_max_is_the_max_over_the_photos(model):
@@ -22,10 +29,18 @@ def test_natural_max_is_the_max_over_the_photos(model):
 
 
 def test_robust_views_are_90_to_100_percent_crops():
-    img = torch.rand(3, 200, 200)
+    # an image whose channels are its own row and column coordinates: a view's span of values is the
+    # fraction of the side that its crop kept
+    ramp = torch.linspace(0, 1, 200)
+    img = torch.stack([ramp[:, None].expand(200, 200), ramp[None, :].expand(200, 200), torch.zeros(200, 200)])
     v = robust_views(img, 64, n=8, seed=3)
     assert v.shape == (8, 3, 64, 64)
     assert torch.equal(v, robust_views(img, 64, n=8, seed=3))
+    rows = v[:, 0].amax((1, 2)) - v[:, 0].amin((1, 2))
+    cols = v[:, 1].amax((1, 2)) - v[:, 1].amin((1, 2))
+    for span in (rows, cols):
+        assert span.min() >= 0.88 and span.max() <= 1.0 + 1e-6, span
+    assert min(rows.min(), cols.min()) < 0.985  # not all whole images
 
 
 def test_evaluate_known_answer_on_a_real_photo(model, tmp_path, capsys):
@@ -36,9 +51,14 @@ def test_evaluate_known_answer_on_a_real_photo(model, tmp_path, capsys):
     run.mkdir()
     im = load_image(sample_image_path())
     shutil.copy(sample_image_path(), run / "logit_0967.jpg")
-    rec = {"command": "render", "status": "complete", "settings": {"model": model.describe()},
-           "results": {"logit:967": {"layer": "logit", "channel": 967, "file": "logit_0967.jpg", "status": "ok"}},
-           "files": ["logit_0967.jpg"], "timings": {}}
+    rec = {
+        "command": "render",
+        "status": "complete",
+        "settings": {"model": model.describe()},
+        "results": {"logit:967": {"layer": "logit", "channel": 967, "file": "logit_0967.jpg", "status": "ok"}},
+        "files": ["logit_0967.jpg"],
+        "timings": {},
+    }
     (run / "run.json").write_text(json.dumps(rec))
     rc = main(["evaluate", str(run), "--eval-model", "efficientnet_lite1"])
     out, err = capsys.readouterr()

@@ -5,9 +5,9 @@ import torch
 import torchvision
 
 from filterscope.errors import LayerError
-from filterscope.hooks import capture, run
-from filterscope.layers import default_layer, get_layer, list_layers
 from filterscope.models import load_model
+from filterscope.models.layers import default_layer, get_layer, list_layers
+from filterscope.optvis.hooks import capture, run
 
 
 def n_hooks(net):
@@ -31,7 +31,6 @@ def test_default_layer_is_last_spatial_child_before_head(model):
 def test_default_layer_on_resnet18_is_the_tutorials_avgpool():
     m = load_model(torchvision.models.resnet18(weights=None))
     assert default_layer(m) == "avgpool"
-    assert list(m.net.named_children())[-2][0] == "avgpool"
 
 
 def test_unknown_layer_suggests_close_names(model):
@@ -101,4 +100,3 @@ def test_module_used_twice_and_layer_inside_residual_block():
         with capture(m.net, ["layer2.0.relu", "layer2.0"], calls={"layer2.0.relu": 2}) as cap:
             run(m.forward, x, cap)
     assert torch.equal(cap.acts["layer2.0.relu"], cap.acts["layer2.0"])
-

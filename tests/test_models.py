@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from filterscope.errors import CheckpointError, ModelError
-from filterscope.images import model_input
-from filterscope.models import load_by_position, load_model, read_state_dict
+from filterscope.models import load_model
+from filterscope.models.checkpoints import read_state_dict
+from filterscope.outputs.images import model_input
 
 
 def test_offline_model_classifies_coffee_as_espresso(model, coffee):
@@ -37,7 +38,7 @@ def test_unknown_model_suggests_names():
 
 
 def test_missing_torchvision_weights_offline_names_cache_path(tmp_path, monkeypatch):
-    import filterscope.models as M
+    import filterscope.models.loaders as M
 
     monkeypatch.setattr(M, "_network_reachable", lambda *a, **k: False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
@@ -90,8 +91,9 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_torchscript_file_loads(tmp_path):
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(4, 10)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 10)
+    ).eval()
     f = tmp_path / "net.pt"
     torch.jit.script(net).save(str(f))
     m = load_model(str(f))
@@ -100,8 +102,13 @@ def test_torchscript_file_loads(tmp_path):
 
 
 def test_user_module_with_its_preprocessing():
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 2))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 2),
+    )
     m = load_model(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=64)
     assert m.input_size == 64 and m.mean == (0.5, 0.5, 0.5)
     x = torch.full((1, 3, 64, 64), 0.75)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import filterscope
-from filterscope.objectives import Objective, channel
-from filterscope.renderer import Renderer, RenderSettings, channel_seed
+from filterscope.optvis.objectives import Objective, channel
+from filterscope.optvis.render import Renderer, RenderSettings, channel_seed
 
 FEW = RenderSettings(param="fourier", transforms="standard", steps=24, lr=0.05)
 
@@ -58,12 +58,12 @@ def test_batched_render_equals_single_renders(model):
 def test_batched_channels_each_win_on_their_own_image(model):
     chans = [2, 9, 21, 50]
     res = Renderer(model, FEW).render([channel("blocks.4", c) for c in chans], [channel_seed(1, c) for c in chans])
-    from filterscope.evaluate import _layer_means
+    from filterscope.jobs.evaluate import _layer_means
 
     acts = _layer_means(model, "blocks.4", res.images)[:, chans]  # [image, channel]
     for j in range(len(chans)):
         own = acts[j, j]
-        others = torch.cat([acts[:j, j], acts[j + 1:, j]])
+        others = torch.cat([acts[:j, j], acts[j + 1 :, j]])
         assert own > others.max(), (chans[j], acts[:, j])
 
 
@@ -84,8 +84,9 @@ def test_nan_objective_stops_only_that_image(model):
 
 def test_stop_request_ends_render_after_current_step(model):
     calls = []
-    res = Renderer(model, FEW.with_(steps=50)).render(channel("blocks.2", 0), [0], on_step=calls.append,
-                                                      should_stop=lambda: len(calls) >= 3)
+    res = Renderer(model, FEW.with_(steps=50)).render(
+        channel("blocks.2", 0), [0], on_step=calls.append, should_stop=lambda: len(calls) >= 3
+    )
     assert res.interrupted and res.steps_done == 3
 
 

@@ -9,22 +9,50 @@ render loop → outputs.
 >>> r = fs.render(model, "default", ins.top[0])  # boosted features of the top filter
 """
 
-__version__ = "0.1.0"
-
-from .activations import Inspection, inspect
 from .errors import FilterscopeError
-from .images import load_image, sample_image_path, sample_photos_dir
-from .layers import default_layer, get_layer, list_layers
-from .models import Model, load_model, register_model
-from .objectives import Objective, parse as parse_objective, register_objective
-from .param import register_param
-from .pipeline import boost
-from .presets import PRESETS, get_preset
-from .renderer import Renderer, RenderSettings, render
+from .jobs.atlas import build_atlas
+from .jobs.boost import boost
+from .jobs.channels import ChannelRender, render, render_channels
+from .jobs.compare import compare
+from .jobs.inspect import Inspection, inspect
+from .jobs.objective import objective_for, render_objective
+from .models import Model, default_layer, get_layer, list_layers, load_model, register_model
+from .optvis.objective_text import parse as parse_objective
+from .optvis.objectives import Objective, Target, register_objective
+from .optvis.param import register_param
+from .optvis.presets import PRESETS, get_preset
+from .optvis.render import Renderer, RenderSettings
+from .outputs.images import load_image, sample_image_path, sample_photos_dir
+from .version import __version__ as __version__
 
 __all__ = [
-    "FilterscopeError", "Inspection", "Model", "Objective", "PRESETS", "RenderSettings", "Renderer", "boost",
-    "default_layer", "get_layer", "get_preset", "inspect", "list_layers", "load_image", "load_model",
-    "parse_objective", "register_model", "register_objective", "register_param", "render",
-    "sample_image_path", "sample_photos_dir",
+    "ChannelRender",
+    "FilterscopeError",
+    "Inspection",
+    "Model",
+    "Objective",
+    "PRESETS",
+    "RenderSettings",
+    "Renderer",
+    "Target",
+    "boost",
+    "build_atlas",
+    "compare",
+    "default_layer",
+    "get_layer",
+    "get_preset",
+    "inspect",
+    "list_layers",
+    "load_image",
+    "load_model",
+    "objective_for",
+    "parse_objective",
+    "register_model",
+    "register_objective",
+    "register_param",
+    "render",
+    "render_channels",
+    "render_objective",
+    "sample_image_path",
+    "sample_photos_dir",
 ]

@@ -58,6 +58,13 @@ class Interrupted(FilterscopeError):
 
     exit_code = 130
 
+    @classmethod
+    def kept(cls, run_dir, done: int, total: int) -> Interrupted:
+        return cls(
+            f"interrupted: {done} of {total} channels finished and kept in {run_dir}; "
+            "run the same command with --resume to finish"
+        )
+
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> str | None:
     """A 'did you mean' hint listing the closest of ``choices`` to ``name``."""

@@ -1,0 +1,186 @@
+"""Measuring what a render achieves, instead of claiming it.
+
+For a channel render: ``ratio`` = act(render) / the highest act over a set of natural photos (the bundled
+photos or a user's folder) — above 1 means the render excites the channel more than any photo does;
+``robust_ratio`` = the same under 8 random crops that keep 90-100 % of the side, each rescaled to the model
+input (a render that only works pixel-perfectly, like an adversarial pattern, loses most of it). For a class
+logit render: the same ratios on the logit, and whether a second model (``eval_model``) puts the class in
+its top 1 / top 5 (transferability).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import UsageError
+from ..models.layers import LOGIT, get_layer
+from ..models.model import Model
+from ..optvis.hooks import capture, run
+from ..outputs.images import list_images, load_image, model_input, sample_photos_dir, to_tensor
+
+ROBUST_CROPS = 8
+
+
+def _layer_means(model: Model, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean activation ``[N, C]`` (or logits for ``logit``) for images ``x`` in [0, 1]."""
+    x = x.to(model.device)
+    if layer == LOGIT:
+        with torch.inference_mode():
+            return model.forward(x).float().cpu()
+    info = get_layer(model, layer)
+    with capture(model.net, [layer], calls={layer: info.calls}, stop=True) as cap, torch.inference_mode():
+        run(model.forward, x, cap)
+        a = cap.acts[layer].float()
+    return (a.flatten(2).mean(2) if a.dim() == 4 else a).cpu()
+
+
+def natural_max(model: Model, layer: str, folder: str | Path | None = None, batch: int = 16) -> torch.Tensor:
+    """The highest per-channel mean activation over the photos in ``folder`` (default: bundled photos)."""
+    files = list_images(folder or sample_photos_dir())
+    best = None
+    for start in range(0, len(files), batch):
+        x = torch.cat([model_input(model, load_image(f)) for f in files[start : start + batch]])
+        m = _layer_means(model, layer, x).amax(0)
+        best = m if best is None else torch.maximum(best, m)
+    return best
+
+
+def robust_views(image: torch.Tensor, size: int, n: int = ROBUST_CROPS, seed: int = 0) -> torch.Tensor:
+    """``n`` random crops keeping 90-100 % of the side, each resized to ``size`` (``[n, 3, size, size]``)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = image.shape[-2:]
+    views = []
+    for _ in range(n):
+        f = 0.9 + 0.1 * torch.rand((), generator=g).item()
+        ch, cw = max(8, int(round(h * f))), max(8, int(round(w * f)))
+        top = int(torch.randint(h - ch + 1, (), generator=g))
+        left = int(torch.randint(w - cw + 1, (), generator=g))
+        crop = image[:, top : top + ch, left : left + cw]
+        views.append(TF.resize(crop, [size, size], antialias=True))
+    return torch.stack(views)
+
+
+@dataclass
+class ChannelScore:
+    layer: str
+    channel: int
+    activation: float
+    robust_activation: float
+    natural_max: float
+    ratio: float
+    robust_ratio: float
+    top1: bool | None = None
+    top5: bool | None = None
+
+    def as_dict(self) -> dict:
+        d = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vars(self).items()}
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def score_images(
+    model: Model,
+    layer: str,
+    channels: Sequence[int],
+    images: torch.Tensor,
+    nat_max: torch.Tensor,
+    eval_model: Model | None = None,
+    seed: int = 0,
+) -> list[ChannelScore]:
+    """Score renders ``images[i]`` (``[B,3,H,W]`` in [0,1]) of ``channels[i]`` at ``layer``."""
+    size = model.input_size
+    scores = []
+    for i, c in enumerate(channels):
+        img = images[i].float().cpu()
+        clean = TF.resize(img, [size, size], antialias=True)[None] if img.shape[-1] != size else img[None]
+        act = float(_layer_means(model, layer, clean)[0, c])
+        views = robust_views(img, size, seed=seed + c)
+        robust = float(_layer_means(model, layer, views)[:, c].mean())
+        top = float(nat_max[c])
+        denom = top if abs(top) > 1e-6 else 1e-6
+        s = ChannelScore(layer, int(c), act, robust, top, act / denom, robust / denom)
+        if eval_model is not None and layer == LOGIT:
+            ev = TF.resize(img, [eval_model.input_size] * 2, antialias=True)[None].to(eval_model.device)
+            with torch.inference_mode():
+                ranks = eval_model.forward(ev)[0].float().topk(5).indices.tolist()
+            s.top1, s.top5 = ranks[0] == c, c in ranks
+        scores.append(s)
+    return scores
+
+
+def evaluate_run(
+    run_dir: str | Path, model: Model, *, images: str | Path | None = None, eval_model: Model | None = None
+) -> dict:
+    """Score every channel render recorded in ``run_dir/run.json``."""
+    run_dir = Path(run_dir)
+    rec_file = run_dir / "run.json"
+    if not rec_file.is_file():
+        raise UsageError(f"{run_dir} is not a filterscope run directory (no run.json)")
+    try:
+        record = json.loads(rec_file.read_text())
+    except ValueError:
+        raise UsageError(f"{rec_file} is not valid JSON") from None
+    entries = [
+        r
+        for r in record.get("results", {}).values()
+        if isinstance(r, dict) and r.get("status") == "ok" and "file" in r and "channel" in r
+    ]
+    if not entries:
+        raise UsageError(f"{run_dir} has no finished channel renders to evaluate")
+    by_layer: dict[str, list[dict]] = {}
+    for r in entries:
+        by_layer.setdefault(r["layer"], []).append(r)
+    out: dict = {
+        "run": str(run_dir),
+        "model": model.name,
+        "images": str(images or "bundled photos"),
+        "eval_model": eval_model.name if eval_model else None,
+        "robust_crops": ROBUST_CROPS,
+        "layers": {},
+    }
+    for layer, recs in by_layer.items():
+        nat = natural_max(model, layer, images)
+        imgs = torch.stack([to_tensor(load_image(run_dir / r["file"])) for r in recs])
+        scores = score_images(model, layer, [r["channel"] for r in recs], imgs, nat, eval_model)
+        ratios = np.array([s.ratio for s in scores])
+        robust = np.array([s.robust_ratio for s in scores])
+        summary = {
+            "channels": len(scores),
+            "median_ratio": float(np.median(ratios)),
+            "median_robust_ratio": float(np.median(robust)),
+            "mean_robust_ratio": float(np.mean(robust)),
+        }
+        if eval_model is not None and layer == LOGIT:
+            summary["top1"] = float(np.mean([s.top1 for s in scores]))
+            summary["top5"] = float(np.mean([s.top5 for s in scores]))
+        out["layers"][layer] = {"summary": summary, "channels": [s.as_dict() for s in scores]}
+    return out
+
+
+def table(result: dict) -> str:
+    lines = []
+    for layer, data in result["layers"].items():
+        lines.append(f"{layer}: {data['summary']['channels']} renders vs max over natural images")
+        has_t = any("top1" in c for c in data["channels"])
+        head = f"  {'channel':>7} {'act':>8} {'nat.max':>8} {'ratio':>7} {'robust':>7}"
+        lines.append(head + ("  top1 top5" if has_t else ""))
+        for c in data["channels"]:
+            row = (
+                f"  {c['channel']:>7} {c['activation']:>8.3f} {c['natural_max']:>8.3f} {c['ratio']:>7.3f} "
+                f"{c['robust_ratio']:>7.3f}"
+            )
+            if has_t:
+                row += f"  {'yes' if c['top1'] else 'no':>4} {'yes' if c['top5'] else 'no':>4}"
+            lines.append(row)
+        s = data["summary"]
+        lines.append(
+            f"  median ratio {s['median_ratio']:.3f} · median robust ratio {s['median_robust_ratio']:.3f}"
+            + (f" · top1 {s['top1']:.0%} · top5 {s['top5']:.0%}" if "top1" in s else "")
+        )
+    return "\n".join(lines)

@@ -1,0 +1,152 @@
+"""Which layers of a model can be targeted, their output shapes, and the default layer.
+
+One dummy forward pass with a hook on every module records each module's output shape, how often it
+runs, and when it last runs. A layer is targetable when its output is a tensor with channels: ``N×C×H×W``
+(filters with spatial maps) or ``N×C`` (units, e.g. pooled features or logits).
+
+The default layer follows the tutorial's rule, "the last non-output layer"
+(``list(model.children())[-2]``, which is ``avgpool`` on resnet18), generalised: walk the model's
+top-level children; the last one is the output head; the default is the last child before it whose output
+has channels and spatial maps (``N×C×H×W``). On ``efficientnet_lite0`` that is ``bn2`` (1280×7×7), because
+timm's ``global_pool`` already flattens. Without any such child, the last targetable module before the
+head is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import LayerError, closest
+from .model import Model
+
+LOGIT = "logit"  # the pseudo-layer of class logits
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    type: str
+    shape: tuple[int, ...]  # (C, H, W) or (C,)
+    calls: int  # times the module runs in one forward pass; the last call's output is used
+    order: int  # position of its last call in the forward pass
+
+    @property
+    def channels(self) -> int:
+        return self.shape[0]
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.shape) == 3
+
+    def shape_str(self) -> str:
+        return "×".join(str(s) for s in self.shape)
+
+    def check_channels(self, channels: Sequence[int]) -> None:
+        """The one rule for channel numbers: each in 0…C−1 of this layer."""
+        bad = [c for c in channels if not 0 <= c < self.channels]
+        if bad:
+            what, plural = ("class", "classes") if self.name == LOGIT else ("channel", "channels")
+            raise LayerError(f"{what} {bad[0]} is out of range: layer {self.name} has {plural} 0-{self.channels - 1}")
+
+
+def list_layers(model: Model) -> list[LayerInfo]:
+    """Every targetable module in forward order (computed once per model, then cached)."""
+    if model.layer_cache is not None:
+        return model.layer_cache
+    net = model.net
+    if isinstance(net, torch.jit.ScriptModule):
+        raise LayerError("TorchScript models have no hookable layers; use the objective logit:N")
+    modules = [(n, m) for n, m in net.named_modules() if n]
+    seen: dict[str, list] = {}
+    counter = [0]
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            counter[0] += 1
+            rec = seen.setdefault(name, [None, 0, 0])
+            rec[0] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            rec[1] += 1
+            rec[2] = counter[0]
+
+        return hook
+
+    try:
+        for name, m in modules:
+            handles.append(m.register_forward_hook(make_hook(name)))
+        x = torch.zeros(1, 3, model.input_size, model.input_size, device=model.device)
+        with torch.inference_mode():
+            model.forward(x)
+    finally:
+        for h in handles:
+            h.remove()
+    types = dict(modules)
+    infos = []
+    for name, (shape, calls, order) in seen.items():
+        if shape is None or len(shape) not in (2, 4) or shape[0] != 1:
+            continue
+        infos.append(LayerInfo(name, type(types[name]).__name__, tuple(shape[1:]), calls, order))
+    infos.sort(key=lambda i: i.order)
+    model.layer_cache = infos
+    return infos
+
+
+def default_layer(model: Model) -> str:
+    """The tutorial's "last non-output layer", generalised (see the module docstring)."""
+    infos = {i.name: i for i in list_layers(model)}
+    children = [n for n, _ in model.net.named_children()]
+    before_head = children[:-1]
+    for name in reversed(before_head):
+        if name in infos and infos[name].spatial:
+            return name
+    head_order = (
+        max((i.order for i in infos.values() if i.name.split(".")[0] == children[-1]), default=None)
+        if children
+        else None
+    )
+    candidates = [i for i in infos.values() if head_order is None or i.order < head_order]
+    spatial = [i for i in candidates if i.spatial]
+    pick = spatial or candidates or list(infos.values())
+    if not pick:
+        raise LayerError(f"{model.name} has no layer with channels to target")
+    return max(pick, key=lambda i: i.order).name
+
+
+def logit_layer(model: Model) -> LayerInfo:
+    """The pseudo-layer ``logit``: the model's output, one channel per class."""
+    n = len(model.categories) if model.categories else 1000
+    return LayerInfo(LOGIT, "output", (n,), 1, 1 << 30)
+
+
+def network_layer(model: Model, name: str = "default", use: str = "this") -> LayerInfo:
+    """:func:`get_layer` for uses that need a module of the network (its activation maps), not the
+    pseudo-layer ``logit``."""
+    info = get_layer(model, name)
+    if info.name == LOGIT:
+        raise LayerError(
+            f"{use} needs a layer of the network, not 'logit' "
+            "(class logits are rendered with 'filterscope render --layer logit')"
+        )
+    return info
+
+
+def get_layer(model: Model, name: str = "default") -> LayerInfo:
+    """Resolve a layer name (``default`` and ``logit`` allowed) or raise with the closest names as a hint."""
+    if name in (None, "", "default"):
+        name = default_layer(model)
+    if name == LOGIT:
+        return logit_layer(model)
+    for info in list_layers(model):
+        if info.name == name:
+            return info
+    names = [i.name for i in list_layers(model)]
+    if name in dict(model.net.named_modules()):
+        raise LayerError(
+            f"layer {name!r} of {model.name} has no output with channels to target", hint=closest(name, names)
+        )
+    raise LayerError(
+        f"{model.name} has no layer {name!r}", hint=closest(name, names) or "run 'filterscope layers' to list them"
+    )

@@ -1,0 +1,219 @@
+"""Image parameterisations: trainable tensors → a batch of images ``[B, 3, H, W]`` in [0, 1].
+
+Each image has its own trainable tensor, initialised from its own seed, so an image's optimisation does
+not depend on which batch it is in. A new parameterisation is one class registered with
+:func:`register_param`.
+
+- ``pixel``: the tutorial's, the image itself; kept in [0, 1] by clamping after each step (with
+  ``decorrelate`` it becomes Lucid's pixel image: a sigmoid of decorrelated colours).
+- ``fourier``: Lucid's spectral image; the coefficients are scaled by 1/f so all frequencies learn at a
+  similar rate, which removes the high-frequency noise of pixel ascent.
+- ``maco``: Fel et al. 2023. The magnitude of the spectrum is fixed to the mean spectrum of natural images
+  and only the phase is optimised, so the image keeps natural-image statistics.
+
+Decorrelated colour multiplies by the square root of the colour covariance of natural photos, so each
+trainable channel moves along a principal colour direction. The colour matrix and the MACO magnitude
+spectrum are computed from the bundled public-domain photos by ``scripts/make_sample_data.py`` and
+shipped in ``data/natural_stats.npz``; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PARAM_REGISTRY: dict[str, type[ImageParam]] = {}
+
+
+def register_param(name: str) -> Callable[[type[ImageParam]], type[ImageParam]]:
+    """Register an :class:`ImageParam` subclass under ``name`` (``--param name``)."""
+
+    def deco(cls: type[ImageParam]) -> type[ImageParam]:
+        PARAM_REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+@functools.lru_cache(maxsize=1)
+def natural_stats() -> dict[str, np.ndarray]:
+    with resources.files("filterscope").joinpath("data/natural_stats.npz").open("rb") as f:
+        z = np.load(f)
+        return {
+            "color_sqrt": z["color_sqrt"].astype(np.float64),
+            "magnitude": np.exp(z["log_magnitude"].astype(np.float64)),
+        }
+
+
+def color_matrix() -> torch.Tensor:
+    """Colour correlation square root, normalised by its largest column norm (Lucid's convention)."""
+    m = natural_stats()["color_sqrt"]
+    return torch.tensor(m / np.linalg.norm(m, axis=0).max(), dtype=torch.float32)
+
+
+def recorrelate(x: torch.Tensor) -> torch.Tensor:
+    """Map decorrelated colour channels ``[B,3,H,W]`` to RGB directions."""
+    return torch.einsum("ij,bjhw->bihw", color_matrix().to(x.device), x)
+
+
+def rfft_freqs(h: int, w: int) -> np.ndarray:
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    return np.sqrt(fx * fx + fy * fy)
+
+
+def natural_magnitude(h: int, w: int) -> torch.Tensor:
+    """The shipped mean magnitude spectrum resampled to an ``h×w`` image's rfft grid ``[3, h, w//2+1]``."""
+    mag = torch.tensor(natural_stats()["magnitude"], dtype=torch.float32)
+    n = mag.shape[1]
+    centred = torch.fft.fftshift(mag, dim=1).unsqueeze(0)  # rows ordered from -f to +f
+    out = F.interpolate(centred, size=(h, w // 2 + 1), mode="bilinear", align_corners=False, antialias=h < n)[0]
+    return torch.fft.ifftshift(out, dim=1)
+
+
+def standardize(x: torch.Tensor) -> torch.Tensor:
+    dims = tuple(range(1, x.dim()))
+    return (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-4)
+
+
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
+
+
+class ImageParam(nn.Module):
+    """Base class: one trainable tensor per image in ``self.tensors``."""
+
+    name = "base"
+
+    def __init__(self, seeds: Sequence[int], size: int, decorrelate: bool = True):
+        super().__init__()
+        self.seeds = [int(s) for s in seeds]
+        self.size = int(size)
+        self.decorrelate = decorrelate
+        self.tensors = nn.ParameterList([nn.Parameter(self.init(generator(s))) for s in self.seeds])
+
+    def init(self, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def images(self, t: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] from the stacked trainable tensors."""
+        raise NotImplementedError
+
+    def forward(self) -> torch.Tensor:
+        return self.images(torch.cat(list(self.tensors)))
+
+    def to_valid_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decorrelate:
+            x = recorrelate(x)
+        return torch.sigmoid(x)
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Called after each optimiser step (e.g. to clamp pixels)."""
+
+    def describe(self) -> dict:
+        return {"param": self.name, "decorrelate": self.decorrelate, "size": self.size}
+
+
+@register_param("pixel")
+class PixelParam(ImageParam):
+    """The image itself. Without ``decorrelate`` (the tutorial): uniform noise, clamped to [0, 1]."""
+
+    def __init__(
+        self, seeds: Sequence[int], size: int, decorrelate: bool = False, noise: tuple[float, float] = (0.0, 1.0)
+    ):
+        self.noise = noise
+        super().__init__(seeds, size, decorrelate)
+
+    def init(self, gen: torch.Generator) -> torch.Tensor:
+        if self.decorrelate:
+            return torch.randn(1, 3, self.size, self.size, generator=gen) * 0.01
+        lo, hi = self.noise
+        return lo + (hi - lo) * torch.rand(1, 3, self.size, self.size, generator=gen)
+
+    def images(self, t: torch.Tensor) -> torch.Tensor:
+        return self.to_valid_rgb(t) if self.decorrelate else t
+
+    @torch.no_grad()
+    def project(self) -> None:
+        if not self.decorrelate:
+            for t in self.tensors:
+                t.clamp_(0.0, 1.0)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "noise": list(self.noise)}
+
+
+@register_param("fourier")
+class FourierParam(ImageParam):
+    """Lucid's ``fft_image``: 1/f-scaled rfft coefficients, orthonormal inverse, divided by 4."""
+
+    def __init__(
+        self, seeds: Sequence[int], size: int, decorrelate: bool = True, decay_power: float = 1.0, sd: float = 0.01
+    ):
+        self.sd = sd
+        self.decay_power = decay_power
+        super().__init__(seeds, size, decorrelate)
+        f = rfft_freqs(size, size)
+        scale = 1.0 / np.maximum(f, 1.0 / size) ** decay_power
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32)[None, None, :, :, None])
+
+    def init(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(1, 3, self.size, self.size // 2 + 1, 2, generator=gen) * self.sd
+
+    def images(self, t: torch.Tensor) -> torch.Tensor:
+        spec = torch.view_as_complex((t * self.scale).contiguous())
+        x = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho") / 4.0
+        return self.to_valid_rgb(x)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "decay_power": self.decay_power}
+
+
+@register_param("maco")
+class MacoParam(ImageParam):
+    """MACO: fixed natural magnitude spectrum, trainable phase; standardised, recorrelated, sigmoid."""
+
+    def __init__(self, seeds: Sequence[int], size: int, decorrelate: bool = True, contrast: float = 1.0):
+        self.contrast = contrast
+        super().__init__(seeds, size, decorrelate)
+        self.register_buffer("magnitude", natural_magnitude(size, size))
+
+    def init(self, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(1, 3, self.size, self.size // 2 + 1, generator=gen)
+
+    def spatial(self, phase: torch.Tensor) -> torch.Tensor:
+        """The image before colour mapping: inverse FFT of magnitude·e^{iφ}."""
+        phase = standardize(phase)
+        spec = torch.polar(self.magnitude.expand_as(phase), phase)
+        return torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
+
+    def images(self, t: torch.Tensor) -> torch.Tensor:
+        return self.to_valid_rgb(standardize(self.spatial(t)) * self.contrast)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "contrast": self.contrast}
+
+
+def param_registry() -> dict[str, type[ImageParam]]:
+    """Every registered parameterisation, plugins (entry points ``filterscope.params``) included."""
+    from .. import plugins
+
+    plugins.load_group("filterscope.params", PARAM_REGISTRY, lambda name, cls: register_param(name)(cls))
+    return PARAM_REGISTRY
+
+
+def make_param(name: str, seeds: Sequence[int], size: int, **kwargs) -> ImageParam:
+    from ..errors import UsageError, closest
+
+    registry = param_registry()
+    if name not in registry:
+        raise UsageError(f"unknown parameterisation {name!r}", hint=closest(name, registry))
+    return registry[name](seeds, size, **kwargs)

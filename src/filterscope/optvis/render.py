@@ -1,0 +1,265 @@
+"""The render loop: optimise images so that an objective rises (gradient ascent on the input).
+
+model → hooked layer → objective → param/transform → this loop. Every step: the parameterisation makes
+the images, transforms jitter them (possibly into several crops each), they are resized to the model's
+input, the network runs up to the deepest hooked layer only (early exit), and the optimiser takes one step
+on ``-sum(objective)``. Each image of the batch has its own objective, seed and random transforms; a NaN/Inf
+objective freezes only that image.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from ..errors import UsageError, closest
+from ..models.layers import list_layers
+from ..models.model import Model
+from .hooks import capture, run
+from .objectives import Context, Objective, stack
+from .param import ImageParam, make_param, param_registry
+from .relu import final_relus, redirect_relu, relus_before
+from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, make_transform
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+MIN_SIZE = 16  # the smallest rendered side: a CNN's stem divides by 16-32
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Everything that decides a render besides the objective and the seed (a preset is one of these).
+
+    Checked when made (and by every :meth:`with_`), so a bad value fails before any work starts.
+    """
+
+    param: str = "fourier"
+    decorrelate: bool = True
+    transforms: str | Transform = "standard"  # a preset name (transform.TRANSFORM_PRESETS) or a Transform
+    steps: int = 128
+    lr: float = 0.05
+    optimizer: str = "adam"  # a name in OPTIMIZERS
+    size: int | None = None  # side of the rendered image; None: the model's input size
+    param_options: tuple[tuple[str, object], ...] = ()
+    redirect_relu: bool = True  # Lucid's redirected ReLU gradients, see relu.py
+    pre_relu: bool = False  # optimise a layer's pre-activation when it ends in a ReLU/ReLU6 (Lucid's _pre_relu)
+    converge: float = 0.0  # stop an image once its objective gains less than this fraction per window
+    window: int = 8
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise UsageError(f"steps must be at least 1, got {self.steps}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"lr must be a positive finite number, got {self.lr}")
+        if self.size is not None and self.size < MIN_SIZE:
+            raise UsageError(f"size must be at least {MIN_SIZE} pixels, got {self.size}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UsageError(f"unknown optimizer {self.optimizer!r}", hint="use " + " or ".join(OPTIMIZERS))
+        if self.param not in param_registry():
+            raise UsageError(f"unknown parameterisation {self.param!r}", hint=closest(self.param, param_registry()))
+        if isinstance(self.transforms, str) and self.transforms not in TRANSFORM_PRESETS:
+            raise UsageError(
+                f"unknown transforms {self.transforms!r}", hint=closest(self.transforms, TRANSFORM_PRESETS)
+            )
+        if not (self.converge >= 0 and self.window >= 1):
+            raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
+
+    def with_(self, **changes) -> RenderSettings:
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        if isinstance(self.transforms, Transform):
+            d["transforms"] = self.transforms.describe()
+        d["param_options"] = dict(self.param_options)
+        return d
+
+
+@dataclass
+class RenderResult:
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1], on the CPU
+    before: list[float]  # objective on the starting images
+    after: list[float]  # objective on the final images
+    curves: list[list[float]]  # objective (on transformed inputs) at every step, per image
+    status: list[str]  # "ok", or why the image stopped ("nan at step 17")
+    steps_done: int
+    seconds: float
+    interrupted: bool = False
+    settings: RenderSettings = field(default_factory=RenderSettings)
+
+
+def channel_seed(seed: int, key: int) -> int:
+    """Seed of one image from the run seed and its channel (or other) key: independent of batching."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(key) & 0xFFFFFFFF]).generate_state(1)[0])
+
+
+def _converged(curve: list[float], window: int, tol: float) -> bool:
+    """The mean of the last ``window`` values gained less than ``tol`` (relative) over the window before."""
+    if len(curve) < 2 * window:
+        return False
+    last = sum(curve[-window:]) / window
+    prev = sum(curve[-2 * window : -window]) / window
+    return last - prev < tol * max(abs(prev), 1e-3)
+
+
+def _fit(x: torch.Tensor, side: int) -> torch.Tensor:
+    if x.shape[-1] == side and x.shape[-2] == side:
+        return x
+    return TF.resize(x, [side, side], antialias=x.shape[-1] > side)
+
+
+class Renderer:
+    """Renders objectives on one model; reuse it to render many batches with the same settings."""
+
+    def __init__(self, model: Model, settings: RenderSettings = RenderSettings()):
+        self.model = model
+        self.settings = settings
+        self.size = settings.size or model.input_size
+        scripted = isinstance(model.net, torch.jit.ScriptModule)
+        self.calls = {} if scripted else {i.name: i.calls for i in list_layers(model)}
+        self.orders = {} if scripted else {i.name: i.order for i in list_layers(model)}
+
+    def _transform(self) -> Transform:
+        t = make_transform(self.settings.transforms)
+        if self.size > self.model.input_size and t.crops == 1:
+            # renders larger than the model's input are seen through random crops
+            t = Compose([t, Crops(n=1, box=(self.model.input_size / self.size, 1.0), spread=0.2, noise=0.0)])
+        return t
+
+    def _evaluate(self, objective: Objective, images: torch.Tensor, cap: capture) -> torch.Tensor:
+        x = _fit(images, self.model.input_size)
+        logits = run(self.model.forward, x, cap)
+        owner = torch.arange(images.shape[0], device=images.device)
+        return objective(Context(cap.acts, logits, images, owner))
+
+    def render(
+        self,
+        objective: Objective | Sequence[Objective],
+        seeds: Sequence[int],
+        *,
+        on_step: Callable[[int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> RenderResult:
+        """Render ``len(seeds)`` images; ``objective`` is one for all, or a list with one per image."""
+        s = self.settings
+        if not isinstance(objective, Objective):
+            if len(objective) != len(seeds):
+                raise UsageError("give one objective per seed")
+            objective = stack(objective)
+        options = dict(s.param_options)
+        if s.param == "pixel":
+            options.setdefault("decorrelate", s.decorrelate)
+        else:
+            options["decorrelate"] = s.decorrelate
+        param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
+        pre = final_relus(self.model.net, self.orders, objective.layers) if s.pre_relu else {}
+        st = _State(
+            objective=objective,
+            param=param,
+            opt=OPTIMIZERS[s.optimizer](list(param.tensors), lr=s.lr),
+            transform=self._transform(),
+            gens=[torch.Generator().manual_seed(int(sd) ^ 0x5EED) for sd in seeds],
+            cap=capture(
+                self.model.net,
+                sorted(objective.layers, key=lambda n: self.orders.get(n, 0)),
+                calls=self.calls,
+                inputs_of=list(pre.values()),
+                stop=not objective.needs_logits and bool(objective.layers),
+            ),
+            pre=pre,
+            batch=len(seeds),
+        )
+        t0 = time.perf_counter()
+        with st.cap:
+            with torch.no_grad():
+                before = self._evaluate(objective, st.param(), st.cap).float().cpu()
+            # only an objective that is exactly 0 (a ReLU off everywhere) needs redirected gradients
+            dead = s.redirect_relu and bool((before == 0).any())
+            relus = relus_before(self.model.net, self.orders, objective.layers) if dead else []
+            with redirect_relu(self.model.net, relus):
+                interrupted = self._optimise(st, on_step, should_stop)
+            with torch.no_grad():
+                final = st.param().detach()
+                after = self._evaluate(objective, final, st.cap).float().cpu()
+        return RenderResult(
+            final.cpu(),
+            before.tolist(),
+            after.tolist(),
+            st.curves,
+            st.status,
+            st.done,
+            time.perf_counter() - t0,
+            interrupted,
+            s,
+        )
+
+    def _optimise(self, st: _State, on_step, should_stop) -> bool:
+        """The optimisation steps; returns whether a stop request interrupted them."""
+        s = self.settings
+        b = st.batch
+        side = self.model.input_size
+        for step in range(s.steps):
+            st.opt.zero_grad(set_to_none=True)
+            images = st.param()
+            x = _fit(st.transform(images, st.gens, side), side)
+            logits = run(self.model.forward, x, st.cap)
+            owner = torch.arange(b, device=x.device).repeat_interleave(x.shape[0] // b)
+            acts = {**st.cap.acts, **{layer: st.cap.inputs[relu] for layer, relu in st.pre.items()}}
+            values = st.objective(Context(acts, logits, images, owner))
+            vals = values.detach().float().cpu()
+            bad = ~torch.isfinite(vals) & st.alive
+            for i in torch.nonzero(bad).flatten().tolist():
+                st.status[i] = f"non-finite objective at step {step + 1}; stopped"
+            st.alive &= ~bad
+            st.active &= st.alive
+            if not st.active.any():
+                st.done = step + 1
+                return False
+            (-values[st.active.to(values.device)].sum()).backward()
+            for i in torch.nonzero(~st.active).flatten().tolist():
+                st.param.tensors[i].grad = None  # frozen images: optimisers skip parameters without gradient
+            st.opt.step()
+            st.param.project()
+            for i in range(b):
+                st.curves[i].append(float(vals[i]))
+            st.done = step + 1
+            if s.converge > 0:
+                st.active &= ~torch.tensor([_converged(c, s.window, s.converge) for c in st.curves])
+                if not st.active.any():
+                    return False
+            if on_step:
+                on_step(st.done)
+            if should_stop and should_stop():
+                return st.done < s.steps
+        return False
+
+
+@dataclass
+class _State:
+    """Everything one ``Renderer.render`` call works on."""
+
+    objective: Objective
+    param: ImageParam
+    opt: torch.optim.Optimizer
+    transform: Transform
+    gens: list[torch.Generator]
+    cap: capture
+    pre: dict[str, str]
+    batch: int
+    done: int = 0
+    alive: torch.Tensor = field(init=False)
+    active: torch.Tensor = field(init=False)  # alive and not yet converged
+    status: list[str] = field(init=False)
+    curves: list[list[float]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.alive = torch.ones(self.batch, dtype=torch.bool)
+        self.active = self.alive.clone()
+        self.status = ["ok"] * self.batch
+        self.curves = [[] for _ in range(self.batch)]

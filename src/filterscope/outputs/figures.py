@@ -1,0 +1,167 @@
+"""Figures: the activation bar chart, where-it-fires heatmaps, the boost figure, grids and comparisons.
+
+Functions return matplotlib figures (saved by :meth:`RunDir.write_figure`) or PIL images (grids).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:  # figures draw what jobs computed; they never call a job
+    from ..jobs.inspect import Inspection
+
+from .images import to_uint8
+
+TOP_COLOUR = "#d62728"
+OTHER_COLOUR = "#7f9fbf"
+
+
+def bar_chart(ins: Inspection, ax: plt.Axes | None = None) -> plt.Figure:
+    """Mean activation of every filter; the top filters highlighted and labelled (the tutorial's chart)."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
+    n = len(ins.means)
+    ax.bar(np.arange(n), ins.means, width=1.0, color=OTHER_COLOUR, linewidth=0)
+    # top bars drawn again, wider, so they stay visible when hundreds of bars share a pixel
+    ax.bar(ins.top, ins.means[ins.top], width=max(1.0, n / 250), color=TOP_COLOUR, linewidth=0, zorder=3)
+    for i in ins.top:
+        ax.annotate(
+            f"{i}\n{ins.means[i]:.2f}",
+            (i, ins.means[i]),
+            xytext=(0, 3),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=TOP_COLOUR,
+        )
+    ax.set_xlim(-0.5, n - 0.5)
+    top = float(np.max(ins.means)) if n else 1.0
+    ax.set_ylim(min(0.0, float(np.min(ins.means)) * 1.1), top * 1.25 if top > 0 else 1)
+    ax.set_xlabel(f"filter of {ins.layer.name} ({n})")
+    ax.set_ylabel("mean activation")
+    ax.set_title(f"Mean activation per filter, top {len(ins.top)} in red")
+    ax.spines[["top", "right"]].set_visible(False)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
+
+
+def overlay(image: torch.Tensor, amap: torch.Tensor, cmap: str = "inferno", alpha: float = 0.55) -> np.ndarray:
+    """An activation map upsampled to the image and blended over it (``H×W×3`` uint8)."""
+    h, w = image.shape[-2:]
+    m = F.interpolate(amap[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    lo, hi = float(m.min()), float(m.max())
+    m = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+    heat = torch.tensor(plt.get_cmap(cmap)(m.numpy())[..., :3], dtype=torch.float32).permute(2, 0, 1)
+    return to_uint8((1 - alpha) * image.float() + alpha * heat)
+
+
+def heatmaps(ins: Inspection) -> plt.Figure:
+    """Where each top filter fires: its spatial map over the input image."""
+    k = len(ins.top)
+    fig, axes = plt.subplots(1, k + 1, figsize=(2.6 * (k + 1), 3.0), dpi=100)
+    axes = np.atleast_1d(axes)
+    axes[0].imshow(to_uint8(ins.image))
+    axes[0].set_title("input", fontsize=9)
+    for ax, i in zip(axes[1:], ins.top):
+        ax.imshow(overlay(ins.image, ins.maps[i]))
+        ax.set_title(f"filter {i}\nmean {ins.means[i]:.2f}, max {ins.maxes[i]:.2f}", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"Where the top filters of {ins.layer.name} fire (maps from {ins.maps_from})", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    return fig
+
+
+def boost_figure(
+    ins: Inspection, renders: Sequence[tuple[int, torch.Tensor | Image.Image, float, float]], title: str
+) -> plt.Figure:
+    """Input image | activation bar chart, then the boosted features of each top filter with its gain.
+
+    ``renders`` holds ``(filter, image, activation_before, activation_after)``.
+    """
+    k = max(1, len(renders))
+    fig = plt.figure(figsize=(max(10, 2.7 * k), 6.4), dpi=100)
+    gs = fig.add_gridspec(2, max(k, 3), height_ratios=[1, 1.05])
+    ax_in = fig.add_subplot(gs[0, 0])
+    ax_in.imshow(to_uint8(ins.image))
+    best = ins.predictions[0] if ins.predictions else None
+    ax_in.set_title("input" + (f": {best[1]} ({best[2]:.0%})" if best else ""), fontsize=9)
+    ax_in.axis("off")
+    bar_chart(ins, fig.add_subplot(gs[0, 1:]))
+    for j, (idx, img, before, after) in enumerate(renders):
+        ax = fig.add_subplot(gs[1, j])
+        arr = to_uint8(img) if isinstance(img, torch.Tensor) else np.asarray(img)
+        ax.imshow(arr)
+        gain = f"×{after / before:.1f} vs noise" if before > 0.1 else f"noise {before:.2f}"
+        ax.set_title(f"filter {idx}: boosted {after:.2f} ({gain})\non the photo {ins.means[idx]:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    return fig
+
+
+def grid(
+    images: Sequence[torch.Tensor | Image.Image],
+    labels: Sequence[str] | None = None,
+    ncol: int | None = None,
+    tile: int = 128,
+    pad: int = 2,
+) -> Image.Image:
+    """Tile images (torchvision's ``make_grid``, in uint8 so a 1280-tile grid stays small) with a label
+    under each tile."""
+    from torchvision.utils import make_grid
+
+    label_h = 12 if labels else 0
+
+    def small(im: torch.Tensor | Image.Image) -> torch.Tensor:
+        if isinstance(im, torch.Tensor):
+            im = Image.fromarray(to_uint8(im))
+        im = im.convert("RGB").resize((tile, tile), Image.Resampling.BILINEAR, reducing_gap=2.0)
+        t = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        return torch.cat([t, torch.full((3, label_h, tile), 255, dtype=torch.uint8)], 1) if label_h else t
+
+    ncol = ncol or max(1, math.ceil(math.sqrt(len(images))))
+    g = make_grid(torch.stack([small(im) for im in images]), nrow=ncol, padding=pad, pad_value=255)
+    im = Image.fromarray(g.permute(1, 2, 0).numpy())
+    if labels:
+        draw = ImageDraw.Draw(im)
+        for k, text in enumerate(labels):
+            r, c = divmod(k, ncol)
+            x = pad + c * (tile + pad)
+            y = pad + r * (tile + label_h + pad) + tile
+            draw.text((x + 2, y), text, fill=(0, 0, 0))
+    return im
+
+
+def compare_figure(
+    rows: dict[str, Sequence[torch.Tensor]], channels: Sequence[int], layer: str, notes: dict[str, str] | None = None
+) -> plt.Figure:
+    """Presets (rows) × channels (columns), side by side."""
+    n_r, n_c = len(rows), len(channels)
+    fig, axes = plt.subplots(n_r, n_c, figsize=(2.3 * n_c + 0.6, 2.4 * n_r), dpi=100, squeeze=False)
+    for r, (name, imgs) in enumerate(rows.items()):
+        for c, img in enumerate(imgs):
+            ax = axes[r, c]
+            ax.imshow(to_uint8(img))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"{layer}:{channels[c]}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(name + (f"\n{notes[name]}" if notes and name in notes else ""), fontsize=9)
+    fig.tight_layout()
+    return fig

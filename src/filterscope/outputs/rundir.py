@@ -1,0 +1,232 @@
+"""Run directories: atomic file writes and ``run.json``, the record of every setting and result.
+
+Every file is written to a temporary name in the same directory and moved into place with ``os.replace``,
+so a crash or an interrupt never leaves a half-written file. ``run.json`` is rewritten after every finished
+item, so an interrupted run knows exactly what it finished (``"status": "partial"``) and ``--resume`` can
+skip it. Apart from its ``timings`` section, ``run.json`` is the same for the same command and seed.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import platform
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError, UsageError
+from .naming import RUN_FILE
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: mkstemp makes 0600 files, outputs get the usual 0666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``; never leaves partial files."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            why = "no space left on device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise OutputError(f"cannot write {path}: {why}") from None
+        raise
+
+
+def json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n").encode()
+
+
+def _jsonable(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _natural(key: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)]
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import PIL
+    import torch
+    import torchvision
+
+    from ..version import __version__
+
+    out = {
+        "filterscope": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": str(torch.get_num_threads()),
+    }
+    try:
+        import timm
+
+        out["timm"] = timm.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def check_writable(path: str | os.PathLike, *, keep: bool = False) -> Path:
+    """Prove a file can be written in ``path`` before any work starts.
+
+    Directories created for the test are removed again unless ``keep``, so a run that fails later in
+    validation leaves nothing behind.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output path {path} exists and is not a directory")
+    created = []
+    probe = path
+    while not probe.exists():
+        created.append(probe)
+        probe = probe.parent
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise OutputError(f"output directory {path} is not writable: {e.strerror or e}") from None
+    finally:
+        if not keep:
+            for d in created:
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+    return path
+
+
+class RunDir:
+    """One run's output directory and its ``run.json``.
+
+    A fresh run removes the files an earlier run recorded in the same directory (and only those), so the
+    directory never mixes outputs of different settings. With ``resume=True`` the earlier record is kept
+    and must have been made with the same settings.
+    """
+
+    def __init__(self, path: str | os.PathLike, command: str, settings: dict[str, Any], *, resume: bool = False):
+        self.path = Path(path)
+        self.command = command
+        settings = json.loads(json_bytes(settings))
+        previous = self._read_previous()
+        if resume and previous is not None:
+            if previous.get("command") != command or previous.get("settings") != settings:
+                changed = sorted(
+                    k
+                    for k in set(settings) | set(previous.get("settings", {}))
+                    if settings.get(k) != previous.get("settings", {}).get(k)
+                )
+                raise UsageError(
+                    f"--resume: {self.path} holds a run with other settings ({', '.join(changed) or 'command'} differ)"
+                )
+            self.record = previous
+            self.record["status"] = "running"
+        else:
+            check_writable(self.path, keep=True)
+            if previous is not None:
+                self._remove_recorded(previous)
+            self.record = {
+                "command": command,
+                "status": "running",
+                "settings": settings,
+                "versions": versions(),
+                "argv": sys.argv[1:],
+                "results": {},
+                "files": [],
+                "timings": {},
+            }
+        check_writable(self.path, keep=True)
+
+    def _read_previous(self) -> dict[str, Any] | None:
+        f = self.path / RUN_FILE
+        if not f.is_file():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _remove_recorded(self, previous: dict[str, Any]) -> None:
+        for rel in previous.get("files", []) + [RUN_FILE]:
+            p = (self.path / rel).resolve()
+            if self.path.resolve() in p.parents and p.is_file():
+                p.unlink()
+
+    # -- files
+    def file(self, rel: str) -> Path:
+        return self.path / rel
+
+    def write(self, rel: str, data: bytes) -> Path:
+        atomic_write(self.path / rel, data)
+        if rel not in self.record["files"]:
+            self.record["files"] = sorted(self.record["files"] + [rel])
+        return self.path / rel
+
+    def write_png(self, rel: str, image) -> Path:
+        from .images import png_bytes
+
+        return self.write(rel, png_bytes(image))
+
+    def write_figure(self, rel: str, fig) -> Path:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+        plt.close(fig)
+        return self.write(rel, buf.getvalue())
+
+    def write_text(self, rel: str, text: str) -> Path:
+        return self.write(rel, text.encode())
+
+    # -- record
+    def done(self, key: str) -> bool:
+        return key in self.record["results"]
+
+    def result(self, key: str, value: dict[str, Any]) -> None:
+        self.record["results"][key] = value
+        self.save()
+
+    def save(self) -> None:
+        # results in a natural order (layer, then channel number) whatever order they finished in
+        self.record["results"] = dict(sorted(self.record["results"].items(), key=lambda kv: _natural(kv[0])))
+        atomic_write(self.path / RUN_FILE, json_bytes(self.record))
+
+    def finish(self, status: str = "complete", **extra: Any) -> Path:
+        self.record["status"] = status
+        self.record.update(extra)
+        self.save()
+        return self.path / RUN_FILE

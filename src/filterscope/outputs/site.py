@@ -1,0 +1,129 @@
+"""The atlas's static site: plain HTML/CSS from Jinja2 templates, relative links only, so it works from
+``file://`` and from ``filterscope serve`` (a local HTTP server bound to 127.0.0.1 by default)."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..version import __version__
+from .naming import channel_file, channel_page, grid_file
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("filterscope.outputs", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def _hist(entry: dict) -> tuple[list[dict], float, float]:
+    counts, edges = entry["hist"]["counts"], entry["hist"]["edges"]
+    top = max(counts) or 1
+    bars = [
+        {"height": round(100 * n / top, 1), "count": n, "label": f"{edges[i]:.3f}–{edges[i + 1]:.3f}"}
+        for i, n in enumerate(counts)
+    ]
+    return bars, edges[0], edges[-1]
+
+
+def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list[str]:
+    """Write ``index.html``, a page per layer and a page per channel into ``run`` (a RunDir).
+
+    ``layers`` holds ``{"name", "shape", "channels"}``; render results come from ``run.record``.
+    Returns the pages written.
+    """
+    env = _env()
+    rec = run.record
+    settings = rec["settings"]
+    base = {"model": settings["model"], "version": __version__}
+    pages = []
+    run.write("style.css", resources.files("filterscope.outputs").joinpath("templates/style.css").read_bytes())
+    n_images = examples.get("n_images", 0) if examples else 0
+    index_layers = []
+    for lay in layers:
+        name = lay["name"]
+        results = rec["results"]
+        chans = []
+        for c in lay["channels"]:
+            r = results.get(f"{name}:{c}", {})
+            render = channel_file(name, c) if r.get("status") == "ok" else None
+            chans.append({"index": c, "page": channel_page(c), "render": Path(render).name if render else None})
+        rendered = sum(1 for ch in chans if ch["render"])
+        layer_ctx = {"name": name, "shape": lay["shape"], "channels": chans, "rendered": rendered}
+        grid = grid_file(name)
+        index_layers.append({**layer_ctx, "dir": name, "grid": grid})
+        html = env.get_template("layer.html").render(root="../", layer=layer_ctx, **base)
+        pages.append(str(run.write(f"{name}/index.html", html.encode()).relative_to(run.path)))
+        ex_layer = (examples or {}).get("layers", {}).get(name, {})
+        for k, ch in enumerate(chans):
+            c = ch["index"]
+            r = results.get(f"{name}:{c}", {})
+            div = results.get(f"{name}:{c}:diversity", {})
+            ex = ex_layer.get("channels", {}).get(str(c))
+            ctx = {
+                "index": c,
+                "render": ch["render"],
+                "prev": channel_page(chans[k - 1]["index"]) if k > 0 else None,
+                "next": channel_page(chans[k + 1]["index"]) if k + 1 < len(chans) else None,
+                "diversity": [str(Path(f).relative_to(name)) for f in div.get("files", [])],
+                "examples": [],
+                "hist": [],
+                "hist_lo": 0.0,
+                "hist_hi": 0.0,
+            }
+            table = [
+                ("layer", name),
+                ("channel", c),
+                ("method", settings.get("method")),
+                ("steps", settings.get("render", {}).get("steps")),
+                ("seed", settings.get("seed")),
+            ]
+            if r:
+                table += [
+                    ("activation on start noise", f"{r['activation_before']:.4f}"),
+                    ("activation of render", f"{r['activation_after']:.4f}"),
+                    ("status", r["status"]),
+                ]
+            if ex:
+                ctx["examples"] = [
+                    {"crop": "../" + e["crop"], "image": "../" + e["thumb"], "name": e["name"], "value": e["value"]}
+                    for e in ex["top"]
+                ]
+                ctx["hist"], ctx["hist_lo"], ctx["hist_hi"] = _hist(ex)
+                table += [
+                    ("max mean activation over the images", f"{ex['max']:.4f}"),
+                    ("mean over the images", f"{ex['mean']:.4f}"),
+                ]
+                if r and ex["max"] > 0:
+                    table.append(("render / best image", f"{r['activation_after'] / ex['max']:.2f}"))
+            ctx["table"] = table
+            html = env.get_template("channel.html").render(
+                root="../", layer=layer_ctx, ch=ctx, n_images=n_images, **base
+            )
+            pages.append(str(run.write(f"{name}/{channel_page(c)}", html.encode()).relative_to(run.path)))
+    html = env.get_template("index.html").render(
+        root="",
+        layers=index_layers,
+        method=settings.get("method"),
+        settings=settings.get("render", {}),
+        seed=settings.get("seed"),
+        images_label=settings.get("images") or "the bundled photos",
+        n_images=n_images,
+        **base,
+    )
+    pages.append(str(run.write("index.html", html.encode()).relative_to(run.path)))
+    return pages
+
+
+def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for a built atlas (call ``serve_forever`` on it)."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    return http.server.ThreadingHTTPServer((host, port), handler)
