@@ -8,11 +8,12 @@ For each model/layer, on the same channels and seeds:
              measured in the same process right before each method
 Each method runs in its own subprocess (so its peak RSS is its own) and reports seconds per channel,
 seconds per step, the fraction of the ceiling it reaches, the ``evaluate`` robustness ratio (median over
-the channels) and peak memory.
+the channels), the median colourfulness (Hasler & Süsstrunk) and RMS contrast of the renders, and peak memory.
 
     python benchmarks/bench_render.py                      # full run (~30 min on 2 CPU cores)
     python benchmarks/bench_render.py --quick              # one layer, 2 channels, no Lucent
     python benchmarks/bench_render.py --curve --layer blocks.5   # robustness vs steps for each preset
+    python benchmarks/bench_render.py --layout             # atlas: 1 process × N threads vs N processes × 1
 
 Writes benchmarks/results/bench.json, bench.md and bench.png (robust ratio vs seconds per channel).
 """
@@ -187,6 +188,7 @@ def ceiling(model, layer, device, batch, n=8, repeats=4):
 
 
 def worker(args) -> None:
+    import numpy as np
     import torch
 
     from filterscope.jobs.evaluate import natural_max, score_images
@@ -231,6 +233,8 @@ def worker(args) -> None:
                 if len(rr) % 2
                 else (rr[len(rr) // 2 - 1] + rr[len(rr) // 2]) / 2,
                 "robust_ratios": [round(x, 3) for x in (s.robust_ratio for s in scores)],
+                "median_colourfulness": float(np.median([s.colourfulness for s in scores])),
+                "median_rms_contrast": float(np.median([s.rms_contrast for s in scores])),
                 **mem,
             }
         )
@@ -339,6 +343,64 @@ def curve(args) -> dict:
     return {"machine": machine(), "layer": args.layer, "channels": channels, "curve": rows}
 
 
+def layout(args) -> dict:
+    """Channels per minute of the atlas's render layouts on this machine, side by side: one process with
+    every core's threads against one single-threaded worker process per core (``filterscope atlas``,
+    default preset, the render phase only)."""
+    import tempfile
+
+    from filterscope.cli import parse_channels
+    from filterscope.jobs.pool import cpu_cores
+
+    cores = cpu_cores()
+    layer = args.layer or "blocks.3"
+    chans = args.channels or f"0-{max(4 * cores, 8) - 1}"
+    n = len(parse_channels(chans))
+    rows = []
+    for name, extra in (
+        (f"1 process x {cores} threads", ["--threads", str(cores)]),
+        (f"{cores} processes x 1 thread", ["--workers", str(cores), "--threads", "1"]),
+    ):
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                sys.executable,
+                "-m",
+                "filterscope.cli",
+                "atlas",
+                "--layers",
+                layer,
+                "--channels",
+                chans,
+                "--top",
+                "1",
+                "--quiet",
+                "--out",
+                tmp,
+                *extra,
+            ]
+            t0 = time.perf_counter()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if r.returncode != 0:
+                rows.append({"layout": name, "error": r.stderr.strip()[-300:]})
+                continue
+            rec = json.loads((Path(tmp) / "run.json").read_text())
+            render_s = rec["timings"][f"render_{layer}_s"]
+        rows.append(
+            {
+                "layout": name,
+                "channels": n,
+                "render_s": render_s,
+                "wall_s": round(wall, 1),
+                "channels_per_min": round(60 * n / render_s, 1),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    ok = [r for r in rows if "error" not in r]
+    speedup = ok[0]["render_s"] / ok[1]["render_s"] if len(ok) == 2 else None
+    return {"machine": machine(), "layer": layer, "rows": rows, "speedup_processes": speedup}
+
+
 def markdown(results: dict) -> str:
     """The table. The ceiling of a layer is the best (lowest) of the ceilings timed in all of that layer's
     processes: the machine's real speed, not one process's noisy timing. "× naive/step": the naive loop's
@@ -358,13 +420,13 @@ def markdown(results: dict) -> str:
         "of the model truncated at the layer, batch 1, best timing in the run.",
         "",
         "| model | layer | method | steps | s/channel | s/step | × naive/step | % of ceiling | robust ratio "
-        "| peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| colourfulness | RMS contrast | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         if "error" in r:
             lines.append(
-                f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps_asked']} | error: {r['error']} |||||"
+                f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps_asked']} | error: {r['error']} |||||||"
             )
             continue
         key = (r["model"], r["layer"])
@@ -374,6 +436,7 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps']:.0f} | {r['s_per_channel']:.2f} | "
             f"{r['s_per_step'] * 1000:.1f} ms | {vs} | {frac} | {r['median_robust_ratio']:.2f} | "
+            f"{r.get('median_colourfulness', float('nan')):.1f} | {r.get('median_rms_contrast', float('nan')):.3f} | "
             f"{r['peak_rss_mib']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -438,6 +501,7 @@ def main() -> None:
     p.add_argument("--n-channels", type=int, default=3)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--curve", action="store_true")
+    p.add_argument("--layout", action="store_true", help="compare the atlas's process/thread layouts")
     p.add_argument("--no-lucent", action="store_true")
     p.add_argument("--skip-slow", action="store_true", help="skip the 512-step lucid preset")
     p.add_argument("--out", default=str(RESULTS))
@@ -446,6 +510,10 @@ def main() -> None:
         return worker(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.layout:
+        res = layout(args)
+        (out / "layout.json").write_text(json.dumps(res, indent=2))
+        return
     if args.curve:
         if not args.layer:
             p.error("--curve needs --layer, e.g. --curve --layer blocks.5")

@@ -230,3 +230,24 @@ def test_ray_backend_matches_local(tmp_path):
         assert (tmp_path / "local" / f).read_bytes() == (tmp_path / "ray" / f).read_bytes(), f
     a, b = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("local", "ray"))
     assert a["results"] == b["results"]
+
+
+def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
+    """Two single-threaded worker processes write the same files as one single-threaded process; with no
+    --workers/--threads, a CPU with ≥ 2 cores and enough channels gets one worker per core (printed)."""
+    from filterscope.jobs.pool import cpu_cores
+
+    args = ["atlas", "--layers", "blocks.0", "--channels", "0-3", "--steps", "5", "--top", "3"]
+    assert run_main(capsys, *args, "--threads", "1", "--quiet", "--out", tmp_path / "one")[0] == 0
+    assert run_main(capsys, *args, "--workers", "2", "--threads", "1", "--quiet", "--out", tmp_path / "two")[0] == 0
+    one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
+    assert one["layout"]["workers"] == 0 and two["layout"] == {"workers": 2, "threads": 1, "why": "chosen"}
+    for k, r in one["results"].items():
+        assert (tmp_path / "one" / r["file"]).read_bytes() == (
+            tmp_path / "two" / two["results"][k]["file"]
+        ).read_bytes()
+    rc, _, err = run_main(capsys, *args, "--out", tmp_path / "auto")
+    assert rc == 0
+    auto = json.loads((tmp_path / "auto/run.json").read_text())["layout"]
+    if cpu_cores() >= 2:
+        assert auto["workers"] == cpu_cores() and auto["threads"] == 1 and "layout:" in err

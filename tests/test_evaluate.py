@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from filterscope.cli import main
-from filterscope.jobs.evaluate import _layer_means, natural_max, robust_views, score_images
+from filterscope.jobs.evaluate import (
+    _layer_means,
+    colourfulness,
+    natural_max,
+    rms_contrast,
+    robust_views,
+    score_images,
+)
 from filterscope.optvis.objectives import channel
 from filterscope.optvis.presets import get_preset
 from filterscope.optvis.render import Renderer, channel_seed
@@ -41,6 +48,30 @@ def test_robust_views_are_90_to_100_percent_crops():
     for span in (rows, cols):
         assert span.min() >= 0.88 and span.max() <= 1.0 + 1e-6, span
     assert min(rows.min(), cols.min()) < 0.985  # not all whole images
+
+
+def test_colourfulness_and_contrast_known_values():
+    """Hand-computed: grey → 0; half pure red / half pure green: rg = ±255 (σ 255, μ 0), yb = 127.5 everywhere
+    (σ 0, μ 127.5) → 255 + 0.3·127.5 = 293.25; luma 0.299 vs 0.587 → contrast (0.587 − 0.299)/2 = 0.144."""
+    grey = torch.full((3, 16, 16), 0.4)
+    assert colourfulness(grey) == 0.0 and rms_contrast(grey) == 0.0
+    rg = torch.zeros(3, 16, 16)
+    rg[0, :, :8] = 1.0
+    rg[1, :, 8:] = 1.0
+    assert colourfulness(rg) == pytest.approx(293.25, abs=1e-6)
+    assert rms_contrast(rg) == pytest.approx(0.144, abs=1e-6)
+    # a uniform pure red: σ 0, μ_rgyb = |(255, 127.5)| → 0.3·285.0987 = 85.53; the PIL path agrees
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    assert colourfulness(red) == pytest.approx(0.3 * np.hypot(255, 127.5), abs=1e-6)
+    from PIL import Image
+
+    pil = Image.fromarray((rg.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+    assert colourfulness(pil) == pytest.approx(293.25, abs=1e-6)
+    # black/white halves: grey std 0.5, no colour
+    bw = torch.zeros(3, 4, 4)
+    bw[:, :2] = 1.0
+    assert rms_contrast(bw) == pytest.approx(0.5) and colourfulness(bw) == pytest.approx(0.0)
 
 
 def test_evaluate_known_answer_on_a_real_photo(model, tmp_path, capsys):
@@ -78,6 +109,10 @@ def test_evaluate_a_render_run(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["render", "--layer", "blocks.3", "--channels", "4,9", "--steps", "12", "--out", str(out), "-q"]) == 0
     assert main(["evaluate", str(out), "--json"]) == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    for c in ev["layers"]["blocks.3"]["channels"]:
+        assert c["colourfulness"] > 0 and 0 < c["rms_contrast"] < 0.5
+    assert "median_colourfulness" in ev["layers"]["blocks.3"]["summary"]
     ev = json.loads(capsys.readouterr().out)
     rows = ev["layers"]["blocks.3"]["channels"]
     assert [r["channel"] for r in rows] == [4, 9]

@@ -616,12 +616,18 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
 )
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes (local; default: one per core when there are enough channels) or Ray actors (default 2).",
+)
 @click.option(
     "--threads",
     type=click.IntRange(min=1),
     default=None,
-    help="CPU threads per render (default: torch's); the same value gives identical files on any backend.",
+    help="CPU threads per render (default: 1 in worker processes, torch's otherwise); the same value gives "
+    "identical files on any backend.",
 )
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/atlas].")
 @click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
@@ -655,8 +661,6 @@ def atlas(
     as_json,
 ):
     """Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html)."""
-    import torch
-
     from .jobs.atlas import build_atlas
     from .jobs.interrupt import graceful_stop
     from .models.layers import network_layer
@@ -681,9 +685,6 @@ def atlas(
         raise UsageError("--layers is empty")
     chans = {i.name: list(range(i.channels)) if channels is None else channels for i in infos}
     check_writable(out)
-    if threads:
-        torch.set_num_threads(threads)
-    threads = torch.get_num_threads()
     with graceful_stop(quiet) as stop:
         summary = build_atlas(
             model,

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from ..models.layers import LayerInfo
@@ -24,6 +26,7 @@ from ..outputs.images import list_images, load_image, model_input, sample_photos
 from ..outputs.rundir import RunDir, json_bytes
 from .channels import check_diversity, render_diversity, render_layer, write_grid
 from .dataset import collect_examples, peak_box
+from .pool import RenderPool, choose_layout
 
 EXAMPLES_FILE = "examples.json"
 THUMB = 96
@@ -146,13 +149,17 @@ def build_atlas(
     batch: int | None = None,
     backend: str = "local",
     address: str | None = None,
-    workers: int = 2,
+    workers: int | None = None,
     threads: int | None = None,
     resume: bool = False,
     progress: bool = True,
     should_stop=None,
 ) -> AtlasSummary:
-    """Render every requested channel, collect dataset examples, and write the site."""
+    """Render every requested channel, collect dataset examples, and write the site.
+
+    ``backend="local"`` renders on this machine in the fastest layout (:func:`~filterscope.jobs.pool.choose_layout`:
+    one single-threaded worker process per core when there are enough channels) unless ``workers`` /
+    ``threads`` say otherwise; ``backend="ray"`` on a Ray cluster (``workers`` actors, default 2)."""
     from tqdm import tqdm
 
     from ..outputs.site import build_site
@@ -173,43 +180,58 @@ def build_atlas(
         "diversity": diversity,
         "images": str(images) if images else None,
         "n_top": n_top,
+        "backend": backend,
+        "workers": workers,
         "threads": threads,
     }
     run = RunDir(out, "atlas", record, resume=resume)
     total = sum(len(channels[i.name]) for i in layers)
+    layout = choose_layout(model, total, workers, threads) if backend == "local" else None
+    if layout is not None:
+        run.record["layout"] = {"workers": layout.workers, "threads": layout.threads, "why": layout.why}
+        if progress:
+            print(f"layout: {layout.describe()}", file=sys.stderr)
     done_before = sum(1 for i in layers for c in channels[i.name] if run.done(f"{i.name}:{c}"))
     bar = tqdm(total=total, initial=done_before, unit="ch", desc="atlas", disable=not progress, dynamic_ncols=True)
     rendered, interrupted = 0, False
     timings = {}
+    own_threads = torch.get_num_threads()
+    pool = RenderPool(model, layout.workers, layout.threads) if layout is not None and layout.workers else None
+    if layout is not None and not layout.workers:
+        torch.set_num_threads(layout.threads)
     try:
         for info in layers:
             t = time.perf_counter()
-            if backend == "ray":
-                from .ray_backend import render_layer_ray
+            chans = channels[info.name]
+            if backend == "ray" or pool is not None:
+                if pool is not None:
+                    summary = pool.render_layer(info, chans, settings, seed, run, bar=bar, should_stop=should_stop)
+                else:
+                    from .ray_backend import render_layer_ray
 
-                summary = render_layer_ray(
-                    model,
-                    info,
-                    channels[info.name],
-                    settings,
-                    seed,
-                    run,
-                    address=address,
-                    workers=workers,
-                    threads=threads,
-                    bar=bar,
-                    should_stop=should_stop,
-                )
+                    summary = render_layer_ray(
+                        model,
+                        info,
+                        chans,
+                        settings,
+                        seed,
+                        run,
+                        address=address,
+                        workers=workers or 2,
+                        threads=threads,
+                        bar=bar,
+                        should_stop=should_stop,
+                    )
                 if diversity > 1 and not summary.interrupted:  # variants render in this process
                     summary.interrupted = render_diversity(
-                        model, info, channels[info.name], settings, seed, run, diversity, should_stop=should_stop
+                        model, info, chans, settings, seed, run, diversity, should_stop=should_stop
                     )
-                write_grid(run, info.name, channels[info.name])
+                write_grid(run, info.name, chans)
             else:
                 summary = render_layer(
                     model,
                     info,
-                    channels[info.name],
+                    chans,
                     settings,
                     seed,
                     run,
@@ -226,6 +248,9 @@ def build_atlas(
                 break
     finally:
         bar.close()
+        if pool is not None:
+            pool.close()
+        torch.set_num_threads(own_threads)
     examples = None
     if not interrupted:
         t = time.perf_counter()

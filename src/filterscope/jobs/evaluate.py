@@ -5,7 +5,9 @@ photos or a user's folder) — above 1 means the render excites the channel more
 ``robust_ratio`` = the same under 8 random crops that keep 90-100 % of the side, each rescaled to the model
 input (a render that only works pixel-perfectly, like an adversarial pattern, loses most of it). For a class
 logit render: the same ratios on the logit, and whether a second model (``eval_model``) puts the class in
-its top 1 / top 5 (transferability).
+its top 1 / top 5 (transferability). Every render also gets two picture measures: ``colourfulness``
+(Hasler & Süsstrunk 2003) and ``rms_contrast`` (std of the grey image in [0, 1]); the bundled photos give
+≈ 56 and ≈ 0.18, a flat image 0 and 0.
 """
 
 from __future__ import annotations
@@ -26,6 +28,33 @@ from ..optvis.hooks import capture, run
 from ..outputs.images import list_images, load_image, model_input, sample_photos_dir, to_tensor
 
 ROBUST_CROPS = 8
+
+
+def _rgb255(img) -> np.ndarray:
+    """``[3,H,W]`` / ``[1,3,H,W]`` tensor in [0, 1], or a PIL image / ``[H,W,3]`` uint8 array: float ``[H,W,3]``
+    in 0-255."""
+    if isinstance(img, torch.Tensor):
+        x = img.detach().float().cpu()
+        x = x[0] if x.dim() == 4 else x
+        return x.permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float64) * 255.0
+    a = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img)
+    return a[..., :3].astype(np.float64) * (255.0 if a.dtype.kind == "f" else 1.0)
+
+
+def colourfulness(img) -> float:
+    """Hasler & Süsstrunk (2003) colourfulness on 0-255 RGB: σ_rgyb + 0.3·μ_rgyb, with rg = R − G,
+    yb = (R + G)/2 − B. 0 for any grey image; ~56 for the bundled photos."""
+    a = _rgb255(img)
+    rg = a[..., 0] - a[..., 1]
+    yb = 0.5 * (a[..., 0] + a[..., 1]) - a[..., 2]
+    return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
+
+
+def rms_contrast(img) -> float:
+    """RMS contrast: the standard deviation of the grey image in [0, 1], grey = ITU-R BT.601 luma
+    (0.299 R + 0.587 G + 0.114 B)."""
+    a = _rgb255(img) / 255.0
+    return float((a @ np.array([0.299, 0.587, 0.114])).std())
 
 
 def _layer_means(model: Model, layer: str, x: torch.Tensor) -> torch.Tensor:
@@ -76,6 +105,8 @@ class ChannelScore:
     natural_max: float
     ratio: float
     robust_ratio: float
+    colourfulness: float = 0.0
+    rms_contrast: float = 0.0
     top1: bool | None = None
     top5: bool | None = None
 
@@ -104,7 +135,9 @@ def score_images(
         robust = float(_layer_means(model, layer, views)[:, c].mean())
         top = float(nat_max[c])
         denom = top if abs(top) > 1e-6 else 1e-6
-        s = ChannelScore(layer, int(c), act, robust, top, act / denom, robust / denom)
+        s = ChannelScore(
+            layer, int(c), act, robust, top, act / denom, robust / denom, colourfulness(img), rms_contrast(img)
+        )
         if eval_model is not None and layer == LOGIT:
             ev = TF.resize(img, [eval_model.input_size] * 2, antialias=True)[None].to(eval_model.device)
             with torch.inference_mode():
@@ -155,6 +188,8 @@ def evaluate_run(
             "median_ratio": float(np.median(ratios)),
             "median_robust_ratio": float(np.median(robust)),
             "mean_robust_ratio": float(np.mean(robust)),
+            "median_colourfulness": float(np.median([s.colourfulness for s in scores])),
+            "median_rms_contrast": float(np.median([s.rms_contrast for s in scores])),
         }
         if eval_model is not None and layer == LOGIT:
             summary["top1"] = float(np.mean([s.top1 for s in scores]))
@@ -168,12 +203,12 @@ def table(result: dict) -> str:
     for layer, data in result["layers"].items():
         lines.append(f"{layer}: {data['summary']['channels']} renders vs max over natural images")
         has_t = any("top1" in c for c in data["channels"])
-        head = f"  {'channel':>7} {'act':>8} {'nat.max':>8} {'ratio':>7} {'robust':>7}"
+        head = f"  {'channel':>7} {'act':>8} {'nat.max':>8} {'ratio':>7} {'robust':>7} {'colour':>7} {'contr.':>6}"
         lines.append(head + ("  top1 top5" if has_t else ""))
         for c in data["channels"]:
             row = (
                 f"  {c['channel']:>7} {c['activation']:>8.3f} {c['natural_max']:>8.3f} {c['ratio']:>7.3f} "
-                f"{c['robust_ratio']:>7.3f}"
+                f"{c['robust_ratio']:>7.3f} {c['colourfulness']:>7.1f} {c['rms_contrast']:>6.3f}"
             )
             if has_t:
                 row += f"  {'yes' if c['top1'] else 'no':>4} {'yes' if c['top5'] else 'no':>4}"
@@ -181,6 +216,7 @@ def table(result: dict) -> str:
         s = data["summary"]
         lines.append(
             f"  median ratio {s['median_ratio']:.3f} · median robust ratio {s['median_robust_ratio']:.3f}"
+            f" · colourfulness {s['median_colourfulness']:.1f} · RMS contrast {s['median_rms_contrast']:.3f}"
             + (f" · top1 {s['top1']:.0%} · top5 {s['top5']:.0%}" if "top1" in s else "")
         )
     return "\n".join(lines)

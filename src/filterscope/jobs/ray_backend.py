@@ -27,7 +27,8 @@ def _ray():
 
 
 def _worker_class(ray):
-    @ray.remote(num_cpus=1)
+    # a worker process that dies (a lost node, an OOM kill) is restarted and its task retried
+    @ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)
     class RenderWorker:
         def __init__(self, model: Model, threads: int):
             import torch

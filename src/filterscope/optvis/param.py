@@ -52,15 +52,25 @@ def natural_stats() -> dict[str, np.ndarray]:
         }
 
 
-def color_matrix() -> torch.Tensor:
-    """Colour correlation square root, normalised by its largest column norm (Lucid's convention)."""
+# Gain of the map from decorrelated colour to RGB before the sigmoid. Lucid normalises the colour matrix to a
+# unit luminance column; with the sigmoid's slope of 1/4 at 0, a unit-variance decorrelated signal (what MACO's
+# standardised natural spectrum is) then becomes an image with only 1/(4 · 0.462) = 0.54 of the colour contrast
+# of natural photos (0.462: the luminance std of ImageNet pixels, the column norm of Lucid's unnormalised
+# matrix), and a Fourier image needs ~2× the optimiser steps to reach a given contrast (issue 18: fast and maco
+# renders had colourfulness ~29 and RMS contrast ~0.12 against the photos' 56 and 0.18). With this gain,
+# sigmoid(gain · matrix @ x) ≈ 0.5 + (natural colour covariance)^½ @ x near grey.
+RGB_GAIN = 4 * 0.462
+
+
+def color_matrix(gain: float = 1.0) -> torch.Tensor:
+    """Colour correlation square root, normalised by its largest column norm (Lucid's convention), × ``gain``."""
     m = natural_stats()["color_sqrt"]
-    return torch.tensor(m / np.linalg.norm(m, axis=0).max(), dtype=torch.float32)
+    return torch.tensor(m / np.linalg.norm(m, axis=0).max() * gain, dtype=torch.float32)
 
 
-def recorrelate(x: torch.Tensor) -> torch.Tensor:
+def recorrelate(x: torch.Tensor, gain: float = 1.0) -> torch.Tensor:
     """Map decorrelated colour channels ``[B,3,H,W]`` to RGB directions."""
-    return torch.einsum("ij,bjhw->bihw", color_matrix().to(x.device), x)
+    return torch.einsum("ij,bjhw->bihw", color_matrix(gain).to(x.device), x)
 
 
 def rfft_freqs(h: int, w: int) -> np.ndarray:
@@ -92,8 +102,9 @@ class ImageParam(nn.Module):
 
     name = "base"
 
-    def __init__(self, seeds: Sequence[int], size: int, decorrelate: bool = True):
+    def __init__(self, seeds: Sequence[int], size: int, decorrelate: bool = True, rgb_gain: float = RGB_GAIN):
         super().__init__()
+        self.rgb_gain = float(rgb_gain)
         self.seeds = [int(s) for s in seeds]
         self.size = int(size)
         self.decorrelate = decorrelate
@@ -111,7 +122,7 @@ class ImageParam(nn.Module):
 
     def to_valid_rgb(self, x: torch.Tensor) -> torch.Tensor:
         if self.decorrelate:
-            x = recorrelate(x)
+            x = recorrelate(x, self.rgb_gain)
         return torch.sigmoid(x)
 
     @torch.no_grad()
@@ -119,7 +130,7 @@ class ImageParam(nn.Module):
         """Called after each optimiser step (e.g. to clamp pixels)."""
 
     def describe(self) -> dict:
-        return {"param": self.name, "decorrelate": self.decorrelate, "size": self.size}
+        return {"param": self.name, "decorrelate": self.decorrelate, "size": self.size, "rgb_gain": self.rgb_gain}
 
 
 @register_param("pixel")
@@ -127,10 +138,15 @@ class PixelParam(ImageParam):
     """The image itself. Without ``decorrelate`` (the tutorial): uniform noise, clamped to [0, 1]."""
 
     def __init__(
-        self, seeds: Sequence[int], size: int, decorrelate: bool = False, noise: tuple[float, float] = (0.0, 1.0)
+        self,
+        seeds: Sequence[int],
+        size: int,
+        decorrelate: bool = False,
+        noise: tuple[float, float] = (0.0, 1.0),
+        rgb_gain: float = RGB_GAIN,
     ):
         self.noise = noise
-        super().__init__(seeds, size, decorrelate)
+        super().__init__(seeds, size, decorrelate, rgb_gain)
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
         if self.decorrelate:
@@ -156,11 +172,17 @@ class FourierParam(ImageParam):
     """Lucid's ``fft_image``: 1/f-scaled rfft coefficients, orthonormal inverse, divided by 4."""
 
     def __init__(
-        self, seeds: Sequence[int], size: int, decorrelate: bool = True, decay_power: float = 1.0, sd: float = 0.01
+        self,
+        seeds: Sequence[int],
+        size: int,
+        decorrelate: bool = True,
+        decay_power: float = 1.0,
+        sd: float = 0.01,
+        rgb_gain: float = RGB_GAIN,
     ):
         self.sd = sd
         self.decay_power = decay_power
-        super().__init__(seeds, size, decorrelate)
+        super().__init__(seeds, size, decorrelate, rgb_gain)
         f = rfft_freqs(size, size)
         scale = 1.0 / np.maximum(f, 1.0 / size) ** decay_power
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32)[None, None, :, :, None])
@@ -181,9 +203,16 @@ class FourierParam(ImageParam):
 class MacoParam(ImageParam):
     """MACO: fixed natural magnitude spectrum, trainable phase; standardised, recorrelated, sigmoid."""
 
-    def __init__(self, seeds: Sequence[int], size: int, decorrelate: bool = True, contrast: float = 1.0):
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        size: int,
+        decorrelate: bool = True,
+        contrast: float = 1.0,
+        rgb_gain: float = RGB_GAIN,
+    ):
         self.contrast = contrast
-        super().__init__(seeds, size, decorrelate)
+        super().__init__(seeds, size, decorrelate, rgb_gain)
         self.register_buffer("magnitude", natural_magnitude(size, size))
 
     def init(self, gen: torch.Generator) -> torch.Tensor:

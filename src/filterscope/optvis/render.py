@@ -9,6 +9,7 @@ objective freezes only that image.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -152,7 +153,10 @@ class Renderer:
             if len(objective) != len(seeds):
                 raise UsageError("give one objective per seed")
             objective = stack(objective)
-        options = dict(s.param_options)
+        cls = param_registry()[s.param]
+        accepted = inspect.signature(cls.__init__).parameters
+        # a preset's options for its own param (maco's contrast) do not apply to an overriding --param
+        options = {k: v for k, v in s.param_options if k in accepted}
         if s.param == "pixel":
             options.setdefault("decorrelate", s.decorrelate)
         else:

@@ -1,0 +1,133 @@
+"""Rendering on a pool of single-threaded worker processes on this machine.
+
+On a few CPU cores, N processes with one thread each render more channels per second than one process
+with N threads (measured by ``benchmarks/bench_render.py --layout``: a convolution split across threads
+waits on its slowest part; separate processes do not). Each worker receives the model once, renders its
+channels with the same code and seeds as the in-process backend and returns PNG bytes plus the channel
+records; the driver writes the files and the resume record as each channel arrives, so an interrupted run
+keeps everything finished. Files equal the in-process backend's when both use the same number of threads
+per render (``--threads 1``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import pickle
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..models.layers import LayerInfo
+from ..models.model import Model
+from ..optvis.render import RenderSettings
+from .channels import StreamSummary, finish_channel, pending
+
+_MODEL: Model | None = None
+
+
+def _init_worker(model_bytes: bytes, threads: int) -> None:
+    global _MODEL
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops submitting
+    torch.set_num_threads(threads)
+    _MODEL = pickle.loads(model_bytes)
+
+
+def _render_shard(layer: LayerInfo, channels: list[int], settings: RenderSettings, seed: int) -> list[tuple]:
+    from ..outputs.images import png_bytes
+    from .channels import render_stream
+
+    out = []
+    for r in render_stream(_MODEL, layer, channels, settings, seed, batch=1):
+        out.append((r.record(), png_bytes(r.image) if r.status == "ok" else None, r.seconds))
+    return out
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How renders share the CPU: ``workers`` processes (0: this process) × ``threads`` each."""
+
+    workers: int
+    threads: int
+    why: str
+
+    def describe(self) -> str:
+        where = "this process" if self.workers == 0 else f"{self.workers} worker processes"
+        return f"{where} × {self.threads} thread{'s' if self.threads > 1 else ''} ({self.why})"
+
+
+def choose_layout(model: Model, n_channels: int, workers: int | None, threads: int | None) -> Layout:
+    """The fastest layout for ``n_channels`` renders on this machine, unless the user chose one.
+
+    Several single-threaded processes pay off on a CPU with ≥ 2 cores when each worker gets ≥ 2 channels
+    (starting a worker costs about one channel's render); a GPU, or explicit ``threads`` alone, keep one
+    process."""
+    cores = cpu_cores()
+    if workers is not None:
+        return Layout(workers, threads or 1, "chosen")
+    if threads is not None:
+        return Layout(0, threads, "chosen")
+    if model.device.type == "cpu" and cores > 1 and n_channels >= 2 * cores:
+        return Layout(cores, 1, f"auto: {cores} cores, {n_channels} channels")
+    reason = "GPU" if model.device.type != "cpu" else f"auto: {cores} core(s), {n_channels} channels"
+    return Layout(0, torch.get_num_threads(), reason)
+
+
+class RenderPool:
+    """A pool of worker processes holding the model; :meth:`close` it when done."""
+
+    def __init__(self, model: Model, workers: int, threads: int = 1):
+        self.workers = workers
+        self.threads = threads
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
+        self.pool = cf.ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(pickle.dumps(model), threads)
+        )
+
+    def close(self) -> None:
+        """Stop the workers (a channel a worker is still rendering is finished first)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def render_layer(
+        self,
+        layer: LayerInfo,
+        channels: Sequence[int],
+        settings: RenderSettings,
+        seed: int,
+        run,
+        *,
+        bar=None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> StreamSummary:
+        """Render ``channels`` of ``layer`` into ``run`` (a RunDir), one channel per task."""
+        t0 = time.perf_counter()
+        todo, skipped = pending(run, layer.name, channels)
+        summary = StreamSummary([], skipped, {}, False, 0.0)
+        queue = list(todo)
+        running: set[cf.Future] = set()
+        while queue or running:
+            stopping = bool(should_stop and should_stop())
+            while queue and not stopping and len(running) < 2 * self.workers:
+                running.add(self.pool.submit(_render_shard, layer, [queue.pop(0)], settings, seed))
+            if not running:
+                break
+            done, running = cf.wait(running, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                for rec, png, seconds in fut.result():
+                    finish_channel(run, rec, png, seconds, summary)
+                    if bar is not None:
+                        bar.update(1)
+        summary.interrupted = bool(queue)
+        summary.seconds = time.perf_counter() - t0
+        return summary
