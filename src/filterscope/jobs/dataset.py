@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageError
-from ..models.layers import LayerInfo
+from ..models.layers import LayerInfo, map_views
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..outputs.images import list_images, load_image, model_input
@@ -126,7 +126,10 @@ def collect_examples(
     names = [i.name for i in layers]
     calls = {i.name: i.calls for i in layers}
     skipped = 0
-    with capture(model.net, names, calls=calls, stop=True) as cap, torch.inference_mode():
+    with (
+        capture(model.net, names, calls=calls, stop=True, views=map_views(model, names)) as cap,
+        torch.inference_mode(),
+    ):
         for x, index, ok in tqdm(
             loader, desc="dataset examples", unit="batch", disable=not progress, dynamic_ncols=True
         ):

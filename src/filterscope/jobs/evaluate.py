@@ -20,7 +20,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError
-from ..models.layers import LOGIT, get_layer
+from ..models.layers import LOGIT, get_layer, map_views
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..outputs.images import list_images, load_image, model_input, sample_photos_dir, to_tensor
@@ -35,7 +35,10 @@ def _layer_means(model: Model, layer: str, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return model.forward(x).float().cpu()
     info = get_layer(model, layer)
-    with capture(model.net, [layer], calls={layer: info.calls}, stop=True) as cap, torch.inference_mode():
+    with (
+        capture(model.net, [layer], calls={layer: info.calls}, stop=True, views=map_views(model, [layer])) as cap,
+        torch.inference_mode(),
+    ):
         run(model.forward, x, cap)
         a = cap.acts[layer].float()
     return (a.flatten(2).mean(2) if a.dim() == 4 else a).cpu()

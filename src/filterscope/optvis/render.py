@@ -19,7 +19,7 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError, closest
-from ..models.layers import list_layers
+from ..models.layers import list_layers, map_views
 from ..models.model import Model
 from .hooks import capture, run
 from .objectives import Context, Objective, stack
@@ -171,6 +171,7 @@ class Renderer:
                 calls=self.calls,
                 inputs_of=list(pre.values()),
                 stop=not objective.needs_logits and bool(objective.layers),
+                views=map_views(self.model, objective.layers),
             ),
             pre=pre,
             batch=len(seeds),
