@@ -42,7 +42,7 @@ class ImageFolder(Dataset):
             x = model_input(self._model, load_image(self.files[i]))[0]
             return x, i, True
         except ImageError:
-            return torch.zeros(3, self.size, self.size), i, False
+            return torch.zeros(self._model.in_channels, self.size, self.size), i, False
 
 
 @dataclass

@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..models.layers import LOGIT, get_layer, map_views
 from ..models.model import Model
 from ..optvis.hooks import capture, run
-from ..outputs.images import list_images, load_image, model_input, sample_photos_dir, to_tensor
+from ..outputs.images import image_tensor, list_images, load_image, model_input, sample_photos_dir
 
 ROBUST_CROPS = 8
 
@@ -149,7 +149,7 @@ def evaluate_run(
     }
     for layer, recs in by_layer.items():
         nat = natural_max(model, layer, images)
-        imgs = torch.stack([to_tensor(load_image(run_dir / r["file"])) for r in recs])
+        imgs = torch.stack([image_tensor(load_image(run_dir / r["file"]), model.in_channels) for r in recs])
         scores = score_images(model, layer, [r["channel"] for r in recs], imgs, nat, eval_model)
         ratios = np.array([s.ratio for s in scores])
         robust = np.array([s.robust_ratio for s in scores])
