@@ -350,6 +350,10 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
         "top filters (mean activation):",
     ]
     lines += [f"  {i:5d}  {ins.means[i]:.4f}" for i in ins.top]
+    if model.in_channels != 3:
+        from .outputs.images import channel_conversion
+
+        lines.append(f"image converted for {model.in_channels} input channels: {channel_conversion(model.in_channels)}")
     lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
     emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
 

@@ -18,7 +18,7 @@ from ..models.layers import LayerInfo, get_layer, list_layers, map_views, networ
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..outputs import figures
-from ..outputs.images import load_image, model_input, sample_image_path
+from ..outputs.images import channel_conversion, load_image, model_input, sample_image_path
 from ..outputs.naming import figure_file
 from ..outputs.rundir import RunDir
 
@@ -134,6 +134,7 @@ def inspect_to_dir(
     settings = {
         "model": model.describe(),
         "image": str(image or "bundled:coffee.jpg"),
+        "image_conversion": channel_conversion(model.in_channels),
         "layer": info.name,
         "top": top,
         **(argv_settings or {}),
