@@ -87,10 +87,10 @@ def test_user_file_from_the_cli_layers_inspect_render_atlas(user_net, tmp_path, 
     assert rc == 0, err
     rec = json.loads((tmp_path / "r" / "run.json").read_text())
     assert rec["settings"]["render"]["decorrelation"] == "none"
-    assert rec["settings"]["render"]["size"] == 112  # 4× canvas for a 28 px input
+    assert rec["settings"]["render"]["size"] == 56  # 2× canvas for a 28 px input
     for c in (0, 1):
         im = Image.open(tmp_path / "r" / "relu2" / f"channel_{c:04d}.png")
-        assert im.mode == "L" and im.size == (112, 112)
+        assert im.mode == "L" and im.size == (56, 56)
         assert np.asarray(im).std() > 1  # not a flat image
 
     rc, out, err = cli(
@@ -168,7 +168,7 @@ def test_grayscale_module_in_the_python_api_as_the_issue_tried(user_net):
     assert ins.image.shape == (1, 28, 28)
     for method in ("fast", "maco", "lucid", "seed"):  # every parameterisation and transform set
         r = fs.Renderer(m, fs.get_preset(method).with_(steps=2)).render(channel("relu2", 0), seeds=[0])
-        assert r.images.shape == (1, 1, 112, 112) and torch.isfinite(r.images).all(), method
+        assert r.images.shape == (1, 1, 56, 56) and torch.isfinite(r.images).all(), method
 
 
 class FourBand(nn.Module):
@@ -214,11 +214,11 @@ def test_small_input_renders_on_a_larger_canvas_with_scaled_transforms():
     )
     small = fs.load_model(net, input_size=32)
     s = fs.get_preset("fast").for_model(small)
-    assert (s.size, s.transform_scale, s.crop_min) == (128, round(128 / 224, 4), 0.5)
+    assert (s.size, s.transform_scale, s.crop_min) == (64, round(64 / 224, 4), 1.0)
     big = fs.load_model(net, input_size=224)
     assert fs.get_preset("fast").for_model(big).size is None  # 224 px renders are unchanged
     r = fs.Renderer(small, fs.get_preset("fast").with_(steps=3)).render(channel("1", 2), seeds=[0])
-    assert r.images.shape == (1, 3, 128, 128)
+    assert r.images.shape == (1, 3, 64, 64)
 
 
 @pytest.fixture(scope="module")
