@@ -196,8 +196,8 @@ def test_four_channels_render_composite_and_bands_with_estimated_decorrelation(t
     assert rec["settings"]["render"]["decorrelation"] == f"estimated from {sample_photos_dir()}"
     im = Image.open(tmp_path / "r" / "relu" / "channel_0005.png")
     bands = Image.open(tmp_path / "r" / "relu" / "bands_0005.png")
-    assert im.mode == "RGB" and im.size == (256, 256)
-    assert bands.mode == "L" and bands.size == (4 * 256 + 3 * 2, 256)
+    assert im.mode == "RGB" and im.size == (128, 128)  # 2× canvas of a 64 px input
+    assert bands.mode == "L" and bands.size == (4 * 128 + 3 * 2, 128)
     # the estimated matrix is a real square root of the bands' covariance: RGB + luminance are correlated
     from filterscope.optvis.render import Renderer
 
