@@ -6,6 +6,7 @@ the command line shows the traceback instead. An interrupted run exits with 130 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -135,7 +136,52 @@ CHANNELS = ChannelList()
 METHOD = RegistryChoice("method", _presets)
 
 
-def model_options(f):
+class FloatList(click.ParamType):
+    """Comma-separated numbers, e.g. ``0.5`` or ``0.485,0.456,0.406``."""
+
+    name = "numbers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(float(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not out:
+            self.fail("give at least one number", param, ctx)
+        return out
+
+
+MODEL_INPUT = ("in_channels", "input_size", "mean", "std")
+
+
+def model_options(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        # the input options go to load() through the click context, so commands keep their signatures
+        click.get_current_context().meta["model_input"] = {k: kwargs.pop(k) for k in MODEL_INPUT}
+        return command(*args, **kwargs)
+
+    f = wrapper
+    f = click.option(
+        "--std", type=FloatList(), default=None, help="Input std per channel (or one for all); default: the model's."
+    )(f)
+    f = click.option(
+        "--mean", type=FloatList(), default=None, help="Input mean per channel (or one for all); default: the model's."
+    )(f)
+    f = click.option(
+        "--input-size",
+        type=click.IntRange(min=8),
+        default=None,
+        help="Input side in pixels, for a model that does not say (default: its config, else 224).",
+    )(f)
+    f = click.option(
+        "--in-channels",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Input channels, for a model that does not say (default: its config or first convolution).",
+    )(f)
     f = click.option(
         "--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
     )(f)
@@ -150,7 +196,8 @@ def model_options(f):
         "model_name",
         default="efficientnet_lite0",
         show_default=True,
-        help="Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, or a TorchScript file.",
+        help="Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
+        "path/net.py:Class or package.module:factory (with --weights FILE), or a TorchScript file.",
     )(f)
     return f
 
@@ -195,10 +242,15 @@ def render_options(f):
     return f
 
 
-def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: str):
+def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: str, **given):
+    """Load ``--model`` with the command line's input options (``--in-channels`` …) or the ``given`` ones."""
     from .models import load_model
 
-    return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device)
+    ctx = click.get_current_context(silent=True)
+    opts = dict((ctx.meta.get("model_input") if ctx else None) or {})
+    opts.update({k: v for k, v in given.items() if v is not None})
+    opts = {k: v for k, v in opts.items() if v is not None}
+    return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device, **opts)
 
 
 def settings_for(method: str | None, steps, lr, size, batch, device, param=None, transforms=None, optimizer=None):
@@ -298,6 +350,10 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
         "top filters (mean activation):",
     ]
     lines += [f"  {i:5d}  {ins.means[i]:.4f}" for i in ins.top]
+    if model.in_channels != 3:
+        from .outputs.images import channel_conversion
+
+        lines.append(f"image converted for {model.in_channels} input channels: {channel_conversion(model.in_channels)}")
     lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
     emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
 
@@ -397,6 +453,11 @@ def boost(
 )
 @click.option("--penalty", default=None, help="Regularisers subtracted from every channel, e.g. '0.05*tv'.")
 @click.option(
+    "--images",
+    default=None,
+    help="Folder of images to estimate the colour decorrelation from (models with 2 or 4+ input channels).",
+)
+@click.option(
     "--diversity",
     type=click.IntRange(min=0),
     default=0,
@@ -424,6 +485,7 @@ def render_cmd(
     optimizer,
     objective,
     penalty,
+    images,
     diversity,
     out,
     resume,
@@ -440,6 +502,11 @@ def render_cmd(
     t0 = time.perf_counter()
     method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
     out = out or os.path.join(DEFAULT_OUT, "render")
+    if images:
+        from .outputs.images import list_images
+
+        list_images(images)
+        settings = settings.with_(decorrelation_images=str(images))
     model = load(model_name, weights, trust_checkpoint, device)
     if objective:
         obj = objective_for(model, objective)
@@ -574,7 +641,9 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
         m = record["settings"]["model"]
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"{rec_file} does not record the model it was made with") from None
-    model = load(m.get("spec") or m["name"], m.get("weights_file"), trust_checkpoint, device)
+    recorded = {k: m.get(k) for k in MODEL_INPUT}  # a user's model comes back with the input it had
+    recorded["mean"], recorded["std"] = (tuple(m[k]) if m.get(k) else None for k in ("mean", "std"))
+    model = load(m.get("spec") or m["name"], m.get("weights_file"), trust_checkpoint, device, **recorded)
     ev = load(eval_model, None, trust_checkpoint, device) if eval_model else None
     result = evaluate_run(run_dir, model, images=images, eval_model=ev)
     atomic_write(Path(run_dir) / "evaluation.json", json_bytes(result))
@@ -676,6 +745,8 @@ def atlas(
         _ray()
     out = out or os.path.join(DEFAULT_OUT, "atlas")
     model = load(model_name, weights, trust_checkpoint, device)
+    if images and model.in_channels not in (1, 3):
+        settings = settings.with_(decorrelation_images=str(images))  # also the colour statistics of the bands
     infos = []
     for name in [n.strip() for n in layer_names.split(",") if n.strip()]:
         info = network_layer(model, name, "atlas")

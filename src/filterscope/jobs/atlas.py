@@ -174,7 +174,7 @@ def build_atlas(
         "model": model.describe(),
         "layers": {i.name: channels[i.name] for i in layers},
         "method": method,
-        "render": settings.as_dict(),
+        "render": settings.for_model(model).as_dict(),
         "seed": seed,
         "batch": batch,
         "diversity": diversity,

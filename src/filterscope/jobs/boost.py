@@ -63,7 +63,7 @@ def boost(
         "layer": info.name,
         "top": top,
         "method": method,
-        "render": settings.as_dict(),
+        "render": settings.for_model(model).as_dict(),
         "seed": seed,
         "batch": batch,
     }

@@ -21,8 +21,8 @@ from ..models.model import Model
 from ..optvis.objectives import Objective, channel, logit
 from ..optvis.presets import DEFAULT_METHOD, get_preset
 from ..optvis.render import Renderer, RenderResult, RenderSettings, channel_seed
-from ..outputs.images import png_bytes, to_pil
-from ..outputs.naming import channel_file, grid_file
+from ..outputs.images import band_grid, png_bytes, to_pil
+from ..outputs.naming import bands_file, channel_file, grid_file
 
 MAX_BATCH = 64
 
@@ -185,6 +185,8 @@ def render_to_dir(
         for r in render_stream(
             model, layer, todo, settings, seed, batch=batch, on_step=on_step, should_stop=should_stop, extra=extra
         ):
+            if r.status == "ok" and r.image.shape[0] > 3:  # more than 3 bands: the PNG is bands 0-2, this is all
+                run.write(bands_file(r.layer, r.channel), png_bytes(band_grid(r.image)))
             finish_channel(run, r.record(), png_bytes(r.image) if r.status == "ok" else None, r.seconds, summary)
             bar.update(1)
     finally:
@@ -424,7 +426,7 @@ def render_channels(
         "layer": info.name,
         "channels": chans,
         "method": method,
-        "render": settings.as_dict(),
+        "render": settings.for_model(model).as_dict(),
         "seed": seed,
         "batch": batch,
         "diversity": diversity,

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageError
-from ..models.layers import LayerInfo
+from ..models.layers import LayerInfo, map_views
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..outputs.images import list_images, load_image, model_input
@@ -42,7 +42,7 @@ class ImageFolder(Dataset):
             x = model_input(self._model, load_image(self.files[i]))[0]
             return x, i, True
         except ImageError:
-            return torch.zeros(3, self.size, self.size), i, False
+            return torch.zeros(self._model.in_channels, self.size, self.size), i, False
 
 
 @dataclass
@@ -126,7 +126,10 @@ def collect_examples(
     names = [i.name for i in layers]
     calls = {i.name: i.calls for i in layers}
     skipped = 0
-    with capture(model.net, names, calls=calls, stop=True) as cap, torch.inference_mode():
+    with (
+        capture(model.net, names, calls=calls, stop=True, views=map_views(model, names)) as cap,
+        torch.inference_mode(),
+    ):
         for x, index, ok in tqdm(
             loader, desc="dataset examples", unit="batch", disable=not progress, dynamic_ncols=True
         ):

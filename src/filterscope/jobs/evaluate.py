@@ -22,10 +22,10 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError
-from ..models.layers import LOGIT, get_layer
+from ..models.layers import LOGIT, get_layer, map_views
 from ..models.model import Model
 from ..optvis.hooks import capture, run
-from ..outputs.images import list_images, load_image, model_input, sample_photos_dir, to_tensor
+from ..outputs.images import image_tensor, list_images, load_image, model_input, sample_photos_dir
 
 ROBUST_CROPS = 8
 
@@ -36,8 +36,10 @@ def _rgb255(img) -> np.ndarray:
     if isinstance(img, torch.Tensor):
         x = img.detach().float().cpu()
         x = x[0] if x.dim() == 4 else x
+        x = x.expand(3, *x.shape[1:]) if x.shape[0] == 1 else x[:3]  # grey → RGB; extra bands: the RGB part
         return x.permute(1, 2, 0).clamp(0, 1).numpy().astype(np.float64) * 255.0
     a = np.asarray(img.convert("RGB") if hasattr(img, "convert") else img)
+    a = np.repeat(a[..., None], 3, axis=-1) if a.ndim == 2 else a
     return a[..., :3].astype(np.float64) * (255.0 if a.dtype.kind == "f" else 1.0)
 
 
@@ -64,7 +66,10 @@ def _layer_means(model: Model, layer: str, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return model.forward(x).float().cpu()
     info = get_layer(model, layer)
-    with capture(model.net, [layer], calls={layer: info.calls}, stop=True) as cap, torch.inference_mode():
+    with (
+        capture(model.net, [layer], calls={layer: info.calls}, stop=True, views=map_views(model, [layer])) as cap,
+        torch.inference_mode(),
+    ):
         run(model.forward, x, cap)
         a = cap.acts[layer].float()
     return (a.flatten(2).mean(2) if a.dim() == 4 else a).cpu()
@@ -179,7 +184,7 @@ def evaluate_run(
     }
     for layer, recs in by_layer.items():
         nat = natural_max(model, layer, images)
-        imgs = torch.stack([to_tensor(load_image(run_dir / r["file"])) for r in recs])
+        imgs = torch.stack([image_tensor(load_image(run_dir / r["file"]), model.in_channels) for r in recs])
         scores = score_images(model, layer, [r["channel"] for r in recs], imgs, nat, eval_model)
         ratios = np.array([s.ratio for s in scores])
         robust = np.array([s.robust_ratio for s in scores])

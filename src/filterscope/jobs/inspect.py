@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.layers import LayerInfo, get_layer, list_layers, network_layer
+from ..models.layers import LayerInfo, get_layer, list_layers, map_views, network_layer
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..outputs import figures
-from ..outputs.images import load_image, model_input, sample_image_path
+from ..outputs.images import channel_conversion, load_image, model_input, sample_image_path
 from ..outputs.naming import figure_file
 from ..outputs.rundir import RunDir
 
@@ -45,7 +45,11 @@ def inspect(model: Model, image: Image.Image | torch.Tensor, layer: str = "defau
     needs_input = not info.spatial or info.shape[1] * info.shape[2] == 1
     with (
         capture(
-            model.net, [info.name], calls={info.name: info.calls}, inputs_of=[info.name] if needs_input else []
+            model.net,
+            [info.name],
+            calls={info.name: info.calls},
+            inputs_of=[info.name] if needs_input else [],
+            views=map_views(model, [info.name]),
         ) as cap,
         torch.inference_mode(),
     ):
@@ -81,7 +85,10 @@ def _feeding_maps(model: Model, x: torch.Tensor, info: LayerInfo) -> tuple[torch
         ones = torch.ones(info.channels, 1, 1)
         return ones, "none (no spatial maps feed this layer)"
     src = candidates[-1]
-    with capture(model.net, [src.name], calls={src.name: src.calls}) as cap, torch.inference_mode():
+    with (
+        capture(model.net, [src.name], calls={src.name: src.calls}, views=map_views(model, [src.name])) as cap,
+        torch.inference_mode(),
+    ):
         run(model.forward, x, cap)
         return cap.acts[src.name][0].float().cpu(), f"{src.name} (it feeds {info.name}, whose outputs are not spatial)"
 
@@ -127,6 +134,7 @@ def inspect_to_dir(
     settings = {
         "model": model.describe(),
         "image": str(image or "bundled:coffee.jpg"),
+        "image_conversion": channel_conversion(model.in_channels),
         "layer": info.name,
         "top": top,
         **(argv_settings or {}),

@@ -86,7 +86,7 @@ def render_objective(
             "model": model.describe(),
             "objective": obj.name,
             "method": method,
-            "render": settings.as_dict(),
+            "render": settings.for_model(model).as_dict(),
             "seed": seed,
         },
         resume=resume,

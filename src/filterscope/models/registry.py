@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, closest
-from .model import Model
+from .model import Model, wrap_module
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -42,16 +42,23 @@ class Source:
 
     has: Callable[[str], bool]
     names: Callable[[], Iterable[str]]
-    load: Callable[..., Model]  # (name, weights, trust_checkpoint, input_size) -> Model
+    load: Callable[..., Model]  # (name, weights, trust_checkpoint, input_size[, in_channels]) -> Model
+    in_channels: bool = False  # whether ``load`` takes the asked-for input channels as a fifth argument
 
 
 SOURCES: dict[str, Source] = {}
 
 
 def register_source(
-    prefix: str, *, has: Callable[[str], bool], names: Callable[[], Iterable[str]], load: Callable[..., Model]
+    prefix: str,
+    *,
+    has: Callable[[str], bool],
+    names: Callable[[], Iterable[str]],
+    load: Callable[..., Model],
+    in_channels: bool = False,
 ) -> None:
-    SOURCES[prefix] = Source(has, names, load)
+    """Register a family of models; bare names are tried in registration order."""
+    SOURCES[prefix] = Source(has, names, load, in_channels)
 
 
 def _registry() -> dict[str, Callable[..., Model]]:
@@ -78,6 +85,7 @@ def load_model(
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
     input_size: int | None = None,
+    in_channels: int | None = None,
     name: str | None = None,
     categories: list[str] | None = None,
 ) -> Model:
@@ -85,34 +93,44 @@ def load_model(
 
     ``model`` is a registry name (``efficientnet_lite0``), a model name with its source
     (``timm:resnet18``, ``torchvision:resnet18``), a bare torchvision or timm name (torchvision first), a
-    path to a TorchScript file, or an ``nn.Module`` (then pass its ``mean``/``std``/``input_size``;
-    ImageNet values are assumed otherwise). ``weights`` is a local state dict for a named architecture.
+    user's code (``path/to/net.py:Net``, ``package.module:factory``: a class or function called with no
+    arguments), a path to a TorchScript file, or an ``nn.Module``. For a user's module, ``mean``/``std``/
+    ``input_size``/``in_channels`` override what is read from the model (timm's ``pretrained_cfg``, its
+    first convolution); ImageNet values at 224 px are assumed for 3 channels otherwise, mean 0 / std 1 for
+    other channel counts. ``weights`` is a local state dict for a named architecture or a user's code.
     """
+    if input_size is not None and int(input_size) < 8:
+        raise ModelError(f"input size must be at least 8 pixels, got {input_size}")
     if isinstance(model, Model):
         m = model
     elif isinstance(model, nn.Module):
-        size = input_size or 224
-        m = Model(
+        m = wrap_module(
             model,
             name or type(model).__name__,
-            mean=mean or (0.485, 0.456, 0.406),
-            std=std or (0.229, 0.224, 0.225),
-            input_size=size,
-            resize_size=round(size / 0.875),
-            weights="user module",
+            mean=mean,
+            std=std,
+            input_size=input_size,
+            in_channels=in_channels,
             categories=categories,
         )
     else:
-        m = _load_named(str(model), None if weights is None else str(weights), trust_checkpoint, input_size)
+        m = _load_named(
+            str(model), None if weights is None else str(weights), trust_checkpoint, input_size, in_channels
+        )
         m.spec, m.weights_file = str(model), None if weights is None else str(weights)
-        if mean is not None:
-            m.mean, m._mean = tuple(mean), torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        if std is not None:
-            m.std, m._std = tuple(std), torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        if in_channels is not None and int(in_channels) != m.in_channels:
+            raise ModelError(f"{m.name} takes {m.in_channels} input channels, not {in_channels}")
+        if input_size is not None and m.input_size != int(input_size):
+            m.input_size, m.resize_size = int(input_size), round(int(input_size) / 0.875)
+        if mean is not None or std is not None:
+            m.set_normalization(mean if mean is not None else m.mean, std if std is not None else m.std)
+            m.normalization = "given"
     return m.to(resolve_device(device))
 
 
-def _load_named(name: str, weights: str | None, trust_checkpoint: bool, input_size: int | None) -> Model:
+def _load_named(
+    name: str, weights: str | None, trust_checkpoint: bool, input_size: int | None, in_channels: int | None = None
+) -> Model:
     if weights is not None and not Path(weights).is_file():
         raise ModelError(f"weights file not found: {weights}")
     registry = _registry()
@@ -129,6 +147,8 @@ def _load_named(name: str, weights: str | None, trust_checkpoint: bool, input_si
         return source.load(rest, weights, trust_checkpoint, input_size)
     for source in SOURCES.values():
         if source.has(name):
+            if source.in_channels:
+                return source.load(name, weights, trust_checkpoint, input_size, in_channels)
             return source.load(name, weights, trust_checkpoint, input_size)
     raise ModelError(f"unknown model {name!r}", hint=closest(name, available_models()))
 

@@ -8,7 +8,7 @@ very tensors the full model computes, because the same modules run on the same i
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import torch
@@ -36,12 +36,14 @@ class capture:
         calls: dict[str, int] | None = None,
         stop: bool = False,
         inputs_of: Iterable[str] = (),
+        views: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
     ):
         self.net = net
         self.layers = list(dict.fromkeys(layers))
         self.inputs_of = list(dict.fromkeys(inputs_of))
         self.calls = calls or {}
         self.stop = stop
+        self.views = views or {}  # layer → raw output to maps (ViT tokens → B×C×H×W), see layers.map_views
         self.acts: dict[str, torch.Tensor] = {}
         self.inputs: dict[str, torch.Tensor] = {}
         self._seen: dict[str, int] = {}
@@ -80,7 +82,11 @@ class capture:
             self._seen[name] = n
             stopping = self.stop and n >= self.calls.get(name, 1) and self._all_done(name)
             # a later in-place op (e.g. torchvision's ReLU(inplace=True)) would overwrite a kept tensor
-            self.acts[name] = output if stopping else output.clone()
+            view = self.views.get(name)
+            if view is not None:
+                self.acts[name] = view(output).contiguous()  # a new tensor: later in-place ops cannot touch it
+            else:
+                self.acts[name] = output if stopping else output.clone()
             if stopping:
                 raise StopForward
 

@@ -1,4 +1,4 @@
-"""Image parameterisations: trainable tensors → a batch of images ``[B, 3, H, W]`` in [0, 1].
+"""Image parameterisations: trainable tensors → a batch of images ``[B, C, H, W]`` in [0, 1].
 
 Each image has its own trainable tensor, initialised from its own seed, so an image's optimisation does
 not depend on which batch it is in. A new parameterisation is one class registered with
@@ -15,6 +15,11 @@ Decorrelated colour multiplies by the square root of the colour covariance of na
 trainable channel moves along a principal colour direction. The colour matrix and the MACO magnitude
 spectrum are computed from the bundled public-domain photos by ``scripts/make_sample_data.py`` and
 shipped in ``data/natural_stats.npz``; nothing is downloaded.
+
+Any number of channels ``C`` (1 for grayscale, 4 or more for extra bands): the shipped colour matrix is for
+3 channels; one channel needs no decorrelation (a scalar); other counts take a ``C×C`` matrix estimated from
+the user's images (:func:`estimate_color_sqrt`, as captum.optim estimates it from a dataset) or none. MACO's
+magnitude for ``C ≠ 3`` is the mean of the shipped RGB spectra, for every channel.
 """
 
 from __future__ import annotations
@@ -52,6 +57,19 @@ def natural_stats() -> dict[str, np.ndarray]:
         }
 
 
+def estimate_color_sqrt(images: torch.Tensor) -> torch.Tensor:
+    """Square root of the channel covariance of ``images`` ``[N, C, H, W]`` (every pixel a sample), by
+    ``eigh``; normalised by its largest column norm as :func:`color_matrix` is."""
+    x = images.double().transpose(0, 1).reshape(images.shape[1], -1)
+    cov = torch.cov(x)
+    vals, vecs = torch.linalg.eigh(cov)
+    root = vecs @ torch.diag(vals.clamp(min=0).sqrt()) @ vecs.T
+    norm = root.norm(dim=0).max()
+    if not torch.isfinite(norm) or norm <= 0:
+        return torch.eye(images.shape[1])
+    return (root / norm).float()
+
+
 # Gain of the map from decorrelated colour to RGB before the sigmoid. Lucid normalises the colour matrix to a
 # unit luminance column; with the sigmoid's slope of 1/4 at 0, a unit-variance decorrelated signal (what MACO's
 # standardised natural spectrum is) then becomes an image with only 1/(4 · 0.462) = 0.54 of the colour contrast
@@ -79,9 +97,12 @@ def rfft_freqs(h: int, w: int) -> np.ndarray:
     return np.sqrt(fx * fx + fy * fy)
 
 
-def natural_magnitude(h: int, w: int) -> torch.Tensor:
-    """The shipped mean magnitude spectrum resampled to an ``h×w`` image's rfft grid ``[3, h, w//2+1]``."""
+def natural_magnitude(h: int, w: int, channels: int = 3) -> torch.Tensor:
+    """The shipped mean magnitude spectrum resampled to an ``h×w`` image's rfft grid ``[3, h, w//2+1]``
+    (``[channels, …]``: for a count other than 3, the mean of the RGB spectra for each channel)."""
     mag = torch.tensor(natural_stats()["magnitude"], dtype=torch.float32)
+    if channels != 3:
+        mag = mag.mean(0, keepdim=True).expand(channels, *mag.shape[1:])
     n = mag.shape[1]
     centred = torch.fft.fftshift(mag, dim=1).unsqueeze(0)  # rows ordered from -f to +f
     out = F.interpolate(centred, size=(h, w // 2 + 1), mode="bilinear", align_corners=False, antialias=h < n)[0]
@@ -98,16 +119,32 @@ def generator(seed: int) -> torch.Generator:
 
 
 class ImageParam(nn.Module):
-    """Base class: one trainable tensor per image in ``self.tensors``."""
+    """Base class: one trainable tensor per image in ``self.tensors``.
+
+    ``channels`` is the image's channel count; ``color`` a ``C×C`` decorrelation matrix (default: the
+    shipped natural-RGB matrix for 3 channels, none for other counts); ``rgb_gain`` scales a colour matrix
+    before the sigmoid (:data:`RGB_GAIN`; 1 is Lucid's mapping)."""
 
     name = "base"
 
-    def __init__(self, seeds: Sequence[int], size: int, decorrelate: bool = True, rgb_gain: float = RGB_GAIN):
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        size: int,
+        decorrelate: bool = True,
+        channels: int = 3,
+        color: torch.Tensor | None = None,
+        rgb_gain: float = RGB_GAIN,
+    ):
         super().__init__()
         self.rgb_gain = float(rgb_gain)
         self.seeds = [int(s) for s in seeds]
         self.size = int(size)
         self.decorrelate = decorrelate
+        self.channels = int(channels)
+        if color is not None and tuple(color.shape) != (self.channels, self.channels):
+            raise ValueError(f"color matrix must be {self.channels}×{self.channels}, got {tuple(color.shape)}")
+        self.register_buffer("color", None if color is None else color.float())
         self.tensors = nn.ParameterList([nn.Parameter(self.init(generator(s))) for s in self.seeds])
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
@@ -122,7 +159,10 @@ class ImageParam(nn.Module):
 
     def to_valid_rgb(self, x: torch.Tensor) -> torch.Tensor:
         if self.decorrelate:
-            x = recorrelate(x, self.rgb_gain)
+            if self.color is not None:
+                x = torch.einsum("ij,bjhw->bihw", self.color * self.rgb_gain, x)
+            elif self.channels == 3:
+                x = recorrelate(x, self.rgb_gain)
         return torch.sigmoid(x)
 
     @torch.no_grad()
@@ -130,7 +170,13 @@ class ImageParam(nn.Module):
         """Called after each optimiser step (e.g. to clamp pixels)."""
 
     def describe(self) -> dict:
-        return {"param": self.name, "decorrelate": self.decorrelate, "size": self.size, "rgb_gain": self.rgb_gain}
+        return {
+            "param": self.name,
+            "decorrelate": self.decorrelate,
+            "size": self.size,
+            "channels": self.channels,
+            "rgb_gain": self.rgb_gain,
+        }
 
 
 @register_param("pixel")
@@ -143,16 +189,16 @@ class PixelParam(ImageParam):
         size: int,
         decorrelate: bool = False,
         noise: tuple[float, float] = (0.0, 1.0),
-        rgb_gain: float = RGB_GAIN,
+        **kwargs,
     ):
         self.noise = noise
-        super().__init__(seeds, size, decorrelate, rgb_gain)
+        super().__init__(seeds, size, decorrelate, **kwargs)
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
         if self.decorrelate:
-            return torch.randn(1, 3, self.size, self.size, generator=gen) * 0.01
+            return torch.randn(1, self.channels, self.size, self.size, generator=gen) * 0.01
         lo, hi = self.noise
-        return lo + (hi - lo) * torch.rand(1, 3, self.size, self.size, generator=gen)
+        return lo + (hi - lo) * torch.rand(1, self.channels, self.size, self.size, generator=gen)
 
     def images(self, t: torch.Tensor) -> torch.Tensor:
         return self.to_valid_rgb(t) if self.decorrelate else t
@@ -178,17 +224,17 @@ class FourierParam(ImageParam):
         decorrelate: bool = True,
         decay_power: float = 1.0,
         sd: float = 0.01,
-        rgb_gain: float = RGB_GAIN,
+        **kwargs,
     ):
         self.sd = sd
         self.decay_power = decay_power
-        super().__init__(seeds, size, decorrelate, rgb_gain)
+        super().__init__(seeds, size, decorrelate, **kwargs)
         f = rfft_freqs(size, size)
         scale = 1.0 / np.maximum(f, 1.0 / size) ** decay_power
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32)[None, None, :, :, None])
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
-        return torch.randn(1, 3, self.size, self.size // 2 + 1, 2, generator=gen) * self.sd
+        return torch.randn(1, self.channels, self.size, self.size // 2 + 1, 2, generator=gen) * self.sd
 
     def images(self, t: torch.Tensor) -> torch.Tensor:
         spec = torch.view_as_complex((t * self.scale).contiguous())
@@ -203,20 +249,13 @@ class FourierParam(ImageParam):
 class MacoParam(ImageParam):
     """MACO: fixed natural magnitude spectrum, trainable phase; standardised, recorrelated, sigmoid."""
 
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        size: int,
-        decorrelate: bool = True,
-        contrast: float = 1.0,
-        rgb_gain: float = RGB_GAIN,
-    ):
+    def __init__(self, seeds: Sequence[int], size: int, decorrelate: bool = True, contrast: float = 1.0, **kwargs):
         self.contrast = contrast
-        super().__init__(seeds, size, decorrelate, rgb_gain)
-        self.register_buffer("magnitude", natural_magnitude(size, size))
+        super().__init__(seeds, size, decorrelate, **kwargs)
+        self.register_buffer("magnitude", natural_magnitude(size, size, self.channels))
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
-        return torch.randn(1, 3, self.size, self.size // 2 + 1, generator=gen)
+        return torch.randn(1, self.channels, self.size, self.size // 2 + 1, generator=gen)
 
     def spatial(self, phase: torch.Tensor) -> torch.Tensor:
         """The image before colour mapping: inverse FFT of magnitude·e^{iφ}."""
@@ -237,6 +276,22 @@ def param_registry() -> dict[str, type[ImageParam]]:
 
     plugins.load_group("filterscope.params", PARAM_REGISTRY, lambda name, cls: register_param(name)(cls))
     return PARAM_REGISTRY
+
+
+def param_options(cls: type[ImageParam]) -> set[str]:
+    """The keyword options a parameterisation class takes (its own and, through ``**kwargs``, its bases')."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is nn.Module:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self", "seeds", "size"}
 
 
 def make_param(name: str, seeds: Sequence[int], size: int, **kwargs) -> ImageParam:

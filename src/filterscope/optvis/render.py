@@ -9,7 +9,6 @@ objective freezes only that image.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -20,16 +19,18 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError, closest
-from ..models.layers import list_layers
+from ..models.layers import list_layers, map_views
 from ..models.model import Model
 from .hooks import capture, run
 from .objectives import Context, Objective, stack
-from .param import ImageParam, make_param, param_registry
+from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
 from .relu import final_relus, redirect_relu, relus_before
 from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, make_transform
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
 MIN_SIZE = 16  # the smallest rendered side: a CNN's stem divides by 16-32
+SMALL_INPUT = 96  # models with a smaller input render on a larger canvas seen through random crops
+CANVAS_FACTOR = 2  # the canvas of a small-input model: 2× its input side (4× and 50-100 % crops: digits 6/10)
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,10 @@ class RenderSettings:
     pre_relu: bool = False  # optimise a layer's pre-activation when it ends in a ReLU/ReLU6 (Lucid's _pre_relu)
     converge: float = 0.0  # stop an image once its objective gains less than this fraction per window
     window: int = 8
+    transform_scale: float | None = None  # transforms' pixel amounts ×; None: from the input size (for_model)
+    crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
+    decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
+    decorrelation: str | None = None  # what for_model resolved: natural-rgb | estimated from DIR | none
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -74,6 +79,35 @@ class RenderSettings:
         changes = {k: v for k, v in changes.items() if v is not None}
         return replace(self, **changes)
 
+    def for_model(self, model: Model) -> RenderSettings:
+        """These settings with the model-dependent defaults filled in (idempotent), so a run records what ran:
+
+        - small inputs (< 96 px, e.g. 28 px digits or 32 px CIFAR): render on a canvas 2× the input, seen
+          whole, resampled to the input after the random transforms, whose pixel amounts are scaled to the
+          canvas (a 12 px translation is set for 224 px); 96 px and larger: unchanged;
+        - decorrelation: ``natural-rgb`` (the shipped matrix) for 3 channels, ``none`` for 1 channel (a
+          scalar) or without ``decorrelate``, ``estimated from DIR`` for other counts when
+          ``decorrelation_images`` is given, else ``none``.
+        """
+        size, scale, crop_min = self.size, self.transform_scale, self.crop_min
+        if model.input_size < SMALL_INPUT:
+            if size is None:
+                size = max(MIN_SIZE, CANVAS_FACTOR * model.input_size)
+                crop_min = 1.0 if crop_min is None else crop_min
+            if scale is None:
+                scale = round(size / 224, 4)
+        scale = 1.0 if scale is None else scale
+        c = model.in_channels
+        if not self.decorrelate or c == 1:
+            how = "none"
+        elif c == 3:
+            how = "natural-rgb"
+        elif self.decorrelation_images:
+            how = f"estimated from {self.decorrelation_images}"
+        else:
+            how = "none"
+        return replace(self, size=size, transform_scale=scale, crop_min=crop_min, decorrelation=how)
+
     def as_dict(self) -> dict:
         d = asdict(self)
         if isinstance(self.transforms, Transform):
@@ -84,7 +118,7 @@ class RenderSettings:
 
 @dataclass
 class RenderResult:
-    images: torch.Tensor  # [B, 3, H, W] in [0, 1], on the CPU
+    images: torch.Tensor  # [B, C, H, W] in [0, 1], on the CPU (C: the model's input channels)
     before: list[float]  # objective on the starting images
     after: list[float]  # objective on the final images
     curves: list[list[float]]  # objective (on transformed inputs) at every step, per image
@@ -109,6 +143,17 @@ def _converged(curve: list[float], window: int, tol: float) -> bool:
     return last - prev < tol * max(abs(prev), 1e-3)
 
 
+def _color(model: Model, settings: RenderSettings) -> torch.Tensor | None:
+    """The C×C colour matrix estimated from ``settings.decorrelation_images`` when that is the resolved
+    decorrelation (channel counts without a shipped matrix); else None."""
+    if not (settings.decorrelation or "").startswith("estimated"):
+        return None
+    from ..outputs.images import load_channel_images
+
+    images = load_channel_images(settings.decorrelation_images, model.in_channels, min(model.input_size, 64))
+    return estimate_color_sqrt(images)
+
+
 def _fit(x: torch.Tensor, side: int) -> torch.Tensor:
     if x.shape[-1] == side and x.shape[-2] == side:
         return x
@@ -116,21 +161,24 @@ def _fit(x: torch.Tensor, side: int) -> torch.Tensor:
 
 
 class Renderer:
-    """Renders objectives on one model; reuse it to render many batches with the same settings."""
+    """Renders objectives on one model; reuse it to render many batches with the same settings
+    (completed for the model by :meth:`RenderSettings.for_model`)."""
 
     def __init__(self, model: Model, settings: RenderSettings = RenderSettings()):
         self.model = model
-        self.settings = settings
+        self.settings = settings = settings.for_model(model)
         self.size = settings.size or model.input_size
+        self.color = _color(model, settings)
         scripted = isinstance(model.net, torch.jit.ScriptModule)
         self.calls = {} if scripted else {i.name: i.calls for i in list_layers(model)}
         self.orders = {} if scripted else {i.name: i.order for i in list_layers(model)}
 
     def _transform(self) -> Transform:
-        t = make_transform(self.settings.transforms)
+        t = make_transform(self.settings.transforms, self.settings.transform_scale or 1.0)
         if self.size > self.model.input_size and t.crops == 1:
             # renders larger than the model's input are seen through random crops
-            t = Compose([t, Crops(n=1, box=(self.model.input_size / self.size, 1.0), spread=0.2, noise=0.0)])
+            low = self.settings.crop_min or self.model.input_size / self.size
+            t = Compose([t, Crops(n=1, box=(low, 1.0), spread=0.2, noise=0.0)])
         return t
 
     def _evaluate(self, objective: Objective, images: torch.Tensor, cap: capture) -> torch.Tensor:
@@ -153,14 +201,17 @@ class Renderer:
             if len(objective) != len(seeds):
                 raise UsageError("give one objective per seed")
             objective = stack(objective)
-        cls = param_registry()[s.param]
-        accepted = inspect.signature(cls.__init__).parameters
         # a preset's options for its own param (maco's contrast) do not apply to an overriding --param
+        accepted = param_options(param_registry()[s.param])
         options = {k: v for k, v in s.param_options if k in accepted}
         if s.param == "pixel":
             options.setdefault("decorrelate", s.decorrelate)
         else:
             options["decorrelate"] = s.decorrelate
+        if self.model.in_channels != 3:
+            options["channels"] = self.model.in_channels
+        if self.color is not None:
+            options["color"] = self.color
         param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
         pre = final_relus(self.model.net, self.orders, objective.layers) if s.pre_relu else {}
         st = _State(
@@ -175,6 +226,7 @@ class Renderer:
                 calls=self.calls,
                 inputs_of=list(pre.values()),
                 stop=not objective.needs_logits and bool(objective.layers),
+                views=map_views(self.model, objective.layers),
             ),
             pre=pre,
             batch=len(seeds),

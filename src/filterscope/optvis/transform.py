@@ -1,9 +1,11 @@
 """Transformation robustness: random transforms applied to the image before every step.
 
-A transform takes images ``[B,3,H,W]`` and one random generator per image, and returns transformed images
+A transform takes images ``[B,C,H,W]`` (any number of channels; grey fill 0.5 in every channel) and one
+random generator per image, and returns transformed images
 (it may return several rows per image: MACO's crops). Randomness is drawn per image from its own generator,
 so an image's render does not depend on its batch. Resampling uses torchvision's transform functionals and
-``resized_crop``. Named presets live in :data:`TRANSFORM_PRESETS`.
+``resized_crop``. Named presets live in :data:`TRANSFORM_PRESETS`; each takes a ``scale`` for its pixel
+amounts (pad, jitter, translate are set for 224 px; a 112 px canvas for a 28 px model uses half of them).
 """
 
 from __future__ import annotations
@@ -172,35 +174,41 @@ class Compose(Transform):
         return {"name": "compose", "steps": [t.describe() for t in self.steps]}
 
 
-def standard() -> Compose:
+def _px(n: int, scale: float) -> int:
+    """A pixel amount set for 224 px, scaled (at least 1 when it was not 0)."""
+    return n if scale == 1 else max(1, round(n * scale))
+
+
+def standard(scale: float = 1.0) -> Compose:
     """Lucid's ``standard_transforms``: pad 12, jitter 8, scale ±10 %, rotate ±10°, jitter 4."""
-    return Compose([Pad(12), Jitter(8), RandomAffine(), Jitter(4)])
+    return Compose([Pad(_px(12, scale)), Jitter(_px(8, scale)), RandomAffine(), Jitter(_px(4, scale))])
 
 
-def fused() -> Compose:
+def fused(scale: float = 1.0) -> Compose:
     """Lucid's standard transforms in one resample: translate ±12 px (pad 12 + jitter 8 + jitter 4),
     scale 0.9-1.1, rotate ±10°, grey outside, output at the input size (no crop/resize afterwards)."""
-    return Compose([RandomAffine(translate=12)])
+    return Compose([RandomAffine(translate=_px(12, scale))])
 
 
-def light() -> Compose:
+def light(scale: float = 1.0) -> Compose:
     """Jitter and small scale/rotation, no padding: cheaper, for few-step renders."""
-    return Compose([Pad(4), Jitter(4), RandomAffine(scales=(0.95, 1.0, 1.05), angles=(-5, 0, 5)), Jitter(4)])
+    p = _px(4, scale)
+    return Compose([Pad(p), Jitter(p), RandomAffine(scales=(0.95, 1.0, 1.05), angles=(-5, 0, 5)), Jitter(p)])
 
 
-def maco() -> Compose:
+def maco(scale: float = 1.0) -> Compose:
     """MACO's crops with Gaussian + uniform noise, adapted to renders at the model's input size: one crop of
     80-100 % of the side per step (Horama crops 20-30 % of a 1280 px image six times per step)."""
     return Compose([Crops(n=1, box=(0.8, 1.0), spread=0.1, noise=0.05)])
 
 
-def maco_horama() -> Compose:
+def maco_horama(scale: float = 1.0) -> Compose:
     """Horama's own setting, for large renders (``size`` 512 or more): six crops of 20-30 %."""
     return Compose([Crops(n=6, box=(0.2, 0.3), spread=0.15, noise=0.05)])
 
 
-TRANSFORM_PRESETS: dict[str, Callable[[], Transform]] = {
-    "none": lambda: Compose([]),
+TRANSFORM_PRESETS: dict[str, Callable[..., Transform]] = {
+    "none": lambda scale=1.0: Compose([]),
     "standard": standard,
     "fused": fused,
     "light": light,
@@ -209,7 +217,8 @@ TRANSFORM_PRESETS: dict[str, Callable[[], Transform]] = {
 }
 
 
-def make_transform(spec: str | Transform | None) -> Transform:
+def make_transform(spec: str | Transform | None, scale: float = 1.0) -> Transform:
+    """A preset by name (its pixel amounts times ``scale``), or a given :class:`Transform` as it is."""
     from ..errors import UsageError, closest
 
     if spec is None:
@@ -218,4 +227,4 @@ def make_transform(spec: str | Transform | None) -> Transform:
         return spec
     if spec not in TRANSFORM_PRESETS:
         raise UsageError(f"unknown transform preset {spec!r}", hint=closest(spec, TRANSFORM_PRESETS))
-    return TRANSFORM_PRESETS[spec]()
+    return TRANSFORM_PRESETS[spec](scale) if scale != 1 else TRANSFORM_PRESETS[spec]()

@@ -6,6 +6,12 @@ are converted to 8-bit RGB; transparent images (RGBA, LA, palette with transpare
 are missing, empty, not images, truncated or corrupt, smaller than 16×16, or so large that decoding them
 could exhaust memory (more than 50 megapixels, e.g. a decompression-bomb header) are refused with an
 :class:`~filterscope.errors.ImageError`.
+
+A model with another channel count gets the image converted (:func:`image_tensor`, described by
+:func:`channel_conversion`): 1 channel → luminance (Pillow's ``L``: 0.299 R + 0.587 G + 0.114 B); 4 or more
+→ RGB in bands 1-3 and the luminance replicated in the extra bands. Renders are saved by channel count
+(:func:`to_pil`): 1 → grayscale PNG, 3 → RGB, more → an RGB composite of bands 1-3 (and a per-band grid,
+:func:`band_grid`).
 """
 
 from __future__ import annotations
@@ -111,13 +117,58 @@ def to_tensor(im: Image.Image) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
+def channel_conversion(channels: int) -> str:
+    """How :func:`image_tensor` turns an RGB image into ``channels`` channels (for run records)."""
+    if channels == 1:
+        return "RGB → luminance (Pillow 'L': 0.299 R + 0.587 G + 0.114 B)"
+    if channels == 3:
+        return "RGB"
+    if channels == 2:
+        return "RGB → luminance in both channels"
+    return f"RGB in channels 0-2, luminance replicated in channels 3-{channels - 1}"
+
+
+def image_tensor(im: Image.Image, channels: int = 3) -> torch.Tensor:
+    """An image as a float tensor ``[channels, H, W]`` in [0, 1], converted as :func:`channel_conversion` says."""
+    if channels == 3:
+        return to_tensor(im)
+    lum = torch.from_numpy(np.asarray(im.convert("L"), dtype=np.uint8).copy()).float().div_(255.0)[None]
+    if channels < 3:
+        return lum.expand(channels, -1, -1).clone()
+    return torch.cat([to_tensor(im), lum.expand(channels - 3, -1, -1)])
+
+
+def display_rgb(x: torch.Tensor) -> torch.Tensor:
+    """``[C, H, W]`` → ``[3, H, W]`` for figures: grey for 1 channel, bands 0-2 for more than 3."""
+    if x.shape[0] == 3:
+        return x
+    if x.shape[0] < 3:
+        return x[:1].expand(3, -1, -1)
+    return x[:3]
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Float image ``[3, H, W]`` in [0, 1] → ``H×W×3`` uint8 (rounded)."""
+    """Float image ``[C, H, W]`` in [0, 1] → ``H×W×3`` uint8 (rounded; see :func:`display_rgb`)."""
+    x = display_rgb(x)
     return x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def to_pil(x: torch.Tensor) -> Image.Image:
+    """A grayscale image for 1 channel, RGB for 3, the RGB composite of bands 0-2 for more."""
+    if x.shape[0] == 1:
+        a = x[0].detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+        return Image.fromarray(a, "L")
     return Image.fromarray(to_uint8(x), "RGB")
+
+
+def band_grid(x: torch.Tensor, gap: int = 2) -> Image.Image:
+    """Every band of ``[C, H, W]`` side by side as grayscale tiles (white gaps), for renders of C > 3."""
+    c, h, w = x.shape
+    a = x.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).cpu().numpy()
+    out = np.full((h, c * w + (c - 1) * gap), 255, dtype=np.uint8)
+    for i in range(c):
+        out[:, i * (w + gap) : i * (w + gap) + w] = a[i]
+    return Image.fromarray(out, "L")
 
 
 def png_bytes(x: torch.Tensor | Image.Image) -> bytes:
@@ -129,10 +180,11 @@ def png_bytes(x: torch.Tensor | Image.Image) -> bytes:
 
 
 def model_input(model, im: Image.Image) -> torch.Tensor:
-    """The model's own geometric preprocessing: resize the shorter side, centre-crop; ``[1,3,S,S]`` in [0,1]."""
+    """The model's own geometric preprocessing: resize the shorter side, centre-crop; ``[1,C,S,S]`` in [0,1]
+    with the model's channel count (:func:`image_tensor`)."""
     from torchvision.transforms.v2 import functional as TF
 
-    x = to_tensor(im)
+    x = image_tensor(im, getattr(model, "in_channels", 3))
     x = TF.resize(x, [model.resize_size], antialias=True)
     x = TF.center_crop(x, [model.input_size, model.input_size])
     return x.unsqueeze(0).clamp(0, 1)
@@ -147,6 +199,19 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise ImageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return files
+
+
+def load_channel_images(folder: str | os.PathLike, channels: int, size: int, limit: int = 64) -> torch.Tensor:
+    """Up to ``limit`` images of ``folder`` as ``[N, channels, size, size]`` (resized, centre-cropped), e.g.
+    to estimate a colour matrix from."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for f in list_images(folder)[:limit]:
+        x = image_tensor(load_image(f), channels)
+        x = TF.center_crop(TF.resize(x, [size], antialias=True), [size, size])
+        out.append(x)
+    return torch.stack(out)
 
 
 def sample_photos_dir() -> Path:

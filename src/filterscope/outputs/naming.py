@@ -32,6 +32,12 @@ def accent_file(layer: str, c: int) -> str:
     return f"{layer}/accent_{c:04d}.png"
 
 
+def bands_file(layer: str, c: int) -> str:
+    """Every band of a render of a model with more than 3 input channels: ``<layer>/bands_0042.png``
+    (class logits: ``bands_logit_0967.png``)."""
+    return f"bands_logit_{c:04d}.png" if layer == LOGIT else f"{layer}/bands_{c:04d}.png"
+
+
 def grid_file(layer: str) -> str:
     return f"grid_{layer}.png"
 
