@@ -277,10 +277,21 @@ def layers(model_name, weights, trust_checkpoint, device, as_json):
 @model_options
 @click.option("--layer", default="default", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--rank",
+    type=click.Choice(["activation", "contribution"]),
+    default="activation",
+    show_default=True,
+    help="Order filters by mean activation, or by contribution to the class (gradient × activation).",
+)
+@click.option("--class", "target_class", type=int, default=None, help="Class for --rank contribution [default: the prediction].")
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/inspect].")
 @output_options
-def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top, out, quiet, as_json):
-    """Which filters of LAYER an IMAGE excites most, and where (chart, heatmaps, CSV)."""
+def inspect_cmd(
+    image, model_name, weights, trust_checkpoint, device, layer, top, rank, target_class, out, quiet, as_json
+):
+    """Which filters of LAYER an IMAGE excites most (or contribute most to the class), and where."""
+    from .jobs.attribution import check_class
     from .jobs.inspect import inspect_to_dir
     from .models.layers import network_layer
     from .outputs.images import load_image
@@ -290,14 +301,16 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
     out = out or os.path.join(DEFAULT_OUT, "inspect")
     model = load(model_name, weights, trust_checkpoint, device)
     layer = network_layer(model, layer, "inspect").name
+    check_class(model, target_class)
     check_writable(out)
-    run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top)
+    run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top, rank=rank, target_class=target_class)
     lines = [
         f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
         f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
-        "top filters (mean activation):",
+        f"top filters ({'contribution to class ' + str(ins.target_class) if rank == 'contribution' else 'mean activation'}):",
     ]
-    lines += [f"  {i:5d}  {ins.means[i]:.4f}" for i in ins.top]
+    has = ins.contributions is not None
+    lines += [f"  {i:5d}  mean {ins.means[i]:.4f}" + (f"  contribution {ins.contributions[i]:+.4f}" if has else "") for i in ins.top]
     lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
     emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
 

@@ -27,19 +27,24 @@ TOP_COLOUR = "#d62728"
 OTHER_COLOUR = "#7f9fbf"
 
 
-def bar_chart(ins: Inspection, ax: plt.Axes | None = None) -> plt.Figure:
-    """Mean activation of every filter; the top filters highlighted and labelled (the tutorial's chart)."""
+def bar_chart(ins: Inspection, ax: plt.Axes | None = None, rank: str | None = None, k: int | None = None) -> plt.Figure:
+    """One bar per filter, by mean activation (the tutorial's chart) or by contribution to the target class;
+    the ranking's top filters highlighted and labelled."""
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
-    n = len(ins.means)
-    ax.bar(np.arange(n), ins.means, width=1.0, color=OTHER_COLOUR, linewidth=0)
+    rank = rank or ins.rank
+    by_contrib = rank == "contribution" and ins.contributions is not None
+    values = ins.contributions if by_contrib else ins.means
+    top = ins.top if rank == ins.rank and k is None else ins.order(rank, k or len(ins.top))
+    n = len(values)
+    ax.bar(np.arange(n), values, width=1.0, color=OTHER_COLOUR, linewidth=0)
     # top bars drawn again, wider, so they stay visible when hundreds of bars share a pixel
-    ax.bar(ins.top, ins.means[ins.top], width=max(1.0, n / 250), color=TOP_COLOUR, linewidth=0, zorder=3)
-    for i in ins.top:
+    ax.bar(top, values[top], width=max(1.0, n / 250), color=TOP_COLOUR, linewidth=0, zorder=3)
+    for i in top:
         ax.annotate(
-            f"{i}\n{ins.means[i]:.2f}",
-            (i, ins.means[i]),
+            f"{i}\n{values[i]:.2f}",
+            (i, values[i]),
             xytext=(0, 3),
             textcoords="offset points",
             ha="center",
@@ -48,11 +53,15 @@ def bar_chart(ins: Inspection, ax: plt.Axes | None = None) -> plt.Figure:
             color=TOP_COLOUR,
         )
     ax.set_xlim(-0.5, n - 0.5)
-    top = float(np.max(ins.means)) if n else 1.0
-    ax.set_ylim(min(0.0, float(np.min(ins.means)) * 1.1), top * 1.25 if top > 0 else 1)
+    hi = float(np.max(values)) if n else 1.0
+    ax.set_ylim(min(0.0, float(np.min(values)) * 1.1), hi * 1.25 if hi > 0 else 1)
     ax.set_xlabel(f"filter of {ins.layer.name} ({n})")
-    ax.set_ylabel("mean activation")
-    ax.set_title(f"Mean activation per filter, top {len(ins.top)} in red")
+    if by_contrib:
+        ax.set_ylabel("contribution (logit)")
+        ax.set_title(f"Contribution to class {ins.target_class} per filter (gradient × activation), top {len(top)} in red")
+    else:
+        ax.set_ylabel("mean activation")
+        ax.set_title(f"Mean activation per filter, top {len(top)} in red")
     ax.spines[["top", "right"]].set_visible(False)
     if fig is not None:
         fig.tight_layout()
