@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -58,7 +59,9 @@ def bar_chart(ins: Inspection, ax: plt.Axes | None = None, rank: str | None = No
     ax.set_xlabel(f"filter of {ins.layer.name} ({n})")
     if by_contrib:
         ax.set_ylabel("contribution (logit)")
-        ax.set_title(f"Contribution to class {ins.target_class} per filter (gradient × activation), top {len(top)} in red")
+        ax.set_title(
+            f"Contribution to class {ins.target_class} per filter (gradient × activation), top {len(top)} in red"
+        )
     else:
         ax.set_ylabel("mean activation")
         ax.set_title(f"Mean activation per filter, top {len(top)} in red")
@@ -172,5 +175,77 @@ def compare_figure(
                 ax.set_title(f"{layer}:{channels[c]}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(name + (f"\n{notes[name]}" if notes and name in notes else ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+RANK_COLOURS = {"contribution": "#d62728", "activation": "#1f77b4", "random": "#7f7f7f"}
+
+
+def deletion_figure(ks: Sequence[int], drops: dict[str, Sequence[float]], class_name: str, ax=None) -> plt.Figure:
+    """Drop of the class probability as the top-k filters of each ranking are set to zero."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    for name, d in drops.items():
+        ax.plot(list(ks), list(d), marker="o", ms=3, label=name, color=RANK_COLOURS.get(name))
+    ax.set_xlabel("filters set to zero (top k of the ranking)")
+    ax.set_ylabel(f"drop of p({class_name})")
+    ax.set_title("Deletion curves: zeroing the top-k filters", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
+
+
+def explain_figure(res) -> plt.Figure:
+    """``figure_explain.png``: the photo and rankings on top; per filter where it fires, its accentuation,
+    the change map, its render from noise and its top natural images, with the scores."""
+    ins = res.inspection
+    filters = res.filters
+    n_ex = max([len(f.examples) for f in filters] + [1])
+    cols = 4 + n_ex
+    rows = 1 + len(filters)
+    fig = plt.figure(figsize=(2.1 * cols, 2.35 * rows + 0.6), dpi=100)
+    gs = fig.add_gridspec(rows, cols, height_ratios=[1.15] + [1] * len(filters))
+    ax = fig.add_subplot(gs[0, 0])
+    ax.imshow(to_uint8(ins.image))
+    c, name, p = next(((c, n, p) for c, n, p in ins.predictions if c == ins.target_class), ins.predictions[0])
+    ax.set_title(f"{name} ({c}), p = {p:.2f}", fontsize=9)
+    ax.axis("off")
+    half = (cols - 1) // 2
+    bar_chart(ins, fig.add_subplot(gs[0, 1 : 1 + half]), rank="contribution", k=len(filters) or None)
+    deletion_figure(res.deletion_ks, res.deletion, name, fig.add_subplot(gs[0, 1 + half :]))
+    for ax in fig.axes[1:]:
+        ax.title.set_fontsize(8)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+    for r, f in enumerate(filters, start=1):
+        a = f.accent
+        pics = [
+            (overlay(ins.image, f.fires), f"filter {f.channel}: where it fires\ncontribution {f.contribution:+.2f}"),
+            (
+                to_uint8(a.image),
+                f"accentuation\nact {a.activation_photo:.2f} → {a.activation_accent:.2f}, SSIM {a.ssim:.2f}",
+            ),
+            (to_uint8(a.change_rgb()), f"where it changed\npath sim. {f.path_accent:.2f}"),
+            (to_uint8(f.render), f"render from noise\nact {f.render_activation:.2f}, path sim. {f.path_render:.2f}"),
+        ]
+        pics += [
+            (to_uint8(e["image"]), f"top photo {i + 1}\nact {e['activation']:.2f}") for i, e in enumerate(f.examples)
+        ]
+        for col, (img, title) in enumerate(pics):
+            ax = fig.add_subplot(gs[r, col])
+            ax.imshow(img)
+            ax.set_title(title, fontsize=7.5)
+            ax.axis("off")
+    fig.suptitle(
+        f"filterscope explain · {res.model} · {ins.layer.name} · {Path(res.image_name).name}: the {len(filters)} filters "
+        f"that contribute most to class {ins.target_class}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
