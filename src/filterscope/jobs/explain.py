@@ -324,7 +324,6 @@ def _fig_uri(fig) -> str:
 def report_context(res: Explanation) -> dict:
     """Everything ``templates/explain.html`` needs, pictures as data URIs (one self-contained page)."""
     from ..outputs import figures
-    from ..outputs.images import to_pil
 
     ins = res.inspection
     k = len(ins.top)
@@ -335,9 +334,7 @@ def report_context(res: Explanation) -> dict:
                 "channel": f.channel,
                 "contribution": f.contribution,
                 "mean": f.mean,
-                "fires": _uri(
-                    png_bytes(to_pil(torch.from_numpy(figures.overlay(ins.image, f.fires)).permute(2, 0, 1)))
-                ),
+                "fires": _uri(png_bytes(Image.fromarray(figures.overlay(ins.image, f.fires)))),
                 "accent": _uri(png_bytes(f.accent.image)),
                 "change": _uri(png_bytes(f.accent.change_rgb())),
                 "render": _uri(png_bytes(f.render)),

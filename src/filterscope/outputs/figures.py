@@ -243,8 +243,8 @@ def explain_figure(res) -> plt.Figure:
             ax.set_title(title, fontsize=7.5)
             ax.axis("off")
     fig.suptitle(
-        f"filterscope explain · {res.model} · {ins.layer.name} · {Path(res.image_name).name}: the {len(filters)} filters "
-        f"that contribute most to class {ins.target_class}",
+        f"filterscope explain · {res.model} · {ins.layer.name} · {Path(res.image_name).name}: "
+        f"the {len(filters)} filters that contribute most to class {ins.target_class}",
         fontsize=10,
     )
     fig.tight_layout()
