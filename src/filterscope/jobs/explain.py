@@ -142,6 +142,7 @@ def explain(
     strength: float = DEFAULT_STRENGTH,
     accent_steps: int = DEFAULT_STEPS,
     method: str = "fast",
+    render_steps: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
     progress: bool = True,
@@ -172,7 +173,7 @@ def explain(
         "images": str(images or "bundled photos"),
         "accentuation": {"strength": strength, "steps": accent_steps},
         "method": method,
-        "render": get_preset(method).as_dict(),
+        "render": get_preset(method).with_(steps=render_steps).as_dict(),
         "seed": seed,
         "deletion_k": list(DELETION_KS),
     }
@@ -214,7 +215,9 @@ def explain(
     from tqdm import tqdm
 
     bar = tqdm(total=len(chans), desc=f"render {info.name} from noise", unit="filter", disable=not progress)
-    for r in render_stream(model, info, chans, get_preset(method), seed, batch=1, should_stop=should_stop):
+    for r in render_stream(
+        model, info, chans, get_preset(method).with_(steps=render_steps), seed, batch=1, should_stop=should_stop
+    ):
         renders[r.channel] = r
         bar.update(1)
     bar.close()
