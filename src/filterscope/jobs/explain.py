@@ -272,7 +272,7 @@ def evidence(
     from .dataset import collect_examples
     from .similarity import path_layers, path_profiles, path_similarity
 
-    _, stats = collect_examples(model, [info], folder, n_top=N_EXAMPLES, progress=progress)
+    _, stats = collect_examples(model, [info], folder, n_top=N_EXAMPLES, batch=8, progress=progress)
     st = stats[info.name]
     stages = path_layers(model, info)
     out = []
