@@ -26,6 +26,7 @@ ChannelIndex = Annotated[int, "channel"]  # a channel of the layer named by the 
 ClassIndex = Annotated[int, "class"]  # a class of the model's output
 Position = Annotated[int, "position"]  # a spatial index ≥ 0
 Vector = Annotated[torch.Tensor, "vector"]  # channel-space vector: an image path or a .npy file
+ImagePath = Annotated[str, "image"]  # an image file (its path, checked to exist)
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,7 @@ def blur(sigma: float = 1.0) -> Objective:
 
 
 @register_objective
-def closeness(reference: str | torch.Tensor, strength: float = 1.0) -> Objective:
+def closeness(reference: ImagePath | torch.Tensor, strength: float = 1.0) -> Objective:
     """Minus ``strength`` × the mean squared pixel difference to ``reference`` (``[3, H, W]`` in [0, 1], or
     an image file from the text form): *add* it to keep a render near a photo (feature accentuation,
     Hamblin et al. 2024). 0 at the photo itself."""
