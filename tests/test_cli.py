@@ -50,7 +50,7 @@ def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
     assert rec["timings"]["total_s"] > 0
     assert rec["inspection"]["predictions"][0]["class"] == 967
     csv = (out / "activations.csv").read_text().splitlines()
-    assert csv[0] == "filter,mean,max" and len(csv) == 1281
+    assert csv[0] == "filter,mean,max,contribution" and len(csv) == 1281
     umask = os.umask(0)
     os.umask(umask)
     for f in ["run.json", "figure_boost.png", f"bn2/channel_{top[0]:04d}.png"]:  # not mkstemp's 0600

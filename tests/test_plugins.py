@@ -29,6 +29,7 @@ EXAMPLE_ARG = {
     "number": "0.5",
     "str": "x",
     "vector": f"'{sample_image_path()}'",
+    "image": f"'{sample_image_path()}'",
 }
 
 

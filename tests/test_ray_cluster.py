@@ -4,6 +4,7 @@ rendered, and the files equal the local backend's at equal seeds and threads."""
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
+# Ray clusters started with `ray start` authenticate with a token that every node and the driver share
+AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
 ARGS = [
     "atlas",
     "--layers",
@@ -38,7 +41,9 @@ def _free_port() -> int:
 
 
 def _ray(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(RAY), *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(RAY), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **AUTH}
+    )
 
 
 def _worker_pids() -> list[int]:
@@ -78,7 +83,7 @@ def cluster(tmp_path):
 
 
 def _cli(*args, **kw) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"}
+    env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"} | AUTH
     return subprocess.Popen(
         [sys.executable, "-m", "filterscope.cli", *map(str, args)],
         env=env,

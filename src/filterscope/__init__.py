@@ -10,10 +10,12 @@ render loop → outputs.
 """
 
 from .errors import FilterscopeError
+from .jobs.accentuate import Accentuation, accentuate
 from .jobs.atlas import build_atlas
 from .jobs.boost import boost
 from .jobs.channels import ChannelRender, render, render_channels
 from .jobs.compare import compare
+from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
 from .jobs.objective import objective_for, render_objective
 from .models import Model, default_layer, get_layer, list_layers, load_model, register_model
@@ -26,6 +28,10 @@ from .outputs.images import load_image, sample_image_path, sample_photos_dir
 from .version import __version__ as __version__
 
 __all__ = [
+    "Accentuation",
+    "Explanation",
+    "accentuate",
+    "explain",
     "ChannelRender",
     "FilterscopeError",
     "Inspection",

@@ -329,10 +329,23 @@ def layers(model_name, weights, trust_checkpoint, device, as_json):
 @model_options
 @click.option("--layer", default="default", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option(
+    "--rank",
+    type=click.Choice(["activation", "contribution"]),
+    default="activation",
+    show_default=True,
+    help="Order filters by mean activation, or by contribution to the class (gradient × activation).",
+)
+@click.option(
+    "--class", "target_class", type=int, default=None, help="Class for --rank contribution [default: the prediction]."
+)
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/inspect].")
 @output_options
-def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top, out, quiet, as_json):
-    """Which filters of LAYER an IMAGE excites most, and where (chart, heatmaps, CSV)."""
+def inspect_cmd(
+    image, model_name, weights, trust_checkpoint, device, layer, top, rank, target_class, out, quiet, as_json
+):
+    """Which filters of LAYER an IMAGE excites most (or contribute most to the class), and where."""
+    from .jobs.attribution import check_class
     from .jobs.inspect import inspect_to_dir
     from .models.layers import network_layer
     from .outputs.images import load_image
@@ -342,14 +355,21 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
     out = out or os.path.join(DEFAULT_OUT, "inspect")
     model = load(model_name, weights, trust_checkpoint, device)
     layer = network_layer(model, layer, "inspect").name
+    check_class(model, target_class)
     check_writable(out)
-    run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top)
+    run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top, rank=rank, target_class=target_class)
     lines = [
         f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
         f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
-        "top filters (mean activation):",
+        "top filters ("
+        + (f"contribution to class {ins.target_class}" if rank == "contribution" else "mean activation")
+        + "):",
     ]
-    lines += [f"  {i:5d}  {ins.means[i]:.4f}" for i in ins.top]
+    has = ins.contributions is not None
+    lines += [
+        f"  {i:5d}  mean {ins.means[i]:.4f}" + (f"  contribution {ins.contributions[i]:+.4f}" if has else "")
+        for i in ins.top
+    ]
     if model.in_channels != 3:
         from .outputs.images import channel_conversion
 
@@ -614,6 +634,150 @@ def compare(
         json.loads((res.run_dir / "run.json").read_text()),
         [f"wrote {res.run_dir}/{res.figure} ({len(names)} methods × {len(chans)} channels)"],
     )
+
+
+RANK_OPTION = click.option(
+    "--rank",
+    type=click.Choice(["contribution", "activation"]),
+    default="contribution",
+    show_default=True,
+    help="Order filters by contribution to the class (gradient × activation) or by mean activation.",
+)
+
+
+@cli.command()
+@click.argument("image", required=False)
+@model_options
+@click.option("--layer", default="default", show_default=True)
+@click.option("--channels", type=CHANNELS, default="0-2", show_default=True, help="e.g. 12 or 3,17,42.")
+@click.option("--strength", type=click.FloatRange(min=0), default=None, help="Closeness to the photo [default: 1000].")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps [default: 24].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/accentuate].")
+@output_options
+def accentuate(
+    image, model_name, weights, trust_checkpoint, device, layer, channels, strength, steps, seed, out, quiet, as_json
+):
+    """Feature accentuation: IMAGE pushed to excite each filter while it stays close to the photo."""
+    from .jobs.accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, accentuate_to_dir
+    from .jobs.interrupt import graceful_stop
+    from .models.layers import network_layer
+    from .outputs.images import load_image
+
+    if image:
+        load_image(image)
+    out = out or os.path.join(DEFAULT_OUT, "accentuate")
+    model = load(model_name, weights, trust_checkpoint, device)
+    info = network_layer(model, layer, "accentuate")
+    chans = list(range(info.channels)) if channels is None else channels
+    info.check_channels(chans)
+    check_writable(out)
+    with graceful_stop(quiet) as stop:
+        res = accentuate_to_dir(
+            model,
+            image,
+            out,
+            layer=info.name,
+            channels=chans,
+            strength=DEFAULT_STRENGTH if strength is None else strength,
+            steps=steps or DEFAULT_STEPS,
+            seed=seed,
+            progress=not quiet,
+            should_stop=stop,
+        )
+    if res.status == "partial":
+        raise Interrupted.kept(res.run_dir, len(res.accentuations), len(chans))
+    lines = [f"{model.name} · {info.name} · accentuations of {image or 'the bundled photo'}"]
+    lines += [
+        f"  filter {a.channel:5d}: photo {a.activation_photo:.3f} → accentuation {a.activation_accent:.3f} "
+        f"(gain {a.gain:.2f}×), SSIM {a.ssim:.3f}"
+        for a in res.accentuations
+    ]
+    lines.append(f"wrote {res.run_dir}/{info.name}/accent_*.png, run.json")
+    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
+
+
+@cli.command()
+@click.argument("image", required=False)
+@model_options
+@click.option("--layer", default=None, help="Layer [default: blocks.5 when the model has it, else its default layer].")
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Filters to explain.")
+@RANK_OPTION
+@click.option("--class", "target_class", type=int, default=None, help="Class to explain [default: the prediction].")
+@click.option("--images", default=None, help="Folder of natural images for top examples (default: bundled photos).")
+@click.option("--strength", type=click.FloatRange(min=0), default=None, help="Accentuation closeness [default: 1000].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/explain].")
+@output_options
+def explain(
+    image,
+    model_name,
+    weights,
+    trust_checkpoint,
+    device,
+    layer,
+    top,
+    rank,
+    target_class,
+    images,
+    strength,
+    seed,
+    out,
+    quiet,
+    as_json,
+):
+    """Which filters drive IMAGE's prediction, what each sees in it, and the evidence: report.html."""
+    from .jobs.accentuate import DEFAULT_STRENGTH
+    from .jobs.attribution import check_class
+    from .jobs.explain import explain as run_explain
+    from .jobs.explain import explain_layer
+    from .jobs.interrupt import graceful_stop
+    from .models.layers import network_layer
+    from .outputs.images import list_images, load_image
+
+    if image:
+        load_image(image)
+    if images:
+        list_images(images)
+    out = out or os.path.join(DEFAULT_OUT, "explain")
+    model = load(model_name, weights, trust_checkpoint, device)
+    info = network_layer(model, layer or explain_layer(model), "explain")
+    if top > info.channels:
+        raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
+    check_class(model, target_class)
+    check_writable(out)
+    with graceful_stop(quiet) as stop:
+        res = run_explain(
+            model,
+            image,
+            layer=info.name,
+            top=top,
+            rank=rank,
+            target_class=target_class,
+            images=images,
+            strength=DEFAULT_STRENGTH if strength is None else strength,
+            seed=seed,
+            out=out,
+            progress=not quiet,
+            should_stop=stop,
+        )
+    if res.status == "partial":
+        raise Interrupted.kept(res.run_dir, len(res.filters), top)
+    ins = res.inspection
+    rec = res.record()
+    lines = [
+        f"{model.name} · {info.name} · explaining {rec['class_name']} ({ins.target_class}); "
+        f"prediction {ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
+        "zeroing the top 8 filters lowers p by: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in rec["ablation"]["top8_drop"].items()),
+    ]
+    for f in res.filters:
+        lines.append(
+            f"  filter {f.channel:4d}: contribution {f.contribution:+.3f} · accentuation gain {f.accent.gain:.2f}×, "
+            f"SSIM {f.accent.ssim:.3f} · path similarity render {f.path_render:.2f}"
+        )
+    lines.append(f"wrote {res.run_dir}/report.html, figure_explain.png, run.json ({res.timings['total_s']:.1f} s)")
+    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
 
 
 @cli.command()

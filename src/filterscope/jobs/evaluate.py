@@ -114,6 +114,7 @@ class ChannelScore:
     rms_contrast: float = 0.0
     top1: bool | None = None
     top5: bool | None = None
+    path_similarity: float | None = None  # to the channel's top natural images (jobs/similarity.py)
 
     def as_dict(self) -> dict:
         d = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in vars(self).items()}
@@ -152,6 +153,29 @@ def score_images(
     return scores
 
 
+def path_scores(
+    model: Model, layer: str, channels: Sequence[int], images: torch.Tensor, folder: str | Path | None = None
+) -> list[float]:
+    """Path similarity (:mod:`.similarity`) of each render ``images[i]`` of ``channels[i]`` to the 3 natural
+    images of ``folder`` (default: the bundled photos) that excite that channel most. NaN for logits."""
+    from .dataset import collect_examples
+    from .similarity import path_layers, path_profiles, path_similarity
+
+    if layer == LOGIT:
+        return [float("nan")] * len(channels)
+    info = get_layer(model, layer)
+    folder = Path(folder) if folder else sample_photos_dir()
+    files, stats = collect_examples(model, [info], folder, n_top=3, progress=False)
+    st = stats[info.name]
+    stages = path_layers(model, info)
+    out = []
+    for i, c in enumerate(channels):
+        idx = [int(j) for j in st.top_index[c].tolist() if j >= 0]
+        nat = path_profiles(model, torch.cat([model_input(model, load_image(files[j])) for j in idx]), stages)
+        out.append(path_similarity(path_profiles(model, images[i : i + 1].float(), stages), nat))
+    return out
+
+
 def evaluate_run(
     run_dir: str | Path, model: Model, *, images: str | Path | None = None, eval_model: Model | None = None
 ) -> dict:
@@ -185,7 +209,10 @@ def evaluate_run(
     for layer, recs in by_layer.items():
         nat = natural_max(model, layer, images)
         imgs = torch.stack([image_tensor(load_image(run_dir / r["file"]), model.in_channels) for r in recs])
-        scores = score_images(model, layer, [r["channel"] for r in recs], imgs, nat, eval_model)
+        chans = [r["channel"] for r in recs]
+        scores = score_images(model, layer, chans, imgs, nat, eval_model)
+        for s, ps in zip(scores, path_scores(model, layer, chans, imgs, images)):
+            s.path_similarity = None if np.isnan(ps) else ps
         ratios = np.array([s.ratio for s in scores])
         robust = np.array([s.robust_ratio for s in scores])
         summary = {
@@ -196,6 +223,9 @@ def evaluate_run(
             "median_colourfulness": float(np.median([s.colourfulness for s in scores])),
             "median_rms_contrast": float(np.median([s.rms_contrast for s in scores])),
         }
+        paths = [s.path_similarity for s in scores if s.path_similarity is not None]
+        if paths:
+            summary["median_path_similarity"] = float(np.median(paths))
         if eval_model is not None and layer == LOGIT:
             summary["top1"] = float(np.mean([s.top1 for s in scores]))
             summary["top5"] = float(np.mean([s.top5 for s in scores]))
@@ -222,6 +252,7 @@ def table(result: dict) -> str:
         lines.append(
             f"  median ratio {s['median_ratio']:.3f} · median robust ratio {s['median_robust_ratio']:.3f}"
             f" · colourfulness {s['median_colourfulness']:.1f} · RMS contrast {s['median_rms_contrast']:.3f}"
+            + (f" · median path similarity {s['median_path_similarity']:.3f}" if "median_path_similarity" in s else "")
             + (f" · top1 {s['top1']:.0%} · top5 {s['top5']:.0%}" if "top1" in s else "")
         )
     return "\n".join(lines)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import UsageError
 from ..models.layers import LayerInfo, get_layer, list_layers, map_views, network_layer
 from ..models.model import Model
 from ..optvis.hooks import capture, run
@@ -21,6 +22,7 @@ from ..outputs import figures
 from ..outputs.images import channel_conversion, load_image, model_input, sample_image_path
 from ..outputs.naming import figure_file
 from ..outputs.rundir import RunDir
+from .attribution import check_class, check_rank, contributions
 
 
 @dataclass
@@ -31,13 +33,51 @@ class Inspection:
     maxes: np.ndarray  # [C] max activation over positions
     maps: torch.Tensor  # [C, h, w] spatial maps used for "where it fires"
     maps_from: str  # which tensor the maps come from
-    top: list[int]  # filter indices, highest mean first
+    top: list[int]  # filter indices in the chosen ranking's order
     predictions: list[tuple[int, str, float]]  # top-5 classes (index, name, probability)
+    contributions: np.ndarray | None = None  # [C] Taylor estimate of the logit drop when a filter is zeroed
+    target_class: int | None = None  # the class the contributions are for
+    rank: str = "activation"  # "activation" (mean) or "contribution"
+
+    def order(self, rank: str | None = None, k: int | None = None) -> list[int]:
+        """Filter indices ranked by ``rank`` (default: this inspection's), highest first."""
+        rank = rank or self.rank
+        scores = self.contributions if rank == "contribution" else self.means
+        if scores is None:
+            raise UsageError("this inspection has no contribution scores")
+        return np.argsort(-scores, kind="stable")[: k or len(scores)].tolist()
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter: the bar chart of the layer (the ranking's top filters labelled)."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        fig = figures.bar_chart(self)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=fig.dpi)
+        plt.close(fig)
+        return buf.getvalue()
 
 
-def inspect(model: Model, image: Image.Image | torch.Tensor, layer: str = "default", top: int = 5) -> Inspection:
-    """Run ``image`` through ``model`` and collect ``layer``'s activations with a forward hook."""
+def inspect(
+    model: Model,
+    image: Image.Image | torch.Tensor,
+    layer: str = "default",
+    top: int = 5,
+    *,
+    rank: str = "activation",
+    target_class: int | None = None,
+) -> Inspection:
+    """Run ``image`` through ``model`` and collect ``layer``'s activations with a forward hook.
+
+    ``rank="contribution"`` orders the filters by their contribution to ``target_class`` (default: the
+    predicted class), gradient × activation summed over the map (see :mod:`.attribution`); the
+    contributions are computed in both rankings when the model outputs logits.
+    """
+    check_rank(rank)
     info = network_layer(model, layer, "inspect")
+    check_class(model, target_class)
     x = image if isinstance(image, torch.Tensor) else model_input(model, image)
     if x.dim() == 3:
         x = x.unsqueeze(0)
@@ -65,13 +105,19 @@ def inspect(model: Model, image: Image.Image | torch.Tensor, layer: str = "defau
         maps, maps_from = fed[0].float().cpu(), f"the input of {info.name} (its own maps are 1×1)"
     else:
         maps, maps_from = _feeding_maps(model, x, info)
+    contrib, cls = None, target_class
+    try:
+        contrib, _, cls = contributions(model, x, info, target_class)
+    except UsageError:
+        if rank == "contribution" or target_class is not None:
+            raise
     k = max(1, min(top, info.channels))
-    order = np.argsort(-means, kind="stable")[:k].tolist()
+    order = np.argsort(-(contrib if rank == "contribution" else means), kind="stable")[:k].tolist()
     probs = torch.softmax(logits[0].float(), 0).cpu()
     pv, pi = probs.topk(min(5, probs.numel()))
     names = model.categories or []
     preds = [(int(i), names[int(i)] if int(i) < len(names) else str(int(i)), float(p)) for p, i in zip(pv, pi)]
-    return Inspection(info, x[0].detach().cpu(), means, maxes, maps, maps_from, order, preds)
+    return Inspection(info, x[0].detach().cpu(), means, maxes, maps, maps_from, order, preds, contrib, cls, rank)
 
 
 def _feeding_maps(model: Model, x: torch.Tensor, info: LayerInfo) -> tuple[torch.Tensor, str]:
@@ -94,8 +140,13 @@ def _feeding_maps(model: Model, x: torch.Tensor, info: LayerInfo) -> tuple[torch
 
 
 def activations_csv(ins: Inspection) -> str:
-    lines = ["filter,mean,max"]
-    lines += [f"{i},{ins.means[i]:.6f},{ins.maxes[i]:.6f}" for i in range(len(ins.means))]
+    """One row per filter: mean, max, and the contribution to the target class when there is one."""
+    has = ins.contributions is not None
+    lines = ["filter,mean,max" + (",contribution" if has else "")]
+    lines += [
+        f"{i},{ins.means[i]:.6f},{ins.maxes[i]:.6f}" + (f",{ins.contributions[i]:.6f}" if has else "")
+        for i in range(len(ins.means))
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -105,13 +156,21 @@ def write_inspection(run: RunDir, ins: Inspection) -> None:
     run.write_figure(figure_file("heatmaps"), figures.heatmaps(ins))
 
 
+def _top_entry(ins: Inspection, i: int) -> dict:
+    e = {"filter": i, "mean": round(float(ins.means[i]), 6), "max": round(float(ins.maxes[i]), 6)}
+    if ins.contributions is not None:
+        e["contribution"] = round(float(ins.contributions[i]), 6)
+    return e
+
+
 def inspection_record(ins: Inspection) -> dict:
+    """``top`` is the ranked list of ``{filter, mean, max, contribution}`` in the chosen order."""
     return {
         "layer": ins.layer.name,
         "layer_shape": list(ins.layer.shape),
-        "top": [
-            {"filter": i, "mean": round(float(ins.means[i]), 6), "max": round(float(ins.maxes[i]), 6)} for i in ins.top
-        ],
+        "rank": ins.rank,
+        "target_class": ins.target_class,
+        "top": [_top_entry(ins, i) for i in ins.top],
         "maps_from": ins.maps_from,
         "predictions": [{"class": c, "name": n, "probability": round(p, 6)} for c, n, p in ins.predictions],
     }
@@ -124,10 +183,14 @@ def inspect_to_dir(
     *,
     layer: str = "default",
     top: int = 5,
+    rank: str = "activation",
+    target_class: int | None = None,
     argv_settings: dict | None = None,
 ) -> tuple[Path, Inspection]:
     """``filterscope inspect``: chart, heatmaps, CSV and run.json for one image."""
     t0 = time.perf_counter()
+    check_rank(rank)
+    check_class(model, target_class)
     path = Path(image) if image else sample_image_path()
     pil = load_image(path)
     info = get_layer(model, layer)
@@ -137,10 +200,12 @@ def inspect_to_dir(
         "image_conversion": channel_conversion(model.in_channels),
         "layer": info.name,
         "top": top,
+        "rank": rank,
+        "target_class": target_class,
         **(argv_settings or {}),
     }
+    ins = inspect(model, pil, info.name, top=top, rank=rank, target_class=target_class)
     run = RunDir(out, "inspect", settings)
-    ins = inspect(model, pil, info.name, top=top)
     write_inspection(run, ins)
     run.record["inspection"] = inspection_record(ins)
     run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)

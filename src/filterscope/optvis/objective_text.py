@@ -59,7 +59,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
 
 def argument_kinds(factory: Callable[..., Objective]) -> list[tuple[str, str, bool]]:
     """``(parameter, kind, required)`` for each parameter of an objective factory; ``kind`` is one of
-    layer, channel, class, position, vector, int, float, str (``number``: unannotated)."""
+    layer, channel, class, position, vector, image, int, float, str (``number``: unannotated)."""
     try:
         hints = typing.get_type_hints(factory, include_extras=True)
     except Exception:
@@ -248,6 +248,12 @@ class _Parser:
                 raise UsageError(f"objective {name}: a direction vector needs a layer before it")
             return self.load_vector(layer, text)
         if kind == "str":
+            return text
+        if kind == "image":
+            import os
+
+            if not os.path.isfile(text):
+                raise UsageError(f"objective {name}: image not found: {text}")
             return text
         try:
             v = float(text)

@@ -26,6 +26,7 @@ ChannelIndex = Annotated[int, "channel"]  # a channel of the layer named by the 
 ClassIndex = Annotated[int, "class"]  # a class of the model's output
 Position = Annotated[int, "position"]  # a spatial index ≥ 0
 Vector = Annotated[torch.Tensor, "vector"]  # channel-space vector: an image path or a .npy file
+ImagePath = Annotated[str, "image"]  # an image file (its path, checked to exist)
 
 
 @dataclass(frozen=True)
@@ -284,6 +285,31 @@ def blur(sigma: float = 1.0) -> Objective:
         return 0.5 * (x - target).pow(2).flatten(1).mean(1)
 
     return Objective(fn, "blur")
+
+
+@register_objective
+def closeness(reference: ImagePath | torch.Tensor, strength: float = 1.0) -> Objective:
+    """Minus ``strength`` × the mean squared pixel difference to ``reference`` (``[3, H, W]`` in [0, 1], or
+    an image file from the text form): *add* it to keep a render near a photo (feature accentuation,
+    Hamblin et al. 2024). 0 at the photo itself."""
+    if isinstance(reference, str):
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(reference) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        reference = torch.from_numpy(arr).permute(2, 0, 1)
+    ref = reference.detach().float()
+    strength = float(strength)
+
+    def fn(ctx: Context) -> torch.Tensor:
+        x = ctx.images
+        r = ref.to(x.device)
+        if r.shape[-2:] != x.shape[-2:]:
+            r = F.interpolate(r[None], size=x.shape[-2:], mode="bilinear", antialias=True)[0]
+        return -strength * (x - r).pow(2).flatten(1).mean(1)
+
+    return Objective(fn, f"{strength:g}*closeness")
 
 
 def stack(objectives: Sequence[Objective]) -> Objective:

@@ -270,6 +270,52 @@ class MacoParam(ImageParam):
         return {**super().describe(), "contrast": self.contrast}
 
 
+@register_param("image")
+class ImageSeededParam(FourierParam):
+    """Feature accentuation's parameterisation: Lucid's Fourier image (decorrelated colour) that starts
+    *exactly* at a photo (Hamblin et al. 2024 seed the optimisation with the image in the same space).
+
+    ``image`` ``[3, size, size]`` in [0, 1] is mapped back through the sigmoid and the colour
+    decorrelation into 1/f-scaled Fourier coefficients; every seed starts from it (the seed only drives
+    the random transforms). Without an image it is the ``fourier`` parameterisation.
+    """
+
+    def __init__(
+        self,
+        seeds: Sequence[int],
+        size: int,
+        decorrelate: bool = True,
+        image: torch.Tensor | None = None,
+        decay_power: float = 1.0,
+        rgb_gain: float = 1.0,  # the gain its default strength was measured with (README, "Explain an image")
+        **kwargs,
+    ):
+        self.start = None if image is None else image.detach().float().cpu()
+        super().__init__(seeds, size, decorrelate, decay_power=decay_power, rgb_gain=rgb_gain, **kwargs)
+        if self.start is not None:
+            with torch.no_grad():
+                coeffs = self.coefficients(self.start)
+                for t in self.tensors:
+                    t.copy_(coeffs)
+
+    def coefficients(self, image: torch.Tensor) -> torch.Tensor:
+        """The trainable tensor whose image is ``image`` (clipped to [1/255, 254/255] to stay finite): the
+        inverse of :meth:`to_valid_rgb` and the Fourier synthesis."""
+        if image.shape[-1] != self.size or image.shape[-2] != self.size:
+            image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True)[0]
+        x = torch.logit(image.clamp(1 / 255, 254 / 255))[None]
+        if self.decorrelate:
+            if self.color is not None:
+                x = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(self.color.cpu() * self.rgb_gain), x)
+            elif self.channels == 3:
+                x = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(color_matrix(self.rgb_gain)), x)
+        spec = torch.view_as_real(torch.fft.rfft2(x * 4.0, norm="ortho"))
+        return spec / self.scale[0]
+
+    def describe(self) -> dict:
+        return {**super().describe(), "start": "photo" if self.start is not None else "noise"}
+
+
 def param_registry() -> dict[str, type[ImageParam]]:
     """Every registered parameterisation, plugins (entry points ``filterscope.params``) included."""
     from .. import plugins

@@ -194,8 +194,12 @@ class Renderer:
         *,
         on_step: Callable[[int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        param_args: dict | None = None,
     ) -> RenderResult:
-        """Render ``len(seeds)`` images; ``objective`` is one for all, or a list with one per image."""
+        """Render ``len(seeds)`` images; ``objective`` is one for all, or a list with one per image.
+
+        ``param_args`` go to the parameterisation besides the settings' options (e.g. the ``image`` param's
+        starting photo, which does not belong in the settings record)."""
         s = self.settings
         if not isinstance(objective, Objective):
             if len(objective) != len(seeds):
@@ -212,6 +216,7 @@ class Renderer:
             options["channels"] = self.model.in_channels
         if self.color is not None:
             options["color"] = self.color
+        options.update(param_args or {})
         param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
         pre = final_relus(self.model.net, self.orders, objective.layers) if s.pre_relu else {}
         st = _State(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -27,19 +28,24 @@ TOP_COLOUR = "#d62728"
 OTHER_COLOUR = "#7f9fbf"
 
 
-def bar_chart(ins: Inspection, ax: plt.Axes | None = None) -> plt.Figure:
-    """Mean activation of every filter; the top filters highlighted and labelled (the tutorial's chart)."""
+def bar_chart(ins: Inspection, ax: plt.Axes | None = None, rank: str | None = None, k: int | None = None) -> plt.Figure:
+    """One bar per filter, by mean activation (the tutorial's chart) or by contribution to the target class;
+    the ranking's top filters highlighted and labelled."""
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
-    n = len(ins.means)
-    ax.bar(np.arange(n), ins.means, width=1.0, color=OTHER_COLOUR, linewidth=0)
+    rank = rank or ins.rank
+    by_contrib = rank == "contribution" and ins.contributions is not None
+    values = ins.contributions if by_contrib else ins.means
+    top = ins.top if rank == ins.rank and k is None else ins.order(rank, k or len(ins.top))
+    n = len(values)
+    ax.bar(np.arange(n), values, width=1.0, color=OTHER_COLOUR, linewidth=0)
     # top bars drawn again, wider, so they stay visible when hundreds of bars share a pixel
-    ax.bar(ins.top, ins.means[ins.top], width=max(1.0, n / 250), color=TOP_COLOUR, linewidth=0, zorder=3)
-    for i in ins.top:
+    ax.bar(top, values[top], width=max(1.0, n / 250), color=TOP_COLOUR, linewidth=0, zorder=3)
+    for i in top:
         ax.annotate(
-            f"{i}\n{ins.means[i]:.2f}",
-            (i, ins.means[i]),
+            f"{i}\n{values[i]:.2f}",
+            (i, values[i]),
             xytext=(0, 3),
             textcoords="offset points",
             ha="center",
@@ -48,11 +54,17 @@ def bar_chart(ins: Inspection, ax: plt.Axes | None = None) -> plt.Figure:
             color=TOP_COLOUR,
         )
     ax.set_xlim(-0.5, n - 0.5)
-    top = float(np.max(ins.means)) if n else 1.0
-    ax.set_ylim(min(0.0, float(np.min(ins.means)) * 1.1), top * 1.25 if top > 0 else 1)
+    hi = float(np.max(values)) if n else 1.0
+    ax.set_ylim(min(0.0, float(np.min(values)) * 1.1), hi * 1.25 if hi > 0 else 1)
     ax.set_xlabel(f"filter of {ins.layer.name} ({n})")
-    ax.set_ylabel("mean activation")
-    ax.set_title(f"Mean activation per filter, top {len(ins.top)} in red")
+    if by_contrib:
+        ax.set_ylabel("contribution (logit)")
+        ax.set_title(
+            f"Contribution to class {ins.target_class} per filter (gradient × activation), top {len(top)} in red"
+        )
+    else:
+        ax.set_ylabel("mean activation")
+        ax.set_title(f"Mean activation per filter, top {len(top)} in red")
     ax.spines[["top", "right"]].set_visible(False)
     if fig is not None:
         fig.tight_layout()
@@ -163,5 +175,77 @@ def compare_figure(
                 ax.set_title(f"{layer}:{channels[c]}", fontsize=9)
             if c == 0:
                 ax.set_ylabel(name + (f"\n{notes[name]}" if notes and name in notes else ""), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+RANK_COLOURS = {"contribution": "#d62728", "activation": "#1f77b4", "random": "#7f7f7f"}
+
+
+def deletion_figure(ks: Sequence[int], drops: dict[str, Sequence[float]], class_name: str, ax=None) -> plt.Figure:
+    """Drop of the class probability as the top-k filters of each ranking are set to zero."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    for name, d in drops.items():
+        ax.plot(list(ks), list(d), marker="o", ms=3, label=name, color=RANK_COLOURS.get(name))
+    ax.set_xlabel("filters set to zero (top k of the ranking)")
+    ax.set_ylabel(f"drop of p({class_name})")
+    ax.set_title("Deletion curves: zeroing the top-k filters", fontsize=10)
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
+
+
+def explain_figure(res) -> plt.Figure:
+    """``figure_explain.png``: the photo and rankings on top; per filter where it fires, its accentuation,
+    the change map, its render from noise and its top natural images, with the scores."""
+    ins = res.inspection
+    filters = res.filters
+    n_ex = max([len(f.examples) for f in filters] + [1])
+    cols = 4 + n_ex
+    rows = 1 + len(filters)
+    fig = plt.figure(figsize=(2.1 * cols, 2.35 * rows + 0.6), dpi=100)
+    gs = fig.add_gridspec(rows, cols, height_ratios=[1.15] + [1] * len(filters))
+    ax = fig.add_subplot(gs[0, 0])
+    ax.imshow(to_uint8(ins.image))
+    c, name, p = next(((c, n, p) for c, n, p in ins.predictions if c == ins.target_class), ins.predictions[0])
+    ax.set_title(f"{name} ({c}), p = {p:.2f}", fontsize=9)
+    ax.axis("off")
+    half = (cols - 1) // 2
+    bar_chart(ins, fig.add_subplot(gs[0, 1 : 1 + half]), rank="contribution", k=len(filters) or None)
+    deletion_figure(res.deletion_ks, res.deletion, name, fig.add_subplot(gs[0, 1 + half :]))
+    for ax in fig.axes[1:]:
+        ax.title.set_fontsize(8)
+        ax.xaxis.label.set_fontsize(8)
+        ax.yaxis.label.set_fontsize(8)
+        ax.tick_params(labelsize=7)
+    for r, f in enumerate(filters, start=1):
+        a = f.accent
+        pics = [
+            (overlay(ins.image, f.fires), f"filter {f.channel}: where it fires\ncontribution {f.contribution:+.2f}"),
+            (
+                to_uint8(a.image),
+                f"accentuation\nact {a.activation_photo:.2f} → {a.activation_accent:.2f}, SSIM {a.ssim:.2f}",
+            ),
+            (to_uint8(a.change_rgb()), f"where it changed\npath sim. {f.path_accent:.2f}"),
+            (to_uint8(f.render), f"render from noise\nact {f.render_activation:.2f}, path sim. {f.path_render:.2f}"),
+        ]
+        pics += [
+            (to_uint8(e["image"]), f"top photo {i + 1}\nact {e['activation']:.2f}") for i, e in enumerate(f.examples)
+        ]
+        for col, (img, title) in enumerate(pics):
+            ax = fig.add_subplot(gs[r, col])
+            ax.imshow(img)
+            ax.set_title(title, fontsize=7.5)
+            ax.axis("off")
+    fig.suptitle(
+        f"filterscope explain · {res.model} · {ins.layer.name} · {Path(res.image_name).name}: "
+        f"the {len(filters)} filters that contribute most to class {ins.target_class}",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig

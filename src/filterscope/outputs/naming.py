@@ -38,6 +38,11 @@ def bands_file(layer: str, c: int) -> str:
     return f"bands_logit_{c:04d}.png" if layer == LOGIT else f"{layer}/bands_{c:04d}.png"
 
 
+def accent_change_file(layer: str, c: int) -> str:
+    """Where the accentuation changed the photo: ``<layer>/accent_0042_change.png``."""
+    return f"{layer}/accent_{c:04d}_change.png"
+
+
 def grid_file(layer: str) -> str:
     return f"grid_{layer}.png"
 

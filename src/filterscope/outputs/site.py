@@ -123,6 +123,12 @@ def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list
     return pages
 
 
+def render_report(context: dict[str, Any]) -> str:
+    """``report.html`` of ``filterscope explain``: one self-contained page (inline CSS, pictures as data URIs)."""
+    css = resources.files("filterscope.outputs").joinpath("templates/report.css").read_text()
+    return _env().get_template("explain.html").render(css=css, version=__version__, **context)
+
+
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
     """An HTTP server for a built atlas (call ``serve_forever`` on it)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))

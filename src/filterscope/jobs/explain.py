@@ -1,0 +1,397 @@
+"""Explain an image: which filters drive the prediction, what each one sees in the photo, and the evidence.
+
+One pass of :func:`explain`:
+
+1. inspect the photo at the layer and rank its filters by contribution to the class (gradient × activation,
+   the Taylor estimate of zeroing a filter; :mod:`.attribution`) beside the mean activation;
+2. check the ranking by ablation on this photo: the class probability as the top-k filters of each
+   ranking (and k random filters) are set to zero, k = 1…16 (a deletion curve);
+3. for each of the top filters: where it fires, its accentuation of the photo (:mod:`.accentuate`), its
+   render from noise (``fast`` preset), its top natural images (one streamed pass over the bundled photos
+   or ``images``, :func:`~.dataset.collect_examples`), and the path similarity of the render and of the
+   accentuation to those natural images (:mod:`.similarity`).
+
+The default layer is ``blocks.5`` when the model has one (EfficientNet's second-to-last stage, 7×7 maps):
+its filters respond to object parts whose accentuations and renders are readable, and zeroing its top
+filters moves the prediction. The model's own default (``bn2`` on EfficientNet, a ReLU6 right before the
+pooled head) saturates at 6, so renders all reach the same ceiling and say little. Other models use
+their default layer.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UsageError
+from ..models.layers import LayerInfo, list_layers, network_layer
+from ..models.model import Model
+from ..optvis.presets import get_preset
+from ..outputs.images import list_images, load_image, model_input, png_bytes, sample_image_path, sample_photos_dir
+from .accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, Accentuation, accentuate
+from .attribution import check_class, check_rank, deletion_curve
+from .inspect import Inspection, inspect
+
+DELETION_KS = tuple(range(1, 17))
+N_EXAMPLES = 3
+
+
+def explain_layer(model: Model) -> str:
+    """``blocks.5`` when the model has it (see the module docstring), else the model's default layer."""
+    names = {i.name for i in list_layers(model)}
+    return "blocks.5" if "blocks.5" in names else "default"
+
+
+@dataclass
+class FilterEvidence:
+    """Everything the report shows for one filter."""
+
+    channel: int
+    contribution: float
+    mean: float
+    max: float
+    fires: torch.Tensor  # [h, w] where it fires on the photo
+    accent: Accentuation
+    render: torch.Tensor  # [3, S, S] render from noise
+    render_activation: float
+    examples: list[dict] = field(default_factory=list)  # {file, activation, image [3,S,S]}
+    path_render: float = float("nan")
+    path_accent: float = float("nan")
+    path_photo: float = float("nan")
+
+    def record(self) -> dict:
+        return {
+            "filter": self.channel,
+            "contribution": round(self.contribution, 6),
+            "mean": round(self.mean, 6),
+            "max": round(self.max, 6),
+            "accentuation": self.accent.record(),
+            "render_activation": round(self.render_activation, 6),
+            "examples": [{"file": e["file"], "activation": round(e["activation"], 6)} for e in self.examples],
+            "path_similarity": {
+                "render": round(self.path_render, 4),
+                "accentuation": round(self.path_accent, 4),
+                "photo": round(self.path_photo, 4),
+            },
+        }
+
+
+@dataclass
+class Explanation:
+    """What :func:`explain` found; shows itself as the report in Jupyter."""
+
+    model: str
+    image_name: str
+    inspection: Inspection
+    filters: list[FilterEvidence]
+    deletion: dict[str, list[float]]  # ranking → probability drop for k = DELETION_KS
+    examples_folder: str
+    settings: dict
+    run_dir: Path | None = None
+    timings: dict = field(default_factory=dict)
+    status: str = "complete"
+    deletion_ks: tuple[int, ...] = DELETION_KS
+
+    def record(self) -> dict:
+        ins = self.inspection
+        k8 = DELETION_KS.index(8) if 8 in DELETION_KS else -1
+        return {
+            "class": ins.target_class,
+            "class_name": _class_name(ins),
+            "filters": [f.record() for f in self.filters],
+            "ablation": {
+                "k": list(DELETION_KS),
+                "drop": {r: [round(v, 5) for v in d] for r, d in self.deletion.items()},
+                "top8_drop": {r: round(d[k8], 5) for r, d in self.deletion.items()},
+            },
+            "examples_folder": self.examples_folder,
+        }
+
+    def html(self) -> str:
+        from ..outputs.site import render_report
+
+        return render_report(report_context(self))
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+
+def _class_name(ins: Inspection) -> str:
+    for c, n, _ in ins.predictions:
+        if c == ins.target_class:
+            return n
+    return str(ins.target_class)
+
+
+def explain(
+    model: Model,
+    image: str | Path | Image.Image | None = None,
+    *,
+    layer: str | None = None,
+    top: int = 3,
+    rank: str = "contribution",
+    target_class: int | None = None,
+    images: str | Path | None = None,
+    strength: float = DEFAULT_STRENGTH,
+    accent_steps: int = DEFAULT_STEPS,
+    method: str = "fast",
+    render_steps: int | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> Explanation:
+    """Explain ``image`` (default: the bundled cup); with ``out``, write ``report.html``,
+    ``figure_explain.png``, the accentuations and renders, and ``run.json`` there."""
+    t0 = time.perf_counter()
+    check_rank(rank)
+    check_class(model, target_class)
+    info = network_layer(model, layer or explain_layer(model), "explain")
+    if top < 1 or top > info.channels:
+        raise UsageError(f"top must be in 1-{info.channels} for {info.name}, got {top}")
+    folder = Path(images) if images else sample_photos_dir()
+    files = list_images(folder)  # raises a usage error for a folder without images
+    if isinstance(image, Image.Image):
+        pil, image_name = image, "<PIL image>"
+    else:
+        path = Path(image) if image else sample_image_path()
+        pil, image_name = load_image(path), str(image or "bundled:coffee.jpg")
+    settings = {
+        "model": model.describe(),
+        "image": image_name,
+        "layer": info.name,
+        "top": top,
+        "rank": rank,
+        "target_class": target_class,
+        "images": str(images or "bundled photos"),
+        "accentuation": {"strength": strength, "steps": accent_steps},
+        "method": method,
+        "render": get_preset(method).with_(steps=render_steps).as_dict(),
+        "seed": seed,
+        "deletion_k": list(DELETION_KS),
+    }
+    run = None
+    if out is not None:
+        from ..outputs.rundir import RunDir
+
+        run = RunDir(out, "explain", settings)
+    timings: dict[str, float] = {}
+    x = model_input(model, pil)
+    ins = inspect(model, x, info.name, top=top, rank=rank, target_class=target_class)
+    if ins.contributions is None:
+        raise UsageError(f"{model.name} does not output class logits: explain needs them")
+    timings["inspect_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    deletion = ablation_curves(model, x, info, ins, seed)
+    timings["ablation_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    chans = ins.top
+    accents = accentuate(
+        model,
+        x,
+        info.name,
+        chans,
+        strength=strength,
+        steps=accent_steps,
+        seed=seed,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    timings["accentuate_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    from .channels import render_stream
+
+    renders = {}
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(chans), desc=f"render {info.name} from noise", unit="filter", disable=not progress)
+    for r in render_stream(
+        model, info, chans, get_preset(method).with_(steps=render_steps), seed, batch=1, should_stop=should_stop
+    ):
+        renders[r.channel] = r
+        bar.update(1)
+    bar.close()
+    timings["render_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    filters = evidence(model, info, ins, accents, renders, files, folder, progress)
+    timings["examples_s"] = time.perf_counter() - t
+
+    status = "complete" if len(filters) == len(chans) else "partial"
+    res = Explanation(model.name, image_name, ins, filters, deletion, str(images or "bundled photos"), settings)
+    res.status = status
+    res.timings = {k: round(v, 3) for k, v in timings.items()}
+    if run is not None:
+        t = time.perf_counter()
+        write_explanation(run, res)
+        timings["write_s"] = time.perf_counter() - t
+        res.run_dir = run.path
+    timings["total_s"] = time.perf_counter() - t0
+    res.timings = {k: round(v, 3) for k, v in timings.items()}
+    if run is not None:
+        run.record["timings"].update(res.timings)
+        run.finish(status)
+    return res
+
+
+def ablation_curves(model: Model, x: torch.Tensor, info: LayerInfo, ins: Inspection, seed: int) -> dict:
+    """Deletion curves of the class probability for the two rankings and a random order."""
+    rng = np.random.default_rng(seed)
+    orders = {
+        "contribution": ins.order("contribution"),
+        "activation": ins.order("activation"),
+        "random": rng.permutation(info.channels).tolist(),
+    }
+    return {
+        name: deletion_curve(model, x, info, order, ins.target_class, DELETION_KS).tolist()
+        for name, order in orders.items()
+    }
+
+
+def evidence(
+    model: Model,
+    info: LayerInfo,
+    ins: Inspection,
+    accents: list[Accentuation],
+    renders: dict,
+    files: list[Path],
+    folder: Path,
+    progress: bool,
+) -> list[FilterEvidence]:
+    """Top natural images per filter (one streamed pass) and path similarities."""
+    from .dataset import collect_examples
+    from .similarity import path_layers, path_profiles, path_similarity
+
+    _, stats = collect_examples(model, [info], folder, n_top=N_EXAMPLES, batch=8, progress=progress)
+    st = stats[info.name]
+    stages = path_layers(model, info)
+    out = []
+    for acc in accents:
+        c = acc.channel
+        r = renders.get(c)
+        if r is None:
+            break
+        ex_idx = [int(i) for i in st.top_index[c].tolist() if i >= 0]
+        ex_imgs = torch.cat([model_input(model, load_image(files[i])) for i in ex_idx])
+        nat = path_profiles(model, ex_imgs, stages)
+        pr = path_profiles(model, r.image[None], stages)
+        pa = path_profiles(model, acc.image[None], stages)
+        pp = path_profiles(model, acc.photo[None], stages)
+        out.append(
+            FilterEvidence(
+                c,
+                float(ins.contributions[c]),
+                float(ins.means[c]),
+                float(ins.maxes[c]),
+                ins.maps[c],
+                acc,
+                r.image,
+                r.after,
+                [
+                    {"file": str(files[i].relative_to(folder)), "activation": float(v), "image": ex_imgs[j]}
+                    for j, (i, v) in enumerate(zip(ex_idx, st.top_values[c].tolist()))
+                ],
+                path_similarity(pr, nat),
+                path_similarity(pa, nat),
+                path_similarity(pp, nat),
+            )
+        )
+    return out
+
+
+def _uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _fig_uri(fig) -> str:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+    plt.close(fig)
+    return _uri(buf.getvalue())
+
+
+def report_context(res: Explanation) -> dict:
+    """Everything ``templates/explain.html`` needs, pictures as data URIs (one self-contained page)."""
+    from ..outputs import figures
+
+    ins = res.inspection
+    k = len(ins.top)
+    rows = []
+    for f in res.filters:
+        rows.append(
+            {
+                "channel": f.channel,
+                "contribution": f.contribution,
+                "mean": f.mean,
+                "fires": _uri(png_bytes(Image.fromarray(figures.overlay(ins.image, f.fires)))),
+                "accent": _uri(png_bytes(f.accent.image)),
+                "change": _uri(png_bytes(f.accent.change_rgb())),
+                "render": _uri(png_bytes(f.render)),
+                "act_photo": f.accent.activation_photo,
+                "act_accent": f.accent.activation_accent,
+                "gain": f.accent.gain,
+                "ssim": f.accent.ssim,
+                "render_activation": f.render_activation,
+                "examples": [
+                    {"uri": _uri(png_bytes(e["image"])), "file": e["file"], "activation": e["activation"]}
+                    for e in f.examples
+                ],
+                "path_render": f.path_render,
+                "path_accent": f.path_accent,
+                "path_photo": f.path_photo,
+            }
+        )
+    rec = res.record()
+    return {
+        "model": res.model,
+        "image_name": Path(res.image_name).name,
+        "layer": ins.layer.name,
+        "shape": ins.layer.shape_str(),
+        "photo": _uri(png_bytes(ins.image)),
+        "predictions": ins.predictions,
+        "target_class": ins.target_class,
+        "class_name": _class_name(ins),
+        "rank": ins.rank,
+        "bars_contribution": _fig_uri(figures.bar_chart(ins, rank="contribution", k=k)),
+        "bars_activation": _fig_uri(figures.bar_chart(ins, rank="activation", k=k)),
+        "deletion": _fig_uri(figures.deletion_figure(list(DELETION_KS), res.deletion, _class_name(ins))),
+        "top8": rec["ablation"]["top8_drop"],
+        "top_activation": ins.order("activation", k),
+        "filters": rows,
+        "examples_folder": res.examples_folder,
+        "settings": res.settings,
+        "timings": res.timings,
+        "status": res.status,
+    }
+
+
+def write_explanation(run, res: Explanation) -> None:
+    """``report.html``, ``figure_explain.png``, the accentuations, change maps and renders, activations.csv."""
+    from ..outputs import figures
+    from ..outputs.naming import REPORT, channel_file, figure_file
+    from .accentuate import write_accentuation
+    from .inspect import activations_csv, inspection_record
+
+    ins = res.inspection
+    run.write_text("activations.csv", activations_csv(ins))
+    run.record["inspection"] = inspection_record(ins)
+    for f in res.filters:
+        write_accentuation(run, f.accent)
+        run.write(channel_file(ins.layer.name, f.channel), png_bytes(f.render))
+    run.record["explain"] = res.record()
+    run.write_figure(figure_file("explain"), figures.explain_figure(res))
+    run.write_text(REPORT, res.html())
