@@ -202,6 +202,30 @@ def model_options(command):
     return f
 
 
+def cache_options(command):
+    """``--cache DIR`` / ``--no-cache``: the render cache this command (and its worker processes) use."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .outputs.cache import configure
+
+        cache_dir, no_cache = kwargs.pop("cache_dir"), kwargs.pop("no_cache")
+        if cache_dir is not None:
+            check_writable(cache_dir, keep=True)
+        configure(cache_dir, enabled=not no_cache)
+        return command(*args, **kwargs)
+
+    f = click.option("--no-cache", is_flag=True, help="Neither reuse nor store renders in the render cache.")(wrapper)
+    f = click.option(
+        "--cache",
+        "cache_dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Render cache folder [default: $FILTERSCOPE_CACHE, $XDG_CACHE_HOME/filterscope or ~/.cache/filterscope].",
+    )(f)
+    return f
+
+
 def output_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages.")(f)
@@ -367,6 +391,7 @@ def inspect_cmd(image, model_name, weights, trust_checkpoint, device, layer, top
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/boost].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
+@cache_options
 def boost(
     image,
     model_name,
@@ -467,6 +492,7 @@ def boost(
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/render].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
+@cache_options
 def render_cmd(
     model_name,
     weights,
@@ -701,6 +727,7 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/atlas].")
 @click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
 @output_options
+@cache_options
 def atlas(
     model_name,
     weights,
@@ -817,6 +844,37 @@ def serve(directory, host, port):
         pass
     finally:
         server.server_close()
+
+
+@cli.group()
+def cache() -> None:
+    """The render cache shared by render, boost, atlas and serve."""
+
+
+@cache.command(name="info")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder.")
+@click.option("--json", "as_json", is_flag=True)
+def cache_info(cache_dir, as_json):
+    """Where the cache is, its entries and size."""
+    from .outputs.cache import RenderCache, default_cache_dir
+
+    info = RenderCache(cache_dir or default_cache_dir()).info()
+    emit(
+        as_json,
+        False,
+        info,
+        [f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB"],
+    )
+
+
+@cache.command(name="clear")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder.")
+def cache_clear(cache_dir):
+    """Remove every cached render and upload."""
+    from .outputs.cache import RenderCache, default_cache_dir
+
+    c = RenderCache(cache_dir or default_cache_dir())
+    click.echo(f"removed {c.clear()} files from {c.root}")
 
 
 # ---------------------------------------------------------------- entry point
