@@ -824,26 +824,79 @@ def atlas(
 
 
 @cli.command()
-@click.argument("directory", type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.argument("atlas_dir", required=False, type=click.Path(file_okay=False))
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Other than loopback: a token is required.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-def serve(directory, host, port):
-    """Serve a built atlas over HTTP (bound to 127.0.0.1 unless --host says otherwise)."""
-    from .outputs.site import serve as make_server
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Render worker processes [default: one per core]."
+)
+@click.option("--static", "static_only", is_flag=True, help="Only serve ATLAS_DIR as static files (no model).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Render cache folder.")
+@click.option("--no-cache", is_flag=True, help="Keep results in a temporary cache removed at exit.")
+def serve(
+    atlas_dir, model_name, weights, trust_checkpoint, device, host, port, workers, static_only, cache_dir, no_cache
+):
+    """The live explorer on http://HOST:PORT/ (with ATLAS_DIR: its pages too, linked both ways)."""
+    import ipaddress
+    import secrets
+    import shutil
+    import tempfile
 
-    if not (Path(directory) / "index.html").is_file():
-        raise UsageError(f"{directory} has no index.html; build it with 'filterscope atlas --out {directory}'")
+    if atlas_dir is not None and not (Path(atlas_dir) / "index.html").is_file():
+        raise UsageError(f"{atlas_dir} has no index.html; build it with 'filterscope atlas --out {atlas_dir}'")
+    if static_only:
+        from .outputs.site import serve as make_server
+
+        if atlas_dir is None:
+            raise UsageError("--static needs an ATLAS_DIR")
+        try:
+            server = make_server(atlas_dir, host, port)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        click.echo(f"serving {atlas_dir} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return
+    import uvicorn
+
+    from .jobs.pool import cpu_cores
+    from .outputs.cache import RenderCache, configure, default_cache_dir
+    from .serve.app import Explorer, create_app
+
     try:
-        server = make_server(directory, host, port)
-    except OSError as e:
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    click.echo(f"serving {directory} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    token = None if loopback else secrets.token_urlsafe(24)
+    tmp = tempfile.mkdtemp(prefix="filterscope-serve-") if no_cache else None
+    root = Path(tmp or cache_dir or default_cache_dir()).expanduser()
+    check_writable(root, keep=True)
+    configure(root, enabled=True)
+    model = load(model_name, weights, trust_checkpoint, device)
+    explorer = Explorer(model, RenderCache(root), workers=workers or cpu_cores(), atlas=atlas_dir, token=token)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        if atlas_dir is not None:
+            from .serve.store import import_atlas
+
+            n = import_atlas(model, explorer.cache, atlas_dir)
+            if n:
+                click.echo(f"atlas: {n} renders added to the cache")
+        explorer.jobs.warm()
+        app = create_app(explorer)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+        click.echo(f"filterscope explorer on {url} ({model.name}, cache {root}; Ctrl-C stops)", err=False)
+        server.run()
     finally:
-        server.server_close()
+        explorer.jobs.close()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @cli.group()
