@@ -212,7 +212,8 @@ def cache_options(command):
         cache_dir, no_cache = kwargs.pop("cache_dir"), kwargs.pop("no_cache")
         if cache_dir is not None:
             check_writable(cache_dir, keep=True)
-        configure(cache_dir, enabled=not no_cache)
+        if cache_dir is not None or no_cache:  # otherwise the environment decides (default: on)
+            configure(cache_dir, enabled=not no_cache)
         return command(*args, **kwargs)
 
     f = click.option("--no-cache", is_flag=True, help="Neither reuse nor store renders in the render cache.")(wrapper)

@@ -135,6 +135,7 @@ class JobManager:
             initargs=(pickle.dumps(model), self.shared, str(cache_root)),
         )
         self.jobs: dict[str, Job] = {}
+        self.started = 0  # jobs handed to the workers (identical requests share one)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, daemon=True, name="filterscope-reaper")
@@ -158,6 +159,7 @@ class JobManager:
             self.shared.pop(f"{job_id}:cancel", None)
             self.shared.pop(f"{job_id}:step", None)
             fut = self.pool.submit(fn, job_id, *args)
+            self.started += 1
             job = Job(job_id, kind, fut, waiters={client: time.monotonic()})
             self.jobs[job_id] = job
             fut.add_done_callback(lambda f, j=job: self._finished(j, f))
