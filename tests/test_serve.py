@@ -297,6 +297,8 @@ def test_browser_upload_explain_click_filter_and_atlas_links(server, explorer, t
         page.click("text=Upload and explain")
         page.wait_for_selector("a.tile.filter", timeout=30_000)
         assert "/m/efficientnet_lite0/blocks.5/img/" in page.url
+        loaded = "Array.from(document.querySelectorAll('a.tile img')).every(i => i.complete && i.naturalWidth > 0)"
+        page.wait_for_function(loaded, timeout=30_000)  # every "where it fires" thumbnail
         page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
         page.locator("a.tile.filter").first.click()
         page.wait_for_selector("#render img:not([hidden])", timeout=30_000)

@@ -351,7 +351,8 @@ async def filter_page(request: Request) -> Response:
             ("activation of render", f"{r['activation_after']:.4f}"),
             ("render time", f"{r.get('seconds', 0):.2f} s"),
         ]
-    table += [("render settings", json.dumps((hit.record if hit else {}).get("settings") or "after the render"))]
+    if hit is not None:
+        table.append(("render settings", json.dumps(hit.record.get("settings"))))
     table.append(("cache key", key))
     if h:
         got = ex.maps(layer, h)
