@@ -1,9 +1,13 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("FILTERSCOPE_DEBUG", "0")
+# the suite never touches the real ~/.cache/filterscope; the cache is off unless a test turns it on
+os.environ.setdefault("FILTERSCOPE_CACHE", os.path.join(tempfile.mkdtemp(prefix="filterscope-test-cache-")))
+os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -202,6 +202,31 @@ def model_options(command):
     return f
 
 
+def cache_options(command):
+    """``--cache DIR`` / ``--no-cache``: the render cache this command (and its worker processes) use."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .outputs.cache import configure
+
+        cache_dir, no_cache = kwargs.pop("cache_dir"), kwargs.pop("no_cache")
+        if cache_dir is not None:
+            check_writable(cache_dir, keep=True)
+        if cache_dir is not None or no_cache:  # otherwise the environment decides (default: on)
+            configure(cache_dir, enabled=not no_cache)
+        return command(*args, **kwargs)
+
+    f = click.option("--no-cache", is_flag=True, help="Neither reuse nor store renders in the render cache.")(wrapper)
+    f = click.option(
+        "--cache",
+        "cache_dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Render cache folder [default: $FILTERSCOPE_CACHE, $XDG_CACHE_HOME/filterscope or ~/.cache/filterscope].",
+    )(f)
+    return f
+
+
 def output_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages.")(f)
@@ -387,6 +412,7 @@ def inspect_cmd(
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/boost].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
+@cache_options
 def boost(
     image,
     model_name,
@@ -487,6 +513,7 @@ def boost(
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/render].")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
+@cache_options
 def render_cmd(
     model_name,
     weights,
@@ -865,6 +892,7 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/atlas].")
 @click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
 @output_options
+@cache_options
 def atlas(
     model_name,
     weights,
@@ -961,26 +989,110 @@ def atlas(
 
 
 @cli.command()
-@click.argument("directory", type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.argument("atlas_dir", required=False, type=click.Path(file_okay=False))
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Other than loopback: a token is required.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-def serve(directory, host, port):
-    """Serve a built atlas over HTTP (bound to 127.0.0.1 unless --host says otherwise)."""
-    from .outputs.site import serve as make_server
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Render worker processes [default: one per core]."
+)
+@click.option("--static", "static_only", is_flag=True, help="Only serve ATLAS_DIR as static files (no model).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Render cache folder.")
+@click.option("--no-cache", is_flag=True, help="Keep results in a temporary cache removed at exit.")
+def serve(
+    atlas_dir, model_name, weights, trust_checkpoint, device, host, port, workers, static_only, cache_dir, no_cache
+):
+    """The live explorer on http://HOST:PORT/ (with ATLAS_DIR: its pages too, linked both ways)."""
+    import ipaddress
+    import secrets
+    import shutil
+    import tempfile
 
-    if not (Path(directory) / "index.html").is_file():
-        raise UsageError(f"{directory} has no index.html; build it with 'filterscope atlas --out {directory}'")
+    if atlas_dir is not None and not (Path(atlas_dir) / "index.html").is_file():
+        raise UsageError(f"{atlas_dir} has no index.html; build it with 'filterscope atlas --out {atlas_dir}'")
+    if static_only:
+        from .outputs.site import serve as make_server
+
+        if atlas_dir is None:
+            raise UsageError("--static needs an ATLAS_DIR")
+        try:
+            server = make_server(atlas_dir, host, port)
+        except OSError as e:
+            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+        click.echo(f"serving {atlas_dir} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
+        return
+    import uvicorn
+
+    from .jobs.pool import cpu_cores
+    from .outputs.cache import RenderCache, configure, default_cache_dir
+    from .serve.app import Explorer, create_app
+
     try:
-        server = make_server(directory, host, port)
-    except OSError as e:
-        raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    click.echo(f"serving {directory} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    token = None if loopback else secrets.token_urlsafe(24)
+    tmp = tempfile.mkdtemp(prefix="filterscope-serve-") if no_cache else None
+    root = Path(tmp or cache_dir or default_cache_dir()).expanduser()
+    check_writable(root, keep=True)
+    configure(root, enabled=True)
+    model = load(model_name, weights, trust_checkpoint, device)
+    explorer = Explorer(model, RenderCache(root), workers=workers or cpu_cores(), atlas=atlas_dir, token=token)
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        if atlas_dir is not None:
+            from .serve.store import import_atlas
+
+            n = import_atlas(model, explorer.cache, atlas_dir)
+            if n:
+                click.echo(f"atlas: {n} renders added to the cache")
+        explorer.jobs.warm()
+        app = create_app(explorer)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+        server = uvicorn.Server(config)
+        url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+        click.echo(f"filterscope explorer on {url} ({model.name}, cache {root}; Ctrl-C stops)", err=False)
+        server.run()
     finally:
-        server.server_close()
+        explorer.jobs.close()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@cli.group()
+def cache() -> None:
+    """The render cache shared by render, boost, atlas and serve."""
+
+
+@cache.command(name="info")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder.")
+@click.option("--json", "as_json", is_flag=True)
+def cache_info(cache_dir, as_json):
+    """Where the cache is, its entries and size."""
+    from .outputs.cache import RenderCache, default_cache_dir
+
+    info = RenderCache(cache_dir or default_cache_dir()).info()
+    emit(
+        as_json,
+        False,
+        info,
+        [f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB"],
+    )
+
+
+@cache.command(name="clear")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Cache folder.")
+def cache_clear(cache_dir):
+    """Remove every cached render and upload."""
+    from .outputs.cache import RenderCache, default_cache_dir
+
+    c = RenderCache(cache_dir or default_cache_dir())
+    click.echo(f"removed {c.clear()} files from {c.root}")
 
 
 # ---------------------------------------------------------------- entry point

@@ -21,6 +21,7 @@ from ..models.model import Model
 from ..optvis.objectives import Objective, channel, logit
 from ..optvis.presets import DEFAULT_METHOD, get_preset
 from ..optvis.render import Renderer, RenderResult, RenderSettings, channel_seed
+from ..outputs.cache import CacheEntry, RenderCache, active_cache, key_fields, make_key
 from ..outputs.images import band_grid, png_bytes, to_pil
 from ..outputs.naming import bands_file, channel_file, grid_file
 
@@ -37,6 +38,8 @@ class ChannelResult:
     curve: list[float]
     status: str
     seconds: float  # this channel's share of its batch's time
+    png: bytes | None = None  # the PNG as written (from the render cache when ``cached``)
+    cached: bool = False
 
     def record(self) -> dict:
         return {
@@ -79,16 +82,42 @@ def render_stream(
     extra: Callable[[int], Objective] | None = None,
     on_step: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    cache: RenderCache | None | str = "auto",
 ) -> Iterator[ChannelResult]:
     """Yield each channel's render as soon as its batch finishes; stop early when asked.
 
-    ``extra(c)`` can add terms to channel ``c``'s objective (e.g. a regulariser).
+    ``extra(c)`` can add terms to channel ``c``'s objective (e.g. a regulariser). Channels found in the
+    render ``cache`` (``"auto"``: the environment's, see :func:`~filterscope.outputs.cache.active_cache`;
+    ``None``: none) are not rendered again: their PNG bytes come from the cache, and new renders go into it.
     """
+    if cache == "auto":
+        cache = active_cache() if model.in_channels <= 3 else None  # >3 bands also write bands_*.png
+    objective_of = (lambda c: target(layer, c) + extra(c)) if extra else (lambda c: target(layer, c))
+    keys: dict[int, tuple[str, dict]] = {}
+    todo = list(channels)
+    if cache is not None:
+        settings_dict = settings.for_model(model).as_dict()
+        keys = {c: cache_fields(model, layer.name, objective_of(c).name, settings_dict, seed) for c in channels}
     renderer = Renderer(model, settings)
-    b = batch or auto_batch(model, settings, layer)
-    for start in range(0, len(channels), b):
-        chunk = list(channels[start : start + b])
-        objs = [target(layer, c) + extra(c) if extra else target(layer, c) for c in chunk]
+    b = batch or (auto_batch(model, settings, layer) if todo else 1)
+    pos = 0
+    while pos < len(todo):
+        if cache is not None:
+            c = todo[pos]
+            hit = cache.get(keys[c][0])
+            if hit is not None:
+                pos += 1
+                yield result_from_cache(layer.name, c, hit)
+                if should_stop and should_stop():
+                    return
+                continue
+        chunk = []
+        while pos < len(todo) and len(chunk) < b:
+            if cache is not None and chunk and cache.has(keys[todo[pos]][0]):
+                break
+            chunk.append(todo[pos])
+            pos += 1
+        objs = [objective_of(c) for c in chunk]
         res: RenderResult = renderer.render(
             objs if len(objs) > 1 else objs[0],
             [channel_seed(seed, c) for c in chunk],
@@ -98,7 +127,7 @@ def render_stream(
         if res.interrupted:
             return
         for i, c in enumerate(chunk):
-            yield ChannelResult(
+            r = ChannelResult(
                 layer.name,
                 c,
                 res.images[i],
@@ -108,8 +137,45 @@ def render_stream(
                 res.status[i],
                 res.seconds / len(chunk),
             )
+            if r.status == "ok":
+                r.png = png_bytes(r.image)
+                if cache is not None:
+                    key, fields = keys[c]
+                    cache.put(key, r.png, {**fields, **r.record(), "seconds": round(r.seconds, 3)})
+            yield r
         if should_stop and should_stop():
             return
+
+
+def cache_fields(model: Model, layer: str, target_name: str, settings: dict, seed: int) -> tuple[str, dict]:
+    """A channel render's cache key and the fields it is made of (seed: the run's seed)."""
+    fields = key_fields(model, layer, target_name, settings, seed)
+    return make_key(fields), fields
+
+
+def result_from_cache(layer: str, c: int, hit: CacheEntry) -> ChannelResult:
+    """A :class:`ChannelResult` from a cache entry (its image decoded from the stored PNG)."""
+    import io
+
+    import numpy as np
+
+    with Image.open(io.BytesIO(hit.png)) as im:
+        arr = np.asarray(im.convert("RGB") if im.mode not in ("L", "RGB") else im, dtype=np.float32) / 255.0
+    image = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+    rec = hit.record
+    curve = [-v for v in rec.get("loss_curve", [])]
+    return ChannelResult(
+        layer,
+        c,
+        image,
+        float(rec["activation_before"]),
+        float(rec["activation_after"]),
+        curve,
+        rec.get("status", "ok"),
+        0.0,
+        hit.png,
+        True,
+    )
 
 
 @dataclass
@@ -187,7 +253,7 @@ def render_to_dir(
         ):
             if r.status == "ok" and r.image.shape[0] > 3:  # more than 3 bands: the PNG is bands 0-2, this is all
                 run.write(bands_file(r.layer, r.channel), png_bytes(band_grid(r.image)))
-            finish_channel(run, r.record(), png_bytes(r.image) if r.status == "ok" else None, r.seconds, summary)
+            finish_channel(run, r.record(), r.png if r.status == "ok" else None, r.seconds, summary)
             bar.update(1)
     finally:
         if own_bar:

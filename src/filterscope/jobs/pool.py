@@ -38,12 +38,11 @@ def _init_worker(model_bytes: bytes, threads: int) -> None:
 
 
 def _render_shard(layer: LayerInfo, channels: list[int], settings: RenderSettings, seed: int) -> list[tuple]:
-    from ..outputs.images import png_bytes
     from .channels import render_stream
 
     out = []
     for r in render_stream(_MODEL, layer, channels, settings, seed, batch=1):
-        out.append((r.record(), png_bytes(r.image) if r.status == "ok" else None, r.seconds))
+        out.append((r.record(), r.png if r.status == "ok" else None, r.seconds))
     return out
 
 

@@ -38,11 +38,10 @@ def _worker_class(ray):
 
         def render(self, layer: LayerInfo, channels: Sequence[int], settings: RenderSettings, seed: int):
             from filterscope.jobs.channels import render_stream
-            from filterscope.outputs.images import png_bytes
 
             out = []
-            for r in render_stream(self.model, layer, list(channels), settings, seed, batch=1):
-                out.append((r.record(), png_bytes(r.image) if r.status == "ok" else None, r.seconds))
+            for r in render_stream(self.model, layer, list(channels), settings, seed, batch=1, cache=None):
+                out.append((r.record(), r.png if r.status == "ok" else None, r.seconds))
             return out
 
     return RenderWorker

@@ -9,6 +9,7 @@ skip it. Apart from its ``timings`` section, ``run.json`` is the same for the sa
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import json
 import os
@@ -130,6 +131,51 @@ def check_writable(path: str | os.PathLike, *, keep: bool = False) -> Path:
     return path
 
 
+LOCK_FILE = ".lock"
+_HELD: dict[str, list] = {}  # realpath → [open lock file, RunDirs of this process holding it]
+
+
+def lock_dir(path: Path) -> str:
+    """Take the exclusive lock of an output folder (``fcntl.flock`` on ``<path>/.lock``, non-blocking).
+
+    Another process holding it → :class:`UsageError` (exit 2): two runs never mix their files in one
+    folder. Re-entrant within one process. Returns the key to pass to :func:`unlock_dir`."""
+    real = os.path.realpath(path)
+    if real in _HELD:
+        _HELD[real][1] += 1
+        return real
+    try:
+        f = open(os.path.join(real, LOCK_FILE), "a+")
+    except OSError as e:
+        raise OutputError(f"cannot lock {path}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        other = f.read().strip() or "?"
+        f.close()
+        raise UsageError(
+            f"output folder {path} is in use by another filterscope run (pid {other}); "
+            "wait for it to finish or choose another --out"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    _HELD[real] = [f, 1]
+    return real
+
+
+def unlock_dir(real: str) -> None:
+    held = _HELD.get(real)
+    if held is None:
+        return
+    held[1] -= 1
+    if held[1] <= 0:
+        del _HELD[real]
+        held[0].close()  # closing the file releases the flock
+
+
 class RunDir:
     """One run's output directory and its ``run.json``.
 
@@ -142,6 +188,7 @@ class RunDir:
         self.path = Path(path)
         self.command = command
         settings = json.loads(json_bytes(settings))
+        self._lock: str | None = lock_dir(check_writable(self.path, keep=True))
         previous = self._read_previous()
         if resume and previous is not None:
             if previous.get("command") != command or previous.get("settings") != settings:
@@ -156,7 +203,6 @@ class RunDir:
             self.record = previous
             self.record["status"] = "running"
         else:
-            check_writable(self.path, keep=True)
             if previous is not None:
                 self._remove_recorded(previous)
             self.record = {
@@ -229,4 +275,17 @@ class RunDir:
         self.record["status"] = status
         self.record.update(extra)
         self.save()
+        self.release()
         return self.path / RUN_FILE
+
+    def release(self) -> None:
+        """Give up the folder's lock (done by :meth:`finish`; also when the process ends)."""
+        if getattr(self, "_lock", None) is not None:
+            unlock_dir(self._lock)
+            self._lock = None
+
+    def __del__(self) -> None:
+        try:
+            self.release()
+        except Exception:
+            pass

@@ -1,0 +1,163 @@
+"""The render cache shared by every command: a render is computed once per model, layer, target, settings
+and seed, and reused by ``render``, ``boost``, ``atlas`` and ``serve``.
+
+An entry is two files under ``<root>/renders/<key[:2]>/``: ``<key>.png`` (the PNG bytes exactly as
+rendered, so a reused channel's file is byte-identical to a fresh render at the same thread count) and
+``<key>.json`` (every setting that made the key plus the render's results and the PNG's sha256). Both are
+written atomically (:func:`~filterscope.outputs.rundir.atomic_write`), the PNG first: the JSON is the commit
+record, and an entry whose PNG does not match its record's hash is treated as missing and rewritten. Two
+processes that write the same key write the same bytes; ``os.replace`` makes the last one win whole.
+
+Where: ``--cache DIR`` / ``FILTERSCOPE_CACHE``, else ``$XDG_CACHE_HOME/filterscope``, else
+``~/.cache/filterscope``; ``--no-cache`` / ``FILTERSCOPE_NO_CACHE=1`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .rundir import atomic_write, json_bytes
+
+ENV_DIR = "FILTERSCOPE_CACHE"
+ENV_OFF = "FILTERSCOPE_NO_CACHE"
+KEY_VERSION = 1  # bump when what a key means changes
+
+
+def default_cache_dir() -> Path:
+    """``$FILTERSCOPE_CACHE``, else ``$XDG_CACHE_HOME/filterscope``, else ``~/.cache/filterscope``."""
+    if os.environ.get(ENV_DIR):
+        return Path(os.environ[ENV_DIR]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "filterscope"
+
+
+def configure(path: str | os.PathLike | None = None, *, enabled: bool = True) -> None:
+    """Choose the cache for this process and the worker processes it starts (through the environment)."""
+    if path is not None:
+        os.environ[ENV_DIR] = str(Path(path).expanduser().resolve())
+    if enabled:
+        os.environ.pop(ENV_OFF, None)
+    else:
+        os.environ[ENV_OFF] = "1"
+
+
+def active_cache() -> RenderCache | None:
+    """The cache the environment chose, or ``None`` when it is turned off."""
+    if os.environ.get(ENV_OFF, "") not in ("", "0"):
+        return None
+    return RenderCache(default_cache_dir())
+
+
+def weights_hash(model) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes, bytes); computed once and kept on the model."""
+    cached = getattr(model, "_weights_sha256", None)
+    if cached:
+        return cached
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.net.state_dict().items()):
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    model._weights_sha256 = h.hexdigest()
+    return model._weights_sha256
+
+
+def model_key(model) -> dict[str, Any]:
+    """What of a model decides its renders: its weights and how an image becomes its input."""
+    return {
+        "weights_sha256": weights_hash(model),
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "input_size": model.input_size,
+        "in_channels": model.in_channels,
+    }
+
+
+def key_fields(model, layer: str, target: str, settings: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The fields a cache key is made of (``settings``: ``RenderSettings.for_model(model).as_dict()``)."""
+    return {
+        "v": KEY_VERSION,
+        "model": model_key(model),
+        "layer": layer,
+        "target": target,
+        "settings": json.loads(json_bytes(settings)),
+        "seed": int(seed),
+    }
+
+
+def make_key(fields: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``fields``."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass
+class CacheEntry:
+    key: str
+    png: bytes
+    record: dict[str, Any]
+
+
+class RenderCache:
+    """A folder of rendered PNGs and their records, keyed by :func:`make_key`."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _paths(self, key: str) -> tuple[Path, Path]:
+        if len(key) != 64 or any(ch not in "0123456789abcdef" for ch in key):
+            raise ValueError(f"not a cache key: {key!r}")
+        d = self.root / "renders" / key[:2]
+        return d / f"{key}.png", d / f"{key}.json"
+
+    def get(self, key: str) -> CacheEntry | None:
+        """The entry, or ``None`` when it is missing or incomplete (a PNG without a matching record)."""
+        png_path, rec_path = self._paths(key)
+        try:
+            record = json.loads(rec_path.read_bytes())
+            png = png_path.read_bytes()
+        except (OSError, ValueError):
+            return None
+        if record.get("png_sha256") != hashlib.sha256(png).hexdigest():
+            return None
+        return CacheEntry(key, png, record)
+
+    def has(self, key: str) -> bool:
+        return self.get(key) is not None
+
+    def put(self, key: str, png: bytes, record: dict[str, Any]) -> CacheEntry:
+        """Store ``png`` and its ``record`` (the key's fields and the results), PNG first, each atomically."""
+        png_path, rec_path = self._paths(key)
+        record = {**record, "key": key, "png_sha256": hashlib.sha256(png).hexdigest()}
+        atomic_write(png_path, png)
+        atomic_write(rec_path, json_bytes(record))
+        return CacheEntry(key, png, record)
+
+    def files(self, kind: str = "renders") -> list[Path]:
+        base = self.root / kind
+        return sorted(p for p in base.rglob("*") if p.is_file()) if base.is_dir() else []
+
+    def info(self) -> dict[str, Any]:
+        """Where the cache is, how many complete entries it holds and how many bytes it uses."""
+        files = self.files()
+        entries = sum(1 for p in files if p.suffix == ".json" and self.get(p.stem) is not None)
+        total = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file()) if self.root.is_dir() else 0
+        uploads = len(self.files("uploads"))
+        return {"path": str(self.root), "entries": entries, "files": len(files), "uploads": uploads, "bytes": total}
+
+    def clear(self) -> int:
+        """Remove every entry (renders, uploads, explanations); returns the number of files removed."""
+        n = 0
+        for kind in ("renders", "uploads", "results"):
+            base = self.root / kind
+            if base.is_dir():
+                n += sum(1 for p in base.rglob("*") if p.is_file())
+                shutil.rmtree(base)
+        return n

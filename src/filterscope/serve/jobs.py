@@ -1,0 +1,249 @@
+"""The explorer's jobs: renders and explanations in a pool of single-threaded worker processes.
+
+- one worker per core by default (the layout that measured fastest on 2 cores, see ``jobs/pool.py``);
+- identical requests share one job: a job's id is its cache key, so ten clients asking for the same filter
+  wait on one render;
+- every result goes into the render cache (atomic writes), so a finished job is a cache hit from then on;
+- a job whose clients all stopped asking (no poll for ``abandon_s``) is cancelled: dropped from the queue,
+  or stopped between optimisation steps in its worker;
+- a client may have at most ``per_client`` unfinished jobs (the app answers 429 past that).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+_MODEL = None
+_SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
+
+
+def _init_worker(model_bytes: bytes, shared, cache_root: str) -> None:
+    global _MODEL, _SHARED
+    import torch
+
+    from ..outputs.cache import configure
+
+    configure(cache_root, enabled=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C
+    torch.set_num_threads(1)
+    _MODEL = pickle.loads(model_bytes)
+    _SHARED = shared
+
+
+def _cancelled(job: str) -> bool:
+    try:
+        return bool(_SHARED.get(f"{job}:cancel"))
+    except Exception:  # the server went away: stop
+        return True
+
+
+def _progress(job: str, value: Any) -> None:
+    try:
+        _SHARED[f"{job}:step"] = value
+    except Exception:
+        pass
+
+
+def run_render(job: str, layer: str, channel: int, method: str, seed: int, diversity: int) -> str:
+    """Worker: render one channel (or its diversity variants) into the render cache; returns the status."""
+    from ..jobs.channels import render_stream
+    from ..models.layers import get_layer
+    from ..optvis.presets import get_preset
+    from ..outputs.cache import active_cache
+    from .store import store_diversity
+
+    info = get_layer(_MODEL, layer)
+    settings = get_preset(method)
+    every = max(1, settings.steps // 12)
+
+    def on_step(i: int) -> None:
+        if i % every == 0 or i == settings.steps:
+            _progress(job, [i, settings.steps])
+
+    def stop() -> bool:
+        return _cancelled(job)
+
+    if diversity:
+        return store_diversity(_MODEL, info, channel, method, seed, diversity, active_cache(), should_stop=stop)
+    for r in render_stream(_MODEL, info, [channel], settings, seed, batch=1, on_step=on_step, should_stop=stop):
+        return r.status
+    return "cancelled"
+
+
+def run_explanation(job: str, image_path: str, layer: str) -> str:
+    """Worker: the explanation of one photo at one layer, stored in the cache's results."""
+    from ..outputs.cache import active_cache
+    from ..outputs.images import load_image
+    from . import compute
+    from .store import store_explanation
+
+    _progress(job, [0, 2])
+    result, maps = compute.explanation(_MODEL, load_image(image_path), layer)
+    _progress(job, [1, 2])
+    store_explanation(active_cache(), job, result, maps)
+    return "ok"
+
+
+def run_accent(job: str, image_path: str, layer: str, channel: int, keys: tuple[str, str]) -> str:
+    """Worker: one filter's accentuation of a photo and the map of where it changed, into the cache."""
+    from ..outputs.cache import active_cache
+    from ..outputs.images import load_image
+    from . import compute
+
+    _progress(job, [0, 1])
+    accent, change, record = compute.accentuation(_MODEL, load_image(image_path), layer, channel)
+    cache = active_cache()
+    cache.put(keys[1], change, {**record, "picture": "change"})
+    cache.put(keys[0], accent, {**record, "picture": "accentuation"})  # last: its presence means done
+    _progress(job, [1, 1])
+    return "ok"
+
+
+def run_examples(job: str, layer: str) -> str:
+    """Worker: every filter's mean activation on the bundled photos, stored in the cache's results."""
+    from ..outputs.cache import active_cache
+    from . import compute
+    from .store import store_json
+
+    store_json(active_cache(), job, compute.photo_examples(_MODEL, layer))
+    return "ok"
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    future: cf.Future
+    started: float = field(default_factory=time.monotonic)
+    waiters: dict[str, float] = field(default_factory=dict)  # client → last time it asked
+    state: str = "queued"  # queued | running | done | error | cancelled
+    error: str | None = None
+    finished: float | None = None
+
+
+class TooManyJobs(Exception):
+    """A client already has its share of unfinished jobs."""
+
+
+class JobManager:
+    """Worker processes plus the table of jobs, deduplicated by id (the result's cache key)."""
+
+    def __init__(self, model, workers: int, cache_root, *, per_client: int = 4, abandon_s: float = 10.0):
+        self.workers = workers
+        self.per_client = per_client
+        self.abandon_s = abandon_s
+        ctx = multiprocessing.get_context("spawn")
+        self._manager = ctx.Manager()
+        self.shared = self._manager.dict()
+        self.pool = cf.ProcessPoolExecutor(
+            workers,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(pickle.dumps(model), self.shared, str(cache_root)),
+        )
+        self.jobs: dict[str, Job] = {}
+        self.started = 0  # jobs handed to the workers (identical requests share one)
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, daemon=True, name="filterscope-reaper")
+        self._reaper.start()
+
+    def warm(self) -> None:
+        """Start every worker now (loading the model), so the first click does not pay for it."""
+        futs = [self.pool.submit(os.getpid) for _ in range(self.workers)]
+        cf.wait(futs)
+
+    def submit(self, job_id: str, kind: str, client: str, fn, *args) -> Job:
+        """The job ``job_id`` (started now unless it runs already); ``client`` now waits for it."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is not None and job.state in ("queued", "running", "done"):
+                job.waiters[client] = time.monotonic()
+                return job
+            mine = sum(1 for j in self.jobs.values() if client in j.waiters and j.state in ("queued", "running"))
+            if mine >= self.per_client:
+                raise TooManyJobs(f"you have {mine} jobs running; wait for one to finish")
+            self.shared.pop(f"{job_id}:cancel", None)
+            self.shared.pop(f"{job_id}:step", None)
+            fut = self.pool.submit(fn, job_id, *args)
+            self.started += 1
+            job = Job(job_id, kind, fut, waiters={client: time.monotonic()})
+            self.jobs[job_id] = job
+            fut.add_done_callback(lambda f, j=job: self._finished(j, f))
+            return job
+
+    def _finished(self, job: Job, fut: cf.Future) -> None:
+        with self.lock:
+            job.finished = time.monotonic()
+            if fut.cancelled():
+                job.state = "cancelled"
+                return
+            exc = fut.exception()
+            if exc is not None:
+                job.state, job.error = "error", " ".join(str(exc).split())[:300] or type(exc).__name__
+            else:
+                status = fut.result()
+                job.state = "done" if status == "ok" else "cancelled" if status == "cancelled" else "error"
+                if job.state == "error":
+                    job.error = f"render failed: {status}"
+            self.shared.pop(f"{job.id}:step", None)
+
+    def status(self, job_id: str, client: str | None = None) -> dict[str, Any] | None:
+        """What a client sees when it polls (and the poll keeps the job alive for it)."""
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return None
+            if client is not None and job.state in ("queued", "running"):
+                job.waiters[client] = time.monotonic()
+            if job.state == "queued" and job.future.running():
+                job.state = "running"
+            step = self.shared.get(f"{job_id}:step") if job.state == "running" else None
+            return {
+                "id": job.id,
+                "kind": job.kind,
+                "state": job.state,
+                "progress": step,
+                "seconds": round((job.finished or time.monotonic()) - job.started, 2),
+                "error": job.error,
+            }
+
+    def cancel(self, job_id: str) -> None:
+        with self.lock:
+            job = self.jobs.get(job_id)
+            if job is None or job.state not in ("queued", "running"):
+                return
+            if not job.future.cancel():
+                self.shared[f"{job_id}:cancel"] = True  # the worker stops between two steps
+
+    def _reap(self) -> None:
+        while not self._stop.wait(1.0):
+            now = time.monotonic()
+            with self.lock:
+                stale = [
+                    j.id
+                    for j in self.jobs.values()
+                    if j.state in ("queued", "running") and all(now - t > self.abandon_s for t in j.waiters.values())
+                ]
+                old = [j.id for j in self.jobs.values() if j.finished and now - j.finished > 600]
+                for k in old:
+                    del self.jobs[k]
+            for k in stale:
+                self.cancel(k)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self.lock:
+            for j in self.jobs.values():
+                if j.state in ("queued", "running") and not j.future.cancel():
+                    self.shared[f"{j.id}:cancel"] = True
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self._manager.shutdown()

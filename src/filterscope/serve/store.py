@@ -1,0 +1,137 @@
+"""What the explorer keeps in the render cache besides channel renders: explanations, photo examples,
+diversity variants and uploaded photos. Every file is written atomically, the JSON record last (it is the
+commit mark: a result without its JSON does not exist), and every record holds the fields of its key."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..outputs.cache import RenderCache, key_fields, make_key, model_key
+from ..outputs.rundir import atomic_write, json_bytes
+
+ADAPTER = "jobs-1"  # bump when serve/compute.py changes what it computes
+
+
+def _result_paths(cache: RenderCache, key: str) -> tuple[Path, Path]:
+    cache._paths(key)  # validates the key
+    d = cache.root / "results" / key[:2]
+    return d / f"{key}.json", d / f"{key}.npy"
+
+
+def result_key(model, kind: str, **fields: Any) -> tuple[str, dict]:
+    f = {"v": 1, "kind": kind, "adapter": ADAPTER, "model": model_key(model), **fields}
+    return make_key(f), f
+
+
+def store_json(cache: RenderCache, key: str, obj: dict) -> None:
+    atomic_write(_result_paths(cache, key)[0], json_bytes(obj))
+
+
+def load_json(cache: RenderCache, key: str) -> dict | None:
+    try:
+        return json.loads(_result_paths(cache, key)[0].read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def store_explanation(cache: RenderCache, key: str, result: dict, maps: np.ndarray) -> None:
+    """The maps first, then the JSON with the maps' sha256."""
+    js, npy = _result_paths(cache, key)
+    buf = io.BytesIO()
+    np.save(buf, maps, allow_pickle=False)
+    data = buf.getvalue()
+    atomic_write(npy, data)
+    atomic_write(js, json_bytes({**result, "maps_sha256": hashlib.sha256(data).hexdigest()}))
+
+
+def load_explanation(cache: RenderCache, key: str) -> tuple[dict, np.ndarray] | None:
+    js, npy = _result_paths(cache, key)
+    try:
+        rec = json.loads(js.read_bytes())
+        data = npy.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if rec.get("maps_sha256") != hashlib.sha256(data).hexdigest():
+        return None
+    return rec, np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def diversity_keys(model, layer: str, channel: int, method: str, seed: int, n: int) -> tuple[str, list[str], dict]:
+    """The job key of ``n`` diversity variants of a channel and the cache key of each variant."""
+    from ..optvis.presets import get_preset
+
+    settings = get_preset(method).for_model(model).as_dict()
+    fields = key_fields(model, layer, f"{layer}:{channel} + diversity({layer})", settings, seed)
+    fields["diversity"] = n
+    return make_key(fields), [make_key({**fields, "variant": v}) for v in range(1, n + 1)], fields
+
+
+def store_diversity(model, info, channel: int, method: str, seed: int, n: int, cache, *, should_stop=None) -> str:
+    """Render ``n`` jointly optimised variants (as ``render --diversity``) into the cache."""
+    from ..jobs.channels import diversity_seeds, target
+    from ..optvis.objectives import diversity
+    from ..optvis.presets import get_preset
+    from ..optvis.render import Renderer
+    from ..outputs.images import png_bytes
+
+    _, keys, fields = diversity_keys(model, info.name, channel, method, seed, n)
+    obj = target(info, channel) + 1.0 * diversity(info.name)
+    res = Renderer(model, get_preset(method)).render(obj, diversity_seeds(seed, channel, n), should_stop=should_stop)
+    if res.interrupted:
+        return "cancelled"
+    for v, key in enumerate(keys):
+        if res.status[v] != "ok":
+            return res.status[v]
+        rec = {**fields, "variant": v + 1, "activation_after": round(res.after[v], 6), "status": res.status[v]}
+        cache.put(key, png_bytes(res.images[v]), rec)
+    return "ok"
+
+
+def store_upload(cache: RenderCache, data: bytes) -> str:
+    """Keep an uploaded photo under a server-made name (its sha256); returns the name's hash."""
+    h = hashlib.sha256(data).hexdigest()
+    path = upload_path(cache, h)
+    if not path.is_file():
+        atomic_write(path, data)
+    return h
+
+
+def upload_path(cache: RenderCache, h: str) -> Path:
+    cache._paths(h)  # 64 hex digits or ValueError
+    return cache.root / "uploads" / f"{h}.img"
+
+
+def import_atlas(model, cache: RenderCache, atlas_dir) -> int:
+    """Put an atlas's renders into the cache (when it was built with this model), so the explorer shows
+    them at once; returns how many were added. Atlases built with the cache on are there already."""
+    from ..jobs.channels import cache_fields
+    from ..models.layers import get_layer
+    from ..optvis.objectives import channel
+
+    try:
+        rec = json.loads((Path(atlas_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    st = rec.get("settings", {})
+    if st.get("model") != json.loads(json_bytes(model.describe())):
+        return 0
+    added = 0
+    for r in rec.get("results", {}).values():
+        if r.get("status") != "ok" or "file" not in r or "channel" not in r or r["layer"] == "logit":
+            continue
+        try:
+            get_layer(model, r["layer"])
+            png = (Path(atlas_dir) / r["file"]).read_bytes()
+        except Exception:
+            continue
+        key, fields = cache_fields(model, r["layer"], channel(r["layer"], r["channel"]).name, st["render"], st["seed"])
+        if not cache.has(key):
+            cache.put(key, png, {**fields, **r, "imported_from": str(atlas_dir)})
+            added += 1
+    return added
