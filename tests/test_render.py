@@ -43,7 +43,9 @@ def test_same_seed_same_image_other_seed_other_image(model):
 
 
 def test_batched_render_equals_single_renders(model):
-    ren = Renderer(model, FEW.with_(steps=8))
+    # Lucid's colour mapping (gain 1): the tolerances below bound how far Adam carries last-bit differences of
+    # the batched sums; the fast preset's colour gain (1.85) only scales those pixel differences up
+    ren = Renderer(model, FEW.with_(steps=8, param_options=(("rgb_gain", 1.0),)))
     chans = [3, 17, 29]
     seeds = [channel_seed(0, c) for c in chans]
     batch = ren.render([channel("blocks.3", c) for c in chans], seeds)
