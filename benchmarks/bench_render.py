@@ -374,6 +374,7 @@ def layout(args) -> dict:
                 "--top",
                 "1",
                 "--quiet",
+                "--no-cache",  # every layout renders every channel
                 "--out",
                 tmp,
                 *extra,

@@ -234,7 +234,7 @@ def test_ray_backend_matches_local(tmp_path):
 
 def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
     """Two single-threaded worker processes write the same files as one single-threaded process; with no
-    --workers/--threads, a CPU with ≥ 2 cores and enough channels gets one worker per core (printed)."""
+    --workers/--threads, a CPU with ≥ 2 cores and ≥ 8 channels per core gets one worker per core (printed)."""
     from filterscope.jobs.pool import cpu_cores
 
     args = ["atlas", "--layers", "blocks.0", "--channels", "0-3", "--steps", "5", "--top", "3"]
@@ -246,7 +246,7 @@ def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
         assert (tmp_path / "one" / r["file"]).read_bytes() == (
             tmp_path / "two" / two["results"][k]["file"]
         ).read_bytes()
-    rc, _, err = run_main(capsys, *args, "--out", tmp_path / "auto")
+    rc, _, err = run_main(capsys, *args[:4], "0-15", *args[5:], "--out", tmp_path / "auto")
     assert rc == 0
     auto = json.loads((tmp_path / "auto/run.json").read_text())["layout"]
     if cpu_cores() >= 2:
