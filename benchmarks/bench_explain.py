@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
 import matplotlib
+
+os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache reads
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

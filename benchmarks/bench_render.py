@@ -264,7 +264,9 @@ def run_worker(model, layer, method, channels, steps, device, batch=None) -> dic
     ]
     if batch:
         cmd += ["--batch", str(batch)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", "FILTERSCOPE_NO_CACHE": "1"}
+    )
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(r.stdout.strip().splitlines()[-1])
