@@ -281,9 +281,12 @@ async def api_render(request: Request) -> Response:
     else:
         key = ex.render_key(layer, c, method, seed)
         keys = [key]
-    if all(ex.cache.has(k) for k in keys):
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": [f"/png/{k}.png" for k in keys]})
     st = ex.jobs.status(key, ex.client(request))
+    if all(ex.cache.has(k) for k in keys):
+        urls = [f"/png/{k}.png" for k in keys]
+        if st is not None and st["state"] == "done":  # rendered by this server just now, not read from the cache
+            return JSONResponse({**st, "cached": False, "urls": urls})
+        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": urls})
     if st is None or st["state"] in ("cancelled", "done"):  # done but not in the cache: cleared meanwhile
         _submit(ex, request, key, "render", run_render, layer, c, method, seed, div)
         st = ex.jobs.status(key, ex.client(request))
@@ -299,19 +302,13 @@ async def api_accent(request: Request) -> Response:
     c, h = ex.channel(request, info), request.path_params["h"]
     path = ex.image_path(h)
     keys = ex.accent_keys(layer, h, c)
+    st = ex.jobs.status(keys[0], ex.client(request))
     if all(ex.cache.has(k) for k in keys):
         rec = ex.cache.get(keys[0]).record
-        return JSONResponse(
-            {
-                "id": keys[0],
-                "state": "done",
-                "cached": True,
-                "urls": [f"/png/{k}.png" for k in keys],
-                "gain": rec.get("gain"),
-                "ssim": rec.get("ssim"),
-            }
-        )
-    st = ex.jobs.status(keys[0], ex.client(request))
+        done = {"gain": rec.get("gain"), "ssim": rec.get("ssim"), "urls": [f"/png/{k}.png" for k in keys]}
+        if st is not None and st["state"] == "done":  # computed by this server just now
+            return JSONResponse({**st, "cached": False, **done})
+        return JSONResponse({"id": keys[0], "state": "done", "cached": True, **done})
     if st is None or st["state"] in ("cancelled", "done"):
         _submit(ex, request, keys[0], "accentuation", run_accent, str(path), layer, c, keys)
         st = ex.jobs.status(keys[0], ex.client(request))
