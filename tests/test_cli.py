@@ -213,6 +213,7 @@ BAD = [
     ("objective on logit layer", ["render", "--objective", "deepdream(logit)"], 2, "use logit:N"),
     ("inspect logit", ["inspect", "--layer", "logit"], 2, "not 'logit'"),
     ("diversity of one", ["render", "--diversity", "1"], 2, "at least 2"),
+    ("objective with penalty", ["render", "--objective", "blocks.5:3", "--penalty", "0.1*tv"], 2, "whole target"),
     ("output is a file", ["boost", "--out", "{d}/not_a_dir"], 1, "not a directory"),
     ("missing weights", ["boost", "--model", "resnet18", "--weights", "{d}/none.pth"], 2, "not found"),
     ("weights of another arch", ["layers", "--model", "resnet18", "--weights", "{d}/r34.pth"], 1, "do not fit"),

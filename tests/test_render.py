@@ -103,3 +103,21 @@ def test_bad_settings_rejected_before_work(model, bad):
 
     with pytest.raises(UsageError):
         Renderer(model, FEW.with_(**bad))
+
+
+def test_render_cache_keeps_plain_channels_only(model, tmp_path):
+    """A channel plus a penalty is not cached: the objective's name does not hold every argument of its terms
+    (``l1(0.0)`` and ``l1(1.0)`` are both named "l1"), so a cache hit could be another penalty's render."""
+    from filterscope.jobs.channels import render_stream
+    from filterscope.models.layers import get_layer
+    from filterscope.optvis.objectives import l1
+    from filterscope.outputs.cache import RenderCache
+
+    cache = RenderCache(tmp_path / "cache")
+    info = get_layer(model, "blocks.2")
+    few = FEW.with_(steps=2)
+    list(render_stream(model, info, [1], few, 0, extra=lambda c: -0.5 * l1(0.0), cache=cache))
+    assert cache.info()["entries"] == 0
+    (first,) = render_stream(model, info, [1], few, 0, cache=cache)
+    (again,) = render_stream(model, info, [1], few, 0, cache=cache)
+    assert cache.info()["entries"] == 1 and again.cached and again.png == first.png

@@ -547,6 +547,11 @@ def render_cmd(
     from .outputs.naming import grid_file
 
     t0 = time.perf_counter()
+    if objective and (penalty or diversity):  # an objective is the whole target: its terms are written into it
+        raise UsageError(
+            "--objective is the whole target: write a penalty into it ('blocks.5:12 - 0.05*tv'); "
+            "--penalty and --diversity work with --layer/--channels"
+        )
     method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
     out = out or os.path.join(DEFAULT_OUT, "render")
     if images:
@@ -713,7 +718,7 @@ def accentuate(
             should_stop=stop,
         )
     if res.status == "partial":
-        raise Interrupted.kept(res.run_dir, len(res.accentuations), len(chans))
+        raise Interrupted.kept(res.run_dir, len(res.accentuations), len(chans), resumable=False)
     lines = [f"{model.name} · {info.name} · accentuations of {image or 'the bundled photo'}"]
     lines += [
         f"  filter {a.channel:5d}: photo {a.activation_photo:.3f} → accentuation {a.activation_accent:.3f} "
@@ -789,7 +794,7 @@ def explain(
             should_stop=stop,
         )
     if res.status == "partial":
-        raise Interrupted.kept(res.run_dir, len(res.filters), top)
+        raise Interrupted.kept(res.run_dir, len(res.filters), top, resumable=False)
     ins = res.inspection
     rec = res.record()
     lines = [

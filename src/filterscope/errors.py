@@ -59,11 +59,9 @@ class Interrupted(FilterscopeError):
     exit_code = 130
 
     @classmethod
-    def kept(cls, run_dir, done: int, total: int) -> Interrupted:
-        return cls(
-            f"interrupted: {done} of {total} channels finished and kept in {run_dir}; "
-            "run the same command with --resume to finish"
-        )
+    def kept(cls, run_dir, done: int, total: int, resumable: bool = True) -> Interrupted:
+        then = "run the same command with --resume to finish" if resumable else "rerun it to finish (it starts over)"
+        return cls(f"interrupted: {done} of {total} channels finished and kept in {run_dir}; {then}")
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> str | None:

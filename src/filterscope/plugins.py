@@ -17,7 +17,6 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Any
 
-GROUPS = ("filterscope.objectives", "filterscope.params", "filterscope.models")
 _loaded: set[str] = set()
 
 

@@ -92,6 +92,8 @@ def render_stream(
     """
     if cache == "auto":
         cache = active_cache() if model.in_channels <= 3 else None  # >3 bands also write bands_*.png
+    if extra is not None:
+        cache = None  # a channel plus terms (a penalty): its name does not hold every argument of the terms
     objective_of = (lambda c: target(layer, c) + extra(c)) if extra else (lambda c: target(layer, c))
     keys: dict[int, tuple[str, dict]] = {}
     todo = list(channels)

@@ -173,7 +173,7 @@ def explain(
         "images": str(images or "bundled photos"),
         "accentuation": {"strength": strength, "steps": accent_steps},
         "method": method,
-        "render": get_preset(method).with_(steps=render_steps).as_dict(),
+        "render": get_preset(method).with_(steps=render_steps).for_model(model).as_dict(),
         "seed": seed,
         "deletion_k": list(DELETION_KS),
     }

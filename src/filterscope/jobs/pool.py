@@ -31,10 +31,13 @@ _MODEL: Model | None = None
 MIN_CHANNELS_PER_WORKER = 8
 
 
-def _init_worker(model_bytes: bytes, threads: int) -> None:
+def _init_worker(model_bytes: bytes, threads: int, code: str | None = None) -> None:
     global _MODEL
+    from ..models.loaders import import_user_code
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops submitting
     torch.set_num_threads(threads)
+    import_user_code(code)  # a user's .py architecture, before its pickled model is loaded
     _MODEL = pickle.loads(model_bytes)
 
 
@@ -93,7 +96,7 @@ class RenderPool:
         self.threads = threads
         ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
         self.pool = cf.ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(pickle.dumps(model), threads)
+            workers, mp_context=ctx, initializer=_init_worker, initargs=(pickle.dumps(model), threads, model.code)
         )
 
     def close(self) -> None:

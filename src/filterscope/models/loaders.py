@@ -8,12 +8,14 @@ where to put the file: there is never a silent fallback to random weights.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
 import re
 import socket
+import sys
 import zipfile
 from pathlib import Path
 
@@ -269,11 +271,17 @@ def _import_code(module: str):
         path = Path(module)
         if not path.is_file():
             raise ModelError(f"model file not found: {module}")
-        spec = importlib.util.spec_from_file_location(f"filterscope_user_{abs(hash(str(path.resolve())))}", path)
+        # a name that is the same in every process, registered, so the model pickles to worker processes
+        name = "filterscope_user_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
+        if name in sys.modules:
+            return sys.modules[name]
+        spec = importlib.util.spec_from_file_location(name, path)
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
         try:
             spec.loader.exec_module(mod)
         except Exception as e:
+            del sys.modules[name]
             raise ModelError(f"cannot import {module}: {type(e).__name__}: {first_line(e)}") from None
         return mod
     try:
@@ -342,3 +350,12 @@ register_source(
     load=lambda n, w, t, _size: _load_torchvision(n, w, t),
 )
 register_source("timm", has=_timm_has, names=_timm_names, load=lambda n, w, t, _size: _load_timm(n, w, t))
+
+
+def import_user_code(code: str | None) -> None:
+    """Import the module of a ``file.py:Class`` / ``pkg.mod:factory`` model (``Model.code``), so a pickled
+    model of that architecture can be loaded in another process (a render worker)."""
+    if code:
+        match = _CODE.match(code)
+        if match:
+            _import_code(match["module"])

@@ -72,8 +72,11 @@ def weights_hash(model) -> str:
 
 def model_key(model) -> dict[str, Any]:
     """What of a model decides its renders: its weights and how an image becomes its input."""
+    arch = hashlib.sha256(repr(model.net).encode()).hexdigest()  # the modules and their hyperparameters
     return {
         "weights_sha256": weights_hash(model),
+        "architecture_sha256": arch,
+        "name": model.name,
         "mean": list(model.mean),
         "std": list(model.std),
         "input_size": model.input_size,

@@ -25,15 +25,17 @@ _MODEL = None
 _SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
 
 
-def _init_worker(model_bytes: bytes, shared, cache_root: str) -> None:
+def _init_worker(model_bytes: bytes, shared, cache_root: str, code: str | None = None) -> None:
     global _MODEL, _SHARED
     import torch
 
+    from ..models.loaders import import_user_code
     from ..outputs.cache import configure
 
     configure(cache_root, enabled=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C
     torch.set_num_threads(1)
+    import_user_code(code)  # a user's .py architecture, before its pickled model is loaded
     _MODEL = pickle.loads(model_bytes)
     _SHARED = shared
 
@@ -73,7 +75,10 @@ def run_render(job: str, layer: str, channel: int, method: str, seed: int, diver
 
     if diversity:
         return store_diversity(_MODEL, info, channel, method, seed, diversity, active_cache(), should_stop=stop)
-    for r in render_stream(_MODEL, info, [channel], settings, seed, batch=1, on_step=on_step, should_stop=stop):
+    cache = active_cache()  # explicitly: "auto" skips models with more than 3 bands, and the page reads the cache
+    for r in render_stream(
+        _MODEL, info, [channel], settings, seed, batch=1, on_step=on_step, should_stop=stop, cache=cache
+    ):
         return r.status
     return "cancelled"
 
@@ -147,7 +152,7 @@ class JobManager:
             workers,
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(pickle.dumps(model), self.shared, str(cache_root)),
+            initargs=(pickle.dumps(model), self.shared, str(cache_root), model.code),
         )
         self.jobs: dict[str, Job] = {}
         self.started = 0  # jobs handed to the workers (identical requests share one)

@@ -127,7 +127,13 @@ def import_atlas(model, cache: RenderCache, atlas_dir) -> int:
             continue
         try:
             get_layer(model, r["layer"])
-            png = (Path(atlas_dir) / r["file"]).read_bytes()
+            root = Path(atlas_dir).resolve()
+            path = (root / r["file"]).resolve()
+            if root not in path.parents or path.suffix != ".png":  # a run.json cannot point outside its folder
+                continue
+            png = path.read_bytes()
+            if not png.startswith(b"\x89PNG\r\n\x1a\n"):
+                continue
         except Exception:
             continue
         key, fields = cache_fields(model, r["layer"], channel(r["layer"], r["channel"]).name, st["render"], st["seed"])
