@@ -741,6 +741,7 @@ def accentuate(
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/explain].")
 @output_options
+@cache_options
 def explain(
     image,
     model_name,
