@@ -77,7 +77,7 @@ def test_atlas_resume_renders_only_missing(tmp_path, capsys):
 
 def test_dataset_examples_are_the_true_top_n(model):
     from filterscope.jobs.dataset import collect_examples
-    from filterscope.jobs.evaluate import _layer_means
+    from filterscope.jobs.evaluate import layer_means
     from filterscope.models.layers import get_layer
     from filterscope.outputs.images import list_images, load_image, model_input, sample_photos_dir
 
@@ -85,7 +85,7 @@ def test_dataset_examples_are_the_true_top_n(model):
     files, stats = collect_examples(model, layers, sample_photos_dir(), n_top=5, batch=7, progress=False)
     x = torch.cat([model_input(model, load_image(f)) for f in list_images(sample_photos_dir())])
     for info in layers:
-        means = _layer_means(model, info.name, x)  # brute force: every image, every channel
+        means = layer_means(model, info.name, x)  # brute force: every image, every channel
         order = torch.argsort(-means, dim=0, stable=True)[:5].T
         assert torch.equal(stats[info.name].top_index, order)
         assert torch.allclose(stats[info.name].top_values, means.gather(0, order.T).T, atol=1e-5)

@@ -9,8 +9,8 @@ import torch
 
 from filterscope.cli import main
 from filterscope.jobs.evaluate import (
-    _layer_means,
     colourfulness,
+    layer_means,
     natural_max,
     rms_contrast,
     robust_views,
@@ -31,7 +31,7 @@ from filterscope.outputs.images import (
 
 def test_natural_max_is_the_max_over_the_photos(model):
     x = torch.cat([model_input(model, load_image(f)) for f in list_images(sample_photos_dir())])
-    brute = _layer_means(model, "blocks.4", x).amax(0)
+    brute = layer_means(model, "blocks.4", x).amax(0)
     assert torch.allclose(natural_max(model, "blocks.4", batch=5), brute, atol=1e-5)
 
 
@@ -101,7 +101,7 @@ def test_evaluate_known_answer_on_a_real_photo(model, tmp_path, capsys):
     assert 0.6 < c["ratio"] <= 1.0 + 1e-6
     from torchvision.transforms.v2 import functional as TF
 
-    expected = _layer_means(model, "logit", TF.resize(to_tensor(im), [224, 224], antialias=True)[None])[0, 967]
+    expected = layer_means(model, "logit", TF.resize(to_tensor(im), [224, 224], antialias=True)[None])[0, 967]
     assert abs(c["activation"] - float(expected)) < 1e-3 * max(1.0, abs(float(expected)))
 
 

@@ -144,7 +144,7 @@ def test_every_objective_rises_under_rendering(model, coffee, text):
 
 
 def test_diversity_pushes_images_apart(model):
-    from filterscope.jobs.evaluate import _layer_means  # noqa: F401 - same model path
+    from filterscope.jobs.evaluate import layer_means  # noqa: F401 - same model path
     from filterscope.optvis.objectives import diversity
 
     s = RenderSettings(steps=16, lr=0.05)

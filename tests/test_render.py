@@ -60,9 +60,9 @@ def test_batched_render_equals_single_renders(model):
 def test_batched_channels_each_win_on_their_own_image(model):
     chans = [2, 9, 21, 50]
     res = Renderer(model, FEW).render([channel("blocks.4", c) for c in chans], [channel_seed(1, c) for c in chans])
-    from filterscope.jobs.evaluate import _layer_means
+    from filterscope.jobs.evaluate import layer_means
 
-    acts = _layer_means(model, "blocks.4", res.images)[:, chans]  # [image, channel]
+    acts = layer_means(model, "blocks.4", res.images)[:, chans]  # [image, channel]
     for j in range(len(chans)):
         own = acts[j, j]
         others = torch.cat([acts[:j, j], acts[j + 1 :, j]])

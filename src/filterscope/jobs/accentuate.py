@@ -26,13 +26,13 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import RenderError
-from ..models.layers import LayerInfo, network_layer
+from ..models.layers import network_layer
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 from ..optvis.objectives import channel, closeness
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.images import load_image, model_input, png_bytes, sample_image_path
 from ..outputs.naming import accent_change_file, accent_file
+from .evaluate import layer_means
 from .similarity import ssim
 
 DEFAULT_STRENGTH = 1000.0
@@ -101,17 +101,6 @@ def change_map(photo: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return d / d.max().clamp(min=1e-8)
 
 
-def channel_means(model: Model, info: LayerInfo, images: torch.Tensor) -> torch.Tensor:
-    """Per-channel mean activation ``[N, C]`` of ``images`` at ``info``."""
-    with (
-        capture(model.net, [info.name], calls={info.name: info.calls}, stop=True) as cap,
-        torch.inference_mode(),
-    ):
-        run(model.forward, images.to(model.device), cap)
-        a = cap.acts[info.name].float()
-    return (a.flatten(2).mean(2) if a.dim() == 4 else a).cpu()
-
-
 def accentuate(
     model: Model,
     image: Image.Image | torch.Tensor,
@@ -137,7 +126,7 @@ def accentuate(
     x = image if isinstance(image, torch.Tensor) else model_input(model, image)
     x = (x[0] if x.dim() == 4 else x).detach().float().cpu()
     settings = (settings or SETTINGS).with_(steps=steps)
-    before = channel_means(model, info, x[None])[0]
+    before = layer_means(model, info.name, x[None])[0]
     scale_floor = 0.1 * float(before.abs().mean()) + 1e-3
     renderer = Renderer(model, settings)
     out = []
@@ -151,7 +140,7 @@ def accentuate(
         if res.status[0] != "ok":
             raise RenderError(f"accentuation of {info.name}:{c}: {res.status[0]}")
         img = res.images[0]
-        after = float(channel_means(model, info, img[None])[0, c])
+        after = float(layer_means(model, info.name, img[None])[0, c])
         out.append(
             Accentuation(
                 info.name,

@@ -149,6 +149,17 @@ def render_stream(
             return
 
 
+def render_records(
+    model: Model, layer: LayerInfo, channels: Sequence[int], settings: RenderSettings, seed: int, cache="auto"
+) -> list[tuple[dict, bytes | None, float]]:
+    """Render ``channels`` one at a time as ``(record, PNG or None, seconds)``: what a worker process or a Ray
+    actor sends back for the driver to write with :func:`finish_channel`."""
+    return [
+        (r.record(), r.png if r.status == "ok" else None, r.seconds)
+        for r in render_stream(model, layer, list(channels), settings, seed, batch=1, cache=cache)
+    ]
+
+
 def cache_fields(model: Model, layer: str, target_name: str, settings: dict, seed: int) -> tuple[str, dict]:
     """A channel render's cache key and the fields it is made of (seed: the run's seed)."""
     fields = key_fields(model, layer, target_name, settings, seed)

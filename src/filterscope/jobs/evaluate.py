@@ -59,7 +59,7 @@ def rms_contrast(img) -> float:
     return float((a @ np.array([0.299, 0.587, 0.114])).std())
 
 
-def _layer_means(model: Model, layer: str, x: torch.Tensor) -> torch.Tensor:
+def layer_means(model: Model, layer: str, x: torch.Tensor) -> torch.Tensor:
     """Per-channel mean activation ``[N, C]`` (or logits for ``logit``) for images ``x`` in [0, 1]."""
     x = x.to(model.device)
     if layer == LOGIT:
@@ -81,7 +81,7 @@ def natural_max(model: Model, layer: str, folder: str | Path | None = None, batc
     best = None
     for start in range(0, len(files), batch):
         x = torch.cat([model_input(model, load_image(f)) for f in files[start : start + batch]])
-        m = _layer_means(model, layer, x).amax(0)
+        m = layer_means(model, layer, x).amax(0)
         best = m if best is None else torch.maximum(best, m)
     return best
 
@@ -136,9 +136,9 @@ def score_images(
     for i, c in enumerate(channels):
         img = images[i].float().cpu()
         clean = TF.resize(img, [size, size], antialias=True)[None] if img.shape[-1] != size else img[None]
-        act = float(_layer_means(model, layer, clean)[0, c])
+        act = float(layer_means(model, layer, clean)[0, c])
         views = robust_views(img, size, seed=seed + c)
-        robust = float(_layer_means(model, layer, views)[:, c].mean())
+        robust = float(layer_means(model, layer, views)[:, c].mean())
         top = float(nat_max[c])
         denom = top if abs(top) > 1e-6 else 1e-6
         s = ChannelScore(

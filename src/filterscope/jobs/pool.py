@@ -42,12 +42,9 @@ def _init_worker(model_bytes: bytes, threads: int, code: str | None = None) -> N
 
 
 def _render_shard(layer: LayerInfo, channels: list[int], settings: RenderSettings, seed: int) -> list[tuple]:
-    from .channels import render_stream
+    from .channels import render_records
 
-    out = []
-    for r in render_stream(_MODEL, layer, channels, settings, seed, batch=1):
-        out.append((r.record(), r.png if r.status == "ok" else None, r.seconds))
-    return out
+    return render_records(_MODEL, layer, channels, settings, seed)
 
 
 def cpu_cores() -> int:

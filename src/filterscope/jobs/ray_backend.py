@@ -37,12 +37,9 @@ def _worker_class(ray):
             self.model = model
 
         def render(self, layer: LayerInfo, channels: Sequence[int], settings: RenderSettings, seed: int):
-            from filterscope.jobs.channels import render_stream
+            from filterscope.jobs.channels import render_records
 
-            out = []
-            for r in render_stream(self.model, layer, list(channels), settings, seed, batch=1, cache=None):
-                out.append((r.record(), r.png if r.status == "ok" else None, r.seconds))
-            return out
+            return render_records(self.model, layer, channels, settings, seed, cache=None)
 
     return RenderWorker
 

@@ -28,7 +28,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import FilterscopeError
 from ..models.layers import default_layer, get_layer, list_layers
-from ..outputs.cache import RenderCache, key_fields, make_key
+from ..outputs.cache import RenderCache
 from ..outputs.images import decode_image, list_images, load_image, sample_image_path, sample_photos_dir
 from ..outputs.naming import channel_page
 from ..version import __version__
@@ -113,13 +113,12 @@ class Explorer:
         return request.cookies.get("fs_client") or (request.client.host if request.client else "?")
 
     def render_key(self, layer: str, c: int, method: str, seed: int) -> str:
+        from ..jobs.channels import cache_fields, target
         from ..optvis.presets import get_preset
 
         info = get_layer(self.model, layer)
-        from ..jobs.channels import target
-
         settings = get_preset(method).for_model(self.model).as_dict()
-        return make_key(key_fields(self.model, layer, target(info, c).name, settings, seed))
+        return cache_fields(self.model, layer, target(info, c).name, settings, seed)[0]
 
     def explanation_key(self, layer: str, h: str) -> str:
         return store.result_key(self.model, "explanation", image_sha256=h, layer=layer)[0]

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..jobs.evaluate import layer_means
 from ..jobs.inspect import inspect
-from ..models.layers import map_views, network_layer
+from ..models.layers import network_layer
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 from ..outputs.images import list_images, load_image, model_input, png_bytes, sample_photos_dir
 
 TOP = 12  # filters listed per ranking
@@ -109,17 +109,9 @@ def photo_examples(model: Model, layer: str) -> dict:
     filter): ``{"names": [...], "means": [[...] per photo]}``."""
     info = network_layer(model, layer, "examples")
     files = list_images(sample_photos_dir())
-    rows = []
-    with (
-        capture(
-            model.net, [info.name], calls={info.name: info.calls}, stop=True, views=map_views(model, [info.name])
-        ) as cap,
-        torch.inference_mode(),
-    ):
-        for f in files:
-            run(model.forward, model_input(model, load_image(f)).to(model.device), cap)
-            a = cap.acts[info.name][0].float()
-            rows.append((a.flatten(1).mean(1) if a.dim() == 3 else a).cpu().numpy().round(5).tolist())
+    rows = [
+        layer_means(model, info.name, model_input(model, load_image(f)))[0].numpy().round(5).tolist() for f in files
+    ]
     return {"layer": info.name, "names": [f.name for f in files], "means": rows}
 
 
