@@ -113,12 +113,12 @@ def naive(model, layer, channels, steps, device):
     return images, steps
 
 
-def preset(model, layer, channels, name, steps, device, batch):
+def preset(model, layer, channels, name, steps, device, batch, changes=None):
     from filterscope.jobs.channels import render_stream
     from filterscope.models.layers import get_layer
     from filterscope.optvis.presets import get_preset
 
-    settings = get_preset(name).with_(steps=steps)
+    settings = get_preset(name).with_(steps=steps, **(changes or {}))
     images, done = [], 0
     for r in render_stream(model, get_layer(model, layer), channels, settings, seed=0, batch=batch):
         images.append(r.image)
@@ -157,7 +157,7 @@ def lucent(model, layer, channels, steps, device):
     return images, steps
 
 
-def ceiling(model, layer, device, batch, n=8, repeats=4):
+def ceiling(model, layer, device, batch, n=8, repeats=4, net=None):
     """Seconds per image for forward+backward (w.r.t. the input) of the model truncated at ``layer``: the
     best of ``repeats`` timings of ``n`` steps (timings on a shared machine are noisy; the best is the
     machine's real speed)."""
@@ -167,12 +167,13 @@ def ceiling(model, layer, device, batch, n=8, repeats=4):
     from filterscope.optvis.hooks import capture, run
 
     info = get_layer(model, layer)
+    net = net or model.net
     x = torch.rand(batch, 3, model.input_size, model.input_size, device=device, requires_grad=True)
     best = float("inf")
-    with capture(model.net, [layer], calls={layer: info.calls}, stop=True) as cap:
+    with capture(net, [layer], calls={layer: info.calls}, stop=True) as cap:
 
         def step():
-            run(model.forward, x, cap)
+            run(lambda v: net(model.normalize(v)), x, cap)
             cap.acts[layer][:, 0].mean().backward()
 
         for _ in range(3):
@@ -187,12 +188,26 @@ def ceiling(model, layer, device, batch, n=8, repeats=4):
     return best
 
 
+def parse_changes(items) -> dict:
+    """``--set key=value`` overrides of the preset's RenderSettings (values read as JSON, else text)."""
+    out = {}
+    for item in items or []:
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def worker(args) -> None:
     import numpy as np
     import torch
 
     from filterscope.jobs.evaluate import natural_max, score_images
+    from filterscope.optvis.memory import reuse_freed_memory
 
+    reuse_freed_memory()  # before the ceiling too, so the method and its ceiling run on the same allocator
     model = load(args.model, args.device)
     channels = [int(c) for c in args.channels.split(",")]
     # the ceiling is measured in the same process before and after the method (the best of both), so slow
@@ -205,10 +220,21 @@ def worker(args) -> None:
     elif args.method == "lucent":
         images, steps = lucent(model, args.layer, channels, args.steps, args.device)
     else:
-        images, steps = preset(model, args.layer, channels, args.method, args.steps, args.device, args.batch)
+        images, steps = preset(
+            model, args.layer, channels, args.method, args.steps, args.device, args.batch, parse_changes(args.set)
+        )
     sync(args.device)
     seconds = (time.perf_counter() - t0) / len(channels)
     ceil = min(ceil, ceiling(model, args.layer, args.device, args.batch or 1))
+    # the ceiling of the network the loop actually ran (batch norms folded, optvis/fold.py): step time minus
+    # this is the loop's own fixed cost
+    net_ceil = ceil
+    if args.method not in ("naive", "lucent") and parse_changes(args.set).get("fold_batchnorm", True):
+        from filterscope.optvis.fold import fold_batchnorm
+
+        example = torch.zeros(1, 3, model.input_size, model.input_size, device=args.device)
+        folded = fold_batchnorm(model.net, example, [args.layer])
+        net_ceil = ceiling(model, args.layer, args.device, args.batch or 1, net=folded)
     mem = peak_mib(args.device)
     nat = natural_max(model, args.layer)
     stack = torch.stack(
@@ -221,6 +247,12 @@ def worker(args) -> None:
     )
     scores = score_images(model, args.layer, channels, stack, nat)
     rr = sorted(s.robust_ratio for s in scores)
+    pre = {}
+    if args.pre_relu:  # the non-saturating measure of a ReLU6-capped layer: its pre-activation
+        pre_scores = score_images(
+            model, args.layer, channels, stack, natural_max(model, args.layer, pre_relu=True), pre_relu=True
+        )
+        pre = {"median_robust_ratio_pre_relu": float(np.median([s.robust_ratio for s in pre_scores]))}
     print(
         json.dumps(
             {
@@ -228,6 +260,7 @@ def worker(args) -> None:
                 "steps": steps,
                 "s_per_step": seconds / max(steps, 1),
                 "ceiling_s_per_step": ceil,
+                "ceiling_net_s_per_step": net_ceil,
                 "fraction_of_ceiling": ceil / (seconds / max(steps, 1)),
                 "median_robust_ratio": rr[len(rr) // 2]
                 if len(rr) % 2
@@ -235,6 +268,7 @@ def worker(args) -> None:
                 "robust_ratios": [round(x, 3) for x in (s.robust_ratio for s in scores)],
                 "median_colourfulness": float(np.median([s.colourfulness for s in scores])),
                 "median_rms_contrast": float(np.median([s.rms_contrast for s in scores])),
+                **pre,
                 **mem,
             }
         )
@@ -244,7 +278,9 @@ def worker(args) -> None:
 # ---------------------------------------------------------------- orchestration
 
 
-def run_worker(model, layer, method, channels, steps, device, batch=None) -> dict:
+def run_worker(
+    model, layer, method, channels, steps, device, batch=None, changes=None, pre_relu=False, env=None
+) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -264,8 +300,15 @@ def run_worker(model, layer, method, channels, steps, device, batch=None) -> dic
     ]
     if batch:
         cmd += ["--batch", str(batch)]
+    for k, v in (changes or {}).items():
+        cmd += ["--set", f"{k}={json.dumps(v)}"]
+    if pre_relu:
+        cmd.append("--pre-relu")
     r = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore", "FILTERSCOPE_NO_CACHE": "1"}
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "FILTERSCOPE_NO_CACHE": "1", **(env or {})},
     )
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -502,6 +545,8 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--device", default="cpu")
     p.add_argument("--n-channels", type=int, default=3)
+    p.add_argument("--set", action="append", help="override a preset setting, e.g. --set lr=0.2 (repeatable)")
+    p.add_argument("--pre-relu", action="store_true", help="also score the pre-activation of a ReLU-capped layer")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--curve", action="store_true")
     p.add_argument("--layout", action="store_true", help="compare the atlas's process/thread layouts")

@@ -22,9 +22,10 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError
-from ..models.layers import LOGIT, get_layer, map_views
+from ..models.layers import LOGIT, get_layer, list_layers, map_views
 from ..models.model import Model
 from ..optvis.hooks import capture, run
+from ..optvis.relu import final_relus
 from ..outputs.images import image_tensor, list_images, load_image, model_input, sample_photos_dir
 
 ROBUST_CROPS = 8
@@ -59,29 +60,43 @@ def rms_contrast(img) -> float:
     return float((a @ np.array([0.299, 0.587, 0.114])).std())
 
 
-def layer_means(model: Model, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """Per-channel mean activation ``[N, C]`` (or logits for ``logit``) for images ``x`` in [0, 1]."""
+def layer_means(model: Model, layer: str, x: torch.Tensor, pre_relu: bool = False) -> torch.Tensor:
+    """Per-channel mean activation ``[N, C]`` (or logits for ``logit``) for images ``x`` in [0, 1].
+
+    ``pre_relu``: of the layer's pre-activation when it ends in a ReLU/ReLU6 (what the readable presets
+    optimise): not capped, so it still tells renders apart where the ReLU6 output saturates at 6."""
     x = x.to(model.device)
     if layer == LOGIT:
         with torch.inference_mode():
             return model.forward(x).float().cpu()
     info = get_layer(model, layer)
+    orders = {i.name: i.order for i in list_layers(model)} if pre_relu else {}
+    relu = final_relus(model.net, orders, [layer]).get(layer) if pre_relu else None
     with (
-        capture(model.net, [layer], calls={layer: info.calls}, stop=True, views=map_views(model, [layer])) as cap,
+        capture(
+            model.net,
+            [layer],
+            calls={layer: info.calls},
+            stop=True,
+            views=map_views(model, [layer]),
+            inputs_of=[relu] if relu else [],
+        ) as cap,
         torch.inference_mode(),
     ):
         run(model.forward, x, cap)
-        a = cap.acts[layer].float()
+        a = (cap.inputs[relu] if relu else cap.acts[layer]).float()
     return (a.flatten(2).mean(2) if a.dim() == 4 else a).cpu()
 
 
-def natural_max(model: Model, layer: str, folder: str | Path | None = None, batch: int = 16) -> torch.Tensor:
+def natural_max(
+    model: Model, layer: str, folder: str | Path | None = None, batch: int = 16, pre_relu: bool = False
+) -> torch.Tensor:
     """The highest per-channel mean activation over the photos in ``folder`` (default: bundled photos)."""
     files = list_images(folder or sample_photos_dir())
     best = None
     for start in range(0, len(files), batch):
         x = torch.cat([model_input(model, load_image(f)) for f in files[start : start + batch]])
-        m = layer_means(model, layer, x).amax(0)
+        m = layer_means(model, layer, x, pre_relu).amax(0)
         best = m if best is None else torch.maximum(best, m)
     return best
 
@@ -129,16 +144,18 @@ def score_images(
     nat_max: torch.Tensor,
     eval_model: Model | None = None,
     seed: int = 0,
+    pre_relu: bool = False,
 ) -> list[ChannelScore]:
-    """Score renders ``images[i]`` (``[B,3,H,W]`` in [0,1]) of ``channels[i]`` at ``layer``."""
+    """Score renders ``images[i]`` (``[B,3,H,W]`` in [0,1]) of ``channels[i]`` at ``layer`` (``pre_relu``:
+    on its pre-activation, with ``nat_max`` from ``natural_max(..., pre_relu=True)``)."""
     size = model.input_size
     scores = []
     for i, c in enumerate(channels):
         img = images[i].float().cpu()
         clean = TF.resize(img, [size, size], antialias=True)[None] if img.shape[-1] != size else img[None]
-        act = float(layer_means(model, layer, clean)[0, c])
+        act = float(layer_means(model, layer, clean, pre_relu)[0, c])
         views = robust_views(img, size, seed=seed + c)
-        robust = float(layer_means(model, layer, views)[:, c].mean())
+        robust = float(layer_means(model, layer, views, pre_relu)[:, c].mean())
         top = float(nat_max[c])
         denom = top if abs(top) > 1e-6 else 1e-6
         s = ChannelScore(

@@ -21,7 +21,9 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import UsageError, closest
 from ..models.layers import list_layers, map_views
 from ..models.model import Model
+from .fold import fold_batchnorm
 from .hooks import capture, run
+from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
 from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
 from .relu import final_relus, redirect_relu, relus_before
@@ -56,6 +58,7 @@ class RenderSettings:
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
     decorrelation: str | None = None  # what for_model resolved: natural-rgb | estimated from DIR | none
+    fold_batchnorm: bool = True  # render through a copy with batch norms folded into their convs (fold.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -165,6 +168,7 @@ class Renderer:
     (completed for the model by :meth:`RenderSettings.for_model`)."""
 
     def __init__(self, model: Model, settings: RenderSettings = RenderSettings()):
+        reuse_freed_memory()
         self.model = model
         self.settings = settings = settings.for_model(model)
         self.size = settings.size or model.input_size
@@ -181,11 +185,23 @@ class Renderer:
             t = Compose([t, Crops(n=1, box=(low, 1.0), spread=0.2, noise=0.0)])
         return t
 
-    def _evaluate(self, objective: Objective, images: torch.Tensor, cap: capture) -> torch.Tensor:
+    def _net(self, layers: Sequence[str]) -> torch.nn.Module:
+        """The network the loop runs: the model's, or its batch-norm-folded copy (outputs of the
+        ``layers`` themselves are never folded away)."""
+        if not self.settings.fold_batchnorm:
+            return self.model.net
+        m = self.model
+        example = torch.zeros(1, m.in_channels, m.input_size, m.input_size, device=m.device)
+        return fold_batchnorm(m.net, example, keep=layers)
+
+    def _forward(self, net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: net(self.model.normalize(x))
+
+    def _evaluate(self, st: _State, images: torch.Tensor) -> torch.Tensor:
         x = _fit(images, self.model.input_size)
-        logits = run(self.model.forward, x, cap)
+        logits = run(st.forward, x, st.cap)
         owner = torch.arange(images.shape[0], device=images.device)
-        return objective(Context(cap.acts, logits, images, owner))
+        return st.objective(Context(st.cap.acts, logits, images, owner))
 
     def render(
         self,
@@ -218,7 +234,8 @@ class Renderer:
             options["color"] = self.color
         options.update(param_args or {})
         param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
-        pre = final_relus(self.model.net, self.orders, objective.layers) if s.pre_relu else {}
+        net = self._net(objective.layers)
+        pre = final_relus(net, self.orders, objective.layers) if s.pre_relu else {}
         st = _State(
             objective=objective,
             param=param,
@@ -226,7 +243,7 @@ class Renderer:
             transform=self._transform(),
             gens=[torch.Generator().manual_seed(int(sd) ^ 0x5EED) for sd in seeds],
             cap=capture(
-                self.model.net,
+                net,
                 sorted(objective.layers, key=lambda n: self.orders.get(n, 0)),
                 calls=self.calls,
                 inputs_of=list(pre.values()),
@@ -235,19 +252,20 @@ class Renderer:
             ),
             pre=pre,
             batch=len(seeds),
+            forward=self._forward(net),
         )
         t0 = time.perf_counter()
         with st.cap:
             with torch.no_grad():
-                before = self._evaluate(objective, st.param(), st.cap).float().cpu()
+                before = self._evaluate(st, st.param()).float().cpu()
             # only an objective that is exactly 0 (a ReLU off everywhere) needs redirected gradients
             dead = s.redirect_relu and bool((before == 0).any())
-            relus = relus_before(self.model.net, self.orders, objective.layers) if dead else []
-            with redirect_relu(self.model.net, relus):
+            relus = relus_before(net, self.orders, objective.layers) if dead else []
+            with redirect_relu(net, relus):
                 interrupted = self._optimise(st, on_step, should_stop)
             with torch.no_grad():
                 final = st.param().detach()
-                after = self._evaluate(objective, final, st.cap).float().cpu()
+                after = self._evaluate(st, final).float().cpu()
         return RenderResult(
             final.cpu(),
             before.tolist(),
@@ -269,7 +287,7 @@ class Renderer:
             st.opt.zero_grad(set_to_none=True)
             images = st.param()
             x = _fit(st.transform(images, st.gens, side), side)
-            logits = run(self.model.forward, x, st.cap)
+            logits = run(st.forward, x, st.cap)
             owner = torch.arange(b, device=x.device).repeat_interleave(x.shape[0] // b)
             acts = {**st.cap.acts, **{layer: st.cap.inputs[relu] for layer, relu in st.pre.items()}}
             values = st.objective(Context(acts, logits, images, owner))
@@ -313,6 +331,7 @@ class _State:
     cap: capture
     pre: dict[str, str]
     batch: int
+    forward: Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] → logits, through the net the loop runs
     done: int = 0
     alive: torch.Tensor = field(init=False)
     active: torch.Tensor = field(init=False)  # alive and not yet converged

@@ -1,0 +1,318 @@
+"""The speed-and-scale targets (issue 17), each measured and marked met or not, in one run on one machine.
+
+    python benchmarks/bench_targets.py               # everything, ~45 min on 2 CPU cores
+    python benchmarks/bench_targets.py --skip-atlas  # without the 784-channel whole-model atlas (~20 min)
+
+Sections (each method runs in its own process, see bench_render.py):
+  layout     the atlas's default layout against the other one (1 process × N threads, N processes × 1)
+  per step   ``fast`` at blocks.1/3/5 and bn2: seconds per step against the ceiling (forward+backward of the
+             model truncated at the layer, batch 1, same allocator, same process); the fixed cost per step
+             (seconds per step minus the ceiling of the network the loop runs) against the previous release's
+             loop (no batch-norm folding, glibc's default allocator), measured in the same run
+  quality    ``fast`` against Lucid's defaults (``lucid``, 512 steps) on the same channels: median robust
+             ratio (bn2: of its pre-activation, ReLU6 caps the output) and seconds per channel
+  classes    ``fast`` renders of 20 evenly spaced ImageNet classes on efficientnet_lite0, classified by
+             efficientnet_lite1 (an independently trained model): top-1 / top-5
+  atlas      ``filterscope atlas --layers blocks.0,…,blocks.6`` (784 channels) with defaults, end to end:
+             wall time and the peak resident memory of the whole process tree (sampled every 0.5 s)
+  ray        tests/test_ray_cluster.py: a Ray head and a second node as separate processes, a worker killed
+             mid-atlas, every channel rendered, files equal to the local backend's
+  gpu        only with a CUDA device (not measured otherwise)
+
+Writes benchmarks/results/targets.json and targets.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_render as br  # noqa: E402
+
+RESULTS = HERE / "results"
+MODEL = "efficientnet_lite0"
+STEP_LAYERS = ["blocks.1", "blocks.3", "blocks.5", "bn2"]
+QUALITY_LAYERS = ["blocks.1", "blocks.3", "blocks.5", "blocks.6", "bn2"]
+CLASSES = list(range(25, 1000, 50))  # 20 classes evenly spread over ImageNet's 1000 (not picked by result)
+ATLAS_LAYERS = [f"blocks.{i}" for i in range(7)]
+RAY_TEST = str(HERE.parent / "tests" / "test_ray_cluster.py")
+PREVIOUS = {"FILTERSCOPE_NO_MALLOPT": "1"}  # with --set fold_batchnorm=false: the previous release's loop
+
+
+def fraction_target(layer: str) -> float:
+    return 0.70 if layer == "blocks.1" else 0.80
+
+
+def steps_and_quality(args) -> list[dict]:
+    m = br.load(MODEL, "cpu")
+    rows = []
+    for layer in QUALITY_LAYERS:
+        channels = br.pick_channels(m, layer, args.n_channels)
+        pre = layer == "bn2"
+        runs = {"fast": br.run_worker(MODEL, layer, "fast", channels, 48, "cpu", pre_relu=pre)}
+        if layer in STEP_LAYERS:
+            runs["previous"] = br.run_worker(
+                MODEL, layer, "fast", channels, 48, "cpu", changes={"fold_batchnorm": False}, env=PREVIOUS
+            )
+        runs["lucid"] = br.run_worker(MODEL, layer, "lucid", channels, 512, "cpu", pre_relu=pre)
+        row = {"layer": layer, "channels": channels, **{k: v for k, v in runs.items()}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+CLASS_WORKER = """
+import json, sys, numpy as np
+from filterscope.models import load_model
+from filterscope.models.layers import get_layer, LOGIT
+from filterscope.jobs.channels import render_stream
+from filterscope.jobs.evaluate import score_images, natural_max
+from filterscope.optvis.presets import get_preset
+import time, torch
+m = load_model("efficientnet_lite0"); ev = load_model("efficientnet_lite1")
+classes = json.loads(sys.argv[1])
+t = time.perf_counter()
+images = [r.image for r in render_stream(m, get_layer(m, LOGIT), classes, get_preset("fast"), seed=0)]
+sec = (time.perf_counter() - t) / len(classes)
+stack = torch.stack([i.float() for i in images])
+scores = score_images(m, LOGIT, classes, stack, natural_max(m, LOGIT), eval_model=ev)
+print(json.dumps({"s_per_class": sec, "top1": [bool(s.top1) for s in scores], "top5": [bool(s.top5) for s in scores],
+                  "median_robust_ratio": float(np.median([s.robust_ratio for s in scores]))}))
+"""
+
+
+def classes(args) -> dict:
+    env = {**os.environ, "FILTERSCOPE_NO_CACHE": "1", "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run(
+        [sys.executable, "-c", CLASS_WORKER, json.dumps(CLASSES)], capture_output=True, text=True, env=env
+    )
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["classes"] = CLASSES
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError, IndexError):
+                pass
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        todo += children.get(p, [])
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def run_sampled(cmd: list[str], env: dict | None = None) -> tuple[subprocess.CompletedProcess, float, int]:
+    """Run ``cmd``; returns it, its wall seconds and the peak RSS of its process tree."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    peak = [0]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _tree_rss(proc.pid))
+            done.wait(0.5)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    out, err = proc.communicate()
+    done.set()
+    th.join()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), time.perf_counter() - t0, peak[0]
+
+
+def atlas(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "filterscope.cli", "atlas", "--layers", ",".join(ATLAS_LAYERS)]
+        cmd += ["--no-cache", "--quiet", "--out", tmp]
+        r, wall, peak = run_sampled(cmd, {**os.environ, "PYTHONWARNINGS": "ignore"})
+        if r.returncode != 0:
+            return {"error": r.stderr.strip()[-400:]}
+        rec = json.loads((Path(tmp) / "run.json").read_text())
+        pngs = sum(1 for _ in Path(tmp).rglob("*.png"))
+    out = {
+        "command": "filterscope atlas --layers " + ",".join(ATLAS_LAYERS),
+        "wall_s": round(wall, 1),
+        "peak_rss_tree_mib": round(peak / 2**20),
+        "timings": rec.get("timings", {}),
+        "layout": rec.get("layout"),
+        "channels": sum(len(v.get("channels", [])) for v in rec.get("layers", {}).values())
+        if isinstance(rec.get("layers"), dict)
+        else None,
+        "png_files": pngs,
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def ray_fault() -> dict:
+    t0 = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", RAY_TEST],
+        capture_output=True,
+        text=True,
+    )
+    tail = (r.stdout.strip().splitlines() or [""])[-1]
+    out = {"passed": r.returncode == 0, "summary": tail, "seconds": round(time.perf_counter() - t0, 1)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def layout_check(args) -> dict:
+    from filterscope.jobs.pool import choose_layout
+    from filterscope.models import load_model
+
+    ns = argparse.Namespace(layer="blocks.3", channels=f"0-{args.layout_channels - 1}")
+    res = br.layout(ns)
+    m = load_model(MODEL)
+    res["auto_for_measured"] = choose_layout(m, args.layout_channels, None, None).describe()
+    res["auto_for_atlas"] = choose_layout(m, 784, None, None).describe()
+    return res
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _ok(flag: bool | None) -> str:
+    return "not measured" if flag is None else ("**met**" if flag else "**not met**")
+
+
+def report(res: dict) -> str:
+    lines = [f"Machine: {res['machine']}. `python benchmarks/bench_targets.py`: {res['seconds'] / 60:.1f} min.", ""]
+    lines += ["| # | target | measured | |", "|---|---|---|---|"]
+    lay = res.get("layout")
+    if lay:
+        rows = {r["layout"]: r for r in lay["rows"] if "error" not in r}
+        names = list(rows)
+        faster = min(names, key=lambda n: rows[n]["render_s"]) if len(names) == 2 else None
+        auto = lay["auto_for_measured"]
+        auto_is_procs = "process" in auto and not auto.startswith("1 process")
+        faster_is_procs = faster is not None and not faster.startswith("1 process")
+        txt = "; ".join(f"{n}: {rows[n]['render_s']:.1f} s" for n in names)
+        lines.append(
+            f"| 1 | default layout is the faster one ({lay['layer']}, {lay['rows'][0].get('channels')} channels) | "
+            f"{txt}; default picks {auto}; for 784 channels: {lay['auto_for_atlas']} | "
+            f"{_ok(faster is not None and auto_is_procs == faster_is_procs)} |"
+        )
+    for row in res.get("quality", []):
+        layer, fast, prev = row["layer"], row.get("fast", {}), row.get("previous")
+        if prev is None or "error" in fast or "error" in prev:
+            continue
+        frac = fast["fraction_of_ceiling"]
+        fixed_after = (fast["s_per_step"] - fast["ceiling_net_s_per_step"]) * 1000
+        fixed_before = (prev["s_per_step"] - prev["ceiling_s_per_step"]) * 1000
+        lines.append(
+            f"| 2 | `fast` at {layer} ≥ {fraction_target(layer):.0%} of the ceiling | "
+            f"{frac:.0%} ({fast['s_per_step'] * 1000:.1f} vs {fast['ceiling_s_per_step'] * 1000:.1f} ms; previous "
+            f"release {prev['fraction_of_ceiling']:.0%}) | {_ok(frac >= fraction_target(layer))} |"
+        )
+        lines.append(
+            f"| 2 | fixed cost per step at {layer} halved | {fixed_after:.1f} ms (step − ceiling of the folded net "
+            f"{fast['ceiling_net_s_per_step'] * 1000:.1f} ms) vs {fixed_before:.1f} ms before | "
+            f"{_ok(fixed_after <= fixed_before / 2)} |"
+        )
+    for row in res.get("quality", []):
+        layer, fast, luc = row["layer"], row.get("fast", {}), row.get("lucid", {})
+        if "error" in fast or "error" in luc:
+            lines.append(f"| 3 | quality at {layer} | error: {fast.get('error') or luc.get('error')} | |")
+            continue
+        key = "median_robust_ratio_pre_relu" if layer == "bn2" else "median_robust_ratio"
+        what = "robust ratio of the pre-activation" if layer == "bn2" else "robust ratio"
+        ratio = luc["s_per_channel"] / fast["s_per_channel"]
+        lines.append(
+            f"| 3 | `fast` ≥ Lucid-512 at {layer} ({what}) in ≤ 1/8 of its time | {fast[key]:.2f} vs {luc[key]:.2f}; "
+            f"{fast['s_per_channel']:.2f} vs {luc['s_per_channel']:.2f} s/channel (1/{ratio:.1f}) | "
+            f"{_ok(fast[key] >= luc[key] and ratio >= 8)} |"
+        )
+    cl = res.get("classes")
+    if cl and "error" not in cl:
+        t1, t5 = sum(cl["top1"]) / len(cl["top1"]), sum(cl["top5"]) / len(cl["top5"])
+        lines.append(
+            f"| 3 | class renders ≥ 90 % top-1 on efficientnet_lite1 ({len(cl['classes'])} classes) | "
+            f"top-1 {t1:.0%}, top-5 {t5:.0%}, {cl['s_per_class']:.1f} s/class | {_ok(t1 >= 0.9)} |"
+        )
+    at = res.get("atlas")
+    if at:
+        if "error" in at:
+            lines.append(f"| 4 | whole model ≤ 20 min | error: {at['error'][-200:]} | **not met** |")
+        else:
+            lines.append(
+                f"| 4 | whole model (784 channels, blocks.0-6) ≤ 20 min | {at['wall_s'] / 60:.1f} min wall, peak RSS "
+                f"{at['peak_rss_tree_mib']} MiB (all processes), {at['png_files']} PNG files | "
+                f"{_ok(at['wall_s'] <= 20 * 60)} |"
+            )
+    ray = res.get("ray")
+    if ray:
+        lines.append(
+            f"| 5 | Ray two-node fault test passes | {ray['summary']} ({ray['seconds']} s) | {_ok(ray['passed'])} |"
+        )
+    lines.append(f"| 6 | GPU | {res.get('gpu', 'no CUDA device on this machine')} | {_ok(None)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--skip-atlas", action="store_true")
+    p.add_argument("--n-channels", type=int, default=4)
+    p.add_argument("--layout-channels", type=int, default=24)
+    p.add_argument("--only", help="comma-separated sections: layout,quality,classes,atlas,ray")
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args()
+    only = set(args.only.split(",")) if args.only else {"layout", "quality", "classes", "atlas", "ray"}
+    if args.skip_atlas:
+        only.discard("atlas")
+    t0 = time.perf_counter()
+    res: dict = {"machine": br.machine()}
+    import torch
+
+    if not torch.cuda.is_available():
+        res["gpu"] = "not run: no CUDA device on this machine"
+    if "layout" in only:
+        res["layout"] = layout_check(args)
+    if "quality" in only:
+        res["quality"] = steps_and_quality(args)
+    if "classes" in only:
+        res["classes"] = classes(args)
+    if "atlas" in only:
+        res["atlas"] = atlas(args)
+    if "ray" in only:
+        res["ray"] = ray_fault()
+    res["seconds"] = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = "targets" if not args.only else "targets_" + "_".join(sorted(only))
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2))
+    md = report(res)
+    (out / f"{name}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
