@@ -55,6 +55,7 @@ class Model:
         self.std = std * c if len(std) == 1 and c > 1 else std
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         self._std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._scale, self._shift = 1.0 / self._std, -self._mean / self._std  # normalise in one pass
 
     @property
     def device(self) -> torch.device:
@@ -72,10 +73,12 @@ class Model:
             pass
         self._mean = self._mean.to(device)
         self._std = self._std.to(device)
+        self._scale, self._shift = self._scale.to(device), self._shift.to(device)
         return self
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self._mean.to(x.device)) / self._std.to(x.device)
+        """``(x - mean) / std``, as one multiply-add."""
+        return torch.addcmul(self._shift.to(x.device), x, self._scale.to(x.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of images in [0, 1]."""

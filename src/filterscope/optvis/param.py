@@ -155,7 +155,8 @@ class ImageParam(nn.Module):
         raise NotImplementedError
 
     def forward(self) -> torch.Tensor:
-        return self.images(torch.cat(list(self.tensors)))
+        ts = list(self.tensors)
+        return self.images(ts[0] if len(ts) == 1 else torch.cat(ts))
 
     def to_valid_rgb(self, x: torch.Tensor) -> torch.Tensor:
         if self.decorrelate:
@@ -232,13 +233,15 @@ class FourierParam(ImageParam):
         f = rfft_freqs(size, size)
         scale = 1.0 / np.maximum(f, 1.0 / size) ** decay_power
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32)[None, None, :, :, None])
+        # Lucid divides the synthesised image by 4; the division is folded into the (linear) scaling
+        self.register_buffer("scale_synth", self.scale / 4.0)
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(1, self.channels, self.size, self.size // 2 + 1, 2, generator=gen) * self.sd
 
     def images(self, t: torch.Tensor) -> torch.Tensor:
-        spec = torch.view_as_complex((t * self.scale).contiguous())
-        x = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho") / 4.0
+        spec = torch.view_as_complex((t * self.scale_synth).contiguous())
+        x = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
         return self.to_valid_rgb(x)
 
     def describe(self) -> dict:

@@ -99,7 +99,7 @@ class RandomAffine(Transform):
                 )
                 + 0.5
             )
-        return torch.cat(out)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def describe(self) -> dict:
         return {
