@@ -252,7 +252,8 @@ def worker(args) -> None:
         pre_scores = score_images(
             model, args.layer, channels, stack, natural_max(model, args.layer, pre_relu=True), pre_relu=True
         )
-        pre = {"median_robust_ratio_pre_relu": float(np.median([s.robust_ratio for s in pre_scores]))}
+        # the pre-activation itself: a ratio to the photos' best is meaningless where that best is negative
+        pre = {"median_robust_pre_relu": float(np.median([s.robust_activation for s in pre_scores]))}
     print(
         json.dumps(
             {
