@@ -229,7 +229,7 @@ def worker(args) -> None:
     # the ceiling of the network the loop actually ran (batch norms folded, optvis/fold.py): step time minus
     # this is the loop's own fixed cost
     net_ceil = ceil
-    if args.method not in ("naive", "lucent") and parse_changes(args.set).get("fold_batchnorm", True):
+    if args.method not in ("naive", "lucent") and os.environ.get("FILTERSCOPE_NO_FOLD") != "1":
         from filterscope.optvis.fold import fold_batchnorm
 
         example = torch.zeros(1, 3, model.input_size, model.input_size, device=args.device)

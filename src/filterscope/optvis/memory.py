@@ -45,7 +45,7 @@ def check_render_memory(size: int | None, batch: int | None, device: str = "cpu"
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 MMAP_THRESHOLD = 32 * 2**20  # glibc's upper limit on 64-bit
 TRIM_THRESHOLD = 2**30
-_reuse_set = False
+_reuse_set: bool | None = None  # None: not tried yet
 
 
 def reuse_freed_memory() -> bool:
@@ -56,10 +56,12 @@ def reuse_freed_memory() -> bool:
     4 KiB of them: measured 7,400 minor faults per step at ``efficientnet_lite0`` ``blocks.1``, 40 % of its
     step time on this 2-core machine. The cost: memory freed after a render stays with the process (up to
     the peak it already reached). Once per process; ``FILTERSCOPE_NO_MALLOPT=1`` or a non-glibc system
-    leaves the allocator as it is. Returns whether it is set."""
+    leaves the allocator as it is. Called by the render loop; returns whether it is set."""
     global _reuse_set
-    if _reuse_set or os.environ.get("FILTERSCOPE_NO_MALLOPT") == "1":
+    if _reuse_set is not None:
         return _reuse_set
+    if os.environ.get("FILTERSCOPE_NO_MALLOPT") == "1":
+        return False
     try:
         import ctypes
 
@@ -67,6 +69,6 @@ def reuse_freed_memory() -> bool:
         _reuse_set = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
             libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
         )
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # not glibc (macOS, Windows, musl): tried once, left as it is
         _reuse_set = False
     return _reuse_set

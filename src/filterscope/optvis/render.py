@@ -10,6 +10,7 @@ objective freezes only that image.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -58,7 +59,6 @@ class RenderSettings:
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
     decorrelation: str | None = None  # what for_model resolved: natural-rgb | estimated from DIR | none
-    fold_batchnorm: bool = True  # render through a copy with batch norms folded into their convs (fold.py)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -167,8 +167,12 @@ class Renderer:
     """Renders objectives on one model; reuse it to render many batches with the same settings
     (completed for the model by :meth:`RenderSettings.for_model`)."""
 
-    def __init__(self, model: Model, settings: RenderSettings = RenderSettings()):
+    def __init__(self, model: Model, settings: RenderSettings = RenderSettings(), *, fold: bool | None = None):
+        """``fold``: run the loop through a copy of the net with its batch norms folded into their
+        convolutions (:mod:`.fold`; the same picture up to float rounding, like a different thread count, so
+        it is not a setting); default on, ``FILTERSCOPE_NO_FOLD=1`` turns it off."""
         reuse_freed_memory()
+        self.fold = os.environ.get("FILTERSCOPE_NO_FOLD") != "1" if fold is None else bool(fold)
         self.model = model
         self.settings = settings = settings.for_model(model)
         self.size = settings.size or model.input_size
@@ -188,7 +192,7 @@ class Renderer:
     def _net(self, layers: Sequence[str]) -> torch.nn.Module:
         """The network the loop runs: the model's, or its batch-norm-folded copy (outputs of the
         ``layers`` themselves are never folded away)."""
-        if not self.settings.fold_batchnorm:
+        if not self.fold:
             return self.model.net
         m = self.model
         example = torch.zeros(1, m.in_channels, m.input_size, m.input_size, device=m.device)
