@@ -59,9 +59,16 @@ def steps_and_quality(args) -> list[dict]:
     for layer in QUALITY_LAYERS:
         channels = br.pick_channels(m, layer, args.n_channels)
         pre = layer == "bn2"
-        runs = {"fast": br.run_worker(MODEL, layer, "fast", channels, 48, "cpu", pre_relu=pre)}
-        if layer in STEP_LAYERS:
-            runs["previous"] = br.run_worker(MODEL, layer, "fast", channels, 48, "cpu", env=PREVIOUS)
+        # per-process speed on a shared VM varies by up to ~20 %: each timed method runs twice, alternating,
+        # and the faster process counts (the renders, hence the quality numbers, are the same)
+        runs: dict[str, dict] = {}
+        for _ in range(2 if layer in STEP_LAYERS else 1):
+            for name, env in (("fast", None), ("previous", PREVIOUS)):
+                if name == "previous" and layer not in STEP_LAYERS:
+                    continue
+                r = br.run_worker(MODEL, layer, "fast", channels, 48, "cpu", pre_relu=pre and name == "fast", env=env)
+                if name not in runs or r.get("s_per_step", 1e9) < runs[name].get("s_per_step", 1e9):
+                    runs[name] = r
         runs["lucid"] = br.run_worker(MODEL, layer, "lucid", channels, 512, "cpu", pre_relu=pre)
         row = {"layer": layer, "channels": channels, **{k: v for k, v in runs.items()}}
         rows.append(row)
@@ -221,13 +228,18 @@ def report(res: dict) -> str:
         layer, fast, prev = row["layer"], row.get("fast", {}), row.get("previous")
         if prev is None or "error" in fast or "error" in prev:
             continue
-        frac = fast["fraction_of_ceiling"]
-        fixed_after = (fast["s_per_step"] - fast["ceiling_net_s_per_step"]) * 1000
-        fixed_before = (prev["s_per_step"] - prev["ceiling_s_per_step"]) * 1000
+        # the layer's ceiling is the lowest timed in any of its processes (the machine's real speed; one process's
+        # timing can be slow and would flatter the fraction); the same for the folded net
+        runs = [r for r in (fast, prev, row.get("lucid", {})) if r.get("ceiling_s_per_step")]
+        ceil = min(r["ceiling_s_per_step"] for r in runs)
+        ceil_net = min(r["ceiling_net_s_per_step"] for r in runs if r is not prev)
+        frac, frac_prev = ceil / fast["s_per_step"], ceil / prev["s_per_step"]
+        fixed_after = (fast["s_per_step"] - ceil_net) * 1000
+        fixed_before = (prev["s_per_step"] - ceil) * 1000
         lines.append(
             f"| 2 | `fast` at {layer} ≥ {fraction_target(layer):.0%} of the ceiling | "
-            f"{frac:.1%} ({fast['s_per_step'] * 1000:.1f} ms/step, ceiling {fast['ceiling_s_per_step'] * 1000:.1f} ms; "
-            f"previous release {prev['fraction_of_ceiling']:.1%}, {prev['s_per_step'] * 1000:.1f} ms/step). Fixed cost "
+            f"{frac:.1%} ({fast['s_per_step'] * 1000:.1f} ms/step, ceiling {ceil * 1000:.1f} ms; "
+            f"previous release {frac_prev:.1%}, {prev['s_per_step'] * 1000:.1f} ms/step). Fixed cost "
             f"(step − ceiling of the net the loop runs): {fixed_after:.1f} ms, previous {fixed_before:.1f} ms "
             f"({fixed_before / max(fixed_after, 1e-9):.2f}× smaller) | {_ok(frac >= fraction_target(layer))} |"
         )

@@ -130,9 +130,11 @@ def test_render_with_and_without_folding_agree(model):
     a = folded.render(obj, [3])
     b = Renderer(model, base, fold=False).render(obj, [3])
     assert a.steps_done == b.steps_done == 6
-    # float rounding of the folded weights grows over the steps of gradient ascent, but stays small
-    assert abs(a.after[0] - b.after[0]) <= 0.02 * abs(b.after[0]) + 1e-3
-    assert (a.images - b.images).abs().mean() < 0.02  # Adam's first steps are ±lr: near-zero gradients flip
+    # the same objective on the same starting image: the layer's output, and the pre-activation the loop uses
+    assert abs(a.before[0] - b.before[0]) <= 1e-4 * abs(b.before[0]) + 1e-5
+    assert abs(a.curves[0][0] - b.curves[0][0]) <= 1e-4 * abs(b.curves[0][0]) + 1e-5
+    # later, float rounding grows (Adam's first steps are ±lr, so near-zero gradients can flip), but stays small
+    assert abs(a.after[0] - b.after[0]) <= 0.05 * abs(b.after[0]) + 1e-3
 
 
 def test_allocator_setting():
