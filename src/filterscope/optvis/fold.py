@@ -3,7 +3,7 @@
 In eval mode a ``BatchNorm2d`` is a per-channel affine map, so ``bn(conv(x))`` is one convolution with
 rescaled weights and a bias (``torch.nn.utils.fusion.fuse_conv_bn_weights``). Rendering runs the network
 forward and backward at every step, and the norms cost as much as a quarter of it on a CPU (measured on
-``efficientnet_lite0``: 25-35 % of forward+backward up to ``blocks.1``-``blocks.5``). The folded copy keeps
+``efficientnet_lite0``: 17-27 % of forward+backward up to ``blocks.1``-``bn2``). The folded copy keeps
 every module name, so hooks, early exit and ReLU redirection work on it unchanged; a folded norm still runs
 (and is hooked) but only applies what comes after the affine map (timm's ``BatchNormAct2d`` activation).
 
