@@ -229,12 +229,12 @@ def worker(args) -> None:
     # the ceiling of the network the loop actually ran (batch norms folded, optvis/fold.py): step time minus
     # this is the loop's own fixed cost
     net_ceil = ceil
-    if args.method not in ("naive", "lucent") and os.environ.get("FILTERSCOPE_NO_FOLD") != "1":
-        from filterscope.optvis.fold import fold_batchnorm
+    if args.method not in ("naive", "lucent"):
+        from filterscope.optvis.render import Renderer
 
-        example = torch.zeros(1, 3, model.input_size, model.input_size, device=args.device)
-        folded = fold_batchnorm(model.net, example, [args.layer])
-        net_ceil = ceiling(model, args.layer, args.device, args.batch or 1, net=folded)
+        net = Renderer(model).net_for([args.layer])
+        if net is not model.net:
+            net_ceil = ceiling(model, args.layer, args.device, args.batch or 1, net=net)
     mem = peak_mib(args.device)
     nat = natural_max(model, args.layer)
     stack = torch.stack(

@@ -76,30 +76,36 @@ def steps_and_quality(args) -> list[dict]:
     return rows
 
 
-CLASS_WORKER = """
-import json, sys, numpy as np
-from filterscope.models import load_model
-from filterscope.models.layers import get_layer, LOGIT
-from filterscope.jobs.channels import render_stream
-from filterscope.jobs.evaluate import score_images, natural_max
-from filterscope.optvis.presets import get_preset
-import time, torch
-m = load_model("efficientnet_lite0"); ev = load_model("efficientnet_lite1")
-classes = json.loads(sys.argv[1])
-t = time.perf_counter()
-images = [r.image for r in render_stream(m, get_layer(m, LOGIT), classes, get_preset("fast"), seed=0)]
-sec = (time.perf_counter() - t) / len(classes)
-stack = torch.stack([i.float() for i in images])
-scores = score_images(m, LOGIT, classes, stack, natural_max(m, LOGIT), eval_model=ev)
-print(json.dumps({"s_per_class": sec, "top1": [bool(s.top1) for s in scores], "top5": [bool(s.top5) for s in scores],
-                  "median_robust_ratio": float(np.median([s.robust_ratio for s in scores]))}))
-"""
+def class_worker(classes: list[int]) -> None:
+    """In its own process: ``fast`` renders of ``classes`` on efficientnet_lite0, classified by lite1."""
+    import numpy as np
+    import torch
+
+    from filterscope.jobs.channels import render_stream
+    from filterscope.jobs.evaluate import natural_max, score_images
+    from filterscope.models import load_model
+    from filterscope.models.layers import LOGIT, get_layer
+    from filterscope.optvis.presets import get_preset
+
+    m, ev = load_model(MODEL), load_model("efficientnet_lite1")
+    t = time.perf_counter()
+    images = [r.image for r in render_stream(m, get_layer(m, LOGIT), classes, get_preset("fast"), seed=0)]
+    sec = (time.perf_counter() - t) / len(classes)
+    stack = torch.stack([i.float() for i in images])
+    scores = score_images(m, LOGIT, classes, stack, natural_max(m, LOGIT), eval_model=ev)
+    out = {
+        "s_per_class": sec,
+        "top1": [bool(s.top1) for s in scores],
+        "top5": [bool(s.top5) for s in scores],
+        "median_robust_ratio": float(np.median([s.robust_ratio for s in scores])),
+    }
+    print(json.dumps(out))
 
 
 def classes(args) -> dict:
     env = {**os.environ, "FILTERSCOPE_NO_CACHE": "1", "PYTHONWARNINGS": "ignore"}
     r = subprocess.run(
-        [sys.executable, "-c", CLASS_WORKER, json.dumps(CLASSES)], capture_output=True, text=True, env=env
+        [sys.executable, __file__, "--class-worker", json.dumps(CLASSES)], capture_output=True, text=True, env=env
     )
     if r.returncode != 0:
         return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -291,7 +297,10 @@ def main() -> None:
     p.add_argument("--layout-channels", type=int, default=24)
     p.add_argument("--only", help="comma-separated sections: layout,quality,classes,atlas,ray")
     p.add_argument("--out", default=str(RESULTS))
+    p.add_argument("--class-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.class_worker:
+        return class_worker(json.loads(args.class_worker))
     only = set(args.only.split(",")) if args.only else {"layout", "quality", "classes", "atlas", "ray"}
     if args.skip_atlas:
         only.discard("atlas")

@@ -126,7 +126,7 @@ def test_render_with_and_without_folding_agree(model):
     obj = channel("bn2", 7)
     base = RenderSettings(steps=6, transforms="none", pre_relu=True)
     folded = Renderer(model, base)
-    assert folded._net(["bn2"]) is not model.net
+    assert folded.net_for(["bn2"]) is not model.net
     a = folded.render(obj, [3])
     b = Renderer(model, base, fold=False).render(obj, [3])
     assert a.steps_done == b.steps_done == 6

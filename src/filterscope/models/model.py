@@ -53,9 +53,9 @@ class Model:
             raise ModelError(f"std must be positive, got {list(std)}")
         self.mean = mean * c if len(mean) == 1 and c > 1 else mean
         self.std = std * c if len(std) == 1 and c > 1 else std
-        self._mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self._std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
-        self._scale, self._shift = 1.0 / self._std, -self._mean / self._std  # normalise in one pass
+        m = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        self._scale, self._shift = 1.0 / s, -m / s  # normalise in one multiply-add
 
     @property
     def device(self) -> torch.device:
@@ -71,8 +71,6 @@ class Model:
             self.net.to(memory_format=torch.channels_last)
         except (RuntimeError, TypeError):
             pass
-        self._mean = self._mean.to(device)
-        self._std = self._std.to(device)
         self._scale, self._shift = self._scale.to(device), self._shift.to(device)
         return self
 

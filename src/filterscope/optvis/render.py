@@ -189,7 +189,7 @@ class Renderer:
             t = Compose([t, Crops(n=1, box=(low, 1.0), spread=0.2, noise=0.0)])
         return t
 
-    def _net(self, layers: Sequence[str]) -> torch.nn.Module:
+    def net_for(self, layers: Sequence[str]) -> torch.nn.Module:
         """The network the loop runs: the model's, or its batch-norm-folded copy (outputs of the
         ``layers`` themselves are never folded away)."""
         if not self.fold:
@@ -238,7 +238,7 @@ class Renderer:
             options["color"] = self.color
         options.update(param_args or {})
         param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
-        net = self._net(objective.layers)
+        net = self.net_for(objective.layers)
         pre = final_relus(net, self.orders, objective.layers) if s.pre_relu else {}
         st = _State(
             objective=objective,
