@@ -15,11 +15,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from .errors import FilterscopeError, Interrupted, RenderError, UsageError, closest
 from .outputs.rundir import check_writable
+
+if TYPE_CHECKING:
+    from .models.layers import LayerInfo
 
 DEFAULT_OUT = "filterscope-out"
 
@@ -267,6 +271,12 @@ def render_options(f):
     return f
 
 
+def check_top(top: int, info: LayerInfo) -> None:
+    """``--top`` filters must exist in the layer (before any model work)."""
+    if top > info.channels:
+        raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
+
+
 def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: str, **given):
     """Load ``--model`` with the command line's input options (``--in-channels`` …) or the ``given`` ones."""
     from .models import load_model
@@ -448,8 +458,7 @@ def boost(
     out = out or os.path.join(DEFAULT_OUT, "boost")
     model = load(model_name, weights, trust_checkpoint, device)
     info = network_layer(model, layer, "boost")
-    if top > info.channels:
-        raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
+    check_top(top, info)
     check_writable(out)
     with graceful_stop(quiet) as stop:
         res = run_boost(
@@ -775,8 +784,7 @@ def explain(
     out = out or os.path.join(DEFAULT_OUT, "explain")
     model = load(model_name, weights, trust_checkpoint, device)
     info = network_layer(model, layer or explain_layer(model), "explain")
-    if top > info.channels:
-        raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
+    check_top(top, info)
     check_class(model, target_class)
     check_writable(out)
     with graceful_stop(quiet) as stop:
