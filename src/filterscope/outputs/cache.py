@@ -101,6 +101,26 @@ def make_key(fields: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def write_verified(data_path: Path, record_path: Path, data: bytes, record: dict, field: str) -> dict:
+    """Write ``data``, then ``record`` with the data's sha256 under ``field``, each atomically, so a reader
+    never takes a record for data that is missing or from another write. Returns the record written."""
+    record = {**record, field: hashlib.sha256(data).hexdigest()}
+    atomic_write(data_path, data)
+    atomic_write(record_path, json_bytes(record))
+    return record
+
+
+def read_verified(data_path: Path, record_path: Path, field: str) -> tuple[dict, bytes] | None:
+    """``(record, data)`` written by :func:`write_verified`, or ``None`` when either is missing, unreadable
+    or the data's sha256 is not the record's ``field``."""
+    try:
+        record = json.loads(record_path.read_bytes())
+        data = data_path.read_bytes()
+    except (OSError, ValueError):
+        return None
+    return (record, data) if record.get(field) == hashlib.sha256(data).hexdigest() else None
+
+
 @dataclass
 class CacheEntry:
     key: str
@@ -122,25 +142,15 @@ class RenderCache:
 
     def get(self, key: str) -> CacheEntry | None:
         """The entry, or ``None`` when it is missing or incomplete (a PNG without a matching record)."""
-        png_path, rec_path = self._paths(key)
-        try:
-            record = json.loads(rec_path.read_bytes())
-            png = png_path.read_bytes()
-        except (OSError, ValueError):
-            return None
-        if record.get("png_sha256") != hashlib.sha256(png).hexdigest():
-            return None
-        return CacheEntry(key, png, record)
+        got = read_verified(*self._paths(key), "png_sha256")
+        return None if got is None else CacheEntry(key, got[1], got[0])
 
     def has(self, key: str) -> bool:
         return self.get(key) is not None
 
     def put(self, key: str, png: bytes, record: dict[str, Any]) -> CacheEntry:
         """Store ``png`` and its ``record`` (the key's fields and the results), PNG first, each atomically."""
-        png_path, rec_path = self._paths(key)
-        record = {**record, "key": key, "png_sha256": hashlib.sha256(png).hexdigest()}
-        atomic_write(png_path, png)
-        atomic_write(rec_path, json_bytes(record))
+        record = write_verified(*self._paths(key), png, {**record, "key": key}, "png_sha256")
         return CacheEntry(key, png, record)
 
     def files(self, kind: str = "renders") -> list[Path]:

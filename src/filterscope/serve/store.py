@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs.cache import RenderCache, key_fields, make_key, model_key
+from ..outputs.cache import RenderCache, key_fields, make_key, model_key, read_verified, write_verified
 from ..outputs.rundir import atomic_write, json_bytes
 
 ADAPTER = "jobs-1"  # bump when serve/compute.py changes what it computes
@@ -45,21 +45,13 @@ def store_explanation(cache: RenderCache, key: str, result: dict, maps: np.ndarr
     js, npy = _result_paths(cache, key)
     buf = io.BytesIO()
     np.save(buf, maps, allow_pickle=False)
-    data = buf.getvalue()
-    atomic_write(npy, data)
-    atomic_write(js, json_bytes({**result, "maps_sha256": hashlib.sha256(data).hexdigest()}))
+    write_verified(npy, js, buf.getvalue(), result, "maps_sha256")
 
 
 def load_explanation(cache: RenderCache, key: str) -> tuple[dict, np.ndarray] | None:
     js, npy = _result_paths(cache, key)
-    try:
-        rec = json.loads(js.read_bytes())
-        data = npy.read_bytes()
-    except (OSError, ValueError):
-        return None
-    if rec.get("maps_sha256") != hashlib.sha256(data).hexdigest():
-        return None
-    return rec, np.load(io.BytesIO(data), allow_pickle=False)
+    got = read_verified(npy, js, "maps_sha256")
+    return None if got is None else (got[0], np.load(io.BytesIO(got[1]), allow_pickle=False))
 
 
 def diversity_keys(model, layer: str, channel: int, method: str, seed: int, n: int) -> tuple[str, list[str], dict]:
