@@ -1,0 +1,125 @@
+"""The job contract: every job (boost, render, inspect, explain, concepts, circuit, tuning, …) runs inside one
+:class:`RunContext`, which owns the output folder, the record, progress, interruption and resume.
+
+A job validates its arguments first (raising :class:`~filterscope.errors.UsageError`, so the API refuses
+what the CLI refuses and nothing is written), then::
+
+    with open_run("concepts", out, settings, resume=resume, progress=progress, should_stop=should_stop) as ctx:
+        ...                                   # ctx.run writes files atomically, ctx.run.result() records items
+        if ctx.stop():                        # SIGINT/SIGTERM (or the caller's should_stop) asked to stop
+            ctx.mark_partial(done, total)     # finished work is kept; status "partial"
+        ctx.data = the_job_result_object
+    return ctx.result                         # JobResult(run_dir, status, record, data)
+
+On leaving the block the record gets ``timings.total_s`` and its status (``complete`` or ``partial``); an
+exception marks it ``failed`` with the one-line error and releases the folder's lock. The CLI turns a
+``partial`` result into exit 130 (:meth:`JobResult.raise_if_partial`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import FilterscopeError, Interrupted
+from ..outputs.rundir import RunDir
+from .interrupt import graceful_stop
+
+
+@dataclass
+class JobResult:
+    """What every job returns: where it wrote, how it ended, its ``run.json`` record and its own result."""
+
+    run_dir: Path
+    status: str  # complete | partial
+    record: dict
+    data: Any = None
+    interruption: str | None = None  # the one-line message for a partial run
+
+    def raise_if_partial(self) -> None:
+        """Raise :class:`Interrupted` (exit 130 from the CLI) when the run was stopped before the end."""
+        if self.status == "partial":
+            raise Interrupted(self.interruption or f"interrupted: partial results kept in {self.run_dir}")
+
+
+class RunContext:
+    """One job run: its :class:`~filterscope.outputs.rundir.RunDir`, stop flag, progress bars and timings."""
+
+    def __init__(self, run: RunDir, stop: Callable[[], bool], progress: bool) -> None:
+        self.run = run
+        self.stop = stop
+        self.show_progress = progress
+        self.data: Any = None
+        self.status = "complete"
+        self.interruption: str | None = None
+        self.result: JobResult | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.run.path
+
+    @property
+    def record(self) -> dict:
+        return self.run.record
+
+    def progress(self, total: int, desc: str, unit: str = "item", initial: int = 0):
+        """A tqdm bar over ``total`` items (silent when the job runs without progress)."""
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total, initial=initial, desc=desc, unit=unit, disable=not self.show_progress, dynamic_ncols=True
+        )
+
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Record the block's wall time as ``timings[<name>_s]``."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record["timings"][f"{name}_s"] = round(time.perf_counter() - t, 3)
+
+    def mark_partial(self, done: int, total: int, what: str = "items", resumable: bool = True) -> None:
+        """The run was stopped with ``done`` of ``total`` finished: it ends ``partial`` with that message."""
+        self.status = "partial"
+        then = "run the same command with --resume to finish" if resumable else "rerun it to finish (it starts over)"
+        self.interruption = f"interrupted: {done} of {total} {what} finished and kept in {self.path}; {then}"
+
+
+@contextlib.contextmanager
+def open_run(
+    command: str,
+    out: str | Path,
+    settings: dict[str, Any],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[RunContext]:
+    """Open ``out`` as the run folder of ``command`` (locked, earlier outputs of the folder removed unless
+    ``resume``), record ``settings``, and close it with its status and total time; see the module docstring.
+
+    Without ``should_stop``, SIGINT/SIGTERM ask the job to stop after the current step (in the main thread)."""
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if should_stop is None:
+            should_stop = stack.enter_context(graceful_stop(quiet=not progress))
+        run = RunDir(out, command, settings, resume=resume)
+        ctx = RunContext(run, should_stop, progress)
+        try:
+            yield ctx
+        except BaseException as e:
+            run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+            reason = e.message if isinstance(e, FilterscopeError) else type(e).__name__
+            try:
+                run.finish("failed", error=reason)
+            finally:
+                run.release()
+            raise
+        run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+        run.finish(ctx.status)
+        ctx.result = JobResult(run.path, ctx.status, run.record, ctx.data, ctx.interruption)
