@@ -35,8 +35,8 @@ import filterscope as fs
 from filterscope.jobs.accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH
 from filterscope.jobs.attribution import deletion_curve
 from filterscope.jobs.evaluate import path_scores
+from filterscope.models.inputs import list_images, load_image, model_input, to_tensor
 from filterscope.models.layers import get_layer
-from filterscope.outputs.images import list_images, load_image, model_input, to_tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 KS = list(range(1, 33))

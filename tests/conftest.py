@@ -21,6 +21,6 @@ def model():
 
 @pytest.fixture(scope="session")
 def coffee():
-    from filterscope.outputs.images import load_image, sample_image_path
+    from filterscope.models.inputs import load_image, sample_image_path
 
     return load_image(sample_image_path())

@@ -78,8 +78,8 @@ def test_atlas_resume_renders_only_missing(tmp_path, capsys):
 def test_dataset_examples_are_the_true_top_n(model):
     from filterscope.jobs.dataset import collect_examples
     from filterscope.jobs.evaluate import layer_means
+    from filterscope.models.inputs import list_images, load_image, model_input, sample_photos_dir
     from filterscope.models.layers import get_layer
-    from filterscope.outputs.images import list_images, load_image, model_input, sample_photos_dir
 
     layers = [get_layer(model, "blocks.2"), get_layer(model, "blocks.4")]
     files, stats = collect_examples(model, layers, sample_photos_dir(), n_top=5, batch=7, progress=False)

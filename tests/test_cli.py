@@ -35,7 +35,7 @@ def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
     for f in ["figure_boost.png", "figure_activations.png", "figure_heatmaps.png", "activations.csv", "run.json"]:
         assert (out / f).is_file(), f
     rec = json.loads((out / "run.json").read_text())
-    top = [t["filter"] for t in rec["inspection"]["top"]]
+    top = [t["channel"] for t in rec["inspection"]["top"]]
     assert len(top) == 2
     for c in top:
         png = out / "bn2" / f"channel_{c:04d}.png"
@@ -45,7 +45,7 @@ def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
         assert r["file"] == f"bn2/channel_{c:04d}.png"
     s = rec["settings"]
     assert s["model"]["name"] == "efficientnet_lite0" and s["layer"] == "bn2" and s["seed"] == 0
-    assert s["render"]["steps"] == 8 and s["method"] == "fast"
+    assert s["render"]["steps"] == 8 and s["method"] == "fast+steps"  # the preset and what was changed
     assert {"torch", "timm", "filterscope", "python"} <= set(rec["versions"])
     assert rec["timings"]["total_s"] > 0
     assert rec["inspection"]["predictions"][0]["class"] == 967
@@ -68,7 +68,7 @@ def test_inspect_top_filter_is_argmax_and_deterministic(model, coffee, tmp_path,
     rc, stdout, err = cli_inproc(capsys, "inspect", "--top", 3, "--out", tmp_path / "i", "--json")
     assert rc == 0, err
     rec = json.loads(stdout)
-    assert rec["inspection"]["top"][0]["filter"] == a.top[0]
+    assert rec["inspection"]["top"][0]["channel"] == a.top[0]
 
 
 def test_inspect_avgpool_takes_maps_from_its_input():
@@ -278,7 +278,7 @@ ODD_IMAGES = {
 
 @pytest.mark.parametrize("name", sorted(ODD_IMAGES))
 def test_unusual_but_valid_images_are_read(tmp_path, name):
-    from filterscope.outputs.images import load_image
+    from filterscope.models.inputs import load_image
 
     p = tmp_path / name
     ODD_IMAGES[name](p)
@@ -296,7 +296,7 @@ def test_unusual_but_valid_images_are_read(tmp_path, name):
 
 
 def test_exif_orientation_is_applied(tmp_path):
-    from filterscope.outputs.images import load_image
+    from filterscope.models.inputs import load_image
 
     p = tmp_path / "rotated.jpg"
     exif = Image.Exif()

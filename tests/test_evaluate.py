@@ -16,10 +16,7 @@ from filterscope.jobs.evaluate import (
     robust_views,
     score_images,
 )
-from filterscope.optvis.objectives import channel
-from filterscope.optvis.presets import get_preset
-from filterscope.optvis.render import Renderer, channel_seed
-from filterscope.outputs.images import (
+from filterscope.models.inputs import (
     list_images,
     load_image,
     model_input,
@@ -27,6 +24,9 @@ from filterscope.outputs.images import (
     sample_photos_dir,
     to_tensor,
 )
+from filterscope.optvis.objectives import channel
+from filterscope.optvis.presets import get_preset
+from filterscope.optvis.render import Renderer, channel_seed
 
 
 def test_natural_max_is_the_max_over_the_photos(model):

@@ -13,8 +13,8 @@ from filterscope.cli import main
 from filterscope.jobs.attribution import ablate, contributions, deletion_curve
 from filterscope.jobs.evaluate import path_scores
 from filterscope.jobs.similarity import ssim
+from filterscope.models.inputs import load_image, model_input, sample_photos_dir, to_tensor
 from filterscope.models.layers import get_layer
-from filterscope.outputs.images import load_image, model_input, sample_photos_dir, to_tensor
 
 PHOTOS = ["coffee_0.jpg", "camera_0.jpg", "chelsea_0.jpg", "rocket_0.jpg", "astronaut_0.jpg"]
 
@@ -80,7 +80,7 @@ def test_inspect_rank_contribution_cli(tmp_path, capsys):
     rec = json.loads(stdout)
     top = rec["inspection"]["top"]
     assert rec["inspection"]["rank"] == "contribution" and rec["inspection"]["target_class"] == 967
-    assert set(top[0]) == {"filter", "mean", "max", "contribution"}
+    assert set(top[0]) == {"channel", "mean", "max", "contribution"}
     assert [t["contribution"] for t in top] == sorted((t["contribution"] for t in top), reverse=True)
     header = (out / "activations.csv").read_text().splitlines()[0]
     assert header == "filter,mean,max,contribution"
@@ -157,11 +157,11 @@ def test_explain_end_to_end(explain_dir):
     assert rec["status"] == "complete" and rec["settings"]["layer"] == "blocks.5"
     ex = rec["explain"]
     assert ex["class"] == 967 and len(ex["filters"]) == 2
-    assert [f["filter"] for f in ex["filters"]] == [t["filter"] for t in rec["inspection"]["top"]]
+    assert [f["channel"] for f in ex["filters"]] == [t["channel"] for t in rec["inspection"]["top"]]
     drops = ex["ablation"]["top8_drop"]
     assert drops["contribution"] > drops["activation"] > drops["random"] - 0.05
     for f in ex["filters"]:
-        c = f["filter"]
+        c = f["channel"]
         assert (explain_dir / f"blocks.5/accent_{c:04d}.png").is_file()
         assert (explain_dir / f"blocks.5/channel_{c:04d}.png").is_file()
         assert len(f["examples"]) == 3

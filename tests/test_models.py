@@ -7,7 +7,7 @@ import torch
 from filterscope.errors import CheckpointError, ModelError
 from filterscope.models import load_model
 from filterscope.models.checkpoints import read_state_dict
-from filterscope.outputs.images import model_input
+from filterscope.models.inputs import model_input
 
 
 def test_offline_model_classifies_coffee_as_espresso(model, coffee):

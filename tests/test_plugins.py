@@ -13,10 +13,10 @@ import torch
 
 from filterscope.cli import main
 from filterscope.jobs.objective import objective_for
+from filterscope.models.inputs import sample_image_path
 from filterscope.optvis.objective_text import argument_kinds
 from filterscope.optvis.objectives import OBJECTIVE_REGISTRY, Objective, register_objective
 from filterscope.optvis.render import Renderer, RenderSettings
-from filterscope.outputs.images import sample_image_path
 
 HERE = Path(__file__).resolve().parent
 EXAMPLE_ARG = {

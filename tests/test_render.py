@@ -105,9 +105,9 @@ def test_bad_settings_rejected_before_work(model, bad):
         Renderer(model, FEW.with_(**bad))
 
 
-def test_render_cache_keeps_plain_channels_only(model, tmp_path):
-    """A channel plus a penalty is not cached: the objective's name does not hold every argument of its terms
-    (``l1(0.0)`` and ``l1(1.0)`` are both named "l1"), so a cache hit could be another penalty's render."""
+def test_render_cache_keys_penalties_by_every_argument(model, tmp_path):
+    """A channel plus a penalty is cached under the objective's full key: ``l1(0.0)`` and ``l1(1.0)`` (both
+    *named* "l1") are two entries, never one render served for the other; the plain channel is a third."""
     from filterscope.jobs.channels import render_stream
     from filterscope.models.layers import get_layer
     from filterscope.optvis.objectives import l1
@@ -116,8 +116,13 @@ def test_render_cache_keeps_plain_channels_only(model, tmp_path):
     cache = RenderCache(tmp_path / "cache")
     info = get_layer(model, "blocks.2")
     few = FEW.with_(steps=2)
-    list(render_stream(model, info, [1], few, 0, extra=lambda c: -0.5 * l1(0.0), cache=cache))
-    assert cache.info()["entries"] == 0
+    (pen0,) = render_stream(model, info, [1], few, 0, extra=lambda c: -0.5 * l1(0.0), cache=cache)
+    assert cache.info()["entries"] == 1 and not pen0.cached
+    (pen1,) = render_stream(model, info, [1], few, 0, extra=lambda c: -0.5 * l1(1.0), cache=cache)
+    assert cache.info()["entries"] == 2 and not pen1.cached
+    (pen0_again,) = render_stream(model, info, [1], few, 0, extra=lambda c: -0.5 * l1(0.0), cache=cache)
+    assert pen0_again.cached and pen0_again.png == pen0.png
     (first,) = render_stream(model, info, [1], few, 0, cache=cache)
     (again,) = render_stream(model, info, [1], few, 0, cache=cache)
-    assert cache.info()["entries"] == 1 and again.cached and again.png == first.png
+    assert cache.info()["entries"] == 3 and not first.cached
+    assert again.cached and again.png == first.png

@@ -169,7 +169,7 @@ def test_app_explanation_and_filter_pages(client, explorer):
     page = client.get(url).text
     assert "espresso" in page and page.count('class="tile filter"') == 24
     rec, maps = explorer.maps("blocks.5", h)
-    top = rec["by_contribution"][0]["filter"]
+    top = rec["by_contribution"][0]["channel"]
     assert rec["by_contribution"][0]["contribution"] >= rec["by_contribution"][-1]["contribution"]
     assert maps.shape == (192, 7, 7)
     f = client.get(f"{url}/f/{top}")
@@ -217,7 +217,7 @@ def test_app_refuses_bad_input(client):
 
 
 def test_upload_is_stored_under_its_hash(client, explorer):
-    from filterscope.outputs.images import sample_image_path
+    from filterscope.models.inputs import sample_image_path
 
     data = sample_image_path().read_bytes()
     r = client.post("/upload", files={"file": ("../../evil name.jpg", data)}, data={"layer": "blocks.5"})
@@ -296,7 +296,7 @@ def test_browser_upload_explain_click_filter_and_atlas_links(server, explorer, t
     if not chromium:
         pytest.skip("no chromium installed (apt install chromium)")
     pw = pytest.importorskip("playwright.sync_api")
-    from filterscope.outputs.images import sample_photos_dir
+    from filterscope.models.inputs import sample_photos_dir
 
     errors = []
     with pw.sync_playwright() as p:

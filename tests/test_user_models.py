@@ -11,9 +11,9 @@ from torch import nn
 
 import filterscope as fs
 from filterscope.cli import main
+from filterscope.models.inputs import sample_photos_dir
 from filterscope.models.layers import list_layers
 from filterscope.optvis.objectives import channel
-from filterscope.outputs.images import sample_photos_dir
 
 NET_PY = '''
 import torch

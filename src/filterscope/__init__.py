@@ -19,12 +19,12 @@ from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
 from .jobs.objective import objective_for, render_objective
 from .models import Model, default_layer, get_layer, list_layers, load_model, register_model
+from .models.inputs import load_image, sample_image_path, sample_photos_dir
 from .optvis.objective_text import parse as parse_objective
 from .optvis.objectives import Objective, Target, register_objective
 from .optvis.param import register_param
 from .optvis.presets import PRESETS, get_preset
 from .optvis.render import Renderer, RenderSettings
-from .outputs.images import load_image, sample_image_path, sample_photos_dir
 from .version import __version__ as __version__
 
 __all__ = [

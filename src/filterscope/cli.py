@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .errors import FilterscopeError, Interrupted, RenderError, UsageError, closest
+from .errors import FilterscopeError, UsageError, closest
+from .models.registry import DEFAULT_MODEL
+from .outputs.naming import default_out
 from .outputs.rundir import check_writable
 
 if TYPE_CHECKING:
-    from .models.layers import LayerInfo
-
-DEFAULT_OUT = "filterscope-out"
+    pass
 
 
 # ---------------------------------------------------------------- parameter types
@@ -198,7 +198,7 @@ def model_options(command):
     f = click.option(
         "--model",
         "model_name",
-        default="efficientnet_lite0",
+        default=DEFAULT_MODEL,
         show_default=True,
         help="Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
         "path/net.py:Class or package.module:factory (with --weights FILE), or a TorchScript file.",
@@ -229,6 +229,11 @@ def cache_options(command):
         help="Render cache folder [default: $FILTERSCOPE_CACHE, $XDG_CACHE_HOME/filterscope or ~/.cache/filterscope].",
     )(f)
     return f
+
+
+def out_option(job: str):
+    """``--out DIR``: the run folder, by default the job's folder under ``filterscope-out``."""
+    return click.option("--out", default=None, help=f"Output directory [default: {default_out(job)}].")
 
 
 def output_options(f):
@@ -269,12 +274,6 @@ def render_options(f):
     )(f)
     f = click.option("--method", type=METHOD, default=None, help="Preset (default: fast).")(f)
     return f
-
-
-def check_top(top: int, info: LayerInfo) -> None:
-    """``--top`` filters must exist in the layer (before any model work)."""
-    if top > info.channels:
-        raise UsageError(f"--top {top} is more than the {info.channels} filters of {info.name}")
 
 
 def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: str, **given):
@@ -374,7 +373,7 @@ def layers(model_name, weights, trust_checkpoint, device, as_json):
 @click.option(
     "--class", "target_class", type=int, default=None, help="Class for --rank contribution [default: the prediction]."
 )
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/inspect].")
+@out_option("inspect")
 @output_options
 def inspect_cmd(
     image, model_name, weights, trust_checkpoint, device, layer, top, rank, target_class, out, quiet, as_json
@@ -382,17 +381,18 @@ def inspect_cmd(
     """Which filters of LAYER an IMAGE excites most (or contribute most to the class), and where."""
     from .jobs.attribution import check_class
     from .jobs.inspect import inspect_to_dir
+    from .models.inputs import load_image
     from .models.layers import network_layer
-    from .outputs.images import load_image
 
     if image:
         load_image(image)
-    out = out or os.path.join(DEFAULT_OUT, "inspect")
+    out = out or default_out("inspect")
     model = load(model_name, weights, trust_checkpoint, device)
     layer = network_layer(model, layer, "inspect").name
     check_class(model, target_class)
     check_writable(out)
-    run_dir, ins = inspect_to_dir(model, image, out, layer=layer, top=top, rank=rank, target_class=target_class)
+    res = inspect_to_dir(model, image, out, layer=layer, top=top, rank=rank, target_class=target_class)
+    run_dir, ins = res.run_dir, res.inspection
     lines = [
         f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
         f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
@@ -406,7 +406,7 @@ def inspect_cmd(
         for i in ins.top
     ]
     if model.in_channels != 3:
-        from .outputs.images import channel_conversion
+        from .models.inputs import channel_conversion
 
         lines.append(f"image converted for {model.in_channels} input channels: {channel_conversion(model.in_channels)}")
     lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
@@ -419,7 +419,7 @@ def inspect_cmd(
 @click.option("--layer", default="default", show_default=True)
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True)
 @render_options
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/boost].")
+@out_option("boost")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
 @cache_options
@@ -447,15 +447,16 @@ def boost(
 ):
     """The main job: IMAGE's top filters at LAYER and their boosted features (default: bundled cup)."""
     from .jobs.boost import boost as run_boost
+    from .jobs.boost import check_top
     from .jobs.interrupt import graceful_stop
+    from .models.inputs import load_image
     from .models.layers import network_layer
-    from .outputs.images import load_image
 
     t0 = time.perf_counter()
     if image:
         load_image(image)
     method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
-    out = out or os.path.join(DEFAULT_OUT, "boost")
+    out = out or default_out("boost")
     model = load(model_name, weights, trust_checkpoint, device)
     info = network_layer(model, layer, "boost")
     check_top(top, info)
@@ -475,8 +476,7 @@ def boost(
             progress=not quiet,
             should_stop=stop,
         )
-    if res.status == "partial":
-        raise Interrupted.kept(res.run_dir, len(res.renders), top)
+    res.raise_if_partial()
     ins = res.inspection
     lines = [
         f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
@@ -491,9 +491,6 @@ def boost(
         f"wrote {res.run_dir}/figure_boost.png and {len(res.renders)} renders in {time.perf_counter() - t0:.1f} s"
     )
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-    failed = [r for r in res.renders if r["status"] != "ok"]
-    if failed and len(failed) == len(res.renders):
-        raise RenderError(f"every render failed: {failed[0]['status']}")
 
 
 @cli.command(name="render")
@@ -519,7 +516,7 @@ def boost(
     callback=diversity_option,
     help="Also render N ≥ 2 diverse variants per channel.",
 )
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/render].")
+@out_option("render")
 @click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
 @output_options
 @cache_options
@@ -562,9 +559,9 @@ def render_cmd(
             "--penalty and --diversity work with --layer/--channels"
         )
     method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
-    out = out or os.path.join(DEFAULT_OUT, "render")
+    out = out or default_out("render")
     if images:
-        from .outputs.images import list_images
+        from .models.inputs import list_images
 
         list_images(images)
         settings = settings.with_(decorrelation_images=str(images))
@@ -589,7 +586,8 @@ def render_cmd(
                 on_step=lambda i: bar.update(1),
                 should_stop=stop,
             )
-        rec = res.record
+        res.raise_if_partial()
+        rec = res.render
         emit(
             as_json,
             quiet,
@@ -619,8 +617,7 @@ def render_cmd(
             should_stop=stop,
         )
     summary = res.summary
-    if res.status == "partial":
-        raise Interrupted.kept(res.run_dir, len(summary.rendered) + len(summary.skipped), len(res.channels))
+    res.raise_if_partial()
     lines = [
         f"rendered {len(summary.rendered)} channels of {info.name}"
         + (f" ({len(summary.skipped)} already done)" if summary.skipped else "")
@@ -639,7 +636,7 @@ def render_cmd(
     "--steps", type=click.IntRange(min=1), default=None, help="Same steps for every method (default: each method's)."
 )
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/compare].")
+@out_option("compare")
 @click.option("--resume", is_flag=True)
 @output_options
 def compare(
@@ -651,7 +648,7 @@ def compare(
     from .models.layers import get_layer
 
     names = [METHOD.convert(m.strip(), None, None) for m in methods.split(",") if m.strip()]
-    out = out or os.path.join(DEFAULT_OUT, "compare")
+    out = out or default_out("compare")
     model = load(model_name, weights, trust_checkpoint, device)
     info = get_layer(model, layer)
     chans = list(range(info.channels)) if channels is None else channels
@@ -669,6 +666,7 @@ def compare(
             progress=not quiet,
             should_stop=stop,
         )
+    res.raise_if_partial()
     emit(
         as_json,
         quiet,
@@ -694,7 +692,7 @@ RANK_OPTION = click.option(
 @click.option("--strength", type=click.FloatRange(min=0), default=None, help="Closeness to the photo [default: 1000].")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps [default: 24].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/accentuate].")
+@out_option("accentuate")
 @output_options
 def accentuate(
     image, model_name, weights, trust_checkpoint, device, layer, channels, strength, steps, seed, out, quiet, as_json
@@ -702,12 +700,12 @@ def accentuate(
     """Feature accentuation: IMAGE pushed to excite each filter while it stays close to the photo."""
     from .jobs.accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, accentuate_to_dir
     from .jobs.interrupt import graceful_stop
+    from .models.inputs import load_image
     from .models.layers import network_layer
-    from .outputs.images import load_image
 
     if image:
         load_image(image)
-    out = out or os.path.join(DEFAULT_OUT, "accentuate")
+    out = out or default_out("accentuate")
     model = load(model_name, weights, trust_checkpoint, device)
     info = network_layer(model, layer, "accentuate")
     chans = list(range(info.channels)) if channels is None else channels
@@ -726,8 +724,7 @@ def accentuate(
             progress=not quiet,
             should_stop=stop,
         )
-    if res.status == "partial":
-        raise Interrupted.kept(res.run_dir, len(res.accentuations), len(chans), resumable=False)
+    res.raise_if_partial()
     lines = [f"{model.name} · {info.name} · accentuations of {image or 'the bundled photo'}"]
     lines += [
         f"  filter {a.channel:5d}: photo {a.activation_photo:.3f} → accentuation {a.activation_accent:.3f} "
@@ -748,7 +745,7 @@ def accentuate(
 @click.option("--images", default=None, help="Folder of natural images for top examples (default: bundled photos).")
 @click.option("--strength", type=click.FloatRange(min=0), default=None, help="Accentuation closeness [default: 1000].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/explain].")
+@out_option("explain")
 @output_options
 @cache_options
 def explain(
@@ -771,17 +768,18 @@ def explain(
     """Which filters drive IMAGE's prediction, what each sees in it, and the evidence: report.html."""
     from .jobs.accentuate import DEFAULT_STRENGTH
     from .jobs.attribution import check_class
+    from .jobs.boost import check_top
     from .jobs.explain import explain as run_explain
     from .jobs.explain import explain_layer
     from .jobs.interrupt import graceful_stop
+    from .models.inputs import list_images, load_image
     from .models.layers import network_layer
-    from .outputs.images import list_images, load_image
 
     if image:
         load_image(image)
     if images:
         list_images(images)
-    out = out or os.path.join(DEFAULT_OUT, "explain")
+    out = out or default_out("explain")
     model = load(model_name, weights, trust_checkpoint, device)
     info = network_layer(model, layer or explain_layer(model), "explain")
     check_top(top, info)
@@ -802,8 +800,7 @@ def explain(
             progress=not quiet,
             should_stop=stop,
         )
-    if res.status == "partial":
-        raise Interrupted.kept(res.run_dir, len(res.filters), top, resumable=False)
+    res.raise_if_partial()
     ins = res.inspection
     rec = res.record()
     lines = [
@@ -833,7 +830,7 @@ def explain(
 def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_json):
     """Measure renders: activation vs natural images, robustness to crops, transferability."""
     from .jobs.evaluate import evaluate_run, table
-    from .outputs.images import list_images
+    from .models.inputs import list_images
     from .outputs.rundir import atomic_write, json_bytes
 
     rec_file = Path(run_dir) / "run.json"
@@ -903,7 +900,7 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
     help="CPU threads per render (default: 1 in worker processes, torch's otherwise); the same value gives "
     "identical files on any backend.",
 )
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/atlas].")
+@out_option("atlas")
 @click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
 @output_options
 @cache_options
@@ -938,8 +935,8 @@ def atlas(
     """Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html)."""
     from .jobs.atlas import build_atlas
     from .jobs.interrupt import graceful_stop
+    from .models.inputs import list_images
     from .models.layers import network_layer
-    from .outputs.images import list_images
 
     t0 = time.perf_counter()
     method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
@@ -949,7 +946,7 @@ def atlas(
         from .jobs.ray_backend import _ray
 
         _ray()
-    out = out or os.path.join(DEFAULT_OUT, "atlas")
+    out = out or default_out("atlas")
     model = load(model_name, weights, trust_checkpoint, device)
     if images and model.in_channels not in (1, 3):
         settings = settings.with_(decorrelation_images=str(images))  # also the colour statistics of the bands
@@ -983,8 +980,7 @@ def atlas(
             progress=not quiet,
             should_stop=stop,
         )
-    if summary.interrupted:
-        raise Interrupted.kept(summary.run_dir, summary.rendered + summary.skipped, summary.channels)
+    summary.raise_if_partial()
     lines = [
         f"atlas of {summary.channels} channels ({summary.rendered} rendered now, {summary.skipped} kept) "
         f"in {time.perf_counter() - t0:.1f} s → {summary.run_dir}/index.html"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +25,15 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from ..errors import RenderError
+from ..errors import RenderError, UsageError
+from ..models.inputs import load_image, model_input, sample_image_path
 from ..models.layers import network_layer
 from ..models.model import Model
 from ..optvis.objectives import channel, closeness
 from ..optvis.render import Renderer, RenderSettings, channel_seed
-from ..outputs.images import load_image, model_input, png_bytes, sample_image_path
-from ..outputs.naming import accent_change_file, accent_file
+from ..outputs.images import png_bytes
+from ..outputs.naming import accent_change_file, accent_file, default_out
+from .contract import JobResult, open_run
 from .evaluate import layer_means
 from .similarity import ssim
 
@@ -172,16 +174,16 @@ def write_accentuation(run, acc: Accentuation) -> dict:
 
 
 @dataclass
-class AccentRun:
-    run_dir: Path
-    accentuations: list[Accentuation]
-    status: str
+class AccentRun(JobResult):
+    """:class:`~filterscope.jobs.contract.JobResult` of ``accentuate_to_dir``: the accentuations made."""
+
+    accentuations: list[Accentuation] = field(default_factory=list)
 
 
 def accentuate_to_dir(
     model: Model,
     image: str | Path | None,
-    out: str | Path,
+    out: str | Path = default_out("accentuate"),
     *,
     layer: str = "default",
     channels: Sequence[int] = (0,),
@@ -191,15 +193,15 @@ def accentuate_to_dir(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
 ) -> AccentRun:
-    """``filterscope accentuate``: one ``<layer>/accent_NNNN.png`` and change map per filter, ``run.json``."""
-    from ..outputs.rundir import RunDir
-
-    t0 = time.perf_counter()
+    """``filterscope accentuate``: one ``<layer>/accent_NNNN.png`` and change map per filter, ``run.json``.
+    A stopped run ends ``partial`` with the finished filters kept (it has no resume: it starts over)."""
     path = Path(image) if image else sample_image_path()
     pil = load_image(path)
     info = network_layer(model, layer, "accentuate")
     chans = [int(c) for c in channels]
     info.check_channels(chans)
+    if not (strength >= 0 and steps >= 1):
+        raise UsageError(f"strength must be ≥ 0 and steps ≥ 1, got {strength}, {steps}")
     settings = SETTINGS.with_(steps=steps)
     record = {
         "model": model.describe(),
@@ -210,20 +212,20 @@ def accentuate_to_dir(
         "render": settings.as_dict(),
         "seed": seed,
     }
-    run = RunDir(out, "accentuate", record)
-    accs = accentuate(
-        model,
-        pil,
-        info.name,
-        chans,
-        strength=strength,
-        steps=steps,
-        seed=seed,
-        progress=progress,
-        should_stop=should_stop,
-        on_done=lambda a: write_accentuation(run, a),
-    )
-    status = "complete" if len(accs) == len(chans) else "partial"
-    run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
-    run.finish(status)
-    return AccentRun(run.path, accs, status)
+    with open_run("accentuate", out, record, progress=progress, should_stop=should_stop) as ctx:
+        accs = accentuate(
+            model,
+            pil,
+            info.name,
+            chans,
+            strength=strength,
+            steps=steps,
+            seed=seed,
+            progress=progress,
+            should_stop=ctx.stop,
+            on_done=lambda a: write_accentuation(ctx.run, a),
+        )
+        if len(accs) < len(chans):
+            ctx.mark_partial(len(accs), len(chans), "channels", resumable=False)
+    r = ctx.result
+    return AccentRun(r.run_dir, r.status, r.record, None, r.interruption, accs)

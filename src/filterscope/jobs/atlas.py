@@ -11,20 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from ..models.inputs import list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import LayerInfo
 from ..models.model import Model
 from ..optvis.render import RenderSettings
-from ..outputs.images import list_images, load_image, model_input, sample_photos_dir, to_pil
+from ..outputs.images import to_pil
 from ..outputs.rundir import RunDir, json_bytes
-from .channels import check_diversity, render_diversity, render_layer, write_grid
+from .channels import StreamSummary, check_diversity, render_diversity, render_to_dir, write_grid
+from .contract import JobResult, open_run
 from .dataset import collect_examples, peak_box
 from .pool import RenderPool, choose_layout
 
@@ -34,13 +35,14 @@ CROP = 128
 
 
 @dataclass
-class AtlasSummary:
-    run_dir: Path
-    channels: int
-    rendered: int
-    skipped: int
-    interrupted: bool
-    seconds: dict
+class AtlasSummary(JobResult):
+    """:class:`~filterscope.jobs.contract.JobResult` of an atlas: channel counts and timings."""
+
+    channels: int = 0
+    rendered: int = 0
+    skipped: int = 0
+    interrupted: bool = False
+    seconds: dict = field(default_factory=dict)
 
 
 def folder_signature(files: Sequence[Path]) -> str:
@@ -142,7 +144,7 @@ def build_atlas(
     seed: int,
     out: str | Path,
     *,
-    method: str = "fast",
+    method: str | None = None,
     images: str | Path | None = None,
     n_top: int = 6,
     diversity: int = 0,
@@ -160,11 +162,8 @@ def build_atlas(
     ``backend="local"`` renders on this machine in the fastest layout (:func:`~filterscope.jobs.pool.choose_layout`:
     one single-threaded worker process per core when there are enough channels) unless ``workers`` /
     ``threads`` say otherwise; ``backend="ray"`` on a Ray cluster (``workers`` actors, default 2)."""
-    from tqdm import tqdm
-
     from ..outputs.site import build_site
 
-    t0 = time.perf_counter()
     check_diversity(diversity)
     for info in layers:
         info.check_channels(channels[info.name])
@@ -173,7 +172,7 @@ def build_atlas(
     record = {
         "model": model.describe(),
         "layers": {i.name: channels[i.name] for i in layers},
-        "method": method,
+        "method": method or settings.preset,
         "render": settings.for_model(model).as_dict(),
         "seed": seed,
         "batch": batch,
@@ -184,83 +183,69 @@ def build_atlas(
         "workers": workers,
         "threads": threads,
     }
-    run = RunDir(out, "atlas", record, resume=resume)
     total = sum(len(channels[i.name]) for i in layers)
     layout = choose_layout(model, total, workers, threads) if backend == "local" else None
-    if layout is not None:
-        run.record["layout"] = {"workers": layout.workers, "threads": layout.threads, "why": layout.why}
-        if progress:
-            print(f"layout: {layout.describe()}", file=sys.stderr)
-    done_before = sum(1 for i in layers for c in channels[i.name] if run.done(f"{i.name}:{c}"))
-    bar = tqdm(total=total, initial=done_before, unit="ch", desc="atlas", disable=not progress, dynamic_ncols=True)
-    rendered, interrupted = 0, False
-    timings = {}
-    own_threads = torch.get_num_threads()
-    pool = RenderPool(model, layout.workers, layout.threads) if layout is not None and layout.workers else None
-    if layout is not None and not layout.workers:
-        torch.set_num_threads(layout.threads)
-    try:
-        for info in layers:
-            t = time.perf_counter()
-            chans = channels[info.name]
-            if backend == "ray" or pool is not None:
-                if pool is not None:
-                    summary = pool.render_layer(info, chans, settings, seed, run, bar=bar, should_stop=should_stop)
-                else:
-                    from .ray_backend import render_layer_ray
+    with open_run("atlas", out, record, resume=resume, progress=progress, should_stop=should_stop) as ctx:
+        run, stop = ctx.run, ctx.stop
+        if layout is not None:
+            run.record["layout"] = {"workers": layout.workers, "threads": layout.threads, "why": layout.why}
+            if progress:
+                print(f"layout: {layout.describe()}", file=sys.stderr)
+        done_before = sum(1 for i in layers for c in channels[i.name] if run.done(f"{i.name}:{c}"))
+        bar = ctx.progress(total, "atlas", unit="ch", initial=done_before)
+        rendered, interrupted = 0, False
+        own_threads = torch.get_num_threads()
+        pool = RenderPool(model, layout.workers, layout.threads) if layout is not None and layout.workers else None
+        if layout is not None and not layout.workers:
+            torch.set_num_threads(layout.threads)
 
-                    summary = render_layer_ray(
-                        model,
-                        info,
-                        chans,
-                        settings,
-                        seed,
-                        run,
-                        address=address,
-                        workers=workers or 2,
-                        threads=threads,
-                        bar=bar,
-                        should_stop=should_stop,
-                    )
-                if diversity > 1 and not summary.interrupted:  # variants render in this process
-                    summary.interrupted = render_diversity(
-                        model, info, chans, settings, seed, run, diversity, should_stop=should_stop
-                    )
-                write_grid(run, info.name, chans)
-            else:
-                summary = render_layer(
-                    model,
-                    info,
-                    chans,
-                    settings,
-                    seed,
-                    run,
-                    batch=batch,
-                    diversity=diversity,
-                    progress=progress,
-                    should_stop=should_stop,
-                    bar=bar,
-                )
-            rendered += len(summary.rendered)
-            timings[f"render_{info.name}_s"] = round(time.perf_counter() - t, 3)
-            if summary.interrupted:
-                interrupted = True
-                break
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.close()
-        torch.set_num_threads(own_threads)
-    examples = None
-    if not interrupted:
-        t = time.perf_counter()
-        examples = write_examples(run, model, layers, folder, n_top=n_top, progress=progress, should_stop=should_stop)
-        interrupted = examples is None
-        timings["examples_s"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
-    build_site(run, [{"name": i.name, "shape": i.shape_str(), "channels": channels[i.name]} for i in layers], examples)
-    timings["site_s"] = round(time.perf_counter() - t, 3)
-    timings["total_s"] = round(time.perf_counter() - t0, 3)
-    run.record["timings"].update(timings)
-    run.finish("partial" if interrupted else "complete")
-    return AtlasSummary(run.path, total, rendered, done_before, interrupted, timings)
+        def render_on_backend(info: LayerInfo, chans: list[int]) -> StreamSummary:
+            """One layer's channels on the chosen backend; every backend writes through ``finish_channel``."""
+            if pool is not None:
+                return pool.render_layer(info, chans, settings, seed, run, bar=bar, should_stop=stop)
+            if backend == "ray":
+                from .ray_backend import render_layer_ray
+
+                return render_layer_ray(
+                    model, info, chans, settings, seed, run, address=address, workers=workers or 2,
+                    threads=threads, bar=bar, should_stop=stop,
+                )  # fmt: skip
+            return render_to_dir(
+                model, info, chans, settings, seed, run, batch=batch, progress=progress, should_stop=stop, bar=bar
+            )
+
+        try:
+            for info in layers:
+                chans = channels[info.name]
+                with ctx.timed(f"render_{info.name}"):
+                    summary = render_on_backend(info, chans)
+                    if diversity > 1 and not summary.interrupted:  # variants render in this process
+                        summary.interrupted = render_diversity(
+                            model, info, chans, settings, seed, run, diversity, should_stop=stop
+                        )
+                    write_grid(run, info.name, chans)
+                rendered += len(summary.rendered)
+                if summary.interrupted:
+                    interrupted = True
+                    break
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.close()
+            torch.set_num_threads(own_threads)
+        examples = None
+        if not interrupted:
+            with ctx.timed("examples"):
+                examples = write_examples(run, model, layers, folder, n_top=n_top, progress=progress, should_stop=stop)
+            interrupted = examples is None
+        with ctx.timed("site"):
+            layer_list = [{"name": i.name, "shape": i.shape_str(), "channels": channels[i.name]} for i in layers]
+            build_site(run, layer_list, examples)
+        if interrupted:
+            done = sum(1 for i in layers for c in channels[i.name] if run.done(f"{i.name}:{c}"))
+            ctx.mark_partial(done, total, "channels")
+    r = ctx.result
+    return AtlasSummary(
+        r.run_dir, r.status, r.record, None, r.interruption, total, rendered, done_before, interrupted,
+        dict(r.record["timings"]),
+    )  # fmt: skip

@@ -9,7 +9,7 @@ any batch, on a GPU the batch is sized from free memory). Each image has its own
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,11 +19,12 @@ from ..errors import RenderError, UsageError
 from ..models.layers import LOGIT, LayerInfo, get_layer
 from ..models.model import Model
 from ..optvis.objectives import Objective, channel, logit
-from ..optvis.presets import DEFAULT_METHOD, get_preset
+from ..optvis.presets import DEFAULT_METHOD, get_preset, resolve_settings
 from ..optvis.render import Renderer, RenderResult, RenderSettings, channel_seed
-from ..outputs.cache import CacheEntry, RenderCache, active_cache, key_fields, make_key
+from ..outputs.cache import CacheEntry, RenderCache, active_cache, render_key
 from ..outputs.images import band_grid, png_bytes, to_pil
-from ..outputs.naming import bands_file, channel_file, grid_file
+from ..outputs.naming import bands_file, channel_file, default_out, grid_file
+from .contract import JobResult, open_run
 
 MAX_BATCH = 64
 
@@ -92,14 +93,12 @@ def render_stream(
     """
     if cache == "auto":
         cache = active_cache() if model.in_channels <= 3 else None  # >3 bands also write bands_*.png
-    if extra is not None:
-        cache = None  # a channel plus terms (a penalty): its name does not hold every argument of the terms
     objective_of = (lambda c: target(layer, c) + extra(c)) if extra else (lambda c: target(layer, c))
     keys: dict[int, tuple[str, dict]] = {}
     todo = list(channels)
     if cache is not None:
         settings_dict = settings.for_model(model).as_dict()
-        keys = {c: cache_fields(model, layer.name, objective_of(c).name, settings_dict, seed) for c in channels}
+        keys = {c: render_key(model, objective_of(c), settings_dict, seed, layer=layer.name) for c in channels}
     renderer = Renderer(model, settings)
     b = batch or (auto_batch(model, settings, layer) if todo else 1)
     pos = 0
@@ -158,12 +157,6 @@ def render_records(
         (r.record(), r.png if r.status == "ok" else None, r.seconds)
         for r in render_stream(model, layer, list(channels), settings, seed, batch=1, cache=cache)
     ]
-
-
-def cache_fields(model: Model, layer: str, target_name: str, settings: dict, seed: int) -> tuple[str, dict]:
-    """A channel render's cache key and the fields it is made of (seed: the run's seed)."""
-    fields = key_fields(model, layer, target_name, settings, seed)
-    return make_key(fields), fields
 
 
 def result_from_cache(layer: str, c: int, hit: CacheEntry) -> ChannelResult:
@@ -338,6 +331,15 @@ def render_layer(
     return summary
 
 
+def diversity_objective(model: Model, layer: LayerInfo, c: int, weight: float = 1.0) -> Objective:
+    """Channel ``c`` plus Lucid's diversity term at its layer (the default layer for class logits)."""
+    from ..models.layers import default_layer
+    from ..optvis.objectives import diversity as diversity_term
+
+    div_layer = layer.name if layer.name != LOGIT else default_layer(model)
+    return target(layer, c) + weight * diversity_term(div_layer)
+
+
 def render_diversity(
     model: Model,
     layer: LayerInfo,
@@ -352,10 +354,6 @@ def render_diversity(
     should_stop: Callable[[], bool] | None = None,
 ) -> bool:
     """``n`` jointly optimised variants per channel into ``diversity_<v>/``; returns whether it was stopped."""
-    from ..models.layers import default_layer
-    from ..optvis.objectives import diversity as diversity_term
-
-    div_layer = layer.name if layer.name != LOGIT else default_layer(model)
     renderer = Renderer(model, settings)
     for c in channels:
         key = f"{layer.name}:{c}:diversity"
@@ -363,7 +361,7 @@ def render_diversity(
             continue
         if should_stop and should_stop():
             return True
-        obj = target(layer, c) + weight * diversity_term(div_layer)
+        obj = diversity_objective(model, layer, c, weight)
         if penalty is not None:
             obj = obj - penalty
         res = renderer.render(obj, diversity_seeds(seed, c, n), should_stop=should_stop)
@@ -430,7 +428,7 @@ def render(
     layer: str = "default",
     channel_index: int = 0,
     *,
-    method: str = "fast",
+    method: str = DEFAULT_METHOD,
     seed: int = 0,
     steps: int | None = None,
     lr: float | None = None,
@@ -460,12 +458,12 @@ def render(
 
 
 @dataclass
-class RenderRun:
-    run_dir: Path
-    layer: LayerInfo
-    channels: list[int]
-    summary: StreamSummary
-    status: str  # complete | partial
+class RenderRun(JobResult):
+    """:class:`~filterscope.jobs.contract.JobResult` of ``render_channels``: the layer, channels, summary."""
+
+    layer: LayerInfo | None = None
+    channels: list[int] = field(default_factory=list)
+    summary: StreamSummary | None = None
 
 
 def render_channels(
@@ -473,10 +471,10 @@ def render_channels(
     layer: str = "default",
     channels: Sequence[int] | None = None,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     settings: RenderSettings | None = None,
     seed: int = 0,
-    out: str | Path = "filterscope-out/render",
+    out: str | Path = default_out("render"),
     batch: int | None = None,
     diversity: int = 0,
     penalty: Objective | str | None = None,
@@ -487,45 +485,41 @@ def render_channels(
     """``filterscope render``: channels of ``layer`` (default: all) into ``out``, one PNG per channel, a
     grid and ``run.json``; ``penalty`` (an objective or its text, e.g. ``"0.05*tv"``) is subtracted from
     every channel's objective. An interrupted run is ``partial`` and resumable."""
-    import time
-
-    from ..outputs.rundir import RunDir
     from .objective import objective_for
 
-    t0 = time.perf_counter()
     info = get_layer(model, layer)
     chans = list(range(info.channels)) if channels is None else sorted(set(channels))
     info.check_channels(chans)
     check_diversity(diversity)
-    settings = settings or get_preset(method)
+    settings = resolve_settings(method, settings)
     text = penalty if isinstance(penalty, str) else (penalty.name if penalty is not None else None)
     pen = objective_for(model, penalty) if isinstance(penalty, str) else penalty
     record = {
         "model": model.describe(),
         "layer": info.name,
         "channels": chans,
-        "method": method,
+        "method": settings.preset,
         "render": settings.for_model(model).as_dict(),
         "seed": seed,
         "batch": batch,
         "diversity": diversity,
         "penalty": text,
     }
-    run = RunDir(out, "render", record, resume=resume)
-    summary = render_layer(
-        model,
-        info,
-        chans,
-        settings,
-        seed,
-        run,
-        batch=batch,
-        diversity=diversity,
-        penalty=pen,
-        progress=progress,
-        should_stop=should_stop,
-    )
-    status = "partial" if summary.interrupted else "complete"
-    run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
-    run.finish(status)
-    return RenderRun(run.path, info, chans, summary, status)
+    with open_run("render", out, record, resume=resume, progress=progress, should_stop=should_stop) as ctx:
+        summary = render_layer(
+            model,
+            info,
+            chans,
+            settings,
+            seed,
+            ctx.run,
+            batch=batch,
+            diversity=diversity,
+            penalty=pen,
+            progress=progress,
+            should_stop=ctx.stop,
+        )
+        if summary.interrupted:
+            ctx.mark_partial(len(summary.rendered) + len(summary.skipped), len(chans), "channels")
+    r = ctx.result
+    return RenderRun(r.run_dir, r.status, r.record, None, r.interruption, info, chans, summary)

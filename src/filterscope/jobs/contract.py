@@ -12,7 +12,8 @@ what the CLI refuses and nothing is written), then::
     return ctx.result                         # JobResult(run_dir, status, record, data)
 
 On leaving the block the record gets ``timings.total_s`` and its status (``complete`` or ``partial``); an
-exception marks it ``failed`` with the one-line error and releases the folder's lock. The CLI turns a
+exception after files were written marks it ``failed`` with the one-line error (before any, nothing is
+written), and the folder's lock is always released. The CLI turns a
 ``partial`` result into exit 130 (:meth:`JobResult.raise_if_partial`).
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,10 +114,11 @@ def open_run(
         try:
             yield ctx
         except BaseException as e:
-            run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
-            reason = e.message if isinstance(e, FilterscopeError) else type(e).__name__
             try:
-                run.finish("failed", error=reason)
+                if run.record["files"] or run.record["results"]:  # something to describe: say how it ended
+                    run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+                    reason = e.message if isinstance(e, FilterscopeError) else type(e).__name__
+                    run.finish("failed", error=reason)
             finally:
                 run.release()
             raise

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageError
+from ..models.inputs import list_images, load_image, model_input
 from ..models.layers import LayerInfo, map_views
 from ..models.model import Model
 from ..optvis.hooks import capture, run
-from ..outputs.images import list_images, load_image, model_input
 
 RESERVOIR = 512
 

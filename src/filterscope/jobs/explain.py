@@ -30,13 +30,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import UsageError
-from ..models.layers import LayerInfo, list_layers, network_layer
+from ..errors import Interrupted, UsageError
+from ..models.inputs import list_images, load_image, model_input, sample_image_path, sample_photos_dir
+from ..models.layers import LayerInfo, network_layer
 from ..models.model import Model
-from ..optvis.presets import get_preset
-from ..outputs.images import list_images, load_image, model_input, png_bytes, sample_image_path, sample_photos_dir
+from ..optvis.presets import DEFAULT_METHOD, get_preset
+from ..outputs.images import png_bytes
 from .accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, Accentuation, accentuate
 from .attribution import check_class, check_rank, deletion_curve
+from .boost import check_top
+from .contract import open_run
 from .inspect import Inspection, inspect
 
 DELETION_KS = tuple(range(1, 17))
@@ -44,9 +47,9 @@ N_EXAMPLES = 3
 
 
 def explain_layer(model: Model) -> str:
-    """``blocks.5`` when the model has it (see the module docstring), else the model's default layer."""
-    names = {i.name for i in list_layers(model)}
-    return "blocks.5" if "blocks.5" in names else "default"
+    """The layer ``explain`` uses when none is named: the model's preferred one (``blocks.5`` for EfficientNet,
+    see the module docstring and :attr:`Model.preferred_layers`), else its default layer."""
+    return model.preferred_layer("explain")
 
 
 @dataclass
@@ -68,7 +71,7 @@ class FilterEvidence:
 
     def record(self) -> dict:
         return {
-            "filter": self.channel,
+            "channel": self.channel,
             "contribution": round(self.contribution, 6),
             "mean": round(self.mean, 6),
             "max": round(self.max, 6),
@@ -98,6 +101,12 @@ class Explanation:
     timings: dict = field(default_factory=dict)
     status: str = "complete"
     deletion_ks: tuple[int, ...] = DELETION_KS
+    interruption: str | None = None  # the one-line message of a partial run
+
+    def raise_if_partial(self) -> None:
+        """Raise :class:`~filterscope.errors.Interrupted` (exit 130 from the CLI) for a stopped run."""
+        if self.status == "partial":
+            raise Interrupted(self.interruption or "interrupted: explanation incomplete")
 
     def record(self) -> dict:
         ins = self.inspection
@@ -141,7 +150,7 @@ def explain(
     images: str | Path | None = None,
     strength: float = DEFAULT_STRENGTH,
     accent_steps: int = DEFAULT_STEPS,
-    method: str = "fast",
+    method: str = DEFAULT_METHOD,
     render_steps: int | None = None,
     seed: int = 0,
     out: str | Path | None = None,
@@ -154,8 +163,7 @@ def explain(
     check_rank(rank)
     check_class(model, target_class)
     info = network_layer(model, layer or explain_layer(model), "explain")
-    if top < 1 or top > info.channels:
-        raise UsageError(f"top must be in 1-{info.channels} for {info.name}, got {top}")
+    check_top(top, info)
     folder = Path(images) if images else sample_photos_dir()
     files = list_images(folder)  # raises a usage error for a folder without images
     if isinstance(image, Image.Image):
@@ -177,11 +185,84 @@ def explain(
         "seed": seed,
         "deletion_k": list(DELETION_KS),
     }
-    run = None
-    if out is not None:
-        from ..outputs.rundir import RunDir
+    if out is None:
+        res = _explain(
+            model,
+            pil,
+            image_name,
+            info,
+            top,
+            rank,
+            target_class,
+            images,
+            files,
+            folder,
+            strength,
+            accent_steps,
+            method,
+            render_steps,
+            seed,
+            settings,
+            progress,
+            should_stop,
+        )
+        res.timings["total_s"] = round(time.perf_counter() - t0, 3)
+        return res
+    with open_run("explain", out, settings, progress=progress, should_stop=should_stop) as ctx:
+        res = _explain(
+            model,
+            pil,
+            image_name,
+            info,
+            top,
+            rank,
+            target_class,
+            images,
+            files,
+            folder,
+            strength,
+            accent_steps,
+            method,
+            render_steps,
+            seed,
+            settings,
+            progress,
+            ctx.stop,
+        )
+        with ctx.timed("write"):
+            write_explanation(ctx.run, res)
+        res.run_dir = ctx.path
+        res.timings["write_s"] = ctx.record["timings"]["write_s"]
+        res.timings["total_s"] = round(time.perf_counter() - t0, 3)
+        ctx.record["timings"].update(res.timings)
+        if res.status == "partial":
+            ctx.mark_partial(len(res.filters), top, "channels", resumable=False)
+    res.interruption = ctx.interruption
+    return res
 
-        run = RunDir(out, "explain", settings)
+
+def _explain(
+    model,
+    pil,
+    image_name,
+    info,
+    top,
+    rank,
+    target_class,
+    images,
+    files,
+    folder,
+    strength,
+    accent_steps,
+    method,
+    render_steps,
+    seed,
+    settings,
+    progress,
+    should_stop,
+) -> Explanation:
+    """The work of :func:`explain`, once its arguments are checked."""
+    t0 = time.perf_counter()
     timings: dict[str, float] = {}
     x = model_input(model, pil)
     ins = inspect(model, x, info.name, top=top, rank=rank, target_class=target_class)
@@ -231,16 +312,6 @@ def explain(
     res = Explanation(model.name, image_name, ins, filters, deletion, str(images or "bundled photos"), settings)
     res.status = status
     res.timings = {k: round(v, 3) for k, v in timings.items()}
-    if run is not None:
-        t = time.perf_counter()
-        write_explanation(run, res)
-        timings["write_s"] = time.perf_counter() - t
-        res.run_dir = run.path
-    timings["total_s"] = time.perf_counter() - t0
-    res.timings = {k: round(v, 3) for k, v in timings.items()}
-    if run is not None:
-        run.record["timings"].update(res.timings)
-        run.finish(status)
     return res
 
 

@@ -6,7 +6,6 @@ layer), the maps are taken from the spatial tensor that feeds it, and :attr:`Ins
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,37 +14,20 @@ import torch
 from PIL import Image
 
 from ..errors import UsageError
-from ..models.layers import LayerInfo, get_layer, list_layers, map_views, network_layer
+from ..models.inputs import channel_conversion, load_image, model_input, sample_image_path
+from ..models.layers import LayerInfo, list_layers, map_views, network_layer
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..outputs import figures
-from ..outputs.images import channel_conversion, load_image, model_input, sample_image_path
-from ..outputs.naming import figure_file
+from ..outputs.naming import default_out, figure_file
 from ..outputs.rundir import RunDir
+from ..results import InspectionData
 from .attribution import check_class, check_rank, contributions
+from .contract import JobResult, open_run
 
 
-@dataclass
-class Inspection:
-    layer: LayerInfo
-    image: torch.Tensor  # [3, S, S] in [0, 1]: what the model saw
-    means: np.ndarray  # [C] mean activation of each filter over positions
-    maxes: np.ndarray  # [C] max activation over positions
-    maps: torch.Tensor  # [C, h, w] spatial maps used for "where it fires"
-    maps_from: str  # which tensor the maps come from
-    top: list[int]  # filter indices in the chosen ranking's order
-    predictions: list[tuple[int, str, float]]  # top-5 classes (index, name, probability)
-    contributions: np.ndarray | None = None  # [C] Taylor estimate of the logit drop when a filter is zeroed
-    target_class: int | None = None  # the class the contributions are for
-    rank: str = "activation"  # "activation" (mean) or "contribution"
-
-    def order(self, rank: str | None = None, k: int | None = None) -> list[int]:
-        """Filter indices ranked by ``rank`` (default: this inspection's), highest first."""
-        rank = rank or self.rank
-        scores = self.contributions if rank == "contribution" else self.means
-        if scores is None:
-            raise UsageError("this inspection has no contribution scores")
-        return np.argsort(-scores, kind="stable")[: k or len(scores)].tolist()
+class Inspection(InspectionData):
+    """One image at one layer (see :class:`~filterscope.results.InspectionData`); shows its bar chart in Jupyter."""
 
     def _repr_png_(self) -> bytes:
         """Jupyter: the bar chart of the layer (the ranking's top filters labelled)."""
@@ -157,14 +139,14 @@ def write_inspection(run: RunDir, ins: Inspection) -> None:
 
 
 def _top_entry(ins: Inspection, i: int) -> dict:
-    e = {"filter": i, "mean": round(float(ins.means[i]), 6), "max": round(float(ins.maxes[i]), 6)}
+    e = {"channel": i, "mean": round(float(ins.means[i]), 6), "max": round(float(ins.maxes[i]), 6)}
     if ins.contributions is not None:
         e["contribution"] = round(float(ins.contributions[i]), 6)
     return e
 
 
 def inspection_record(ins: Inspection) -> dict:
-    """``top`` is the ranked list of ``{filter, mean, max, contribution}`` in the chosen order."""
+    """``top`` is the ranked list of ``{channel, mean, max, contribution}`` in the chosen order."""
     return {
         "layer": ins.layer.name,
         "layer_shape": list(ins.layer.shape),
@@ -176,24 +158,32 @@ def inspection_record(ins: Inspection) -> dict:
     }
 
 
+@dataclass
+class InspectRun(JobResult):
+    """:class:`~filterscope.jobs.contract.JobResult` of ``inspect_to_dir`` with its :class:`Inspection`."""
+
+    inspection: Inspection | None = None
+
+
 def inspect_to_dir(
     model: Model,
     image: str | Path | None,
-    out: str | Path,
+    out: str | Path = default_out("inspect"),
     *,
     layer: str = "default",
     top: int = 5,
     rank: str = "activation",
     target_class: int | None = None,
     argv_settings: dict | None = None,
-) -> tuple[Path, Inspection]:
+) -> InspectRun:
     """``filterscope inspect``: chart, heatmaps, CSV and run.json for one image."""
-    t0 = time.perf_counter()
     check_rank(rank)
     check_class(model, target_class)
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
     path = Path(image) if image else sample_image_path()
     pil = load_image(path)
-    info = get_layer(model, layer)
+    info = network_layer(model, layer, "inspect")
     settings = {
         "model": model.describe(),
         "image": str(image or "bundled:coffee.jpg"),
@@ -205,9 +195,8 @@ def inspect_to_dir(
         **(argv_settings or {}),
     }
     ins = inspect(model, pil, info.name, top=top, rank=rank, target_class=target_class)
-    run = RunDir(out, "inspect", settings)
-    write_inspection(run, ins)
-    run.record["inspection"] = inspection_record(ins)
-    run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
-    run.finish("complete")
-    return run.path, ins
+    with open_run("inspect", out, settings, progress=False) as ctx:
+        write_inspection(ctx.run, ins)
+        ctx.record["inspection"] = inspection_record(ins)
+    r = ctx.result
+    return InspectRun(r.run_dir, r.status, r.record, None, r.interruption, ins)

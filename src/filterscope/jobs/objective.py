@@ -7,22 +7,21 @@ activation vector at the layer) or a ``.npy`` file.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import Interrupted, RenderError, UsageError
+from ..errors import RenderError, UsageError
 from ..models.layers import get_layer
 from ..models.model import Model
 from ..optvis.objective_text import parse
 from ..optvis.objectives import Objective
-from ..optvis.presets import DEFAULT_METHOD, get_preset
+from ..optvis.presets import resolve_settings
 from ..optvis.render import Renderer, RenderSettings, channel_seed
-from ..outputs.naming import OBJECTIVE_PNG, objective_file
-from ..outputs.rundir import RunDir
+from ..outputs.naming import OBJECTIVE_PNG, default_out, objective_file
+from .contract import JobResult, open_run
 
 
 def objective_for(model: Model, text: str) -> Objective:
@@ -43,7 +42,7 @@ def objective_for(model: Model, text: str) -> Objective:
             if vec.numel() != n:
                 raise UsageError(f"direction vector {arg} has {vec.numel()} values; {layer} has {n} channels")
             return vec
-        from ..outputs.images import load_image
+        from ..models.inputs import load_image
         from .inspect import inspect
 
         return inspect(model, load_image(arg), layer, top=1).means
@@ -52,63 +51,61 @@ def objective_for(model: Model, text: str) -> Objective:
 
 
 @dataclass
-class ObjectiveRun:
-    run_dir: Path
-    objective: Objective
-    file: str | None  # the PNG written (None when the render failed)
-    record: dict  # this render's entry in run.json
-    status: str  # complete | partial
+class ObjectiveRun(JobResult):
+    """:class:`~filterscope.jobs.contract.JobResult` of one objective's render."""
+
+    objective: Objective | None = None
+    file: str | None = None  # the PNG written (None when the render failed or was stopped)
+    render: dict = field(default_factory=dict)  # this render's entry in run.json
 
 
 def render_objective(
     model: Model,
     objective: Objective | str,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     settings: RenderSettings | None = None,
     seed: int = 0,
-    out: str | Path = "filterscope-out/render",
+    out: str | Path = default_out("render"),
     resume: bool = False,
+    progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ObjectiveRun:
     """Render one objective (an :class:`Objective` or its text) into ``out``: its PNG (named for its target,
-    e.g. ``logit_0967.png``, else ``objective.png``) and ``run.json``. Raises :class:`Interrupted` when
-    stopped before the end (run.json is kept as ``partial``) and :class:`RenderError` when it fails."""
-    t0 = time.perf_counter()
+    e.g. ``logit_0967.png``, else ``objective.png``) and ``run.json``. A stopped render ends ``partial``
+    (only run.json is written); a failed one raises :class:`RenderError` after recording it."""
     obj = objective_for(model, objective) if isinstance(objective, str) else objective
-    settings = settings or get_preset(method)
+    settings = resolve_settings(method, settings)
     fname = objective_file(obj.target)
-    run = RunDir(
-        out,
-        "render",
-        {
-            "model": model.describe(),
-            "objective": obj.name,
-            "method": method,
-            "render": settings.for_model(model).as_dict(),
-            "seed": seed,
-        },
-        resume=resume,
-    )
-    res = Renderer(model, settings).render(obj, [channel_seed(seed, 0)], on_step=on_step, should_stop=should_stop)
-    if res.interrupted:
-        run.finish("partial")
-        raise Interrupted("interrupted before the render finished; nothing was written but run.json")
-    if res.status[0] == "ok":
-        run.write_png(fname, res.images[0])
-    rec = {
+    record = {
+        "model": model.describe(),
         "objective": obj.name,
-        "file": fname,
-        "activation_before": res.before[0],
-        "activation_after": res.after[0],
-        "status": res.status[0],
+        "method": settings.preset,
+        "render": settings.for_model(model).as_dict(),
+        "seed": seed,
     }
-    if fname != OBJECTIVE_PNG:
-        rec.update(layer=obj.target.layer, channel=obj.target.index)
-    run.result(obj.name, rec)
-    run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
-    run.finish("complete")
-    if res.status[0] != "ok":
-        raise RenderError(f"the render failed: {res.status[0]}")
-    return ObjectiveRun(run.path, obj, fname, rec, "complete")
+    rec: dict = {}
+    with open_run("render", out, record, resume=resume, progress=progress, should_stop=should_stop) as ctx:
+        res = Renderer(model, settings).render(obj, [channel_seed(seed, 0)], on_step=on_step, should_stop=ctx.stop)
+        if res.interrupted:
+            ctx.status = "partial"
+            ctx.interruption = "interrupted before the render finished; nothing was written but run.json"
+        else:
+            if res.status[0] == "ok":
+                ctx.run.write_png(fname, res.images[0])
+            rec = {
+                "objective": obj.name,
+                "file": fname,
+                "activation_before": res.before[0],
+                "activation_after": res.after[0],
+                "status": res.status[0],
+            }
+            if fname != OBJECTIVE_PNG:
+                rec.update(layer=obj.target.layer, channel=obj.target.index)
+            ctx.run.result(obj.name, rec)
+    r = ctx.result
+    if rec and rec["status"] != "ok":
+        raise RenderError(f"the render failed: {rec['status']}")
+    written = fname if rec.get("status") == "ok" else None
+    return ObjectiveRun(r.run_dir, r.status, r.record, None, r.interruption, obj, written, rec)

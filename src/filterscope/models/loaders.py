@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ModelError, closest
 from .checkpoints import first_line, load_by_name, load_by_position, read_state_dict
-from .model import Model, imagenet_categories, wrap_module
+from .model import Model, imagenet_categories, preferred_layers, wrap_module
 from .registry import register_model, register_source
 
 
@@ -54,6 +54,7 @@ def _efficientnet_lite(variant: str, package: str, cls_name: str, input_size: in
             resize_size=resize_size,
             weights=str(weights),
             categories=imagenet_categories(),
+            preferred_layers=preferred_layers(net),
         )
 
     return load
@@ -140,6 +141,7 @@ def _load_torchvision(name: str, weights: str | None, trust_checkpoint: bool) ->
         resize_size=int(t.resize_size[0]),
         weights=source,
         categories=list(default.meta.get("categories") or []) or None,
+        preferred_layers=preferred_layers(net),
     )
 
 
@@ -166,6 +168,7 @@ def _load_timm(name: str, weights: str | None, trust_checkpoint: bool) -> Model:
         resize_size=resize,
         weights=source,
         categories=imagenet_categories() if n_classes == 1000 else None,
+        preferred_layers=preferred_layers(net),
     )
 
 
@@ -215,6 +218,7 @@ def _load_torchscript(path: Path, input_size: int) -> Model:
         resize_size=round(input_size / 0.875),
         weights=str(path),
         categories=imagenet_categories(),
+        preferred_layers=preferred_layers(net),
     )
 
 

@@ -35,6 +35,9 @@ class Model:
 
     normalization: str = "given"  # where mean/std came from: given, the model's config, or assumed
     code: str | None = None  # ``file.py:Class`` / ``pkg.mod:factory`` that built a user's architecture
+    # a job's layer for this model when the user names none, as data (like timm's pretrained_cfg), e.g.
+    # {"explain": "blocks.5"}; jobs without an entry use the default layer (see models/layers.py)
+    preferred_layers: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.net.eval()
@@ -78,6 +81,19 @@ class Model:
         """``(x - mean) / std``, as one multiply-add."""
         return torch.addcmul(self._shift.to(x.device), x, self._scale.to(x.device))
 
+    def preferred_layer(self, job: str) -> str:
+        """The layer ``job`` uses for this model when none is named: its entry in :attr:`preferred_layers`
+        if the network has that module, else ``default``."""
+        name = self.preferred_layers.get(job)
+        return name if name and name in dict(self.net.named_modules()) else "default"
+
+    def preprocess(self, im) -> torch.Tensor:
+        """A PIL image as this model's input ``[1, C, S, S]`` in [0, 1]: channel conversion, resize of the
+        shorter side, centre crop (normalisation happens in :meth:`forward`)."""
+        from .inputs import model_input
+
+        return model_input(self, im)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of images in [0, 1]."""
         return self.net(self.normalize(x))
@@ -109,6 +125,14 @@ def imagenet_categories() -> list[str]:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+EXPLAIN_LAYER = "blocks.5"  # EfficientNet's stage of 112-channel part detectors at 14×14 (jobs/explain.py)
+
+
+def preferred_layers(net: nn.Module) -> dict[str, str]:
+    """The per-job layers of a network, read from its modules: ``explain`` at ``blocks.5`` where it has one."""
+    return {"explain": EXPLAIN_LAYER} if EXPLAIN_LAYER in dict(net.named_modules()) else {}
 
 
 def infer_in_channels(net: nn.Module) -> int:
@@ -163,6 +187,7 @@ def wrap_module(
     return Model(
         net,
         name,
+        preferred_layers=preferred_layers(net),
         mean=tuple(mean if mean is not None else cfg_mean or default_mean),
         std=tuple(std if std is not None else cfg_std or default_std),
         input_size=size,

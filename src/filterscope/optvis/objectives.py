@@ -64,30 +64,49 @@ class Context:
 
 @dataclass
 class Objective:
+    """A render's objective. ``name`` is the short label shown to people (``blocks.5:12 - 0.05*tv``);
+    :attr:`key` the full description with every argument (``tv()``, ``blur(sigma=2.0)``, a vector's
+    sha256), which the render cache keys on — two objectives with one key compute the same thing."""
+
     fn: Callable[[Context], torch.Tensor]
     name: str
     layers: frozenset[str] = field(default_factory=frozenset)
     needs_logits: bool = False
     target: Target | None = None  # set by single-unit objectives; sums and scalings have none
+    full: str | None = None  # the full description when it is more than ``name`` (set by registered factories)
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         return self.fn(ctx)
 
+    @property
+    def key(self) -> str:
+        """Every argument of every term (see the class docstring)."""
+        return self.full or self.name
+
     def __add__(self, other: Objective | float) -> Objective:
         if not isinstance(other, Objective):
             c = float(other)
-            return Objective(lambda ctx: self(ctx) + c, f"{self.name} + {c:g}", self.layers, self.needs_logits)
+            return Objective(
+                lambda ctx: self(ctx) + c,
+                f"{self.name} + {c:g}",
+                self.layers,
+                self.needs_logits,
+                full=f"{self.key} + {c!r}",
+            )
         return Objective(
             lambda ctx: self(ctx) + other(ctx),
             f"{self.name} + {other.name}",
             self.layers | other.layers,
             self.needs_logits or other.needs_logits,
+            full=f"{self.key} + {other.key}",
         )
 
     __radd__ = __add__
 
     def __neg__(self) -> Objective:
-        return Objective(lambda ctx: -self(ctx), f"-({self.name})", self.layers, self.needs_logits)
+        return Objective(
+            lambda ctx: -self(ctx), f"-({self.name})", self.layers, self.needs_logits, full=f"-({self.key})"
+        )
 
     def __sub__(self, other: Objective | float) -> Objective:
         return self + (-other if isinstance(other, Objective) else -float(other))
@@ -99,7 +118,13 @@ class Objective:
         if isinstance(c, Objective):
             raise TypeError("objectives can only be scaled by numbers")
         c = float(c)
-        return Objective(lambda ctx: c * self(ctx), f"{c:g}*{_paren(self.name)}", self.layers, self.needs_logits)
+        return Objective(
+            lambda ctx: c * self(ctx),
+            f"{c:g}*{_paren(self.name)}",
+            self.layers,
+            self.needs_logits,
+            full=f"{c!r}*({self.key})",
+        )
 
     __rmul__ = __mul__
 
@@ -116,17 +141,55 @@ def _paren(name: str) -> str:
 OBJECTIVE_REGISTRY: dict[str, Callable[..., Objective]] = {}
 
 
+def _arg_key(v: object) -> str:
+    """An argument as it enters an objective's key: numbers and text exactly, tensors by their bytes."""
+    if isinstance(v, torch.Tensor) or type(v).__module__ == "numpy":
+        import hashlib
+
+        t = torch.as_tensor(v).detach().cpu().contiguous()
+        digest = hashlib.sha256(t.float().numpy().tobytes()).hexdigest()[:16]
+        return f"tensor{tuple(t.shape)}:{digest}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_arg_key(x) for x in v) + "]"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return repr(float(v))  # blur(2) and blur(2.0) are one objective
+    return repr(v)
+
+
+def keyed(fn: Callable[..., Objective], name: str | None = None) -> Callable[..., Objective]:
+    """``fn`` whose objectives carry their full description in :attr:`Objective.key`: the factory's name
+    and every argument, defaults included (as Lucid's ``wrap_objective`` names objectives)."""
+    import functools
+    import inspect
+
+    label = name or fn.__name__
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def make(*args, **kwargs) -> Objective:
+        obj = fn(*args, **kwargs)
+        if obj.full is None and obj.target is None:  # single units keep their name: blocks.5:12, logit:967
+            bound = sig.bind(*args, **kwargs)
+            bound.apply_defaults()
+            obj.full = f"{label}(" + ", ".join(f"{k}={_arg_key(v)}" for k, v in bound.arguments.items()) + ")"
+        return obj
+
+    return make
+
+
 def register_objective(fn_or_name: Callable[..., Objective] | str | None = None, *, name: str | None = None):
     """Register an objective factory under its function's name: ``@register_objective`` (or
-    ``@register_objective("other_name")``). Plugins register through the ``filterscope.objectives`` entry
-    points instead (see :mod:`filterscope.plugins`)."""
+    ``@register_objective("other_name")``); the factory's objectives get their full :attr:`Objective.key`.
+    Plugins register through the ``filterscope.objectives`` entry points instead (see :mod:`filterscope.plugins`)."""
     if callable(fn_or_name):
-        OBJECTIVE_REGISTRY[name or fn_or_name.__name__] = fn_or_name
-        return fn_or_name
+        label = name or fn_or_name.__name__
+        OBJECTIVE_REGISTRY[label] = made = keyed(getattr(fn_or_name, "__wrapped__", fn_or_name), label)
+        return made
 
     def deco(fn: Callable[..., Objective]) -> Callable[..., Objective]:
-        OBJECTIVE_REGISTRY[fn_or_name or name or fn.__name__] = fn
-        return fn
+        label = fn_or_name or name or fn.__name__
+        OBJECTIVE_REGISTRY[label] = made = keyed(fn, label)
+        return made
 
     return deco
 
@@ -329,4 +392,6 @@ def stack(objectives: Sequence[Objective]) -> Objective:
     def fn(ctx: Context) -> torch.Tensor:
         return torch.stack([o(ctx)[i] for i, o in enumerate(objectives)])
 
-    return Objective(fn, " | ".join(o.name for o in objectives), layers, needs)
+    return Objective(
+        fn, " | ".join(o.name for o in objectives), layers, needs, full=" | ".join(o.key for o in objectives)
+    )

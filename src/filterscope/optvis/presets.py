@@ -26,6 +26,8 @@ Lucid targets ``*_pre_relu`` tensors): a saturated ReLU6 unit has no gradient, w
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..errors import UsageError, closest
 from .render import RenderSettings
 
@@ -65,10 +67,23 @@ PRESETS: dict[str, RenderSettings] = {
     ),
 }
 
+PRESETS = {name: replace(s, preset=name) for name, s in PRESETS.items()}
+
 DEFAULT_METHOD = "fast"
 
 
 def get_preset(name: str) -> RenderSettings:
+    """The preset called ``name`` (its :attr:`~RenderSettings.preset` is ``name``)."""
     if name not in PRESETS:
         raise UsageError(f"unknown method {name!r}", hint=closest(name, PRESETS) or "use " + ", ".join(PRESETS))
     return PRESETS[name]
+
+
+def resolve_settings(method: str | None = None, settings: RenderSettings | None = None) -> RenderSettings:
+    """The settings a job renders with: ``settings`` when given (its preset label is what it records), else
+    the preset ``method`` (default :data:`DEFAULT_METHOD`). Giving both with different presets is refused."""
+    if settings is None:
+        return get_preset(method or DEFAULT_METHOD)
+    if method is not None and settings.preset.split("+")[0] not in (method, "custom"):
+        raise UsageError(f"method {method!r} and settings from preset {settings.preset!r} disagree: give one of them")
+    return settings

@@ -59,6 +59,9 @@ class RenderSettings:
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
     decorrelation: str | None = None  # what for_model resolved: natural-rgb | estimated from DIR | none
+    # the preset these settings came from, with what was changed (``lucid+steps``); recorded as run.json's
+    # ``method``, not part of the settings' meaning (not compared, not in as_dict or any cache key)
+    preset: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -79,8 +82,14 @@ class RenderSettings:
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
     def with_(self, **changes) -> RenderSettings:
-        changes = {k: v for k, v in changes.items() if v is not None}
-        return replace(self, **changes)
+        """These settings with ``changes`` (``None`` values ignored); the preset label gains the names of the
+        fields that really changed, e.g. ``lucid`` → ``lucid+steps``."""
+        changes = {k: v for k, v in changes.items() if v is not None and k != "preset"}
+        changed = sorted(k for k, v in changes.items() if getattr(self, k) != v)
+        base = self.preset.split("+")[0]
+        before = [k for k in self.preset.split("+")[1:] if k]
+        label = "+".join([base, *sorted(set(before) | set(changed))])
+        return replace(self, **changes, preset=label)
 
     def for_model(self, model: Model) -> RenderSettings:
         """These settings with the model-dependent defaults filled in (idempotent), so a run records what ran:
@@ -113,6 +122,7 @@ class RenderSettings:
 
     def as_dict(self) -> dict:
         d = asdict(self)
+        del d["preset"]
         if isinstance(self.transforms, Transform):
             d["transforms"] = self.transforms.describe()
         d["param_options"] = dict(self.param_options)
@@ -151,7 +161,7 @@ def _color(model: Model, settings: RenderSettings) -> torch.Tensor | None:
     decorrelation (channel counts without a shipped matrix); else None."""
     if not (settings.decorrelation or "").startswith("estimated"):
         return None
-    from ..outputs.images import load_channel_images
+    from ..models.inputs import load_channel_images
 
     images = load_channel_images(settings.decorrelation_images, model.in_channels, min(model.input_size, 64))
     return estimate_color_sqrt(images)

@@ -96,6 +96,20 @@ def key_fields(model, layer: str, target: str, settings: dict[str, Any], seed: i
     }
 
 
+def render_key(model, objective, settings, seed: int, *, layer: str | None = None, **extra: Any) -> tuple[str, dict]:
+    """The cache key of any render, and the fields it is made of: the model (weights, architecture, input),
+    the objective's full description (:attr:`~filterscope.optvis.objectives.Objective.key`: every term and
+    argument, penalties included), the settings (a ``RenderSettings``, resolved for the model, or its
+    ``as_dict()``), the seed, and ``extra`` fields (e.g. ``diversity``, ``variant``). The one function that
+    jobs, the explorer and the atlas import use."""
+    if layer is None:
+        layer = objective.target.layer if objective.target is not None else ",".join(sorted(objective.layers))
+    if not isinstance(settings, dict):
+        settings = settings.for_model(model).as_dict()
+    fields = {**key_fields(model, layer, objective.key, settings, seed), **extra}
+    return make_key(fields), fields
+
+
 def make_key(fields: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``fields``."""
     return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:  # figures draw what jobs computed; they never call a job
-    from ..jobs.inspect import Inspection
+    from ..results import InspectionData as Inspection
 
 from .images import to_uint8
 

@@ -58,3 +58,11 @@ def objective_file(target) -> str:
     if target is not None and target.kind in ("channel", "logit") and isinstance(target.index, int):
         return channel_file(target.layer, target.index)
     return OBJECTIVE_PNG
+
+
+DEFAULT_OUT = "filterscope-out"  # the parent of every job's default output folder
+
+
+def default_out(job: str) -> str:
+    """A job's default output folder: ``filterscope-out/<job>``."""
+    return f"{DEFAULT_OUT}/{job}"

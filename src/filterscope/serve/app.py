@@ -27,9 +27,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from ..errors import FilterscopeError
+from ..models.inputs import decode_image, list_images, load_image, sample_image_path, sample_photos_dir
 from ..models.layers import default_layer, get_layer, list_layers
+from ..optvis.presets import DEFAULT_METHOD
 from ..outputs.cache import RenderCache
-from ..outputs.images import decode_image, list_images, load_image, sample_image_path, sample_photos_dir
 from ..outputs.naming import channel_page
 from ..version import __version__
 from . import compute, store
@@ -37,7 +38,6 @@ from .jobs import JobManager, TooManyJobs, run_accent, run_examples, run_explana
 
 MAX_UPLOAD = 20 * 1024 * 1024
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
-DEFAULT_METHOD = "fast"
 
 
 class Explorer:
@@ -113,12 +113,12 @@ class Explorer:
         return request.cookies.get("fs_client") or (request.client.host if request.client else "?")
 
     def render_key(self, layer: str, c: int, method: str, seed: int) -> str:
-        from ..jobs.channels import cache_fields, target
+        from ..jobs.channels import target
         from ..optvis.presets import get_preset
+        from ..outputs.cache import render_key
 
         info = get_layer(self.model, layer)
-        settings = get_preset(method).for_model(self.model).as_dict()
-        return cache_fields(self.model, layer, target(info, c).name, settings, seed)[0]
+        return render_key(self.model, target(info, c), get_preset(method), seed, layer=layer)[0]
 
     def explanation_key(self, layer: str, h: str) -> str:
         return store.result_key(self.model, "explanation", image_sha256=h, layer=layer)[0]
@@ -391,7 +391,7 @@ async def filter_page(request: Request) -> Response:
             rec, maps = got
             table += [("mean activation on the photo", f"{float(maps[c].astype('float32').mean()):.4f}")]
             for name in ("by_contribution", "by_mean"):
-                rank = [r["filter"] for r in rec[name]]
+                rank = [r["channel"] for r in rec[name]]
                 if c in rank:
                     table.append((f"rank {name.replace('_', ' ')}", rank.index(c) + 1))
     examples = []

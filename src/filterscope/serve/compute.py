@@ -20,9 +20,10 @@ from PIL import Image
 
 from ..jobs.evaluate import layer_means
 from ..jobs.inspect import inspect
+from ..models.inputs import list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import network_layer
 from ..models.model import Model
-from ..outputs.images import list_images, load_image, model_input, png_bytes, sample_photos_dir
+from ..outputs.images import png_bytes
 
 TOP = 12  # filters listed per ranking
 ABLATE_K = 8  # filters zeroed for the ablation check
@@ -31,7 +32,7 @@ ABLATE_K = 8  # filters zeroed for the ablation check
 def _ranked(order, means, maxes, contrib) -> list[dict]:
     return [
         {
-            "filter": int(i),
+            "channel": int(i),
             "mean": round(float(means[i]), 5),
             "max": round(float(maxes[i]), 5),
             "contribution": round(float(contrib[i]), 5),

@@ -85,8 +85,8 @@ def run_render(job: str, layer: str, channel: int, method: str, seed: int, diver
 
 def run_explanation(job: str, image_path: str, layer: str) -> str:
     """Worker: the explanation of one photo at one layer, stored in the cache's results."""
+    from ..models.inputs import load_image
     from ..outputs.cache import active_cache
-    from ..outputs.images import load_image
     from . import compute
     from .store import store_explanation
 
@@ -99,8 +99,8 @@ def run_explanation(job: str, image_path: str, layer: str) -> str:
 
 def run_accent(job: str, image_path: str, layer: str, channel: int, keys: tuple[str, str]) -> str:
     """Worker: one filter's accentuation of a photo and the map of where it changed, into the cache."""
+    from ..models.inputs import load_image
     from ..outputs.cache import active_cache
-    from ..outputs.images import load_image
     from . import compute
 
     _progress(job, [0, 1])

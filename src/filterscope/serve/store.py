@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from ..outputs.cache import RenderCache, key_fields, make_key, model_key, read_verified, write_verified
+from ..outputs.cache import RenderCache, make_key, model_key, read_verified, render_key, write_verified
 from ..outputs.rundir import atomic_write, json_bytes
 
-ADAPTER = "jobs-1"  # bump when serve/compute.py changes what it computes
+ADAPTER = "jobs-2"  # bump when serve/compute.py changes what it computes
 
 
 def _result_paths(cache: RenderCache, key: str) -> tuple[Path, Path]:
@@ -56,24 +56,24 @@ def load_explanation(cache: RenderCache, key: str) -> tuple[dict, np.ndarray] | 
 
 def diversity_keys(model, layer: str, channel: int, method: str, seed: int, n: int) -> tuple[str, list[str], dict]:
     """The job key of ``n`` diversity variants of a channel and the cache key of each variant."""
+    from ..jobs.channels import diversity_objective
+    from ..models.layers import get_layer
     from ..optvis.presets import get_preset
 
-    settings = get_preset(method).for_model(model).as_dict()
-    fields = key_fields(model, layer, f"{layer}:{channel} + diversity({layer})", settings, seed)
-    fields["diversity"] = n
-    return make_key(fields), [make_key({**fields, "variant": v}) for v in range(1, n + 1)], fields
+    obj = diversity_objective(model, get_layer(model, layer), channel)
+    key, fields = render_key(model, obj, get_preset(method), seed, layer=layer, diversity=n)
+    return key, [make_key({**fields, "variant": v}) for v in range(1, n + 1)], fields
 
 
 def store_diversity(model, info, channel: int, method: str, seed: int, n: int, cache, *, should_stop=None) -> str:
     """Render ``n`` jointly optimised variants (as ``render --diversity``) into the cache."""
-    from ..jobs.channels import diversity_seeds, target
-    from ..optvis.objectives import diversity
+    from ..jobs.channels import diversity_objective, diversity_seeds
     from ..optvis.presets import get_preset
     from ..optvis.render import Renderer
     from ..outputs.images import png_bytes
 
     _, keys, fields = diversity_keys(model, info.name, channel, method, seed, n)
-    obj = target(info, channel) + 1.0 * diversity(info.name)
+    obj = diversity_objective(model, info, channel)
     res = Renderer(model, get_preset(method)).render(obj, diversity_seeds(seed, channel, n), should_stop=should_stop)
     if res.interrupted:
         return "cancelled"
@@ -102,7 +102,6 @@ def upload_path(cache: RenderCache, h: str) -> Path:
 def import_atlas(model, cache: RenderCache, atlas_dir) -> int:
     """Put an atlas's renders into the cache (when it was built with this model), so the explorer shows
     them at once; returns how many were added. Atlases built with the cache on are there already."""
-    from ..jobs.channels import cache_fields
     from ..models.layers import get_layer
     from ..optvis.objectives import channel
 
@@ -128,7 +127,7 @@ def import_atlas(model, cache: RenderCache, atlas_dir) -> int:
                 continue
         except Exception:
             continue
-        key, fields = cache_fields(model, r["layer"], channel(r["layer"], r["channel"]).name, st["render"], st["seed"])
+        key, fields = render_key(model, channel(r["layer"], r["channel"]), st["render"], st["seed"])
         if not cache.has(key):
             cache.put(key, png, {**fields, **r, "imported_from": str(atlas_dir)})
             added += 1
