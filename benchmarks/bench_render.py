@@ -114,7 +114,7 @@ def naive(model, layer, channels, steps, device):
 
 
 def preset(model, layer, channels, name, steps, device, batch, changes=None):
-    from filterscope.jobs.channels import render_stream
+    from filterscope.jobs.stream import render_stream
     from filterscope.models.layers import get_layer
     from filterscope.optvis.presets import get_preset
 

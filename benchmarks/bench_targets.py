@@ -81,8 +81,8 @@ def class_worker(classes: list[int]) -> None:
     import numpy as np
     import torch
 
-    from filterscope.jobs.channels import render_stream
     from filterscope.jobs.evaluate import natural_max, score_images
+    from filterscope.jobs.stream import render_stream
     from filterscope.models import load_model
     from filterscope.models.layers import LOGIT, get_layer
     from filterscope.optvis.presets import get_preset

@@ -21,7 +21,7 @@ def test_render_on_cuda_matches_cpu_quality():
 
 
 def test_auto_batch_on_cuda_is_more_than_one():
-    from filterscope.jobs.channels import auto_batch
+    from filterscope.jobs.stream import auto_batch
     from filterscope.models import load_model
     from filterscope.models.layers import get_layer
     from filterscope.optvis.presets import get_preset

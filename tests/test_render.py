@@ -108,7 +108,7 @@ def test_bad_settings_rejected_before_work(model, bad):
 def test_render_cache_keys_penalties_by_every_argument(model, tmp_path):
     """A channel plus a penalty is cached under the objective's full key: ``l1(0.0)`` and ``l1(1.0)`` (both
     *named* "l1") are two entries, never one render served for the other; the plain channel is a third."""
-    from filterscope.jobs.channels import render_stream
+    from filterscope.jobs.stream import render_stream
     from filterscope.models.layers import get_layer
     from filterscope.optvis.objectives import l1
     from filterscope.outputs.cache import RenderCache

@@ -309,7 +309,7 @@ def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
 
 
 def diversity_option(ctx, param, value: int) -> int:
-    from .jobs.channels import check_diversity
+    from .jobs.diversity import check_diversity
 
     return check_diversity(value)
 

@@ -18,15 +18,18 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..errors import UsageError
 from ..models.inputs import list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import LayerInfo
 from ..models.model import Model
 from ..optvis.render import RenderSettings
 from ..outputs.images import to_pil
 from ..outputs.rundir import RunDir, json_bytes
-from .channels import StreamSummary, check_diversity, render_diversity, render_to_dir, write_grid
+from .backends import Backend, InProcess
+from .channels import render_layer
 from .contract import JobResult, open_run
 from .dataset import collect_examples, peak_box
+from .diversity import check_diversity
 from .pool import RenderPool, choose_layout
 
 EXAMPLES_FILE = "examples.json"
@@ -165,6 +168,8 @@ def build_atlas(
     from ..outputs.site import build_site
 
     check_diversity(diversity)
+    if backend not in ("local", "ray"):
+        raise UsageError(f"unknown backend {backend!r}: use local or ray")
     for info in layers:
         info.check_channels(channels[info.name])
     folder = Path(images) if images else sample_photos_dir()
@@ -195,43 +200,32 @@ def build_atlas(
         bar = ctx.progress(total, "atlas", unit="ch", initial=done_before)
         rendered, interrupted = 0, False
         own_threads = torch.get_num_threads()
-        pool = RenderPool(model, layout.workers, layout.threads) if layout is not None and layout.workers else None
+        runner: Backend
+        if layout is not None and layout.workers:
+            runner = RenderPool(model, layout.workers, layout.threads)
+        elif backend == "ray":
+            from .ray_backend import RayBackend
+
+            runner = RayBackend(model, address=address, workers=workers or 2, threads=threads)
+        else:
+            runner = InProcess(model, batch=batch, progress=progress)
         if layout is not None and not layout.workers:
             torch.set_num_threads(layout.threads)
-
-        def render_on_backend(info: LayerInfo, chans: list[int]) -> StreamSummary:
-            """One layer's channels on the chosen backend; every backend writes through ``finish_channel``."""
-            if pool is not None:
-                return pool.render_layer(info, chans, settings, seed, run, bar=bar, should_stop=stop)
-            if backend == "ray":
-                from .ray_backend import render_layer_ray
-
-                return render_layer_ray(
-                    model, info, chans, settings, seed, run, address=address, workers=workers or 2,
-                    threads=threads, bar=bar, should_stop=stop,
-                )  # fmt: skip
-            return render_to_dir(
-                model, info, chans, settings, seed, run, batch=batch, progress=progress, should_stop=stop, bar=bar
-            )
-
         try:
             for info in layers:
                 chans = channels[info.name]
                 with ctx.timed(f"render_{info.name}"):
-                    summary = render_on_backend(info, chans)
-                    if diversity > 1 and not summary.interrupted:  # variants render in this process
-                        summary.interrupted = render_diversity(
-                            model, info, chans, settings, seed, run, diversity, should_stop=stop
-                        )
-                    write_grid(run, info.name, chans)
+                    summary = render_layer(
+                        model, info, chans, settings, seed, run, backend=runner, diversity=diversity, bar=bar,
+                        should_stop=stop,
+                    )  # fmt: skip
                 rendered += len(summary.rendered)
                 if summary.interrupted:
                     interrupted = True
                     break
         finally:
             bar.close()
-            if pool is not None:
-                pool.close()
+            runner.close()
             torch.set_num_threads(own_threads)
         examples = None
         if not interrupted:

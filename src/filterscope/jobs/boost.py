@@ -20,7 +20,7 @@ from ..optvis.presets import resolve_settings
 from ..optvis.render import RenderSettings
 from ..outputs import figures
 from ..outputs.naming import channel_file, default_out, figure_file
-from .channels import render_to_dir
+from .backends import render_to_dir
 from .contract import JobResult, open_run
 from .inspect import Inspection, inspect, inspection_record, write_inspection
 

@@ -290,7 +290,7 @@ def _explain(
     timings["accentuate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from .channels import render_stream
+    from .stream import render_stream
 
     renders = {}
     from tqdm import tqdm

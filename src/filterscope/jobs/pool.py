@@ -25,7 +25,7 @@ import torch
 from ..models.layers import LayerInfo
 from ..models.model import Model
 from ..optvis.render import RenderSettings
-from .channels import StreamSummary, finish_channel, pending
+from .backends import StreamSummary, finish_channel, pending
 
 _MODEL: Model | None = None
 MIN_CHANNELS_PER_WORKER = 8
@@ -42,7 +42,7 @@ def _init_worker(model_bytes: bytes, threads: int, code: str | None = None) -> N
 
 
 def _render_shard(layer: LayerInfo, channels: list[int], settings: RenderSettings, seed: int) -> list[tuple]:
-    from .channels import render_records
+    from .stream import render_records
 
     return render_records(_MODEL, layer, channels, settings, seed)
 
@@ -125,8 +125,8 @@ class RenderPool:
                 break
             done, running = cf.wait(running, timeout=0.5, return_when=cf.FIRST_COMPLETED)
             for fut in done:
-                for rec, png, seconds in fut.result():
-                    finish_channel(run, rec, png, seconds, summary)
+                for rec, png, seconds, bands in fut.result():
+                    finish_channel(run, rec, png, seconds, summary, bands)
                     if bar is not None:
                         bar.update(1)
         summary.interrupted = bool(queue)

@@ -10,12 +10,13 @@ convolution depend on how it is split across threads.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..models.layers import LayerInfo
 from ..models.model import Model
 from ..optvis.render import RenderSettings
-from .channels import StreamSummary, finish_channel, pending
+from .backends import StreamSummary, finish_channel, pending
 
 
 def _ray():
@@ -37,7 +38,7 @@ def _worker_class(ray):
             self.model = model
 
         def render(self, layer: LayerInfo, channels: Sequence[int], settings: RenderSettings, seed: int):
-            from filterscope.jobs.channels import render_records
+            from filterscope.jobs.stream import render_records
 
             return render_records(self.model, layer, channels, settings, seed, cache=None)
 
@@ -86,8 +87,8 @@ def render_layer_ray(
                 pool.submit(lambda a, s: a.render.remote(layer, s, settings, seed), shards[submitted])
                 submitted += 1
         while pool.has_next():
-            for rec, png, seconds in pool.get_next_unordered():
-                finish_channel(run, rec, png, seconds, summary)
+            for rec, png, seconds, bands in pool.get_next_unordered():
+                finish_channel(run, rec, png, seconds, summary, bands)
                 if bar is not None:
                     bar.update(1)
             if should_stop and should_stop():
@@ -101,3 +102,31 @@ def render_layer_ray(
         summary.interrupted = summary.interrupted and submitted < len(shards)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+@dataclass
+class RayBackend:
+    """The backend that renders on a Ray cluster (``address``; default: a local Ray) with ``workers`` actors."""
+
+    model: Model
+    address: str | None = None
+    workers: int = 2
+    threads: int | None = None
+
+    def render_layer(self, layer, channels, settings, seed, run, *, bar=None, should_stop=None) -> StreamSummary:
+        return render_layer_ray(
+            self.model,
+            layer,
+            channels,
+            settings,
+            seed,
+            run,
+            address=self.address,
+            workers=self.workers,
+            threads=self.threads,
+            bar=bar,
+            should_stop=should_stop,
+        )
+
+    def close(self) -> None:
+        pass

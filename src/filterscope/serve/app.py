@@ -113,7 +113,7 @@ class Explorer:
         return request.cookies.get("fs_client") or (request.client.host if request.client else "?")
 
     def render_key(self, layer: str, c: int, method: str, seed: int) -> str:
-        from ..jobs.channels import target
+        from ..jobs.stream import target
         from ..optvis.presets import get_preset
         from ..outputs.cache import render_key
 

@@ -56,7 +56,7 @@ def _progress(job: str, value: Any) -> None:
 
 def run_render(job: str, layer: str, channel: int, method: str, seed: int, diversity: int) -> str:
     """Worker: render one channel (or its diversity variants) into the render cache; returns the status."""
-    from ..jobs.channels import render_stream
+    from ..jobs.stream import render_stream
     from ..models.layers import get_layer
     from ..optvis.presets import get_preset
     from ..outputs.cache import active_cache

@@ -56,7 +56,7 @@ def load_explanation(cache: RenderCache, key: str) -> tuple[dict, np.ndarray] | 
 
 def diversity_keys(model, layer: str, channel: int, method: str, seed: int, n: int) -> tuple[str, list[str], dict]:
     """The job key of ``n`` diversity variants of a channel and the cache key of each variant."""
-    from ..jobs.channels import diversity_objective
+    from ..jobs.diversity import diversity_objective
     from ..models.layers import get_layer
     from ..optvis.presets import get_preset
 
@@ -67,7 +67,7 @@ def diversity_keys(model, layer: str, channel: int, method: str, seed: int, n: i
 
 def store_diversity(model, info, channel: int, method: str, seed: int, n: int, cache, *, should_stop=None) -> str:
     """Render ``n`` jointly optimised variants (as ``render --diversity``) into the cache."""
-    from ..jobs.channels import diversity_objective, diversity_seeds
+    from ..jobs.diversity import diversity_objective, diversity_seeds
     from ..optvis.presets import get_preset
     from ..optvis.render import Renderer
     from ..outputs.images import png_bytes
