@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from filterscope.cli import main
-from filterscope.jobs.objective import objective_for
+from filterscope.jobs.render_objective import objective_for
 from filterscope.models.inputs import sample_image_path
 from filterscope.optvis.objective_text import argument_kinds
 from filterscope.optvis.objectives import OBJECTIVE_REGISTRY, Objective, register_objective

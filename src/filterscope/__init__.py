@@ -17,7 +17,7 @@ from .jobs.channels import ChannelRender, render, render_channels
 from .jobs.compare import compare
 from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
-from .jobs.objective import objective_for, render_objective
+from .jobs.render_objective import objective_for, render_objective
 from .models import Model, default_layer, get_layer, list_layers, load_model, register_model
 from .models.inputs import load_image, sample_image_path, sample_photos_dir
 from .optvis.objective_text import parse as parse_objective

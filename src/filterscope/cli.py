@@ -548,7 +548,7 @@ def render_cmd(
     """Render channels of a layer: one PNG per channel, a grid, and run.json."""
     from .jobs.channels import render_channels
     from .jobs.interrupt import graceful_stop
-    from .jobs.objective import objective_for, render_objective
+    from .jobs.render_objective import objective_for, render_objective
     from .models.layers import get_layer
     from .outputs.naming import grid_file
 

@@ -26,7 +26,7 @@ from .backends import Backend, InProcess, StreamSummary
 from .contract import JobResult, open_run
 from .diversity import check_diversity, render_diversity
 from .grids import write_grid
-from .stream import target
+from .stream import unit_objective
 
 
 def render_layer(
@@ -112,7 +112,7 @@ def render(
     info = get_layer(model, layer)
     info.check_channels([channel_index])
     settings = get_preset(method).with_(steps=steps, lr=lr, size=size, **overrides)
-    result = Renderer(model, settings).render(target(info, channel_index), [channel_seed(seed, channel_index)])
+    result = Renderer(model, settings).render(unit_objective(info, channel_index), [channel_seed(seed, channel_index)])
     if result.status[0] != "ok":
         raise RenderError(f"channel {channel_index}: {result.status[0]}")
     return ChannelRender(
@@ -155,7 +155,7 @@ def render_channels(
     """``filterscope render``: channels of ``layer`` (default: all) into ``out``, one PNG per channel, a
     grid and ``run.json``; ``penalty`` (an objective or its text, e.g. ``"0.05*tv"``) is subtracted from
     every channel's objective. An interrupted run is ``partial`` and resumable."""
-    from .objective import objective_for
+    from .render_objective import objective_for
 
     info = get_layer(model, layer)
     chans = list(range(info.channels)) if channels is None else sorted(set(channels))

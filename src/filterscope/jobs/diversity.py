@@ -10,7 +10,7 @@ from ..models.model import Model
 from ..optvis.objectives import Objective
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.naming import channel_file
-from .stream import target
+from .stream import unit_objective
 
 
 def check_diversity(n: int) -> int:
@@ -30,7 +30,7 @@ def diversity_objective(model: Model, layer: LayerInfo, c: int, weight: float = 
     from ..optvis.objectives import diversity as diversity_term
 
     div_layer = layer.name if layer.name != LOGIT else default_layer(model)
-    return target(layer, c) + weight * diversity_term(div_layer)
+    return unit_objective(layer, c) + weight * diversity_term(div_layer)
 
 
 def render_diversity(

@@ -53,7 +53,7 @@ class ChannelResult:
         }
 
 
-def target(layer: LayerInfo, c: int) -> Objective:
+def unit_objective(layer: LayerInfo, c: int) -> Objective:
     """The objective that renders channel ``c`` of ``layer`` (a class logit for the pseudo-layer ``logit``)."""
     return logit(c) if layer.name == LOGIT else channel(layer.name, c)
 
@@ -66,7 +66,7 @@ def auto_batch(model: Model, settings: RenderSettings, layer: LayerInfo) -> int:
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     probe = settings.with_(steps=1)
-    Renderer(model, probe).render(target(layer, 0), [0])
+    Renderer(model, probe).render(unit_objective(layer, 0), [0])
     per_image = max(1, torch.cuda.max_memory_allocated() - base)
     free, _ = torch.cuda.mem_get_info()
     return int(max(1, min(MAX_BATCH, 0.6 * free // per_image)))
@@ -93,7 +93,7 @@ def render_stream(
     """
     if cache == "auto":
         cache = active_cache() if model.in_channels <= 3 else None  # >3 bands also write bands_*.png
-    objective_of = (lambda c: target(layer, c) + extra(c)) if extra else (lambda c: target(layer, c))
+    objective_of = (lambda c: unit_objective(layer, c) + extra(c)) if extra else (lambda c: unit_objective(layer, c))
     keys: dict[int, tuple[str, dict]] = {}
     todo = list(channels)
     if cache is not None:

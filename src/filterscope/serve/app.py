@@ -113,12 +113,12 @@ class Explorer:
         return request.cookies.get("fs_client") or (request.client.host if request.client else "?")
 
     def render_key(self, layer: str, c: int, method: str, seed: int) -> str:
-        from ..jobs.stream import target
+        from ..jobs.stream import unit_objective
         from ..optvis.presets import get_preset
         from ..outputs.cache import render_key
 
         info = get_layer(self.model, layer)
-        return render_key(self.model, target(info, c), get_preset(method), seed, layer=layer)[0]
+        return render_key(self.model, unit_objective(info, c), get_preset(method), seed, layer=layer)[0]
 
     def explanation_key(self, layer: str, h: str) -> str:
         return store.result_key(self.model, "explanation", image_sha256=h, layer=layer)[0]
