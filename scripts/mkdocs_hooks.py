@@ -5,6 +5,9 @@
   ``markdown``/``report`` function where it has one), headed by the command that measured it, the machine
   it names and the date the result file was last committed. No number is pasted into the docs.
 - ``CHANGELOG.md`` at the repository root is served as ``changelog.md``.
+- The docstrings are written for Sphinx-style readers (``:func:`render```, ``>>>`` examples); in the
+  generated API pages a role shows as its code name (``~pkg.mod.Name`` as ``Name``) and a ``>>>`` block as code.
+- In the CLI reference, an option without a default shows "–" (mkdocs-click prints click's ``Sentinel.UNSET``).
 """
 
 from __future__ import annotations
@@ -142,6 +145,28 @@ def _table(name: str) -> str:
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     return MARKER.sub(lambda m: _table(m.group(1)), markdown)
+
+
+ROLE = re.compile(r":(?:func|class|meth|attr|mod|data|exc|obj):(<code[^>]*>)(~?)([^<]*)</code>")
+DOCTEST = re.compile(r"(?:<blockquote>\s*){3}<p>(.*?)</p>\s*(?:</blockquote>\s*){3}", re.S)
+
+
+def _role(m: re.Match) -> str:
+    name = m.group(3).rsplit(".", 1)[-1] if m.group(2) else m.group(3)
+    return f"{m.group(1)}{name}</code>"
+
+
+def _doctest(m: re.Match) -> str:
+    lines = "\n".join(">>> " + line for line in m.group(1).splitlines())
+    return f'<div class="language-pycon highlight"><pre><code>{lines}</code></pre></div>'
+
+
+def on_page_content(html: str, page, config, files) -> str:
+    # mkdocs-click shows click 8.3's "no default" sentinel of flags and unset options literally
+    html = html.replace("<code>Sentinel.UNSET</code>", "–")
+    if "doc-object" not in html:  # only pages with generated API documentation
+        return html
+    return DOCTEST.sub(_doctest, ROLE.sub(_role, html))
 
 
 def on_files(files, config):
