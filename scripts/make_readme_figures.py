@@ -8,7 +8,11 @@
   of blocks.5;
 - docs/atlas_layer.png, docs/atlas_channel.png: headless-Chromium screenshots of an atlas (``--atlas DIR``,
   built with ``filterscope atlas``);
-- docs/bench.png (copied from ``--bench``; paste its bench.md table into the README).
+- docs/bench.png (copied from ``--bench``; the docs' benchmark page makes its tables from the JSON);
+- with ``--guide`` (only these, for the documentation's guide pages): docs/figure_inspect.png
+  (``filterscope inspect``'s bar chart), docs/figure_accentuate.png (``filterscope accentuate --layer
+  blocks.5``: photo | accentuation | change map per filter), docs/grid_render.png (``filterscope render
+  --layer blocks.5 --channels 0-11``).
 """
 
 from __future__ import annotations
@@ -53,19 +57,52 @@ def screenshots(atlas: Path) -> None:
         b.close()
 
 
+def guide_figures(tmp: Path) -> None:
+    from PIL import Image
+
+    fs("inspect", "--out", str(tmp / "inspect"), "--quiet")
+    shutil.copy(tmp / "inspect/figure_activations.png", DOCS / "figure_inspect.png")
+    fs("inspect", "--layer", "blocks.5", "--top", "3", "--rank", "contribution", "--out", str(tmp / "i5"), "--quiet")
+    top = [
+        t.get("channel", t.get("filter")) for t in json.loads((tmp / "i5/run.json").read_text())["inspection"]["top"]
+    ]
+    import io
+
+    import filterscope
+
+    model = filterscope.load_model()
+    photo = filterscope.load_image(filterscope.sample_image_path())
+    rows = [Image.open(io.BytesIO(a._repr_png_())) for a in filterscope.accentuate(model, photo, "blocks.5", top)]
+    w, h = rows[0].size
+    sheet = Image.new("RGB", (w, h * len(rows) + 8 * (len(rows) - 1)), "white")
+    for i, im in enumerate(rows):
+        sheet.paste(im.convert("RGB"), (0, i * (h + 8)))
+    sheet.save(DOCS / "figure_accentuate.png")
+    fs("render", "--layer", "blocks.5", "--channels", "0-11", "--out", str(tmp / "render"), "--quiet")
+    shutil.copy(tmp / "render/grid_blocks.5.png", DOCS / "grid_render.png")
+    print("wrote figure_inspect.png, figure_accentuate.png, grid_render.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atlas", type=Path)
     ap.add_argument("--bench", type=Path)
     ap.add_argument("--skip-renders", action="store_true")
+    ap.add_argument("--guide", action="store_true", help="only the guide pages' figures")
     a = ap.parse_args()
     DOCS.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
+    if a.guide:
+        guide_figures(tmp)
+        return
     if not a.skip_renders:
         fs("boost", "--out", str(tmp / "boost"), "--quiet")
         shutil.copy(tmp / "boost/figure_boost.png", DOCS / "figure_boost.png")
         fs("inspect", "--top", "6", "--out", str(tmp / "inspect"), "--quiet")
-        top6 = [t["filter"] for t in json.loads((tmp / "inspect/run.json").read_text())["inspection"]["top"]]
+        top6 = [
+            t.get("channel", t.get("filter"))
+            for t in json.loads((tmp / "inspect/run.json").read_text())["inspection"]["top"]
+        ]
         for layer, chans, name in (("bn2", top6, "bn2"), ("blocks.5", [0, 17, 42, 88, 150, 191], "blocks5")):
             fs(
                 "compare",
