@@ -19,10 +19,10 @@ from filterscope.optvis.render import Renderer, RenderSettings
 from filterscope.outputs.images import sample_image_path
 
 HERE = Path(__file__).resolve().parent
-EXAMPLE_ARG = {
-    "layer": "blocks.4",
+EXAMPLE_ARG = {  # for the tiny CNN of tests/tiny_net.py (16 channels in conv3, 10 classes)
+    "layer": "conv3",
     "channel": "7",
-    "class": "967",
+    "class": "3",
     "position": "1",
     "int": "1",
     "float": "0.5",
@@ -40,9 +40,9 @@ def text_form(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVE_REGISTRY))
-def test_every_registered_objective_renders_from_its_text_form(model, name):
-    obj = objective_for(model, text_form(name))
-    res = Renderer(model, RenderSettings(steps=3, lr=0.05)).render(obj, [1, 2])  # 2 images: diversity needs them
+def test_every_registered_objective_renders_from_its_text_form(tiny_model, name):
+    obj = objective_for(tiny_model, text_form(name))
+    res = Renderer(tiny_model, RenderSettings(steps=3, lr=0.05)).render(obj, [1, 2])  # 2 images: diversity needs them
     assert res.status == ["ok", "ok"], res.status
     assert torch.isfinite(res.images).all() and res.images.min() >= 0 and res.images.max() <= 1
     assert all(map(lambda v: torch.isfinite(torch.tensor(v)), res.after))
