@@ -26,6 +26,7 @@ def cli_inproc(capsys, *args):
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
     out = tmp_path / "run"
     rc, stdout, err = cli_inproc(capsys, "boost", "--top", 2, "--steps", 8, "--out", out, "--quiet", "--json")
@@ -93,6 +94,7 @@ def test_layers_command_marks_default(capsys):
     assert any(ln.split()[0] == "blocks.5" and "192×7×7" in ln for ln in out.splitlines()[1:])
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes(tmp_path, capsys):
     runs = []
     for name in ("a", "b"):

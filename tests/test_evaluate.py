@@ -74,6 +74,7 @@ def test_colourfulness_and_contrast_known_values():
     assert rms_contrast(bw) == pytest.approx(0.5) and colourfulness(bw) == pytest.approx(0.0)
 
 
+@pytest.mark.slow
 def test_evaluate_known_answer_on_a_real_photo(model, tmp_path, capsys):
     """A 'render' that is the espresso photo itself: its logit ratio is ≤ 1 (the photos include it) and
     close to 1, and a second, independent model (efficientnet_lite1) calls it espresso."""
@@ -105,6 +106,7 @@ def test_evaluate_known_answer_on_a_real_photo(model, tmp_path, capsys):
     assert abs(c["activation"] - float(expected)) < 1e-3 * max(1.0, abs(float(expected)))
 
 
+@pytest.mark.slow
 def test_evaluate_a_render_run(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(["render", "--layer", "blocks.3", "--channels", "4,9", "--steps", "12", "--out", str(out), "-q"]) == 0

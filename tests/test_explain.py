@@ -25,6 +25,7 @@ def run_main(capsys, *args):
     return rc, out, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["blocks.5", "blocks.6"])
 def test_contribution_ranking_beats_activation_by_ablation(model, layer):
     """Zeroing the top-8 filters by contribution lowers the predicted class's probability more than the
@@ -118,6 +119,7 @@ def test_image_param_starts_at_the_photo(model, coffee):
     assert (imgs - x).abs().max() < 1.5 / 255  # exactly the photo, up to the 1/255 clip at 0 and 1
 
 
+@pytest.mark.slow
 def test_accentuation_gain_and_ssim(model):
     """The top filter by contribution of a real photo: the accentuation at least doubles its activation
     while staying close to the photo (SSIM ≥ 0.5), and changes the photo where the filter looks."""
@@ -132,6 +134,7 @@ def test_accentuation_gain_and_ssim(model):
     assert accs[0]._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_path_similarity_seed_lower_than_readable(model):
     """A render made to fool (the seed preset's pixel pattern) travels a less natural path than the
     readable preset's render of the same filters."""
@@ -152,6 +155,7 @@ def explain_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_explain_end_to_end(explain_dir):
     rec = json.loads((explain_dir / "run.json").read_text())
     assert rec["status"] == "complete" and rec["settings"]["layer"] == "blocks.5"
@@ -171,6 +175,7 @@ def test_explain_end_to_end(explain_dir):
     assert "http://" not in html and "https://" not in html and '<link rel="stylesheet"' not in html
 
 
+@pytest.mark.slow
 def test_report_in_browser(explain_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -200,6 +205,7 @@ def test_report_in_browser(explain_dir, tmp_path):
     assert all(u.startswith(("file://", "data:")) for u in requests)  # self-contained: no network
 
 
+@pytest.mark.slow
 def test_explain_api_repr_html(model):
     """fs.explain without an output directory writes nothing and shows itself in Jupyter."""
     res = fs.explain(model, top=1, accent_steps=4, method="seed", render_steps=4, progress=False)

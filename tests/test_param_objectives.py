@@ -144,20 +144,20 @@ def test_every_objective_rises_under_rendering(tiny_model, coffee, text):
     assert res.after[0] > res.before[0] + 0.1 * abs(res.before[0]) + 1e-3, (text, res.before, res.after)
 
 
-def test_diversity_pushes_images_apart(model):
-    from filterscope.jobs.evaluate import layer_means  # noqa: F401 - same model path
+def test_diversity_pushes_images_apart(tiny_model):
     from filterscope.optvis.objectives import diversity
 
+    model = tiny_model  # the penalty's effect, not the model's: the tiny CNN of tests/tiny_net.py
     s = RenderSettings(steps=16, lr=0.05)
-    plain = Renderer(model, s).render(channel("blocks.3", 11), [1, 2, 3])
-    div = Renderer(model, s).render(channel("blocks.3", 11) + 4.0 * diversity("blocks.3"), [1, 2, 3])
+    plain = Renderer(model, s).render(channel("conv2", 11), [1, 2, 3])
+    div = Renderer(model, s).render(channel("conv2", 11) + 4.0 * diversity("conv2"), [1, 2, 3])
 
     def mean_sim(images):
         from filterscope.optvis.hooks import capture, run
 
-        with capture(model.net, ["blocks.3"], stop=True) as cap, torch.no_grad():
+        with capture(model.net, ["conv2"], stop=True) as cap, torch.no_grad():
             run(model.forward, images, cap)
-            a = cap.acts["blocks.3"].flatten(2)
+            a = cap.acts["conv2"].flatten(2)
         g = torch.nn.functional.normalize(torch.bmm(a, a.transpose(1, 2)).flatten(1), dim=1)
         sim = g @ g.T
         return (sim.sum() - sim.diag().sum()) / 6

@@ -139,6 +139,7 @@ def _cli(site: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_plugin_package_adds_objective_param_and_model_to_the_cli(plugin_site, tmp_path):
     out = tmp_path / "p"
     res = _cli(

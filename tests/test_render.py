@@ -15,6 +15,7 @@ from filterscope.optvis.render import Renderer, RenderSettings, channel_seed
 FEW = RenderSettings(param="fourier", transforms="standard", steps=24, lr=0.05)
 
 
+@pytest.mark.slow
 def test_api_render_boosts_channels_far_above_noise(model):
     gains = []
     for c in (5, 40, 100):
@@ -61,6 +62,7 @@ def test_batched_render_equals_single_renders(tiny_model):
         assert abs(batch.after[i] - one.after[0]) < 0.02 * max(1.0, abs(one.after[0]))
 
 
+@pytest.mark.slow
 def test_batched_channels_each_win_on_their_own_image(model):
     chans = [2, 9, 21, 50]
     res = Renderer(model, FEW).render([channel("blocks.4", c) for c in chans], [channel_seed(1, c) for c in chans])
