@@ -257,6 +257,7 @@ def test_bad_input_one_line_error_and_nothing_written(
     assert not (tmp_path / "executed").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli_inproc(capsys, "render", "--layer", "blocks.1", "--channels", "0", *FAST, "--out", out, "-q")[0] == 0

@@ -48,6 +48,7 @@ def test_contribution_ranking_beats_activation_by_ablation(model, layer):
     assert sum(c > a for c, a in zip(drops["contribution"], drops["activation"])) >= 4
 
 
+@pytest.mark.slow
 def test_contribution_is_exact_before_pooling_and_linear_head(model, coffee):
     """At bn2 (then global pooling and a linear head) zeroing one filter lowers the class logit by exactly
     its contribution (checked with a plain forward hook that zeroes the filter)."""
@@ -74,6 +75,7 @@ def test_contribution_is_exact_before_pooling_and_linear_head(model, coffee):
     assert probs[0, cls].item() == pytest.approx(torch.softmax(logits, 1)[0, cls].item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_inspect_rank_contribution_cli(tmp_path, capsys):
     out = tmp_path / "ins"
     rc, stdout, _ = run_main(capsys, "inspect", "--layer", "blocks.5", "--rank", "contribution", "--out", out, "--json")

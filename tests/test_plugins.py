@@ -57,6 +57,7 @@ def test_targets_are_structured_not_parsed(model):
     assert objective_for(model, "blocks.5:12 - 0.1*tv").target is None
 
 
+@pytest.mark.slow
 def test_a_registered_objective_that_takes_a_layer_works_from_the_cli(model, tmp_path, capsys):
     @register_objective
     def corner(layer: str, channel: int, size: int = 2) -> Objective:

@@ -26,11 +26,13 @@ def test_api_render_boosts_channels_far_above_noise(model):
     assert min(gains) > 1.0
 
 
+@pytest.mark.slow
 def test_seed_method_boosts_the_default_layer(model):
     r = filterscope.render(model, "default", 933, method="seed", steps=16, seed=0)
     assert r.activation_after >= 3.0 > r.activation_before + 2.0
 
 
+@pytest.mark.slow
 def test_dead_channel_is_revived_by_redirected_relu(model):
     # bn2 ends in ReLU6: on grey noise most channels are exactly 0, which plain ascent cannot leave
     r = filterscope.render(model, "bn2", 1213, method="fast", steps=16, seed=0)
