@@ -249,6 +249,7 @@ def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
     assert run_main(capsys, *args, "--workers", "2", "--threads", "1", "--quiet", "--out", tmp_path / "two")[0] == 0
     one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
     assert one["layout"]["workers"] == 0 and two["layout"] == {"workers": 2, "threads": 1, "why": "chosen"}
+    assert sorted(one["results"]) == sorted(two["results"]) == [f"blocks.0:{c}" for c in range(4)]
     for k, r in one["results"].items():
         assert (tmp_path / "one" / r["file"]).read_bytes() == (
             tmp_path / "two" / two["results"][k]["file"]

@@ -58,6 +58,7 @@ def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
         assert (out / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
+@pytest.mark.slow
 def test_inspect_top_filter_is_argmax_and_deterministic(model, coffee, tmp_path, capsys):
     from filterscope.jobs.inspect import inspect
 

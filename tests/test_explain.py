@@ -128,6 +128,7 @@ def test_accentuation_gain_and_ssim(model):
     x = model_input(model, load_image(sample_photos_dir() / "camera_0.jpg"))
     ins = fs.inspect(model, x, "blocks.5", top=2, rank="contribution")
     accs = fs.accentuate(model, x, "blocks.5", ins.top, steps=16)
+    assert [a.channel for a in accs] == list(ins.top)  # one accentuation per filter asked for
     for a in accs:
         assert a.activation_photo == pytest.approx(float(ins.means[a.channel]), rel=1e-4, abs=1e-4)
         assert a.gain >= 2.0 and a.ssim >= 0.5

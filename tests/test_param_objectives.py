@@ -19,6 +19,7 @@ def test_params_give_valid_images_and_gradients(name, decorrelate):
     assert x.shape == (2, 3, 64, 64)
     assert x.min() >= 0 and x.max() <= 1 and torch.isfinite(x).all()
     (x[:, 0].mean() - x[:, 2].mean()).backward()
+    assert p.tensors  # the loop below checks something
     for t in p.tensors:
         assert t.grad is not None and t.grad.abs().sum() > 0
 
