@@ -20,6 +20,17 @@ def model():
 
 
 @pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny hand-built CNN (tests/tiny_net.py, seeded random weights, 32 px RGB input) as a filterscope
+    Model: for tests of mechanics where the real model is not the point; renders on a 64 px canvas."""
+    from tiny_net import tiny_net
+
+    from filterscope.models import load_model
+
+    return load_model(tiny_net(), name="tiny_cnn", input_size=32)
+
+
+@pytest.fixture(scope="session")
 def coffee():
     from filterscope.models.inputs import load_image, sample_image_path
 

@@ -32,6 +32,7 @@ def atlas_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_atlas_end_to_end(atlas_dir):
     rec = json.loads((atlas_dir / "run.json").read_text())
     assert rec["status"] == "complete"
@@ -54,6 +55,7 @@ def test_atlas_end_to_end(atlas_dir):
         assert e["name"] in page and e["crop"].rsplit("/", 1)[1] in page
 
 
+@pytest.mark.slow
 def test_atlas_resume_renders_only_missing(tmp_path, capsys):
     out = tmp_path / "a"
     assert run_main(capsys, *ATLAS, "--out", out)[0] == 0
@@ -75,13 +77,16 @@ def test_atlas_resume_renders_only_missing(tmp_path, capsys):
         assert (out / rec2["results"][k]["file"]).read_bytes() == originals[k]
 
 
-def test_dataset_examples_are_the_true_top_n(model):
+def test_dataset_examples_are_the_true_top_n(tiny_model):
+    """The streamed top-N statistics equal a brute-force pass (the bookkeeping, not the model, is tested: the
+    tiny CNN of tests/tiny_net.py)."""
     from filterscope.jobs.dataset import collect_examples
     from filterscope.jobs.evaluate import layer_means
     from filterscope.models.inputs import list_images, load_image, model_input, sample_photos_dir
     from filterscope.models.layers import get_layer
 
-    layers = [get_layer(model, "blocks.2"), get_layer(model, "blocks.4")]
+    model = tiny_model
+    layers = [get_layer(model, "conv2"), get_layer(model, "relu3")]
     files, stats = collect_examples(model, layers, sample_photos_dir(), n_top=5, batch=7, progress=False)
     x = torch.cat([model_input(model, load_image(f)) for f in list_images(sample_photos_dir())])
     for info in layers:
@@ -131,6 +136,7 @@ def test_examples_memory_flat_as_folder_grows(tmp_path):
     assert growth["big"] - growth["small"] < 16 * 1024, growth
 
 
+@pytest.mark.slow
 def test_serve_and_browser(atlas_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -232,6 +238,7 @@ def test_ray_backend_matches_local(tmp_path):
     assert a["results"] == b["results"]
 
 
+@pytest.mark.slow
 def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
     """Two single-threaded worker processes write the same files as one single-threaded process; with no
     --workers/--threads, a CPU with ≥ 2 cores and ≥ 8 channels per core gets one worker per core (printed)."""
@@ -242,6 +249,7 @@ def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
     assert run_main(capsys, *args, "--workers", "2", "--threads", "1", "--quiet", "--out", tmp_path / "two")[0] == 0
     one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
     assert one["layout"]["workers"] == 0 and two["layout"] == {"workers": 2, "threads": 1, "why": "chosen"}
+    assert sorted(one["results"]) == sorted(two["results"]) == [f"blocks.0:{c}" for c in range(4)]
     for k, r in one["results"].items():
         assert (tmp_path / "one" / r["file"]).read_bytes() == (
             tmp_path / "two" / two["results"][k]["file"]

@@ -26,6 +26,7 @@ def cli_inproc(capsys, *args):
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
     out = tmp_path / "run"
     rc, stdout, err = cli_inproc(capsys, "boost", "--top", 2, "--steps", 8, "--out", out, "--quiet", "--json")
@@ -57,6 +58,7 @@ def test_boost_end_to_end_writes_figure_pngs_and_run_json(tmp_path, capsys):
         assert (out / f).stat().st_mode & 0o777 == 0o666 & ~umask, f
 
 
+@pytest.mark.slow
 def test_inspect_top_filter_is_argmax_and_deterministic(model, coffee, tmp_path, capsys):
     from filterscope.jobs.inspect import inspect
 
@@ -93,6 +95,7 @@ def test_layers_command_marks_default(capsys):
     assert any(ln.split()[0] == "blocks.5" and "192×7×7" in ln for ln in out.splitlines()[1:])
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_bytes(tmp_path, capsys):
     runs = []
     for name in ("a", "b"):
@@ -255,6 +258,7 @@ def test_bad_input_one_line_error_and_nothing_written(
     assert not (tmp_path / "executed").exists()
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "r"
     assert cli_inproc(capsys, "render", "--layer", "blocks.1", "--channels", "0", *FAST, "--out", out, "-q")[0] == 0

@@ -58,6 +58,7 @@ def class_transfer(a, b, method: str) -> tuple[int, list]:
     return hits, probs
 
 
+@pytest.mark.slow
 def test_class_renders_transfer_to_the_second_model(models):
     a, b = models
     readable, probs = class_transfer(a, b, "fast")

@@ -25,6 +25,7 @@ def run_main(capsys, *args):
     return rc, out, err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", ["blocks.5", "blocks.6"])
 def test_contribution_ranking_beats_activation_by_ablation(model, layer):
     """Zeroing the top-8 filters by contribution lowers the predicted class's probability more than the
@@ -47,6 +48,7 @@ def test_contribution_ranking_beats_activation_by_ablation(model, layer):
     assert sum(c > a for c, a in zip(drops["contribution"], drops["activation"])) >= 4
 
 
+@pytest.mark.slow
 def test_contribution_is_exact_before_pooling_and_linear_head(model, coffee):
     """At bn2 (then global pooling and a linear head) zeroing one filter lowers the class logit by exactly
     its contribution (checked with a plain forward hook that zeroes the filter)."""
@@ -73,6 +75,7 @@ def test_contribution_is_exact_before_pooling_and_linear_head(model, coffee):
     assert probs[0, cls].item() == pytest.approx(torch.softmax(logits, 1)[0, cls].item(), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_inspect_rank_contribution_cli(tmp_path, capsys):
     out = tmp_path / "ins"
     rc, stdout, _ = run_main(capsys, "inspect", "--layer", "blocks.5", "--rank", "contribution", "--out", out, "--json")
@@ -118,12 +121,14 @@ def test_image_param_starts_at_the_photo(model, coffee):
     assert (imgs - x).abs().max() < 1.5 / 255  # exactly the photo, up to the 1/255 clip at 0 and 1
 
 
+@pytest.mark.slow
 def test_accentuation_gain_and_ssim(model):
     """The top filter by contribution of a real photo: the accentuation at least doubles its activation
     while staying close to the photo (SSIM ≥ 0.5), and changes the photo where the filter looks."""
     x = model_input(model, load_image(sample_photos_dir() / "camera_0.jpg"))
     ins = fs.inspect(model, x, "blocks.5", top=2, rank="contribution")
     accs = fs.accentuate(model, x, "blocks.5", ins.top, steps=16)
+    assert [a.channel for a in accs] == list(ins.top)  # one accentuation per filter asked for
     for a in accs:
         assert a.activation_photo == pytest.approx(float(ins.means[a.channel]), rel=1e-4, abs=1e-4)
         assert a.gain >= 2.0 and a.ssim >= 0.5
@@ -132,6 +137,7 @@ def test_accentuation_gain_and_ssim(model):
     assert accs[0]._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_path_similarity_seed_lower_than_readable(model):
     """A render made to fool (the seed preset's pixel pattern) travels a less natural path than the
     readable preset's render of the same filters."""
@@ -152,6 +158,7 @@ def explain_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_explain_end_to_end(explain_dir):
     rec = json.loads((explain_dir / "run.json").read_text())
     assert rec["status"] == "complete" and rec["settings"]["layer"] == "blocks.5"
@@ -171,6 +178,7 @@ def test_explain_end_to_end(explain_dir):
     assert "http://" not in html and "https://" not in html and '<link rel="stylesheet"' not in html
 
 
+@pytest.mark.slow
 def test_report_in_browser(explain_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -200,6 +208,7 @@ def test_report_in_browser(explain_dir, tmp_path):
     assert all(u.startswith(("file://", "data:")) for u in requests)  # self-contained: no network
 
 
+@pytest.mark.slow
 def test_explain_api_repr_html(model):
     """fs.explain without an output directory writes nothing and shows itself in Jupyter."""
     res = fs.explain(model, top=1, accent_steps=4, method="seed", render_steps=4, progress=False)

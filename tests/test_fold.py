@@ -4,6 +4,7 @@ import copy
 import ctypes.util
 import platform
 
+import pytest
 import torch
 import torchvision
 from torch import nn
@@ -45,13 +46,14 @@ def test_folded_lite0_keeps_outputs_and_pre_activations(model):
     assert fold_batchnorm(model.net, x[:1], keep=layers) is folded  # cached
 
 
-def test_folded_norms_no_longer_normalise(model):
-    net = _private_net(model)
-    x = torch.rand(1, 3, 224, 224)
+def test_folded_norms_no_longer_normalise(tiny_model):
+    net = _private_net(tiny_model)  # the fold's bookkeeping, on the tiny CNN of tests/tiny_net.py
+    x = torch.rand(1, 3, 32, 32)
     folded = fold_batchnorm(net, x)
-    before = _acts(folded, ["blocks.1"], x)["blocks.1"]
-    dict(folded.named_modules())["blocks.1.0.bn1"].running_var.mul_(100)  # the copy's, not the net's
-    assert torch.equal(_acts(folded, ["blocks.1"], x)["blocks.1"], before)
+    assert folded is not net
+    before = _acts(folded, ["relu2"], x)["relu2"]
+    dict(folded.named_modules())["bn1"].running_var.mul_(100)  # the copy's, not the net's
+    assert torch.equal(_acts(folded, ["relu2"], x)["relu2"], before)
 
 
 def test_an_observed_conv_keeps_its_own_output(model):
@@ -64,29 +66,30 @@ def test_an_observed_conv_keeps_its_own_output(model):
     assert dict(folded.named_modules())["blocks.2.0.conv_dw"].bias is not None
 
 
-def test_changed_weights_refold_and_copies_are_bounded(model):
-    net = _private_net(model)
-    x = torch.rand(1, 3, 224, 224)
+def test_changed_weights_refold_and_copies_are_bounded(tiny_model):
+    net = _private_net(tiny_model)  # the fold's bookkeeping, on the tiny CNN of tests/tiny_net.py
+    x = torch.rand(1, 3, 32, 32)
     first = fold_batchnorm(net, x)
     with torch.no_grad():
-        dict(net.named_modules())["blocks.0.0.bn1"].running_mean.add_(0.5)  # the net changes in place
+        dict(net.named_modules())["bn1"].running_mean.add_(0.5)  # the net changes in place
     second = fold_batchnorm(net, x)
     assert second is not first
     with torch.no_grad():
         assert torch.allclose(net(x), second(x), rtol=1e-4, atol=1e-4)
-    for conv in ["conv_stem", "blocks.0.0.conv_dw", "blocks.1.0.conv_pw"]:  # a copy per kept conv, at most 2 kept
+    for conv in ["conv1", "conv2"]:  # a copy per set of kept convs (3 sets so far), at most 2 kept
         fold_batchnorm(net, x, keep=[conv])
     assert len(fold_module._STATE[net]["copies"]) == fold_module.MAX_COPIES
 
 
-def test_a_users_hook_is_not_copied(model):
-    net = _private_net(model)
+def test_a_users_hook_is_not_copied(tiny_model):
+    net = _private_net(tiny_model)  # on the tiny CNN of tests/tiny_net.py
     calls = []
-    net.blocks[1].register_forward_hook(lambda m, i, o: calls.append(1))
-    folded = fold_batchnorm(net, torch.rand(1, 3, 224, 224))
+    net.conv2.register_forward_hook(lambda m, i, o: calls.append(1))
+    folded = fold_batchnorm(net, torch.rand(1, 3, 32, 32))
+    assert folded is not net
     calls.clear()
     with torch.no_grad():
-        folded(torch.rand(1, 3, 224, 224))
+        folded(torch.rand(1, 3, 32, 32))
     assert calls == []
 
 
@@ -121,6 +124,7 @@ def test_resnet_folds_but_a_conv_output_used_twice_does_not():
     assert fold_batchnorm(shared, x) is shared  # ... the logits check refuses the copy
 
 
+@pytest.mark.slow
 def test_render_with_and_without_folding_agree(model):
     """The preset path: pre-activation objective and redirected ReLU gradients on the folded copy."""
     obj = channel("bn2", 7)

@@ -1,7 +1,11 @@
-"""The package's shape: no import cycles, and the public names importable from ``filterscope``."""
+"""The package's shape: no import cycles (type-checking imports included), and the public names importable
+from ``filterscope``."""
 
+import importlib.util
+import inspect
 import subprocess
 import sys
+import types
 
 from conftest import ROOT
 
@@ -14,7 +18,44 @@ def test_no_import_cycles():
     assert "0 import cycles" in r.stdout
 
 
+def test_import_check_counts_type_checking_imports(tmp_path, monkeypatch):
+    """A cycle that runs only through an ``if TYPE_CHECKING:`` import is still reported (it is a layering
+    dependency), and a package without cycles is reported clean."""
+    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "scripts/check_imports.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "low.py").write_text("X = 1\n")
+    (pkg / "a.py").write_text("from .low import X\n\n\ndef f():\n    from . import b\n")
+    (pkg / "b.py").write_text(
+        "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n    from .a import f\n    import pkg.low\n"
+    )
+    monkeypatch.setattr(check, "ROOT", tmp_path)
+    modules = {"pkg", "pkg.low", "pkg.a", "pkg.b"}
+    assert check.imports(pkg / "b.py", modules) == {"pkg.a", "pkg.low"}
+    assert check.imports(pkg / "a.py", modules) == {"pkg.low", "pkg.b"}
+    assert check.main() == 1
+    (pkg / "b.py").write_text("from .low import X\n")
+    assert check.main() == 0
+
+
 def test_public_api_names():
-    for name in filterscope.__all__:
-        assert getattr(filterscope, name) is not None, name
+    """``__all__`` is exactly the package's public names, each the object its defining module holds (not a
+    stale copy), and ``from filterscope import *`` gives those names."""
+    names = filterscope.__all__
+    assert len(names) == len(set(names)), "duplicates in __all__"
+    public = {n for n, v in vars(filterscope).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    assert public == set(names), public ^ set(names)
+    for name in names:
+        obj = getattr(filterscope, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            assert obj.__module__.startswith("filterscope."), name
+            assert getattr(sys.modules[obj.__module__], obj.__name__) is obj, name
+    star: dict = {}
+    exec("from filterscope import *", star)
+    assert {n for n in star if n != "__builtins__"} == set(names)
     assert callable(filterscope.compare) and callable(filterscope.render_objective)
+    assert all(filterscope.get_preset(n) is filterscope.PRESETS[n] for n in filterscope.PRESETS)
+    assert all(isinstance(s, filterscope.RenderSettings) for s in filterscope.PRESETS.values())

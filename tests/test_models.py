@@ -111,6 +111,9 @@ def test_user_module_with_its_preprocessing():
     )
     m = load_model(net, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=64)
     assert m.input_size == 64 and m.mean == (0.5, 0.5, 0.5)
+    from filterscope.models.layers import list_layers
+
+    assert list_layers(m)[0].shape == (8, 64, 64)  # the layers are measured at the given input size
     x = torch.full((1, 3, 64, 64), 0.75)
     assert torch.allclose(m.normalize(x), torch.ones_like(x))
     assert not any(p.requires_grad for p in m.net.parameters())

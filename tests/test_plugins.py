@@ -19,10 +19,10 @@ from filterscope.optvis.objectives import OBJECTIVE_REGISTRY, Objective, registe
 from filterscope.optvis.render import Renderer, RenderSettings
 
 HERE = Path(__file__).resolve().parent
-EXAMPLE_ARG = {
-    "layer": "blocks.4",
+EXAMPLE_ARG = {  # for the tiny CNN of tests/tiny_net.py (16 channels in conv3, 10 classes)
+    "layer": "conv3",
     "channel": "7",
-    "class": "967",
+    "class": "3",
     "position": "1",
     "int": "1",
     "float": "0.5",
@@ -40,9 +40,9 @@ def text_form(name: str) -> str:
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVE_REGISTRY))
-def test_every_registered_objective_renders_from_its_text_form(model, name):
-    obj = objective_for(model, text_form(name))
-    res = Renderer(model, RenderSettings(steps=3, lr=0.05)).render(obj, [1, 2])  # 2 images: diversity needs them
+def test_every_registered_objective_renders_from_its_text_form(tiny_model, name):
+    obj = objective_for(tiny_model, text_form(name))
+    res = Renderer(tiny_model, RenderSettings(steps=3, lr=0.05)).render(obj, [1, 2])  # 2 images: diversity needs them
     assert res.status == ["ok", "ok"], res.status
     assert torch.isfinite(res.images).all() and res.images.min() >= 0 and res.images.max() <= 1
     assert all(map(lambda v: torch.isfinite(torch.tensor(v)), res.after))
@@ -57,6 +57,7 @@ def test_targets_are_structured_not_parsed(model):
     assert objective_for(model, "blocks.5:12 - 0.1*tv").target is None
 
 
+@pytest.mark.slow
 def test_a_registered_objective_that_takes_a_layer_works_from_the_cli(model, tmp_path, capsys):
     @register_objective
     def corner(layer: str, channel: int, size: int = 2) -> Objective:
@@ -139,6 +140,7 @@ def _cli(site: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_plugin_package_adds_objective_param_and_model_to_the_cli(plugin_site, tmp_path):
     out = tmp_path / "p"
     res = _cli(

@@ -116,5 +116,6 @@ def test_atlas_on_two_node_cluster_survives_a_killed_worker(cluster, tmp_path):
     res = _cli(*ARGS, "--out", local)
     assert res.wait(timeout=300) == 0, res.stderr.read()
     lrec = json.loads((local / "run.json").read_text())
+    assert sorted(lrec["results"]) == sorted(rec["results"])  # the comparison below covers every channel
     for k, r in lrec["results"].items():
         assert (local / r["file"]).read_bytes() == (out / rec["results"][k]["file"]).read_bytes(), k

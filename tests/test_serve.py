@@ -56,25 +56,27 @@ def test_cache_key_is_stable_and_covers_every_field(model):
     assert len({k, *(make_key(f) for f in others)}) == 5
 
 
-def test_cache_reuse_is_byte_identical_and_records_settings(model, tmp_path, cache_on):
+def test_cache_reuse_is_byte_identical_and_records_settings(tiny_model, tmp_path, cache_on):
+    """The cache's bookkeeping, on the tiny CNN of tests/tiny_net.py."""
     from filterscope.jobs.channels import render_channels
     from filterscope.optvis.presets import get_preset
 
+    model = tiny_model
     st = get_preset("fast").with_(**FAST4)
-    a = render_channels(model, "blocks.5", [0, 1], settings=st, out=tmp_path / "a", progress=False)
+    a = render_channels(model, "conv3", [0, 1], settings=st, out=tmp_path / "a", progress=False)
     assert cache_on.info()["entries"] == 2
     t = time.perf_counter()
-    b = render_channels(model, "blocks.5", [0, 1], settings=st, out=tmp_path / "b", progress=False)
+    b = render_channels(model, "conv3", [0, 1], settings=st, out=tmp_path / "b", progress=False)
     assert time.perf_counter() - t < 0.5 * a.summary.seconds + 0.5
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"
-    fresh = render_channels(model, "blocks.5", [0, 1], settings=st, out=tmp_path / "c", progress=False)
+    fresh = render_channels(model, "conv3", [0, 1], settings=st, out=tmp_path / "c", progress=False)
     for c in (0, 1):
-        rel = f"blocks.5/channel_{c:04d}.png"
+        rel = f"conv3/channel_{c:04d}.png"
         assert (tmp_path / "b" / rel).read_bytes() == (fresh.run_dir / rel).read_bytes()
     rb, rc = (json.loads((p / "run.json").read_text())["results"] for p in (b.run_dir, fresh.run_dir))
     assert rb == rc
     entry = json.loads(next((tmp_path / "cache" / "renders").rglob("*.json")).read_text())
-    assert entry["layer"] == "blocks.5" and entry["seed"] == 0 and entry["settings"]["steps"] == 4
+    assert entry["layer"] == "conv3" and entry["seed"] == 0 and entry["settings"]["steps"] == 4
     assert entry["model"]["weights_sha256"] == weights_hash(model)
 
 
@@ -157,6 +159,7 @@ def _wait(client, url, timeout=60.0):
     raise AssertionError(f"{url} not done in {timeout} s: {j}")
 
 
+@pytest.mark.slow
 def test_app_explanation_and_filter_pages(client, explorer):
     home = client.get("/")
     assert home.status_code == 200 and "bn2 (1280×7×7) — default" in home.text
@@ -186,6 +189,7 @@ def test_app_explanation_and_filter_pages(client, explorer):
     assert again["state"] == "done" and again["gain"] > 1.0 and 0.5 <= again["ssim"] <= 1.0, again
 
 
+@pytest.mark.slow
 def test_app_refuses_bad_input(client):
     def err(r):
         return r.text.split('class="error">')[1].split("<")[0]
@@ -216,6 +220,7 @@ def test_app_refuses_bad_input(client):
     assert client.get("/api/render/efficientnet_lite0/blocks.5/1?method=bogus").status_code == 400
 
 
+@pytest.mark.slow
 def test_upload_is_stored_under_its_hash(client, explorer):
     from filterscope.models.inputs import sample_image_path
 
@@ -228,6 +233,7 @@ def test_upload_is_stored_under_its_hash(client, explorer):
     assert files == [hashlib.sha256(data).hexdigest() + ".img"]
 
 
+@pytest.mark.slow
 def test_same_filter_asked_by_ten_clients_renders_once_and_cap(client, explorer):
     started = explorer.jobs.started
     url = "/api/render/efficientnet_lite0/blocks.5/7?seed=3"
@@ -291,6 +297,7 @@ def server(explorer, tmp_path_factory):
     explorer.atlas = None
 
 
+@pytest.mark.slow
 def test_browser_upload_explain_click_filter_and_atlas_links(server, explorer, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if not chromium:
@@ -336,6 +343,7 @@ def test_browser_upload_explain_click_filter_and_atlas_links(server, explorer, t
             shutil.copy(tmp_path / f, Path(out) / f"serve_{f}")
 
 
+@pytest.mark.slow
 def test_load_cached_pages_one_render_for_ten_clients_and_bad_uploads(server, explorer):
     h = explorer.photo_hash["coffee.jpg"]
     base = f"{server}/m/efficientnet_lite0/blocks.5/img/{h}"
@@ -390,6 +398,7 @@ def test_load_cached_pages_one_render_for_ten_clients_and_bad_uploads(server, ex
     assert explorer.jobs.started - started == 1  # ten clients, one render
 
 
+@pytest.mark.slow
 def test_kill_server_mid_job_leaves_no_broken_entry(tmp_path):
     cache = tmp_path / "cache"
     port = _free_port()

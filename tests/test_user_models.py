@@ -65,6 +65,7 @@ def user_net(tmp_path):
     return path, tmp_path / "net.pt"
 
 
+@pytest.mark.slow
 def test_user_file_from_the_cli_layers_inspect_render_atlas(user_net, tmp_path, capsys):
     net_py, weights = user_net
     model = ["--model", f"{net_py}:Net", "--weights", weights, "--input-size", 28, "--mean", "0.5", "--std", "0.5"]
@@ -250,6 +251,7 @@ def test_vit_mlp_unit_renders_with_finite_gradients(vit):
     assert r.curves[0][-1] != r.curves[0][0]  # gradients reached the image
 
 
+@pytest.mark.slow
 def test_deit_and_swin_layers_are_maps():
     timm = pytest.importorskip("timm")
     deit = fs.load_model(timm.create_model("deit_tiny_patch16_224", pretrained=False))
