@@ -127,25 +127,26 @@ def forward_variants(
     x: torch.Tensor,
     variants: Callable[[torch.Tensor], torch.Tensor],
     m: int,
-    grad_class: int | None = None,
+    grad_of: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Run images ``x`` with the layer's maps ``A`` ``[B, C, H, W]`` followed by ``m`` variants of them,
-    ``variants(A)`` ``[B, m, C, H, W]``: returns ``(A, d logit_{grad_class} / dA or None, logits [B, 1 + m, K])``
-    (row 0 of the logits: the unchanged maps)."""
+    ``variants(A)`` ``[B, m, C, H, W]``: returns ``(A, d grad_of(logits) / dA or None, logits [B, 1 + m, K])``
+    (row 0 of the logits: the unchanged maps; ``grad_of`` maps the unchanged logits ``[B, K]`` to one value
+    per image, e.g. a class's logit or log-probability)."""
     b = x.shape[0]
     x = x.to(model.device)
     kept: dict[str, torch.Tensor] = {}
 
     def swap(out: torch.Tensor, grouped: bool) -> torch.Tensor:
         a = (out.view(b, m + 1, *out.shape[1:])[:, 0] if grouped else out).detach()
-        if grad_class is not None:
+        if grad_of is not None:
             a = a.clone().requires_grad_(True)
         kept["a"] = a
         with torch.no_grad():
             v = variants(a.detach()).to(out.device, out.dtype)
         return torch.cat([a[:, None], v], 1).flatten(0, 1)
 
-    with torch.enable_grad() if grad_class is not None else torch.inference_mode():
+    with torch.enable_grad() if grad_of is not None else torch.inference_mode():
         try:
             logits = _run(model, info, x, lambda o: swap(o, False))
             ok = logits.dim() == 2 and logits.shape[0] == b * (m + 1)
@@ -155,6 +156,6 @@ def forward_variants(
             logits = _run(model, info, x.repeat_interleave(m + 1, 0), lambda o: swap(o, True))
         logits = logits.view(b, m + 1, -1)
         grad = None
-        if grad_class is not None:
-            (grad,) = torch.autograd.grad(logits[:, 0, grad_class].sum(), kept["a"])
+        if grad_of is not None:
+            (grad,) = torch.autograd.grad(grad_of(logits[:, 0]).sum(), kept["a"])
     return kept["a"].detach(), grad, logits.detach()

@@ -56,6 +56,7 @@ from .activations import (
     to_maps,
 )
 from .attribution import check_class
+from .contract import JobResult
 
 DEFAULT_CONCEPTS = 10
 FOLDER_CROPS = 3  # random crops per image of a folder
@@ -140,6 +141,12 @@ class Concepts:
     run_dir: Path | None = None
     status: str = "complete"
     timings: dict = field(default_factory=dict)
+    job: JobResult | None = None  # the run's JobResult when written to a folder
+
+    def raise_if_partial(self) -> None:
+        """Raise :class:`~filterscope.errors.Interrupted` (exit 130) when the run stopped before the end."""
+        if self.job is not None:
+            self.job.raise_if_partial()
 
     def record(self) -> dict:
         return {
@@ -323,7 +330,7 @@ def concepts(
             settings, render_settings, compare_methods, timings, t0, progress, ctx.stop,
         )  # fmt: skip
         ctx.data = res
-    res.status = ctx.result.status
+    res.status, res.job = ctx.result.status, ctx.result
     return res
 
 
@@ -422,7 +429,7 @@ def _run(
 
     # 4. deletion curves on the class images
     t = time.perf_counter()
-    del_idx = [int(i) for i in np.nonzero(over)[0][:DELETION_IMAGES]]
+    del_idx = [int(ev["view_ids"][i]) for i in np.nonzero(over)[0][:DELETION_IMAGES]]
     deletion = _deletion(model, info, src, n_crops, seed, d, order, cls, del_idx)
     timings["deletion_s"] = time.perf_counter() - t
 
@@ -462,7 +469,7 @@ def _run(
         "input": src.kind,
         "images": len(ev["names"]),
         "files": len(src.files) if src.kind == "folder" else 1,
-        "skipped_unreadable": int(skipped + ev["skipped"]),
+        "skipped_unreadable": int(max(skipped, ev["skipped"])),  # the same files fail in both passes
         "crops_per_image": n_crops,
         "vectors_seen": int(seen),
         "vectors_sampled": int(len(rows)),
@@ -557,6 +564,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
     k = d.k
     w = torch.from_numpy(d.bank)
     maps, imp, drop, pred, agree, p_base, p_recon, names, thumbs = [], [], [], [], [], [], [], [], []
+    view_ids: list[int] = []
     sq_err = sq_sum = 0.0
     tot = None
     n_vec, skipped = 0, 0
@@ -580,7 +588,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         if not ok.any():
             continue
         x, index = x[ok], index[ok]
-        a, grad, logits = forward_variants(model, info, x, variants, k + 1, grad_class=cls)
+        a, grad, logits = forward_variants(model, info, x, variants, k + 1, lambda z: torch.log_softmax(z.float(), 1)[:, cls])
         b, c, h, ww = a.shape
         u = kept["u"]  # [B·H·W, K]
         g = positions(grad.float()).cpu()  # [B·H·W, C]
@@ -604,6 +612,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         for bi in range(b):
             i = int(index[bi])
             names.append(_view_name(src, i))
+            view_ids.append(i)
             thumbs.append(x[bi, :3].float())
             for j in range(k):
                 pos = int(flat[bi, j].argmax())
@@ -627,6 +636,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         "p_base": np.concatenate(p_base),
         "p_recon": np.concatenate(p_recon),
         "names": names,
+        "view_ids": view_ids,
         "thumbs": thumbs,
         "ev": 1.0 - sq_err / max(sst, 1e-12),
         "mean_vector": mean.astype(np.float32),
@@ -696,8 +706,6 @@ def _votes(model, info, bank: np.ndarray, mean_vector: np.ndarray, peak: np.ndar
 def _top_crops(model, src, n_crops, seed, ev, order, concepts_, info) -> None:
     from torchvision.transforms.v2 import functional as TF
 
-    from .dataset import peak_box
-
     cache: dict[int, torch.Tensor] = {}
     for c in concepts_:
         j = int(order[c.concept])
@@ -705,11 +713,23 @@ def _top_crops(model, src, n_crops, seed, ev, order, concepts_, info) -> None:
             if i not in cache:
                 cache[i] = _view_image(model, src, n_crops, seed, i)
             img = cache[i]
-            box = peak_box(pos, ev["map_shape"], img.shape[-1])
+            box = _peak_box(pos, ev["map_shape"], img.shape[-1])
             left, top, right, bottom = box
             crop = TF.resize(img[:3, top:bottom, left:right], [CROP_PX, CROP_PX], antialias=True).clamp(0, 1)
             c.crops.append(crop)
             c.top_crops.append({"image": _view_name(src, i), "box": list(box), "coefficient": round(value, 5)})
+
+
+def _peak_box(pos: int, map_shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """The input box (left, top, right, bottom) around map position ``pos``: 3 map cells wide, at least
+    48 px (or half the input, when that is smaller), inside the image."""
+    h, w = map_shape
+    y, x = divmod(int(pos), w)
+    cy, cx = (y + 0.5) * size / h, (x + 0.5) * size / w
+    side = int(min(size, max(min(48, size // 2), size * 3 / max(h, w))))
+    left = int(min(max(0, round(cx - side / 2)), size - side))
+    top = int(min(max(0, round(cy - side / 2)), size - side))
+    return left, top, left + side, top + side
 
 
 def _thumb_choice(maps: np.ndarray, pred: np.ndarray, cls: int, n: int = 4) -> list[int]:
