@@ -588,7 +588,9 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         if not ok.any():
             continue
         x, index = x[ok], index[ok]
-        a, grad, logits = forward_variants(model, info, x, variants, k + 1, lambda z: torch.log_softmax(z.float(), 1)[:, cls])
+        a, grad, logits = forward_variants(
+            model, info, x, variants, k + 1, lambda z: torch.log_softmax(z.float(), 1)[:, cls]
+        )
         b, c, h, ww = a.shape
         u = kept["u"]  # [B·H·W, K]
         g = positions(grad.float()).cpu()  # [B·H·W, C]
@@ -760,11 +762,14 @@ def _render(model, info, res: Concepts, settings, seed, stop, ctx, progress) -> 
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             r = result_from_cache(info.name, c.concept, hit)
-            c.render, c.render_record = r.image, {
-                "activation_before": r.before,
-                "activation_after": r.after,
-                "cached": True,
-            }
+            c.render, c.render_record = (
+                r.image,
+                {
+                    "activation_before": r.before,
+                    "activation_after": r.after,
+                    "cached": True,
+                },
+            )
         else:
             out = renderer.render(obj, [channel_seed(seed, c.concept)], should_stop=stop)
             if out.interrupted:
