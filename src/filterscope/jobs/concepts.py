@@ -318,20 +318,37 @@ def concepts(
     check_class(model, target_class)
 
     if out is None:
-        return _run(
-            None, model, info, src, n_crops, seed, chosen, n_concepts, target_class, sample, votes, skipped,
-            settings, render_settings, compare_methods, timings, t0, progress, stop,
-        )  # fmt: skip
+        try:
+            return _run(
+                None, model, info, src, n_crops, seed, chosen, n_concepts, target_class, sample, votes, skipped,
+                settings, render_settings, compare_methods, timings, t0, progress, stop,
+            )  # fmt: skip
+        except _Stopped as e:
+            from ..errors import Interrupted
+
+            raise Interrupted(f"interrupted: {e}; nothing was written") from None
     from .contract import open_run
 
     with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
-        res = _run(
-            ctx, model, info, src, n_crops, seed, chosen, n_concepts, target_class, sample, votes, skipped,
-            settings, render_settings, compare_methods, timings, t0, progress, ctx.stop,
-        )  # fmt: skip
+        try:
+            res = _run(
+                ctx, model, info, src, n_crops, seed, chosen, n_concepts, target_class, sample, votes, skipped,
+                settings, render_settings, compare_methods, timings, t0, progress, ctx.stop,
+            )  # fmt: skip
+        except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
+            ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
+            res = None
         ctx.data = res
+    if res is None:
+        from ..errors import Interrupted
+
+        raise Interrupted(ctx.result.interruption)
     res.status, res.job = ctx.result.status, ctx.result
     return res
+
+
+class _Stopped(Exception):
+    """A stop request arrived before the concepts were complete (the message says where)."""
 
 
 def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
@@ -417,6 +434,8 @@ def _run(
     t = time.perf_counter()
     ev = _evidence(model, info, src, n_crops, seed, d, cls, progress, stop)
     timings["evidence_pass_s"] = time.perf_counter() - t
+    if stop():
+        raise _Stopped("stopped during the evidence pass")
     mask = ev["pred"] == cls
     over = mask if mask.any() else np.ones_like(mask)
     importance = ev["importance"][over].mean(0)
@@ -430,8 +449,10 @@ def _run(
     # 4. deletion curves on the class images
     t = time.perf_counter()
     del_idx = [int(ev["view_ids"][i]) for i in np.nonzero(over)[0][:DELETION_IMAGES]]
-    deletion = _deletion(model, info, src, n_crops, seed, d, order, cls, del_idx)
+    deletion = _deletion(model, info, src, n_crops, seed, d, order, cls, del_idx, stop)
     timings["deletion_s"] = time.perf_counter() - t
+    if stop():
+        raise _Stopped("stopped during the deletion curves")
 
     # 5. votes, labels, top crops, renders
     t = time.perf_counter()
@@ -619,8 +640,10 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
             for j in range(k):
                 pos = int(flat[bi, j].argmax())
                 top[j].append((float(flat[bi, j, pos]), i, pos))
-        if len(thumbs) > 64:  # only a few are shown: keep the ones with the strongest concepts later
+        if len(thumbs) > 64:  # only a few are shown, chosen among the first 64
             thumbs = thumbs[:64]
+        for j in range(k):  # the running top crops: memory does not grow with the folder
+            top[j] = sorted(top[j], key=lambda e: (-e[0], e[1]))[:N_CROPS]
         if stop():
             break
     bar.close()
@@ -649,7 +672,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
     }
 
 
-def _deletion(model, info, src, n_crops, seed, d, order, cls, idx) -> dict:
+def _deletion(model, info, src, n_crops, seed, d, order, cls, idx, stop) -> dict:
     """Drop of p(class) when the top-k concepts (by importance) or k random ones are removed together."""
     k = d.k
     w = torch.from_numpy(d.bank)
@@ -669,6 +692,8 @@ def _deletion(model, info, src, n_crops, seed, d, order, cls, idx) -> dict:
 
     top_drops, rand_drops = [], []
     for i in idx:
+        if stop():
+            break
         x = _view_image(model, src, n_crops, seed, i)[None]
         logits = forward_variants(model, info, x, variants, len(sets))[2]
         p = torch.softmax(logits.float(), -1)[0, :, cls].cpu().numpy()  # [1 + sets]
