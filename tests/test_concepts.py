@@ -191,12 +191,14 @@ def test_forward_variants_replace_the_layer(model, coffee):
 @pytest.mark.slow
 def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch):
     """efficientnet_lite0 · bn2 on 6 bundled photos, 3 concepts, 2 render steps: every output file, its shape,
-    sorted by importance, the record, and the same seed giving the same bank."""
+    sorted by importance, the record; the same seed again gives the same bank, and the renders come from the
+    render cache with the same bytes."""
     folder = tmp_path / "photos"
     folder.mkdir()
     for n in ["coffee_0.jpg", "coffee_1.jpg", "coffee_2.jpg", "chelsea_0.jpg", "rocket_0.jpg", "grass_0.jpg"]:
         shutil.copy(sample_photos_dir() / n, folder / n)
-    monkeypatch.setenv("FILTERSCOPE_NO_CACHE", "1")
+    monkeypatch.setenv("FILTERSCOPE_NO_CACHE", "0")
+    monkeypatch.setenv("FILTERSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     res = fs.concepts(model, folder, n_concepts=3, crops=1, render_steps=2, out=out, progress=False)
     assert res.layer.name == "bn2" and res.method == "nmf"
@@ -236,8 +238,13 @@ def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch):
     with Image.open(out / "bn2" / "concept_0000.png") as im:
         assert im.size == (224, 224)
     assert "<img" in res._repr_html_() and "data:image/png;base64," in res._repr_html_()
-    again = fs.concepts(model, folder, n_concepts=3, crops=1, render=False, progress=False)
+    assert not any(e["render"]["cached"] for e in entries)
+    again = fs.concepts(model, folder, n_concepts=3, crops=1, render_steps=2, out=tmp_path / "again", progress=False)
     assert np.array_equal(again.bank, res.bank)
+    assert all(c.render_record["cached"] for c in again.concepts)
+    for j in range(3):
+        png = f"bn2/concept_{j:04d}.png"
+        assert (tmp_path / "again" / png).read_bytes() == (out / png).read_bytes()
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(model, tmp_path, capsys):

@@ -844,7 +844,7 @@ def explain(
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
 @click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
 @click.option("--compare-methods", is_flag=True, help="Also fit the other method on the same vectors (run.json).")
-@click.option("--out", default=None, help=f"Output directory [default: {DEFAULT_OUT}/concepts].")
+@click.option("--out", default=None, help="Output directory [default: filterscope-out/concepts].")
 @output_options
 @cache_options
 def concepts(
@@ -870,7 +870,7 @@ def concepts(
     """Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html."""
     from .jobs.concepts import concepts as run_concepts
 
-    out = out or os.path.join(DEFAULT_OUT, "concepts")
+    out = out or os.path.join("filterscope-out", "concepts")
     model = load(model_name, weights, trust_checkpoint, device)
     res = run_concepts(
         model,

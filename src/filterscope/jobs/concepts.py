@@ -773,8 +773,7 @@ def _render(model, info, res: Concepts, settings, seed, stop, ctx, progress) -> 
 
     from ..optvis.objectives import direction
     from ..optvis.render import Renderer, channel_seed
-    from ..outputs.cache import active_cache
-    from .channels import cache_fields, result_from_cache
+    from ..outputs.cache import active_cache, key_fields, make_key
 
     cache = active_cache() if model.in_channels <= 3 else None
     sd = settings.for_model(model).as_dict()
@@ -783,18 +782,18 @@ def _render(model, info, res: Concepts, settings, seed, stop, ctx, progress) -> 
         vec = c.vector.astype(np.float32)
         obj = direction(info.name, torch.from_numpy(vec))
         digest = hashlib.sha256(vec.tobytes()).hexdigest()[:20]
-        key, fields = cache_fields(model, info.name, f"{obj.name}:{digest}", sd, channel_seed(seed, c.concept))
+        fields = key_fields(model, info.name, f"{obj.name}:{digest}", sd, channel_seed(seed, c.concept))
+        key = make_key(fields)
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
-            r = result_from_cache(info.name, c.concept, hit)
-            c.render, c.render_record = (
-                r.image,
-                {
-                    "activation_before": r.before,
-                    "activation_after": r.after,
-                    "cached": True,
-                },
-            )
+            with Image.open(io.BytesIO(hit.png)) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            c.render = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+            c.render_record = {
+                "activation_before": hit.record.get("activation_before"),
+                "activation_after": hit.record.get("activation_after"),
+                "cached": True,
+            }
         else:
             out = renderer.render(obj, [channel_seed(seed, c.concept)], should_stop=stop)
             if out.interrupted:
