@@ -895,7 +895,9 @@ def concepts(
         f"({res.target_class}) from {rec['data']['images']} images"
         + (f", {rec['data']['skipped_unreadable']} unreadable skipped" if rec["data"]["skipped_unreadable"] else ""),
         f"explained variance {rec['fidelity']['explained_variance']:.3f} · reconstruction keeps top-1 on "
-        f"{rec['fidelity']['reconstruction_top1_agreement']:.1%} · stability median {rec['stability']['median']:.3f}",
+        f"{rec['fidelity']['reconstruction_top1_agreement']:.1%} of the class images "
+        f"({rec['fidelity']['reconstruction_top1_agreement_all']:.1%} of all) · "
+        f"stability median {rec['stability']['median']:.3f}",
     ]
     for c in res.concepts:
         lines.append(

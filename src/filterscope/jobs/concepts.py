@@ -295,34 +295,36 @@ def concepts(
     timings: dict[str, float] = {}
     stop = should_stop or (lambda: False)
 
-    # 1. activation pass (nothing is written yet: a usage problem found here still leaves no files)
-    t = time.perf_counter()
-    sample, votes, skipped, views = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)
-    timings["activation_pass_s"] = time.perf_counter() - t
-    if stop():
-        from ..errors import Interrupted
+    _probe(model, info, src, method)  # logits and, for nmf, the sign: checked before the run folder opens
 
-        raise Interrupted("interrupted during the activation pass; nothing was written")
-    if views < n_concepts or sample.data.shape[0] < n_concepts:
-        raise UsageError(f"only {views} readable images in {images}: fewer than the {n_concepts} concepts asked for")
-    rows = sample.data
-    signed = bool(rows.min() < 0)
-    chosen = ("semi-nmf" if signed else "nmf") if method == "auto" else method
-    if chosen == "nmf" and signed:
-        raise UsageError(
-            f"{info.name} has negative activations (min {rows.min():.3g}): nmf needs non-negative ones",
-            hint="use --method semi-nmf or auto",
-        )
-    if target_class is None:
-        target_class = min(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0]
-    check_class(model, target_class)
+    def learn(ctx, stop):
+        # 1. activation pass
+        t = time.perf_counter()
+        sample, votes, skipped, views = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)
+        timings["activation_pass_s"] = time.perf_counter() - t
+        if stop():
+            raise _Stopped("stopped during the activation pass")
+        if views < n_concepts or sample.data.shape[0] < n_concepts:
+            raise UsageError(f"only {views} readable images in {images}: fewer than the {n_concepts} concepts")
+        rows = sample.data
+        signed = bool(rows.min() < 0)
+        chosen = ("semi-nmf" if signed else "nmf") if method == "auto" else method
+        if chosen == "nmf" and signed:
+            raise UsageError(
+                f"{info.name} has negative activations (min {rows.min():.3g}): nmf needs non-negative ones",
+                hint="use --method semi-nmf or auto",
+            )
+        cls = target_class
+        if cls is None:
+            cls = min(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+        return _run(
+            ctx, model, info, src, n_crops, seed, chosen, n_concepts, cls, sample, votes, skipped,
+            settings, render_settings, compare_methods, timings, t0, progress, stop,
+        )  # fmt: skip
 
     if out is None:
         try:
-            return _run(
-                None, model, info, src, n_crops, seed, chosen, n_concepts, target_class, sample, votes, skipped,
-                settings, render_settings, compare_methods, timings, t0, progress, stop,
-            )  # fmt: skip
+            return learn(None, stop)
         except _Stopped as e:
             from ..errors import Interrupted
 
@@ -331,10 +333,7 @@ def concepts(
 
     with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
         try:
-            res = _run(
-                ctx, model, info, src, n_crops, seed, chosen, n_concepts, target_class, sample, votes, skipped,
-                settings, render_settings, compare_methods, timings, t0, progress, ctx.stop,
-            )  # fmt: skip
+            res = learn(ctx, ctx.stop)
         except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
             ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
             res = None
@@ -345,6 +344,22 @@ def concepts(
         raise Interrupted(ctx.result.interruption)
     res.status, res.job = ctx.result.status, ctx.result
     return res
+
+
+def _probe(model, info, src, method: str) -> None:
+    """One image through the model: it must output class logits, and ``nmf`` needs a non-negative layer."""
+    first = next((f for f in src.files if _readable(f)), src.files[0])
+    x = model_input(model, load_image(first))
+    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap, torch.inference_mode():
+        logits = run(model.forward, x.to(model.device), cap)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise UsageError(f"{model.name} does not output class logits: concepts need them")
+    low = float(cap.acts[info.name].min())
+    if method == "nmf" and low < 0:
+        raise UsageError(
+            f"{info.name} has negative activations (min {low:.3g}): nmf needs non-negative ones",
+            hint="use --method semi-nmf or auto",
+        )
 
 
 class _Stopped(Exception):
@@ -481,7 +496,8 @@ def _run(
     fidelity = {
         "explained_variance": round(ev["ev"], 5),
         "explained_variance_sample": d.explained_variance,
-        "reconstruction_top1_agreement": round(float(ev["agree"].mean()), 4),
+        "reconstruction_top1_agreement": round(float(ev["agree"][over].mean()), 4),  # on the class images
+        "reconstruction_top1_agreement_all": round(float(ev["agree"].mean()), 4),
         "reconstruction_p_class": round(float(ev["p_recon"][over].mean()), 5),
         "p_class": round(float(ev["p_base"][over].mean()), 5),
     }
