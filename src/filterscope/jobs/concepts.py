@@ -12,8 +12,10 @@ One run of :func:`concepts` (a pure function of the model and its arguments, so 
    semi-NMF for a signed one; a second fit with ``seed + 1`` on another random 80 % of the sample gives
    each concept's **stability**: its cosine to its Hungarian-matched partner (under 0.7: flagged).
 3. **Evidence pass** over the whole images: each position's coefficients (the concept maps), the
-   **importance** of each concept for the class (gradient of the class logit × the concept's coefficient,
-   summed over positions: the first-order estimate of what removing its part does to the logit), its
+   **importance** of each concept for the class (gradient of the class's log-probability · the concept's
+   vector × its coefficient, summed over positions: the first-order estimate of what removing its part does
+   to log p; the log-probability, not the logit, so that a concept raising every class alike, such as the
+   background, does not rank high: measured on the planted-shortcut test model), its
    **ablation** (the layer's maps minus the concept's part ``u_j · w_j``, the rest of the network run: the
    drop of the class probability), the **reconstruction**'s top-1 agreement and explained variance, and
    each concept's top natural crops (the input region around its strongest position). Both are averaged over
@@ -65,6 +67,7 @@ MAX_VECTORS = 16384  # activation vectors the dictionary is learnt from (a unifo
 STABILITY_SHARE = 0.8  # the second fit sees this share of the sample
 STABLE_COSINE = 0.7  # a concept whose matched cosine is below this "does not come back"
 N_CROPS = 6  # top natural crops kept per concept
+N_HEAT = 4  # images its map is shown on: those where it is strongest
 DELETION_IMAGES = 32
 RANDOM_ORDERS = 8
 N_VOTES = 5
@@ -87,7 +90,7 @@ class Concept:
 
     concept: int  # id: rank by importance, 0 = most important
     vector: np.ndarray  # [C]
-    importance: float  # mean gradient × coefficient over the class images (logit units)
+    importance: float  # mean gradient of log p(class) × coefficient over the class images
     ablation_drop: float  # mean drop of p(class) when its part is removed
     label: str
     votes: list[tuple[int, str, float]]  # classes whose logit it raises most, with the rise
@@ -95,6 +98,7 @@ class Concept:
     stability: float  # cosine to its matched partner of the seed + 1 dictionary
     share: float  # share of the sampled positions where it is the strongest concept
     crops: list[torch.Tensor] = field(default_factory=list, repr=False)  # [3, CROP_PX, CROP_PX]
+    heat: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)  # (maps row, image) where strongest
     render: torch.Tensor | None = field(default=None, repr=False)
     render_record: dict | None = None
 
@@ -136,8 +140,6 @@ class Concepts:
     deletion: dict
     data: dict  # images, crops, skipped, class counts …
     settings: dict
-    thumbs: list[torch.Tensor] = field(default_factory=list, repr=False)  # a few images for the heatmaps
-    thumb_index: list[int] = field(default_factory=list)
     run_dir: Path | None = None
     status: str = "complete"
     timings: dict = field(default_factory=dict)
@@ -520,7 +522,6 @@ def _run(
             **({"compared": compared} if compared else {}),
         },
     }
-    thumb_index = _thumb_choice(maps, ev["pred"], cls)
     res = Concepts(
         model.name,
         info,
@@ -535,8 +536,6 @@ def _run(
         deletion,
         data,
         settings,
-        thumbs=[ev["thumbs"][i] for i in thumb_index],
-        thumb_index=thumb_index,
     )
     if render_settings is not None and not stop():
         t = time.perf_counter()
@@ -600,7 +599,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
 
     k = d.k
     w = torch.from_numpy(d.bank)
-    maps, imp, drop, pred, agree, p_base, p_recon, names, thumbs = [], [], [], [], [], [], [], [], []
+    maps, imp, drop, pred, agree, p_base, p_recon, names = [], [], [], [], [], [], [], []
     view_ids: list[int] = []
     sq_err = sq_sum = 0.0
     tot = None
@@ -652,12 +651,9 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
             i = int(index[bi])
             names.append(_view_name(src, i))
             view_ids.append(i)
-            thumbs.append(x[bi, :3].float())
             for j in range(k):
                 pos = int(flat[bi, j].argmax())
                 top[j].append((float(flat[bi, j, pos]), i, pos))
-        if len(thumbs) > 64:  # only a few are shown, chosen among the first 64
-            thumbs = thumbs[:64]
         for j in range(k):  # the running top crops: memory does not grow with the folder
             top[j] = sorted(top[j], key=lambda e: (-e[0], e[1]))[:N_CROPS]
         if stop():
@@ -678,7 +674,6 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         "p_recon": np.concatenate(p_recon),
         "names": names,
         "view_ids": view_ids,
-        "thumbs": thumbs,
         "ev": 1.0 - sq_err / max(sst, 1e-12),
         "mean_vector": mean.astype(np.float32),
         "top": top,
@@ -750,6 +745,7 @@ def _top_crops(model, src, n_crops, seed, ev, order, concepts_, info) -> None:
     from torchvision.transforms.v2 import functional as TF
 
     cache: dict[int, torch.Tensor] = {}
+    row_of = {v: r for r, v in enumerate(ev["view_ids"])}
     for c in concepts_:
         j = int(order[c.concept])
         for value, i, pos in ev["top"][j]:
@@ -760,6 +756,8 @@ def _top_crops(model, src, n_crops, seed, ev, order, concepts_, info) -> None:
             left, top, right, bottom = box
             crop = TF.resize(img[:3, top:bottom, left:right], [CROP_PX, CROP_PX], antialias=True).clamp(0, 1)
             c.crops.append(crop)
+            if len(c.heat) < N_HEAT:
+                c.heat.append((row_of[i], img[:3].float()))
             c.top_crops.append({"image": _view_name(src, i), "box": list(box), "coefficient": round(value, 5)})
 
 
@@ -773,14 +771,6 @@ def _peak_box(pos: int, map_shape: tuple[int, int], size: int) -> tuple[int, int
     left = int(min(max(0, round(cx - side / 2)), size - side))
     top = int(min(max(0, round(cy - side / 2)), size - side))
     return left, top, left + side, top + side
-
-
-def _thumb_choice(maps: np.ndarray, pred: np.ndarray, cls: int, n: int = 4) -> list[int]:
-    """A few images to draw the heatmaps on: the class images with the strongest top concept (among the first
-    64 kept as thumbnails)."""
-    m = min(len(maps), 64)
-    score = maps[:m, 0].reshape(m, -1).max(1) + (pred[:m] == cls) * 1e6
-    return [int(i) for i in np.argsort(-score, kind="stable")[:n]]
 
 
 def _render(model, info, res: Concepts, settings, seed, stop, ctx, progress) -> None:
@@ -892,13 +882,13 @@ def report_context(res: Concepts) -> dict:
                 "uri": _uri(
                     png_bytes(
                         Image.fromarray(
-                            figures.overlay(t, torch.from_numpy(res.maps[i, c.concept]), vmax=float(vmax[c.concept]))
+                            figures.overlay(img, torch.from_numpy(res.maps[r, c.concept]), vmax=float(vmax[c.concept]))
                         )
                     )
                 ),
-                "image": res.images[i],
+                "image": res.images[r],
             }
-            for t, i in zip(res.thumbs, res.thumb_index)
+            for r, img in c.heat
         ]
         rows.append(
             {

@@ -259,14 +259,14 @@ CONCEPT_FIGURE_ROWS = 6
 
 
 def concept_importance_figure(res, ax=None) -> plt.Figure:
-    """Importance (gradient × coefficient, logit units) beside the ablation drop of p(class), per concept."""
+    """Importance (gradient × coefficient, in log-probability) beside the ablation drop of p(class), per concept."""
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=100)
     ids = [c.concept for c in res.concepts]
     x = np.arange(len(ids))
     ax.bar(x - 0.2, [c.importance for c in res.concepts], 0.4, color=TOP_COLOUR, label="gradient × coefficient")
-    ax.set_ylabel("importance (logit)", fontsize=8)
+    ax.set_ylabel("importance (log p)", fontsize=8)
     ax2 = ax.twinx()
     ax2.bar(x + 0.2, [c.ablation_drop for c in res.concepts], 0.4, color=OTHER_COLOUR, label="ablation: drop of p")
     ax2.set_ylabel(f"drop of p({res.class_name})", fontsize=8)
@@ -332,10 +332,9 @@ def concepts_figure(res) -> plt.Figure:
                 ax.set_title(f"top crop {col + 1}\n{Path(c.top_crops[col]['image']).name[:22]}", fontsize=7)
             ax.axis("off")
         ax = fig.add_subplot(gs[r, cols - 1])
-        if res.thumbs:
-            best = max(range(len(res.thumbs)), key=lambda t: res.maps[res.thumb_index[t], c.concept].max())
-            i = res.thumb_index[best]
-            ax.imshow(overlay(res.thumbs[best], torch.from_numpy(res.maps[i, c.concept]), vmax=float(vmax[c.concept])))
+        if c.heat:
+            i, img = c.heat[0]
+            ax.imshow(overlay(img, torch.from_numpy(res.maps[i, c.concept]), vmax=float(vmax[c.concept])))
             ax.set_title(f"where it sits\n{Path(res.images[i]).name[:22]}", fontsize=7)
         ax.axis("off")
         stab = f"stability {c.stability:.2f}" + ("" if c.stable else " (NOT STABLE)")
@@ -348,5 +347,5 @@ def concepts_figure(res) -> plt.Figure:
         f"{res.method}, {len(res.concepts)} concepts, explained variance {res.fidelity['explained_variance']:.2f}",
         fontsize=9.5,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
     return fig
