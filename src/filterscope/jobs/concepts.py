@@ -15,7 +15,7 @@ One run of :func:`concepts` (a pure function of the model and its arguments, so 
    **importance** of each concept for the class (gradient of the class's log-probability · the concept's
    vector × its coefficient, summed over positions: the first-order estimate of what removing its part does
    to log p; the log-probability, not the logit, so that a concept raising every class alike, such as the
-   background, does not rank high: measured on the planted-shortcut test model), its
+   background, does not rank high), its
    **ablation** (the layer's maps minus the concept's part ``u_j · w_j``, the rest of the network run: the
    drop of the class probability), the **reconstruction**'s top-1 agreement and explained variance, and
    each concept's top natural crops (the input region around its strongest position). Both are averaged over
