@@ -200,7 +200,7 @@ def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch):
     monkeypatch.setenv("FILTERSCOPE_NO_CACHE", "0")
     monkeypatch.setenv("FILTERSCOPE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
-    res = fs.concepts(model, folder, n_concepts=3, crops=1, render_steps=2, out=out, progress=False)
+    res = fs.concepts(model, folder, n_concepts=3, crops=0, render_steps=2, out=out, progress=False)
     assert res.layer.name == "bn2" and res.method == "nmf"
     assert res.target_class == 967  # espresso: 3 of the 6 photos
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != ".lock")
@@ -239,7 +239,7 @@ def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch):
         assert im.size == (224, 224)
     assert "<img" in res._repr_html_() and "data:image/png;base64," in res._repr_html_()
     assert not any(e["render"]["cached"] for e in entries)
-    again = fs.concepts(model, folder, n_concepts=3, crops=1, render_steps=2, out=tmp_path / "again", progress=False)
+    again = fs.concepts(model, folder, n_concepts=3, crops=0, render_steps=2, out=tmp_path / "again", progress=False)
     assert np.array_equal(again.bank, res.bank)
     assert all(c.render_record["cached"] for c in again.concepts)
     for j in range(3):
