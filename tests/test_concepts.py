@@ -189,7 +189,7 @@ def test_forward_variants_replace_the_layer(model, coffee):
 
 
 @pytest.mark.slow
-def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch):
+def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch, capsys):
     """efficientnet_lite0 · bn2 on 6 bundled photos, 3 concepts, 2 render steps: every output file, its shape,
     sorted by importance, the record; the same seed again gives the same bank, and the renders come from the
     render cache with the same bytes."""
@@ -239,12 +239,18 @@ def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch):
         assert im.size == (224, 224)
     assert "<img" in res._repr_html_() and "data:image/png;base64," in res._repr_html_()
     assert not any(e["render"]["cached"] for e in entries)
-    again = fs.concepts(model, folder, n_concepts=3, crops=0, render_steps=2, out=tmp_path / "again", progress=False)
-    assert np.array_equal(again.bank, res.bank)
-    assert all(c.render_record["cached"] for c in again.concepts)
+    # the same run from the command line: the record on stdout, the same bank, the renders from the cache
+    again = tmp_path / "again"
+    rc = main(
+        ["concepts", str(folder), "--concepts", "3", "--crops", "0", "--steps", "2", "--out", str(again), "--json"]
+    )
+    printed = json.loads(capsys.readouterr().out)
+    assert rc == 0 and printed["command"] == "concepts" and printed["concepts"]["class"] == 967
+    assert np.array_equal(np.load(again / "concept_bank.npy"), bank)
+    assert all(r["render"]["cached"] for r in json.loads((again / "concepts.json").read_text()))
     for j in range(3):
         png = f"bn2/concept_{j:04d}.png"
-        assert (tmp_path / "again" / png).read_bytes() == (out / png).read_bytes()
+        assert (again / png).read_bytes() == (out / png).read_bytes()
 
 
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(model, tmp_path, capsys):
