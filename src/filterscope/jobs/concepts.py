@@ -302,7 +302,9 @@ def concepts(
     def learn(ctx, stop):
         # 1. activation pass
         t = time.perf_counter()
-        sample, votes, skipped, views = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)
+        sample, (votes, confidence), skipped, views = _collect(
+            model, info, src, n_crops, seed, max_vectors, progress, stop
+        )
         timings["activation_pass_s"] = time.perf_counter() - t
         if stop():
             raise _Stopped("stopped during the activation pass")
@@ -318,7 +320,8 @@ def concepts(
             )
         cls = target_class
         if cls is None:
-            cls = min(votes.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+            # predicted most often; a tie goes to the class predicted with more summed probability
+            cls = min(votes, key=lambda c: (-votes[c], -confidence[c], c))
         return _run(
             ctx, model, info, src, n_crops, seed, chosen, n_concepts, cls, sample, votes, skipped,
             settings, render_settings, compare_methods, timings, t0, progress, stop,
@@ -375,6 +378,7 @@ def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
 
     sample = PositionSample(max_vectors, info.channels, seed)
     votes: Counter = Counter()
+    confidence: Counter = Counter()  # summed probability of each predicted class: breaks ties in the count
     skipped = used = 0
     with capture(model.net, [info.name], calls={info.name: info.calls}) as cap, torch.inference_mode():
 
@@ -382,7 +386,11 @@ def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
             logits = run(model.forward, x.to(model.device), cap)
             if logits is None or logits.dim() != 2:
                 raise UsageError(f"{model.name} does not output class logits: concepts need them")
-            votes.update(int(c) for c in logits[:whole].argmax(1).tolist())
+            p = torch.softmax(logits[:whole].float(), 1)
+            top_p, top_c = p.max(1)
+            for c, pc in zip(top_c.tolist(), top_p.tolist()):
+                votes[int(c)] += 1
+                confidence[int(c)] += float(pc)
             sample.add(positions(cap.acts[info.name].float()).cpu().numpy())
 
         if src.kind == "photo":
@@ -393,7 +401,7 @@ def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
                 push(views[s : s + BATCH], 1 if s == 0 else 0)
                 if stop():
                     break
-            return sample, votes, 0, len(views)
+            return sample, (votes, confidence), 0, len(views)
         from torch.utils.data import DataLoader
 
         from .dataset import ImageFolder
@@ -409,7 +417,7 @@ def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
             used += len(x)
             if stop():
                 break
-    return sample, votes, skipped, used
+    return sample, (votes, confidence), skipped, used
 
 
 def _run(
