@@ -280,3 +280,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(model, tmp_path, capsys
     rc = main(["concepts", str(few), "--concepts", "3", "--out", str(out)])
     _, err = capsys.readouterr()
     assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ") and not out.exists()
+    # without out (Jupyter): the result in memory, shown as the report, nothing written
+    res = fs.concepts(model, few, n_concepts=2, crops=0, render=False, progress=False)
+    assert res.run_dir is None and res.status == "complete" and res.maps.shape == (2, 2, 7, 7)
+    assert "<h1>" in res._repr_html_() and not out.exists()
