@@ -253,6 +253,7 @@ def test_bundled_model_files_shapes_and_sorting(model, tmp_path, monkeypatch, ca
         assert (again / png).read_bytes() == (out / png).read_bytes()
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(model, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
