@@ -15,6 +15,7 @@ from .jobs.atlas import build_atlas
 from .jobs.boost import boost
 from .jobs.channels import ChannelRender, render, render_channels
 from .jobs.compare import compare
+from .jobs.concepts import Concepts, concepts
 from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
 from .jobs.render_objective import objective_for, render_objective
@@ -44,6 +45,8 @@ __all__ = [
     "boost",
     "build_atlas",
     "compare",
+    "Concepts",
+    "concepts",
     "default_layer",
     "get_layer",
     "get_preset",

@@ -71,11 +71,15 @@ def bar_chart(ins: Inspection, ax: plt.Axes | None = None, rank: str | None = No
     return fig if fig is not None else ax.figure
 
 
-def overlay(image: torch.Tensor, amap: torch.Tensor, cmap: str = "inferno", alpha: float = 0.55) -> np.ndarray:
-    """An activation map upsampled to the image and blended over it (``H×W×3`` uint8)."""
+def overlay(
+    image: torch.Tensor, amap: torch.Tensor, cmap: str = "inferno", alpha: float = 0.55, vmax: float | None = None
+) -> np.ndarray:
+    """An activation map upsampled to the image and blended over it (``H×W×3`` uint8); scaled to its own
+    range, or to 0…``vmax`` (so maps of one concept over several images share a scale)."""
     h, w = image.shape[-2:]
     m = F.interpolate(amap[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-    lo, hi = float(m.min()), float(m.max())
+    lo, hi = (float(m.min()), float(m.max())) if vmax is None else (0.0, float(vmax))
+    m = m.clamp(lo, hi)
     m = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
     heat = torch.tensor(plt.get_cmap(cmap)(m.numpy())[..., :3], dtype=torch.float32).permute(2, 0, 1)
     return to_uint8((1 - alpha) * image.float() + alpha * heat)
@@ -248,4 +252,100 @@ def explain_figure(res) -> plt.Figure:
         fontsize=10,
     )
     fig.tight_layout()
+    return fig
+
+
+CONCEPT_FIGURE_ROWS = 6
+
+
+def concept_importance_figure(res, ax=None) -> plt.Figure:
+    """Importance (gradient × coefficient, in log-probability) beside the ablation drop of p(class), per concept."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=100)
+    ids = [c.concept for c in res.concepts]
+    x = np.arange(len(ids))
+    ax.bar(x - 0.2, [c.importance for c in res.concepts], 0.4, color=TOP_COLOUR, label="gradient × coefficient")
+    ax.set_ylabel("importance (log p)", fontsize=8)
+    ax2 = ax.twinx()
+    ax2.bar(x + 0.2, [c.ablation_drop for c in res.concepts], 0.4, color=OTHER_COLOUR, label="ablation: drop of p")
+    ax2.set_ylabel(f"drop of p({res.class_name})", fontsize=8)
+    ax.set_xticks(x, [f"{i}{'' if c.stable else '*'}" for i, c in zip(ids, res.concepts)], fontsize=7)
+    ax.set_xlabel("concept (* = not stable across seeds)", fontsize=8)
+    ax.axhline(0, color="#999", lw=0.6)
+    ax.set_title(f"Importance of each concept for {res.class_name}, two ways", fontsize=9)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, fontsize=7, frameon=False, loc="upper right")
+    for a in (ax, ax2):
+        a.tick_params(labelsize=7)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
+
+
+def concept_deletion_figure(res, ax=None) -> plt.Figure:
+    """Drop of p(class) as the top-k concepts (by importance) or k random ones are removed together."""
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    d = res.deletion
+    ax.plot(d["k"], d["top"], marker="o", ms=3, color=TOP_COLOUR, label="top-k by importance")
+    ax.plot(d["k"], d["random"], marker="o", ms=3, color=OTHER_COLOUR, label=f"k random (mean of {d['random_orders']})")
+    ax.set_xticks(d["k"])
+    ax.set_xlabel("concepts removed", fontsize=8)
+    ax.set_ylabel(f"drop of p({res.class_name})", fontsize=8)
+    ax.set_title(f"Deletion curves over {d['images']} images", fontsize=9)
+    ax.legend(fontsize=7, frameon=False)
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=7)
+    ax.spines[["top", "right"]].set_visible(False)
+    if fig is not None:
+        fig.tight_layout()
+    return fig if fig is not None else ax.figure
+
+
+def concepts_figure(res) -> plt.Figure:
+    """``figure_concepts.png``: importance and deletion on top; per concept (up to 6, most important first)
+    its render from noise, its top natural crops and where it sits in one image, with its label."""
+    shown = res.concepts[:CONCEPT_FIGURE_ROWS]
+    n_crops = max([len(c.crops) for c in shown] + [1])
+    n_crops = min(n_crops, 4)
+    cols = 2 + n_crops
+    rows = 1 + len(shown)
+    fig = plt.figure(figsize=(2.0 * cols + 0.6, 2.2 * rows + 0.8), dpi=100)
+    gs = fig.add_gridspec(rows, cols, height_ratios=[1.5] + [1] * len(shown))
+    half = cols // 2
+    concept_importance_figure(res, fig.add_subplot(gs[0, :half]))
+    concept_deletion_figure(res, fig.add_subplot(gs[0, half:]))
+    vmax = res.maps.reshape(res.maps.shape[0], res.maps.shape[1], -1).max((0, 2)) + 1e-8
+    for r, c in enumerate(shown, start=1):
+        ax = fig.add_subplot(gs[r, 0])
+        if c.render is not None:
+            ax.imshow(to_uint8(c.render))
+        ax.set_title(f"concept {c.concept}: render\nimp. {c.importance:+.2f}, drop {c.ablation_drop:.2f}", fontsize=7.5)
+        ax.axis("off")
+        for col in range(n_crops):
+            ax = fig.add_subplot(gs[r, 1 + col])
+            if col < len(c.crops):
+                ax.imshow(to_uint8(c.crops[col]))
+                ax.set_title(f"top crop {col + 1}\n{Path(c.top_crops[col]['image']).name[:22]}", fontsize=7)
+            ax.axis("off")
+        ax = fig.add_subplot(gs[r, cols - 1])
+        if c.heat:
+            i, img = c.heat[0]
+            ax.imshow(overlay(img, torch.from_numpy(res.maps[i, c.concept]), vmax=float(vmax[c.concept])))
+            ax.set_title(f"where it sits\n{Path(res.images[i]).name[:22]}", fontsize=7)
+        ax.axis("off")
+        stab = f"stability {c.stability:.2f}" + ("" if c.stable else " (NOT STABLE)")
+        fig.axes[-1 - n_crops - 1].text(
+            -0.08, 0.5, f"{c.label[:40]}\n{stab}", transform=fig.axes[-1 - n_crops - 1].transAxes,
+            ha="right", va="center", fontsize=7, rotation=90,
+        )  # fmt: skip
+    fig.suptitle(
+        f"filterscope concepts · {res.model} · {res.layer.name} · class {res.target_class} ({res.class_name}) · "
+        f"{res.method}, {len(res.concepts)} concepts, explained variance {res.fidelity['explained_variance']:.2f}",
+        fontsize=9.5,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.975))
     return fig

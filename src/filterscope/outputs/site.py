@@ -129,6 +129,12 @@ def render_report(context: dict[str, Any]) -> str:
     return _env().get_template("explain.html").render(css=css, version=__version__, **context)
 
 
+def render_template(name: str, context: dict[str, Any]) -> str:
+    """A self-contained report page from ``templates/<name>`` (inline CSS, pictures as data URIs)."""
+    css = resources.files("filterscope.outputs").joinpath("templates/report.css").read_text()
+    return _env().get_template(name).render(css=css, version=__version__, **context)
+
+
 def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
     """An HTTP server for a built atlas (call ``serve_forever`` on it)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))

@@ -1,0 +1,225 @@
+"""Measure what `filterscope concepts` claims: 200 images at 224 px, `bn2` of efficientnet_lite0, 10 concepts
+with their renders.
+
+The 200 images: the 36 bundled photos, the colour images of `skimage.data` and sklearn's two sample images,
+then random crops of those (40-90 % of the side, resized to 224 px) until there are 200, all saved as 224 px
+JPEGs in a temporary folder.
+
+1. Main run (renders on, render cache off): wall time, peak RSS of the process, seconds per image and per
+   concept, the ablation (top-3 concepts removed vs 3 random: median drop of the class probability over the
+   class images), stability (median matched cosine to the seed + 1 fit) and the reconstruction's top-1
+   agreement.
+2. Cost at 50 and 100 images (no renders; the main run's passes give 200): the activation pass, dictionary
+   and evidence pass are linear in images.
+3. NMF vs semi-NMF on the same vectors (the 50-image run with --compare-methods).
+
+Writes benchmarks/results/concepts.{json,md}.
+
+    python benchmarks/bench_concepts.py            # ~2 min alone on 2 CPU cores (much longer on a shared one)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache reads
+
+import numpy as np
+import torch
+from PIL import Image
+
+import filterscope as fs
+from filterscope.models.inputs import list_images, load_image
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = 224
+TARGETS = {"wall_s": 120, "peak_gb": 2.0, "ablation_ratio": 2.0, "stability": 0.8, "top1": 0.9}
+
+
+def source_images() -> list[tuple[str, Image.Image]]:
+    out = [(f.stem, load_image(f)) for f in list_images(fs.sample_photos_dir())]
+    import skimage.data as sd
+
+    for name in ("astronaut", "chelsea", "coffee", "rocket", "retina", "hubble_deep_field", "immunohistochemistry"):
+        try:
+            a = getattr(sd, name)()
+        except Exception:  # a dataset file missing from this install
+            continue
+        if a.ndim == 3 and a.shape[2] >= 3:
+            out.append((f"skimage_{name}", Image.fromarray(a[..., :3])))
+    from sklearn.datasets import load_sample_images
+
+    for i, a in enumerate(load_sample_images().images):
+        out.append((f"sklearn_{i}", Image.fromarray(a)))
+    return out
+
+
+def square(im: Image.Image, box=None) -> Image.Image:
+    w, h = im.size
+    if box is None:
+        s = min(w, h)
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return im.crop(box).resize((SIZE, SIZE), Image.BICUBIC)
+
+
+def make_folder(n: int, root: Path, seed: int = 0) -> Path:
+    folder = root / f"images_{n}"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = source_images()
+    rng = np.random.default_rng(seed)
+    items = [(name, square(im)) for name, im in src]
+    while len(items) < n:
+        name, im = src[int(rng.integers(len(src)))]
+        w, h = im.size
+        s = int(min(w, h) * rng.uniform(0.4, 0.9))
+        x, y = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+        items.append((f"{name}_crop{len(items):03d}", square(im, (x, y, x + s, y + s))))
+    for name, im in items[:n]:
+        im.convert("RGB").save(folder / f"{name}.jpg", quality=92)
+    return folder
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def run(model, folder: Path, out: Path, **kw) -> tuple[fs.Concepts, float]:
+    t = time.perf_counter()
+    res = fs.concepts(model, folder, n_concepts=10, seed=0, out=out, progress=False, **kw)
+    return res, time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=200)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-concepts-"))
+    model = fs.load_model()
+    res_json: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "load_average_at_start": list(os.getloadavg()),
+        },
+        "setup": {"images": args.images, "size": SIZE, "layer": "bn2", "concepts": 10, "render": "fast"},
+    }
+    folder = make_folder(args.images, tmp)
+    rss0 = peak_rss_gb()
+    main_res, wall = run(model, folder, tmp / "out_main")
+    rec = main_res.record()
+    t = main_res.timings
+    per_image = ("activation_pass_s", "evidence_pass_s", "deletion_s")  # the stages that grow with the images
+    passes = sum(t.get(k, 0) for k in per_image)
+    d = rec["deletion"]
+    res_json["main"] = {
+        "wall_s": round(wall, 2),
+        "peak_rss_gb": round(peak_rss_gb(), 3),
+        "peak_rss_gb_before_run": round(rss0, 3),
+        "timings": t,
+        "s_per_image_passes": round(passes / args.images, 4),
+        "s_per_concept_render": round(t.get("render_s", 0) / 10, 3),
+        "class": [main_res.target_class, main_res.class_name],
+        "class_images": rec["data"]["class_images"],
+        "ablation": {
+            "top3_median_drop": d["top3_median_drop"],
+            "random3_median_drop": d["random3_median_drop"],
+            "ratio": round(d["top3_median_drop"] / max(d["random3_median_drop"], 1e-6), 2),
+            "images": d["images"],
+        },
+        "stability_median_cosine": rec["stability"]["median"],
+        "unstable": rec["stability"]["unstable"],
+        "reconstruction_top1": rec["fidelity"]["reconstruction_top1_agreement"],
+        "reconstruction_top1_all_images": rec["fidelity"]["reconstruction_top1_agreement_all"],
+        "explained_variance": rec["fidelity"]["explained_variance"],
+        "concepts": [
+            {
+                "concept": c.concept,
+                "importance": round(c.importance, 4),
+                "drop": round(c.ablation_drop, 4),
+                "label": c.label,
+            }
+            for c in main_res.concepts
+        ],
+    }
+    scaling = {args.images: round(passes, 2)}
+    for n in (50, 100):
+        if n >= args.images:
+            continue
+        f = make_folder(n, tmp)
+        r, _ = run(model, f, tmp / f"out_{n}", render=False, compare_methods=(n == 50))
+        scaling[n] = round(sum(r.timings.get(k, 0) for k in per_image), 2)
+        if n == 50:
+            dd = r.record()["data"]["dictionary"]
+            res_json["methods_50_images"] = {
+                "nmf": {
+                    "explained_variance": r.fidelity["explained_variance_sample"],
+                    "fit_s": dd["fit_s"],
+                    "stability_median": r.record()["stability"]["median"],
+                },
+                "semi-nmf": dd.get("compared"),
+            }
+    res_json["cost_s_by_images_no_renders"] = dict(sorted(scaling.items()))
+    res_json["load_average_at_end"] = list(os.getloadavg())
+    m = res_json["main"]
+    res_json["targets"] = {
+        "wall_s ≤ 120": m["wall_s"] <= TARGETS["wall_s"],
+        "peak ≤ 2 GB": m["peak_rss_gb"] <= TARGETS["peak_gb"],
+        "ablation ratio ≥ 2": m["ablation"]["ratio"] >= TARGETS["ablation_ratio"],
+        "stability ≥ 0.8": m["stability_median_cosine"] >= TARGETS["stability"],
+        "reconstruction top-1 ≥ 90 %": m["reconstruction_top1"] >= TARGETS["top1"],
+    }
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "concepts.json").write_text(json.dumps(res_json, indent=1))
+    mach = res_json["machine"]
+    lines = [
+        "# bench_concepts",
+        "",
+        f"Machine: {mach['cpus']} CPUs ({mach['platform']}), torch threads {mach['torch_threads']}; load average "
+        f"at start {mach['load_average_at_start']}, at end {res_json['load_average_at_end']} (a shared machine: "
+        "times are upper bounds).",
+        "",
+        f"{args.images} images at {SIZE} px, efficientnet_lite0 · bn2, 10 concepts (nmf), `fast` renders, cache off.",
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        f"| wall time | {m['wall_s']} s | ≤ 120 s | {res_json['targets']['wall_s ≤ 120']} |",
+        f"| peak RSS | {m['peak_rss_gb']} GB | ≤ 2 GB | {res_json['targets']['peak ≤ 2 GB']} |",
+        f"| seconds per image (passes, no renders) | {m['s_per_image_passes']} | | |",
+        f"| seconds per concept (render) | {m['s_per_concept_render']} | | |",
+        f"| ablation: top-3 vs 3 random, median drop of p | {m['ablation']['top3_median_drop']} vs "
+        f"{m['ablation']['random3_median_drop']} ({m['ablation']['ratio']}×, {m['ablation']['images']} images) "
+        f"| ≥ 2× | {res_json['targets']['ablation ratio ≥ 2']} |",
+        f"| stability: median matched cosine (seed 1 vs 0) | {m['stability_median_cosine']} | ≥ 0.8 | "
+        f"{res_json['targets']['stability ≥ 0.8']} |",
+        f"| reconstruction keeps top-1: class images (all images) | {m['reconstruction_top1']:.1%} "
+        f"({m['reconstruction_top1_all_images']:.1%}) | ≥ 90 % | "
+        f"{res_json['targets']['reconstruction top-1 ≥ 90 %']} |",
+        f"| explained variance | {m['explained_variance']} | | |",
+        "",
+        f"Timings (s): {m['timings']}",
+        "",
+        "Activation pass + evidence pass + deletion curves by images (the dictionary fit is on at most 16,384 "
+        "vectors whatever the folder; 50 images also fit semi-NMF): "
+        + ", ".join(f"{k}: {v} s" for k, v in res_json["cost_s_by_images_no_renders"].items()),
+        "",
+        f"NMF vs semi-NMF on the same vectors (50 images): {json.dumps(res_json.get('methods_50_images'))}",
+        "",
+        f"Class: {m['class']} ({m['class_images']} class images). Concepts: "
+        + "; ".join(f"{c['concept']}: {c['label']} (imp {c['importance']}, drop {c['drop']})" for c in m["concepts"]),
+    ]
+    (out / "concepts.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,923 @@
+"""Concepts: what makes a mug a mug, for this network — a dictionary of directions in a layer's activation
+space, learnt from the user's images, ranked by what they do for a class, and shown four ways.
+
+One run of :func:`concepts` (a pure function of the model and its arguments, so a worker can call it):
+
+1. **Activation pass** (streamed, :mod:`.activations`): every image of the folder (through the atlas's
+   :class:`~.dataset.ImageFolder` loader) and ``crops`` random crops of it (CRAFT, Fel et al. 2023) pass
+   through the model; the layer's ``C``-vector at every position goes into a fixed-size uniform sample, the
+   prediction of every whole image into a count. Without ``target_class`` the class is the one predicted
+   most often. One photo instead of a folder: its random crops are the data.
+2. **Dictionary** (:mod:`.dictionary`): ``K`` concepts by scikit-learn's NMF for a non-negative layer, by
+   semi-NMF for a signed one; a second fit with ``seed + 1`` on another random 80 % of the sample gives
+   each concept's **stability**: its cosine to its Hungarian-matched partner (under 0.7: flagged).
+3. **Evidence pass** over the whole images: each position's coefficients (the concept maps), the
+   **importance** of each concept for the class (gradient of the class's log-probability · the concept's
+   vector × its coefficient, summed over positions: the first-order estimate of what removing its part does
+   to log p; the log-probability, not the logit, so that a concept raising every class alike, such as the
+   background, does not rank high), its
+   **ablation** (the layer's maps minus the concept's part ``u_j · w_j``, the rest of the network run: the
+   drop of the class probability), the **reconstruction**'s top-1 agreement and explained variance, and
+   each concept's top natural crops (the input region around its strongest position). Both are averaged over
+   the images predicted as the class (all images when none is).
+4. **Deletion curves** on up to 32 of those images: the class probability as the top-k concepts (by
+   importance) or k random ones are removed together.
+5. **Votes and renders**: the concept vector over the mean activation map pushed through the rest of the
+   network (the classes whose logits it raises most give the one-line label), and its render from noise
+   (``direction`` objective along it, the render loop, a preset and the render cache).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import ImageError, UsageError
+from ..models.inputs import IMAGE_SUFFIXES, list_images, load_image, model_input
+from ..models.layers import LayerInfo, network_layer
+from ..models.model import Model
+from ..optvis.hooks import capture, run
+from ..optvis.presets import DEFAULT_METHOD, get_preset
+from ..outputs.images import png_bytes
+from . import dictionary as dic
+from .activations import (
+    PositionSample,
+    check_maps_layer,
+    forward_variants,
+    positions,
+    random_crops,
+    to_maps,
+)
+from .attribution import check_class
+from .contract import JobResult
+
+DEFAULT_CONCEPTS = 10
+FOLDER_CROPS = 3  # random crops per image of a folder
+PHOTO_CROPS = 64  # random crops of a single photo
+MAX_VECTORS = 16384  # activation vectors the dictionary is learnt from (a uniform sample of all positions)
+STABILITY_SHARE = 0.8  # the second fit sees this share of the sample
+STABLE_COSINE = 0.7  # a concept whose matched cosine is below this "does not come back"
+N_CROPS = 6  # top natural crops kept per concept
+N_HEAT = 4  # images its map is shown on: those where it is strongest
+DELETION_IMAGES = 32
+RANDOM_ORDERS = 8
+N_VOTES = 5
+BATCH = 8
+CROP_PX = 112
+
+BANK_FILE = "concept_bank.npy"
+MAPS_FILE = "concept_maps.npz"
+CONCEPTS_FILE = "concepts.json"
+
+
+def concept_file(layer: str, j: int) -> str:
+    """A concept's render from noise: ``<layer>/concept_0003.png``."""
+    return f"{layer}/concept_{j:04d}.png"
+
+
+@dataclass
+class Concept:
+    """One concept: its vector, what it does for the class, where it sits and what it looks like."""
+
+    concept: int  # id: rank by importance, 0 = most important
+    vector: np.ndarray  # [C]
+    importance: float  # mean gradient of log p(class) × coefficient over the class images
+    ablation_drop: float  # mean drop of p(class) when its part is removed
+    label: str
+    votes: list[tuple[int, str, float]]  # classes whose logit it raises most, with the rise
+    top_crops: list[dict]  # {image, box, coefficient}, strongest first
+    stability: float  # cosine to its matched partner of the seed + 1 dictionary
+    share: float  # share of the sampled positions where it is the strongest concept
+    crops: list[torch.Tensor] = field(default_factory=list, repr=False)  # [3, CROP_PX, CROP_PX]
+    heat: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)  # (maps row, image) where strongest
+    render: torch.Tensor | None = field(default=None, repr=False)
+    render_record: dict | None = None
+
+    @property
+    def stable(self) -> bool:
+        return self.stability >= STABLE_COSINE
+
+    def record(self) -> dict:
+        rec = {
+            "concept": self.concept,
+            "importance": round(self.importance, 6),
+            "ablation_drop": round(self.ablation_drop, 6),
+            "label": self.label,
+            "votes": [{"class": c, "name": n, "logit_rise": round(v, 4)} for c, n, v in self.votes],
+            "top_crops": self.top_crops,
+            "stability": round(self.stability, 4),
+            "stable": self.stable,
+            "share": round(self.share, 4),
+        }
+        if self.render_record is not None:
+            rec["render"] = self.render_record
+        return rec
+
+
+@dataclass
+class Concepts:
+    """What :func:`concepts` found; shows itself as the report in Jupyter."""
+
+    model: str
+    layer: LayerInfo
+    target_class: int
+    class_name: str
+    method: str
+    concepts: list[Concept]
+    bank: np.ndarray  # [K, C] rows in concept-id order
+    maps: np.ndarray  # [images, K, h, w]
+    images: list[str]
+    fidelity: dict
+    deletion: dict
+    data: dict  # images, crops, skipped, class counts …
+    settings: dict
+    run_dir: Path | None = None
+    status: str = "complete"
+    timings: dict = field(default_factory=dict)
+    job: JobResult | None = None  # the run's JobResult when written to a folder
+
+    def raise_if_partial(self) -> None:
+        """Raise :class:`~filterscope.errors.Interrupted` (exit 130) when the run stopped before the end."""
+        if self.job is not None:
+            self.job.raise_if_partial()
+
+    def record(self) -> dict:
+        return {
+            "class": self.target_class,
+            "class_name": self.class_name,
+            "layer": self.layer.name,
+            "method": self.method,
+            "n_concepts": len(self.concepts),
+            "fidelity": self.fidelity,
+            "stability": {
+                "matched_cosine": [round(c.stability, 4) for c in self.concepts],
+                "median": round(float(np.median([c.stability for c in self.concepts])), 4),
+                "threshold": STABLE_COSINE,
+                "unstable": [c.concept for c in self.concepts if not c.stable],
+            },
+            "deletion": self.deletion,
+            "data": self.data,
+        }
+
+    def html(self) -> str:
+        from ..outputs.site import render_template
+
+        return render_template("concepts.html", report_context(self))
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+
+# ---------------------------------------------------------------- inputs
+
+
+@dataclass
+class _Source:
+    """The data: a folder of images (each with random crops) or one photo whose crops are the data."""
+
+    kind: str  # folder | photo
+    root: Path
+    files: list[Path]  # folder: every image file; photo: the photo
+    readable: int
+
+    def name(self, i: int) -> str:
+        return str(self.files[i].relative_to(self.root)) if self.kind == "folder" else self.files[0].name
+
+
+def _readable(f: Path) -> bool:
+    try:
+        with Image.open(f) as im:
+            im.size  # noqa: B018 - the header parses
+        return True
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+
+
+def _source(images: str | Path) -> _Source:
+    p = Path(images)
+    if p.is_file():
+        load_image(p)  # one line when it is not an image
+        return _Source("photo", p.parent, [p], 1)
+    if not p.exists():
+        raise ImageError(f"no such folder or image: {p}")
+    try:
+        files = list_images(p)
+    except ImageError:
+        raise ImageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {p}") from None
+    n = sum(_readable(f) for f in files)
+    if n == 0:
+        raise ImageError(f"none of the {len(files)} image files in {p} can be read")
+    return _Source("folder", p, files, n)
+
+
+def _crop_gen(seed: int, i: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(i) + 17)
+
+
+# ---------------------------------------------------------------- the job
+
+
+def concepts(
+    model: Model,
+    images: str | Path,
+    *,
+    layer: str = "default",
+    n_concepts: int = DEFAULT_CONCEPTS,
+    target_class: int | None = None,
+    seed: int = 0,
+    method: str = "auto",
+    crops: int | None = None,
+    max_vectors: int = MAX_VECTORS,
+    render: bool = True,
+    render_method: str | None = None,
+    render_steps: int | None = None,
+    compare_methods: bool = False,
+    out: str | Path | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> Concepts:
+    """Learn ``n_concepts`` concepts of ``layer`` from ``images`` (a folder, or one photo whose random crops
+    are the data), rank them for ``target_class`` (default: the class predicted most often) by gradient ×
+    coefficient and by ablation, and show each by its top crops, its maps, its render and its votes.
+
+    With ``out``: ``report.html``, ``figure_concepts.png``, ``concepts.json``, ``concept_maps.npz``,
+    ``concept_bank.npy``, the renders ``<layer>/concept_0003.png`` and ``run.json`` there. Bad arguments raise
+    :class:`~filterscope.errors.UsageError` before anything is written."""
+    t0 = time.perf_counter()
+    dic.check_method(method)
+    if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
+        raise UsageError(f"the number of concepts must be at least 1, got {n_concepts}")
+    if crops is not None and crops < 0:
+        raise UsageError(f"crops must be ≥ 0, got {crops}")
+    if max_vectors < n_concepts:
+        raise UsageError(f"max_vectors must be at least the number of concepts, got {max_vectors}")
+    info = network_layer(model, layer, "concepts")
+    check_maps_layer(info)
+    if n_concepts > info.channels:
+        raise UsageError(f"{n_concepts} concepts is more than the {info.channels} channels of {info.name}")
+    check_class(model, target_class)
+    render_settings = get_preset(render_method or DEFAULT_METHOD).with_(steps=render_steps) if render else None
+    src = _source(images)
+    n_crops = (PHOTO_CROPS if src.kind == "photo" else FOLDER_CROPS) if crops is None else int(crops)
+    if src.kind == "folder" and src.readable < n_concepts:
+        raise UsageError(
+            f"{src.readable} readable images in {src.root} are fewer than the {n_concepts} concepts asked for"
+        )
+    if src.kind == "photo" and n_crops < n_concepts:
+        raise UsageError(f"one photo needs at least as many crops as concepts: --crops {n_crops} < {n_concepts}")
+    if out is not None:
+        from ..outputs.rundir import check_writable
+
+        check_writable(out)
+    settings = {
+        "model": model.describe(),
+        "images": str(images),
+        "input": src.kind,
+        "layer": info.name,
+        "concepts": n_concepts,
+        "target_class": target_class,
+        "seed": seed,
+        "method": method,
+        "crops": n_crops,
+        "crop_side": [0.3, 0.6],
+        "max_vectors": max_vectors,
+        "render": render_settings.for_model(model).as_dict() if render_settings else None,
+        "render_method": render_settings.preset if render_settings is not None else None,
+        "compare_methods": compare_methods,
+    }
+    timings: dict[str, float] = {}
+    stop = should_stop or (lambda: False)
+
+    _probe(model, info, src, method)  # logits and, for nmf, the sign: checked before the run folder opens
+
+    def learn(ctx, stop):
+        # 1. activation pass
+        t = time.perf_counter()
+        sample, (votes, confidence), skipped, views = _collect(
+            model, info, src, n_crops, seed, max_vectors, progress, stop
+        )
+        timings["activation_pass_s"] = time.perf_counter() - t
+        if stop():
+            raise _Stopped("stopped during the activation pass")
+        if views < n_concepts or sample.data.shape[0] < n_concepts:
+            raise UsageError(f"only {views} readable images in {images}: fewer than the {n_concepts} concepts")
+        rows = sample.data
+        signed = bool(rows.min() < 0)
+        chosen = ("semi-nmf" if signed else "nmf") if method == "auto" else method
+        if chosen == "nmf" and signed:
+            raise UsageError(
+                f"{info.name} has negative activations (min {rows.min():.3g}): nmf needs non-negative ones",
+                hint="use --method semi-nmf or auto",
+            )
+        cls = target_class
+        if cls is None:
+            # predicted most often; a tie goes to the class predicted with more summed probability
+            cls = min(votes, key=lambda c: (-votes[c], -confidence[c], c))
+        return _run(
+            ctx, model, info, src, n_crops, seed, chosen, n_concepts, cls, sample, votes, skipped,
+            settings, render_settings, compare_methods, timings, t0, progress, stop,
+        )  # fmt: skip
+
+    if out is None:
+        try:
+            return learn(None, stop)
+        except _Stopped as e:
+            from ..errors import Interrupted
+
+            raise Interrupted(f"interrupted: {e}; nothing was written") from None
+    from .contract import open_run
+
+    with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
+        try:
+            res = learn(ctx, ctx.stop)
+        except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
+            ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
+            res = None
+        ctx.data = res
+    if res is None:
+        from ..errors import Interrupted
+
+        raise Interrupted(ctx.result.interruption)
+    res.status, res.job = ctx.result.status, ctx.result
+    return res
+
+
+def _probe(model, info, src, method: str) -> None:
+    """One image through the model: it must output class logits, and ``nmf`` needs a non-negative layer."""
+    first = next((f for f in src.files if _readable(f)), src.files[0])
+    x = model_input(model, load_image(first))
+    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap, torch.inference_mode():
+        logits = run(model.forward, x.to(model.device), cap)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise UsageError(f"{model.name} does not output class logits: concepts need them")
+    low = float(cap.acts[info.name].min())
+    if method == "nmf" and low < 0:
+        raise UsageError(
+            f"{info.name} has negative activations (min {low:.3g}): nmf needs non-negative ones",
+            hint="use --method semi-nmf or auto",
+        )
+
+
+class _Stopped(Exception):
+    """A stop request arrived before the concepts were complete (the message says where)."""
+
+
+def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
+    """The streamed activation pass: a :class:`PositionSample` of the layer's vectors over images and crops,
+    the count of whole-image predictions, the number of unreadable files skipped and of images used."""
+    from tqdm import tqdm
+
+    sample = PositionSample(max_vectors, info.channels, seed)
+    votes: Counter = Counter()
+    confidence: Counter = Counter()  # summed probability of each predicted class: breaks ties in the count
+    skipped = used = 0
+    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap, torch.inference_mode():
+
+        def push(x: torch.Tensor, whole: int) -> None:
+            logits = run(model.forward, x.to(model.device), cap)
+            if logits is None or logits.dim() != 2:
+                raise UsageError(f"{model.name} does not output class logits: concepts need them")
+            p = torch.softmax(logits[:whole].float(), 1)
+            top_p, top_c = p.max(1)
+            for c, pc in zip(top_c.tolist(), top_p.tolist()):
+                votes[int(c)] += 1
+                confidence[int(c)] += float(pc)
+            sample.add(positions(cap.acts[info.name].float()).cpu().numpy())
+
+        if src.kind == "photo":
+            x = model_input(model, load_image(src.files[0]))
+            c, _ = random_crops(x, n_crops, _crop_gen(seed, 0))
+            views = torch.cat([x, c])
+            for s in tqdm(range(0, len(views), BATCH), desc="activations", disable=not progress, unit="batch"):
+                push(views[s : s + BATCH], 1 if s == 0 else 0)
+                if stop():
+                    break
+            return sample, (votes, confidence), 0, len(views)
+        from torch.utils.data import DataLoader
+
+        from .dataset import ImageFolder
+
+        loader = DataLoader(ImageFolder(src.files, model), batch_size=BATCH, shuffle=False)
+        for x, index, ok in tqdm(loader, desc="activations", disable=not progress, unit="batch"):
+            skipped += int((~ok).sum())
+            if not ok.any():
+                continue
+            x, index = x[ok], index[ok]
+            extra = [random_crops(x[i : i + 1], n_crops, _crop_gen(seed, int(j)))[0] for i, j in enumerate(index)]
+            push(torch.cat([x, *extra]), len(x))
+            used += len(x)
+            if stop():
+                break
+    return sample, (votes, confidence), skipped, used
+
+
+def _run(
+    ctx, model, info, src, n_crops, seed, method, k, cls, sample, votes, skipped, settings, render_settings,
+    compare_methods, timings, t0, progress, stop,
+) -> Concepts:  # fmt: skip
+    rows, seen = sample.data, sample.seen
+    names = model.categories or []
+
+    def cname(c: int) -> str:
+        return names[c] if c < len(names) else str(c)
+
+    # 2. dictionary and its stability
+    t = time.perf_counter()
+    d = dic.fit(rows, k, method, seed)
+    rng = np.random.default_rng(seed + 1)
+    sub = rows[rng.permutation(len(rows))[: max(k, int(STABILITY_SHARE * len(rows)))]]
+    d2 = dic.fit(sub, k, method, seed + 1)
+    _, cosines = dic.match(d.bank, d2.bank)
+    compared = None
+    if compare_methods:
+        other = "semi-nmf" if method == "nmf" else "nmf"
+        if other == "nmf" and rows.min() < 0:
+            compared = {"method": other, "skipped": "the layer has negative activations"}
+        else:
+            o = dic.fit(rows, k, other, seed)
+            o2 = dic.fit(sub, k, other, seed + 1)
+            compared = {
+                "method": other,
+                "explained_variance": o.explained_variance,
+                "fit_s": o.fit_seconds,
+                "stability_median": round(float(np.median(dic.match(o.bank, o2.bank)[1])), 4),
+            }
+    coef_sample = d.encode(rows)
+    share = np.bincount(coef_sample.argmax(1), minlength=k) / max(1, len(coef_sample))
+    timings["dictionary_s"] = time.perf_counter() - t
+
+    # 3. evidence pass over the whole images
+    t = time.perf_counter()
+    ev = _evidence(model, info, src, n_crops, seed, d, cls, progress, stop)
+    timings["evidence_pass_s"] = time.perf_counter() - t
+    if stop():
+        raise _Stopped("stopped during the evidence pass")
+    mask = ev["pred"] == cls
+    over = mask if mask.any() else np.ones_like(mask)
+    importance = ev["importance"][over].mean(0)
+    drop = ev["drop"][over].mean(0)
+    order = np.argsort(-importance, kind="stable")  # new id → fitted index
+    rank_of = np.empty(k, dtype=np.int64)
+    rank_of[order] = np.arange(k)
+    bank = d.bank[order]
+    maps = ev["maps"][:, order]
+
+    # 4. deletion curves on the class images
+    t = time.perf_counter()
+    del_idx = [int(ev["view_ids"][i]) for i in np.nonzero(over)[0][:DELETION_IMAGES]]
+    deletion = _deletion(model, info, src, n_crops, seed, d, order, cls, del_idx, stop)
+    timings["deletion_s"] = time.perf_counter() - t
+    if stop():
+        raise _Stopped("stopped during the deletion curves")
+
+    # 5. votes, labels, top crops, renders
+    t = time.perf_counter()
+    peak = np.percentile(ev["maps"].reshape(len(ev["maps"]), k, -1).max(2), 90, axis=0)  # typical strong coef
+    vote_rise = _votes(model, info, d.bank, ev["mean_vector"], peak)
+    concepts_ = []
+    for new, j in enumerate(order):
+        top = np.argsort(-vote_rise[j])[:N_VOTES]
+        cv = [(int(c), cname(int(c)), float(vote_rise[j][c])) for c in top]
+        concepts_.append(
+            Concept(
+                new,
+                bank[new],
+                float(importance[j]),
+                float(drop[j]),
+                " / ".join(n for _, n, _ in cv[:3]),
+                cv,
+                [],
+                float(cosines[j]),
+                float(share[j]),
+            )
+        )
+    _top_crops(model, src, n_crops, seed, ev, order, concepts_, info)
+    timings["evidence_s"] = time.perf_counter() - t
+
+    fidelity = {
+        "explained_variance": round(ev["ev"], 5),
+        "explained_variance_sample": d.explained_variance,
+        "reconstruction_top1_agreement": round(float(ev["agree"][over].mean()), 4),  # on the class images
+        "reconstruction_top1_agreement_all": round(float(ev["agree"].mean()), 4),
+        "reconstruction_p_class": round(float(ev["p_recon"][over].mean()), 5),
+        "p_class": round(float(ev["p_base"][over].mean()), 5),
+    }
+    pred_counts = Counter(int(c) for c in ev["pred"].tolist())
+    data = {
+        "input": src.kind,
+        "images": len(ev["names"]),
+        "files": len(src.files) if src.kind == "folder" else 1,
+        "skipped_unreadable": int(max(skipped, ev["skipped"])),  # the same files fail in both passes
+        "crops_per_image": n_crops,
+        "vectors_seen": int(seen),
+        "vectors_sampled": int(len(rows)),
+        "class_images": int(mask.sum()),
+        "averaged_over": "images predicted as the class" if mask.any() else "all images (none is predicted as it)",
+        "predicted": [{"class": c, "name": cname(c), "images": n} for c, n in pred_counts.most_common(5)],
+        "dictionary": {
+            "method": method,
+            "fit_s": d.fit_seconds,
+            "stability_fit_s": d2.fit_seconds,
+            **({"compared": compared} if compared else {}),
+        },
+    }
+    res = Concepts(
+        model.name,
+        info,
+        cls,
+        cname(cls),
+        method,
+        concepts_,
+        bank,
+        maps,
+        ev["names"],
+        fidelity,
+        deletion,
+        data,
+        settings,
+    )
+    if render_settings is not None and not stop():
+        t = time.perf_counter()
+        _render(model, info, res, render_settings, seed, stop, ctx, progress)
+        timings["render_s"] = time.perf_counter() - t
+    if ctx is not None:
+        t = time.perf_counter()
+        res.timings = {k2: round(v, 3) for k2, v in timings.items()}
+        res.run_dir = ctx.path
+        _write(ctx, res)
+        timings["write_s"] = time.perf_counter() - t
+        done = sum(c.render is not None for c in res.concepts)
+        if render_settings is not None and done < len(res.concepts):
+            ctx.mark_partial(done, len(res.concepts), "concept renders", resumable=False)
+            res.status = "partial"
+    timings["total_s"] = time.perf_counter() - t0
+    res.timings = {k2: round(v, 3) for k2, v in timings.items()}
+    if ctx is not None:
+        ctx.record["timings"].update(res.timings)
+    return res
+
+
+def _views(model, src, n_crops, seed):
+    """The whole images of the evidence pass, streamed: ``(x [B, C, S, S], view ids, ok)`` batches; a single
+    photo's views are the photo and its random crops."""
+    if src.kind == "photo":
+        x = model_input(model, load_image(src.files[0]))
+        c, _ = random_crops(x, n_crops, _crop_gen(seed, 0))
+        views = torch.cat([x, c])
+        for s in range(0, len(views), BATCH):
+            idx = torch.arange(s, min(s + BATCH, len(views)))
+            yield views[s : s + BATCH], idx, torch.ones(len(idx), dtype=torch.bool)
+        return
+    from torch.utils.data import DataLoader
+
+    from .dataset import ImageFolder
+
+    yield from DataLoader(ImageFolder(src.files, model), batch_size=BATCH, shuffle=False)
+
+
+def _view_name(src, i: int) -> str:
+    if src.kind == "photo":
+        return src.files[0].name if i == 0 else f"{src.files[0].name}#crop{i - 1:02d}"
+    return src.name(i)
+
+
+def _view_image(model, src, n_crops, seed, i: int) -> torch.Tensor:
+    """View ``i`` as the model saw it, ``[C, S, S]``."""
+    if src.kind == "photo":
+        x = model_input(model, load_image(src.files[0]))
+        if i == 0:
+            return x[0]
+        c, _ = random_crops(x, n_crops, _crop_gen(seed, 0))
+        return c[i - 1]
+    return model_input(model, load_image(src.files[i]))[0]
+
+
+def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
+    """Concept maps, importance, ablation and fidelity, one batch of whole images at a time."""
+    from tqdm import tqdm
+
+    k = d.k
+    w = torch.from_numpy(d.bank)
+    maps, imp, drop, pred, agree, p_base, p_recon, names = [], [], [], [], [], [], [], []
+    view_ids: list[int] = []
+    sq_err = sq_sum = 0.0
+    tot = None
+    n_vec, skipped = 0, 0
+    top: list[list[tuple[float, int, int]]] = [[] for _ in range(k)]
+    kept: dict[str, torch.Tensor] = {}
+
+    def variants(a: torch.Tensor) -> torch.Tensor:
+        b, c, h, ww = a.shape
+        r = positions(a.float()).cpu()
+        u = torch.from_numpy(d.encode(r.numpy()))  # [n, K]
+        kept["u"] = u
+        recon = to_maps(u @ w, b, h, ww)  # [B, C, H, W]
+        parts = to_maps(u, b, h, ww)[:, :, None] * w.view(1, k, c, 1, 1)  # [B, K, C, H, W]
+        return torch.cat([recon[:, None], a.cpu().float()[:, None] - parts], 1).to(a.device)
+
+    total = None if src.kind == "photo" else len(src.files)
+    bar = tqdm(total=total, desc="concept evidence", disable=not progress, unit="image")
+    for x, index, ok in _views(model, src, n_crops, seed):
+        bar.update(len(index))
+        skipped += int((~ok).sum())
+        if not ok.any():
+            continue
+        x, index = x[ok], index[ok]
+        a, grad, logits = forward_variants(
+            model, info, x, variants, k + 1, lambda z: torch.log_softmax(z.float(), 1)[:, cls]
+        )
+        b, c, h, ww = a.shape
+        u = kept["u"]  # [B·H·W, K]
+        g = positions(grad.float()).cpu()  # [B·H·W, C]
+        contrib = (g @ w.T) * u  # [n, K]: gradient · w_j × u_j at each position
+        imp.append(contrib.view(b, h * ww, k).sum(1).numpy())
+        p = torch.softmax(logits.float(), -1).cpu()  # [B, K+2, classes]
+        drop.append((p[:, :1, cls] - p[:, 2:, cls]).numpy())
+        pred.append(p[:, 0].argmax(1).numpy())
+        agree.append((p[:, 1].argmax(1) == p[:, 0].argmax(1)).numpy())
+        p_base.append(p[:, 0, cls].numpy())
+        p_recon.append(p[:, 1, cls].numpy())
+        m = to_maps(u, b, h, ww).numpy()
+        maps.append(m)
+        rows = positions(a.float()).cpu().double()
+        err = rows - (u @ w).double()
+        sq_err += float((err**2).sum())
+        sq_sum += float((rows**2).sum())
+        tot = rows.sum(0) if tot is None else tot + rows.sum(0)
+        n_vec += rows.shape[0]
+        flat = m.reshape(b, k, -1)
+        for bi in range(b):
+            i = int(index[bi])
+            names.append(_view_name(src, i))
+            view_ids.append(i)
+            for j in range(k):
+                pos = int(flat[bi, j].argmax())
+                top[j].append((float(flat[bi, j, pos]), i, pos))
+        for j in range(k):  # the running top crops: memory does not grow with the folder
+            top[j] = sorted(top[j], key=lambda e: (-e[0], e[1]))[:N_CROPS]
+        if stop():
+            break
+    bar.close()
+    mean = (tot / max(n_vec, 1)).numpy()
+    sst = sq_sum - n_vec * float((mean**2).sum())
+    for j in range(k):
+        top[j].sort(key=lambda e: (-e[0], e[1]))
+        top[j] = top[j][:N_CROPS]
+    return {
+        "maps": np.concatenate(maps).astype(np.float32),
+        "importance": np.concatenate(imp),
+        "drop": np.concatenate(drop),
+        "pred": np.concatenate(pred),
+        "agree": np.concatenate(agree),
+        "p_base": np.concatenate(p_base),
+        "p_recon": np.concatenate(p_recon),
+        "names": names,
+        "view_ids": view_ids,
+        "ev": 1.0 - sq_err / max(sst, 1e-12),
+        "mean_vector": mean.astype(np.float32),
+        "top": top,
+        "skipped": skipped if src.kind == "folder" else 0,
+        "vectors_seen": n_vec,
+        "map_shape": (h, ww),
+    }
+
+
+def _deletion(model, info, src, n_crops, seed, d, order, cls, idx, stop) -> dict:
+    """Drop of p(class) when the top-k concepts (by importance) or k random ones are removed together."""
+    k = d.k
+    w = torch.from_numpy(d.bank)
+    gen = np.random.default_rng(seed + 2)
+    randoms = [gen.permutation(k) for _ in range(RANDOM_ORDERS)]
+    sets = [order[:n] for n in range(1, k + 1)] + [r[:n] for r in randoms for n in range(1, k + 1)]
+    sel = torch.zeros(len(sets), k)
+    for row, s in enumerate(sets):
+        sel[row, list(s)] = 1.0
+
+    def variants(a: torch.Tensor) -> torch.Tensor:
+        b, c, h, ww = a.shape
+        u = torch.from_numpy(d.encode(positions(a.float()).cpu().numpy())).view(b, h * ww, k)
+        removed = torch.einsum("bpk,sk,kc->bspc", u, sel, w)  # [B, sets, H·W, C]
+        removed = removed.view(b, len(sets), h, ww, c).permute(0, 1, 4, 2, 3)
+        return (a.cpu().float()[:, None] - removed).to(a.device)
+
+    top_drops, rand_drops = [], []
+    for i in idx:
+        if stop():
+            break
+        x = _view_image(model, src, n_crops, seed, i)[None]
+        logits = forward_variants(model, info, x, variants, len(sets))[2]
+        p = torch.softmax(logits.float(), -1)[0, :, cls].cpu().numpy()  # [1 + sets]
+        dr = p[0] - p[1:]
+        top_drops.append(dr[:k])
+        rand_drops.append(dr[k:].reshape(RANDOM_ORDERS, k).mean(0))
+    top_drops, rand_drops = np.array(top_drops), np.array(rand_drops)
+    three = min(3, k) - 1
+    return {
+        "k": list(range(1, k + 1)),
+        "images": len(idx),
+        "random_orders": RANDOM_ORDERS,
+        "top": [round(float(v), 5) for v in top_drops.mean(0)],
+        "random": [round(float(v), 5) for v in rand_drops.mean(0)],
+        "top3_median_drop": round(float(np.median(top_drops[:, three])), 5),
+        "random3_median_drop": round(float(np.median(rand_drops[:, three])), 5),
+    }
+
+
+def _votes(model, info, bank: np.ndarray, mean_vector: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """``[K, classes]``: each logit's rise when the concept's vector (× a typical strong coefficient) is added
+    at every position of the mean activation map and the rest of the network runs."""
+    c, h, w = info.shape
+    base = torch.from_numpy(mean_vector).view(1, c, 1, 1).expand(1, c, h, w)
+    add = torch.from_numpy(bank * peak[:, None].astype(np.float32)).view(-1, c, 1, 1)
+    k = bank.shape[0]
+
+    def variants(a: torch.Tensor) -> torch.Tensor:
+        v = torch.cat([base, base + add]).expand(k + 1, c, h, w)
+        return v[None].expand(a.shape[0], -1, -1, -1, -1).to(a.device, a.dtype)
+
+    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
+    logits = forward_variants(model, info, x, variants, k + 1)[2][0].float().cpu()  # [1 + (K+1), classes]
+    return (logits[2:] - logits[1:2]).numpy()
+
+
+def _top_crops(model, src, n_crops, seed, ev, order, concepts_, info) -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    cache: dict[int, torch.Tensor] = {}
+    row_of = {v: r for r, v in enumerate(ev["view_ids"])}
+    for c in concepts_:
+        j = int(order[c.concept])
+        for value, i, pos in ev["top"][j]:
+            if i not in cache:
+                cache[i] = _view_image(model, src, n_crops, seed, i)
+            img = cache[i]
+            box = _peak_box(pos, ev["map_shape"], img.shape[-1])
+            left, top, right, bottom = box
+            crop = TF.resize(img[:3, top:bottom, left:right], [CROP_PX, CROP_PX], antialias=True).clamp(0, 1)
+            c.crops.append(crop)
+            if len(c.heat) < N_HEAT:
+                c.heat.append((row_of[i], img[:3].float()))
+            c.top_crops.append({"image": _view_name(src, i), "box": list(box), "coefficient": round(value, 5)})
+
+
+def _peak_box(pos: int, map_shape: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """The input box (left, top, right, bottom) around map position ``pos``: 3 map cells wide, at least
+    48 px (or half the input, when that is smaller), inside the image."""
+    h, w = map_shape
+    y, x = divmod(int(pos), w)
+    cy, cx = (y + 0.5) * size / h, (x + 0.5) * size / w
+    side = int(min(size, max(min(48, size // 2), size * 3 / max(h, w))))
+    left = int(min(max(0, round(cx - side / 2)), size - side))
+    top = int(min(max(0, round(cy - side / 2)), size - side))
+    return left, top, left + side, top + side
+
+
+def _render(model, info, res: Concepts, settings, seed, stop, ctx, progress) -> None:
+    """Each concept's render from noise: the ``direction`` objective along its vector (render cache)."""
+    from tqdm import tqdm
+
+    from ..optvis.objectives import direction
+    from ..optvis.render import Renderer, channel_seed
+    from ..outputs.cache import active_cache, render_key
+
+    cache = active_cache() if model.in_channels <= 3 else None
+    sd = settings.for_model(model).as_dict()
+    renderer = Renderer(model, settings)
+    for c in tqdm(res.concepts, desc="concept renders", disable=not progress, unit="concept"):
+        vec = c.vector.astype(np.float32)
+        obj = direction(info.name, torch.from_numpy(vec))
+        key, fields = render_key(model, obj, sd, channel_seed(seed, c.concept), layer=info.name)
+        hit = cache.get(key) if cache is not None else None
+        if hit is not None:
+            with Image.open(io.BytesIO(hit.png)) as im:
+                arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            c.render = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+            c.render_record = {
+                "activation_before": hit.record.get("activation_before"),
+                "activation_after": hit.record.get("activation_after"),
+                "cached": True,
+            }
+        else:
+            out = renderer.render(obj, [channel_seed(seed, c.concept)], should_stop=stop)
+            if out.interrupted:
+                return
+            if out.status[0] == "ok":
+                c.render = out.images[0]
+                c.render_record = {
+                    "activation_before": round(out.before[0], 6),
+                    "activation_after": round(out.after[0], 6),
+                    "cached": False,
+                }
+                if cache is not None:
+                    cache.put(key, png_bytes(c.render), {**fields, **c.render_record, "status": "ok"})
+            else:
+                c.render_record = {"status": out.status[0]}
+        if stop():
+            return
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+def _write(ctx, res: Concepts) -> None:
+    from ..outputs import figures
+    from ..outputs.naming import REPORT, figure_file
+
+    run = ctx.run
+    run.write(BANK_FILE, _npy(res.bank.astype(np.float32)))
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        maps=res.maps.astype(np.float32),
+        images=np.array(res.images),
+        concept_ids=np.arange(len(res.concepts)),
+    )
+    run.write(MAPS_FILE, buf.getvalue())
+    for c in res.concepts:
+        if c.render is not None:
+            run.write(concept_file(res.layer.name, c.concept), png_bytes(c.render))
+            c.render_record = {**c.render_record, "file": concept_file(res.layer.name, c.concept)}
+    run.write_text(CONCEPTS_FILE, json.dumps([c.record() for c in res.concepts], indent=1))
+    for c in res.concepts:
+        run.record["results"][f"concept_{c.concept:04d}"] = c.record()
+    run.record["concepts"] = res.record()
+    run.write_figure(figure_file("concepts"), figures.concepts_figure(res))
+    run.write_text(REPORT, res.html())
+    run.save()
+
+
+# ---------------------------------------------------------------- report
+
+
+def _uri(png: bytes) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _fig_uri(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+    plt.close(fig)
+    return _uri(buf.getvalue())
+
+
+def report_context(res: Concepts) -> dict:
+    """Everything ``templates/concepts.html`` needs, pictures as data URIs (one self-contained page)."""
+    from ..outputs import figures
+
+    vmax = res.maps.reshape(res.maps.shape[0], res.maps.shape[1], -1).max((0, 2)) + 1e-8
+    rows = []
+    for c in res.concepts:
+        heat = [
+            {
+                "uri": _uri(
+                    png_bytes(
+                        Image.fromarray(
+                            figures.overlay(img, torch.from_numpy(res.maps[r, c.concept]), vmax=float(vmax[c.concept]))
+                        )
+                    )
+                ),
+                "image": res.images[r],
+            }
+            for r, img in c.heat
+        ]
+        rows.append(
+            {
+                **c.record(),
+                "render_uri": _uri(png_bytes(c.render)) if c.render is not None else None,
+                "crop_uris": [_uri(png_bytes(x)) for x in c.crops],
+                "heat": heat,
+            }
+        )
+    rec = res.record()
+    return {
+        "model": res.model,
+        "layer": res.layer.name,
+        "shape": res.layer.shape_str(),
+        "target_class": res.target_class,
+        "class_name": res.class_name,
+        "method": res.method,
+        "rec": rec,
+        "concepts": rows,
+        "importance_chart": _fig_uri(figures.concept_importance_figure(res)),
+        "deletion_chart": _fig_uri(figures.concept_deletion_figure(res)),
+        "settings": res.settings,
+        "timings": res.timings,
+        "status": res.status,
+        "stable_cosine": STABLE_COSINE,
+    }
