@@ -329,34 +329,70 @@ def cli() -> None:
 
 @cli.command()
 @model_options
+@click.option("--all", "show_all", is_flag=True, help="Every module, each block's internals under it.")
 @click.option("--json", "as_json", is_flag=True)
-def layers(model_name, weights, trust_checkpoint, device, as_json):
-    """List every layer that can be targeted, with its output shape; mark the default."""
-    from .models.layers import default_layer, list_layers
+def layers(model_name, weights, trust_checkpoint, device, show_all, as_json):
+    """The stage and block outputs that can be targeted (the default marked); --all: every module."""
+    from .models.layers import default_layer, layer_outline
 
     model = load(model_name, weights, trust_checkpoint, device)
-    infos = list_layers(model)
+    outline = layer_outline(model)
     default = default_layer(model)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "model": model.name,
-                    "default": default,
-                    "layers": [
-                        {"name": i.name, "type": i.type, "shape": list(i.shape), "calls": i.calls} for i in infos
-                    ],
-                },
-                indent=2,
-            )
-        )
+        rows = [
+            {
+                "name": e.name,
+                "type": e.info.type,
+                "shape": list(e.info.shape),
+                "calls": e.info.calls,
+                "primary": e.primary,
+                "parent": e.parent,
+                "same_as": e.same_as,
+                "ends_in_relu": e.relu,
+            }
+            for e in outline
+        ]
+        click.echo(json.dumps({"model": model.name, "default": default, "layers": rows}, indent=2))
         return
-    width = max(len(i.name) for i in infos)
-    click.echo(f"{model.name}: {len(infos)} targetable layers (output C×H×W), in forward order")
-    for i in infos:
-        mark = "  <- default (last layer with maps before the head)" if i.name == default else ""
-        calls = f"  (runs {i.calls}×; the last call is used)" if i.calls > 1 else ""
-        click.echo(f"  {i.name:<{width}}  {i.type:<22} {i.shape_str():>14}{calls}{mark}")
+    for line in layers_text(model.name, outline, default, show_all):
+        click.echo(line)
+
+
+def layers_text(model_name: str, outline, default: str, show_all: bool = False) -> list[str]:
+    """The lines of ``filterscope layers``: stage and block outputs, each block's internals under it (with
+    ``show_all``), duplicates marked or dropped, the layers that end in a ReLU marked."""
+    short = [e for e in outline if e.primary and not e.duplicate]
+    width = max(len(e.name) for e in (outline if show_all else short)) + (8 if show_all else 4)
+
+    def line(e, indent: str) -> str:
+        notes = []
+        if e.name == default:
+            notes.append("<- default (last layer with maps before the head)")
+        if e.same_as == "input":
+            notes.append("= its input (dropped from the short list)")
+        elif e.same_as:
+            notes.append(f"= {e.same_as} (the same output)")
+        if e.relu:
+            notes.append(f"ends in a ReLU ({e.relu}; renders use the pre-activation)")
+        if e.info.calls > 1:
+            notes.append(f"runs {e.info.calls}×; the last call is used")
+        head = f"{indent}{e.name}".ljust(width)
+        return f"{head} {e.info.type:<22} {e.info.shape_str():>14}  {'; '.join(notes)}".rstrip()
+
+    out = [
+        f"{model_name}: {len(short)} stage and block outputs of {len(outline)} targetable modules "
+        f"(output C×H×W, forward order)" + ("" if show_all else "; --all lists every module")
+    ]
+    inner: dict[str, list] = {}
+    for e in outline:
+        if e.parent is not None:
+            inner.setdefault(e.parent, []).append(e)
+    for e in outline:
+        if e.primary and (show_all or not e.duplicate):
+            out.append(line(e, "  "))
+            if show_all:
+                out += [line(i, "      ") for i in inner.get(e.name, [])]
+    return out
 
 
 @cli.command(name="inspect")
