@@ -1049,69 +1049,52 @@ def atlas(
 @click.option("--static", "static_only", is_flag=True, help="Only serve ATLAS_DIR as static files (no model).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Render cache folder.")
 @click.option("--no-cache", is_flag=True, help="Keep results in a temporary cache removed at exit.")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another host name the server answers to (besides 127.0.0.1, localhost, [::1] and --host); repeatable.",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Jobs queued and running at once, all clients together (past it: 429).",
+)
 def serve(
-    atlas_dir, model_name, weights, trust_checkpoint, device, host, port, workers, static_only, cache_dir, no_cache
+    atlas_dir,
+    model_name,
+    weights,
+    trust_checkpoint,
+    device,
+    host,
+    port,
+    workers,
+    static_only,
+    cache_dir,
+    no_cache,
+    allow_hosts,
+    max_jobs,
 ):
     """The live explorer on http://HOST:PORT/ (with ATLAS_DIR: its pages too, linked both ways)."""
-    import ipaddress
-    import secrets
-    import shutil
-    import tempfile
+    from .serve.server import run_server, run_static
 
-    if atlas_dir is not None and not (Path(atlas_dir) / "index.html").is_file():
-        raise UsageError(f"{atlas_dir} has no index.html; build it with 'filterscope atlas --out {atlas_dir}'")
     if static_only:
-        from .outputs.site import serve as make_server
-
-        if atlas_dir is None:
-            raise UsageError("--static needs an ATLAS_DIR")
-        try:
-            server = make_server(atlas_dir, host, port)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        click.echo(f"serving {atlas_dir} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-        return
-    import uvicorn
-
-    from .jobs.pool import cpu_cores
-    from .outputs.cache import RenderCache, configure, default_cache_dir
-    from .serve.app import Explorer, create_app
-
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    token = None if loopback else secrets.token_urlsafe(24)
-    tmp = tempfile.mkdtemp(prefix="filterscope-serve-") if no_cache else None
-    root = Path(tmp or cache_dir or default_cache_dir()).expanduser()
-    check_writable(root, keep=True)
-    configure(root, enabled=True)
-    model = load(model_name, weights, trust_checkpoint, device)
-    explorer = Explorer(model, RenderCache(root), workers=workers or cpu_cores(), atlas=atlas_dir, token=token)
-    try:
-        if atlas_dir is not None:
-            from .serve.store import import_atlas
-
-            n = import_atlas(model, explorer.cache, atlas_dir)
-            if n:
-                click.echo(f"atlas: {n} renders added to the cache")
-        explorer.jobs.warm()
-        app = create_app(explorer)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-        server = uvicorn.Server(config)
-        url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
-        click.echo(f"filterscope explorer on {url} ({model.name}, cache {root}; Ctrl-C stops)", err=False)
-        server.run()
-    finally:
-        explorer.jobs.close()
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return run_static(atlas_dir, host, port, allow_hosts, echo=click.echo)
+    run_server(
+        lambda: load(model_name, weights, trust_checkpoint, device),
+        atlas_dir=atlas_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        cache_dir=cache_dir,
+        no_cache=no_cache,
+        allow_hosts=allow_hosts,
+        max_jobs=max_jobs,
+        echo=click.echo,
+    )
 
 
 @cli.group()
@@ -1125,13 +1108,19 @@ def cache() -> None:
 def cache_info(cache_dir, as_json):
     """Where the cache is, its entries and size."""
     from .outputs.cache import RenderCache, default_cache_dir
+    from .serve.store import upload_usage
 
-    info = RenderCache(cache_dir or default_cache_dir()).info()
+    cache = RenderCache(cache_dir or default_cache_dir())
+    info = {**cache.info(), **upload_usage(cache)}
     emit(
         as_json,
         False,
         info,
-        [f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB"],
+        [
+            f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB",
+            f"uploads: {info['upload_bytes'] / 1e6:.1f} MB of the explorer's {info['upload_quota_bytes'] / 1e6:.0f} MB "
+            f"quota, each kept {info['upload_max_age_s'] / 86400:.0f} days (expired and oldest first removed)",
+        ],
     )
 
 

@@ -312,7 +312,9 @@ def layer_outline(model: Model) -> list[LayerEntry]:
         parent = None
         if i.name not in primary:
             parts = i.name.split(".")
-            parent = next((".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1) if ".".join(parts[:k]) in primary), None)
+            parent = next(
+                (".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1) if ".".join(parts[:k]) in primary), None
+            )
         parent = canonical.get(parent, parent) if parent else None  # a duplicate block's internals: its twin's
         same = canonical.get(i.name) or ("input" if i.name in repeat else None)
         out.append(LayerEntry(i, i.name in primary, parent, same, relus.get(i.name)))
