@@ -46,6 +46,9 @@ class ChannelList(click.ParamType):
             self.fail(e.message, param, ctx)
 
 
+MAX_CHANNEL_LIST = 1 << 20  # more channels than any layer has: a longer list is a typo, not a request
+
+
 def parse_channels(spec: str) -> list[int] | None:
     """``0-63``, ``1,5,9``, ``0-3,10`` → sorted unique channels; ``all`` → ``None``."""
     spec = spec.strip()
@@ -61,6 +64,8 @@ def parse_channels(spec: str) -> list[int] | None:
                 first, last = int(lo), int(hi)
                 if last < first:
                     raise UsageError(f"channel range {part!r} is empty (end before start)")
+                if last - first >= MAX_CHANNEL_LIST or len(out) >= MAX_CHANNEL_LIST:
+                    raise UsageError(f"channel range {part!r} is too long (at most {MAX_CHANNEL_LIST} channels)")
                 out += range(first, last + 1)
             else:
                 out.append(int(part))
@@ -1118,7 +1123,7 @@ def cache_info(cache_dir, as_json):
         info,
         [
             f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB",
-            f"uploads: {info['upload_bytes'] / 1e6:.1f} MB of the explorer's {info['upload_quota_bytes'] / 1e6:.0f} MB "
+            f"uploads: {info['upload_bytes'] / 2**20:.1f} MB of the explorer's {info['upload_quota_bytes'] / 2**20:.0f} MB "
             f"quota, each kept {info['upload_max_age_s'] / 86400:.0f} days (expired and oldest first removed)",
         ],
     )

@@ -166,7 +166,8 @@ class JobManager:
         )
         self.jobs: dict[str, Job] = {}
         self.started = 0  # jobs handed to the workers (identical requests share one)
-        self.lock = threading.Lock()
+        # re-entrant: cancelling a queued future runs its done-callback (which takes the lock) in this thread
+        self.lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, daemon=True, name="filterscope-reaper")
         self._reaper.start()
