@@ -240,8 +240,8 @@ def test_token_off_loopback_live_and_static(ex, tmp_path):
     (atlas / "run.json").write_text("{}")
     (tmp_path / "secret.txt").write_text("secret")
     lan = "http://192.168.1.5:8000"
-    live = lambda a, base=lan: _client(ex, a, base)  # noqa: E731
-    static = lambda a, base=lan: TestClient(create_static_app(atlas, a), base_url=base)  # noqa: E731
+    live = lambda a, base=lan: _client(ex, a, base)
+    static = lambda a, base=lan: TestClient(create_static_app(atlas, a), base_url=base)
     for make in (live, static):
         access = Access(host="192.168.1.5", port=8000, token="s3cret-token")
         with make(access) as c:

@@ -1123,8 +1123,8 @@ def cache_info(cache_dir, as_json):
         info,
         [
             f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB",
-            f"uploads: {info['upload_bytes'] / 2**20:.1f} MB of the explorer's {info['upload_quota_bytes'] / 2**20:.0f} MB "
-            f"quota, each kept {info['upload_max_age_s'] / 86400:.0f} days (expired and oldest first removed)",
+            f"uploads: {info['upload_bytes'] / 2**20:.1f} MB of the explorer's "
+            f"{info['upload_quota_bytes'] / 2**20:.0f} MB quota, each kept {info['upload_max_age_s'] / 86400:.0f} days (expired and oldest first removed)",
         ],
     )
 
