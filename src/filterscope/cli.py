@@ -1124,7 +1124,8 @@ def cache_info(cache_dir, as_json):
         [
             f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB",
             f"uploads: {info['upload_bytes'] / 2**20:.1f} MB of the explorer's "
-            f"{info['upload_quota_bytes'] / 2**20:.0f} MB quota, each kept {info['upload_max_age_s'] / 86400:.0f} days (expired and oldest first removed)",
+            f"{info['upload_quota_bytes'] / 2**20:.0f} MB quota, each kept {info['upload_max_age_s'] / 86400:.0f} days "
+            "(expired and oldest first removed)",
         ],
     )
 
