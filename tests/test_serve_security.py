@@ -13,6 +13,7 @@ import re
 import threading
 import time
 import urllib.parse
+from pathlib import Path
 
 import pytest
 import torch
@@ -585,3 +586,74 @@ def test_objective_parser_gives_an_objective_or_a_one_line_error(text):
             assert str(e) and "\n" not in str(e).strip(), str(e)
             continue
         assert isinstance(got, Objective)
+
+
+# ---------------------------------------------------------------- the explorer in a real browser, digits_cnn
+
+
+@pytest.mark.slow
+def test_browser_explorer_with_digits_cnn(ex, tmp_path):
+    import os
+    import shutil
+    import socket
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        pytest.skip("no chromium installed (apt install chromium)")
+    pw = pytest.importorskip("playwright.sync_api")
+    import uvicorn
+
+    from filterscope.serve.app import create_app
+
+    _drain(ex)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(ex, Access(port=port))
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t = time.monotonic()
+    while not srv.started and time.monotonic() - t < 20:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    errors, shots = [], {}
+    try:
+        with pw.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1100, "height": 800})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            thumbs = "Array.from(document.querySelectorAll('.photo img')).every(i => i.complete && i.naturalWidth > 0)"
+            page.wait_for_function(thumbs, timeout=30_000)  # every photo thumbnail, 1 channel: no 500
+            short = page.eval_on_selector_all("form[action='/go'] select.short option", "o => o.map(x => x.value)")
+            assert short == ["conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "gap"]
+            page.check("form[action='/go'] input.allmods")  # the expander: every module, grouped
+            assert page.is_visible("form[action='/go'] select.all")
+            page.uncheck("form[action='/go'] input.allmods")
+            shots["home"] = page.screenshot(full_page=True)
+            page.select_option("form[action='/go'] select.short", "conv3")
+            page.click("text=Explain")
+            page.wait_for_selector("a.tile.filter", timeout=60_000)
+            assert "/m/digits_cnn/conv3/img/" in page.url
+            tiles = "Array.from(document.querySelectorAll('a.tile img')).every(i => i.complete && i.naturalWidth > 0)"
+            page.wait_for_function(tiles, timeout=30_000)  # every "where it fires" map
+            shots["explain"] = page.screenshot(full_page=True)
+            page.locator("a.tile.filter").first.click()
+            page.wait_for_selector("#render img:not([hidden])", timeout=120_000)
+            assert page.evaluate("document.querySelector('#where').naturalWidth") == 320
+            page.wait_for_selector("#accent img:not([hidden])", timeout=180_000)
+            sizes = page.evaluate("[...document.querySelectorAll('#accent img')].map(i => i.naturalWidth)")
+            assert sizes == [28, 28], sizes
+            shots["filter"] = page.screenshot(full_page=True)
+            browser.close()
+    finally:
+        srv.should_exit = True
+        th.join(10)
+        _drain(ex)
+    assert not errors, errors
+    out = os.environ.get("FILTERSCOPE_SCREENSHOTS")
+    for name, png in shots.items():
+        Image.open(io.BytesIO(png)).verify()
+        if out:
+            (Path(out) / f"serve_digits_{name}.png").write_bytes(png)
