@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _MODEL = None
-_SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
+_SHARED = None
+WORKER_NICE = 10  # render workers yield the CPU to the server process that answers pages  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
 
 
 def _init_worker(model_bytes: bytes, shared, cache_root: str, code: str | None = None) -> None:
@@ -35,6 +36,10 @@ def _init_worker(model_bytes: bytes, shared, cache_root: str, code: str | None =
 
     configure(cache_root, enabled=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C
+    try:
+        os.nice(WORKER_NICE)  # on a busy laptop the pages are answered before the renders progress
+    except OSError:
+        pass
     torch.set_num_threads(1)
     import_user_code(code)  # a user's .py architecture, before its pickled model is loaded
     _MODEL = pickle.loads(model_bytes)
