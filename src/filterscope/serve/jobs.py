@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _MODEL = None
-_SHARED = None
-WORKER_NICE = 10  # render workers yield the CPU to the server process that answers pages  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
+_SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
+WORKER_NICE = 10  # render workers yield the CPU to the server process that answers pages
 
 
 def _init_worker(model_bytes: bytes, shared, cache_root: str, code: str | None = None) -> None:
