@@ -657,3 +657,35 @@ def test_browser_explorer_with_digits_cnn(ex, tmp_path):
         Image.open(io.BytesIO(png)).verify()
         if out:
             (Path(out) / f"serve_digits_{name}.png").write_bytes(png)
+
+
+# ---------------------------------------------------------------- a layer list a person can use
+
+
+def test_layer_outline_and_layers_command(model, capsys):
+    import json
+
+    from filterscope.cli import main
+    from filterscope.models.layers import layer_outline, list_layers
+
+    outline = layer_outline(model)
+    by = {e.name: e for e in outline}
+    assert [e.name for e in outline] == [i.name for i in list_layers(model)]  # every module, forward order
+    short = [e.name for e in outline if e.primary and not e.duplicate]
+    assert {"conv_stem", "bn1", "blocks.0", "blocks.5", "blocks.6", "conv_head", "bn2"} <= set(short)
+    assert len(short) < 30 and not any(by[n].info.type == "Identity" for n in short)
+    assert by["blocks.5.3"].same_as == "blocks.5" and by["blocks"].same_as == "blocks.6"  # the same tensor
+    assert by["blocks.5.0.se"].same_as and by["bn2.drop"].same_as == "input"  # Identity: repeats its input
+    assert by["bn2"].relu == "bn2.act" and by["conv_head"].relu is None
+    assert by["blocks.5.1.conv_pw"].parent == "blocks.5.1" and by["blocks.5.3.conv_pw"].parent == "blocks.5"
+    assert main(["layers"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 + len(short) and "<- default" in next(ln for ln in out if ln.split()[0] == "bn2")
+    assert "ends in a ReLU" in next(ln for ln in out if ln.split()[0] == "bn1")
+    assert main(["layers", "--all"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1 + len(outline)
+    assert main(["layers", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["default"] == "bn2" and len(rec["layers"]) == len(outline)
+    row = next(r for r in rec["layers"] if r["name"] == "blocks.5.3")
+    assert {"name", "type", "shape", "calls"} <= set(row) and row["same_as"] == "blocks.5" and row["primary"]

@@ -239,11 +239,12 @@ class LayerEntry:
         return self.same_as is not None
 
 
-def _same_outputs(model: Model, names: set[str]) -> tuple[dict[str, int], set[str]]:
-    """One forward pass: for each named module, an id of the tensor it returned last (equal ids: the very same
-    tensor), and the modules that returned their input unchanged."""
+def _same_outputs(model: Model, names: set[str]) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """One forward pass: for each named module, an id of the tensor it returned last and of its values (equal
+    ids: the very same tensor, not changed in place since), and the modules that returned their input."""
     modules = [(n, m) for n, m in model.net.named_modules() if n in names]
     outs: dict[str, torch.Tensor] = {}
+    versions: dict[str, int] = {}
     repeat: set[str] = set()
     handles = []
 
@@ -251,6 +252,7 @@ def _same_outputs(model: Model, names: set[str]) -> tuple[dict[str, int], set[st
         def hook(module, inputs, output):
             if isinstance(output, torch.Tensor):
                 outs[name] = output  # held until the end, so no id is reused
+                versions[name] = output._version  # an in-place op later (ReLU(inplace)) makes other values
                 if any(output is i for i in inputs):
                     repeat.add(name)
                 else:
@@ -262,12 +264,12 @@ def _same_outputs(model: Model, names: set[str]) -> tuple[dict[str, int], set[st
         for name, m in modules:
             handles.append(m.register_forward_hook(make_hook(name)))
         x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: its tensors keep no version counter
             model.forward(x)
     finally:
         for h in handles:
             h.remove()
-    ids = {n: id(t) for n, t in outs.items()}
+    ids = {n: (id(t), versions[n]) for n, t in outs.items()}
     return ids, repeat
 
 
@@ -289,7 +291,7 @@ def layer_outline(model: Model) -> list[LayerEntry]:
         depth = 2
     primary = {n for n in names if _is_primary(n, depth)}
     ids, repeat = _same_outputs(model, names)
-    groups: dict[int, list[LayerInfo]] = {}
+    groups: dict[tuple[int, int], list[LayerInfo]] = {}
     for i in infos:
         if i.name in ids:
             groups.setdefault(ids[i.name], []).append(i)
