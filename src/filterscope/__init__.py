@@ -18,7 +18,7 @@ from .jobs.compare import compare
 from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
 from .jobs.objective import objective_for, render_objective
-from .models import Model, default_layer, get_layer, list_layers, load_model, register_model
+from .models import Model, default_layer, get_layer, layer_outline, list_layers, load_model, register_model
 from .optvis.objective_text import parse as parse_objective
 from .optvis.objectives import Objective, Target, register_objective
 from .optvis.param import register_param
@@ -48,6 +48,7 @@ __all__ = [
     "get_layer",
     "get_preset",
     "inspect",
+    "layer_outline",
     "list_layers",
     "load_image",
     "load_model",
