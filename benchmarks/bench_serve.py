@@ -47,9 +47,15 @@ def get(url: str) -> bytes:
         return r.read()
 
 
+def post(url: str) -> bytes:
+    """A POST with no body: how the pages start a job (and poll it)."""
+    with urllib.request.urlopen(urllib.request.Request(url, data=b"", method="POST"), timeout=60) as r:
+        return r.read()
+
+
 def wait_done(url: str) -> dict:
     while True:
-        j = json.loads(get(url))
+        j = json.loads(post(url))
         if j["state"] in ("done", "error", "cancelled"):
             return j
         time.sleep(0.05)
@@ -84,12 +90,17 @@ def main() -> None:
         res["startup_s"] = round(time.perf_counter() - t0, 2)
         # upload a photo and explain it (default layer bn2, and blocks.5)
         photo = (ROOT / "src/filterscope/data/photos/astronaut_0.jpg").read_bytes()
+        with urllib.request.urlopen(base + "/", timeout=60) as r:  # a session: signed cookie + form token
+            cookie = r.headers["set-cookie"].split(";")[0]
+            tok = r.read().decode().split('name="csrf" value="')[1].split('"')[0].encode()
         body = (
+            b'--b\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n' + tok + b"\r\n"
             b'--b\r\nContent-Disposition: form-data; name="layer"\r\n\r\nblocks.5\r\n--b\r\n'
             b'Content-Disposition: form-data; name="file"; filename="a.jpg"\r\n\r\n' + photo + b"\r\n--b--\r\n"
         )
         t = time.perf_counter()
-        req = urllib.request.Request(base + "/upload", body, {"Content-Type": "multipart/form-data; boundary=b"})
+        headers = {"Content-Type": "multipart/form-data; boundary=b", "Cookie": cookie}
+        req = urllib.request.Request(base + "/upload", body, headers)
         with urllib.request.urlopen(req, timeout=60) as r:
             page_url = r.url
         h = page_url.rsplit("/", 1)[1]

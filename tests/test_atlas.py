@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -142,12 +143,25 @@ def test_serve_and_browser(atlas_dir, tmp_path):
     if not chromium:
         pytest.skip("no chromium installed (apt install chromium)")
     pw = pytest.importorskip("playwright.sync_api")
-    from filterscope.outputs.site import serve
+    import socket
 
-    server = serve(atlas_dir, "127.0.0.1", 0)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
+    import uvicorn
+
+    from filterscope.serve.app import create_static_app
+    from filterscope.serve.guard import Access
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_static_app(atlas_dir, Access(port=port))  # what `serve ATLAS_DIR --static` runs
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=server.run, daemon=True)
     t.start()
-    base_http = f"http://127.0.0.1:{server.server_address[1]}/"
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    base_http = f"http://127.0.0.1:{port}/"
     errors, failed = [], []
     try:
         with pw.sync_playwright() as p:
@@ -192,7 +206,8 @@ def test_serve_and_browser(atlas_dir, tmp_path):
                 assert page.request.get(base_http + "blocks.0/" + href).ok, href
             browser.close()
     finally:
-        server.shutdown()
+        server.should_exit = True
+        t.join(10)
     assert not errors, errors
     assert not failed, failed
 

@@ -145,14 +145,19 @@ def client(explorer):
 
     from filterscope.serve.app import create_app
 
-    with TestClient(create_app(explorer)) as c:
+    with TestClient(create_app(explorer), base_url="http://127.0.0.1:8000") as c:
         yield c
+
+
+def _csrf(client) -> str:
+    """The upload form's session token (and, in the client's cookie jar, the signed client id)."""
+    return client.get("/").text.split('name="csrf" value="')[1].split('"')[0]
 
 
 def _wait(client, url, timeout=60.0):
     t = time.monotonic()
     while time.monotonic() - t < timeout:
-        j = client.get(url).json()
+        j = client.post(url).json()  # a job starts from a POST (and a POST polls it)
         if j["state"] in ("done", "error", "cancelled"):
             return j
         time.sleep(0.1)
@@ -194,19 +199,23 @@ def test_app_refuses_bad_input(client):
     def err(r):
         return r.text.split('class="error">')[1].split("<")[0]
 
-    bad = client.post("/upload", files={"file": ("x.jpg", b"<html>not an image</html>")}, data={"layer": "bn2"})
+    tok = _csrf(client)
+    bad = client.post(
+        "/upload", files={"file": ("x.jpg", b"<html>not an image</html>")}, data={"layer": "bn2", "csrf": tok}
+    )
     assert bad.status_code == 400 and err(bad) == "the upload is not an image Pillow can read"
     buf = io.BytesIO()
     Image.new("RGB", (64, 64)).save(buf, format="PNG")
-    torn = client.post("/upload", files={"file": ("t.png", buf.getvalue()[:-40])}, data={"layer": "bn2"})
+    torn = client.post("/upload", files={"file": ("t.png", buf.getvalue()[:-40])}, data={"layer": "bn2", "csrf": tok})
     assert torn.status_code == 400
     bomb = io.BytesIO()
     Image.new("1", (10000, 10000)).save(bomb, format="PNG")  # 100 megapixels in a few kB
-    r = client.post("/upload", files={"file": ("b.png", bomb.getvalue())}, data={"layer": "bn2"})
+    r = client.post("/upload", files={"file": ("b.png", bomb.getvalue())}, data={"layer": "bn2", "csrf": tok})
     assert r.status_code == 400 and "decompression bomb" in err(r)
-    big = client.post("/upload", files={"file": ("big.png", b"0" * (21 * 2**20))}, data={"layer": "bn2"})
+    big = client.post("/upload", files={"file": ("big.png", b"0" * (21 * 2**20))}, data={"layer": "bn2", "csrf": tok})
     assert big.status_code == 413
-    assert client.post("/upload", files={"file": ("x.png", buf.getvalue())}, data={"layer": "nope"}).status_code == 400
+    nope = client.post("/upload", files={"file": ("x.png", buf.getvalue())}, data={"layer": "nope", "csrf": tok})
+    assert nope.status_code == 400
     for url in (
         "/m/efficientnet_lite0/blocks.9/f/1",
         "/m/efficientnet_lite0/blocks.5/f/192",
@@ -225,7 +234,8 @@ def test_upload_is_stored_under_its_hash(client, explorer):
     from filterscope.models.inputs import sample_image_path
 
     data = sample_image_path().read_bytes()
-    r = client.post("/upload", files={"file": ("../../evil name.jpg", data)}, data={"layer": "blocks.5"})
+    form = {"layer": "blocks.5", "csrf": _csrf(client)}
+    r = client.post("/upload", files={"file": ("../../evil name.jpg", data)}, data=form)
     assert r.status_code == 200 and "/img/" in str(r.url)
     files = [p.name for p in (explorer.cache.root / "uploads").iterdir()]
     import hashlib
@@ -238,15 +248,15 @@ def test_same_filter_asked_by_ten_clients_renders_once_and_cap(client, explorer)
     started = explorer.jobs.started
     url = "/api/render/efficientnet_lite0/blocks.5/7?seed=3"
     with ThreadPoolExecutor(10) as pool:
-        states = list(pool.map(lambda _: client.get(url).json()["state"], range(10)))
+        states = list(pool.map(lambda _: client.post(url).json()["state"], range(10)))
     assert set(states) <= {"queued", "running", "done"}
     j = _wait(client, url)
     assert j["state"] == "done" and explorer.jobs.started - started == 1
     assert client.get(j["urls"][0]).headers["content-type"] == "image/png"
-    again = client.get(url).json()  # polled again: the same picture, no new job
+    again = client.post(url).json()  # polled again: the same picture, no new job
     assert again["state"] == "done" and again["urls"] == j["urls"] and explorer.jobs.started - started == 1
     # one client may have at most 3 unfinished jobs here (per_client=3): the 4th is refused with 429
-    codes = [client.get(f"/api/render/efficientnet_lite0/blocks.6/{c}?seed=9").status_code for c in range(4)]
+    codes = [client.post(f"/api/render/efficientnet_lite0/blocks.6/{c}?seed=9").status_code for c in range(4)]
     assert codes == [200, 200, 200, 429]
     for c in range(3):
         explorer.jobs.cancel(explorer.render_key("blocks.6", c, "fast", 9))
@@ -258,6 +268,11 @@ def test_same_filter_asked_by_ten_clients_renders_once_and_cap(client, explorer)
 
 
 # ---------------------------------------------------------------- a real server
+
+
+def _post(url: str) -> urllib.request.Request:
+    """A POST of ``url`` with no body: how the pages start a job (and poll it)."""
+    return urllib.request.Request(url, data=b"", method="POST")
 
 
 def _free_port() -> int:
@@ -352,21 +367,27 @@ def test_load_cached_pages_one_render_for_ten_clients_and_bad_uploads(server, ex
     for u in cached:
         assert urllib.request.urlopen(u, timeout=30).status == 200
 
-    def fetch(u: str) -> tuple[int, float]:
+    def fetch(u: str, post: bool = False) -> tuple[int, float]:
         t = time.perf_counter()
         try:
-            with urllib.request.urlopen(u, timeout=10) as r:
+            with urllib.request.urlopen(_post(u) if post else u, timeout=10) as r:
                 r.read()
                 code = r.status
         except urllib.error.HTTPError as e:
             code = e.code
         return code, time.perf_counter() - t
 
+    with urllib.request.urlopen(f"{server}/", timeout=30) as r:  # a session: the signed cookie and its token
+        cookie = r.headers["set-cookie"].split(";")[0]
+        tok = r.read().decode().split('name="csrf" value="')[1].split('"')[0]
+
     def bad_upload(_) -> int:
         body = (
+            b'--xx\r\nContent-Disposition: form-data; name="csrf"\r\n\r\n' + tok.encode() + b"\r\n"
             b'--xx\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nGIF89a broken\r\n--xx--\r\n'
         )
-        req = urllib.request.Request(f"{server}/upload", body, {"Content-Type": "multipart/form-data; boundary=xx"})
+        headers = {"Content-Type": "multipart/form-data; boundary=xx", "Cookie": cookie}
+        req = urllib.request.Request(f"{server}/upload", body, headers)
         try:
             urllib.request.urlopen(req, timeout=10)
         except urllib.error.HTTPError as e:
@@ -376,10 +397,10 @@ def test_load_cached_pages_one_render_for_ten_clients_and_bad_uploads(server, ex
     started = explorer.jobs.started
     uncached = f"{server}/api/render/efficientnet_lite0/blocks.5/33?seed=5"
     with ThreadPoolExecutor(10) as pool:  # ten clients ask for the same uncached filter at once
-        same = list(pool.map(lambda _: fetch(uncached)[0], range(10)))
+        same = list(pool.map(lambda _: fetch(uncached, post=True)[0], range(10)))
     assert same == [200] * 10
     t = time.monotonic()
-    while json.load(urllib.request.urlopen(uncached))["state"] != "done" and time.monotonic() - t < 30:
+    while json.load(urllib.request.urlopen(_post(uncached)))["state"] != "done" and time.monotonic() - t < 30:
         time.sleep(0.2)
     t0 = time.monotonic()
     with ThreadPoolExecutor(20) as pool:  # 20 clients on cached pages and images, bad uploads mixed in
@@ -432,7 +453,7 @@ def test_kill_server_mid_job_leaves_no_broken_entry(tmp_path):
     proc = start()
     try:
         t = time.monotonic()
-        while json.load(urllib.request.urlopen(url))["progress"] is None and time.monotonic() - t < 20:
+        while json.load(urllib.request.urlopen(_post(url)))["progress"] is None and time.monotonic() - t < 20:
             time.sleep(0.05)  # wait until the worker is between optimisation steps
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers, mid-render
@@ -444,7 +465,7 @@ def test_kill_server_mid_job_leaves_no_broken_entry(tmp_path):
     proc = start()
     try:
         t = time.monotonic()
-        while (j := json.load(urllib.request.urlopen(url)))["state"] != "done" and time.monotonic() - t < 40:
+        while (j := json.load(urllib.request.urlopen(_post(url))))["state"] != "done" and time.monotonic() - t < 40:
             time.sleep(0.2)
         assert j["state"] == "done" and c.info()["entries"] == 1
     finally:

@@ -19,7 +19,7 @@ from .jobs.concepts import Concepts, concepts
 from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
 from .jobs.render_objective import objective_for, render_objective
-from .models import Model, default_layer, get_layer, list_layers, load_model, register_model
+from .models import Model, default_layer, get_layer, layer_outline, list_layers, load_model, register_model
 from .models.inputs import load_image, sample_image_path, sample_photos_dir
 from .optvis.objective_text import parse as parse_objective
 from .optvis.objectives import Objective, Target, register_objective
@@ -51,6 +51,7 @@ __all__ = [
     "get_layer",
     "get_preset",
     "inspect",
+    "layer_outline",
     "list_layers",
     "load_image",
     "load_model",

@@ -46,6 +46,9 @@ class ChannelList(click.ParamType):
             self.fail(e.message, param, ctx)
 
 
+MAX_CHANNEL_LIST = 1 << 20  # more channels than any layer has: a longer list is a typo, not a request
+
+
 def parse_channels(spec: str) -> list[int] | None:
     """``0-63``, ``1,5,9``, ``0-3,10`` → sorted unique channels; ``all`` → ``None``."""
     spec = spec.strip()
@@ -61,6 +64,8 @@ def parse_channels(spec: str) -> list[int] | None:
                 first, last = int(lo), int(hi)
                 if last < first:
                     raise UsageError(f"channel range {part!r} is empty (end before start)")
+                if last - first >= MAX_CHANNEL_LIST or len(out) >= MAX_CHANNEL_LIST:
+                    raise UsageError(f"channel range {part!r} is too long (at most {MAX_CHANNEL_LIST} channels)")
                 out += range(first, last + 1)
             else:
                 out.append(int(part))
@@ -328,34 +333,70 @@ def cli() -> None:
 
 @cli.command()
 @model_options
+@click.option("--all", "show_all", is_flag=True, help="Every module, each block's internals under it.")
 @click.option("--json", "as_json", is_flag=True)
-def layers(model_name, weights, trust_checkpoint, device, as_json):
-    """List every layer that can be targeted, with its output shape; mark the default."""
-    from .models.layers import default_layer, list_layers
+def layers(model_name, weights, trust_checkpoint, device, show_all, as_json):
+    """The stage and block outputs that can be targeted (the default marked); --all: every module."""
+    from .models.layers import default_layer, layer_outline
 
     model = load(model_name, weights, trust_checkpoint, device)
-    infos = list_layers(model)
+    outline = layer_outline(model)
     default = default_layer(model)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "model": model.name,
-                    "default": default,
-                    "layers": [
-                        {"name": i.name, "type": i.type, "shape": list(i.shape), "calls": i.calls} for i in infos
-                    ],
-                },
-                indent=2,
-            )
-        )
+        rows = [
+            {
+                "name": e.name,
+                "type": e.info.type,
+                "shape": list(e.info.shape),
+                "calls": e.info.calls,
+                "primary": e.primary,
+                "parent": e.parent,
+                "same_as": e.same_as,
+                "ends_in_relu": e.relu,
+            }
+            for e in outline
+        ]
+        click.echo(json.dumps({"model": model.name, "default": default, "layers": rows}, indent=2))
         return
-    width = max(len(i.name) for i in infos)
-    click.echo(f"{model.name}: {len(infos)} targetable layers (output C×H×W), in forward order")
-    for i in infos:
-        mark = "  <- default (last layer with maps before the head)" if i.name == default else ""
-        calls = f"  (runs {i.calls}×; the last call is used)" if i.calls > 1 else ""
-        click.echo(f"  {i.name:<{width}}  {i.type:<22} {i.shape_str():>14}{calls}{mark}")
+    for line in layers_text(model.name, outline, default, show_all):
+        click.echo(line)
+
+
+def layers_text(model_name: str, outline, default: str, show_all: bool = False) -> list[str]:
+    """The lines of ``filterscope layers``: stage and block outputs, each block's internals under it (with
+    ``show_all``), duplicates marked or dropped, the layers that end in a ReLU marked."""
+    short = [e for e in outline if e.primary and not e.duplicate]
+    width = max(len(e.name) for e in (outline if show_all else short)) + (8 if show_all else 4)
+
+    def line(e, indent: str) -> str:
+        notes = []
+        if e.name == default:
+            notes.append("<- default (last layer with maps before the head)")
+        if e.same_as == "input":
+            notes.append("= its input (dropped from the short list)")
+        elif e.same_as:
+            notes.append(f"= {e.same_as} (the same output)")
+        if e.relu:
+            notes.append(f"ends in a ReLU ({e.relu}; renders use the pre-activation)")
+        if e.info.calls > 1:
+            notes.append(f"runs {e.info.calls}×; the last call is used")
+        head = f"{indent}{e.name}".ljust(width)
+        return f"{head} {e.info.type:<22} {e.info.shape_str():>14}  {'; '.join(notes)}".rstrip()
+
+    out = [
+        f"{model_name}: {len(short)} stage and block outputs of {len(outline)} targetable modules "
+        f"(output C×H×W, forward order)" + ("" if show_all else "; --all lists every module")
+    ]
+    inner: dict[str, list] = {}
+    for e in outline:
+        if e.parent is not None:
+            inner.setdefault(e.parent, []).append(e)
+    for e in outline:
+        if e.primary and (show_all or not e.duplicate):
+            out.append(line(e, "  "))
+            if show_all:
+                out += [line(i, "      ") for i in inner.get(e.name, [])]
+    return out
 
 
 @cli.command(name="inspect")
@@ -1096,69 +1137,52 @@ def atlas(
 @click.option("--static", "static_only", is_flag=True, help="Only serve ATLAS_DIR as static files (no model).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False), default=None, help="Render cache folder.")
 @click.option("--no-cache", is_flag=True, help="Keep results in a temporary cache removed at exit.")
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Another host name the server answers to (besides 127.0.0.1, localhost, [::1] and --host); repeatable.",
+)
+@click.option(
+    "--max-jobs",
+    type=click.IntRange(min=1),
+    default=16,
+    show_default=True,
+    help="Jobs queued and running at once, all clients together (past it: 429).",
+)
 def serve(
-    atlas_dir, model_name, weights, trust_checkpoint, device, host, port, workers, static_only, cache_dir, no_cache
+    atlas_dir,
+    model_name,
+    weights,
+    trust_checkpoint,
+    device,
+    host,
+    port,
+    workers,
+    static_only,
+    cache_dir,
+    no_cache,
+    allow_hosts,
+    max_jobs,
 ):
     """The live explorer on http://HOST:PORT/ (with ATLAS_DIR: its pages too, linked both ways)."""
-    import ipaddress
-    import secrets
-    import shutil
-    import tempfile
+    from .serve.server import run_server, run_static
 
-    if atlas_dir is not None and not (Path(atlas_dir) / "index.html").is_file():
-        raise UsageError(f"{atlas_dir} has no index.html; build it with 'filterscope atlas --out {atlas_dir}'")
     if static_only:
-        from .outputs.site import serve as make_server
-
-        if atlas_dir is None:
-            raise UsageError("--static needs an ATLAS_DIR")
-        try:
-            server = make_server(atlas_dir, host, port)
-        except OSError as e:
-            raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-        click.echo(f"serving {atlas_dir} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.server_close()
-        return
-    import uvicorn
-
-    from .jobs.pool import cpu_cores
-    from .outputs.cache import RenderCache, configure, default_cache_dir
-    from .serve.app import Explorer, create_app
-
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    token = None if loopback else secrets.token_urlsafe(24)
-    tmp = tempfile.mkdtemp(prefix="filterscope-serve-") if no_cache else None
-    root = Path(tmp or cache_dir or default_cache_dir()).expanduser()
-    check_writable(root, keep=True)
-    configure(root, enabled=True)
-    model = load(model_name, weights, trust_checkpoint, device)
-    explorer = Explorer(model, RenderCache(root), workers=workers or cpu_cores(), atlas=atlas_dir, token=token)
-    try:
-        if atlas_dir is not None:
-            from .serve.store import import_atlas
-
-            n = import_atlas(model, explorer.cache, atlas_dir)
-            if n:
-                click.echo(f"atlas: {n} renders added to the cache")
-        explorer.jobs.warm()
-        app = create_app(explorer)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-        server = uvicorn.Server(config)
-        url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
-        click.echo(f"filterscope explorer on {url} ({model.name}, cache {root}; Ctrl-C stops)", err=False)
-        server.run()
-    finally:
-        explorer.jobs.close()
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return run_static(atlas_dir, host, port, allow_hosts, echo=click.echo)
+    run_server(
+        lambda: load(model_name, weights, trust_checkpoint, device),
+        atlas_dir=atlas_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        cache_dir=cache_dir,
+        no_cache=no_cache,
+        allow_hosts=allow_hosts,
+        max_jobs=max_jobs,
+        echo=click.echo,
+    )
 
 
 @cli.group()
@@ -1172,13 +1196,20 @@ def cache() -> None:
 def cache_info(cache_dir, as_json):
     """Where the cache is, its entries and size."""
     from .outputs.cache import RenderCache, default_cache_dir
+    from .serve.store import upload_usage
 
-    info = RenderCache(cache_dir or default_cache_dir()).info()
+    cache = RenderCache(cache_dir or default_cache_dir())
+    info = {**cache.info(), **upload_usage(cache)}
     emit(
         as_json,
         False,
         info,
-        [f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB"],
+        [
+            f"{info['path']}: {info['entries']} renders, {info['uploads']} uploads, {info['bytes'] / 1e6:.1f} MB",
+            f"uploads: {info['upload_bytes'] / 2**20:.1f} MB of the explorer's "
+            f"{info['upload_quota_bytes'] / 2**20:.0f} MB quota, each kept {info['upload_max_age_s'] / 86400:.0f} days "
+            "(expired and oldest first removed)",
+        ],
     )
 
 

@@ -127,7 +127,9 @@ def accentuate(
     info.check_channels(chans)
     x = image if isinstance(image, torch.Tensor) else model_input(model, image)
     x = (x[0] if x.dim() == 4 else x).detach().float().cpu()
-    settings = (settings or SETTINGS).with_(steps=steps)
+    settings = settings or SETTINGS
+    # the canvas is the photo itself (a small-input model's renders from noise use a 2× canvas; not this one)
+    settings = settings.with_(steps=steps, size=settings.size or x.shape[-1])
     before = layer_means(model, info.name, x[None])[0]
     scale_floor = 0.1 * float(before.abs().mean()) + 1e-3
     renderer = Renderer(model, settings)

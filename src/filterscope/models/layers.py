@@ -208,3 +208,116 @@ def map_views(model: Model, names) -> dict:
         return {}
     infos = {i.name: i for i in list_layers(model)}
     return {n: infos[n].to_maps for n in names if n in infos and (infos[n].tokens or infos[n].nhwc)}
+
+
+# ---------------------------------------------------------------- the outline a person reads
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One targetable layer in the outline of :func:`layer_outline`.
+
+    ``primary``: a stage or block output (a top-level child, or a numbered element of a stage), listed first;
+    ``parent``: the primary layer a block's internal module is folded under; ``same_as``: the layer whose output
+    is exactly this one's (the same tensor: ``blocks.0`` and its only block ``blocks.0.0``), or ``"input"`` for a
+    module that only repeats its input (``Identity``: ``.drop``, ``.aa``, ``.se``) — both are dropped from the
+    short list; ``relu``: the ReLU/ReLU6 module the layer ends in (its renders optimise the pre-activation).
+    """
+
+    info: LayerInfo
+    primary: bool
+    parent: str | None
+    same_as: str | None
+    relu: str | None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def duplicate(self) -> bool:
+        return self.same_as is not None
+
+
+def _same_outputs(model: Model, names: set[str]) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """One forward pass: for each named module, an id of the tensor it returned last and of its values (equal
+    ids: the very same tensor, not changed in place since), and the modules that returned their input."""
+    modules = [(n, m) for n, m in model.net.named_modules() if n in names]
+    outs: dict[str, torch.Tensor] = {}
+    versions: dict[str, int] = {}
+    repeat: set[str] = set()
+    handles = []
+
+    def make_hook(name: str):
+        def hook(module, inputs, output):
+            if isinstance(output, torch.Tensor):
+                outs[name] = output  # held until the end, so no id is reused
+                versions[name] = output._version  # an in-place op later (ReLU(inplace)) makes other values
+                if any(output is i for i in inputs):
+                    repeat.add(name)
+                else:
+                    repeat.discard(name)
+
+        return hook
+
+    try:
+        for name, m in modules:
+            handles.append(m.register_forward_hook(make_hook(name)))
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
+        with torch.no_grad():  # not inference_mode: its tensors keep no version counter
+            model.forward(x)
+    finally:
+        for h in handles:
+            h.remove()
+    ids = {n: (id(t), versions[n]) for n, t in outs.items()}
+    return ids, repeat
+
+
+def _is_primary(name: str, depth: int) -> bool:
+    parts = name.split(".")
+    return len(parts) <= depth or all(p.isdigit() for p in parts[depth:])
+
+
+def layer_outline(model: Model) -> list[LayerEntry]:
+    """Every targetable layer (:func:`list_layers`, forward order) with what a layer picker needs: stage and
+    block outputs first, each block's internals folded under it, exact duplicates marked, the layers that end
+    in a ReLU marked (see :class:`LayerEntry`)."""
+    from ..optvis.relu import final_relus
+
+    infos = list_layers(model)
+    names = {i.name for i in infos}
+    depth = 1
+    if sum(_is_primary(n, 1) for n in names) < 4:  # one wrapper module around the whole network
+        depth = 2
+    primary = {n for n in names if _is_primary(n, depth)}
+    ids, repeat = _same_outputs(model, names)
+    groups: dict[tuple[int, int], list[LayerInfo]] = {}
+    for i in infos:
+        if i.name in ids:
+            groups.setdefault(ids[i.name], []).append(i)
+
+    def grandchildren(n: str) -> int:  # > 0 for a network's list of stages ("blocks"), 0 for a stage
+        return sum(1 for p in primary if p.startswith(n + ".") and p[len(n) + 1 :].count(".") == 1)
+
+    canonical: dict[str, str] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ranked = sorted(members, key=lambda i: (i.name not in primary, i.name.count("."), i.order))
+        keep = next((i for i in ranked if grandchildren(i.name) == 0), ranked[0])
+        for i in members:
+            if i is not keep:
+                canonical[i.name] = keep.name
+    relus = final_relus(model.net, {i.name: i.order for i in infos}, [i.name for i in infos])
+    out = []
+    for i in infos:
+        parent = None
+        if i.name not in primary:
+            parts = i.name.split(".")
+            parent = next(
+                (".".join(parts[:k]) for k in range(len(parts) - 1, 0, -1) if ".".join(parts[:k]) in primary), None
+            )
+        parent = canonical.get(parent, parent) if parent else None  # a duplicate block's internals: its twin's
+        same = canonical.get(i.name) or ("input" if i.name in repeat else None)
+        out.append(LayerEntry(i, i.name in primary, parent, same, relus.get(i.name)))
+    return out

@@ -1,10 +1,10 @@
 """The atlas's static site: plain HTML/CSS from Jinja2 templates, relative links only, so it works from
-``file://`` and from ``filterscope serve`` (a local HTTP server bound to 127.0.0.1 by default)."""
+``file://`` and from ``filterscope serve`` (``--static``: the explorer's guarded Starlette app,
+``serve.app.create_static_app``, bound to 127.0.0.1 by default)."""
 
 from __future__ import annotations
 
 import functools
-import http.server
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -133,9 +133,3 @@ def render_template(name: str, context: dict[str, Any]) -> str:
     """A self-contained report page from ``templates/<name>`` (inline CSS, pictures as data URIs)."""
     css = resources.files("filterscope.outputs").joinpath("templates/report.css").read_text()
     return _env().get_template(name).render(css=css, version=__version__, **context)
-
-
-def serve(directory: str | Path, host: str = "127.0.0.1", port: int = 8000) -> http.server.ThreadingHTTPServer:
-    """An HTTP server for a built atlas (call ``serve_forever`` on it)."""
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    return http.server.ThreadingHTTPServer((host, port), handler)

@@ -5,7 +5,12 @@ Every page has a stable URL made of the model, the layer, the photo's sha256 and
 ``/m/<model>/<layer>/f/<channel>`` (a filter alone). Progress is polled from small JSON endpoints
 (``/api/…``). Path parameters are checked against the model's layers, a 64-hex-digit hash or a channel
 range, so no URL names a file; the atlas is served by Starlette's ``StaticFiles`` (which refuses paths that
-leave its folder).
+leave its folder and lists no directory).
+
+Jobs start only from POST requests (``/api/…``, what the pages' JavaScript sends); a GET of the same URL only
+reports. Every request passes :class:`~filterscope.serve.guard.Guard` first (Host allow-list, token off
+loopback, same origin for POSTs, a signed client id). Handlers that compute (thumbnails, maps, decoding an
+upload) run in Starlette's thread pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -28,12 +34,13 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import FilterscopeError
 from ..models.inputs import decode_image, list_images, load_image, sample_image_path, sample_photos_dir
-from ..models.layers import default_layer, get_layer, list_layers
+from ..models.layers import default_layer, get_layer, layer_outline, list_layers
 from ..optvis.presets import DEFAULT_METHOD
 from ..outputs.cache import RenderCache
 from ..outputs.naming import channel_page
 from ..version import __version__
 from . import compute, store
+from .guard import Access, Guard
 from .jobs import JobManager, TooManyJobs, run_accent, run_examples, run_explanation, run_render
 
 MAX_UPLOAD = 20 * 1024 * 1024
@@ -52,7 +59,10 @@ class Explorer:
         atlas: str | Path | None = None,
         token: str | None = None,
         per_client: int = 4,
+        max_jobs: int = 16,
         jobs: JobManager | None = None,
+        upload_quota: int = store.UPLOAD_QUOTA,
+        upload_max_age: float = store.UPLOAD_MAX_AGE,
     ):
         self.model = model
         self.cache = cache
@@ -61,7 +71,9 @@ class Explorer:
         self.layers = [i for i in list_layers(model) if i.spatial]
         self.layer_names = {i.name for i in self.layers}
         self.default_layer = default_layer(model)
-        self.jobs = jobs or JobManager(model, workers, cache.root, per_client=per_client)
+        self.upload_quota, self.upload_max_age = upload_quota, upload_max_age
+        self.outline = [e for e in layer_outline(model) if e.info.spatial]
+        self.jobs = jobs or JobManager(model, workers, cache.root, per_client=per_client, max_jobs=max_jobs)
         self.photos: dict[str, Path] = {}
         for p in [sample_image_path(), *list_images(sample_photos_dir())]:
             self.photos.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
@@ -73,10 +85,13 @@ class Explorer:
         )
         self._thumbs: dict[tuple, bytes] = {}
         self._maps: dict[str, Any] = {}
+        self._lock = threading.Lock()  # the two memos above, read and written from the thread pool
 
     # -- helpers
-    def page(self, name: str, code: int = 200, **ctx: Any) -> HTMLResponse:
+    def page(self, name: str, code: int = 200, request: Request | None = None, **ctx: Any) -> HTMLResponse:
+        state = request.scope.get("state", {}) if request is not None else {}
         base = {
+            "csrf": state.get("fs_csrf", ""),
             "model_name": self.model.name,
             "version": __version__,
             "cache_dir": str(self.cache.root),
@@ -110,7 +125,9 @@ class Explorer:
         return path
 
     def client(self, request: Request) -> str:
-        return request.cookies.get("fs_client") or (request.client.host if request.client else "?")
+        """The id the job caps count against: the signed client id, or ``anon:<address>`` (see guard.py)."""
+        cid = request.scope.get("state", {}).get("fs_client")
+        return cid or f"anon:{request.client.host if request.client else '?'}"
 
     def render_key(self, layer: str, c: int, method: str, seed: int) -> str:
         from ..jobs.stream import unit_objective
@@ -135,39 +152,76 @@ class Explorer:
 
     def maps(self, layer: str, h: str):
         key = self.explanation_key(layer, h)
-        if key not in self._maps:
+        with self._lock:
+            got = self._maps.get(key)
+        if got is None:
             got = store.load_explanation(self.cache, key)
             if got is None:
                 return None
-            if len(self._maps) > 64:
-                self._maps.pop(next(iter(self._maps)))
-            self._maps[key] = got
-        return self._maps[key]
+            with self._lock:
+                if len(self._maps) > 64:
+                    self._maps.pop(next(iter(self._maps)))
+                self._maps[key] = got
+        return got
+
+    def memo(self, key: tuple, make) -> bytes:
+        """A small picture made once (thumbnails, maps): at most 512 kept, the oldest dropped first."""
+        with self._lock:
+            got = self._thumbs.get(key)
+        if got is None:
+            got = make()
+            with self._lock:
+                if len(self._thumbs) > 512:
+                    self._thumbs.pop(next(iter(self._thumbs)))
+                self._thumbs[key] = got
+        return got
+
+    def picker(self) -> dict[str, Any]:
+        """The layer picker: stage and block outputs (default marked), and every module grouped by block."""
+        short = [e for e in self.outline if e.primary and not e.duplicate]
+
+        def row(e) -> dict:
+            return {"name": e.name, "shape": e.info.shape_str(), "relu": bool(e.relu), "same_as": e.same_as}
+
+        inner: dict[str, list] = {}
+        for e in self.outline:
+            if e.parent is not None:
+                inner.setdefault(e.parent, []).append(row(e))
+        groups = [{"head": row(e), "inner": inner.get(e.name, [])} for e in self.outline if e.primary]
+        return {"layers": [row(e) for e in short], "groups": groups, "n_all": len(self.outline)}
 
 
 def _error_page(request: Request, exc: Exception) -> Response:
     ex: Explorer = request.app.state.explorer
     status = getattr(exc, "status_code", 500)
     detail = getattr(exc, "detail", None) or str(exc)
-    titles = {400: "Bad request", 403: "Forbidden", 404: "Not found", 413: "Too large", 429: "Too many jobs"}
+    headers = getattr(exc, "headers", None)
+    titles = {400: "Bad request", 403: "Forbidden", 404: "Not found", 405: "Method not allowed", 413: "Too large"}
+    titles[429] = "Too many jobs"
     if request.url.path.startswith("/api/"):
-        return JSONResponse({"state": "error", "error": detail}, status_code=status)
-    return ex.page("error.html", status, status=status, title=titles.get(status, "Error"), message=detail)
+        return JSONResponse({"state": "error", "error": detail}, status_code=status, headers=headers)
+    resp = ex.page("error.html", status, request, status=status, title=titles.get(status, "Error"), message=detail)
+    resp.headers.update(headers or {})
+    return resp
 
 
 # ---------------------------------------------------------------- routes
 
 
-async def home(request: Request) -> Response:
+def home(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     photos = [{"hash": h, "name": p.name} for h, p in ex.photos.items()]
-    layers = [{"name": i.name, "shape": i.shape_str()} for i in ex.layers]
     return ex.page(
-        "home.html", photos=photos, layers=layers, default_layer=ex.default_layer, max_mb=MAX_UPLOAD // 2**20
+        "home.html",
+        request=request,
+        photos=photos,
+        default_layer=ex.default_layer,
+        max_mb=MAX_UPLOAD // 2**20,
+        **ex.picker(),
     )
 
 
-async def go(request: Request) -> Response:
+def go(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     h, layer = request.query_params.get("photo", ""), request.query_params.get("layer", ex.default_layer)
     ex.image_path(h)
@@ -177,9 +231,11 @@ async def go(request: Request) -> Response:
 
 
 async def upload(request: Request) -> Response:
+    import secrets
+
     ex: Explorer = request.app.state.explorer
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > MAX_UPLOAD + 65536:
+    if length and length.isascii() and length.isdigit() and int(length) > MAX_UPLOAD + 65536:
         raise HTTPException(413, f"the upload is larger than {MAX_UPLOAD // 2**20} MB")
     try:
         form = await request.form(max_files=1, max_fields=4, max_part_size=MAX_UPLOAD)
@@ -187,6 +243,10 @@ async def upload(request: Request) -> Response:
         raise
     except Exception as e:  # malformed multipart
         raise HTTPException(400, f"cannot read the upload: {' '.join(str(e).split())[:120]}") from None
+    expected = request.scope.get("state", {}).get("fs_csrf_ok")
+    sent = form.get("csrf")
+    if not expected or not isinstance(sent, str) or not secrets.compare_digest(sent, expected):
+        raise HTTPException(403, "the form's session token is missing or stale; reload the page and try again")
     f = form.get("file")
     layer = str(form.get("layer") or ex.default_layer)
     if f is None or isinstance(f, str):
@@ -196,35 +256,47 @@ async def upload(request: Request) -> Response:
         raise HTTPException(413, f"the upload is larger than {MAX_UPLOAD // 2**20} MB")
     if layer not in ex.layer_names:
         raise HTTPException(400, f"{ex.model.name} has no layer {layer!r} with filters")
-    try:
-        decode_image(data, "the upload")  # size caps, decompression-bomb guard, broken files
+    try:  # size caps, decompression-bomb guard, broken files: CPU work, off the event loop
+        await run_in_threadpool(decode_image, data, "the upload")
     except FilterscopeError as e:
         raise HTTPException(400, e.message) from None
-    h = store.store_upload(ex.cache, data)
+    h = await run_in_threadpool(store.store_upload, ex.cache, data, quota=ex.upload_quota, max_age=ex.upload_max_age)
     return RedirectResponse(f"/m/{ex.model.name}/{layer}/img/{h}", status_code=303)
 
 
-async def explain_page(request: Request) -> Response:
+def explain_page(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, _ = ex.check(request)
     h = request.path_params["h"]
-    path = ex.image_path(h)
-    key = ex.explanation_key(layer, h)
-    got = ex.maps(layer, h)
-    if got is None:
-        _submit(ex, request, key, "explanation", run_explanation, str(path), layer)
+    ex.image_path(h)
+    got = ex.maps(layer, h)  # not there yet: the page's script starts the job (POST) and polls it
     base = f"/m/{ex.model.name}/{layer}/img/{h}"
-    return ex.page("explain.html", layer=layer, h=h, ex=got[0] if got else None, base=base)
+    return ex.page("explain.html", request=request, layer=layer, h=h, ex=got[0] if got else None, base=base)
 
 
 def _submit(ex: Explorer, request: Request, key: str, kind: str, fn, *args):
     try:
         return ex.jobs.submit(key, kind, ex.client(request), fn, *args)
     except TooManyJobs as e:
-        raise HTTPException(429, str(e)) from None
+        raise HTTPException(429, str(e), headers={"Retry-After": str(e.retry_after)}) from None
 
 
-async def api_explain(request: Request) -> Response:
+def _not_started(key: str) -> JSONResponse:
+    return JSONResponse({"id": key, "state": "none", "progress": None, "error": "not started (POST to start it)"})
+
+
+def _job(request: Request, key: str, start) -> dict | None:
+    """The job's status; a POST starts it first when it is not running (or stopped: cancelled, failed, or
+    done but no longer in the cache)."""
+    ex: Explorer = request.app.state.explorer
+    st = ex.jobs.status(key, ex.client(request))
+    if request.method == "POST" and (st is None or st["state"] in ("cancelled", "done", "error")):
+        start()
+        st = ex.jobs.status(key, ex.client(request))
+    return st
+
+
+def api_explain(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, _ = ex.check(request)
     h = request.path_params["h"]
@@ -232,25 +304,18 @@ async def api_explain(request: Request) -> Response:
     key = ex.explanation_key(layer, h)
     if ex.maps(layer, h) is not None:
         return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = ex.jobs.status(key, ex.client(request))
-    if st is None or st["state"] in ("cancelled", "error") and request.query_params.get("retry"):
-        _submit(ex, request, key, "explanation", run_explanation, str(path), layer)
-        st = ex.jobs.status(key, ex.client(request))
-    return JSONResponse(st, status_code=500 if st["state"] == "error" else 200)
+    st = _job(request, key, lambda: _submit(ex, request, key, "explanation", run_explanation, str(path), layer))
+    return JSONResponse(st) if st else _not_started(key)
 
 
-async def api_examples(request: Request) -> Response:
+def api_examples(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, _ = ex.check(request)
     key = ex.examples_key(layer)
     if store.load_json(ex.cache, key) is not None:
         return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = (
-        ex.jobs.status(key, ex.client(request))
-        or _submit(ex, request, key, "examples", run_examples, layer)
-        and (ex.jobs.status(key, ex.client(request)))
-    )
-    return JSONResponse(st)
+    st = _job(request, key, lambda: _submit(ex, request, key, "examples", run_examples, layer))
+    return JSONResponse(st) if st else _not_started(key)
 
 
 def _render_args(request: Request) -> tuple[str, int, int]:
@@ -260,17 +325,18 @@ def _render_args(request: Request) -> tuple[str, int, int]:
     method = q.get("method", DEFAULT_METHOD)
     if method not in PRESETS:
         raise HTTPException(400, f"unknown method {method!r}; use one of {', '.join(PRESETS)}")
-    try:
-        seed, div = int(q.get("seed", "0")), int(q.get("diversity", "0"))
-    except ValueError:
-        raise HTTPException(400, "seed and diversity must be whole numbers") from None
+    seed, div = q.get("seed", "0"), q.get("diversity", "0")
+    if not (re.fullmatch(r"[0-9]{1,10}", seed) and re.fullmatch(r"[0-9]{1,2}", div)):
+        raise HTTPException(400, "seed and diversity must be whole numbers")
+    seed, div = int(seed), int(div)
     if not (0 <= seed < 2**31 and (div == 0 or 2 <= div <= 8)):
         raise HTTPException(400, "seed must be ≥ 0 and diversity 0 or 2-8")
     return method, seed, div
 
 
-async def api_render(request: Request) -> Response:
-    """A filter's render (or its diversity variants): done with the picture URLs, or the job's progress."""
+def api_render(request: Request) -> Response:
+    """A filter's render (or its diversity variants): done with the picture URLs, or the job's progress;
+    POST starts it."""
     ex: Explorer = request.app.state.explorer
     layer, info = ex.check(request)
     c = ex.channel(request, info)
@@ -280,43 +346,49 @@ async def api_render(request: Request) -> Response:
     else:
         key = ex.render_key(layer, c, method, seed)
         keys = [key]
-    st = ex.jobs.status(key, ex.client(request))
+    urls = [f"/png/{k}.png" for k in keys]
     if all(ex.cache.has(k) for k in keys):
-        urls = [f"/png/{k}.png" for k in keys]
+        st = ex.jobs.status(key, ex.client(request))
         if st is not None and st["state"] == "done":  # rendered by this server just now, not read from the cache
             return JSONResponse({**st, "cached": False, "urls": urls})
         return JSONResponse({"id": key, "state": "done", "cached": True, "urls": urls})
-    if st is None or st["state"] in ("cancelled", "done"):  # done but not in the cache: cleared meanwhile
-        _submit(ex, request, key, "render", run_render, layer, c, method, seed, div)
-        st = ex.jobs.status(key, ex.client(request))
+    st = _job(request, key, lambda: _submit(ex, request, key, "render", run_render, layer, c, method, seed, div))
+    if st is None:
+        return _not_started(key)
     if st["state"] == "done":
-        st = {**st, "cached": False, "urls": [f"/png/{k}.png" for k in keys]}
-    return JSONResponse(st, status_code=500 if st["state"] == "error" else 200)
+        st = {**st, "cached": False, "urls": urls}
+    return JSONResponse(st)
 
 
-async def api_accent(request: Request) -> Response:
-    """A filter's accentuation of a photo: done with the two picture URLs, or the job's progress."""
+def api_accent(request: Request) -> Response:
+    """A filter's accentuation of a photo: done with the two picture URLs, or the job's progress; POST
+    starts it."""
     ex: Explorer = request.app.state.explorer
     layer, info = ex.check(request)
     c, h = ex.channel(request, info), request.path_params["h"]
     path = ex.image_path(h)
     keys = ex.accent_keys(layer, h, c)
-    st = ex.jobs.status(keys[0], ex.client(request))
+    urls = [f"/png/{k}.png" for k in keys]
     if all(ex.cache.has(k) for k in keys):
+        st = ex.jobs.status(keys[0], ex.client(request))
         rec = ex.cache.get(keys[0]).record
-        done = {"gain": rec.get("gain"), "ssim": rec.get("ssim"), "urls": [f"/png/{k}.png" for k in keys]}
+        done = {"gain": rec.get("gain"), "ssim": rec.get("ssim"), "urls": urls}
         if st is not None and st["state"] == "done":  # computed by this server just now
             return JSONResponse({**st, "cached": False, **done})
         return JSONResponse({"id": keys[0], "state": "done", "cached": True, **done})
-    if st is None or st["state"] in ("cancelled", "done"):
-        _submit(ex, request, keys[0], "accentuation", run_accent, str(path), layer, c, keys)
-        st = ex.jobs.status(keys[0], ex.client(request))
+    st = _job(
+        request,
+        keys[0],
+        lambda: _submit(ex, request, keys[0], "accentuation", run_accent, str(path), layer, c, keys),
+    )
+    if st is None:
+        return _not_started(keys[0])
     if st["state"] == "done":
-        st = {**st, "cached": False, "urls": [f"/png/{k}.png" for k in keys]}
-    return JSONResponse(st, status_code=500 if st["state"] == "error" else 200)
+        st = {**st, "cached": False, "urls": urls}
+    return JSONResponse(st)
 
 
-async def png(request: Request) -> Response:
+def png(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     key = request.path_params["key"]
     if not HEX64.match(key):
@@ -329,24 +401,20 @@ async def png(request: Request) -> Response:
 
 def _side(request: Request, default: int) -> int:
     s = request.query_params.get("side", str(default))
-    if not s.isdigit() or not 32 <= int(s) <= 512:
+    if not re.fullmatch(r"[0-9]{2,3}", s) or not 32 <= int(s) <= 512:
         raise HTTPException(400, "side must be 32-512")
     return int(s)
 
 
-async def photo(request: Request) -> Response:
+def photo(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     h, side = request.path_params["h"], _side(request, 128)
     path = ex.image_path(h)
-    k = (h, side)
-    if k not in ex._thumbs:
-        if len(ex._thumbs) > 512:
-            ex._thumbs.pop(next(iter(ex._thumbs)))
-        ex._thumbs[k] = compute.thumbnail(path, ex.model, side)
-    return Response(ex._thumbs[k], media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+    pic = ex.memo((h, side), lambda: compute.thumbnail(path, ex.model, side))
+    return Response(pic, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
-async def where(request: Request) -> Response:
+def where(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, info = ex.check(request)
     c, h, side = ex.channel(request, info), request.path_params["h"], _side(request, 96)
@@ -354,15 +422,11 @@ async def where(request: Request) -> Response:
     got = ex.maps(layer, h)
     if got is None:
         raise HTTPException(404, "explain this photo first")
-    k = (layer, h, c, side)
-    if k not in ex._thumbs:
-        if len(ex._thumbs) > 512:
-            ex._thumbs.pop(next(iter(ex._thumbs)))
-        ex._thumbs[k] = compute.where_it_fires(load_image(path), ex.model, got[1][c], side)
-    return Response(ex._thumbs[k], media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+    pic = ex.memo((layer, h, c, side), lambda: compute.where_it_fires(load_image(path), ex.model, got[1][c], side))
+    return Response(pic, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
 
-async def filter_page(request: Request) -> Response:
+def filter_page(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, info = ex.check(request)
     c = ex.channel(request, info)
@@ -395,17 +459,17 @@ async def filter_page(request: Request) -> Response:
                 if c in rank:
                     table.append((f"rank {name.replace('_', ' ')}", rank.index(c) + 1))
     examples = []
-    exm = store.load_json(ex.cache, ex.examples_key(layer))
-    if exm is None:
-        _submit(ex, request, ex.examples_key(layer), "examples", run_examples, layer)
-    else:
+    exm = store.load_json(ex.cache, ex.examples_key(layer))  # not there yet: the page's script starts it
+    if exm is not None:
         vals = sorted(((row[c], n) for n, row in zip(exm["names"], exm["means"])), reverse=True)[:6]
         examples = [{"name": n, "value": v, "hash": ex.photo_hash.get(n, "")} for v, n in vals]
     atlas_page = None
     if ex.atlas is not None and (ex.atlas / layer / channel_page(c)).is_file():
         atlas_page = f"/atlas/{layer}/{channel_page(c)}"
+    relu = next((e.relu for e in ex.outline if e.name == layer), None)
     return ex.page(
         "filter.html",
+        request=request,
         layer=layer,
         channel=c,
         channels=info.channels,
@@ -413,18 +477,18 @@ async def filter_page(request: Request) -> Response:
         base=base,
         render_api=render_api,
         diversity=div,
-        table=table,
+        table=table + ([("ends in a ReLU", f"{relu} (the render optimises its pre-activation)")] if relu else []),
         examples=examples,
         n_photos=len(exm["names"]) if exm else 36,
         atlas_page=atlas_page,
     )
 
 
-async def atlas_channel(request: Request) -> Response:
+def atlas_channel(request: Request) -> Response:
     """An atlas channel page with a link to the same filter in the explorer."""
     ex: Explorer = request.app.state.explorer
     layer, name = request.path_params["layer"], request.path_params["page"]
-    m = re.fullmatch(r"channel_(\d{4,})\.html", name)
+    m = re.fullmatch(r"channel_([0-9]{4,9})\.html", name)
     if ex.atlas is None or layer not in ex.layer_names or m is None:
         raise HTTPException(404, "no such atlas page")
     path = ex.atlas / layer / name
@@ -435,7 +499,7 @@ async def atlas_channel(request: Request) -> Response:
     return HTMLResponse(html)
 
 
-async def static(request: Request) -> Response:
+def static(request: Request) -> Response:
     from importlib import resources
 
     name = request.path_params["name"]
@@ -449,47 +513,13 @@ async def static(request: Request) -> Response:
     return Response(resources.files(pkg).joinpath(rel).read_bytes(), media_type="text/css")
 
 
-class _Guard:
-    """ASGI middleware: the access token (when the server listens beyond loopback) and the client cookie."""
-
-    def __init__(self, app, explorer: Explorer):
-        self.app = app
-        self.ex = explorer
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        request = Request(scope)
-        token = self.ex.token
-        given = request.query_params.get("token")
-        if token and not (
-            secrets.compare_digest(request.cookies.get("fs_token", ""), token)
-            or (given is not None and secrets.compare_digest(given, token))
-        ):
-            resp = _forbidden()
-            return await resp(scope, receive, send)
-        new_client = "fs_client" not in request.cookies
-        cid = secrets.token_hex(8)
-
-        async def send_with_cookie(message):
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                if new_client:
-                    headers.append((b"set-cookie", f"fs_client={cid}; Path=/; SameSite=Strict; HttpOnly".encode()))
-                if token and given:
-                    headers.append((b"set-cookie", f"fs_token={token}; Path=/; SameSite=Strict; HttpOnly".encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_cookie)
+API = ["GET", "POST"]  # GET reports a job, POST starts it
 
 
-def _forbidden() -> Response:
-    return Response("403 forbidden: this server needs its access token (?token=…, printed at start)\n", 403)
-
-
-def create_app(explorer: Explorer) -> Starlette:
-    """The Starlette application for ``explorer``."""
+def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
+    """The Starlette application for ``explorer``, behind the guard ``access`` (by default: loopback names on
+    any port, the explorer's token, a fresh signing secret)."""
+    access = access or Access(token=explorer.token)
     routes = [
         Route("/", home),
         Route("/go", go),
@@ -497,10 +527,10 @@ def create_app(explorer: Explorer) -> Starlette:
         Route("/m/{model}/{layer}/img/{h}", explain_page),
         Route("/m/{model}/{layer}/img/{h}/f/{c:int}", filter_page),
         Route("/m/{model}/{layer}/f/{c:int}", filter_page),
-        Route("/api/explain/{model}/{layer}/{h}", api_explain),
-        Route("/api/examples/{model}/{layer}", api_examples),
-        Route("/api/render/{model}/{layer}/{c:int}", api_render),
-        Route("/api/accent/{model}/{layer}/{h}/{c:int}", api_accent),
+        Route("/api/explain/{model}/{layer}/{h}", api_explain, methods=API),
+        Route("/api/examples/{model}/{layer}", api_examples, methods=API),
+        Route("/api/render/{model}/{layer}/{c:int}", api_render, methods=API),
+        Route("/api/accent/{model}/{layer}/{h}/{c:int}", api_accent, methods=API),
         Route("/png/{key}.png", png),
         Route("/photo/{h}.png", photo),
         Route("/where/{model}/{layer}/{h}/{c:int}.png", where),
@@ -513,8 +543,27 @@ def create_app(explorer: Explorer) -> Starlette:
         ]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(_Guard, explorer=explorer)],
+        middleware=[Middleware(Guard, access=access)],
         exception_handlers={HTTPException: _error_page, 500: _error_page},
     )
     app.state.explorer = explorer
+    app.state.access = access
+    return app
+
+
+def create_static_app(directory: str | Path, access: Access | None = None) -> Starlette:
+    """A built atlas as static files (Starlette's ``StaticFiles``: no directory listing, no path out of the
+    folder) behind the same guard as the live explorer."""
+    from starlette.responses import PlainTextResponse
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 500)
+        return PlainTextResponse(f"{status} {getattr(exc, 'detail', '') or 'error'}\n", status_code=status)
+
+    app = Starlette(
+        routes=[Mount("/", StaticFiles(directory=str(directory), html=True))],
+        middleware=[Middleware(Guard, access=access or Access(), clients=False)],
+        exception_handlers={HTTPException: not_found, 500: not_found},
+    )
+    app.state.access = access
     return app

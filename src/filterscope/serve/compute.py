@@ -12,8 +12,6 @@ The rest of the app only reads the dictionaries and PNGs these return.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import torch
 from PIL import Image
@@ -23,7 +21,7 @@ from ..jobs.inspect import inspect
 from ..models.inputs import list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import network_layer
 from ..models.model import Model
-from ..outputs.images import png_bytes
+from ..outputs.images import png_bytes, to_pil
 
 TOP = 12  # filters listed per ranking
 ABLATE_K = 8  # filters zeroed for the ablation check
@@ -93,16 +91,18 @@ def accentuation(model: Model, image: Image.Image, layer: str, channel: int) -> 
 
 
 def where_it_fires(image: Image.Image, model: Model, fmap: np.ndarray, size: int = 224) -> bytes:
-    """The photo (as the model saw it) darkened where the filter is quiet: one filter's map over it, PNG."""
-    x = model_input(model, image)[0]
-    base = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((size, size))
+    """The photo (as the model saw it) darkened where the filter is quiet: one filter's map over it, PNG.
+    Any channel count: the photo is drawn by the CLI's image writer (grey for 1 band, bands 1-3 for more)."""
+    base = to_pil(model_input(model, image)[0]).convert("RGB").resize((size, size))
     m = np.asarray(fmap, dtype=np.float32)
-    m = np.clip(m, 0, None)
+    if m.ndim != 2:  # a unit without a map: the whole photo
+        m = np.ones((1, 1), np.float32)
+    m = np.nan_to_num(np.clip(m, 0, None))
     m = m / m.max() if m.max() > 0 else m
-    heat = Image.fromarray((m * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BICUBIC)
+    heat = Image.fromarray((m * 255).astype(np.uint8), "L").resize((size, size), Image.Resampling.BICUBIC)
     h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
     out = np.asarray(base, dtype=np.float32) * (0.15 + 0.85 * h)
-    return png_bytes(Image.fromarray(out.clip(0, 255).astype(np.uint8)))
+    return png_bytes(Image.fromarray(out.clip(0, 255).astype(np.uint8), "RGB"))
 
 
 def photo_examples(model: Model, layer: str) -> dict:
@@ -117,9 +117,7 @@ def photo_examples(model: Model, layer: str) -> dict:
 
 
 def thumbnail(path, model: Model, side: int = 128) -> bytes:
-    """A bundled or uploaded photo as the model sees it (resized, centre-cropped), as PNG."""
+    """A bundled or uploaded photo as the model sees it (resized, centre-cropped, the model's channels drawn
+    by the CLI's image writer: grey for 1 band, RGB for 3, bands 1-3 for more), as PNG."""
     x = model_input(model, load_image(path))[0]
-    im = Image.fromarray((x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).resize((side, side))
-    buf = io.BytesIO()
-    im.save(buf, format="PNG")
-    return buf.getvalue()
+    return png_bytes(to_pil(x).resize((side, side), Image.Resampling.BICUBIC))

@@ -6,7 +6,8 @@
 - every result goes into the render cache (atomic writes), so a finished job is a cache hit from then on;
 - a job whose clients all stopped asking (no poll for ``abandon_s``) is cancelled: dropped from the queue,
   or stopped between optimisation steps in its worker;
-- a client may have at most ``per_client`` unfinished jobs (the app answers 429 past that).
+- a client may have at most ``per_client`` unfinished jobs, and the server at most ``max_jobs`` queued and
+  running ones in all (the app answers 429 with Retry-After past either).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 _MODEL = None
 _SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
+WORKER_NICE = 10  # render workers yield the CPU to the server process that answers pages
 
 
 def _init_worker(model_bytes: bytes, shared, cache_root: str, code: str | None = None) -> None:
@@ -34,6 +36,10 @@ def _init_worker(model_bytes: bytes, shared, cache_root: str, code: str | None =
 
     configure(cache_root, enabled=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C
+    try:
+        os.nice(WORKER_NICE)  # on a busy laptop the pages are answered before the renders progress
+    except OSError:
+        pass
     torch.set_num_threads(1)
     import_user_code(code)  # a user's .py architecture, before its pickled model is loaded
     _MODEL = pickle.loads(model_bytes)
@@ -135,15 +141,24 @@ class Job:
 
 
 class TooManyJobs(Exception):
-    """A client already has its share of unfinished jobs."""
+    """A client already has its share of unfinished jobs (or the server its bound: :class:`ServerBusy`)."""
+
+    retry_after = 5  # seconds a client is asked to wait
+
+
+class ServerBusy(TooManyJobs):
+    """The server already has ``max_jobs`` jobs queued or running."""
 
 
 class JobManager:
     """Worker processes plus the table of jobs, deduplicated by id (the result's cache key)."""
 
-    def __init__(self, model, workers: int, cache_root, *, per_client: int = 4, abandon_s: float = 10.0):
+    def __init__(
+        self, model, workers: int, cache_root, *, per_client: int = 4, max_jobs: int = 16, abandon_s: float = 10.0
+    ):
         self.workers = workers
         self.per_client = per_client
+        self.max_jobs = max_jobs
         self.abandon_s = abandon_s
         ctx = multiprocessing.get_context("spawn")
         self._manager = ctx.Manager()
@@ -156,7 +171,8 @@ class JobManager:
         )
         self.jobs: dict[str, Job] = {}
         self.started = 0  # jobs handed to the workers (identical requests share one)
-        self.lock = threading.Lock()
+        # re-entrant: cancelling a queued future runs its done-callback (which takes the lock) in this thread
+        self.lock = threading.RLock()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, daemon=True, name="filterscope-reaper")
         self._reaper.start()
@@ -173,7 +189,10 @@ class JobManager:
             if job is not None and job.state in ("queued", "running", "done"):
                 job.waiters[client] = time.monotonic()
                 return job
-            mine = sum(1 for j in self.jobs.values() if client in j.waiters and j.state in ("queued", "running"))
+            active = [j for j in self.jobs.values() if j.state in ("queued", "running")]
+            if len(active) >= self.max_jobs:
+                raise ServerBusy(f"the server has {len(active)} jobs queued or running (its bound); try again soon")
+            mine = sum(1 for j in active if client in j.waiters)
             if mine >= self.per_client:
                 raise TooManyJobs(f"you have {mine} jobs running; wait for one to finish")
             self.shared.pop(f"{job_id}:cancel", None)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +87,57 @@ def store_diversity(model, info, channel: int, method: str, seed: int, n: int, c
     return "ok"
 
 
-def store_upload(cache: RenderCache, data: bytes) -> str:
-    """Keep an uploaded photo under a server-made name (its sha256); returns the name's hash."""
+UPLOAD_QUOTA = 256 * 2**20  # bytes of uploaded photos the explorer keeps, all clients together
+UPLOAD_MAX_AGE = 7 * 86400  # seconds an uploaded photo is kept
+
+
+def store_upload(cache: RenderCache, data: bytes, *, quota: int = UPLOAD_QUOTA, max_age: float = UPLOAD_MAX_AGE) -> str:
+    """Keep an uploaded photo under a server-made name (its sha256); returns the name's hash. Uploads older
+    than ``max_age`` seconds go, then the oldest until all of them fit in ``quota`` bytes (never this one)."""
     h = hashlib.sha256(data).hexdigest()
     path = upload_path(cache, h)
     if not path.is_file():
         atomic_write(path, data)
+    else:
+        os.utime(path)  # uploaded again: the newest
+    prune_uploads(cache, quota=quota, max_age=max_age, keep=path)
     return h
+
+
+def upload_usage(cache: RenderCache) -> dict[str, Any]:
+    """How many uploads the cache holds and their bytes, with the explorer's default quota and expiry."""
+    files = [p for p in cache.files("uploads") if p.suffix == ".img"]
+    return {
+        "uploads": len(files),
+        "upload_bytes": sum(p.stat().st_size for p in files),
+        "upload_quota_bytes": UPLOAD_QUOTA,
+        "upload_max_age_s": UPLOAD_MAX_AGE,
+    }
+
+
+def prune_uploads(
+    cache: RenderCache, *, quota: int = UPLOAD_QUOTA, max_age: float = UPLOAD_MAX_AGE, keep: Path | None = None
+) -> int:
+    """Remove expired uploads, then the oldest until the rest fit in ``quota``; returns how many went."""
+    now = time.time()
+    files = []
+    for p in cache.files("uploads"):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        files.append((st.st_mtime, st.st_size, p))
+    files.sort()
+    total = sum(size for _, size, _ in files)
+    removed = 0
+    for mtime, size, p in files:
+        if p == keep:
+            continue
+        if now - mtime > max_age or total > quota:
+            p.unlink(missing_ok=True)
+            total -= size
+            removed += 1
+    return removed
 
 
 def upload_path(cache: RenderCache, h: str) -> Path:
