@@ -14,10 +14,12 @@ from .jobs.accentuate import Accentuation, accentuate
 from .jobs.atlas import build_atlas
 from .jobs.boost import boost
 from .jobs.channels import ChannelRender, render, render_channels
+from .jobs.circuit import Circuit, circuit
 from .jobs.compare import compare
 from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
 from .jobs.objective import objective_for, render_objective
+from .jobs.tuning import Tuning, tuning
 from .models import Model, default_layer, get_layer, list_layers, load_model, register_model
 from .optvis.objective_text import parse as parse_objective
 from .optvis.objectives import Objective, Target, register_objective
@@ -33,6 +35,10 @@ __all__ = [
     "accentuate",
     "explain",
     "ChannelRender",
+    "Circuit",
+    "Tuning",
+    "circuit",
+    "tuning",
     "FilterscopeError",
     "Inspection",
     "Model",
