@@ -574,12 +574,12 @@ def run_tuning(
 
 
 def write_tuning(run, res: Tuning) -> None:
-    from ..outputs.naming import REPORT, figure_file
-    from ..outputs.rundir import json_bytes
-
     import io
 
     import matplotlib.pyplot as plt
+
+    from ..outputs.naming import REPORT, figure_file
+    from ..outputs.rundir import json_bytes
 
     rec = res.record()
     run.write("tuning.json", json_bytes(rec))
