@@ -408,19 +408,19 @@ def test_circuit_cli_on_efficientnet(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ablation_top_k_beats_random_on_average(model):
-    """At blocks.3 (from blocks.2), over 4 channels: zeroing the top-8 inputs by |attribution| changes the
-    channel more than 8 random inputs, on average and for most channels."""
+def test_ablation_top_k_beats_random_on_average(model, photos):
+    """At blocks.3 (from blocks.2), over 3 channels and 8 photos: zeroing the top-8 inputs by |attribution|
+    changes the channel more than 8 random inputs (mean of 8 draws), on average and for each channel."""
     ratios = []
-    for c in (0, 11, 37, 60):
-        ab = fs.circuit(model, "blocks.3", c, renders=False).ablation
+    for c in (0, 37, 60):
+        ab = fs.circuit(model, "blocks.3", c, images=photos, renders=False).ablation
         ratios.append(ab["change_top"] / ab["change_random"])
-    assert np.mean(ratios) > 1.5 and sum(r > 1 for r in ratios) >= 3
+    assert np.mean(ratios) > 1.5 and all(r > 1 for r in ratios), ratios
 
 
 @pytest.mark.slow
-def test_tuning_on_efficientnet_stem(model):
-    t = fs.tuning(model, "bn1", [0, 1, 2, 3])
+def test_tuning_on_efficientnet_stem(model, photos):
+    t = fs.tuning(model, "bn1", [0, 1, 2, 3], images=photos)
     assert len(t.channels) == 4 and t.n_stimuli > 500
     for ch in t.channels:
         assert 0 <= ch.orientation < 180 and 0 <= ch.orientation_selectivity <= 1

@@ -111,15 +111,15 @@ def circuit_figure(res) -> plt.Figure:
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(f"weights, rank {i.rank_weight + 1} | attr {i.rank_attribution + 1}", fontsize=7)
-    if shown:
-        cax = fig.add_axes([0.93, 0.04, 0.012, 0.22])
-        fig.colorbar(im, cax=cax).ax.tick_params(labelsize=6)
     fig.suptitle(
         f"filterscope circuit · {res.model} · {res.layer}:{res.channel} built from {res.source} "
         f"(expanded weights at position {tuple(res.position)}, attribution over {res.n_images} images)",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 0.92, 1))
+    if shown:
+        cax = fig.add_axes([0.93, 0.04, 0.012, 0.22])
+        fig.colorbar(im, cax=cax).ax.tick_params(labelsize=6)
     return fig
 
 
