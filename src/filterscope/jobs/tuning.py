@@ -288,7 +288,8 @@ class ChannelTuning:
             "best_stimulus": self.best_stimulus,
             "best_activation": r(self.best_activation, 6),
             "natural_max": r(self.natural_max, 6),
-            "best_vs_natural": r(self.best_activation / self.natural_max if abs(self.natural_max) > 1e-9 else None),
+            # a ratio only means "times the natural maximum" when that maximum is positive
+            "best_vs_natural": r(self.best_activation / self.natural_max if self.natural_max > 1e-9 else None),
             "best_centre": r(self.best_centre, 6),
             "natural_max_centre": r(self.natural_max_centre, 6),
             "description": self.description,

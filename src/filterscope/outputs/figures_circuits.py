@@ -200,6 +200,9 @@ def tuning_figure(res, channels=None) -> plt.Figure:
         )
         ax = axes[r, 1]
         ax.semilogx(periods, c.frequency_curve, marker="o", ms=2.5, color="#2ca02c")
+        ax.set_xticks(periods[::2], [f"{p:.0f}" for p in periods[::2]])
+        ax.minorticks_off()
+        ax.set_xlabel("period (px)", fontsize=6, labelpad=1)
         ax.axhline(c.grey, color="#777", ls=":", lw=0.8)
         ax.set_title(f"period {c.period:.1f} px ({c.frequency:.3f} c/px)", fontsize=7.5)
         ax = axes[r, 2]
@@ -230,8 +233,13 @@ def tuning_figure(res, channels=None) -> plt.Figure:
         ax = axes[r, 4]
         if c.best_image is not None:
             ax.imshow(to_uint8(c.best_image))
-        ratio = c.best_activation / c.natural_max if abs(c.natural_max) > 1e-9 else float("nan")
-        ax.set_title(f"best: {c.best_stimulus}\n{ratio:.2f}× natural max", fontsize=7)
+        ratio = c.best_activation / c.natural_max if c.natural_max > 1e-9 else None
+        vs = (
+            f"{ratio:.2f}× natural max"
+            if ratio is not None
+            else f"{c.best_activation:.2f} (natural max {c.natural_max:.2f})"
+        )
+        ax.set_title(f"best: {c.best_stimulus}\n{vs}", fontsize=7)
         ax.axis("off")
         for ax in axes[r, :4]:
             ax.tick_params(labelsize=6)
