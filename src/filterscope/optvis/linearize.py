@@ -127,8 +127,9 @@ _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def linear_copy(net: nn.Module) -> LinearCopy:
     """The :class:`LinearCopy` of ``net`` (made on first use, kept while ``net`` lives)."""
     lin = _COPIES.get(net)
-    if lin is None:
-        lin = _COPIES[net] = LinearCopy(net)
+    device = next((p.device for p in net.parameters()), None)
+    if lin is None or next((p.device for p in lin.net.parameters()), None) != device:
+        lin = _COPIES[net] = LinearCopy(net)  # first use, or the network moved to another device
     return lin
 
 
