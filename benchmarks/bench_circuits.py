@@ -150,8 +150,9 @@ def markdown(res: dict) -> str:
         ]
     if "ablation" in res:
         lines += [
-            "| layer | from | channels | median |Δ| ratio top-8 / random-8 | min | median drop: top-8 excitatory "
-            "| random-8 | Spearman(weight, attribution): identity | gated | median max |weight|: identity | gated |",
+            "| layer | from | channels | median ratio of mean abs. change: top-8 by abs. attribution / random-8 | min "
+            "| median drop: top-8 excitatory | random-8 | Spearman(weight, attribution): identity | gated "
+            "| median max abs. weight: identity | gated |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for layer, d in res["ablation"].items():
