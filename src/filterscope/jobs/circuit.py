@@ -680,12 +680,13 @@ def agreement(weights: np.ndarray, other: np.ndarray, attr: np.ndarray, lineariz
     of the top-8 inputs by |attribution| that each puts in its own top 8."""
     from scipy.stats import spearmanr
 
-    top_a = set(np.argsort(-np.abs(attr), kind="stable")[:8].tolist())
+    n = min(8, len(attr))
+    top_a = set(np.argsort(-np.abs(attr), kind="stable")[:n].tolist())
     out = {}
     for name, w in ((linearize, weights), (OTHER[linearize], other)):
         rho = spearmanr(w, attr).statistic if np.std(w) > 0 and np.std(attr) > 0 else float("nan")
-        top_w = set(np.argsort(-np.abs(w), kind="stable")[:8].tolist())
-        out[name] = {"spearman_attribution": round(float(rho), 4), "top8_overlap": len(top_a & top_w) / 8}
+        top_w = set(np.argsort(-np.abs(w), kind="stable")[:n].tolist())
+        out[name] = {"spearman_attribution": round(float(rho), 4), "top8_overlap": len(top_a & top_w) / n}
     return out
 
 
