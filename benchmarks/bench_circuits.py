@@ -158,7 +158,10 @@ def markdown(res: dict) -> str:
             "",
         ]
     if "ablation" in res:
+        ab_machine = res.get("machine_first_run", m)
         lines += [
+            f"Ablation run: load average {ab_machine['load_start']} → {ab_machine['load_end']}.",
+            "",
             "| layer | from | channels | median ratio of mean abs. change: top-8 by abs. attribution / random-8 | min "
             "| median drop: top-8 excitatory | random-8 | Spearman(weight, attribution): identity | gated "
             "| median max abs. weight: identity | gated |",
