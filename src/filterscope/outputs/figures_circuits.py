@@ -79,6 +79,9 @@ def circuit_figure(res) -> plt.Figure:
     ax.set_xlabel(f"summed expanded weight ({res.source} → {res.layer}:{res.channel})", fontsize=8)
     ax.set_ylabel("attribution (grad × act)", fontsize=8)
     ax.tick_params(labelsize=7)
+    ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
+    ax.xaxis.get_offset_text().set_fontsize(7)
+    ax.yaxis.get_offset_text().set_fontsize(7)
     ax.set_title(f"all {len(res.inputs)} inputs", fontsize=9)
     ax = fig.add_subplot(gs[0, 2 * third + (cols % 3 > 1) :])
     ab = res.ablation
