@@ -336,6 +336,7 @@ def test_bad_input_is_a_usage_error_before_anything(lines, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_circuit_files_and_renders(lines, photos, tmp_path):
     c = fs.circuit(lines, "g", 2, top=2, images=photos, out=tmp_path / "c", progress=False)
     rec = json.loads((tmp_path / "c" / "circuit.json").read_text())
