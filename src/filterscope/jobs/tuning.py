@@ -258,6 +258,7 @@ class ChannelTuning:
     natural_max_centre: float
     description: str | None
     best_image: torch.Tensor | None = None
+    hue_baseline: float | None = None  # response to the grey field of the colour fields' value
 
     def record(self) -> dict:
         def r(v, n=4):
@@ -284,6 +285,7 @@ class ChannelTuning:
                 "significant": self.curve_significant,
             },
             "grey_response": r(self.grey, 6),
+            "grey_response_colour_value": r(self.hue_baseline, 6),
             "natural_range": r(self.natural_range, 6),
             "best_stimulus": self.best_stimulus,
             "best_activation": r(self.best_activation, 6),
@@ -435,6 +437,7 @@ def analyse(
         float(nat_centre[:, c].max()),
         None,
     )
+    res.hue_baseline = float(resp["grey_value"][0, c]) if stim.colour else None
     res.description = _describe(res)
     return res
 

@@ -212,6 +212,8 @@ def tuning_figure(res, channels=None) -> plt.Figure:
         if c.hue_curve is not None:
             ax.scatter(HUES, c.hue_curve.max(1), c=_hue_colours(HUES), s=12)
             ax.plot(HUES, c.hue_curve.max(1), color="#999", lw=0.6)
+            if c.hue_baseline is not None:
+                ax.axhline(c.hue_baseline, color="#777", ls=":", lw=0.8)
             ax.set_xticks([0, 60, 120, 180, 240, 300, 360])
             from ..jobs.tuning import hue_name
 
