@@ -12,7 +12,10 @@
 - with ``--guide`` (only these, for the documentation's guide pages): docs/figure_inspect.png
   (``filterscope inspect``'s bar chart), docs/figure_accentuate.png (``filterscope accentuate --layer
   blocks.5``: photo | accentuation | change map per filter), docs/grid_render.png (``filterscope render
-  --layer blocks.5 --channels 0-11``).
+  --layer blocks.5 --channels 0-11``);
+- with ``--jobs`` (only these): docs/figure_concepts.png (``filterscope concepts`` on the bundled photos, 6
+  concepts of the class predicted most often), docs/figure_circuit.png (``filterscope circuit --layer blocks.5
+  --channel 42``), docs/figure_tuning.png (``filterscope tuning --layer blocks.1 --channels 0-7``).
 """
 
 from __future__ import annotations
@@ -83,17 +86,34 @@ def guide_figures(tmp: Path) -> None:
     print("wrote figure_inspect.png, figure_accentuate.png, grid_render.png")
 
 
+def job_figures(tmp: Path) -> None:
+    import filterscope
+
+    photos = str(filterscope.sample_photos_dir())
+    fs("concepts", photos, "--concepts", "6", "--out", str(tmp / "concepts"), "--quiet")
+    shutil.copy(tmp / "concepts/figure_concepts.png", DOCS / "figure_concepts.png")
+    fs("circuit", "--layer", "blocks.5", "--channel", "42", "--out", str(tmp / "circuit"), "--quiet")
+    shutil.copy(tmp / "circuit/figure_circuit.png", DOCS / "figure_circuit.png")
+    fs("tuning", "--layer", "blocks.1", "--channels", "0-7", "--out", str(tmp / "tuning"), "--quiet")
+    shutil.copy(tmp / "tuning/figure_tuning.png", DOCS / "figure_tuning.png")
+    print("wrote figure_concepts.png, figure_circuit.png, figure_tuning.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atlas", type=Path)
     ap.add_argument("--bench", type=Path)
     ap.add_argument("--skip-renders", action="store_true")
     ap.add_argument("--guide", action="store_true", help="only the guide pages' figures")
+    ap.add_argument("--jobs", action="store_true", help="only the concepts, circuit and tuning figures")
     a = ap.parse_args()
     DOCS.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
     if a.guide:
         guide_figures(tmp)
+        return
+    if a.jobs:
+        job_figures(tmp)
         return
     if not a.skip_renders:
         fs("boost", "--out", str(tmp / "boost"), "--quiet")

@@ -32,6 +32,11 @@ COMMANDS = {
     "targets": "python benchmarks/bench_targets.py",
     "explain": "python benchmarks/bench_explain.py",
     "serve": "python benchmarks/bench_serve.py",
+    "serve_guard": "python benchmarks/bench_serve_guard.py",
+    "concepts": "python benchmarks/bench_concepts.py",
+    "circuits": "python benchmarks/bench_circuits.py",
+    "accent": "python benchmarks/bench_accent.py",
+    "class_renders": "python benchmarks/bench_class_renders.py",
 }
 
 
@@ -134,6 +139,14 @@ def _table(name: str) -> str:
         body = _serve_table(res)
     elif name == "layout":
         body = _layout_table(res)
+    elif name in COMMANDS:  # the benchmark's own markdown of this JSON, else the .md it wrote beside it
+        module = _bench_module(COMMANDS[name].split("/")[-1].removesuffix(".py"))
+        if hasattr(module, "markdown"):
+            body = _drop_title(module.markdown(res))
+        elif (RESULTS / f"{name}.md").is_file():
+            body = _drop_title((RESULTS / f"{name}.md").read_text())
+        else:
+            raise FileNotFoundError(f"benchmark result {name}: no markdown() in its script and no {name}.md")
     else:
         raise KeyError(f"no table for benchmark result {name!r}")
     head = (
