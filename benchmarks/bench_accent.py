@@ -161,7 +161,8 @@ def markdown(res: dict) -> str:
         f"efficientnet_lite0, {LAYER}, top-3 filters by contribution per photo, {res['steps']} steps; "
         f"machine: {res['machine']['cpu']} ({res['machine']['threads']} threads), torch {res['machine']['torch']}.",
         "",
-        "| set | method | photos | filters | median SSIM | median gain | min SSIM | SSIM ≥ 0.8 | gain ≥ 2 & SSIM ≥ 0.8 | s / accentuation |",
+        "| set | method | photos | filters | median SSIM | median gain | min SSIM | SSIM ≥ 0.8 "
+        "| gain ≥ 2 & SSIM ≥ 0.8 | s / accentuation |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in res["sets"].items():
@@ -187,7 +188,11 @@ def main() -> None:
     res = json.loads(out_json.read_text()) if out_json.exists() else {}
     res.setdefault("sets", {})
     res["steps"] = DEFAULT_STEPS
-    res["machine"] = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    res["machine"] = {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     examples: list = []
     for name in args.sets.split(","):
         photos = photo_set(name)
@@ -195,7 +200,12 @@ def main() -> None:
             photos = dict(list(photos.items())[: args.limit])
         t0 = time.perf_counter()
         res["sets"][name] = run_set(model, photos, args.methods.split(","), examples)
-        print(name, {m: (v["median_ssim"], v["median_gain"]) for m, v in res["sets"][name].items()}, f"{time.perf_counter() - t0:.0f}s", flush=True)
+        print(
+            name,
+            {m: (v["median_ssim"], v["median_gain"]) for m, v in res["sets"][name].items()},
+            f"{time.perf_counter() - t0:.0f}s",
+            flush=True,
+        )
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(res, indent=1) + "\n")
         (ROOT / "benchmarks/results/accent.md").write_text(markdown(res))

@@ -1,16 +1,25 @@
 """Feature accentuation (Hamblin et al. 2024, arXiv 2402.10039): what a filter responds to *in this photo*.
 
 The photo itself is optimised so that the filter fires more while it stays close to the photo: the
-``image`` parameterisation starts exactly at the photo (Fourier coefficients, decorrelated colour), the
-objective is the filter's mean activation divided by its size on the photo plus ``closeness(photo,
-strength)`` (minus ``strength`` × the mean squared pixel change), seen through the ``fast`` preset's
-random affine jitter so that the change is not a pixel-exact adversarial pattern. The *change map* (Horama's
-"transparency") is where the optimisation changed the photo: the per-pixel colour change, smoothed and
-scaled to its maximum.
+``image`` parameterisation starts exactly at the photo (Fourier coefficients, decorrelated colour), seen
+through the ``fast`` preset's random affine jitter so that the change is not a pixel-exact adversarial
+pattern. The *change map* (Horama's "transparency") is where the optimisation changed the photo: the
+per-pixel colour change, smoothed and scaled to its maximum.
+
+The objective (``method="adaptive"``, the default) balances the two terms the same way on every photo and
+filter: the filter's mean activation divided by the norm of its gradient with respect to the pixels at the
+photo (so the first step pulls equally hard whether the filter starts at 10, at 0.01 or below 0), minus
+``strength`` × (1 − SSIM to the photo) (so a change is weighed against the photo's own local contrast: a
+flat or dark photo is kept as close, in SSIM, as a busy one). ``strength`` is therefore a pure trade-off
+knob: 0 is unconstrained, 5 (the default) kept a median SSIM of 0.9+ at a median gain of 2.5-3.5× on photos
+it was not tuned on, higher stays closer (``benchmarks/bench_accent.py``). ``method="fixed"`` is the earlier
+objective: the activation divided by its size on the photo (at least 0.1 × the layer's mean |activation|)
+minus ``strength`` × the mean squared pixel change, strength 1000: a filter that starts near zero gets a
+huge objective and the photo is pushed far (median SSIM 0.50 on photos outside the bundle, issue 25).
 
 Measured per filter: the filter's mean activation on the photo and on the accentuation, ``gain`` =
-1 + (after − before) / |before| (= after / before when the photo activates it), and the SSIM between them.
-The default strength was picked from the curve measured by ``benchmarks/bench_explain.py --curve``.
+1 + (after − before) / max(|before|, 0.1 × the layer's mean |activation| on the photo) (= after / before
+when the photo activates the filter), and the SSIM between them.
 """
 
 from __future__ import annotations
@@ -111,7 +120,9 @@ def change_map(photo: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return d / d.max().clamp(min=1e-8)
 
 
-def gradient_norms(model: Model, info: LayerInfo, x: torch.Tensor, channels: Sequence[int], pre_relu: bool = True) -> list[float]:
+def gradient_norms(
+    model: Model, info: LayerInfo, x: torch.Tensor, channels: Sequence[int], pre_relu: bool = True
+) -> list[float]:
     """‖∂ mean activation / ∂ pixels‖₂ of each of ``channels`` at the photo ``x`` ``[3,S,S]`` (of the
     pre-activation when ``pre_relu`` and the layer ends in a ReLU, as the render optimises): one forward,
     one backward per channel. Dividing a filter's objective by it makes its first step the same size for
