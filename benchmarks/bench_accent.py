@@ -15,7 +15,8 @@ Sets (photos are centre-cropped to the model input as the CLI does):
   (grey, as RGB), and random half-size crops of china, flower, stereo_motorcycle and hubble_deep_field;
 - ``bundled``: views ``_0`` of the bundled photos (the set the fixed strength was picked on).
 
-Writes benchmarks/results/accent.{json,md} and docs/accent_examples.png (photo | fixed | adaptive).
+Writes benchmarks/results/accent.{json,md} (sets measured earlier are kept) and
+docs/accent_examples_<first set>.png (photo | fixed | adaptive, the top filter of the first photos).
 
     python benchmarks/bench_accent.py                          # all sets, both methods
     python benchmarks/bench_accent.py --sets heldout --limit 6 # the first 6 held-out photos
@@ -86,9 +87,29 @@ def photo_set(which: str) -> dict[str, Image.Image]:
     return {f.name: load_image(f) for f in files}
 
 
-def run_set(model, photos: dict[str, Image.Image], methods: list[str], examples: list) -> dict:
-    rows = {m: [] for m in methods}
+def summary(rows: list[dict], photos: int) -> dict:
+    g = np.array([v["gain"] for v in rows])
+    s = np.array([v["ssim"] for v in rows])
+    return {
+        "photos": photos,
+        "n": len(rows),
+        "median_ssim": round(float(np.median(s)), 4),
+        "median_gain": round(float(np.median(g)), 3),
+        "min_ssim": round(float(s.min()), 4),
+        "fraction_ssim_08": round(float(np.mean(s >= 0.8)), 3),
+        "fraction_gain2_ssim08": round(float(np.mean((g >= 2) & (s >= 0.8))), 3),
+        "seconds_per_accentuation": round(float(np.mean([v["seconds"] for v in rows])), 2),
+        "rows": rows,
+    }
+
+
+def run_set(model, photos: dict[str, Image.Image], methods: list[str], examples: list, done: dict, save) -> dict:
+    """Accentuate the top-3 filters of each photo with each method; ``done`` holds rows of photos measured
+    before (kept, not redone); ``save(result)`` is called after every photo."""
+    rows = {m: list(done.get(m, {}).get("rows", [])) for m in methods}
     for name, im in photos.items():
+        if all(any(r["photo"] == name for r in rows[m]) for m in methods):
+            continue
         x = model_input(model, im)
         top = fs.inspect(model, x, LAYER, top=3, rank="contribution").top
         for m in methods:
@@ -107,22 +128,8 @@ def run_set(model, photos: dict[str, Image.Image], methods: list[str], examples:
                 if len(examples) < 6 and a.channel == top[0]:
                     examples.append((name, m, a))
                 print(m, name, a.channel, f"gain {a.gain:.2f} ssim {a.ssim:.3f} {a.seconds:.1f}s", flush=True)
-    out = {}
-    for m, r in rows.items():
-        g = np.array([v["gain"] for v in r])
-        s = np.array([v["ssim"] for v in r])
-        out[m] = {
-            "photos": len(photos),
-            "n": len(r),
-            "median_ssim": round(float(np.median(s)), 4),
-            "median_gain": round(float(np.median(g)), 3),
-            "min_ssim": round(float(s.min()), 4),
-            "fraction_ssim_08": round(float(np.mean(s >= 0.8)), 3),
-            "fraction_gain2_ssim08": round(float(np.mean((g >= 2) & (s >= 0.8))), 3),
-            "seconds_per_accentuation": round(float(np.mean([v["seconds"] for v in r])), 2),
-            "rows": r,
-        }
-    return out
+        save({m: summary(r, len({v["photo"] for v in r})) for m, r in rows.items()})
+    return {m: summary(r, len({v["photo"] for v in r})) for m, r in rows.items()}
 
 
 def figure(examples: list, path: Path) -> None:
@@ -181,6 +188,8 @@ def main() -> None:
     ap.add_argument("--sets", default="heldout,bundled,tune")
     ap.add_argument("--methods", default="fixed,adaptive")
     ap.add_argument("--limit", type=int, default=0, help="at most this many photos per set (0: all)")
+    ap.add_argument("--photos", default="", help="only these photos (comma-separated names)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows already in accent.json, measure the rest")
     args = ap.parse_args()
     torch.manual_seed(0)
     model = fs.load_model("efficientnet_lite0")
@@ -196,6 +205,8 @@ def main() -> None:
     examples: list = []
     for name in args.sets.split(","):
         photos = photo_set(name)
+        if args.photos:
+            photos = {k: v for k, v in photos.items() if k in args.photos.split(",")}
         if args.limit:
             photos = dict(list(photos.items())[: args.limit])
         t0 = time.perf_counter()
@@ -209,7 +220,7 @@ def main() -> None:
         out_json.parent.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(res, indent=1) + "\n")
         (ROOT / "benchmarks/results/accent.md").write_text(markdown(res))
-    figure(examples, ROOT / "docs/accent_examples.png")
+    figure(examples, ROOT / f"docs/accent_examples_{args.sets.split(',')[0]}.png")
     print(markdown(res))
 
 
