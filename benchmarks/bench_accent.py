@@ -210,16 +210,17 @@ def main() -> None:
         if args.limit:
             photos = dict(list(photos.items())[: args.limit])
         t0 = time.perf_counter()
-        res["sets"][name] = run_set(model, photos, args.methods.split(","), examples)
-        print(
-            name,
-            {m: (v["median_ssim"], v["median_gain"]) for m, v in res["sets"][name].items()},
-            f"{time.perf_counter() - t0:.0f}s",
-            flush=True,
-        )
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        out_json.write_text(json.dumps(res, indent=1) + "\n")
-        (ROOT / "benchmarks/results/accent.md").write_text(markdown(res))
+
+        def save(result: dict, name: str = name) -> None:
+            res["sets"][name] = result
+            out_json.parent.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(json.dumps(res, indent=1) + "\n")
+            (ROOT / "benchmarks/results/accent.md").write_text(markdown(res))
+
+        done = res["sets"].get(name, {}) if args.resume else {}
+        save(run_set(model, photos, args.methods.split(","), examples, done, save))
+        summ = {m: (v["median_ssim"], v["median_gain"]) for m, v in res["sets"][name].items()}
+        print(name, summ, f"{time.perf_counter() - t0:.0f}s", flush=True)
     figure(examples, ROOT / f"docs/accent_examples_{args.sets.split(',')[0]}.png")
     print(markdown(res))
 
