@@ -13,10 +13,11 @@ photo (so the first step pulls equally hard whether the filter starts at 10, at 
 flat or dark photo is kept as close, in SSIM, as a busy one). ``strength`` is therefore one trade-off
 knob for every photo: 0 is unconstrained, higher stays closer; the default 5 was chosen on
 scikit-image's astronaut (its top-3 filters at blocks.5: SSIM 0.994 at gain 1.3× with strength 150, 0.99 at
-2.0-2.5× with 30, 0.96-0.97 at 2.7-3.8× with 8) and measured on photos it was not tuned on (``benchmarks/bench_accent.py``). ``method="fixed"`` is the earlier
-objective: the activation divided by its size on the photo (at least 0.1 × the layer's mean |activation|)
-minus ``strength`` × the mean squared pixel change, strength 1000, whose balance depends on the filter's
-value on the photo and on the photo's contrast.
+2.0-2.5× with 30, 0.96-0.97 at 2.7-3.8× with 8) and measured on photos it was not tuned on
+(``benchmarks/bench_accent.py``). ``method="fixed"`` is the earlier objective: the activation divided by
+its size on the photo (at least 0.1 × the layer's mean |activation|) minus ``strength`` × the mean squared
+pixel change, strength 1000, whose balance depends on the filter's value on the photo and on the photo's
+contrast.
 
 Measured per filter: the filter's mean activation on the photo and on the accentuation, ``gain`` =
 1 + (after − before) / max(|before|, 0.1 × the layer's mean |activation| on the photo) (= after / before
