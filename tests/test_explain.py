@@ -241,3 +241,53 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, args, messa
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def china(model):
+    """scikit-learn's china photo (not one of the bundled photos), as the model sees it."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    return model_input(model, Image.fromarray(load_sample_images().images[0]))
+
+
+@pytest.mark.slow
+def test_adaptive_accentuation_stays_close_on_a_photo_outside_the_bundle(model, china):
+    """On china (not bundled), the top-2 filters by contribution at blocks.5: the adaptive closeness keeps
+    SSIM ≥ 0.9 with gain ≥ 2 for both; the earlier fixed strength (1000 × mean squared change) pushes the
+    filter that starts near zero (112: 1.7 against a layer mean of 3.5) to SSIM < 0.9."""
+    from filterscope.jobs.accentuate import DEFAULT_STRENGTH
+
+    ins = fs.inspect(model, china, "blocks.5", top=2, rank="contribution")
+    assert 112 in ins.top
+    for a in fs.accentuate(model, china, "blocks.5", ins.top):
+        assert a.method == "adaptive" and a.strength == DEFAULT_STRENGTH
+        assert a.ssim >= 0.9 and a.gain >= 2.0, (a.channel, a.ssim, a.gain)
+    (old,) = fs.accentuate(model, china, "blocks.5", [112], method="fixed")
+    assert old.strength == 1000 and old.ssim < 0.9
+
+
+def test_gain_of_a_filter_that_starts_near_zero_is_measured_in_the_layer_scale(model, coffee):
+    """A filter whose activation on the photo is ~0 gets its gain relative to 0.1 × the layer's mean |activation|
+    (recorded as gain_scale), not to its own near-zero value; a filter the photo activates: after / before."""
+    from filterscope.jobs.accentuate import Accentuation
+
+    x = torch.zeros(3, 8, 8)
+    near_zero = Accentuation("l", 0, x, x, x[0], 1e-4, 0.5, 1.0, 5.0, 0.0, scale=0.25)
+    assert near_zero.gain == pytest.approx(1 + (0.5 - 1e-4) / 0.25)
+    assert near_zero.record()["gain_scale"] == 0.25
+    active = Accentuation("l", 0, x, x, x[0], 2.0, 6.0, 1.0, 5.0, 0.0, scale=2.0)
+    assert active.gain == pytest.approx(3.0)
+    negative = Accentuation("l", 0, x, x, x[0], -4.0, 4.0, 1.0, 5.0, 0.0, scale=4.0)
+    assert negative.gain == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message", [({"method": "loud"}, "unknown accentuation method"), ({"strength": -1.0}, "strength")]
+)
+def test_accentuate_refuses_bad_method_and_strength(model, coffee, kwargs, message):
+    from filterscope.errors import UsageError
+
+    with pytest.raises(UsageError, match=message):
+        fs.accentuate(model, coffee, "blocks.5", [0], **kwargs)

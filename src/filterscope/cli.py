@@ -730,7 +730,13 @@ RANK_OPTION = click.option(
 @model_options
 @click.option("--layer", default="default", show_default=True)
 @click.option("--channels", type=CHANNELS, default="0-2", show_default=True, help="e.g. 12 or 3,17,42.")
-@click.option("--strength", type=click.FloatRange(min=0), default=None, help="Closeness to the photo [default: 1000].")
+@click.option(
+    "--strength",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Closeness to the photo: the weight of 1 − SSIM to it against the filter's activation divided by its "
+    "gradient norm at the photo, so one value holds for every photo and filter; higher stays closer [default: 5].",
+)
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps [default: 24].")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @out_option("accentuate")
@@ -784,7 +790,12 @@ def accentuate(
 @RANK_OPTION
 @click.option("--class", "target_class", type=int, default=None, help="Class to explain [default: the prediction].")
 @click.option("--images", default=None, help="Folder of natural images for top examples (default: bundled photos).")
-@click.option("--strength", type=click.FloatRange(min=0), default=None, help="Accentuation closeness [default: 1000].")
+@click.option(
+    "--strength",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Accentuation closeness (the weight of 1 − SSIM, as accentuate's) [default: 5].",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @out_option("explain")
 @output_options

@@ -1,16 +1,27 @@
 """Feature accentuation (Hamblin et al. 2024, arXiv 2402.10039): what a filter responds to *in this photo*.
 
 The photo itself is optimised so that the filter fires more while it stays close to the photo: the
-``image`` parameterisation starts exactly at the photo (Fourier coefficients, decorrelated colour), the
-objective is the filter's mean activation divided by its size on the photo plus ``closeness(photo,
-strength)`` (minus ``strength`` × the mean squared pixel change), seen through the ``fast`` preset's
-random affine jitter so that the change is not a pixel-exact adversarial pattern. The *change map* (Horama's
-"transparency") is where the optimisation changed the photo: the per-pixel colour change, smoothed and
-scaled to its maximum.
+``image`` parameterisation starts exactly at the photo (Fourier coefficients, decorrelated colour), seen
+through the ``fast`` preset's random affine jitter so that the change is not a pixel-exact adversarial
+pattern. The *change map* (Horama's "transparency") is where the optimisation changed the photo: the
+per-pixel colour change, smoothed and scaled to its maximum.
+
+The objective (``method="adaptive"``, the default) balances the two terms the same way on every photo and
+filter: the filter's mean activation divided by the norm of its gradient with respect to the pixels at the
+photo (so the first step pulls equally hard whether the filter starts at 10, at 0.01 or below 0), minus
+``strength`` × (1 − SSIM to the photo) (so a change is weighed against the photo's own local contrast: a
+flat or dark photo is kept as close, in SSIM, as a busy one). ``strength`` is therefore one trade-off
+knob for every photo: 0 is unconstrained, higher stays closer; the default 5 was chosen on
+scikit-image's astronaut (its top-3 filters at blocks.5: SSIM 0.994 at gain 1.3× with strength 150, 0.99 at
+2.0-2.5× with 30, 0.96-0.97 at 2.7-3.8× with 8) and measured on photos it was not tuned on
+(``benchmarks/bench_accent.py``). ``method="fixed"`` is the earlier objective: the activation divided by
+its size on the photo (at least 0.1 × the layer's mean |activation|) minus ``strength`` × the mean squared
+pixel change, strength 1000, whose balance depends on the filter's value on the photo and on the photo's
+contrast.
 
 Measured per filter: the filter's mean activation on the photo and on the accentuation, ``gain`` =
-1 + (after − before) / |before| (= after / before when the photo activates it), and the SSIM between them.
-The default strength was picked from the curve measured by ``benchmarks/bench_explain.py --curve``.
+1 + (after − before) / max(|before|, 0.1 × the layer's mean |activation| on the photo) (= after / before
+when the photo activates the filter), and the SSIM between them.
 """
 
 from __future__ import annotations
@@ -27,18 +38,22 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import RenderError, UsageError
 from ..models.inputs import load_image, model_input, sample_image_path
-from ..models.layers import network_layer
+from ..models.layers import LayerInfo, list_layers, map_views, network_layer
 from ..models.model import Model
-from ..optvis.objectives import channel, closeness
+from ..optvis.hooks import capture, run
+from ..optvis.objectives import Objective, channel, closeness
+from ..optvis.relu import final_relus
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.images import png_bytes
 from ..outputs.naming import accent_change_file, accent_file, default_out
 from .contract import JobResult, open_run
 from .evaluate import layer_means
-from .similarity import ssim
+from .similarity import ssim, ssim_batch
 
-DEFAULT_STRENGTH = 1000.0
+DEFAULT_STRENGTH = 5.0  # ``adaptive``: weight of 1 − SSIM against the gradient-normalised objective
+FIXED_STRENGTH = 1000.0  # ``fixed`` (before 0.x): weight of the mean squared pixel change
 DEFAULT_STEPS = 24
+METHODS = ("adaptive", "fixed")
 SETTINGS = RenderSettings(
     param="image",
     decorrelate=True,
@@ -65,12 +80,16 @@ class Accentuation:
     ssim: float
     strength: float
     seconds: float
+    scale: float = 0.0  # what the gain is measured in: max(|before|, 0.1 × the layer's mean |activation|)
+    method: str = "adaptive"
 
     @property
     def gain(self) -> float:
-        """1 + (after − before)/|before|: after/before when the photo activates the filter."""
+        """1 + (after − before)/scale, scale = max(|before|, 0.1 × the layer's mean |activation| on the photo):
+        after/before when the photo activates the filter; for a filter that starts near zero or below, the
+        rise in tenths of the layer's typical activation (so a filter at 0.001 is not "gained" 1000×)."""
         b = self.activation_photo
-        return 1.0 + (self.activation_accent - b) / max(abs(b), 1e-6)
+        return 1.0 + (self.activation_accent - b) / max(self.scale, abs(b), 1e-6)
 
     def change_rgb(self) -> torch.Tensor:
         """The change map as a colour picture ``[3, S, S]`` (matplotlib's ``inferno``)."""
@@ -88,6 +107,8 @@ class Accentuation:
             "gain": round(self.gain, 4),
             "ssim": round(self.ssim, 4),
             "strength": self.strength,
+            "method": self.method,
+            "gain_scale": round(self.scale, 6),
             "status": "ok",
         }
 
@@ -103,15 +124,71 @@ def change_map(photo: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return d / d.max().clamp(min=1e-8)
 
 
+def gradient_norms(
+    model: Model, info: LayerInfo, x: torch.Tensor, channels: Sequence[int], pre_relu: bool = True
+) -> list[float]:
+    """‖∂ mean activation / ∂ pixels‖₂ of each of ``channels`` at the photo ``x`` ``[3,S,S]`` (of the
+    pre-activation when ``pre_relu`` and the layer ends in a ReLU, as the render optimises): one forward,
+    one backward per channel. Dividing a filter's objective by it makes its first step the same size for
+    every photo and filter, so the closeness term meets the same pull everywhere."""
+    orders = {i.name: i.order for i in list_layers(model)} if pre_relu else {}
+    relu = final_relus(model.net, orders, [info.name]).get(info.name) if pre_relu else None
+    xx = x[None].to(model.device).detach().clone().requires_grad_(True)
+    with (
+        torch.enable_grad(),
+        capture(
+            model.net,
+            [info.name],
+            calls={info.name: info.calls},
+            stop=True,
+            views=map_views(model, [info.name]),
+            inputs_of=[relu] if relu else [],
+        ) as cap,
+    ):
+        run(model.forward, xx, cap)
+        a = cap.inputs[relu] if relu else cap.acts[info.name]
+        means = a.flatten(2).mean(2)[0] if a.dim() == 4 else a[0]
+        norms = []
+        for k, c in enumerate(channels):
+            (g,) = torch.autograd.grad(means[c], xx, retain_graph=k < len(channels) - 1)
+            norms.append(float(g.norm()))
+    return norms
+
+
+def ssim_closeness(reference: torch.Tensor, strength: float) -> Objective:
+    """Minus ``strength`` × (1 − SSIM to ``reference`` ``[3,S,S]``): 0 at the photo. Unlike the mean squared
+    change, it weighs a change against the photo's own local contrast, so a flat or dark photo is kept as
+    close (in what SSIM reports) as a busy one."""
+    ref = reference.detach().float()
+    strength = float(strength)
+
+    def fn(ctx):
+        x = ctx.images
+        r = ref.to(x.device)
+        if r.shape[-2:] != x.shape[-2:]:
+            r = torch.nn.functional.interpolate(r[None], size=x.shape[-2:], mode="bilinear", antialias=True)[0]
+        return -strength * (1.0 - ssim_batch(x, r))
+
+    return Objective(fn, f"{strength:g}*(1-ssim)")
+
+
+def check_method(method: str) -> str:
+    """The one rule for accentuation method names."""
+    if method not in METHODS:
+        raise UsageError(f"unknown accentuation method {method!r}", hint="use " + " or ".join(METHODS))
+    return method
+
+
 def accentuate(
     model: Model,
     image: Image.Image | torch.Tensor,
     layer: str = "default",
     channels: Sequence[int] = (0,),
     *,
-    strength: float = DEFAULT_STRENGTH,
+    strength: float | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
+    method: str = "adaptive",
     settings: RenderSettings | None = None,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
@@ -119,9 +196,19 @@ def accentuate(
 ) -> list[Accentuation]:
     """Accentuate each of ``channels`` of ``layer`` in ``image`` (a PIL image, or the model's input
     ``[3,S,S]``/``[1,3,S,S]``); ``on_done`` sees each finished one; stops after the current filter when
-    ``should_stop()``."""
+    ``should_stop()``.
+
+    ``method``: ``adaptive`` (default) maximises the filter's mean activation divided by its gradient norm
+    at the photo (:func:`gradient_norms`) minus ``strength`` × (1 − SSIM to the photo), so the balance
+    between the two terms is the same for every photo and filter; ``fixed`` is the earlier objective: the
+    activation divided by its size on the photo minus ``strength`` × the mean squared pixel change.
+    ``strength`` defaults to the method's own (:data:`DEFAULT_STRENGTH`, :data:`FIXED_STRENGTH`)."""
     from tqdm import tqdm
 
+    check_method(method)
+    strength = (DEFAULT_STRENGTH if method == "adaptive" else FIXED_STRENGTH) if strength is None else strength
+    if not (isinstance(strength, (int, float)) and np.isfinite(strength) and strength >= 0):
+        raise UsageError(f"strength must be a finite number ≥ 0, got {strength}")
     info = network_layer(model, layer, "accentuate")
     chans = [int(c) for c in channels]
     info.check_channels(chans)
@@ -139,7 +226,11 @@ def accentuate(
             break
         t0 = time.perf_counter()
         b = float(before[c])
-        objective = channel(info.name, c) / max(abs(b), scale_floor) + closeness(x, strength)
+        if method == "adaptive":
+            (g,) = gradient_norms(model, info, x, [c], settings.pre_relu)
+            objective = channel(info.name, c) / max(g, 1e-8) + ssim_closeness(x, strength)
+        else:
+            objective = channel(info.name, c) / max(abs(b), scale_floor) + closeness(x, strength)
         res = renderer.render(objective, [channel_seed(seed, c)], param_args={"image": x})
         if res.status[0] != "ok":
             raise RenderError(f"accentuation of {info.name}:{c}: {res.status[0]}")
@@ -157,6 +248,8 @@ def accentuate(
                 ssim(img, x),
                 float(strength),
                 time.perf_counter() - t0,
+                scale=max(abs(b), scale_floor),
+                method=method,
             )
         )
         if on_done:
@@ -189,9 +282,10 @@ def accentuate_to_dir(
     *,
     layer: str = "default",
     channels: Sequence[int] = (0,),
-    strength: float = DEFAULT_STRENGTH,
+    strength: float | None = None,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
+    method: str = "adaptive",
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
 ) -> AccentRun:
@@ -202,6 +296,9 @@ def accentuate_to_dir(
     info = network_layer(model, layer, "accentuate")
     chans = [int(c) for c in channels]
     info.check_channels(chans)
+    check_method(method)
+    if strength is None:
+        strength = DEFAULT_STRENGTH if method == "adaptive" else FIXED_STRENGTH
     if not (strength >= 0 and steps >= 1):
         raise UsageError(f"strength must be ≥ 0 and steps ≥ 1, got {strength}, {steps}")
     settings = SETTINGS.with_(steps=steps)
@@ -210,6 +307,7 @@ def accentuate_to_dir(
         "image": str(image or "bundled:coffee.jpg"),
         "layer": info.name,
         "channels": chans,
+        "method": method,
         "strength": float(strength),
         "render": settings.as_dict(),
         "seed": seed,
@@ -221,6 +319,7 @@ def accentuate_to_dir(
             info.name,
             chans,
             strength=strength,
+            method=method,
             steps=steps,
             seed=seed,
             progress=progress,

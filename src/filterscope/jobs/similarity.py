@@ -35,25 +35,32 @@ def _gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torc
     return (g[:, None] * g[None, :]).float()
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
-    """SSIM between two images ``[3, H, W]`` in [0, 1] (see the module docstring)."""
-    x = torch.stack([a.float(), b.float()]).double()
-    if x.shape[-2:] != b.shape[-2:]:
+def ssim_batch(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """SSIM of each image ``[B, C, H, W]`` to one ``reference`` ``[C, H, W]`` (values in [0, 1]): ``[B]``,
+    differentiable (feature accentuation keeps it as its closeness term), in the images' dtype."""
+    if images.shape[-2:] != reference.shape[-2:]:
         raise ValueError("ssim needs images of the same size")
-    c = x.shape[1]
-    w = _gaussian_window().double().to(x.device).expand(c, 1, -1, -1)
+    c = images.shape[1]
+    w = _gaussian_window().to(images).expand(c, 1, -1, -1)
 
     def filt(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, w, groups=c)
 
-    xa, xb = x[0:1], x[1:2]
+    xa, xb = images, reference.to(images)[None]
     mu_a, mu_b = filt(xa), filt(xb)
     var_a = filt(xa * xa) - mu_a**2
     var_b = filt(xb * xb) - mu_b**2
     cov = filt(xa * xb) - mu_a * mu_b
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return float(s.mean())
+    return s.flatten(1).mean(1)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor) -> float:
+    """SSIM between two images ``[3, H, W]`` in [0, 1] (see the module docstring), in double precision."""
+    if a.shape[-2:] != b.shape[-2:]:
+        raise ValueError("ssim needs images of the same size")
+    return float(ssim_batch(a.double()[None], b.double())[0])
 
 
 def path_layers(model: Model, info: LayerInfo, most: int = 6) -> list[LayerInfo]:
