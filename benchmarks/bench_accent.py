@@ -39,7 +39,7 @@ from PIL import Image
 
 import filterscope as fs
 from filterscope.jobs.accentuate import DEFAULT_STEPS, accentuate
-from filterscope.outputs.images import list_images, load_image, model_input
+from filterscope.models.inputs import list_images, load_image, model_input
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = "blocks.5"
