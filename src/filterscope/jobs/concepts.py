@@ -48,6 +48,8 @@ from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..optvis.presets import DEFAULT_METHOD, get_preset
 from ..outputs.images import png_bytes
+from ..outputs.site import data_uri as _uri
+from ..outputs.site import figure_uri as _fig_uri
 from . import dictionary as dic
 from .activations import (
     PositionSample,
@@ -859,21 +861,6 @@ def _write(ctx, res: Concepts) -> None:
 
 
 # ---------------------------------------------------------------- report
-
-
-def _uri(png: bytes) -> str:
-    import base64
-
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _fig_uri(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
-    plt.close(fig)
-    return _uri(buf.getvalue())
 
 
 def report_context(res: Concepts) -> dict:

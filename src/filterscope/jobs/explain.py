@@ -20,7 +20,6 @@ their default layer.
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,8 @@ from ..models.layers import LayerInfo, network_layer
 from ..models.model import Model
 from ..optvis.presets import DEFAULT_METHOD, get_preset
 from ..outputs.images import png_bytes
+from ..outputs.site import data_uri as _uri
+from ..outputs.site import figure_uri as _fig_uri
 from .accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, Accentuation, accentuate
 from .attribution import check_class, check_rank, deletion_curve
 from .boost import check_top
@@ -185,50 +186,19 @@ def explain(
         "seed": seed,
         "deletion_k": list(DELETION_KS),
     }
+
+    def work(stop: Callable[[], bool] | None) -> Explanation:
+        return _explain(
+            model, pil, image_name, info, top, rank, target_class, images, files, folder, strength, accent_steps,
+            method, render_steps, seed, settings, progress, stop,
+        )  # fmt: skip
+
     if out is None:
-        res = _explain(
-            model,
-            pil,
-            image_name,
-            info,
-            top,
-            rank,
-            target_class,
-            images,
-            files,
-            folder,
-            strength,
-            accent_steps,
-            method,
-            render_steps,
-            seed,
-            settings,
-            progress,
-            should_stop,
-        )
+        res = work(should_stop)
         res.timings["total_s"] = round(time.perf_counter() - t0, 3)
         return res
     with open_run("explain", out, settings, progress=progress, should_stop=should_stop) as ctx:
-        res = _explain(
-            model,
-            pil,
-            image_name,
-            info,
-            top,
-            rank,
-            target_class,
-            images,
-            files,
-            folder,
-            strength,
-            accent_steps,
-            method,
-            render_steps,
-            seed,
-            settings,
-            progress,
-            ctx.stop,
-        )
+        res = work(ctx.stop)
         with ctx.timed("write"):
             write_explanation(ctx.run, res)
         res.run_dir = ctx.path
@@ -378,21 +348,6 @@ def evidence(
             )
         )
     return out
-
-
-def _uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def _fig_uri(fig) -> str:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
-    plt.close(fig)
-    return _uri(buf.getvalue())
 
 
 def report_context(res: Explanation) -> dict:

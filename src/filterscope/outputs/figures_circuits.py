@@ -7,8 +7,6 @@ compare.
 
 from __future__ import annotations
 
-import base64
-import io
 from importlib import resources
 from typing import Any
 
@@ -21,21 +19,11 @@ from PIL import Image
 
 from ..version import __version__
 from .images import png_bytes, to_uint8
+from .site import data_uri as _uri
+from .site import figure_uri as fig_uri
 
 WEIGHT_CMAP = "RdBu_r"
 EXCITE, INHIBIT = "#c0392b", "#2c6fbb"
-
-
-def _uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def fig_uri(fig) -> str:
-    """A matplotlib figure as a PNG data URI (the figure is closed)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
-    plt.close(fig)
-    return _uri(buf.getvalue())
 
 
 def weight_map_png(m: np.ndarray, vmax: float, side: int = 150) -> bytes:

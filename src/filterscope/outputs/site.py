@@ -133,3 +133,22 @@ def render_template(name: str, context: dict[str, Any]) -> str:
     """A self-contained report page from ``templates/<name>`` (inline CSS, pictures as data URIs)."""
     css = resources.files("filterscope.outputs").joinpath("templates/report.css").read_text()
     return _env().get_template(name).render(css=css, version=__version__, **context)
+
+
+def data_uri(png: bytes) -> str:
+    """PNG bytes as a ``data:`` URI, for self-contained report pages."""
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def figure_uri(fig) -> str:
+    """A matplotlib figure as a PNG data URI (the figure is closed; no varying metadata)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+    plt.close(fig)
+    return data_uri(buf.getvalue())
