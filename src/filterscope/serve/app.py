@@ -41,9 +41,20 @@ from ..outputs.naming import channel_page
 from ..version import __version__
 from . import compute, store
 from .guard import Access, Guard
-from .jobs import JobManager, TooManyJobs, run_accent, run_examples, run_explanation, run_render
+from .jobs import (
+    JobManager,
+    TooManyJobs,
+    run_accent,
+    run_concept_renders,
+    run_concepts,
+    run_examples,
+    run_explanation,
+    run_render,
+)
 
 MAX_UPLOAD = 20 * 1024 * 1024
+CONCEPTS = 6  # concepts per class page: few, so the job fits a laptop (about a minute on 2 cores)
+CONCEPT_SEED = 0
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -63,6 +74,10 @@ class Explorer:
         jobs: JobManager | None = None,
         upload_quota: int = store.UPLOAD_QUOTA,
         upload_max_age: float = store.UPLOAD_MAX_AGE,
+        images: str | Path | None = None,
+        bundled: bool = True,
+        concepts: int = CONCEPTS,
+        concept_crops: int | None = None,
     ):
         self.model = model
         self.cache = cache
@@ -75,8 +90,13 @@ class Explorer:
         self.outline = [e for e in layer_outline(model) if e.info.spatial]
         self.jobs = jobs or JobManager(model, workers, cache.root, per_client=per_client, max_jobs=max_jobs)
         self.photos: dict[str, Path] = {}
-        for p in [sample_image_path(), *list_images(sample_photos_dir())]:
+        for p in [sample_image_path(), *list_images(sample_photos_dir())] if bundled else []:
             self.photos.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
+        self.images = Path(images) if images else None  # serve --images DIR: its photos join the bundled ones
+        for p in list_images(self.images)[: store.MAX_PHOTO_SET] if self.images else []:
+            self.photos.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
+        self.n_concepts, self.concept_crops = concepts, concept_crops
+        self.n_classes = _n_classes(model)
         self.photo_hash = {p.name: h for h, p in self.photos.items()}
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("filterscope.serve", "templates"),
@@ -176,6 +196,52 @@ class Explorer:
                 self._thumbs[key] = got
         return got
 
+    # -- concepts (issue 23)
+    def photo_set(self) -> list[tuple[str, Path]]:
+        """The photos the explorer's concepts are learnt from: the bundled ones, ``--images DIR``'s and the
+        uploads (newest first), at most ``store.MAX_PHOTO_SET``."""
+        ups = []
+        for p in self.cache.files("uploads"):
+            if p.suffix == ".img" and HEX64.match(p.stem) and p.stem not in self.photos:
+                try:
+                    ups.append((p.stat().st_mtime, p.stem, p))
+                except OSError:
+                    continue
+        ups.sort(reverse=True)
+        return [*self.photos.items(), *((h, p) for _, h, p in ups)][: store.MAX_PHOTO_SET]
+
+    def class_index(self, request: Request) -> int:
+        k = request.path_params["k"]
+        if not 0 <= k < (self.n_classes or 0):
+            raise HTTPException(404, f"{self.model.name} has classes 0-{(self.n_classes or 1) - 1}, not {k}")
+        return k
+
+    def class_name(self, k: int) -> str:
+        names = self.model.categories or []
+        return names[k] if k < len(names) else f"class {k}"
+
+    def concepts_key(self, layer: str, k: int, set_hash: str) -> str:
+        """The cache key of a class's concepts over a photo set (the job's id)."""
+        return store.result_key(
+            self.model, "concepts", layer=layer, target_class=k, photo_set=set_hash, n_concepts=self.n_concepts,
+            seed=CONCEPT_SEED, crops=self.concept_crops,
+        )[0]  # fmt: skip
+
+    def concepts(self, key: str) -> tuple[dict, Any] | None:
+        """A finished concepts job's record and maps (images × concepts × h × w), memoised like ``maps``."""
+        memo_key = "concepts:" + key
+        with self._lock:
+            got = self._maps.get(memo_key)
+        if got is None:
+            got = store.load_explanation(self.cache, key)
+            if got is None:
+                return None
+            with self._lock:
+                if len(self._maps) > 64:
+                    self._maps.pop(next(iter(self._maps)))
+                self._maps[memo_key] = got
+        return got
+
     def picker(self) -> dict[str, Any]:
         """The layer picker: stage and block outputs (default marked), and every module grouped by block."""
         short = [e for e in self.outline if e.primary and not e.duplicate]
@@ -189,6 +255,22 @@ class Explorer:
                 inner.setdefault(e.parent, []).append(row(e))
         groups = [{"head": row(e), "inner": inner.get(e.name, [])} for e in self.outline if e.primary]
         return {"layers": [row(e) for e in short], "groups": groups, "n_all": len(self.outline)}
+
+
+def _n_classes(model) -> int | None:
+    """How many classes the model outputs (its categories, else one forward pass of the sample photo)."""
+    import torch
+
+    if model.categories:
+        return len(model.categories)
+    try:
+        from ..models.inputs import model_input
+
+        with torch.inference_mode():
+            out = model.forward(model_input(model, load_image(sample_image_path())).to(model.device))
+        return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    except Exception:
+        return None
 
 
 def _error_page(request: Request, exc: Exception) -> Response:
@@ -271,7 +353,10 @@ def explain_page(request: Request) -> Response:
     ex.image_path(h)
     got = ex.maps(layer, h)  # not there yet: the page's script starts the job (POST) and polls it
     base = f"/m/{ex.model.name}/{layer}/img/{h}"
-    return ex.page("explain.html", request=request, layer=layer, h=h, ex=got[0] if got else None, base=base)
+    concepts = _photo_concepts(ex, request, layer, h, got[0]) if got and ex.n_classes else None
+    return ex.page(
+        "explain.html", request=request, layer=layer, h=h, ex=got[0] if got else None, base=base, concepts=concepts
+    )
 
 
 def _submit(ex: Explorer, request: Request, key: str, kind: str, fn, *args):
@@ -484,6 +569,172 @@ def filter_page(request: Request) -> Response:
     )
 
 
+# ---------------------------------------------------------------- concepts (issue 23)
+
+
+def _concepts_job(ex: Explorer, request: Request, layer: str, k: int):
+    """The key of a class's concepts over the current photo set, the finished result (or None) and a
+    function that starts the job."""
+    photos = ex.photo_set()
+    set_hash = store.photo_set_hash([h for h, _ in photos])
+    key = ex.concepts_key(layer, k, set_hash)
+
+    def start():
+        _, folder = store.photo_set_dir(ex.cache, photos)
+        args = (str(folder), layer, k, ex.n_concepts, CONCEPT_SEED, ex.concept_crops)
+        return _submit(ex, request, key, "concepts", run_concepts, *args)
+
+    return key, ex.concepts(key), start, len(photos)
+
+
+def _concept_cards(ex: Explorer, layer: str, key: str, rec: dict, maps) -> list[dict]:
+    """What the class page shows per concept: its record, crop and heatmap URLs, its strongest channels."""
+    import numpy as np
+
+    cards = []
+    for c in rec["concepts"]:
+        j = c["concept"]
+        vec = np.asarray(c["vector"], dtype=np.float32)
+        top = [int(i) for i in np.argsort(-np.abs(vec))[:3]]
+        cards.append(
+            {
+                **c,
+                "crops": [
+                    {"url": f"/png/{k2}.png", "image": t["image"], "coefficient": t["coefficient"]}
+                    for k2, t in zip(c["crop_keys"], c["top_crops"])
+                ],
+                "heat": [
+                    {"url": f"/cmap/{key}/{r}/{j}.png", "photo": f"/m/{ex.model.name}/{layer}/img/{rec['images'][r]}"}
+                    for r in c["heat_rows"]
+                ],
+                "channels": [{"channel": i, "weight": round(float(vec[i]), 3)} for i in top],
+            }
+        )
+    return cards
+
+
+def class_page(request: Request) -> Response:
+    """A class's concepts over the server's photos (``jobs.concepts``: dictionary, importance, ablation,
+    top crops, maps; renders on request)."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request)
+    key, got, _, n_photos = _concepts_job(ex, request, layer, k)
+    ctx: dict[str, Any] = {"rec": None, "cards": [], "renders": None}
+    if got is not None:
+        rec, maps = got
+        ctx = {"rec": rec, "cards": _concept_cards(ex, layer, key, rec, maps)}
+        rkeys = store.concept_render_keys(
+            ex.model, layer, [c["vector"] for c in rec["concepts"]], DEFAULT_METHOD, CONCEPT_SEED
+        )
+        ctx["renders"] = [f"/png/{r}.png" for r in rkeys] if all(ex.cache.has(r) for r in rkeys) else None
+    return ex.page(
+        "class.html",
+        request=request,
+        layer=layer,
+        k=k,
+        class_name=ex.class_name(k),
+        n_photos=n_photos,
+        n_concepts=ex.n_concepts,
+        api=f"/api/concepts/{ex.model.name}/{layer}/{k}",
+        render_api=f"/api/concept-renders/{ex.model.name}/{layer}/{k}",
+        key=key,
+        **ctx,
+    )
+
+
+def api_concepts(request: Request) -> Response:
+    """A class's concepts over the photo set: done, or the job's progress; POST starts it."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request)
+    key, got, start, _ = _concepts_job(ex, request, layer, k)
+    if got is not None:
+        st = ex.jobs.status(key, ex.client(request))
+        if st is not None and st["state"] == "done":  # computed by this server just now
+            return JSONResponse({**st, "cached": False, "urls": []})
+        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
+    st = _job(request, key, start)
+    return JSONResponse(st) if st else _not_started(key)
+
+
+def api_concept_renders(request: Request) -> Response:
+    """The renders of a class's concepts (the default preset, render cache): done with their URLs, or the
+    job's progress; POST starts it. The concepts must be computed first."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request)
+    key, got, _, _ = _concepts_job(ex, request, layer, k)
+    if got is None:
+        raise HTTPException(404, "compute this class's concepts first")
+    bank = [c["vector"] for c in got[0]["concepts"]]
+    rkeys = store.concept_render_keys(ex.model, layer, bank, DEFAULT_METHOD, CONCEPT_SEED)
+    urls = [f"/png/{r}.png" for r in rkeys]
+    job = store.result_key(ex.model, "concept-renders", concepts=key, method=DEFAULT_METHOD)[0]
+    st = ex.jobs.status(job, ex.client(request))
+    if all(ex.cache.has(r) for r in rkeys):
+        if st is not None and st["state"] == "done":
+            return JSONResponse({**st, "cached": False, "urls": urls})
+        return JSONResponse({"id": job, "state": "done", "cached": True, "urls": urls})
+    args = (layer, bank, DEFAULT_METHOD, CONCEPT_SEED)
+    st = _job(request, job, lambda: _submit(ex, request, job, "concept-renders", run_concept_renders, *args))
+    if st is None:
+        return _not_started(job)
+    if st["state"] == "done":
+        st = {**st, "cached": False, "urls": urls}
+    return JSONResponse(st)
+
+
+def concept_map(request: Request) -> Response:
+    """Where concept ``j`` sits on photo ``row`` of a concepts result: its coefficient map over the photo."""
+    ex: Explorer = request.app.state.explorer
+    key, row, j, side = (
+        request.path_params["key"],
+        request.path_params["row"],
+        request.path_params["j"],
+        _side(request, 96),
+    )
+    if not HEX64.match(key):
+        raise HTTPException(404, "not a concepts key")
+    got = ex.concepts(key)
+    if got is None:
+        raise HTTPException(404, "no such concepts result in the cache")
+    rec, maps = got
+    if not (0 <= row < maps.shape[0] and 0 <= j < maps.shape[1]):
+        raise HTTPException(404, f"the result has photos 0-{maps.shape[0] - 1} and concepts 0-{maps.shape[1] - 1}")
+    path = ex.image_path(rec["images"][row])
+    pic = ex.memo(
+        ("cmap", key, row, j, side), lambda: compute.where_it_fires(load_image(path), ex.model, maps[row, j], side)
+    )
+    return Response(pic, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+
+
+def _photo_concepts(ex: Explorer, request: Request, layer: str, h: str, rec: dict) -> dict[str, Any]:
+    """The explanation page's concepts: those of the photo's predicted class over the photo set, ordered by
+    this photo's coefficients (summed over its map)."""
+    k = int(rec["target_class"])
+    key, got, _, _ = _concepts_job(ex, request, layer, k)
+    out: dict[str, Any] = {"k": k, "class_name": ex.class_name(k), "api": f"/api/concepts/{ex.model.name}/{layer}/{k}"}
+    out["url"] = f"/m/{ex.model.name}/{layer}/class/{k}"
+    out["tiles"], out["done"], out["missing"] = [], got is not None, False
+    if got is None:
+        return out
+    crec, maps = got
+    if h not in crec["images"]:
+        out["missing"] = True
+        return out
+    row = crec["images"].index(h)
+    m = maps[row].astype("float32")  # concepts × h × w
+    total = m.reshape(m.shape[0], -1).sum(1)
+    for c in sorted(crec["concepts"], key=lambda c: -float(total[c["concept"]])):
+        j = c["concept"]
+        out["tiles"].append(
+            {"concept": j, "label": c["label"], "importance": c["importance"], "coefficient": float(total[j]),
+             "url": f"/cmap/{key}/{row}/{j}.png"}
+        )  # fmt: skip
+    return out
+
+
 def atlas_channel(request: Request) -> Response:
     """An atlas channel page with a link to the same filter in the explorer."""
     ex: Explorer = request.app.state.explorer
@@ -531,6 +782,10 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
         Route("/api/examples/{model}/{layer}", api_examples, methods=API),
         Route("/api/render/{model}/{layer}/{c:int}", api_render, methods=API),
         Route("/api/accent/{model}/{layer}/{h}/{c:int}", api_accent, methods=API),
+        Route("/m/{model}/{layer}/class/{k:int}", class_page),
+        Route("/api/concepts/{model}/{layer}/{k:int}", api_concepts, methods=API),
+        Route("/api/concept-renders/{model}/{layer}/{k:int}", api_concept_renders, methods=API),
+        Route("/cmap/{key}/{row:int}/{j:int}.png", concept_map),
         Route("/png/{key}.png", png),
         Route("/photo/{h}.png", photo),
         Route("/where/{model}/{layer}/{h}/{c:int}.png", where),
