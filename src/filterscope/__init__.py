@@ -14,11 +14,13 @@ from .jobs.accentuate import Accentuation, accentuate
 from .jobs.atlas import build_atlas
 from .jobs.boost import boost
 from .jobs.channels import ChannelRender, render, render_channels
+from .jobs.circuit import Circuit, circuit
 from .jobs.compare import compare
 from .jobs.concepts import Concepts, concepts
 from .jobs.explain import Explanation, explain
 from .jobs.inspect import Inspection, inspect
 from .jobs.render_objective import objective_for, render_objective
+from .jobs.tuning import Tuning, tuning
 from .models import Model, default_layer, get_layer, layer_outline, list_layers, load_model, register_model
 from .models.inputs import load_image, sample_image_path, sample_photos_dir
 from .optvis.objective_text import parse as parse_objective
@@ -34,6 +36,10 @@ __all__ = [
     "accentuate",
     "explain",
     "ChannelRender",
+    "Circuit",
+    "Tuning",
+    "circuit",
+    "tuning",
     "FilterscopeError",
     "Inspection",
     "Model",

@@ -947,6 +947,112 @@ def concepts(
 
 
 @cli.command()
+@model_options
+@click.option("--layer", default=None, help="Layer [default: blocks.5 when the model has it, else its default layer].")
+@click.option("--channel", type=click.IntRange(min=0), required=True, help="The channel of LAYER to explain.")
+@click.option("--from", "from_layer", default=None, help="Earlier layer [default: the layer that feeds LAYER].")
+@click.option("--images", default=None, help="Folder of images for attribution (default: the bundled photos).")
+@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs shown with renders.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Inputs zeroed by ablation [default: 8].")
+@click.option(
+    "--linearize",
+    type=click.Choice(["identity", "gated"]),
+    default="identity",
+    show_default=True,
+    help="Activations in the expanded weights: the identity (Voss et al.) or their mean slope on the images.",
+)
+@click.option("--no-renders", is_flag=True, help="Skip the renders of the inputs (faster).")
+@click.option("--method", type=METHOD, default=None, help="Render preset of the inputs [default: fast].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@out_option("circuit")
+@output_options
+@cache_options
+def circuit(
+    model_name,
+    weights,
+    trust_checkpoint,
+    device,
+    layer,
+    channel,
+    from_layer,
+    images,
+    top,
+    k,
+    linearize,
+    no_renders,
+    method,
+    seed,
+    out,
+    quiet,
+    as_json,
+):
+    """The channels of an earlier layer that build CHANNEL: expanded weights, attribution, ablation."""
+    from .jobs.circuit import run_circuit
+    from .models.inputs import list_images
+
+    if images:
+        list_images(images)
+    out = out or default_out("circuit")
+    model = load(model_name, weights, trust_checkpoint, device)
+    res = run_circuit(
+        model,
+        layer,
+        channel,
+        out=out,
+        from_layer=from_layer,
+        images=images,
+        top=top,
+        k=k,
+        renders=not no_renders,
+        linearize=linearize,
+        method=method,
+        seed=seed,
+        progress=not quiet,
+    )
+    res.raise_if_partial()
+    c = res.data
+    ab = c.ablation
+    lines = [
+        f"{model.name} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
+        f"zeroing the top {ab['k']} inputs by |attribution| changes it by {ab['change_top']:.4f} "
+        f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
+    ]
+    for i in c.shown:
+        lines.append(
+            f"  {c.source}:{i.channel:<4d} {i.sign:<8} weight {i.weight:+.4f}  attribution {i.attribution:+.4f}"
+        )
+    lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
+    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
+
+
+@cli.command()
+@model_options
+@click.option("--layer", default="default", show_default=True)
+@click.option("--channels", type=CHANNELS, default="0-7", show_default=True, help="e.g. 0-23, 1,5,9 or all.")
+@click.option("--images", default=None, help="Folder of natural images for the natural maximum (default: bundled).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the shuffle null.")
+@out_option("tuning")
+@output_options
+def tuning(model_name, weights, trust_checkpoint, device, layer, channels, images, seed, out, quiet, as_json):
+    """What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves; tuning.json, report.html."""
+    from .jobs.tuning import run_tuning
+    from .models.inputs import list_images
+
+    if images:
+        list_images(images)
+    out = out or default_out("tuning")
+    model = load(model_name, weights, trust_checkpoint, device)
+    res = run_tuning(model, layer, channels, out=out, images=images, seed=seed, progress=not quiet)
+    res.raise_if_partial()
+    t = res.data
+    lines = [f"{model.name} · {t.layer} · {len(t.channels)} channels · {t.n_stimuli} stimuli"]
+    for ch in t.channels:
+        lines.append(f"  {ch.channel:4d}  {ch.description or '(no significant selectivity)'}")
+    lines.append(f"wrote {res.run_dir}/tuning.json, figure_tuning.png, report.html, run.json")
+    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--images", default=None, help="Folder of natural images (default: the bundled photos).")
 @click.option(

@@ -1,0 +1,814 @@
+"""How a filter is built: the channels of an earlier layer that make channel C of layer L.
+
+Three kinds of evidence, after the Circuits thread (Olah et al. 2020 "Zoom In"; Voss et al. 2021
+"Visualizing Weights"):
+
+1. **Expanded weights**: the linear map from the earlier layer ``F`` to C at the centre position of L's map,
+   computed as the gradient of that one output with respect to F's output in a copy of the network whose
+   non-linearities are the identity, max-pooling is average pooling and squeeze-excite gates are fixed
+   (:mod:`filterscope.optvis.linearize`). It passes 1×1, depthwise, batch-norm, squeeze-excite and residual
+   paths with no per-architecture code. Per input channel: its spatial weight map and the map's sum
+   (``weight``: > 0 excites C, < 0 inhibits it).
+2. **Attribution over images**: gradient × activation of each input channel on C's spatial mean, summed
+   over the map and averaged over the images (the first-order estimate of how much C's mean falls when
+   that input is set to zero).
+3. **Ablation**: zeroing the top-k inputs by |attribution| (and, separately, the k most excitatory) changes
+   C's mean activation, against k random inputs (``n_random`` seeded draws).
+
+:func:`circuit` computes all of it with no files (a pure function of the model and its arguments, so a
+worker can call it); with ``out`` it runs as a job (:func:`run_circuit`) and writes ``circuit.json``,
+``circuit_weights.npz``, ``figure_circuit.png``, ``report.html``, the input renders and ``run.json``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import LayerError, UsageError
+from ..models.inputs import list_images, load_image, model_input, sample_photos_dir
+from ..models.layers import LayerInfo, list_layers, network_layer
+from ..models.model import Model
+from ..optvis.hooks import StopForward
+from ..optvis.linearize import GateMeter, linear_copy
+from ..optvis.presets import DEFAULT_METHOD
+from .contract import JobResult, open_run
+
+LINEARIZE = ("identity", "gated")
+OTHER = {"identity": "gated", "gated": "identity"}
+DEFAULT_TOP = 8
+DEFAULT_K = 8
+N_RANDOM = 8
+BATCH = 12
+
+
+# ---------------------------------------------------------------- layers: which feeds which
+
+
+def _maps_layer(model: Model, name: str, what: str) -> LayerInfo:
+    info = network_layer(model, name, what)
+    if not info.spatial:
+        raise LayerError(f"{what} needs a layer with spatial maps (C×H×W); {info.name} is {info.shape_str()}")
+    if info.tokens is not None or info.nhwc:
+        raise LayerError(f"{what} needs convolutional maps (N×C×H×W); {info.name} is a token/NHWC output")
+    return info
+
+
+def feeding_layer(model: Model, info: LayerInfo) -> LayerInfo:
+    """The layer whose output is the input of ``info``'s module: the output of the stage or block that feeds
+    it (``blocks.4`` for ``blocks.5`` on EfficientNet; the outermost module when several return the same
+    tensor). Without an exact match, the last layer with maps that finishes before ``info`` starts."""
+    modules = dict(model.net.named_modules())
+    spatial = [i for i in list_layers(model) if i.spatial and i.tokens is None and not i.nhwc]
+    counter = [0]
+    outs: dict[str, tuple[int, tuple, int]] = {}
+    start: list = [None]
+
+    def hook(name):
+        def f(m, inp, out):
+            counter[0] += 1
+            if isinstance(out, torch.Tensor):
+                outs[name] = (out.data_ptr(), tuple(out.shape), counter[0])
+
+        return f
+
+    def pre(m, inp):
+        counter[0] += 1
+        if inp and isinstance(inp[0], torch.Tensor):
+            start[0] = (inp[0].data_ptr(), tuple(inp[0].shape), counter[0])
+
+    handles = [modules[i.name].register_forward_hook(hook(i.name)) for i in spatial if i.name != info.name]
+    handles.append(modules[info.name].register_forward_pre_hook(pre))
+    try:
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
+        with torch.inference_mode():
+            model.forward(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if start[0] is None:
+        raise LayerError(f"layer {info.name} is not reached in the forward pass")
+    ptr, shape, t0 = start[0]
+    inside = info.name + "."
+    earlier = {n: o for n, o in outs.items() if o[2] < t0 and not n.startswith(inside)}
+    exact = [n for n, o in earlier.items() if o[0] == ptr and o[1] == shape]
+    pick = exact or list(earlier)
+    if not pick:
+        raise UsageError(f"{info.name} reads the model's input: it has no earlier layer with maps to build it from")
+    best = max(pick, key=lambda n: earlier[n][2])
+    return next(i for i in spatial if i.name == best)
+
+
+class _Tap:
+    """One forward pass with the output of ``src`` (its last call) passed through ``fn`` and the output of
+    ``dst`` (its last call) kept, stopping the network there."""
+
+    def __init__(
+        self, net: torch.nn.Module, src: LayerInfo, dst: LayerInfo, fn: Callable[[torch.Tensor], torch.Tensor]
+    ):
+        self.modules = dict(net.named_modules())
+        self.src, self.dst, self.fn = src, dst, fn
+        self.out: torch.Tensor | None = None
+        self.replaced = False
+        self._n = {src.name: 0, dst.name: 0}
+        self._handles: list = []
+
+    def __enter__(self) -> _Tap:
+        self._handles = [
+            self.modules[self.src.name].register_forward_hook(self._src_hook),
+            self.modules[self.dst.name].register_forward_hook(self._dst_hook),
+        ]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+    def _src_hook(self, m, inp, out):
+        self._n[self.src.name] += 1
+        if self._n[self.src.name] == self.src.calls:
+            self.replaced = True
+            return self.fn(out)
+        return None
+
+    def _dst_hook(self, m, inp, out):
+        self._n[self.dst.name] += 1
+        if self._n[self.dst.name] == self.dst.calls:
+            self.out = out
+            raise StopForward
+
+    def run(self, forward: Callable, x: torch.Tensor) -> torch.Tensor | None:
+        self.out, self.replaced = None, False
+        self._n = {k: 0 for k in self._n}
+        try:
+            forward(x)
+        except StopForward:
+            pass
+        return self.out
+
+
+def check_feeds(model: Model, src: LayerInfo, dst: LayerInfo) -> None:
+    """``src``'s output must reach ``dst``'s: one forward with ``src``'s output as a leaf that needs a
+    gradient; ``dst``'s output then needs one too, or ``src`` does not feed ``dst``."""
+    if src.name == dst.name:
+        raise UsageError(f"--from {src.name} is the layer itself: give an earlier layer that feeds {dst.name}")
+    leaf: list = []
+
+    def as_leaf(out):
+        z = out.detach().clone().requires_grad_(True)
+        leaf.append(z)
+        return z * 1.0
+
+    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
+    with torch.enable_grad(), _Tap(model.net, src, dst, as_leaf) as tap:
+        out = tap.run(model.forward, x)
+    if not leaf or out is None or not out.requires_grad:
+        when = "runs after" if src.order > dst.order else "is not on a path into"
+        raise UsageError(f"--from {src.name} does not feed {dst.name}: it {when} {dst.name}")
+
+
+# ---------------------------------------------------------------- the three measurements
+
+
+def image_batches(model: Model, files: list[Path], batch: int = BATCH) -> Iterator[torch.Tensor]:
+    for i in range(0, len(files), batch):
+        yield torch.cat([model_input(model, load_image(f)) for f in files[i : i + batch]]).to(model.device)
+
+
+@dataclass
+class Pass:
+    """What one pass over the images gives: per-image attribution ``[N, C_src]`` and target mean ``[N]``,
+    the source layer's outputs (reused by the ablation), squeeze-excite gates and activation slopes."""
+
+    attribution: np.ndarray
+    activation: np.ndarray
+    sources: list[torch.Tensor]
+    gates: dict[str, torch.Tensor]
+    slopes: dict[str, torch.Tensor]
+
+
+def attribution(
+    model: Model,
+    src: LayerInfo,
+    dst: LayerInfo,
+    channel: int,
+    batches: list[torch.Tensor],
+    should_stop: Callable[[], bool] | None = None,
+) -> Pass:
+    """Gradient × activation of every ``src`` channel on ``dst``'s channel mean (summed over the map), per
+    image; on the way, the gates of squeeze-excite modules and the mean slopes of activation modules."""
+    from ..optvis.linearize import SlopeMeter
+
+    lin = linear_copy(model.net)
+    gates, slopes = GateMeter(model.net, lin.se), SlopeMeter(model.net, lin.activations)
+    attrs, acts, sources = [], [], []
+    leaf: list = []
+
+    def as_leaf(out):
+        z = out.detach().clone().requires_grad_(True)
+        leaf[:] = [z]
+        return z * 1.0
+
+    try:
+        with torch.enable_grad(), _Tap(model.net, src, dst, as_leaf) as tap:
+            for x in batches:
+                out = tap.run(model.forward, x)
+                a = out[:, channel].flatten(1).mean(1)
+                (g,) = torch.autograd.grad(a.sum(), leaf[0])
+                attrs.append((g * leaf[0]).sum((2, 3)).detach().float().cpu())
+                acts.append(a.detach().float().cpu())
+                sources.append(leaf[0].detach())
+                if should_stop and should_stop():
+                    break
+    finally:
+        gates.remove()
+        slopes.remove()
+    return Pass(torch.cat(attrs).numpy(), torch.cat(acts).numpy(), sources, gates.gates(), slopes.gains())
+
+
+def expanded_weights(
+    model: Model,
+    src: LayerInfo,
+    dst: LayerInfo,
+    channel: int,
+    gates: dict[str, torch.Tensor] | None = None,
+    gains: dict[str, torch.Tensor] | None = None,
+) -> tuple[np.ndarray, tuple[int, int], dict]:
+    """The linear map from ``src``'s output to ``dst``'s ``channel`` at the centre of its map: ``[C_src, H, W]``
+    (Voss et al. 2021), the centre position, and how linear the copy is (swapped modules and the measured
+    affine error, 0 when every non-linearity between the layers is a module). ``gains``: per-channel gains
+    for the activation modules instead of the identity (the data-gated variant); ``gates``: squeeze-excite."""
+    lc = linear_copy(model.net)
+    lin = lc.set(gains, gates)
+    h, w = dst.shape[1], dst.shape[2]
+    pos = (h // 2, w // 2)
+    leaf: list = []
+
+    def as_leaf(out):
+        # one pass, five rows: 0 for the gradient, then 0, a, b, a + b for the affine check
+        gen = torch.Generator().manual_seed(0)
+        a = torch.randn(out.shape[1:], generator=gen).to(out)
+        b = torch.randn(out.shape[1:], generator=gen).to(out)
+        z = torch.stack([torch.zeros_like(a), torch.zeros_like(a), a, b, a + b]).requires_grad_(True)
+        leaf[:] = [z]
+        return z * 1.0
+
+    x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
+    with torch.enable_grad(), _Tap(lin, src, dst, as_leaf) as tap:
+        out = tap.run(lambda v: lin(model.normalize(v)), x)
+        (g,) = torch.autograd.grad(out[0, channel, pos[0], pos[1]], leaf[0])
+    maps = g[0].detach().float().cpu().numpy()
+    f = out.detach().float()
+    err = (f[4] - f[2] - f[3] + f[1]).abs().max().item()
+    scale = max((f[2] - f[1]).abs().max().item(), (f[3] - f[1]).abs().max().item(), 1e-12)
+    return maps, pos, {**lc.counts(), "affine_error": float(f"{err / scale:.3g}")}
+
+
+def ablation(
+    model: Model,
+    src: LayerInfo,
+    dst: LayerInfo,
+    channel: int,
+    batches: list[torch.Tensor],
+    attr: np.ndarray,
+    k: int,
+    seed: int,
+    n_random: int = N_RANDOM,
+    sources: list[torch.Tensor] | None = None,
+    base: np.ndarray | None = None,
+) -> dict:
+    """C's mean activation with sets of ``src`` channels set to zero: the top-k by |attribution|, the k most
+    excitatory (largest attribution), and ``n_random`` draws of k random channels (``seed``).
+
+    With ``sources`` (``src``'s outputs from :func:`attribution`) and their unmasked result ``base``, the
+    network before ``src`` runs on one blank image and the stored outputs continue from ``src``; kept only
+    when it reproduces ``base`` (nothing after ``src`` reads a tensor from before it)."""
+    n = src.channels
+    k = min(k, n)
+    rng = np.random.default_rng(seed)
+    top_abs = np.argsort(-np.abs(attr), kind="stable")[:k]
+    top_pos = np.argsort(-attr, kind="stable")[:k]
+    randoms = [np.sort(rng.choice(n, size=k, replace=False)) for _ in range(n_random)]
+    sets = [top_abs, top_pos, *randoms]
+    masks = torch.ones(len(sets) + 1, n)
+    for i, s in enumerate(sets):
+        masks[i + 1, torch.as_tensor(s)] = 0.0
+    masks = masks.to(model.device)
+    acts = None
+    with torch.inference_mode():
+        if sources is not None and base is not None:
+            rows = [_masked_means(model, src, dst, channel, None, masks, stored=s) for s in sources]
+            acts = torch.cat(rows).numpy()
+            if not np.allclose(acts[:, 0], base, rtol=1e-3, atol=1e-4):
+                acts = None
+        if acts is None:
+            acts = torch.cat([_masked_means(model, src, dst, channel, x, masks) for x in batches]).numpy()
+    base = acts[:, 0]
+    change = np.abs(acts[:, 1:] - base[:, None]).mean(0)  # mean |Δ| per set
+    drop = (base[:, None] - acts[:, 1:]).mean(0)  # mean (base − ablated) per set
+    rnd_change, rnd_drop = change[2:], drop[2:]
+    return {
+        "k": int(k),
+        "n_random": int(n_random),
+        "seed": int(seed),
+        "activation": round(float(base.mean()), 6),
+        "top_abs": [int(c) for c in top_abs],
+        "top_excitatory": [int(c) for c in top_pos],
+        "random_sets": [[int(c) for c in s] for s in randoms],
+        "change_top": round(float(change[0]), 6),
+        "change_random": round(float(rnd_change.mean()), 6),
+        "change_random_each": [round(float(v), 6) for v in rnd_change],
+        "change_ratio": round(float(change[0] / max(rnd_change.mean(), 1e-12)), 4),
+        "drop_excitatory": round(float(drop[1]), 6),
+        "drop_random": round(float(rnd_drop.mean()), 6),
+        "drop_random_each": [round(float(v), 6) for v in rnd_drop],
+    }
+
+
+def _masked_means(model, src, dst, channel, x, masks, stored: torch.Tensor | None = None) -> torch.Tensor:
+    """``dst``'s channel mean ``[B, M]`` for each image of ``x`` (or each stored ``src`` output) with
+    ``src``'s output times each mask row."""
+    m = masks.shape[0]
+
+    def expand(out):
+        o = stored if stored is not None else out
+        return (o.unsqueeze(1) * masks.view(1, m, -1, 1, 1).to(o.dtype)).flatten(0, 1)
+
+    if stored is not None:
+        x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
+    b = stored.shape[0] if stored is not None else x.shape[0]
+    try:
+        with _Tap(model.net, src, dst, expand) as tap:
+            out = tap.run(model.forward, x)
+        if out is None or out.shape[0] != b * m:
+            raise RuntimeError("batch did not expand")
+        return out[:, channel].flatten(1).mean(1).view(b, m).float().cpu()
+    except RuntimeError:
+        if stored is not None:
+            return torch.full((b, m), float("nan"))
+        cols = []  # a later op mixes in a tensor from before src: one pass per mask
+        for row in masks:
+            with _Tap(model.net, src, dst, lambda o, r=row: o * r.view(1, -1, 1, 1).to(o.dtype)) as tap:
+                out = tap.run(model.forward, x)
+            cols.append(out[:, channel].flatten(1).mean(1).float().cpu())
+        return torch.stack(cols, 1)
+
+
+# ---------------------------------------------------------------- result
+
+
+@dataclass
+class CircuitInput:
+    """One channel of the earlier layer and how it builds the target channel."""
+
+    layer: str
+    channel: int
+    weight: float  # summed expanded weight (> 0 excites, < 0 inhibits)
+    attribution: float  # mean gradient × activation over the images
+    weight_map: np.ndarray  # [H, W] expanded weights over the earlier layer's map
+    rank_weight: int
+    rank_attribution: int
+    weight_other: float = 0.0  # the summed weight by the other linearisation (identity ↔ gated)
+    render: torch.Tensor | None = None
+    render_png: bytes | None = None
+    render_activation: float | None = None
+
+    @property
+    def sign(self) -> str:
+        return "excites" if self.weight > 0 else "inhibits" if self.weight < 0 else "none"
+
+    def record(self, render_file: str | None = None, linearize: str = "identity") -> dict:
+        return {
+            "layer": self.layer,
+            "channel": self.channel,
+            "weight": round(self.weight, 6),
+            "attribution": round(self.attribution, 6),
+            f"weight_{OTHER[linearize]}": round(self.weight_other, 6),
+            "sign": self.sign,
+            "weight_abs_max": round(float(np.abs(self.weight_map).max()), 6),
+            "rank_weight": self.rank_weight,
+            "rank_attribution": self.rank_attribution,
+            "render": render_file,
+            **({"render_activation": round(self.render_activation, 6)} if self.render_activation is not None else {}),
+        }
+
+
+@dataclass
+class Circuit:
+    """What :func:`circuit` found for one channel; shows itself as the report in Jupyter."""
+
+    model: str
+    layer: str
+    channel: int
+    source: str  # the earlier layer ("from")
+    position: tuple[int, int]
+    inputs: list[CircuitInput]  # sorted by |weight|
+    activation: float  # C's mean activation over the images
+    n_images: int
+    images: str
+    ablation: dict
+    linear: dict
+    window: tuple[int, int, int, int]  # rows r0:r1, cols c0:c1 of the source map where weights are non-zero
+    top: int
+    settings: dict = field(default_factory=dict)
+    target_render: torch.Tensor | None = None
+    target_png: bytes | None = None
+    timings: dict = field(default_factory=dict)
+    status: str = "complete"
+    run_dir: Path | None = None
+
+    @property
+    def shown(self) -> list[CircuitInput]:
+        """The inputs the figure and report show: the top ``top`` by |weight|."""
+        return self.inputs[: self.top]
+
+    def record(self) -> dict:
+        """``circuit.json`` (``shared/README.md``): layer, channel, from, inputs sorted by |weight|."""
+        from ..outputs.naming import channel_file
+
+        return {
+            "model": self.model,
+            "layer": self.layer,
+            "channel": self.channel,
+            "from": self.source,
+            "position": list(self.position),
+            "activation": round(self.activation, 6),
+            "images": self.images,
+            "n_images": self.n_images,
+            "render": channel_file(self.layer, self.channel) if self.target_png else None,
+            "inputs": [
+                i.record(
+                    channel_file(i.layer, i.channel) if i.render_png is not None else None, self.linear["linearize"]
+                )
+                for i in self.inputs
+            ],
+            "ablation": self.ablation,
+            "expanded_weights": {
+                "method": "gradient through a linear copy: activations → "
+                + ("identity" if self.linear["linearize"] == "identity" else "their mean slope on the images")
+                + ", max → average pooling, squeeze-excite gates fixed at their mean over the images",
+                **self.linear,
+                "window": list(self.window),
+                "file": "circuit_weights.npz",
+            },
+        }
+
+    def weight_maps(self) -> np.ndarray:
+        """``[C_src, H, W]`` expanded weights in source-channel order."""
+        order = sorted(self.inputs, key=lambda i: i.channel)
+        return np.stack([i.weight_map for i in order])
+
+    def figure(self):
+        from ..outputs.figures_circuits import circuit_figure
+
+        return circuit_figure(self)
+
+    def html(self) -> str:
+        from ..outputs.figures_circuits import circuit_report
+
+        return circuit_report(self)
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+
+# ---------------------------------------------------------------- the job
+
+
+def validate(
+    model: Model,
+    layer: str | None,
+    channel: int,
+    from_layer: str | None,
+    top: int,
+    k: int | None,
+    linearize: str = "identity",
+) -> tuple[LayerInfo, LayerInfo]:
+    """The checks the CLI and the API share, before any work: both layers have maps, the channel is in
+    range, ``from_layer`` feeds ``layer``, ``top`` and ``k`` fit."""
+    from .explain import explain_layer
+
+    if linearize not in LINEARIZE:
+        raise UsageError(f"unknown linearisation {linearize!r}", hint="use identity or gated")
+    info = _maps_layer(model, layer or explain_layer(model), "circuit")
+    info.check_channels([channel])
+    src = _maps_layer(model, from_layer, "--from") if from_layer else feeding_layer(model, info)
+    if from_layer:
+        check_feeds(model, src, info)
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, got {top}")
+    if k is not None and not 1 <= k <= src.channels:
+        raise UsageError(f"--k must be in 1-{src.channels} (the channels of {src.name}), got {k}")
+    return info, src
+
+
+def ablation_k(k: int | None, src: LayerInfo) -> int:
+    """``k`` or, by default, 8 (at most the source layer's channels)."""
+    return k if k is not None else min(DEFAULT_K, src.channels)
+
+
+def circuit(
+    model: Model,
+    layer: str | None = None,
+    channel: int = 0,
+    *,
+    from_layer: str | None = None,
+    images: str | Path | None = None,
+    top: int = DEFAULT_TOP,
+    k: int | None = None,
+    renders: bool = True,
+    linearize: str = "identity",
+    method: str | None = None,
+    seed: int = 0,
+    out: str | Path | None = None,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Circuit:
+    """The channels of ``from_layer`` (default: the layer that feeds ``layer``) that build ``channel`` of
+    ``layer``: expanded weights, attribution over ``images`` (default: the bundled photos), ablation, and the
+    top ``top`` inputs' renders. With ``out``, also writes the run (see :func:`run_circuit`)."""
+    if out is not None:
+        return run_circuit(
+            model,
+            layer,
+            channel,
+            out=out,
+            from_layer=from_layer,
+            images=images,
+            top=top,
+            k=k,
+            renders=renders,
+            linearize=linearize,
+            method=method,
+            seed=seed,
+            progress=progress,
+            should_stop=should_stop,
+        ).data
+    info, src = validate(model, layer, channel, from_layer, top, k, linearize)
+    k = ablation_k(k, src)
+    files = list_images(images or sample_photos_dir())
+    return compute_circuit(
+        model,
+        info,
+        src,
+        channel,
+        files,
+        _label(images),
+        top,
+        k,
+        renders,
+        method,
+        seed,
+        progress,
+        should_stop,
+        linearize,
+    )
+
+
+def _label(images) -> str:
+    return str(images) if images else "bundled photos"
+
+
+def compute_circuit(
+    model: Model,
+    info: LayerInfo,
+    src: LayerInfo,
+    channel: int,
+    files: list[Path],
+    images_label: str,
+    top: int,
+    k: int,
+    renders: bool,
+    method: str,
+    seed: int,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    linearize: str = "identity",
+) -> Circuit:
+    """The work of :func:`circuit` on validated arguments (no files)."""
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    batches = list(image_batches(model, files))
+    timings["load_images_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    p = attribution(model, src, info, channel, batches, should_stop)
+    attr = p.attribution.mean(0)
+    timings["attribution_s"] = time.perf_counter() - t
+    stopped = len(p.activation) < len(files)
+
+    t = time.perf_counter()
+    maps, pos, linear = expanded_weights(model, src, info, channel, p.gates)
+    gated, _, lin_g = expanded_weights(model, src, info, channel, p.gates, p.slopes)
+    linear["squeeze_excite_gates"] = len(p.gates)
+    linear["affine_error_gated"] = lin_g["affine_error"]
+    timings["expanded_weights_s"] = time.perf_counter() - t
+
+    abl: dict = {}
+    if not stopped and not (should_stop and should_stop()):
+        t = time.perf_counter()
+        abl = ablation(model, src, info, channel, batches, attr, k, seed, sources=p.sources, base=p.activation)
+        timings["ablation_s"] = time.perf_counter() - t
+    acts = p.activation
+
+    if linearize == "gated":
+        maps, gated = gated, maps
+    weights = maps.reshape(maps.shape[0], -1).sum(1)
+    order_w = np.argsort(-np.abs(weights), kind="stable")
+    rank_a = np.empty(len(attr), dtype=int)
+    rank_a[np.argsort(-np.abs(attr), kind="stable")] = np.arange(len(attr))
+    nz = np.abs(maps).max(0) > 1e-7 * max(float(np.abs(maps).max()), 1e-30)
+    rows, cols = np.nonzero(nz) if nz.any() else (np.array([pos[0]]), np.array([pos[1]]))
+    window = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
+    weights_g = gated.reshape(gated.shape[0], -1).sum(1)  # the other linearisation
+    inputs = [
+        CircuitInput(src.name, int(c), float(weights[c]), float(attr[c]), maps[c], r, int(rank_a[c]))
+        for r, c in enumerate(order_w.tolist())
+    ]
+    for i in inputs:
+        i.weight_other = float(weights_g[i.channel])
+    linear["linearize"] = linearize
+    linear["max_abs_weight"] = {
+        linearize: float(np.abs(weights).max()),
+        OTHER[linearize]: float(np.abs(weights_g).max()),
+    }
+    linear["agreement"] = agreement(weights, weights_g, attr, linearize)
+    settings = {
+        "layer": info.name,
+        "channel": channel,
+        "from": src.name,
+        "images": images_label,
+        "top": top,
+        "k": k,
+        "renders": renders,
+        "linearize": linearize,
+        "method": method or DEFAULT_METHOD,
+        "seed": seed,
+    }
+    res = Circuit(
+        model.name,
+        info.name,
+        channel,
+        src.name,
+        pos,
+        inputs,
+        float(acts.mean()),
+        len(acts),
+        images_label,
+        abl,
+        linear,
+        window,
+        top,
+        settings,
+    )
+    if stopped or not abl:
+        res.status = "partial"
+    if renders and res.status == "complete":
+        t = time.perf_counter()
+        res.status = _render(model, info, src, res, method, seed, progress, should_stop)
+        timings["render_s"] = time.perf_counter() - t
+    res.timings = {k_: round(v, 3) for k_, v in timings.items()}
+    return res
+
+
+def agreement(weights: np.ndarray, other: np.ndarray, attr: np.ndarray, linearize: str = "identity") -> dict:
+    """Spearman rank correlation of each linearisation's summed weights with the attribution, and the share
+    of the top-8 inputs by |attribution| that each puts in its own top 8."""
+    from scipy.stats import spearmanr
+
+    n = min(8, len(attr))
+    top_a = set(np.argsort(-np.abs(attr), kind="stable")[:n].tolist())
+    out = {}
+    for name, w in ((linearize, weights), (OTHER[linearize], other)):
+        rho = spearmanr(w, attr).statistic if np.std(w) > 0 and np.std(attr) > 0 else float("nan")
+        top_w = set(np.argsort(-np.abs(w), kind="stable")[:n].tolist())
+        out[name] = {"spearman_attribution": round(float(rho), 4), "top8_overlap": len(top_a & top_w) / n}
+    return out
+
+
+def _render(model, info, src, res: Circuit, method, seed, progress, should_stop) -> str:
+    """The target channel's and the shown inputs' renders (through the render cache)."""
+    from tqdm import tqdm
+
+    from ..optvis.presets import DEFAULT_METHOD, get_preset
+    from .stream import render_stream
+
+    settings = get_preset(method or DEFAULT_METHOD)
+    shown = {i.channel: i for i in res.shown}
+    bar = tqdm(total=len(shown) + 1, desc=f"render {src.name} inputs", unit="filter", disable=not progress)
+    try:
+        for r in render_stream(model, info, [res.channel], settings, seed, batch=1, should_stop=should_stop):
+            if r.status == "ok":
+                res.target_render, res.target_png = r.image, r.png
+            bar.update(1)
+        done = 0
+        for r in render_stream(model, src, list(shown), settings, seed, batch=1, should_stop=should_stop):
+            if r.status == "ok":
+                inp = shown[r.channel]
+                inp.render, inp.render_png, inp.render_activation = r.image, r.png, r.after
+            done += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    return "complete" if done == len(shown) else "partial"
+
+
+def run_circuit(
+    model: Model,
+    layer: str | None,
+    channel: int,
+    *,
+    out: str | Path,
+    from_layer: str | None = None,
+    images: str | Path | None = None,
+    top: int = DEFAULT_TOP,
+    k: int | None = None,
+    renders: bool = True,
+    linearize: str = "identity",
+    method: str | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> JobResult:
+    """``filterscope circuit`` on the job contract: validate, then write ``circuit.json``,
+    ``circuit_weights.npz``, ``figure_circuit.png``, ``report.html``, renders and ``run.json`` into ``out``."""
+    from ..optvis.presets import DEFAULT_METHOD, get_preset
+
+    info, src = validate(model, layer, channel, from_layer, top, k, linearize)
+    k = ablation_k(k, src)
+    files = list_images(images or sample_photos_dir())
+    settings = {
+        "model": model.describe(),
+        "layer": info.name,
+        "channel": channel,
+        "from": src.name,
+        "images": _label(images),
+        "top": top,
+        "k": k,
+        "n_random": N_RANDOM,
+        "renders": renders,
+        "linearize": linearize,
+        "method": method or DEFAULT_METHOD,
+        "render": get_preset(method or DEFAULT_METHOD).for_model(model).as_dict() if renders else None,
+        "seed": seed,
+    }
+    with open_run("circuit", out, settings, progress=progress, should_stop=should_stop) as ctx:
+        res = compute_circuit(
+            model,
+            info,
+            src,
+            channel,
+            files,
+            _label(images),
+            top,
+            k,
+            renders,
+            method,
+            seed,
+            progress,
+            ctx.stop,
+            linearize,
+        )
+        with ctx.timed("write"):
+            write_circuit(ctx.run, res)
+        ctx.record["timings"].update(res.timings)
+        if res.status == "partial":
+            if res.ablation:
+                done = sum(i.render_png is not None for i in res.shown)
+                ctx.mark_partial(done, len(res.shown), "input renders", resumable=False)
+            else:
+                ctx.mark_partial(res.n_images, len(files), "images (no ablation)", resumable=False)
+        res.run_dir = ctx.path
+        ctx.data = res
+    res.timings = dict(ctx.result.record["timings"])
+    return ctx.result
+
+
+def write_circuit(run, res: Circuit) -> None:
+    """Every file of a circuit run, and its summary in ``run.json``."""
+    import io
+
+    from ..outputs.naming import REPORT, channel_file, figure_file
+    from ..outputs.rundir import json_bytes
+
+    if res.target_png is not None:
+        run.write(channel_file(res.layer, res.channel), res.target_png)
+    for i in res.inputs:
+        if i.render_png is not None:
+            run.write(channel_file(i.layer, i.channel), i.render_png)
+    buf = io.BytesIO()
+    chans = np.array(sorted(i.channel for i in res.inputs))
+    np.savez_compressed(buf, maps=res.weight_maps().astype(np.float32), channels=chans, position=np.array(res.position))
+    run.write("circuit_weights.npz", buf.getvalue())
+    rec = res.record()
+    run.write("circuit.json", json_bytes(rec))
+    run.write_figure(figure_file("circuit"), res.figure())
+    run.write_text(REPORT, res.html())
+    summary = {k: v for k, v in rec.items() if k != "inputs"}
+    summary["top_inputs"] = rec["inputs"][: res.top]
+    run.result("circuit", summary)

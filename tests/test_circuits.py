@@ -1,0 +1,433 @@
+"""Circuits and tuning where the answer is known: hand-built networks (oriented line filters at 0/45/90/135°,
+then channels with hand-set excitatory and inhibitory inputs; a residual + batch-norm + depthwise block and a
+squeeze-excite block with analytic linear maps), the orientation convention, and efficientnet_lite0."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import filterscope as fs
+from filterscope.cli import main
+from filterscope.errors import UsageError
+from filterscope.jobs.circuit import expanded_weights, feeding_layer
+from filterscope.jobs.tuning import hue_name, vector_index
+from filterscope.models.layers import get_layer
+from filterscope.models.model import wrap_module
+from filterscope.optvis import stimuli
+
+ANGLES = (0, 45, 90, 135)
+
+
+def line_kernel(angle: int, k: int = 9) -> torch.Tensor:
+    """A zero-mean line detector: a Gaussian band along the line through the centre, by screen geometry
+    written out per angle (rows grow downwards): 0° a row, 90° a column, 45° the rising diagonal "/"
+    (row + col constant), 135° the falling diagonal "\\" (row − col constant)."""
+    r, c = np.mgrid[0:k, 0:k].astype(float)
+    m = (k - 1) / 2
+    d = {
+        0: np.abs(r - m),
+        90: np.abs(c - m),
+        45: np.abs(r + c - 2 * m) / np.sqrt(2),
+        135: np.abs(r - c) / np.sqrt(2),
+    }[angle]
+    band = np.exp(-(d**2) / 2.0)
+    disc = (r - m) ** 2 + (c - m) ** 2 <= m**2
+    w = np.where(disc, band, 0.0)
+    w[disc] -= w[disc].mean()
+    return torch.tensor(w / np.abs(w).sum(), dtype=torch.float32)
+
+
+# g = 1×1 mix of the rectified line detectors: channel → {input: weight}
+MIX = {0: {0: 1.0, 2: -0.6}, 1: {1: 1.0, 3: -0.5}, 2: {0: -0.9, 2: 0.4}, 3: {0: 0.3, 3: 1.2}}
+G_PREFERS = {0: 0, 1: 45, 2: 90, 3: 135}
+
+
+class Lines(nn.Module):
+    def __init__(self, in_ch: int = 1):
+        super().__init__()
+        self.f = nn.Conv2d(in_ch, 4, 9, padding=4, bias=False)
+        self.relu = nn.ReLU()
+        self.g = nn.Conv2d(4, 4, 1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flat = nn.Flatten()
+        self.head = nn.Linear(4, 2)
+        with torch.no_grad():
+            for i, a in enumerate(ANGLES):
+                self.f.weight[i] = line_kernel(a)[None].expand(in_ch, -1, -1) / in_ch
+            self.g.weight.zero_()
+            for o, ins in MIX.items():
+                for i, w in ins.items():
+                    self.g.weight[o, i] = w
+
+    def forward(self, x):
+        return self.head(self.flat(self.pool(self.g(self.relu(self.f(x))))))
+
+
+@pytest.fixture(scope="module")
+def lines():
+    return wrap_module(Lines(), "lines", mean=(0.0,), std=(1.0,), input_size=48, in_channels=1)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """8 of the bundled photos (one per scene): enough for attribution and the natural range, and quick."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("photos")
+    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:8]:
+        shutil.copy(f, d / f.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def lines_tuning(lines, photos):
+    return fs.tuning(lines, "f", images=photos), fs.tuning(lines, "g", images=photos)
+
+
+# ---------------------------------------------------------------- the orientation convention
+
+
+def test_grating_angles_are_stripes_on_screen_counter_clockwise():
+    s = 33
+    g0, g90 = stimuli.grating(s, 0, 6.0), stimuli.grating(s, 90, 6.0)
+    g45, g135 = stimuli.grating(s, 45, 6.0).numpy(), stimuli.grating(s, 135, 6.0).numpy()
+    assert torch.allclose(g0, g0[:, :1].expand(-1, s))  # 0°: each row constant (horizontal stripes)
+    assert torch.allclose(g90, g90[:1].expand(s, -1))  # 90°: each column constant (vertical stripes)
+    # 45°: constant going one pixel right and one pixel UP (row − 1): stripes rise to the right, "/"
+    assert np.allclose(g45[1:, :-1], g45[:-1, 1:], atol=1e-5)
+    assert not np.allclose(g45[:-1, :-1], g45[1:, 1:], atol=1e-2)
+    # 135°: constant going right and DOWN: "\"
+    assert np.allclose(g135[:-1, :-1], g135[1:, 1:], atol=1e-5)
+    assert not np.allclose(g135[1:, :-1], g135[:-1, 1:], atol=1e-2)
+
+
+def test_curve_bulges_towards_its_direction():
+    s = 65
+    arch = stimuli.curve(s, 90, 16.0, 2.0).numpy() - stimuli.GREY  # bulging up: "∩"
+    rows, cols = np.nonzero(arch > 0.25)
+    mid = (s - 1) / 2
+    assert abs(rows.min() - mid) <= 1.5  # the top of the arch is at the centre
+    ends = rows[np.abs(cols - mid) > 8]
+    assert ends.size and ends.mean() > mid + 2  # its ends are lower on screen
+    right = stimuli.curve(s, 0, 16.0, 2.0).numpy() - stimuli.GREY  # bulging to the right: ")"
+    rows, cols = np.nonzero(right > 0.25)
+    assert abs(cols.max() - mid) <= 1.5 and cols[np.abs(rows - mid) > 8].mean() < mid - 2
+    line = stimuli.curve(s, 90, float("inf"), 2.0).numpy() - stimuli.GREY  # radius inf: a horizontal segment
+    rows, _ = np.nonzero(line > 0.25)
+    assert np.all(np.abs(rows - mid) <= 1.5)
+
+
+def test_vector_index_and_hue_names():
+    pref, osi = vector_index(np.array([0.0, 1.0, 0.0, 0.0]), [0, 45, 90, 135], double=True)
+    assert pref == pytest.approx(45) and osi == pytest.approx(1.0)
+    pref, osi = vector_index(np.ones(4), [0, 45, 90, 135], double=True)
+    assert osi == pytest.approx(0.0, abs=1e-9)
+    pref, _ = vector_index(np.array([1.0, 0.0, 0.0, 1.0]), [0, 45, 90, 135], double=True)  # 0 and 135: 157.5
+    assert pref == pytest.approx(157.5)
+    assert [hue_name(h) for h in (0, 30, 60, 120, 180, 240, 300, 350)] == [
+        "red",
+        "orange",
+        "yellow",
+        "green",
+        "cyan",
+        "blue",
+        "magenta",
+        "red",
+    ]
+
+
+# ---------------------------------------------------------------- tuning on the hand-built network
+
+
+def test_tuning_finds_every_preferred_orientation(lines_tuning):
+    tf, tg = lines_tuning
+    for c, angle in enumerate(ANGLES):
+        ch = tf.channels[c]
+        assert abs((ch.orientation - angle + 90) % 180 - 90) < 8, (c, ch.orientation)
+        assert ch.orientation_significant and ch.orientation_selectivity > 0.3
+        said = int(ch.description.split("orientation ≈ ")[1].split("°")[0])
+        assert abs((said - angle + 90) % 180 - 90) < 8
+        assert ch.hue is None and not ch.hue_significant  # a grey model: no colour stimuli
+    for c, angle in G_PREFERS.items():
+        ch = tg.channels[c]
+        assert abs((ch.orientation - angle + 90) % 180 - 90) < 8, (c, ch.orientation)
+        assert ch.orientation_significant
+
+
+def test_tuning_json_and_report(lines, photos, tmp_path):
+    res = fs.tuning(lines, "f", [0, 2], images=photos, out=tmp_path / "t", progress=False)
+    rec = json.loads((tmp_path / "t" / "tuning.json").read_text())
+    assert rec["layer"] == "f" and set(rec["channels"]) == {"0", "2"}
+    for k in ("orientation", "orientation_selectivity", "frequency", "hue", "description"):
+        assert k in rec["channels"]["0"]
+    assert rec["channels"]["2"]["orientation"] == pytest.approx(90, abs=8)
+    assert rec["channels"]["0"]["hue"] is None
+    assert 0 <= rec["channels"]["0"]["orientation"] < 180
+    run = json.loads((tmp_path / "t" / "run.json").read_text())
+    assert run["status"] == "complete" and run["command"] == "tuning"
+    assert {"tuning.json", "figure_tuning.png", "report.html"} <= set(run["files"])
+    assert "<html" in res.html() and "orientation ≈" in (tmp_path / "t" / "report.html").read_text()
+
+
+def test_tuning_natural_max_is_evaluates(lines_tuning, lines, photos):
+    from filterscope.jobs.evaluate import natural_max
+
+    t = lines_tuning[1]
+    nat = natural_max(lines, "g", photos)
+    for ch in t.channels:
+        assert ch.natural_max == pytest.approx(float(nat[ch.channel]), rel=1e-5)
+
+
+def test_tuning_colour_unit_on_three_channels(photos):
+    """A 1×1 colour unit R − ½G − ½B prefers red, one with R + G − B yellow-orange; checked against the
+    argmax over colorsys's HSV colours; a 4-band model gets no colour stimuli."""
+    import colorsys
+
+    net = nn.Sequential()
+    net.add_module("f", nn.Conv2d(3, 2, 1, bias=False))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    w = torch.tensor([[1.0, -0.5, -0.5], [1.0, 1.0, -1.0]])
+    with torch.no_grad():
+        net.f.weight.copy_(w.view(2, 3, 1, 1))
+    model = wrap_module(net, "colour", mean=(0.0,), std=(1.0,), input_size=32, in_channels=3)
+    t = fs.tuning(model, "f", images=photos)
+    hues = np.arange(0, 360, 1.0)
+    for c in range(2):
+        expect = hues[np.argmax([w[c].numpy() @ np.array(colorsys.hsv_to_rgb(h / 360, 1, 0.8)) for h in hues])]
+        ch = t.channels[c]
+        assert ch.hue_significant, ch.record()
+        assert abs((ch.hue - expect + 180) % 360 - 180) < 25, (c, ch.hue, expect)
+    assert t.channels[0].description.startswith("hue: red")
+    four = wrap_module(Lines(4), "lines4", mean=(0.0,), std=(1.0,), input_size=40, in_channels=4)
+    t4 = fs.tuning(four, "f", [1], images=photos)
+    assert t4.channels[0].hue is None and abs(t4.channels[0].orientation - 45) < 8
+
+
+# ---------------------------------------------------------------- circuits on the hand-built network
+
+
+def test_circuit_strongest_inputs_and_signs(lines, photos):
+    assert feeding_layer(lines, get_layer(lines, "g")).name == "relu"
+    for o, ins in MIX.items():
+        for src in (None, "f"):  # from the ReLU's output, and through the ReLU (identity in the linear copy)
+            c = fs.circuit(lines, "g", o, from_layer=src, images=photos, renders=False, k=1)
+            strongest = max(ins, key=lambda i: abs(ins[i]))
+            assert c.inputs[0].channel == strongest
+            assert c.inputs[0].sign == ("excites" if ins[strongest] > 0 else "inhibits")
+            for i in c.inputs:
+                assert i.weight == pytest.approx(ins.get(i.channel, 0.0), abs=1e-5)
+                # a 1×1 mix: the weight map is the weight at the centre, zero elsewhere
+                m = i.weight_map.copy()
+                centre = c.position  # same resolution
+                assert m[centre] == pytest.approx(ins.get(i.channel, 0.0), abs=1e-5)
+                m[centre] = 0
+                assert np.abs(m).max() < 1e-6
+            if src is None:  # rectified inputs: the attribution has the weight's sign
+                for i, w in ins.items():
+                    a = next(x.attribution for x in c.inputs if x.channel == i)
+                    assert np.sign(a) == np.sign(w)
+
+
+class Block(nn.Module):
+    """A residual inverted-bottleneck piece: depthwise 3×3 → batch-norm → ReLU6 → 1×1, plus the input."""
+
+    def __init__(self, ch: int = 3):
+        super().__init__()
+        self.dw = nn.Conv2d(ch, ch, 3, padding=1, groups=ch, bias=False)
+        self.bn = nn.BatchNorm2d(ch)
+        self.act = nn.ReLU6()
+        self.pw = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        return self.pw(self.act(self.bn(self.dw(x)))) + x
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, ch: int = 3):
+        super().__init__()
+        self.conv_reduce = nn.Conv2d(ch, 2, 1)
+        self.act = nn.ReLU()
+        self.conv_expand = nn.Conv2d(2, ch, 1)
+        self.gate = nn.Sigmoid()
+
+    def forward(self, x):
+        return x * self.gate(self.conv_expand(self.act(self.conv_reduce(x.mean((2, 3), keepdim=True)))))
+
+
+def _seeded(net: nn.Module, seed: int = 0) -> nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.2)
+    return net
+
+
+def test_expanded_weights_match_the_analytic_map_residual_bn_depthwise():
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 3, 3, padding=1))
+    net.add_module("b", Block())
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    _seeded(net)
+    model = wrap_module(net, "block", mean=(0.0,), std=(1.0,), input_size=12, in_channels=3)
+    b = net.b
+    s = (b.bn.weight / torch.sqrt(b.bn.running_var + b.bn.eps)).detach().numpy()
+    dw, pw = b.dw.weight.detach().numpy()[:, 0], b.pw.weight.detach().numpy()[:, :, 0, 0]
+    for o in range(3):
+        maps, pos, lin = expanded_weights(model, get_layer(model, "a"), get_layer(model, "b"), o)
+        p, q = pos
+        expect = np.zeros((3, 12, 12))
+        for c in range(3):
+            expect[c, p - 1 : p + 2, q - 1 : q + 2] = (
+                pw[o, c] * s[c] * dw[c]
+            )  # cross-correlation: out[p] reads in[p + k − 1]
+        expect[o, p, q] += 1.0  # the residual path
+        assert np.allclose(maps, expect, atol=1e-5), o
+        assert lin["activations"] == 1 and lin["affine_error"] < 1e-5
+
+
+def test_expanded_weights_through_squeeze_excite_hold_its_gate(photos):
+    """An SE block whose reduce convolution has zero weights has a constant gate σ(W_e·relu(b_r) + b_e): the
+    expanded weights must be the 1×1 weights times that gate (measured on the images, then held fixed)."""
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 3, 3, padding=1))
+    net.add_module("se", SqueezeExcite())
+    net.add_module("mix", nn.Conv2d(3, 2, 1, bias=False))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    _seeded(net, 1)
+    with torch.no_grad():
+        net.se.conv_reduce.weight.zero_()
+    se = net.se
+    gate = torch.sigmoid(se.conv_expand(torch.relu(se.conv_reduce.bias.view(1, -1, 1, 1))))[0, :, 0, 0]
+    model = wrap_module(net, "se", mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    c = fs.circuit(model, "mix", 1, from_layer="a", images=photos, renders=False, k=1)
+    assert c.linear["squeeze_excite_gates"] == 1 and c.linear["affine_error"] < 1e-5
+    w = net.mix.weight.detach()[1, :, 0, 0] * gate.detach()
+    for i in c.inputs:
+        assert i.weight == pytest.approx(float(w[i.channel]), abs=1e-5)
+
+
+def test_bad_input_is_a_usage_error_before_anything(lines, tmp_path):
+    with pytest.raises(UsageError, match="does not feed"):
+        fs.circuit(lines, "f", 0, from_layer="g", out=tmp_path / "x")
+    with pytest.raises(UsageError, match="out of range"):
+        fs.circuit(lines, "g", 4, out=tmp_path / "x")
+    with pytest.raises(UsageError, match="spatial maps"):
+        fs.circuit(lines, "head", 0, out=tmp_path / "x")
+    with pytest.raises(UsageError, match="spatial maps"):
+        fs.tuning(lines, "flat", [0], out=tmp_path / "x")
+    with pytest.raises(UsageError, match="out of range"):
+        fs.tuning(lines, "g", [7], out=tmp_path / "x")
+    with pytest.raises(UsageError, match="reads the model's input"):
+        fs.circuit(lines, "f", 0)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_circuit_files_and_renders(lines, photos, tmp_path):
+    c = fs.circuit(lines, "g", 2, top=2, images=photos, out=tmp_path / "c", progress=False)
+    rec = json.loads((tmp_path / "c" / "circuit.json").read_text())
+    assert (rec["layer"], rec["channel"], rec["from"]) == ("g", 2, "relu")
+    assert [i["channel"] for i in rec["inputs"]][:2] == [0, 2]
+    assert rec["inputs"][0]["sign"] == "inhibits" and rec["inputs"][0]["render"] == "relu/channel_0000.png"
+    assert (tmp_path / "c" / "relu" / "channel_0000.png").is_file() and (
+        tmp_path / "c" / "g" / "channel_0002.png"
+    ).is_file()
+    w = np.load(tmp_path / "c" / "circuit_weights.npz")
+    assert w["maps"].shape == (4, 48, 48)
+    assert "<html" in c._repr_html_() and c.run_dir == tmp_path / "c"
+
+
+# ---------------------------------------------------------------- efficientnet_lite0
+
+
+def run_main(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--layer", "blocks.4", "--channel", "0", "--from", "blocks.5"], "does not feed"),
+        (["--model", "digits_cnn", "--layer", "conv2", "--channel", "0", "--from", "conv3"], "does not feed"),
+        (["--model", "digits_cnn", "--layer", "conv3", "--channel", "32"], "out of range"),
+        (["--model", "digits_cnn", "--layer", "flatten", "--channel", "0"], "spatial maps"),
+        (["--model", "digits_cnn", "--layer", "conv3", "--channel", "0", "--k", "33"], "--k must be"),
+    ],
+)
+def test_circuit_cli_bad_input(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    rc, _, err = run_main(capsys, "circuit", *args, "--out", out)
+    assert rc == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_tuning_cli_bad_input(tmp_path, capsys):
+    out = tmp_path / "out"
+    for args, message in (
+        (["--layer", "conv3", "--channels", "32"], "out of range"),
+        (["--layer", "fc", "--channels", "0"], "spatial maps"),
+    ):
+        rc, _, err = run_main(capsys, "tuning", "--model", "digits_cnn", *args, "--out", out)
+        assert rc == 2 and message in err and err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.slow
+def test_circuit_cli_on_efficientnet(tmp_path, capsys):
+    out = tmp_path / "c"
+    rc, stdout, _ = run_main(
+        capsys, "circuit", "--layer", "blocks.5", "--channel", "42", "--no-renders", "--out", out, "--json"
+    )
+    assert rc == 0
+    rec = json.loads((out / "circuit.json").read_text())
+    assert (rec["layer"], rec["channel"], rec["from"]) == ("blocks.5", 42, "blocks.4")
+    assert len(rec["inputs"]) == 112 and sorted(i["channel"] for i in rec["inputs"]) == list(range(112))
+    w = [abs(i["weight"]) for i in rec["inputs"]]
+    assert w == sorted(w, reverse=True)
+    for i in rec["inputs"]:
+        assert {"layer", "channel", "weight", "attribution"} <= set(i) and i["layer"] == "blocks.4"
+    ab = rec["ablation"]
+    assert ab["change_top"] > ab["change_random"] and ab["drop_excitatory"] > ab["drop_random"]
+    run = json.loads(stdout)
+    assert run["status"] == "complete" and run["settings"]["renders"] is False
+    assert {"circuit.json", "figure_circuit.png", "report.html", "circuit_weights.npz"} <= set(run["files"])
+
+
+@pytest.mark.slow
+def test_ablation_top_k_beats_random_on_average(model, photos):
+    """At blocks.5 (from blocks.4), over 3 channels and 8 photos: zeroing the top-8 inputs by |attribution|
+    changes the channel more than 8 random inputs (mean of 8 draws) on average, and zeroing the 8 most
+    excitatory lowers it more than 8 random ones for every channel. (At blocks.3 the |attribution| ranking is
+    weaker: benchmarks/results/circuits.md.)"""
+    ratios = []
+    for c in (0, 64, 127):
+        ab = fs.circuit(model, "blocks.5", c, images=photos, renders=False).ablation
+        ratios.append(ab["change_top"] / ab["change_random"])
+        assert ab["drop_excitatory"] > ab["drop_random"] + 0.1, ab
+    assert np.mean(ratios) > 1.3, ratios
+
+
+@pytest.mark.slow
+def test_tuning_on_efficientnet_stem(model, photos):
+    t = fs.tuning(model, "bn1", [0, 1, 2, 3], images=photos)
+    assert len(t.channels) == 4 and t.n_stimuli > 500
+    for ch in t.channels:
+        assert 0 <= ch.orientation < 180 and 0 <= ch.orientation_selectivity <= 1
+        assert ch.hue is not None and 0 <= ch.hue < 360
+        assert ch.frequency == pytest.approx(1 / ch.period)
+    assert any(ch.description for ch in t.channels)
