@@ -148,7 +148,7 @@ def test_concept_pages_refuse_bad_input_and_keep_the_guard(cclient, cex):
         (f"/m/{MODEL}/bn2/class/-1", 404),
         (f"/m/{MODEL}/bn2/class/99999999999999999999", 404),
         (f"/m/{MODEL}/nolayer/class/1", 404),
-        (f"/m/other/bn2/class/1", 404),
+        ("/m/other/bn2/class/1", 404),
         (f"/m/{MODEL}/bn2/class/x", 404),
         (f"/cmap/{'0' * 64}/0/0.png", 404),
         ("/cmap/..%2F..%2Fetc/0/0.png", 404),
@@ -180,3 +180,49 @@ def test_concept_pages_refuse_bad_input_and_keep_the_guard(cclient, cex):
     if key is not None:
         assert cclient.get(f"/cmap/{key}/{len(cex.photos)}/0.png").status_code == 404
         assert cclient.get(f"/cmap/{key}/0/3.png").status_code == 404
+
+
+# ---------------------------------------------------------------- circuit and tuning on the filter page (issue 24)
+
+
+@pytest.mark.slow
+def test_filter_page_circuit_and_tuning(cclient, cex):
+    layer, c = "blocks.1", 2
+    page = f"/m/{MODEL}/{layer}/f/{c}"
+    api_c, api_t = f"/api/circuit/{MODEL}/{layer}/{c}", f"/api/tuning/{MODEL}/{layer}/{c}"
+    first = cclient.get(page).text
+    assert f'data-job="{api_c}"' in first and f'data-job="{api_t}"' in first
+    started = cex.jobs.started
+    done = _wait(cclient, api_c)
+    assert done["state"] == "done" and done["kind"] == "circuit", done
+    html = cclient.get(page).text
+    tiles = re.findall(r'class="tile filter input (excites|inhibits|none)" href="/m/[^/]+/([^/]+)/f/(\d+)"', html)
+    assert len(tiles) == 8 and {t[1] for t in tiles} == {"blocks.0"}, tiles  # the layer that feeds blocks.1
+    rec = store.load_json(cex.cache, done["id"])
+    assert rec["from"] == "blocks.0" and rec["channel"] == c
+    w = [i["weight"] for i in rec["inputs"]]
+    assert [abs(v) for v in w] == sorted((abs(v) for v in w), reverse=True)
+    for (sign, _, ch), i in zip(tiles, rec["inputs"]):
+        assert int(ch) == i["channel"] and sign == ("excites" if i["weight"] > 0 else "inhibits")
+    # each input's render: a render job on its own layer (the page's script starts it), then a cache hit
+    renders = re.findall(r'data-job="(/api/render/[^"]+)"', html)
+    assert len(renders) == 8 and renders[0].startswith(f"/api/render/{MODEL}/blocks.0/")
+    walk = cclient.get(f"/m/{MODEL}/blocks.0/f/{tiles[0][2]}")  # walk the network: the input's own page
+    assert walk.status_code == 200 and "Built from" in walk.text
+    assert cclient.post(api_c).json()["state"] == "done" and cex.jobs.started == started + 1  # from the cache
+    tuned = _wait(cclient, api_t, timeout=240)
+    assert tuned["state"] == "done", tuned
+    t = store.load_json(cex.cache, tuned["id"])
+    assert 0 <= t["orientation"] < 180 and t["channel"] == c and "description" in t
+    html = cclient.get(page).text
+    assert (t["description"] or "no significant selectivity") in html
+    fig = re.findall(r'<img class="tuning" src="(/png/[0-9a-f]{64}\.png)"', html)
+    assert len(fig) == 1 and _png(cclient, fig[0]).size[0] > 500
+    # the first layer has no earlier layer: the job's refusal is reported, not restarted at every poll
+    stem = f"/api/circuit/{MODEL}/conv_stem/0"
+    err = _wait(cclient, stem)
+    n = cex.jobs.started
+    assert err["state"] == "error" and "no earlier layer" in err["error"], err
+    assert cclient.post(stem).json()["state"] == "error" and cex.jobs.started == n
+    for url in (f"/api/circuit/{MODEL}/{layer}/24", f"/api/tuning/{MODEL}/{layer}/99999", f"/api/tuning/x/{layer}/0"):
+        assert cclient.post(url).status_code == 404, url

@@ -45,11 +45,13 @@ from .jobs import (
     JobManager,
     TooManyJobs,
     run_accent,
+    run_circuit,
     run_concept_renders,
     run_concepts,
     run_examples,
     run_explanation,
     run_render,
+    run_tuning,
 )
 
 MAX_UPLOAD = 20 * 1024 * 1024
@@ -370,12 +372,14 @@ def _not_started(key: str) -> JSONResponse:
     return JSONResponse({"id": key, "state": "none", "progress": None, "error": "not started (POST to start it)"})
 
 
-def _job(request: Request, key: str, start) -> dict | None:
+def _job(request: Request, key: str, start, retry_errors: bool = True) -> dict | None:
     """The job's status; a POST starts it first when it is not running (or stopped: cancelled, failed, or
-    done but no longer in the cache)."""
+    done but no longer in the cache). With ``retry_errors`` off, a failed job is reported, not restarted
+    (for jobs whose failure is a refusal, e.g. a circuit of the first layer)."""
     ex: Explorer = request.app.state.explorer
     st = ex.jobs.status(key, ex.client(request))
-    if request.method == "POST" and (st is None or st["state"] in ("cancelled", "done", "error")):
+    again = ("cancelled", "done", "error") if retry_errors else ("cancelled", "done")
+    if request.method == "POST" and (st is None or st["state"] in again):
         start()
         st = ex.jobs.status(key, ex.client(request))
     return st
@@ -566,6 +570,8 @@ def filter_page(request: Request) -> Response:
         examples=examples,
         n_photos=len(exm["names"]) if exm else 36,
         atlas_page=atlas_page,
+        circuit=_circuit_view(ex, request, layer, c),
+        tuning=_tuning_view(ex, request, layer, c),
     )
 
 
@@ -654,7 +660,7 @@ def api_concepts(request: Request) -> Response:
         if st is not None and st["state"] == "done":  # computed by this server just now
             return JSONResponse({**st, "cached": False, "urls": []})
         return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = _job(request, key, start)
+    st = _job(request, key, start, retry_errors=False)  # e.g. fewer photos than concepts: a refusal
     return JSONResponse(st) if st else _not_started(key)
 
 
@@ -735,6 +741,80 @@ def _photo_concepts(ex: Explorer, request: Request, layer: str, h: str, rec: dic
     return out
 
 
+# ---------------------------------------------------------------- circuit and tuning (issue 24)
+
+
+def _filter_jobs(ex: Explorer, request: Request, layer: str, c: int, kind: str):
+    """The key, the finished record (or None) and a starter of a filter's circuit or tuning job, over the
+    bundled and ``--images`` photos (not uploads: a filter's evidence stays put when someone uploads)."""
+    photos = list(ex.photos.items())
+    set_hash = store.photo_set_hash([h for h, _ in photos])
+    key = store.result_key(ex.model, kind, layer=layer, channel=c, photo_set=set_hash, seed=0)[0]
+    fig = store.result_key(ex.model, kind + "-figure", job=key)[0]
+
+    def start():
+        _, folder = store.photo_set_dir(ex.cache, photos)
+        if kind == "circuit":
+            return _submit(ex, request, key, kind, run_circuit, layer, c, str(folder))
+        return _submit(ex, request, key, kind, run_tuning, layer, c, str(folder), 0, fig)
+
+    return key, store.load_json(ex.cache, key), start
+
+
+def _api_filter_job(request: Request, kind: str) -> Response:
+    ex: Explorer = request.app.state.explorer
+    layer, info = ex.check(request)
+    c = ex.channel(request, info)
+    key, got, start = _filter_jobs(ex, request, layer, c, kind)
+    if got is not None:
+        st = ex.jobs.status(key, ex.client(request))
+        if st is not None and st["state"] == "done":
+            return JSONResponse({**st, "cached": False, "urls": []})
+        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
+    st = _job(request, key, start, retry_errors=False)
+    return JSONResponse(st) if st else _not_started(key)
+
+
+def api_circuit(request: Request) -> Response:
+    """A filter's circuit (``jobs.circuit``): done, or the job's progress; POST starts it."""
+    return _api_filter_job(request, "circuit")
+
+
+def api_tuning(request: Request) -> Response:
+    """A filter's tuning curves and description (``jobs.tuning``): done, or the job's progress; POST starts it."""
+    return _api_filter_job(request, "tuning")
+
+
+def _circuit_view(ex: Explorer, request: Request, layer: str, c: int) -> dict[str, Any]:
+    """The filter page's circuit: the top inputs by |expanded weight| with sign, attribution, their render
+    (from the cache, or a render job) and a link to their own filter page."""
+    key, rec, _ = _filter_jobs(ex, request, layer, c, "circuit")
+    out: dict[str, Any] = {"api": f"/api/circuit/{ex.model.name}/{layer}/{c}", "rec": rec, "inputs": []}
+    if rec is None:
+        return out
+    for i in rec["inputs"][: rec.get("top", 8)]:
+        src, ch = i["layer"], i["channel"]
+        live = src in ex.layer_names
+        rkey = ex.render_key(src, ch, DEFAULT_METHOD, 0) if live else None
+        out["inputs"].append(
+            {
+                **i,
+                "url": f"/m/{ex.model.name}/{src}/f/{ch}" if live else None,
+                "render": f"/png/{rkey}.png" if rkey and ex.cache.has(rkey) else None,
+                "render_api": f"/api/render/{ex.model.name}/{src}/{ch}" if live else None,
+            }
+        )
+    return out
+
+
+def _tuning_view(ex: Explorer, request: Request, layer: str, c: int) -> dict[str, Any]:
+    key, rec, _ = _filter_jobs(ex, request, layer, c, "tuning")
+    out: dict[str, Any] = {"api": f"/api/tuning/{ex.model.name}/{layer}/{c}", "rec": rec}
+    if rec is not None:
+        out["figure"] = f"/png/{rec['figure']}.png" if ex.cache.has(rec["figure"]) else None
+    return out
+
+
 def atlas_channel(request: Request) -> Response:
     """An atlas channel page with a link to the same filter in the explorer."""
     ex: Explorer = request.app.state.explorer
@@ -786,6 +866,8 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
         Route("/api/concepts/{model}/{layer}/{k:int}", api_concepts, methods=API),
         Route("/api/concept-renders/{model}/{layer}/{k:int}", api_concept_renders, methods=API),
         Route("/cmap/{key}/{row:int}/{j:int}.png", concept_map),
+        Route("/api/circuit/{model}/{layer}/{c:int}", api_circuit, methods=API),
+        Route("/api/tuning/{model}/{layer}/{c:int}", api_tuning, methods=API),
         Route("/png/{key}.png", png),
         Route("/photo/{h}.png", photo),
         Route("/where/{model}/{layer}/{h}/{c:int}.png", where),

@@ -200,6 +200,52 @@ def run_concept_renders(job: str, layer: str, bank: list, method: str, seed: int
     return "ok"
 
 
+def run_circuit(job: str, layer: str, channel: int, folder: str) -> str:
+    """Worker: ``jobs.circuit.circuit`` for one channel (its inputs from the layer that feeds it: expanded
+    weights, attribution over the photos in ``folder``, ablation), renders left to the render jobs; its
+    record (``circuit.json``'s fields) goes into the cache's results."""
+    from ..jobs.circuit import circuit
+    from ..outputs.cache import active_cache
+    from .store import store_json
+
+    _progress(job, [0, 1])
+    res = circuit(_MODEL, layer, channel, images=folder, renders=False, should_stop=lambda: _cancelled(job))
+    if res.status != "complete":
+        return "cancelled" if _cancelled(job) else f"circuit {res.status}"
+    store_json(active_cache(), job, {**res.record(), "timings": res.timings, "top": res.top})
+    _progress(job, [1, 1])
+    return "ok"
+
+
+def run_tuning(job: str, layer: str, channel: int, folder: str, seed: int, figure_key: str) -> str:
+    """Worker: ``jobs.tuning.tuning`` for one channel (gratings, colour fields, curves; the photos in
+    ``folder`` give its natural maximum): the tuning-curve figure into the render cache, then the record
+    into the cache's results (last: its presence means done)."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    from ..jobs.tuning import tuning
+    from ..outputs.cache import active_cache
+    from .store import store_json
+
+    _progress(job, [0, 1])
+    res = tuning(_MODEL, layer, [channel], images=folder, seed=seed, should_stop=lambda: _cancelled(job))
+    if res.status != "complete" or not res.channels:
+        return "cancelled" if _cancelled(job) else f"tuning {res.status}"
+    fig = res.figure([channel])
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+    plt.close(fig)
+    cache = active_cache()
+    cache.put(figure_key, buf.getvalue(), {"tuning_job": job, "layer": layer, "channel": channel})
+    rec = res.record()
+    row = {**rec["channels"][str(channel)], "layer": layer, "channel": channel, "significance": rec["significance"]}
+    store_json(cache, job, {**row, "timings": res.timings, "figure": figure_key})
+    _progress(job, [1, 1])
+    return "ok"
+
+
 @dataclass
 class Job:
     id: str
