@@ -205,8 +205,8 @@ def test_filter_page_circuit_and_tuning(cclient, cex):
     for (sign, _, ch), i in zip(tiles, rec["inputs"]):
         assert int(ch) == i["channel"] and sign == ("excites" if i["weight"] > 0 else "inhibits")
     # each input's render: a render job on its own layer (the page's script starts it), then a cache hit
-    renders = re.findall(r'data-job="(/api/render/[^"]+)"', html)
-    assert len(renders) == 8 and renders[0].startswith(f"/api/render/{MODEL}/blocks.0/")
+    renders = re.findall(rf'data-job="/api/render/{MODEL}/blocks.0/(\d+)"', html)
+    assert [int(r) for r in renders] == [i["channel"] for i in rec["inputs"][:8]]
     walk = cclient.get(f"/m/{MODEL}/blocks.0/f/{tiles[0][2]}")  # walk the network: the input's own page
     assert walk.status_code == 200 and "Built from" in walk.text
     assert cclient.post(api_c).json()["state"] == "done" and cex.jobs.started == started + 1  # from the cache
