@@ -130,7 +130,7 @@ def test_class_page_job_then_cache(cclient, cex):
     target = cex.maps("bn2", h)[0]["target_class"]
     assert f'href="/m/{MODEL}/bn2/class/{target}"' in ep
     if target != k:
-        assert f'data-job="/api/concepts/{MODEL}/bn2/{target}"' in ep
+        assert f'data-api="/api/concepts/{MODEL}/bn2/{target}"' in ep  # a button starts it
         assert _wait(cclient, f"/api/concepts/{MODEL}/bn2/{target}")["state"] == "done"
         ep = cclient.get(f"/m/{MODEL}/bn2/img/{h}").text
     tiles = re.findall(r'src="(/cmap/[0-9a-f]{64}/(\d+)/(\d+)\.png)"', ep)
