@@ -226,3 +226,14 @@ def test_filter_page_circuit_and_tuning(cclient, cex):
     assert cclient.post(stem).json()["state"] == "error" and cex.jobs.started == n
     for url in (f"/api/circuit/{MODEL}/{layer}/24", f"/api/tuning/{MODEL}/{layer}/99999", f"/api/tuning/x/{layer}/0"):
         assert cclient.post(url).status_code == 404, url
+
+
+def test_serve_images_option_is_checked_before_anything_starts(tmp_path, capsys):
+    """Fast: ``serve --images`` with a missing or empty folder: one line, exit 2, no model loaded."""
+    from filterscope.cli import main
+
+    (tmp_path / "empty").mkdir()
+    for folder, said in [(tmp_path / "missing", "not found"), (tmp_path / "empty", "no images")]:
+        code = main(["serve", "--images", str(folder), "--port", "0", "--no-cache"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("error: --images:") and said in err and "\n" not in err
