@@ -9,6 +9,7 @@ import re
 import shutil
 import time
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -133,12 +134,17 @@ def test_class_page_job_then_cache(cclient, cex):
         assert f'data-api="/api/concepts/{MODEL}/bn2/{target}"' in ep  # a button starts it
         assert _wait(cclient, f"/api/concepts/{MODEL}/bn2/{target}")["state"] == "done"
         ep = cclient.get(f"/m/{MODEL}/bn2/img/{h}").text
-    tiles = re.findall(r'src="(/cmap/[0-9a-f]{64}/(\d+)/(\d+)\.png)"', ep)
+    tiles = re.findall(r'src="(/cmap/[0-9a-f]{64}/(\d+)/(\d+)\.png\?norm=photo)"', ep)
     assert len(tiles) == 3 and len({row for _, row, _ in tiles}) == 1  # this photo's row, every concept
     crec = cex.concepts(tiles[0][0].split("/")[2])[0]
     assert crec["images"][int(tiles[0][1])] == h
-    for u, _, _ in tiles:
-        assert _png(cclient, u).size == (96, 96)
+    pics = [np.asarray(_png(cclient, u).convert("L"), dtype=np.float32) for u, _, _ in tiles]
+    assert all(p.shape == (96, 96) for p in pics)
+    coefs = [float(v) for v in re.findall(r"coef\. ([0-9.]+)<", ep)]
+    assert coefs == sorted(coefs, reverse=True)  # ordered by this photo's coefficient
+    if coefs[0] > 2 * coefs[-1]:  # one scale for the photo's concepts: the strongest is the brightest
+        assert pics[0].mean() > pics[-1].mean()
+    assert cclient.get(tiles[0][0].replace("norm=photo", "norm=x")).status_code == 400
 
 
 @pytest.mark.slow

@@ -693,7 +693,8 @@ def api_concept_renders(request: Request) -> Response:
 
 
 def concept_map(request: Request) -> Response:
-    """Where concept ``j`` sits on photo ``row`` of a concepts result: its coefficient map over the photo."""
+    """Where concept ``j`` sits on photo ``row`` of a concepts result: its coefficient map over the photo, on
+    one scale for the concept over all photos (``norm=concept``) or for all concepts on this photo (``photo``)."""
     ex: Explorer = request.app.state.explorer
     key, row, j, side = (
         request.path_params["key"],
@@ -709,9 +710,14 @@ def concept_map(request: Request) -> Response:
     rec, maps = got
     if not (0 <= row < maps.shape[0] and 0 <= j < maps.shape[1]):
         raise HTTPException(404, f"the result has photos 0-{maps.shape[0] - 1} and concepts 0-{maps.shape[1] - 1}")
+    norm = request.query_params.get("norm", "concept")
+    if norm not in ("concept", "photo"):
+        raise HTTPException(400, "norm must be concept (one scale per concept over the photos) or photo")
     path = ex.image_path(rec["images"][row])
+    vmax = float(maps[:, j].max()) if norm == "concept" else float(maps[row].max())
     pic = ex.memo(
-        ("cmap", key, row, j, side), lambda: compute.where_it_fires(load_image(path), ex.model, maps[row, j], side)
+        ("cmap", key, row, j, side, norm),
+        lambda: compute.where_it_fires(load_image(path), ex.model, maps[row, j].astype("float32"), side, vmax),
     )
     return Response(pic, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
 
@@ -737,7 +743,7 @@ def _photo_concepts(ex: Explorer, request: Request, layer: str, h: str, rec: dic
         j = c["concept"]
         out["tiles"].append(
             {"concept": j, "label": c["label"], "importance": c["importance"], "coefficient": float(total[j]),
-             "url": f"/cmap/{key}/{row}/{j}.png"}
+             "url": f"/cmap/{key}/{row}/{j}.png?norm=photo"}
         )  # fmt: skip
     return out
 
