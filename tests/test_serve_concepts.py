@@ -162,6 +162,12 @@ def test_concept_pages_refuse_bad_input_and_keep_the_guard(cclient, cex):
     ]:
         r = cclient.get(url)
         assert r.status_code == code, (url, r.status_code, r.text[:200])
+    home = cclient.get("/").text
+    assert 'action="/class"' in home and 'max="999"' in home
+    r = cclient.get("/class?k=504&layer=bn2", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/m/{MODEL}/bn2/class/504"
+    for q in ("k=1000&layer=bn2", "k=-1&layer=bn2", "k=x&layer=bn2", "k=1&layer=nolayer", "layer=bn2"):
+        assert cclient.get(f"/class?{q}", follow_redirects=False).status_code == 400, q
     for url in (f"/api/concepts/{MODEL}/bn2/1000", f"/api/concept-renders/{MODEL}/bn2/1000"):
         assert cclient.post(url).status_code == 404
     # renders before the concepts: refused, nothing started

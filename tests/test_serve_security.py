@@ -513,6 +513,7 @@ def test_fuzz_every_route_finds_no_500(ex, client):
         ("*", "/api/render/{model}/{layer}/{c}?method={method}&seed={seed}&diversity={div}"),
         ("*", "/api/accent/{model}/{layer}/{h}/{c}"),
         ("GET", "/m/{model}/{layer}/class/{c}"),
+        ("GET", "/class?k={c}&layer={layer}"),
         ("*", "/api/concepts/{model}/{layer}/{c}"),
         ("*", "/api/concept-renders/{model}/{layer}/{c}"),
         ("GET", "/cmap/{key}/{c}/{c}.png?side={side}"),

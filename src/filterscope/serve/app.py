@@ -302,6 +302,8 @@ def home(request: Request) -> Response:
         photos=photos,
         default_layer=ex.default_layer,
         max_mb=MAX_UPLOAD // 2**20,
+        n_classes=ex.n_classes or 0,
+        n_photos=len(ex.photos),
         **ex.picker(),
     )
 
@@ -313,6 +315,18 @@ def go(request: Request) -> Response:
     if layer not in ex.layer_names:
         raise HTTPException(400, f"{ex.model.name} has no layer {layer!r} with filters")
     return RedirectResponse(f"/m/{ex.model.name}/{layer}/img/{h}", status_code=303)
+
+
+def go_class(request: Request) -> Response:
+    """The home page's class form: to ``/m/<model>/<layer>/class/<k>``."""
+    ex: Explorer = request.app.state.explorer
+    k, layer = request.query_params.get("k", ""), request.query_params.get("layer", ex.default_layer)
+    if layer not in ex.layer_names:
+        raise HTTPException(400, f"{ex.model.name} has no layer {layer!r} with filters")
+    n = ex.n_classes or 0
+    if not (re.fullmatch(r"[0-9]{1,7}", k) and int(k) < n):
+        raise HTTPException(400, f"a class is a number 0-{max(n - 1, 0)}")
+    return RedirectResponse(f"/m/{ex.model.name}/{layer}/class/{int(k)}", status_code=303)
 
 
 async def upload(request: Request) -> Response:
@@ -861,6 +875,7 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
     routes = [
         Route("/", home),
         Route("/go", go),
+        Route("/class", go_class),
         Route("/upload", upload, methods=["POST"]),
         Route("/m/{model}/{layer}/img/{h}", explain_page),
         Route("/m/{model}/{layer}/img/{h}/f/{c:int}", filter_page),
