@@ -156,6 +156,8 @@ def test_concept_pages_refuse_bad_input_and_keep_the_guard(cclient, cex):
         (f"/m/{MODEL}/nolayer/class/1", 404),
         ("/m/other/bn2/class/1", 404),
         (f"/m/{MODEL}/bn2/class/x", 404),
+        (f"/m/{MODEL}/bn2/class/{'0' * 5000}", 404),  # more digits than Python converts: no route, not a 500
+        (f"/m/{MODEL}/bn2/f/{'9' * 5000}", 404),
         (f"/cmap/{'0' * 64}/0/0.png", 404),
         ("/cmap/..%2F..%2Fetc/0/0.png", 404),
         (f"/cmap/{'0' * 64}/0/0.png?side=9999", 400),

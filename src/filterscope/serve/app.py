@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -54,6 +55,22 @@ from .jobs import (
     run_render,
     run_tuning,
 )
+
+
+class _Index(Convertor):
+    """A path's whole number: at most 18 digits (Starlette's ``int`` takes any length, and Python refuses to
+    convert more than 4300 digits: a 500); longer is no route, a 404."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("idx", _Index())
 
 MAX_UPLOAD = 20 * 1024 * 1024
 CONCEPTS = 6  # concepts per class page: few, so the job fits a laptop (about a minute on 2 cores)
@@ -878,21 +895,21 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
         Route("/class", go_class),
         Route("/upload", upload, methods=["POST"]),
         Route("/m/{model}/{layer}/img/{h}", explain_page),
-        Route("/m/{model}/{layer}/img/{h}/f/{c:int}", filter_page),
-        Route("/m/{model}/{layer}/f/{c:int}", filter_page),
+        Route("/m/{model}/{layer}/img/{h}/f/{c:idx}", filter_page),
+        Route("/m/{model}/{layer}/f/{c:idx}", filter_page),
         Route("/api/explain/{model}/{layer}/{h}", api_explain, methods=API),
         Route("/api/examples/{model}/{layer}", api_examples, methods=API),
-        Route("/api/render/{model}/{layer}/{c:int}", api_render, methods=API),
-        Route("/api/accent/{model}/{layer}/{h}/{c:int}", api_accent, methods=API),
-        Route("/m/{model}/{layer}/class/{k:int}", class_page),
-        Route("/api/concepts/{model}/{layer}/{k:int}", api_concepts, methods=API),
-        Route("/api/concept-renders/{model}/{layer}/{k:int}", api_concept_renders, methods=API),
-        Route("/cmap/{key}/{row:int}/{j:int}.png", concept_map),
-        Route("/api/circuit/{model}/{layer}/{c:int}", api_circuit, methods=API),
-        Route("/api/tuning/{model}/{layer}/{c:int}", api_tuning, methods=API),
+        Route("/api/render/{model}/{layer}/{c:idx}", api_render, methods=API),
+        Route("/api/accent/{model}/{layer}/{h}/{c:idx}", api_accent, methods=API),
+        Route("/m/{model}/{layer}/class/{k:idx}", class_page),
+        Route("/api/concepts/{model}/{layer}/{k:idx}", api_concepts, methods=API),
+        Route("/api/concept-renders/{model}/{layer}/{k:idx}", api_concept_renders, methods=API),
+        Route("/cmap/{key}/{row:idx}/{j:idx}.png", concept_map),
+        Route("/api/circuit/{model}/{layer}/{c:idx}", api_circuit, methods=API),
+        Route("/api/tuning/{model}/{layer}/{c:idx}", api_tuning, methods=API),
         Route("/png/{key}.png", png),
         Route("/photo/{h}.png", photo),
-        Route("/where/{model}/{layer}/{h}/{c:int}.png", where),
+        Route("/where/{model}/{layer}/{h}/{c:idx}.png", where),
         Route("/static/{name}", static),
     ]
     if explorer.atlas is not None:
