@@ -88,11 +88,14 @@ def test_photo_set_folder_is_named_by_its_photos(tmp_path):
     assert h != store.photo_set_hash([p[0] for p in photos[:2]])
     assert sorted(p.stem for p in list_images(folder)) == sorted(p[0] for p in photos)
     assert store.photo_set_dir(cache, photos) == (h, folder)  # made once
+    assert cache.root / "results" in folder.parents  # "cache clear" removes it (links only, not the photos)
     up = cache.root / "uploads" / f"{'a' * 64}.img"
     up.parent.mkdir(parents=True)
     shutil.copy(files[0], up)
     _, f2 = store.photo_set_dir(cache, [("a" * 64, up)])
     assert [p.name for p in list_images(f2)] == [f"{'a' * 64}.jpg"]  # an upload gets a suffix from its format
+    cache.clear()
+    assert not folder.exists() and all(p.is_file() for p in files)
 
 
 @pytest.mark.slow

@@ -201,7 +201,7 @@ def photo_set_dir(cache: RenderCache, photos: list[tuple[str, Path]]) -> tuple[s
     from ..models.inputs import IMAGE_SUFFIXES
 
     h = photo_set_hash([p[0] for p in photos])
-    final = cache.root / "photosets" / h
+    final = cache.root / "results" / "photosets" / h  # under results: "cache clear" removes it
     if final.is_dir():
         return h, final
     final.parent.mkdir(parents=True, exist_ok=True)
