@@ -1268,6 +1268,13 @@ def atlas(
     show_default=True,
     help="Jobs queued and running at once, all clients together (past it: 429).",
 )
+@click.option(
+    "--images",
+    "images_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="A folder of photos to explain and learn concepts from, besides the bundled ones.",
+)
 def serve(
     atlas_dir,
     model_name,
@@ -1282,6 +1289,7 @@ def serve(
     no_cache,
     allow_hosts,
     max_jobs,
+    images_dir,
 ):
     """The live explorer on http://HOST:PORT/ (with ATLAS_DIR: its pages too, linked both ways)."""
     from .serve.server import run_server, run_static
@@ -1298,6 +1306,7 @@ def serve(
         no_cache=no_cache,
         allow_hosts=allow_hosts,
         max_jobs=max_jobs,
+        images_dir=images_dir,
         echo=click.echo,
     )
 

@@ -2,7 +2,8 @@
 
 Every page has a stable URL made of the model, the layer, the photo's sha256 and the filter:
 ``/m/<model>/<layer>/img/<sha256>`` (the explanation), ``…/f/<channel>`` (a filter with that photo),
-``/m/<model>/<layer>/f/<channel>`` (a filter alone). Progress is polled from small JSON endpoints
+``/m/<model>/<layer>/f/<channel>`` (a filter alone, with its circuit and tuning), ``/m/<model>/<layer>/class/<k>``
+(a class's concepts over the server's photos). Progress is polled from small JSON endpoints
 (``/api/…``). Path parameters are checked against the model's layers, a 64-hex-digit hash or a channel
 range, so no URL names a file; the atlas is served by Starlette's ``StaticFiles`` (which refuses paths that
 leave its folder and lists no directory).
@@ -25,6 +26,7 @@ from typing import Any
 import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -41,9 +43,38 @@ from ..outputs.naming import channel_page
 from ..version import __version__
 from . import compute, store
 from .guard import Access, Guard
-from .jobs import JobManager, TooManyJobs, run_accent, run_examples, run_explanation, run_render
+from .jobs import (
+    JobManager,
+    TooManyJobs,
+    run_accent,
+    run_circuit,
+    run_concept_renders,
+    run_concepts,
+    run_examples,
+    run_explanation,
+    run_render,
+    run_tuning,
+)
+
+
+class _Index(Convertor):
+    """A path's whole number: at most 18 digits (Starlette's ``int`` takes any length, and Python refuses to
+    convert more than 4300 digits: a 500); longer is no route, a 404."""
+
+    regex = "[0-9]{1,18}"
+
+    def convert(self, value: str) -> int:
+        return int(value)
+
+    def to_string(self, value: int) -> str:
+        return str(value)
+
+
+register_url_convertor("idx", _Index())
 
 MAX_UPLOAD = 20 * 1024 * 1024
+CONCEPTS = 6  # concepts per class page: few, so the job fits a laptop (about a minute on 2 cores)
+CONCEPT_SEED = 0
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -63,6 +94,10 @@ class Explorer:
         jobs: JobManager | None = None,
         upload_quota: int = store.UPLOAD_QUOTA,
         upload_max_age: float = store.UPLOAD_MAX_AGE,
+        images: str | Path | None = None,
+        bundled: bool = True,
+        concepts: int = CONCEPTS,
+        concept_crops: int | None = None,
     ):
         self.model = model
         self.cache = cache
@@ -75,8 +110,13 @@ class Explorer:
         self.outline = [e for e in layer_outline(model) if e.info.spatial]
         self.jobs = jobs or JobManager(model, workers, cache.root, per_client=per_client, max_jobs=max_jobs)
         self.photos: dict[str, Path] = {}
-        for p in [sample_image_path(), *list_images(sample_photos_dir())]:
+        for p in [sample_image_path(), *list_images(sample_photos_dir())] if bundled else []:
             self.photos.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
+        self.images = Path(images) if images else None  # serve --images DIR: its photos join the bundled ones
+        for p in list_images(self.images)[: store.MAX_PHOTO_SET] if self.images else []:
+            self.photos.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
+        self.n_concepts, self.concept_crops = concepts, concept_crops
+        self.n_classes = _n_classes(model)
         self.photo_hash = {p.name: h for h, p in self.photos.items()}
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader("filterscope.serve", "templates"),
@@ -176,6 +216,52 @@ class Explorer:
                 self._thumbs[key] = got
         return got
 
+    # -- concepts (issue 23)
+    def photo_set(self) -> list[tuple[str, Path]]:
+        """The photos the explorer's concepts are learnt from: the bundled ones, ``--images DIR``'s and the
+        uploads (newest first), at most ``store.MAX_PHOTO_SET``."""
+        ups = []
+        for p in self.cache.files("uploads"):
+            if p.suffix == ".img" and HEX64.match(p.stem) and p.stem not in self.photos:
+                try:
+                    ups.append((p.stat().st_mtime, p.stem, p))
+                except OSError:
+                    continue
+        ups.sort(reverse=True)
+        return [*self.photos.items(), *((h, p) for _, h, p in ups)][: store.MAX_PHOTO_SET]
+
+    def class_index(self, request: Request) -> int:
+        k = request.path_params["k"]
+        if not 0 <= k < (self.n_classes or 0):
+            raise HTTPException(404, f"{self.model.name} has classes 0-{(self.n_classes or 1) - 1}, not {k}")
+        return k
+
+    def class_name(self, k: int) -> str:
+        names = self.model.categories or []
+        return names[k] if k < len(names) else f"class {k}"
+
+    def concepts_key(self, layer: str, k: int, set_hash: str) -> str:
+        """The cache key of a class's concepts over a photo set (the job's id)."""
+        return store.result_key(
+            self.model, "concepts", layer=layer, target_class=k, photo_set=set_hash, n_concepts=self.n_concepts,
+            seed=CONCEPT_SEED, crops=self.concept_crops,
+        )[0]  # fmt: skip
+
+    def concepts(self, key: str) -> tuple[dict, Any] | None:
+        """A finished concepts job's record and maps (images × concepts × h × w), memoised like ``maps``."""
+        memo_key = "concepts:" + key
+        with self._lock:
+            got = self._maps.get(memo_key)
+        if got is None:
+            got = store.load_explanation(self.cache, key)
+            if got is None:
+                return None
+            with self._lock:
+                if len(self._maps) > 64:
+                    self._maps.pop(next(iter(self._maps)))
+                self._maps[memo_key] = got
+        return got
+
     def picker(self) -> dict[str, Any]:
         """The layer picker: stage and block outputs (default marked), and every module grouped by block."""
         short = [e for e in self.outline if e.primary and not e.duplicate]
@@ -189,6 +275,22 @@ class Explorer:
                 inner.setdefault(e.parent, []).append(row(e))
         groups = [{"head": row(e), "inner": inner.get(e.name, [])} for e in self.outline if e.primary]
         return {"layers": [row(e) for e in short], "groups": groups, "n_all": len(self.outline)}
+
+
+def _n_classes(model) -> int | None:
+    """How many classes the model outputs (its categories, else one forward pass of the sample photo)."""
+    import torch
+
+    if model.categories:
+        return len(model.categories)
+    try:
+        from ..models.inputs import model_input
+
+        with torch.inference_mode():
+            out = model.forward(model_input(model, load_image(sample_image_path())).to(model.device))
+        return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+    except Exception:
+        return None
 
 
 def _error_page(request: Request, exc: Exception) -> Response:
@@ -217,6 +319,8 @@ def home(request: Request) -> Response:
         photos=photos,
         default_layer=ex.default_layer,
         max_mb=MAX_UPLOAD // 2**20,
+        n_classes=ex.n_classes or 0,
+        n_photos=len(ex.photos),
         **ex.picker(),
     )
 
@@ -228,6 +332,18 @@ def go(request: Request) -> Response:
     if layer not in ex.layer_names:
         raise HTTPException(400, f"{ex.model.name} has no layer {layer!r} with filters")
     return RedirectResponse(f"/m/{ex.model.name}/{layer}/img/{h}", status_code=303)
+
+
+def go_class(request: Request) -> Response:
+    """The home page's class form: to ``/m/<model>/<layer>/class/<k>``."""
+    ex: Explorer = request.app.state.explorer
+    k, layer = request.query_params.get("k", ""), request.query_params.get("layer", ex.default_layer)
+    if layer not in ex.layer_names:
+        raise HTTPException(400, f"{ex.model.name} has no layer {layer!r} with filters")
+    n = ex.n_classes or 0
+    if not (re.fullmatch(r"[0-9]{1,7}", k) and int(k) < n):
+        raise HTTPException(400, f"a class is a number 0-{max(n - 1, 0)}")
+    return RedirectResponse(f"/m/{ex.model.name}/{layer}/class/{int(k)}", status_code=303)
 
 
 async def upload(request: Request) -> Response:
@@ -271,7 +387,10 @@ def explain_page(request: Request) -> Response:
     ex.image_path(h)
     got = ex.maps(layer, h)  # not there yet: the page's script starts the job (POST) and polls it
     base = f"/m/{ex.model.name}/{layer}/img/{h}"
-    return ex.page("explain.html", request=request, layer=layer, h=h, ex=got[0] if got else None, base=base)
+    concepts = _photo_concepts(ex, request, layer, h, got[0]) if got and ex.n_classes else None
+    return ex.page(
+        "explain.html", request=request, layer=layer, h=h, ex=got[0] if got else None, base=base, concepts=concepts
+    )
 
 
 def _submit(ex: Explorer, request: Request, key: str, kind: str, fn, *args):
@@ -285,12 +404,14 @@ def _not_started(key: str) -> JSONResponse:
     return JSONResponse({"id": key, "state": "none", "progress": None, "error": "not started (POST to start it)"})
 
 
-def _job(request: Request, key: str, start) -> dict | None:
+def _job(request: Request, key: str, start, retry_errors: bool = True) -> dict | None:
     """The job's status; a POST starts it first when it is not running (or stopped: cancelled, failed, or
-    done but no longer in the cache)."""
+    done but no longer in the cache). With ``retry_errors`` off, a failed job is reported, not restarted
+    (for jobs whose failure is a refusal, e.g. a circuit of the first layer)."""
     ex: Explorer = request.app.state.explorer
     st = ex.jobs.status(key, ex.client(request))
-    if request.method == "POST" and (st is None or st["state"] in ("cancelled", "done", "error")):
+    again = ("cancelled", "done", "error") if retry_errors else ("cancelled", "done")
+    if request.method == "POST" and (st is None or st["state"] in again):
         start()
         st = ex.jobs.status(key, ex.client(request))
     return st
@@ -481,7 +602,255 @@ def filter_page(request: Request) -> Response:
         examples=examples,
         n_photos=len(exm["names"]) if exm else 36,
         atlas_page=atlas_page,
+        circuit=_circuit_view(ex, request, layer, c),
+        tuning=_tuning_view(ex, request, layer, c),
     )
+
+
+# ---------------------------------------------------------------- concepts (issue 23)
+
+
+def _concepts_job(ex: Explorer, request: Request, layer: str, k: int):
+    """The key of a class's concepts over the current photo set, the finished result (or None) and a
+    function that starts the job."""
+    photos = ex.photo_set()
+    set_hash = store.photo_set_hash([h for h, _ in photos])
+    key = ex.concepts_key(layer, k, set_hash)
+
+    def start():
+        _, folder = store.photo_set_dir(ex.cache, photos)
+        args = (str(folder), layer, k, ex.n_concepts, CONCEPT_SEED, ex.concept_crops)
+        return _submit(ex, request, key, "concepts", run_concepts, *args)
+
+    return key, ex.concepts(key), start, len(photos)
+
+
+def _concept_cards(ex: Explorer, layer: str, key: str, rec: dict, maps) -> list[dict]:
+    """What the class page shows per concept: its record, crop and heatmap URLs, its strongest channels."""
+    import numpy as np
+
+    cards = []
+    for c in rec["concepts"]:
+        j = c["concept"]
+        vec = np.asarray(c["vector"], dtype=np.float32)
+        top = [int(i) for i in np.argsort(-np.abs(vec))[:3]]
+        cards.append(
+            {
+                **c,
+                "crops": [
+                    {"url": f"/png/{k2}.png", "image": t["image"], "coefficient": t["coefficient"]}
+                    for k2, t in zip(c["crop_keys"], c["top_crops"])
+                ],
+                "heat": [
+                    {"url": f"/cmap/{key}/{r}/{j}.png", "photo": f"/m/{ex.model.name}/{layer}/img/{rec['images'][r]}"}
+                    for r in c["heat_rows"]
+                ],
+                "channels": [{"channel": i, "weight": round(float(vec[i]), 3)} for i in top],
+            }
+        )
+    return cards
+
+
+def class_page(request: Request) -> Response:
+    """A class's concepts over the server's photos (``jobs.concepts``: dictionary, importance, ablation,
+    top crops, maps; renders on request)."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request)
+    key, got, _, n_photos = _concepts_job(ex, request, layer, k)
+    ctx: dict[str, Any] = {"rec": None, "cards": [], "renders": None}
+    if got is not None:
+        rec, maps = got
+        ctx = {"rec": rec, "cards": _concept_cards(ex, layer, key, rec, maps)}
+        rkeys = store.concept_render_keys(
+            ex.model, layer, [c["vector"] for c in rec["concepts"]], DEFAULT_METHOD, CONCEPT_SEED
+        )
+        ctx["renders"] = [f"/png/{r}.png" for r in rkeys] if all(ex.cache.has(r) for r in rkeys) else None
+    return ex.page(
+        "class.html",
+        request=request,
+        layer=layer,
+        k=k,
+        class_name=ex.class_name(k),
+        n_photos=n_photos,
+        n_concepts=ex.n_concepts,
+        api=f"/api/concepts/{ex.model.name}/{layer}/{k}",
+        render_api=f"/api/concept-renders/{ex.model.name}/{layer}/{k}",
+        key=key,
+        **ctx,
+    )
+
+
+def api_concepts(request: Request) -> Response:
+    """A class's concepts over the photo set: done, or the job's progress; POST starts it."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request)
+    key, got, start, _ = _concepts_job(ex, request, layer, k)
+    if got is not None:
+        st = ex.jobs.status(key, ex.client(request))
+        if st is not None and st["state"] == "done":  # computed by this server just now
+            return JSONResponse({**st, "cached": False, "urls": []})
+        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
+    st = _job(request, key, start, retry_errors=False)  # e.g. fewer photos than concepts: a refusal
+    return JSONResponse(st) if st else _not_started(key)
+
+
+def api_concept_renders(request: Request) -> Response:
+    """The renders of a class's concepts (the default preset, render cache): done with their URLs, or the
+    job's progress; POST starts it. The concepts must be computed first."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request)
+    key, got, _, _ = _concepts_job(ex, request, layer, k)
+    if got is None:
+        raise HTTPException(404, "compute this class's concepts first")
+    bank = [c["vector"] for c in got[0]["concepts"]]
+    rkeys = store.concept_render_keys(ex.model, layer, bank, DEFAULT_METHOD, CONCEPT_SEED)
+    urls = [f"/png/{r}.png" for r in rkeys]
+    job = store.result_key(ex.model, "concept-renders", concepts=key, method=DEFAULT_METHOD)[0]
+    st = ex.jobs.status(job, ex.client(request))
+    if all(ex.cache.has(r) for r in rkeys):
+        if st is not None and st["state"] == "done":
+            return JSONResponse({**st, "cached": False, "urls": urls})
+        return JSONResponse({"id": job, "state": "done", "cached": True, "urls": urls})
+    args = (layer, bank, DEFAULT_METHOD, CONCEPT_SEED)
+    st = _job(request, job, lambda: _submit(ex, request, job, "concept-renders", run_concept_renders, *args))
+    if st is None:
+        return _not_started(job)
+    if st["state"] == "done":
+        st = {**st, "cached": False, "urls": urls}
+    return JSONResponse(st)
+
+
+def concept_map(request: Request) -> Response:
+    """Where concept ``j`` sits on photo ``row`` of a concepts result: its coefficient map over the photo, on
+    one scale for the concept over all photos (``norm=concept``) or for all concepts on this photo (``photo``)."""
+    ex: Explorer = request.app.state.explorer
+    key, row, j, side = (
+        request.path_params["key"],
+        request.path_params["row"],
+        request.path_params["j"],
+        _side(request, 96),
+    )
+    if not HEX64.match(key):
+        raise HTTPException(404, "not a concepts key")
+    got = ex.concepts(key)
+    if got is None:
+        raise HTTPException(404, "no such concepts result in the cache")
+    rec, maps = got
+    if not (0 <= row < maps.shape[0] and 0 <= j < maps.shape[1]):
+        raise HTTPException(404, f"the result has photos 0-{maps.shape[0] - 1} and concepts 0-{maps.shape[1] - 1}")
+    norm = request.query_params.get("norm", "concept")
+    if norm not in ("concept", "photo"):
+        raise HTTPException(400, "norm must be concept (one scale per concept over the photos) or photo")
+    path = ex.image_path(rec["images"][row])
+    vmax = float(maps[:, j].max()) if norm == "concept" else float(maps[row].max())
+    pic = ex.memo(
+        ("cmap", key, row, j, side, norm),
+        lambda: compute.where_it_fires(load_image(path), ex.model, maps[row, j].astype("float32"), side, vmax),
+    )
+    return Response(pic, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+
+
+def _photo_concepts(ex: Explorer, request: Request, layer: str, h: str, rec: dict) -> dict[str, Any]:
+    """The explanation page's concepts: those of the photo's predicted class over the photo set, ordered by
+    this photo's coefficients (summed over its map)."""
+    k = int(rec["target_class"])
+    key, got, _, _ = _concepts_job(ex, request, layer, k)
+    out: dict[str, Any] = {"k": k, "class_name": ex.class_name(k), "api": f"/api/concepts/{ex.model.name}/{layer}/{k}"}
+    out["url"] = f"/m/{ex.model.name}/{layer}/class/{k}"
+    out["tiles"], out["done"], out["missing"] = [], got is not None, False
+    if got is None:
+        return out
+    crec, maps = got
+    if h not in crec["images"]:
+        out["missing"] = True
+        return out
+    row = crec["images"].index(h)
+    m = maps[row].astype("float32")  # concepts × h × w
+    total = m.reshape(m.shape[0], -1).sum(1)
+    for c in sorted(crec["concepts"], key=lambda c: -float(total[c["concept"]])):
+        j = c["concept"]
+        out["tiles"].append(
+            {"concept": j, "label": c["label"], "importance": c["importance"], "coefficient": float(total[j]),
+             "url": f"/cmap/{key}/{row}/{j}.png?norm=photo"}
+        )  # fmt: skip
+    return out
+
+
+# ---------------------------------------------------------------- circuit and tuning (issue 24)
+
+
+def _filter_jobs(ex: Explorer, request: Request, layer: str, c: int, kind: str):
+    """The key, the finished record (or None) and a starter of a filter's circuit or tuning job, over the
+    bundled and ``--images`` photos (not uploads: a filter's evidence stays put when someone uploads)."""
+    photos = list(ex.photos.items())
+    set_hash = store.photo_set_hash([h for h, _ in photos])
+    key = store.result_key(ex.model, kind, layer=layer, channel=c, photo_set=set_hash, seed=0)[0]
+    fig = store.result_key(ex.model, kind + "-figure", job=key)[0]
+
+    def start():
+        _, folder = store.photo_set_dir(ex.cache, photos)
+        if kind == "circuit":
+            return _submit(ex, request, key, kind, run_circuit, layer, c, str(folder))
+        return _submit(ex, request, key, kind, run_tuning, layer, c, str(folder), 0, fig)
+
+    return key, store.load_json(ex.cache, key), start
+
+
+def _api_filter_job(request: Request, kind: str) -> Response:
+    ex: Explorer = request.app.state.explorer
+    layer, info = ex.check(request)
+    c = ex.channel(request, info)
+    key, got, start = _filter_jobs(ex, request, layer, c, kind)
+    if got is not None:
+        st = ex.jobs.status(key, ex.client(request))
+        if st is not None and st["state"] == "done":
+            return JSONResponse({**st, "cached": False, "urls": []})
+        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
+    st = _job(request, key, start, retry_errors=False)
+    return JSONResponse(st) if st else _not_started(key)
+
+
+def api_circuit(request: Request) -> Response:
+    """A filter's circuit (``jobs.circuit``): done, or the job's progress; POST starts it."""
+    return _api_filter_job(request, "circuit")
+
+
+def api_tuning(request: Request) -> Response:
+    """A filter's tuning curves and description (``jobs.tuning``): done, or the job's progress; POST starts it."""
+    return _api_filter_job(request, "tuning")
+
+
+def _circuit_view(ex: Explorer, request: Request, layer: str, c: int) -> dict[str, Any]:
+    """The filter page's circuit: the top inputs by |expanded weight| with sign, attribution, their render
+    (from the cache, or a render job) and a link to their own filter page."""
+    key, rec, _ = _filter_jobs(ex, request, layer, c, "circuit")
+    out: dict[str, Any] = {"api": f"/api/circuit/{ex.model.name}/{layer}/{c}", "rec": rec, "inputs": []}
+    if rec is None:
+        return out
+    for i in rec["inputs"][: rec.get("top", 8)]:
+        src, ch = i["layer"], i["channel"]
+        live = src in ex.layer_names
+        rkey = ex.render_key(src, ch, DEFAULT_METHOD, 0) if live else None
+        out["inputs"].append(
+            {
+                **i,
+                "url": f"/m/{ex.model.name}/{src}/f/{ch}" if live else None,
+                "render": f"/png/{rkey}.png" if rkey and ex.cache.has(rkey) else None,
+                "render_api": f"/api/render/{ex.model.name}/{src}/{ch}" if live else None,
+            }
+        )
+    return out
+
+
+def _tuning_view(ex: Explorer, request: Request, layer: str, c: int) -> dict[str, Any]:
+    key, rec, _ = _filter_jobs(ex, request, layer, c, "tuning")
+    out: dict[str, Any] = {"api": f"/api/tuning/{ex.model.name}/{layer}/{c}", "rec": rec}
+    if rec is not None:
+        out["figure"] = f"/png/{rec['figure']}.png" if ex.cache.has(rec["figure"]) else None
+    return out
 
 
 def atlas_channel(request: Request) -> Response:
@@ -523,17 +892,24 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
     routes = [
         Route("/", home),
         Route("/go", go),
+        Route("/class", go_class),
         Route("/upload", upload, methods=["POST"]),
         Route("/m/{model}/{layer}/img/{h}", explain_page),
-        Route("/m/{model}/{layer}/img/{h}/f/{c:int}", filter_page),
-        Route("/m/{model}/{layer}/f/{c:int}", filter_page),
+        Route("/m/{model}/{layer}/img/{h}/f/{c:idx}", filter_page),
+        Route("/m/{model}/{layer}/f/{c:idx}", filter_page),
         Route("/api/explain/{model}/{layer}/{h}", api_explain, methods=API),
         Route("/api/examples/{model}/{layer}", api_examples, methods=API),
-        Route("/api/render/{model}/{layer}/{c:int}", api_render, methods=API),
-        Route("/api/accent/{model}/{layer}/{h}/{c:int}", api_accent, methods=API),
+        Route("/api/render/{model}/{layer}/{c:idx}", api_render, methods=API),
+        Route("/api/accent/{model}/{layer}/{h}/{c:idx}", api_accent, methods=API),
+        Route("/m/{model}/{layer}/class/{k:idx}", class_page),
+        Route("/api/concepts/{model}/{layer}/{k:idx}", api_concepts, methods=API),
+        Route("/api/concept-renders/{model}/{layer}/{k:idx}", api_concept_renders, methods=API),
+        Route("/cmap/{key}/{row:idx}/{j:idx}.png", concept_map),
+        Route("/api/circuit/{model}/{layer}/{c:idx}", api_circuit, methods=API),
+        Route("/api/tuning/{model}/{layer}/{c:idx}", api_tuning, methods=API),
         Route("/png/{key}.png", png),
         Route("/photo/{h}.png", photo),
-        Route("/where/{model}/{layer}/{h}/{c:int}.png", where),
+        Route("/where/{model}/{layer}/{h}/{c:idx}.png", where),
         Route("/static/{name}", static),
     ]
     if explorer.atlas is not None:

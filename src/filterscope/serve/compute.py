@@ -90,15 +90,19 @@ def accentuation(model: Model, image: Image.Image, layer: str, channel: int) -> 
     return png_bytes(acc.image), png_bytes(acc.change_rgb()), acc.record()
 
 
-def where_it_fires(image: Image.Image, model: Model, fmap: np.ndarray, size: int = 224) -> bytes:
+def where_it_fires(
+    image: Image.Image, model: Model, fmap: np.ndarray, size: int = 224, vmax: float | None = None
+) -> bytes:
     """The photo (as the model saw it) darkened where the filter is quiet: one filter's map over it, PNG.
-    Any channel count: the photo is drawn by the CLI's image writer (grey for 1 band, bands 1-3 for more)."""
+    Any channel count: the photo is drawn by the CLI's image writer (grey for 1 band, bands 1-3 for more).
+    The map is scaled by its own maximum, or by ``vmax`` (so that several maps share one scale)."""
     base = to_pil(model_input(model, image)[0]).convert("RGB").resize((size, size))
     m = np.asarray(fmap, dtype=np.float32)
     if m.ndim != 2:  # a unit without a map: the whole photo
         m = np.ones((1, 1), np.float32)
     m = np.nan_to_num(np.clip(m, 0, None))
-    m = m / m.max() if m.max() > 0 else m
+    top = float(vmax) if vmax is not None and vmax > 0 else float(m.max())
+    m = np.clip(m / top, 0, 1) if top > 0 else m
     heat = Image.fromarray((m * 255).astype(np.uint8), "L").resize((size, size), Image.Resampling.BICUBIC)
     h = np.asarray(heat, dtype=np.float32)[..., None] / 255.0
     out = np.asarray(base, dtype=np.float32) * (0.15 + 0.85 * h)

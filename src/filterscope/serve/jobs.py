@@ -20,7 +20,10 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 _MODEL = None
 _SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
@@ -125,6 +128,121 @@ def run_examples(job: str, layer: str) -> str:
     from .store import store_json
 
     store_json(active_cache(), job, compute.photo_examples(_MODEL, layer))
+    return "ok"
+
+
+def run_concepts(
+    job: str, folder: str, layer: str, target_class: int, n_concepts: int, seed: int, crops: int | None
+) -> str:
+    """Worker: ``jobs.concepts.concepts`` over the server's photo set (``folder``: ``<sha256><suffix>`` files)
+    for one class, renders off; its record, concept vectors and maps go into the cache's results (the JSON
+    last), each concept's top crops into the render cache as PNGs."""
+    from ..errors import Interrupted
+    from ..jobs.concepts import concepts
+    from ..outputs.cache import active_cache, make_key
+    from ..outputs.images import png_bytes
+    from .store import store_explanation
+
+    _progress(job, [0, 2])
+    try:
+        res = concepts(
+            _MODEL, folder, layer=layer, n_concepts=n_concepts, target_class=target_class, seed=seed,
+            crops=crops, render=False, progress=False, should_stop=lambda: _cancelled(job),
+        )  # fmt: skip
+    except Interrupted:
+        return "cancelled"
+    _progress(job, [1, 2])
+    cache = active_cache()
+    rows = []
+    for c in res.concepts:
+        rec = c.record()
+        keys = []
+        for i, crop in enumerate(c.crops):
+            k = make_key({"concepts_job": job, "concept": c.concept, "crop": i})
+            cache.put(k, png_bytes(crop), {"concepts_job": job, "concept": c.concept, "crop": i})
+            keys.append(k)
+        rec["crop_keys"] = keys
+        rec["heat_rows"] = [int(r) for r, _ in c.heat]
+        rec["vector"] = [float(v) for v in np.asarray(c.vector, dtype=np.float32)]
+        rows.append(rec)
+    record = {
+        **res.record(),
+        "images": [Path(n).stem for n in res.images],  # the photos' sha256s, in the maps' order
+        "concepts": rows,
+        "seed": seed,
+        "timings": res.timings,
+    }
+    store_explanation(cache, job, record, res.maps.astype(np.float16))
+    _progress(job, [2, 2])
+    return "ok"
+
+
+def run_concept_renders(job: str, layer: str, bank: list, method: str, seed: int) -> str:
+    """Worker: each concept's render from noise, by ``jobs.concepts``'s own render step (the ``direction``
+    objective along its vector, the preset ``method``, the render cache)."""
+    from types import SimpleNamespace
+
+    from ..jobs.concepts import _render
+    from ..models.layers import get_layer
+    from ..optvis.presets import get_preset
+
+    info = get_layer(_MODEL, layer)
+    items = [
+        SimpleNamespace(concept=j, vector=np.asarray(v, dtype=np.float32), render=None, render_record=None)
+        for j, v in enumerate(bank)
+    ]
+    _progress(job, [0, len(items)])
+    ns = SimpleNamespace(concepts=items)
+    _render(_MODEL, info, ns, get_preset(method), seed, lambda: _cancelled(job), None, False)
+    done = sum(c.render is not None for c in items)
+    if done < len(items):
+        return "cancelled" if _cancelled(job) else "render failed"
+    return "ok"
+
+
+def run_circuit(job: str, layer: str, channel: int, folder: str) -> str:
+    """Worker: ``jobs.circuit.circuit`` for one channel (its inputs from the layer that feeds it: expanded
+    weights, attribution over the photos in ``folder``, ablation), renders left to the render jobs; its
+    record (``circuit.json``'s fields) goes into the cache's results."""
+    from ..jobs.circuit import circuit
+    from ..outputs.cache import active_cache
+    from .store import store_json
+
+    _progress(job, [0, 1])
+    res = circuit(_MODEL, layer, channel, images=folder, renders=False, should_stop=lambda: _cancelled(job))
+    if res.status != "complete":
+        return "cancelled" if _cancelled(job) else f"circuit {res.status}"
+    store_json(active_cache(), job, {**res.record(), "timings": res.timings, "top": res.top})
+    _progress(job, [1, 1])
+    return "ok"
+
+
+def run_tuning(job: str, layer: str, channel: int, folder: str, seed: int, figure_key: str) -> str:
+    """Worker: ``jobs.tuning.tuning`` for one channel (gratings, colour fields, curves; the photos in
+    ``folder`` give its natural maximum): the tuning-curve figure into the render cache, then the record
+    into the cache's results (last: its presence means done)."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    from ..jobs.tuning import tuning
+    from ..outputs.cache import active_cache
+    from .store import store_json
+
+    _progress(job, [0, 1])
+    res = tuning(_MODEL, layer, [channel], images=folder, seed=seed, should_stop=lambda: _cancelled(job))
+    if res.status != "complete" or not res.channels:
+        return "cancelled" if _cancelled(job) else f"tuning {res.status}"
+    fig = res.figure([channel])
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+    plt.close(fig)
+    cache = active_cache()
+    cache.put(figure_key, buf.getvalue(), {"tuning_job": job, "layer": layer, "channel": channel})
+    rec = res.record()
+    row = {**rec["channels"][str(channel)], "layer": layer, "channel": channel, "significance": rec["significance"]}
+    store_json(cache, job, {**row, "timings": res.timings, "figure": figure_key})
+    _progress(job, [1, 1])
     return "ok"
 
 

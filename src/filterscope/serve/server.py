@@ -36,6 +36,18 @@ def _check_atlas(atlas_dir) -> None:
         raise UsageError(f"{atlas_dir} has no index.html; build it with 'filterscope atlas --out {atlas_dir}'")
 
 
+def _check_images(images_dir) -> None:
+    from ..errors import ImageError
+    from ..models.inputs import list_images
+
+    if images_dir is None:
+        return
+    try:
+        list_images(images_dir)
+    except ImageError as e:
+        raise UsageError(f"--images: {e.message}") from None
+
+
 def run_static(
     atlas_dir, host: str = "127.0.0.1", port: int = 8000, allow_hosts: tuple[str, ...] = (), echo=print
 ) -> None:
@@ -64,10 +76,12 @@ def run_server(
     no_cache: bool = False,
     allow_hosts: tuple[str, ...] = (),
     max_jobs: int = 16,
+    images_dir=None,
     echo=print,
 ) -> None:
     """The live explorer until Ctrl-C: ``load_model()`` is called once the cache folder is known to be
-    writable; with ``no_cache`` a temporary cache is used and removed at exit."""
+    writable; with ``no_cache`` a temporary cache is used and removed at exit. ``images_dir``: a folder whose
+    photos (up to ``store.MAX_PHOTO_SET``) join the bundled ones, to explain and to learn concepts from."""
     from ..jobs.pool import cpu_cores
     from ..outputs.cache import RenderCache, configure, default_cache_dir
     from ..outputs.rundir import check_writable
@@ -75,6 +89,7 @@ def run_server(
     from .store import import_atlas
 
     _check_atlas(atlas_dir)
+    _check_images(images_dir)
     if max_jobs < 1:
         raise UsageError("--max-jobs must be at least 1")
     access = access_for(host, port, allow_hosts)
@@ -91,6 +106,7 @@ def run_server(
             atlas=atlas_dir,
             token=access.token,
             max_jobs=max_jobs,
+            images=images_dir,
         )
         try:
             if atlas_dir is not None:

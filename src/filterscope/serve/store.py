@@ -178,3 +178,72 @@ def import_atlas(model, cache: RenderCache, atlas_dir) -> int:
             cache.put(key, png, {**fields, **r, "imported_from": str(atlas_dir)})
             added += 1
     return added
+
+
+# ---------------------------------------------------------------- concepts (issue 23)
+
+MAX_PHOTO_SET = 200  # photos the explorer's concepts are learnt from (bundled, --images, newest uploads)
+
+
+def photo_set_hash(hashes: list[str]) -> str:
+    """The name of a set of photos: sha256 of their sorted sha256s (the order they are listed in does not
+    matter, any photo added or removed changes it)."""
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
+def photo_set_dir(cache: RenderCache, photos: list[tuple[str, Path]]) -> tuple[str, Path]:
+    """A folder holding the photos ``(sha256, path)`` as ``<sha256><suffix>`` (links, or copies where links
+    cannot be made), named by :func:`photo_set_hash`: what ``jobs.concepts`` reads as its image folder.
+    Made in a temporary folder and renamed, so a folder that exists is complete."""
+    import shutil
+    import tempfile
+
+    from ..models.inputs import IMAGE_SUFFIXES
+
+    h = photo_set_hash([p[0] for p in photos])
+    final = cache.root / "results" / "photosets" / h  # under results: "cache clear" removes it
+    if final.is_dir():
+        return h, final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=final.parent))
+    for sha, path in photos:
+        suffix = path.suffix.lower() if path.suffix.lower() in IMAGE_SUFFIXES else _image_suffix(path)
+        dst = tmp / f"{sha}{suffix}"
+        try:
+            os.symlink(Path(path).resolve(), dst)
+        except OSError:
+            shutil.copyfile(path, dst)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another request made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return h, final
+
+
+def _image_suffix(path: Path) -> str:
+    """A file suffix for an uploaded photo (kept as ``<sha256>.img``) from its format."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            fmt = (im.format or "png").lower()
+    except (OSError, ValueError):
+        fmt = "png"
+    return {"jpeg": ".jpg", "tiff": ".tif"}.get(fmt, f".{fmt}")
+
+
+def concept_render_keys(model, layer: str, bank, method: str, seed: int) -> list[str]:
+    """The render-cache keys of the concepts' renders, as ``jobs.concepts`` makes them (the ``direction``
+    objective along each concept vector, the preset ``method``, the seed of concept ``j``)."""
+    import torch
+
+    from ..optvis.objectives import direction
+    from ..optvis.presets import get_preset
+    from ..optvis.render import channel_seed
+
+    sd = get_preset(method).for_model(model).as_dict()
+    keys = []
+    for j, vec in enumerate(bank):
+        obj = direction(layer, torch.as_tensor(np.asarray(vec, dtype=np.float32)))
+        keys.append(render_key(model, obj, sd, channel_seed(seed, j), layer=layer)[0])
+    return keys
