@@ -221,7 +221,7 @@ def test_default_bound_is_16():
     import inspect
 
     from filterscope.serve.app import Explorer
-    from filterscope.serve.jobs import JobManager
+    from filterscope.serve.workers import JobManager
 
     assert inspect.signature(JobManager).parameters["max_jobs"].default == 16
     assert inspect.signature(Explorer).parameters["max_jobs"].default == 16

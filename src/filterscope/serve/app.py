@@ -43,7 +43,7 @@ from ..outputs.naming import channel_page
 from ..version import __version__
 from . import compute, store
 from .guard import Access, Guard
-from .jobs import (
+from .workers import (
     JobManager,
     TooManyJobs,
     run_accent,

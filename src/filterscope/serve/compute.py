@@ -5,7 +5,7 @@
   ``jobs.attribution`` (the class probability's drop with each ranking's top 8 zeroed);
 - :func:`accentuation`: ``jobs.accentuate.accentuate`` (the photo pushed to excite one filter while it stays
   close to the photo, and where it changed);
-- the render from noise is ``jobs.stream.render_stream`` (in ``serve/jobs.py``).
+- the render from noise is ``jobs.stream.render_stream`` (in ``serve/workers.py``).
 
 The rest of the app only reads the dictionaries and PNGs these return.
 """
