@@ -67,7 +67,8 @@ def render_layer_ray(
 
     ray = _ray()
     if not ray.is_initialized():
-        kwargs = {"address": address} if address else {"num_cpus": workers}
+        # no --address: a new local Ray of `workers` CPUs, even when another cluster runs on this machine
+        kwargs = {"address": address} if address else {"address": "local", "num_cpus": workers}
         try:
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
