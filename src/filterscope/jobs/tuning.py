@@ -138,7 +138,11 @@ def responses(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centre activations and spatial means ``[N, C]`` of ``info`` for stimuli ``x`` (``[..., S, S]`` grey, or
     ``[..., 3, S, S]`` with ``rgb``)."""
-    flat = S.to_channels(x, model.in_channels, rgb)
+    return _centre_and_mean(model, info, S.to_channels(x, model.in_channels, rgb), batch)
+
+
+def _centre_and_mean(model: Model, info: LayerInfo, x: torch.Tensor, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Centre activations and spatial means ``[N, C]`` of ``info`` for model inputs ``x``, ``batch`` at a time."""
     centre, mean = [], []
     h, w = info.shape[1] // 2, info.shape[2] // 2
     with (
@@ -147,8 +151,8 @@ def responses(
         ) as cap,
         torch.inference_mode(),
     ):
-        for i in range(0, flat.shape[0], batch):
-            run(model.forward, flat[i : i + batch].to(model.device), cap)
+        for i in range(0, x.shape[0], batch):
+            run(model.forward, x[i : i + batch].to(model.device), cap)
             a = cap.acts[info.name].float()
             centre.append(a[:, :, h, w].cpu())
             mean.append(a.flatten(2).mean(2).cpu())
@@ -157,20 +161,7 @@ def responses(
 
 def _nat(model: Model, info: LayerInfo, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Centre activations and spatial means ``[N, C]`` over natural photos ``x`` ``[N, C_in, S, S]``."""
-    centre, mean = [], []
-    h, w = info.shape[1] // 2, info.shape[2] // 2
-    with (
-        capture(
-            model.net, [info.name], calls={info.name: info.calls}, stop=True, views=map_views(model, [info.name])
-        ) as cap,
-        torch.inference_mode(),
-    ):
-        for i in range(0, x.shape[0], 16):
-            run(model.forward, x[i : i + 16].to(model.device), cap)
-            a = cap.acts[info.name].float()
-            centre.append(a[:, :, h, w].cpu())
-            mean.append(a.flatten(2).mean(2).cpu())
-    return torch.cat(centre).numpy(), torch.cat(mean).numpy()
+    return _centre_and_mean(model, info, x, 16)
 
 
 # ---------------------------------------------------------------- analysis

@@ -192,8 +192,12 @@ class Explorer:
 
     def maps(self, layer: str, h: str):
         key = self.explanation_key(layer, h)
+        return self._stored_maps(key, key)
+
+    def _stored_maps(self, memo_key: str, key: str):
+        """A cached explanation/concepts record and its maps, memoised (at most 64 kept, the oldest dropped)."""
         with self._lock:
-            got = self._maps.get(key)
+            got = self._maps.get(memo_key)
         if got is None:
             got = store.load_explanation(self.cache, key)
             if got is None:
@@ -201,7 +205,7 @@ class Explorer:
             with self._lock:
                 if len(self._maps) > 64:
                     self._maps.pop(next(iter(self._maps)))
-                self._maps[key] = got
+                self._maps[memo_key] = got
         return got
 
     def memo(self, key: tuple, make) -> bytes:
@@ -249,18 +253,7 @@ class Explorer:
 
     def concepts(self, key: str) -> tuple[dict, Any] | None:
         """A finished concepts job's record and maps (images × concepts × h × w), memoised like ``maps``."""
-        memo_key = "concepts:" + key
-        with self._lock:
-            got = self._maps.get(memo_key)
-        if got is None:
-            got = store.load_explanation(self.cache, key)
-            if got is None:
-                return None
-            with self._lock:
-                if len(self._maps) > 64:
-                    self._maps.pop(next(iter(self._maps)))
-                self._maps[memo_key] = got
-        return got
+        return self._stored_maps("concepts:" + key, key)
 
     def picker(self) -> dict[str, Any]:
         """The layer picker: stage and block outputs (default marked), and every module grouped by block."""
