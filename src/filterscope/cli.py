@@ -277,7 +277,7 @@ def render_options(f):
     f = click.option(
         "--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps (default: the method's)."
     )(f)
-    f = click.option("--method", type=METHOD, default=None, help="Preset (default: fast).")(f)
+    f = click.option("--method", type=METHOD, default=None, help="Preset (default: fast; maco for class logits).")(f)
     return f
 
 
@@ -589,8 +589,9 @@ def render_cmd(
     """Render channels of a layer: one PNG per channel, a grid, and run.json."""
     from .jobs.channels import render_channels
     from .jobs.interrupt import graceful_stop
-    from .jobs.render_objective import objective_for, render_objective
+    from .jobs.render_objective import objective_for, render_objective, target_layer
     from .models.layers import get_layer
+    from .optvis.presets import for_target
     from .outputs.naming import grid_file
 
     t0 = time.perf_counter()
@@ -599,6 +600,7 @@ def render_cmd(
             "--objective is the whole target: write a penalty into it ('blocks.5:12 - 0.05*tv'); "
             "--penalty and --diversity work with --layer/--channels"
         )
+    given = method
     method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
     out = out or default_out("render")
     if images:
@@ -609,6 +611,9 @@ def render_cmd(
     model = load(model_name, weights, trust_checkpoint, device)
     if objective:
         obj = objective_for(model, objective)
+        if given is None:  # no --method: the default preset of the objective's kind of target
+            settings = for_target(settings, target_layer(obj))
+            method = settings.preset.split("+")[0]
         check_writable(out)
         from tqdm import tqdm
 
@@ -640,6 +645,9 @@ def render_cmd(
         )
         return
     info = get_layer(model, layer)
+    if given is None:
+        settings = for_target(settings, info.name)
+        method = settings.preset.split("+")[0]
     check_writable(out)
     with graceful_stop(quiet) as stop:
         res = render_channels(

@@ -18,7 +18,7 @@ from ..errors import RenderError
 from ..models.layers import LayerInfo, get_layer
 from ..models.model import Model
 from ..optvis.objectives import Objective
-from ..optvis.presets import DEFAULT_METHOD, get_preset, resolve_settings
+from ..optvis.presets import default_method, get_preset, resolve_settings
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.images import png_bytes, to_pil
 from ..outputs.naming import default_out
@@ -98,20 +98,21 @@ def render(
     layer: str = "default",
     channel_index: int = 0,
     *,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     seed: int = 0,
     steps: int | None = None,
     lr: float | None = None,
     size: int | None = None,
     **overrides,
 ) -> ChannelRender:
-    """Render one channel's boosted features (the tutorial's ``render``, any preset).
+    """Render one channel's boosted features (the tutorial's ``render``, any preset; default: the layer's,
+    :func:`~filterscope.optvis.presets.default_method`).
 
     Returns the image (PIL) and the channel's mean activation on the starting noise and on the result.
     """
     info = get_layer(model, layer)
     info.check_channels([channel_index])
-    settings = get_preset(method).with_(steps=steps, lr=lr, size=size, **overrides)
+    settings = get_preset(method or default_method(info.name)).with_(steps=steps, lr=lr, size=size, **overrides)
     result = Renderer(model, settings).render(unit_objective(info, channel_index), [channel_seed(seed, channel_index)])
     if result.status[0] != "ok":
         raise RenderError(f"channel {channel_index}: {result.status[0]}")
@@ -161,7 +162,7 @@ def render_channels(
     chans = list(range(info.channels)) if channels is None else sorted(set(channels))
     info.check_channels(chans)
     check_diversity(diversity)
-    settings = resolve_settings(method, settings)
+    settings = resolve_settings(method, settings, layer=info.name)
     text = penalty if isinstance(penalty, str) else (penalty.name if penalty is not None else None)
     pen = objective_for(model, penalty) if isinstance(penalty, str) else penalty
     record = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import RenderError, UsageError
-from ..models.layers import get_layer
+from ..models.layers import LOGIT, get_layer
 from ..models.model import Model
 from ..optvis.objective_text import parse
 from ..optvis.objectives import Objective
@@ -50,6 +50,13 @@ def objective_for(model: Model, text: str) -> Objective:
     return parse(text, resolve, vector, channels=lambda name: get_layer(model, name).channels)
 
 
+def target_layer(obj: Objective) -> str | None:
+    """The layer of an objective's target (logits for any objective that needs them), for its default preset."""
+    if obj.target is not None:
+        return obj.target.layer
+    return LOGIT if obj.needs_logits else None
+
+
 @dataclass
 class ObjectiveRun(JobResult):
     """:class:`~filterscope.jobs.contract.JobResult` of one objective's render."""
@@ -76,7 +83,7 @@ def render_objective(
     e.g. ``logit_0967.png``, else ``objective.png``) and ``run.json``. A stopped render ends ``partial``
     (only run.json is written); a failed one raises :class:`RenderError` after recording it."""
     obj = objective_for(model, objective) if isinstance(objective, str) else objective
-    settings = resolve_settings(method, settings)
+    settings = resolve_settings(method, settings, layer=target_layer(obj))
     fname = objective_file(obj.target)
     record = {
         "model": model.describe(),

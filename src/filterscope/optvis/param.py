@@ -225,19 +225,32 @@ class FourierParam(ImageParam):
         decorrelate: bool = True,
         decay_power: float = 1.0,
         sd: float = 0.01,
+        init_contrast: float = 0.0,
         **kwargs,
     ):
         self.sd = sd
         self.decay_power = decay_power
-        super().__init__(seeds, size, decorrelate, **kwargs)
+        self.init_contrast = float(init_contrast)
         f = rfft_freqs(size, size)
-        scale = 1.0 / np.maximum(f, 1.0 / size) ** decay_power
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32)[None, None, :, :, None])
+        scale = torch.tensor(1.0 / np.maximum(f, 1.0 / size) ** decay_power, dtype=torch.float32)
+        self._scale = scale[None, None, :, :, None]
+        super().__init__(seeds, size, decorrelate, **kwargs)
+        self.register_buffer("scale", self._scale)
         # Lucid divides the synthesised image by 4; the division is folded into the (linear) scaling
         self.register_buffer("scale_synth", self.scale / 4.0)
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
-        return torch.randn(1, self.channels, self.size, self.size // 2 + 1, 2, generator=gen) * self.sd
+        shape = (1, self.channels, self.size, self.size // 2 + 1, 2)
+        if self.init_contrast <= 0:
+            return torch.randn(*shape, generator=gen) * self.sd
+        # a random-phase image with the natural spectrum at a set contrast (MACO's prior as a starting point;
+        # the amplitudes stay free): the loop need not first grow the image from grey
+        mag = natural_magnitude(self.size, self.size, self.channels)[None, :, :, :, None]
+        t = torch.randn(*shape, generator=gen) * mag / (self._scale / 4.0)
+        x = torch.fft.irfft2(
+            torch.view_as_complex(((t * self._scale) / 4.0).contiguous()), s=(self.size,) * 2, norm="ortho"
+        )
+        return t * (self.init_contrast / (x.std() + 1e-8))
 
     def images(self, t: torch.Tensor) -> torch.Tensor:
         spec = torch.view_as_complex((t * self.scale_synth).contiguous())
@@ -245,7 +258,8 @@ class FourierParam(ImageParam):
         return self.to_valid_rgb(x)
 
     def describe(self) -> dict:
-        return {**super().describe(), "decay_power": self.decay_power}
+        d = {**super().describe(), "decay_power": self.decay_power}
+        return {**d, "init_contrast": self.init_contrast} if self.init_contrast > 0 else d
 
 
 @register_param("maco")

@@ -70,6 +70,9 @@ PRESETS: dict[str, RenderSettings] = {
 PRESETS = {name: replace(s, preset=name) for name, s in PRESETS.items()}
 
 DEFAULT_METHOD = "fast"
+# the default preset per kind of target, chosen by benchmarks/bench_classes.py (class renders that another
+# model recognises) and bench_targets.py; a named --method always wins
+METHOD_BY_TARGET: dict[str, str] = {"channel": DEFAULT_METHOD, "logit": "maco"}
 
 
 def get_preset(name: str) -> RenderSettings:
@@ -79,11 +82,37 @@ def get_preset(name: str) -> RenderSettings:
     return PRESETS[name]
 
 
-def resolve_settings(method: str | None = None, settings: RenderSettings | None = None) -> RenderSettings:
+def target_kind(layer: str | None) -> str:
+    """``logit`` for the class-logit pseudo-layer, else ``channel``: the kinds of target with their own default."""
+    from ..models.layers import LOGIT
+
+    return "logit" if layer == LOGIT else "channel"
+
+
+def default_method(layer: str | None = None) -> str:
+    """The preset a target at ``layer`` renders with when none is named (:data:`METHOD_BY_TARGET`)."""
+    return METHOD_BY_TARGET[target_kind(layer)]
+
+
+def for_target(settings: RenderSettings, layer: str | None) -> RenderSettings:
+    """``settings`` made from :data:`DEFAULT_METHOD` (with changes, e.g. ``fast+steps``) moved onto the default
+    preset of ``layer``'s target kind with the same changes; other settings as they are. For callers that
+    built settings before they knew the target and whose user named no method (the CLI)."""
+    base, *changed = settings.preset.split("+")
+    want = default_method(layer)
+    if base != DEFAULT_METHOD or want == base:
+        return settings
+    return get_preset(want).with_(**{k: getattr(settings, k) for k in changed if k})
+
+
+def resolve_settings(
+    method: str | None = None, settings: RenderSettings | None = None, *, layer: str | None = None
+) -> RenderSettings:
     """The settings a job renders with: ``settings`` when given (its preset label is what it records), else
-    the preset ``method`` (default :data:`DEFAULT_METHOD`). Giving both with different presets is refused."""
+    the preset ``method`` (default: :func:`default_method` of ``layer``). Giving both with different presets
+    is refused."""
     if settings is None:
-        return get_preset(method or DEFAULT_METHOD)
+        return get_preset(method or default_method(layer))
     if method is not None and settings.preset.split("+")[0] not in (method, "custom"):
         raise UsageError(f"method {method!r} and settings from preset {settings.preset!r} disagree: give one of them")
     return settings

@@ -31,6 +31,20 @@ from .relu import final_relus, redirect_relu, relus_before
 from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, make_transform
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+
+
+def _cosine(step: int, total: int) -> float:
+    """Warm up over the first 10 % of the steps, then cosine down to 10 % of the rate."""
+    warm = max(1, total // 10)
+    if step < warm:
+        return 0.3 + 0.7 * step / warm
+    t = (step - warm) / max(1, total - warm)
+    return 0.1 + 0.45 * (1 + math.cos(math.pi * t))
+
+
+# learning-rate multiplier at ``step`` of ``total`` (torch's LambdaLR runs it)
+SCHEDULES: dict[str, Callable[[int, int], float] | None] = {"constant": None, "cosine": _cosine}
+_LATER_FIELDS = {"schedule": "constant", "coarse": 0.0}
 MIN_SIZE = 16  # the smallest rendered side: a CNN's stem divides by 16-32
 SMALL_INPUT = 96  # models with a smaller input render on a larger canvas seen through random crops
 CANVAS_FACTOR = 2  # the canvas of a small-input model: 2× its input side (4× and 50-100 % crops: digits 6/10)
@@ -55,6 +69,8 @@ class RenderSettings:
     pre_relu: bool = False  # optimise a layer's pre-activation when it ends in a ReLU/ReLU6 (Lucid's _pre_relu)
     converge: float = 0.0  # stop an image once its objective gains less than this fraction per window
     window: int = 8
+    schedule: str = "constant"  # learning-rate schedule over ``steps``, a name in SCHEDULES
+    coarse: float = 0.0  # fraction of the steps run on random half-side crops (same pixel scale, ~4× cheaper)
     transform_scale: float | None = None  # transforms' pixel amounts ×; None: from the input size (for_model)
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
@@ -78,6 +94,10 @@ class RenderSettings:
             raise UsageError(
                 f"unknown transforms {self.transforms!r}", hint=closest(self.transforms, TRANSFORM_PRESETS)
             )
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}", hint="use " + ", ".join(SCHEDULES))
+        if not (isinstance(self.coarse, (int, float)) and 0 <= self.coarse < 1):
+            raise UsageError(f"coarse must be in [0, 1), got {self.coarse}")
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
@@ -123,6 +143,9 @@ class RenderSettings:
     def as_dict(self) -> dict:
         d = asdict(self)
         del d["preset"]
+        for k, default in _LATER_FIELDS.items():  # fields added later stay out of records/keys at their default
+            if d[k] == default:
+                del d[k]
         if isinstance(self.transforms, Transform):
             d["transforms"] = self.transforms.describe()
         d["param_options"] = dict(self.param_options)
@@ -171,6 +194,21 @@ def _fit(x: torch.Tensor, side: int) -> torch.Tensor:
     if x.shape[-1] == side and x.shape[-2] == side:
         return x
     return TF.resize(x, [side, side], antialias=x.shape[-1] > side)
+
+
+def _half_crops(x: torch.Tensor, gens: Sequence[torch.Generator], batch: int) -> torch.Tensor:
+    """A random half-side window of each row, at the same pixel scale: a coarse step costs the network
+    ~1/4 of a full one and still moves every Fourier coefficient."""
+    h, w = x.shape[-2:]
+    ch, cw = max(1, h // 2), max(1, w // 2)
+    rows = []
+    per = x.shape[0] // batch
+    for i in range(x.shape[0]):
+        g = gens[i // per]
+        top = int(torch.randint(h - ch + 1, (), generator=g))
+        left = int(torch.randint(w - cw + 1, (), generator=g))
+        rows.append(x[i : i + 1, :, top : top + ch, left : left + cw])
+    return torch.cat(rows)
 
 
 class Renderer:
@@ -268,6 +306,9 @@ class Renderer:
             batch=len(seeds),
             forward=self._forward(net),
         )
+        if SCHEDULES[s.schedule] is not None:
+            fn = SCHEDULES[s.schedule]
+            st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda k: fn(k, s.steps))
         t0 = time.perf_counter()
         with st.cap:
             with torch.no_grad():
@@ -297,10 +338,13 @@ class Renderer:
         s = self.settings
         b = st.batch
         side = self.model.input_size
+        coarse = round(s.coarse * s.steps)
         for step in range(s.steps):
             st.opt.zero_grad(set_to_none=True)
             images = st.param()
             x = _fit(st.transform(images, st.gens, side), side)
+            if step < coarse:
+                x = _half_crops(x, st.gens, st.batch)
             logits = run(st.forward, x, st.cap)
             owner = torch.arange(b, device=x.device).repeat_interleave(x.shape[0] // b)
             acts = {**st.cap.acts, **{layer: st.cap.inputs[relu] for layer, relu in st.pre.items()}}
@@ -318,6 +362,8 @@ class Renderer:
             for i in torch.nonzero(~st.active).flatten().tolist():
                 st.param.tensors[i].grad = None  # frozen images: optimisers skip parameters without gradient
             st.opt.step()
+            if st.sched is not None:
+                st.sched.step()
             st.param.project()
             for i in range(b):
                 st.curves[i].append(float(vals[i]))
@@ -346,6 +392,7 @@ class _State:
     pre: dict[str, str]
     batch: int
     forward: Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] → logits, through the net the loop runs
+    sched: torch.optim.lr_scheduler.LRScheduler | None = None
     done: int = 0
     alive: torch.Tensor = field(init=False)
     active: torch.Tensor = field(init=False)  # alive and not yet converged

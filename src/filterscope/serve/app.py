@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from ..errors import FilterscopeError
 from ..models.inputs import decode_image, list_images, load_image, sample_image_path, sample_photos_dir
 from ..models.layers import default_layer, get_layer, layer_outline, list_layers
-from ..optvis.presets import DEFAULT_METHOD
+from ..optvis.presets import DEFAULT_METHOD, default_method
 from ..outputs.cache import RenderCache
 from ..outputs.naming import channel_page
 from ..version import __version__
@@ -432,11 +432,11 @@ def api_examples(request: Request) -> Response:
     return JSONResponse(st) if st else _not_started(key)
 
 
-def _render_args(request: Request) -> tuple[str, int, int]:
+def _render_args(request: Request, layer: str) -> tuple[str, int, int]:
     from ..optvis.presets import PRESETS
 
     q = request.query_params
-    method = q.get("method", DEFAULT_METHOD)
+    method = q.get("method") or default_method(layer)
     if method not in PRESETS:
         raise HTTPException(400, f"unknown method {method!r}; use one of {', '.join(PRESETS)}")
     seed, div = q.get("seed", "0"), q.get("diversity", "0")
@@ -454,7 +454,7 @@ def api_render(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, info = ex.check(request)
     c = ex.channel(request, info)
-    method, seed, div = _render_args(request)
+    method, seed, div = _render_args(request, layer)
     if div:
         key, keys, _ = store.diversity_keys(ex.model, layer, c, method, seed, div)
     else:
@@ -547,7 +547,7 @@ def filter_page(request: Request) -> Response:
     h = request.path_params.get("h")
     if h:
         ex.image_path(h)
-    method, seed, div = _render_args(request)
+    method, seed, div = _render_args(request, layer)
     base = f"/m/{ex.model.name}/{layer}" + (f"/img/{h}" if h else "")
     render_api = f"/api/render/{ex.model.name}/{layer}/{c}?method={method}&seed={seed}"
     table: list[tuple[str, Any]] = [("layer", layer), ("filter", c), ("method", method), ("seed", seed)]

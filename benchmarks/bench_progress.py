@@ -1,0 +1,148 @@
+"""More progress per step (issue 25, item 1): each tried direction's curve — robust ratio against seconds per
+channel — beside ``fast`` and Lucid-512, on *tuning* channels (not the ones bench_targets.py scores).
+
+    python benchmarks/bench_progress.py                     # all variants, ~10 min on 2 CPU cores
+    python benchmarks/bench_progress.py --variants fast,cosine --steps 32,64
+
+Every variant is the ``fast`` preset with some settings changed, run without early exit so each point is
+exactly its step count. One process; the seconds are measured in it (a shared machine inflates all alike).
+Writes benchmarks/results/progress.json and progress.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_render as br  # noqa: E402
+
+RESULTS = HERE / "results"
+LAYERS = ["blocks.3", "blocks.6"]
+
+# name → (preset, RenderSettings changes, param_options added)
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "fast": ("fast", {}, {}),
+    "cosine lr 0.3": ("fast", {"schedule": "cosine", "lr": 0.3}, {}),
+    "cosine lr 0.2": ("fast", {"schedule": "cosine", "lr": 0.2}, {}),
+    "coarse 50%": ("fast", {"coarse": 0.5}, {}),
+    "natural init 0.5": ("fast", {}, {"init_contrast": 0.5}),
+    "natural init 1.0": ("fast", {}, {"init_contrast": 1.0}),
+    "maco": ("maco", {}, {}),
+    "cosine 0.2 + init 0.5": ("fast", {"schedule": "cosine", "lr": 0.2}, {"init_contrast": 0.5}),
+    "cosine 0.25 + init 0.5": ("fast", {"schedule": "cosine", "lr": 0.25}, {"init_contrast": 0.5}),
+}
+
+
+def tuning_channels(model, layer: str, n: int) -> list[int]:
+    """``n`` channels drawn with another seed than the benchmark's, none of the benchmark's own."""
+    from filterscope.models.layers import get_layer
+
+    scored = set(br.pick_channels(model, layer, 4))
+    pool = [c for c in range(get_layer(model, layer).channels) if c not in scored]
+    return sorted(int(c) for c in np.random.default_rng(7).choice(pool, n, replace=False))
+
+
+def settings_for(preset: str, changes: dict, options: dict, steps: int):
+    from filterscope.optvis.presets import get_preset
+
+    s = get_preset(preset)
+    opts = {**dict(s.param_options), **options}
+    return s.with_(steps=steps, converge=0.0, param_options=tuple(sorted(opts.items())), **changes)
+
+
+def measure(model, layer: str, channels: list[int], settings) -> dict:
+    import torch
+
+    from filterscope.jobs.evaluate import natural_max, score_images
+    from filterscope.jobs.stream import render_stream
+    from filterscope.models.layers import get_layer
+
+    t0 = time.perf_counter()
+    images = [r.image for r in render_stream(model, get_layer(model, layer), channels, settings, seed=0)]
+    sec = (time.perf_counter() - t0) / len(channels)
+    stack = torch.stack([i.float() for i in images])
+    scores = score_images(model, layer, channels, stack, natural_max(model, layer))
+    return {
+        "s_per_channel": round(sec, 3),
+        "median_robust_ratio": round(float(np.median([s.robust_ratio for s in scores])), 3),
+        "robust_ratios": [round(float(s.robust_ratio), 3) for s in scores],
+        "median_colourfulness": round(float(np.median([s.colourfulness for s in scores])), 1),
+        "median_rms_contrast": round(float(np.median([s.rms_contrast for s in scores])), 3),
+    }
+
+
+def markdown(res: dict) -> str:
+    out = [
+        f"Machine: {res['machine']}. Tuning channels {res['channels']} (not the benchmark's). "
+        "Each cell: median robust ratio @ seconds per channel.",
+        "",
+    ]
+    for layer in res["layers"]:
+        rows = [r for r in res["rows"] if r["layer"] == layer]
+        steps = sorted({r["steps"] for r in rows if r["variant"] != "lucid"})
+        out += [f"### {layer}", "", "| variant | " + " | ".join(f"{s} steps" for s in steps) + " |"]
+        out.append("|---" * (len(steps) + 1) + "|")
+        for v in dict.fromkeys(r["variant"] for r in rows):
+            cells = {r["steps"]: r for r in rows if r["variant"] == v}
+            if v == "lucid":
+                (r,) = cells.values()
+                out.append(f"| lucid (512) | {r['median_robust_ratio']:.2f} @ {r['s_per_channel']:.2f} s |")
+                continue
+            out.append(
+                f"| {v} | "
+                + " | ".join(
+                    f"{cells[s]['median_robust_ratio']:.2f} @ {cells[s]['s_per_channel']:.2f} s" if s in cells else ""
+                    for s in steps
+                )
+                + " |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--steps", default="32,64,128")
+    p.add_argument("--layers", default=",".join(LAYERS))
+    p.add_argument("--n-channels", type=int, default=3)
+    p.add_argument("--no-lucid", action="store_true", help="skip the Lucid-512 reference")
+    p.add_argument("--out", default=str(RESULTS / "progress"))
+    args = p.parse_args()
+    import torch
+
+    torch.set_num_threads(torch.get_num_threads())
+    model = br.load("efficientnet_lite0", "cpu")
+    layers = args.layers.split(",")
+    chans = {layer: tuning_channels(model, layer, args.n_channels) for layer in layers}
+    rows = []
+    for layer in layers:
+        measure(model, layer, chans[layer][:1], settings_for("fast", {}, {}, 2))  # warm-up: folding, first calls
+        if not args.no_lucid:
+            r = measure(model, layer, chans[layer], settings_for("lucid", {}, {}, 512))
+            rows.append({"layer": layer, "variant": "lucid", "steps": 512, **r})
+            print(json.dumps(rows[-1]), flush=True)
+        for v in args.variants.split(","):
+            preset, changes, options = VARIANTS[v]
+            for steps in (int(x) for x in args.steps.split(",")):
+                r = measure(model, layer, chans[layer], settings_for(preset, changes, options, steps))
+                rows.append({"layer": layer, "variant": v, "steps": steps, **r})
+                print(json.dumps(rows[-1]), flush=True)
+    res = {"machine": br.machine(), "layers": layers, "channels": chans, "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
