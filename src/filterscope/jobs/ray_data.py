@@ -1,0 +1,148 @@
+"""The concepts' activation pass on Ray Data: the batches of the local pass, run by actors that each load the
+model once, streamed back in order into the same tally on the driver.
+
+``ray.data.from_items`` holds one item per batch of the local pass (its first file's index;
+:func:`~.concepts.activation_units`), ``map_batches`` with a callable class runs
+:func:`~.concepts.activation_batch` on each (the file reading, the random crops seeded per image, the model)
+on a pool of ``workers`` actors, and the driver feeds the results, in the batches' order, to the
+:class:`~.concepts.ActivationTally` the local pass fills. The items are batches of files rather than
+``read_images`` rows so that every batch has the local pass's make-up: the network's float sums depend on
+it, and with the same batches, order and CPU threads the vectors are bit-identical. The driver holds at
+most the results that arrived ahead of the next batch in order, and the tally (a fixed-size sample).
+The image files must be readable at the same path on every node (a shared file system).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import FilterscopeError, UsageError
+
+INSTALL = 'pip install "filterscope[ray]"'
+
+
+def ray_data():
+    """The ``ray`` module with Ray Data importable, else a one-line :class:`UsageError` naming the extra."""
+    try:
+        import ray
+        import ray.data  # noqa: F401 - needs pandas and pyarrow
+    except ImportError as e:
+        raise UsageError(f"--backend ray needs Ray Data ({e})", hint=INSTALL) from None
+    return ray
+
+
+def check_shippable(model) -> None:
+    """The model must pickle (it is put in Ray's object store for the workers): else a one-line refusal."""
+    import ray.cloudpickle as cloudpickle
+
+    try:
+        cloudpickle.dumps(model)
+    except Exception as e:  # noqa: BLE001 - whatever pickling raises, the answer is the same
+        raise UsageError(
+            f"the model cannot be sent to Ray workers ({type(e).__name__}: {e})", hint="use --backend local"
+        ) from None
+
+
+class ActivationWorker:
+    """A Ray Data actor: the model (from the object store, once per actor) and the pass's settings; each call
+    runs the batches whose starts it is given."""
+
+    def __init__(self, model, info, src, n_crops: int, seed: int, threads: int):
+        import ray
+        import torch
+
+        torch.set_num_threads(threads)
+        self.model = ray.get(model) if isinstance(model, ray.ObjectRef) else model
+        self.info, self.src, self.n_crops, self.seed = info, src, n_crops, seed
+        self.memo: dict = {}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from .concepts import activation_batch
+
+        out = [
+            pickle.dumps(
+                activation_batch(self.model, self.info, self.src, int(s), self.n_crops, self.seed, memo=self.memo),
+                protocol=5,
+            )
+            for s in batch["start"]
+        ]
+        return {"start": np.asarray(batch["start"]), "result": np.array(out, dtype=object)}
+
+
+def collect_ray(
+    model,
+    info,
+    src,
+    n_crops: int,
+    seed: int,
+    max_vectors: int,
+    ray_settings: dict,
+    progress: bool = True,
+    stop: Callable[[], bool] | None = None,
+):
+    """The activation pass of :func:`~.concepts.concepts` on Ray Data: returns the
+    :class:`~.concepts.ActivationTally` the local pass would (stops early, keeping what arrived, when
+    ``stop()``). A Ray it starts (no ``address``) is shut down at the end."""
+    from tqdm import tqdm
+
+    from .concepts import ActivationTally, activation_units
+    from .ray_backend import init_ray
+
+    ray = ray_data()
+    stop = stop or (lambda: False)
+    workers, threads = ray_settings["workers"], ray_settings["threads"]
+    units = activation_units(src, n_crops)
+    started = init_ray(ray_settings["address"], workers)
+    ctx = ray.data.DataContext.get_current()
+    saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
+    level = logging.getLogger("ray.data").level
+    tally = ActivationTally(max_vectors, info.channels, seed)
+    bar = tqdm(total=len(units), desc="activations (ray)", disable=not progress, unit="batch")
+    try:
+        ctx.execution_options.preserve_order = True  # the driver also re-orders, should a batch overtake
+        ctx.enable_progress_bars = False  # one bar: ours
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its notes are not ours
+        ds = ray.data.from_items([{"start": s} for s in units], override_num_blocks=max(1, min(len(units), 200)))
+        ds = ds.map_batches(
+            ActivationWorker,
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(units)))),
+            num_cpus=1,
+            fn_constructor_kwargs={
+                "model": model,
+                "info": info,
+                "src": src,
+                "n_crops": n_crops,
+                "seed": seed,
+                "threads": threads,
+            },
+        )
+        ahead: dict[int, bytes] = {}
+        nxt = 0  # index in units of the next batch to add
+        try:
+            for row in ds.iter_rows():
+                ahead[int(row["start"])] = row["result"]
+                while nxt < len(units) and units[nxt] in ahead:
+                    tally.add(*pickle.loads(ahead.pop(units[nxt])))
+                    nxt += 1
+                    bar.update(1)
+                if stop():
+                    break
+        except ray.exceptions.RayError as e:
+            if stop():  # Ctrl-C reached the workers too: the caller reports the stop
+                return tally
+            cause = str(e).strip().splitlines()
+            raise FilterscopeError(f"the Ray activation pass failed: {cause[-1] if cause else type(e).__name__}")
+        if nxt < len(units) and not stop():
+            raise FilterscopeError(f"the Ray activation pass returned {nxt} of {len(units)} batches")
+    finally:
+        bar.close()
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+        logging.getLogger("ray.data").setLevel(level)
+        if started:
+            ray.shutdown()
+    return tally
