@@ -35,10 +35,31 @@ def ray_data():
     return ray
 
 
+def _by_value(model) -> None:
+    """The model's classes defined outside installed packages (a script, a notebook, a folder on
+    ``sys.path`` of this process only) travel by value, so the workers need not import their module."""
+    import site
+    import sys
+    import sysconfig
+    from pathlib import Path
+
+    import ray.cloudpickle as cloudpickle
+
+    installed = [Path(p).resolve() for p in [*site.getsitepackages(), sysconfig.get_paths()["stdlib"]]]
+    for name in {type(m).__module__ for m in model.net.modules()}:
+        mod = sys.modules.get(name)
+        f = getattr(mod, "__file__", None)
+        if mod is None or f is None or name == "__main__" or name.split(".")[0] == "filterscope":
+            continue  # __main__ already goes by value; filterscope is installed on every node
+        if not any(Path(f).resolve().is_relative_to(p) for p in installed):
+            cloudpickle.register_pickle_by_value(mod)
+
+
 def check_shippable(model) -> None:
     """The model must pickle (it is put in Ray's object store for the workers): else a one-line refusal."""
     import ray.cloudpickle as cloudpickle
 
+    _by_value(model)
     try:
         cloudpickle.dumps(model)
     except Exception as e:  # noqa: BLE001 - whatever pickling raises, the answer is the same
@@ -132,11 +153,15 @@ def collect_ray(
                     bar.update(1)
                 if stop():
                     break
-        except ray.exceptions.RayError as e:
+        except FilterscopeError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Ray Data wraps a worker's failure in its own exceptions
             if stop():  # Ctrl-C reached the workers too: the caller reports the stop
                 return tally
-            cause = str(e).strip().splitlines()
-            raise FilterscopeError(f"the Ray activation pass failed: {cause[-1] if cause else type(e).__name__}")
+            cause = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            raise FilterscopeError(
+                f"the Ray activation pass failed: {cause[-1].strip() if cause else type(e).__name__}"
+            ) from None
         if nxt < len(units) and not stop():
             raise FilterscopeError(f"the Ray activation pass returned {nxt} of {len(units)} batches")
     finally:
