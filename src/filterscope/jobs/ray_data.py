@@ -114,7 +114,7 @@ def collect_ray(
     from .ray_backend import init_ray
 
     ray = ray_data()
-    stop = stop or (lambda: False)
+    stop = stop if stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
     workers, threads = ray_settings["workers"], ray_settings["threads"]
     units = activation_units(src, n_crops)
     started = init_ray(ray_settings["address"], workers)
