@@ -322,7 +322,11 @@ def concepts(
         else:
             tally = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)
         sample, votes, confidence, skipped, views = (
-            tally.sample, tally.votes, tally.confidence, tally.skipped, tally.used
+            tally.sample,
+            tally.votes,
+            tally.confidence,
+            tally.skipped,
+            tally.used,
         )
         timings["activation_pass_s"] = time.perf_counter() - t
         if stop():

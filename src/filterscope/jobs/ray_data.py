@@ -29,7 +29,7 @@ def ray_data():
     """The ``ray`` module with Ray Data importable, else a one-line :class:`UsageError` naming the extra."""
     try:
         import ray
-        import ray.data  # noqa: F401 - needs pandas and pyarrow
+        import ray.data  # needs pandas and pyarrow
     except ImportError as e:
         raise UsageError(f"--backend ray needs Ray Data ({e})", hint=INSTALL) from None
     return ray
@@ -62,7 +62,7 @@ def check_shippable(model) -> None:
     _by_value(model)
     try:
         cloudpickle.dumps(model)
-    except Exception as e:  # noqa: BLE001 - whatever pickling raises, the answer is the same
+    except Exception as e:  # whatever pickling raises, the answer is the same
         raise UsageError(
             f"the model cannot be sent to Ray workers ({type(e).__name__}: {e})", hint="use --backend local"
         ) from None
@@ -155,7 +155,7 @@ def collect_ray(
                     break
         except FilterscopeError:
             raise
-        except Exception as e:  # noqa: BLE001 - Ray Data wraps a worker's failure in its own exceptions
+        except Exception as e:  # Ray Data wraps a worker's failure in its own exceptions
             if stop():  # Ctrl-C reached the workers too: the caller reports the stop
                 return tally
             cause = [ln for ln in str(e).strip().splitlines() if ln.strip()]
