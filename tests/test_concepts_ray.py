@@ -69,12 +69,12 @@ def test_ray_backend_writes_the_local_files(model, photos, tmp_path, ray_session
     # one photo: its random crops are the data, in batches of the photo's views
     tiny = load_model(tiny_net(), name="tiny_cnn", input_size=32)
     one = sorted(photos.glob("*_0.jpg"))[0]
-    kw = dict(layer="conv3", n_concepts=3, crops=12, render=False, progress=False)
+    kw = dict(layer="relu3", n_concepts=3, crops=12, render=False, progress=False)
     t = time.perf_counter()
     a = fs.concepts(tiny, one, **kw)
     t1 = time.perf_counter()
     b = fs.concepts(tiny, one, backend="ray", workers=2, **kw)
-    print("tiny", t1 - t, time.perf_counter() - t1)
+    print("tiny", t1 - t, time.perf_counter() - t1, b.timings)
     assert [c.record() for c in a.concepts] == [c.record() for c in b.concepts]
     assert np.array_equal(a.bank, b.bank) and np.array_equal(a.maps, b.maps) and a.images == b.images
     assert ray_session.is_initialized()  # a Ray the job did not start is left running for its owner
@@ -92,6 +92,8 @@ def test_bad_backend_settings_are_refused_before_anything(tiny_model, photos, tm
     locked.lock = threading.Lock()  # cannot be pickled into Ray's object store
     with pytest.raises(UsageError, match="cannot be sent to Ray workers"):
         fs.concepts(load_model(locked, name="locked", input_size=32), photos, backend="ray", **kw)
+    with pytest.raises(UsageError, match="cannot reach Ray at 127.0.0.1:1"):  # nothing listens on port 1
+        fs.concepts(tiny_model, photos, backend="ray", address="127.0.0.1:1", **kw)
     assert not out.exists()
     import ray
 

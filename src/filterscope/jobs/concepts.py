@@ -311,6 +311,11 @@ def concepts(
     stop = should_stop or (lambda: False)
 
     _probe(model, info, src, method)  # logits and, for nmf, the sign: checked before the run folder opens
+    ray_started = False
+    if ray_settings is not None:
+        from .ray_data import connect
+
+        ray_started = connect(ray_settings)  # an unreachable --address: one line, before the run folder opens
 
     def learn(ctx, stop):
         # 1. activation pass
@@ -318,7 +323,9 @@ def concepts(
         if backend == "ray":
             from .ray_data import collect_ray
 
-            tally = collect_ray(model, info, src, n_crops, seed, max_vectors, ray_settings, progress, stop)
+            tally = collect_ray(
+                model, info, src, n_crops, seed, max_vectors, ray_settings, progress, stop, shutdown=ray_started
+            )
         else:
             tally = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)
         sample, votes, confidence, skipped, views = (
@@ -350,28 +357,34 @@ def concepts(
             settings, render_settings, compare_methods, timings, t0, progress, stop,
         )  # fmt: skip
 
-    if out is None:
-        try:
-            return learn(None, stop)
-        except _Stopped as e:
+    try:
+        if out is None:
+            try:
+                return learn(None, stop)
+            except _Stopped as e:
+                from ..errors import Interrupted
+
+                raise Interrupted(f"interrupted: {e}; nothing was written") from None
+        from .contract import open_run
+
+        with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
+            try:
+                res = learn(ctx, ctx.stop)
+            except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
+                ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
+                res = None
+            ctx.data = res
+        if res is None:
             from ..errors import Interrupted
 
-            raise Interrupted(f"interrupted: {e}; nothing was written") from None
-    from .contract import open_run
+            raise Interrupted(ctx.result.interruption)
+        res.status, res.job = ctx.result.status, ctx.result
+        return res
+    finally:
+        if ray_started:  # a local Ray this run started (the pass shuts it; a failure before it may not)
+            from .ray_data import ray_data
 
-    with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
-        try:
-            res = learn(ctx, ctx.stop)
-        except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
-            ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
-            res = None
-        ctx.data = res
-    if res is None:
-        from ..errors import Interrupted
-
-        raise Interrupted(ctx.result.interruption)
-    res.status, res.job = ctx.result.status, ctx.result
-    return res
+            ray_data().shutdown()
 
 
 def _check_backend(model, backend: str, address: str | None, workers: int, threads: int | None) -> dict | None:

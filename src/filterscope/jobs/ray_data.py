@@ -94,6 +94,27 @@ class ActivationWorker:
         return {"start": np.asarray(batch["start"]), "result": np.array(out, dtype=object)}
 
 
+def connect(ray_settings: dict) -> bool:
+    """Connect to the cluster at ``ray_settings["address"]`` or start a local Ray of ``workers`` CPUs
+    (:func:`~.ray_backend.init_ray`); returns whether a Ray was started here. A ``HOST:PORT`` that does not
+    answer within 5 s is refused in one line (Ray itself retries for minutes)."""
+    import socket
+
+    from .ray_backend import init_ray
+
+    ray = ray_data()
+    address = ray_settings["address"]
+    if address and not ray.is_initialized() and "://" not in address and address != "auto":
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise UsageError(f"a Ray address is HOST:PORT (or auto, or ray://HOST:PORT), got {address!r}")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as e:
+            raise UsageError(f"cannot reach Ray at {address}: {e.strerror or e}") from None
+    return init_ray(address, ray_settings["workers"])
+
+
 def collect_ray(
     model,
     info,
@@ -104,20 +125,22 @@ def collect_ray(
     ray_settings: dict,
     progress: bool = True,
     stop: Callable[[], bool] | None = None,
+    shutdown: bool = False,
 ):
     """The activation pass of :func:`~.concepts.concepts` on Ray Data: returns the
     :class:`~.concepts.ActivationTally` the local pass would (stops early, keeping what arrived, when
-    ``stop()``). A Ray it starts (no ``address``) is shut down at the end."""
+    ``stop()``). Connects first when not connected; ``shutdown``: shut Ray down at the end (a local Ray the
+    caller started), as it does a Ray it starts itself."""
     from tqdm import tqdm
 
     from .concepts import ActivationTally, activation_units
-    from .ray_backend import init_ray
 
     ray = ray_data()
     stop = stop if stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
-    workers, threads = ray_settings["workers"], ray_settings["threads"]
+    threads = ray_settings["threads"]
+    workers = ray_settings["workers"]
     units = activation_units(src, n_crops)
-    started = init_ray(ray_settings["address"], workers)
+    started = connect(ray_settings) or shutdown
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     level = logging.getLogger("ray.data").level
