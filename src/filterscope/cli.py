@@ -901,6 +901,18 @@ def explain(
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
 @click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
 @click.option("--compare-methods", is_flag=True, help="Also fit the other method on the same vectors (run.json).")
+@click.option(
+    "--backend",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where the activation pass runs: this process, or Ray Data actors (same files).",
+)
+@click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads per Ray actor [default: torch's here]."
+)
 @out_option("concepts")
 @output_options
 @cache_options
@@ -920,6 +932,10 @@ def concepts(
     steps,
     no_render,
     compare_methods,
+    backend,
+    address,
+    workers,
+    threads,
     out,
     quiet,
     as_json,
@@ -927,6 +943,10 @@ def concepts(
     """Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html."""
     from .jobs.concepts import concepts as run_concepts
 
+    if backend == "ray":  # before the model loads
+        from .jobs.ray_data import ray_data
+
+        ray_data()
     out = out or default_out("concepts")
     model = load(model_name, weights, trust_checkpoint, device)
     res = run_concepts(
@@ -944,6 +964,10 @@ def concepts(
         compare_methods=compare_methods,
         out=out,
         progress=not quiet,
+        backend=backend,
+        address=address,
+        workers=workers,
+        threads=threads,
     )
     res.raise_if_partial()
     rec = res.record()

@@ -246,6 +246,10 @@ def concepts(
     out: str | Path | None = None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    workers: int = 2,
+    threads: int | None = None,
 ) -> Concepts:
     """Learn ``n_concepts`` concepts of ``layer`` from ``images`` (a folder, or one photo whose random crops
     are the data), rank them for ``target_class`` (default: the class predicted most often) by gradient ×
@@ -253,7 +257,11 @@ def concepts(
 
     With ``out``: ``report.html``, ``figure_concepts.png``, ``concepts.json``, ``concept_maps.npz``,
     ``concept_bank.npy``, the renders ``<layer>/concept_0003.png`` and ``run.json`` there. Bad arguments raise
-    :class:`~filterscope.errors.UsageError` before anything is written."""
+    :class:`~filterscope.errors.UsageError` before anything is written.
+
+    ``backend="ray"`` runs the activation pass on Ray Data (a local Ray of ``workers`` CPUs, or the cluster
+    at ``address``; ``workers`` actors, each loading the model once and using ``threads`` CPU threads,
+    default this process's); the dictionary is learnt here, and the files equal the local backend's."""
     t0 = time.perf_counter()
     dic.check_method(method)
     if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
@@ -267,6 +275,7 @@ def concepts(
     if n_concepts > info.channels:
         raise UsageError(f"{n_concepts} concepts is more than the {info.channels} channels of {info.name}")
     check_class(model, target_class)
+    ray_settings = _check_backend(model, backend, address, workers, threads)
     render_settings = get_preset(render_method or DEFAULT_METHOD).with_(steps=render_steps) if render else None
     src = _source(images)
     n_crops = (PHOTO_CROPS if src.kind == "photo" else FOLDER_CROPS) if crops is None else int(crops)
@@ -295,17 +304,36 @@ def concepts(
         "render": render_settings.for_model(model).as_dict() if render_settings else None,
         "render_method": render_settings.preset if render_settings is not None else None,
         "compare_methods": compare_methods,
+        "backend": backend,
+        **({"ray": ray_settings} if ray_settings else {}),
     }
     timings: dict[str, float] = {}
     stop = should_stop or (lambda: False)
 
     _probe(model, info, src, method)  # logits and, for nmf, the sign: checked before the run folder opens
+    ray_started = False
+    if ray_settings is not None:
+        from .ray_data import connect
+
+        ray_started = connect(ray_settings)  # an unreachable --address: one line, before the run folder opens
 
     def learn(ctx, stop):
         # 1. activation pass
         t = time.perf_counter()
-        sample, (votes, confidence), skipped, views = _collect(
-            model, info, src, n_crops, seed, max_vectors, progress, stop
+        if backend == "ray":
+            from .ray_data import collect_ray
+
+            tally = collect_ray(
+                model, info, src, n_crops, seed, max_vectors, ray_settings, progress, stop, shutdown=ray_started
+            )
+        else:
+            tally = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)
+        sample, votes, confidence, skipped, views = (
+            tally.sample,
+            tally.votes,
+            tally.confidence,
+            tally.skipped,
+            tally.used,
         )
         timings["activation_pass_s"] = time.perf_counter() - t
         if stop():
@@ -329,28 +357,58 @@ def concepts(
             settings, render_settings, compare_methods, timings, t0, progress, stop,
         )  # fmt: skip
 
-    if out is None:
-        try:
-            return learn(None, stop)
-        except _Stopped as e:
+    try:
+        if out is None:
+            try:
+                return learn(None, stop)
+            except _Stopped as e:
+                from ..errors import Interrupted
+
+                raise Interrupted(f"interrupted: {e}; nothing was written") from None
+        from .contract import open_run
+
+        with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
+            try:
+                res = learn(ctx, ctx.stop)
+            except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
+                ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
+                res = None
+            ctx.data = res
+        if res is None:
             from ..errors import Interrupted
 
-            raise Interrupted(f"interrupted: {e}; nothing was written") from None
-    from .contract import open_run
+            raise Interrupted(ctx.result.interruption)
+        res.status, res.job = ctx.result.status, ctx.result
+        return res
+    finally:
+        if ray_started:  # a local Ray this run started (the pass shuts it; a failure before it may not)
+            from .ray_data import ray_data
 
-    with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
-        try:
-            res = learn(ctx, ctx.stop)
-        except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
-            ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
-            res = None
-        ctx.data = res
-    if res is None:
-        from ..errors import Interrupted
+            ray_data().shutdown()
 
-        raise Interrupted(ctx.result.interruption)
-    res.status, res.job = ctx.result.status, ctx.result
-    return res
+
+def _check_backend(model, backend: str, address: str | None, workers: int, threads: int | None) -> dict | None:
+    """The Ray settings recorded in run.json (``None`` for the local backend); refuses bad ones, and a
+    missing Ray Data, before anything starts."""
+    if backend not in ("local", "ray"):
+        raise UsageError(f"unknown backend {backend!r}: choose local or ray")
+    if backend == "local":
+        return None
+    for name, v in (("workers", workers), ("threads", threads)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise UsageError(f"{name} must be a whole number ≥ 1, got {v!r}")
+    if address is not None and (not isinstance(address, str) or not address.strip()):
+        raise UsageError(f"address must be a Ray cluster address such as HOST:6379, got {address!r}")
+    from .ray_data import check_shippable, ray_data
+
+    ray_data()
+    check_shippable(model)
+    return {
+        "address": address,
+        "workers": int(workers or 2),
+        "threads": int(threads or torch.get_num_threads()),
+        "engine": "ray.data: from_items(batches of files) → map_batches(actors, the model loaded once each)",
+    }
 
 
 def _probe(model, info, src, method: str) -> None:
@@ -373,53 +431,96 @@ class _Stopped(Exception):
     """A stop request arrived before the concepts were complete (the message says where)."""
 
 
+class ActivationTally:
+    """What the activation pass keeps, whatever backend produced the batches: a :class:`PositionSample` of
+    the layer's vectors, the count (and summed probability) of whole-image predictions, the unreadable files
+    skipped and the images used. Fed batch by batch in the batches' order, so the same batches in the same
+    order give the same tally on every backend."""
+
+    def __init__(self, max_vectors: int, channels: int, seed: int):
+        self.sample = PositionSample(max_vectors, channels, seed)
+        self.votes: Counter = Counter()
+        self.confidence: Counter = Counter()  # summed probability of each predicted class: breaks count ties
+        self.skipped = self.used = 0
+
+    def add(self, rows: np.ndarray, top_c: list[int], top_p: list[float], skipped: int, used: int) -> None:
+        for c, pc in zip(top_c, top_p):
+            self.votes[int(c)] += 1
+            self.confidence[int(c)] += float(pc)
+        if len(rows):
+            self.sample.add(rows)
+        self.skipped += int(skipped)
+        self.used += int(used)
+
+
+def activation_units(src: _Source, n_crops: int) -> list[int]:
+    """The start of every batch of the activation pass: of ``BATCH`` files of a folder, or of ``BATCH``
+    views (the photo, then its crops) of one photo. Both backends run exactly these batches, so the float
+    sums inside the network (which depend on a batch's make-up) are the same."""
+    n = len(src.files) if src.kind == "folder" else 1 + n_crops
+    return list(range(0, n, BATCH))
+
+
+def unit_views(
+    model: Model, src: _Source, start: int, n_crops: int, seed: int, memo: dict | None = None
+) -> tuple[torch.Tensor, int, int]:
+    """The views of the activation batch at ``start``: ``(views [n, C, S, S], whole images among them (first),
+    unreadable files skipped)``. A folder's batch: its readable images, then each one's ``n_crops`` random
+    crops, drawn from a generator seeded by (seed, the image's index in the folder), never by arrival order
+    (``memo``: keeps one photo's views between its batches)."""
+    if src.kind == "photo":
+        memo = {} if memo is None else memo
+        if "photo" not in memo:
+            x = model_input(model, load_image(src.files[0]))
+            memo["photo"] = torch.cat([x, random_crops(x, n_crops, _crop_gen(seed, 0))[0]])
+        return memo["photo"][start : start + BATCH], 1 if start == 0 else 0, 0
+    from .dataset import ImageFolder
+
+    folder = ImageFolder(src.files[start : start + BATCH], model)
+    items = [folder[i] for i in range(len(folder))]
+    x = torch.stack([it[0] for it in items])
+    ok = torch.tensor([it[2] for it in items], dtype=torch.bool)
+    index = torch.arange(start, start + len(items))[ok]
+    x = x[ok]
+    extra = [random_crops(x[i : i + 1], n_crops, _crop_gen(seed, int(j)))[0] for i, j in enumerate(index)]
+    return torch.cat([x, *extra]), len(x), int((~ok).sum())
+
+
+def activation_batch(
+    model: Model, info: LayerInfo, src: _Source, start: int, n_crops: int, seed: int, cap=None, memo=None
+):
+    """One batch of the activation pass, as :meth:`ActivationTally.add` takes it: ``(rows [n, C] float32,
+    predicted classes and their probabilities of the whole images, skipped, used)``. The one function both
+    backends run (``cap``: an open :func:`~filterscope.optvis.hooks.capture` of the layer, else one is
+    opened here)."""
+    if cap is None:
+        with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
+            return activation_batch(model, info, src, start, n_crops, seed, cap, memo)
+    views, whole, skipped = unit_views(model, src, start, n_crops, seed, memo)
+    if len(views) == 0:
+        return np.empty((0, info.channels), np.float32), [], [], skipped, 0
+    with torch.inference_mode():
+        logits = run(model.forward, views.to(model.device), cap)
+        if logits is None or logits.dim() != 2:
+            raise UsageError(f"{model.name} does not output class logits: concepts need them")
+        top_p, top_c = torch.softmax(logits[:whole].float(), 1).max(1)
+        rows = positions(cap.acts[info.name].float()).cpu().numpy()
+    used = len(views) if src.kind == "photo" else whole
+    return rows, top_c.tolist(), top_p.tolist(), skipped, used
+
+
 def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
-    """The streamed activation pass: a :class:`PositionSample` of the layer's vectors over images and crops,
-    the count of whole-image predictions, the number of unreadable files skipped and of images used."""
+    """The streamed activation pass on this process: the batches of :func:`activation_units` in order."""
     from tqdm import tqdm
 
-    sample = PositionSample(max_vectors, info.channels, seed)
-    votes: Counter = Counter()
-    confidence: Counter = Counter()  # summed probability of each predicted class: breaks ties in the count
-    skipped = used = 0
-    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap, torch.inference_mode():
-
-        def push(x: torch.Tensor, whole: int) -> None:
-            logits = run(model.forward, x.to(model.device), cap)
-            if logits is None or logits.dim() != 2:
-                raise UsageError(f"{model.name} does not output class logits: concepts need them")
-            p = torch.softmax(logits[:whole].float(), 1)
-            top_p, top_c = p.max(1)
-            for c, pc in zip(top_c.tolist(), top_p.tolist()):
-                votes[int(c)] += 1
-                confidence[int(c)] += float(pc)
-            sample.add(positions(cap.acts[info.name].float()).cpu().numpy())
-
-        if src.kind == "photo":
-            x = model_input(model, load_image(src.files[0]))
-            c, _ = random_crops(x, n_crops, _crop_gen(seed, 0))
-            views = torch.cat([x, c])
-            for s in tqdm(range(0, len(views), BATCH), desc="activations", disable=not progress, unit="batch"):
-                push(views[s : s + BATCH], 1 if s == 0 else 0)
-                if stop():
-                    break
-            return sample, (votes, confidence), 0, len(views)
-        from torch.utils.data import DataLoader
-
-        from .dataset import ImageFolder
-
-        loader = DataLoader(ImageFolder(src.files, model), batch_size=BATCH, shuffle=False)
-        for x, index, ok in tqdm(loader, desc="activations", disable=not progress, unit="batch"):
-            skipped += int((~ok).sum())
-            if not ok.any():
-                continue
-            x, index = x[ok], index[ok]
-            extra = [random_crops(x[i : i + 1], n_crops, _crop_gen(seed, int(j)))[0] for i, j in enumerate(index)]
-            push(torch.cat([x, *extra]), len(x))
-            used += len(x)
+    tally = ActivationTally(max_vectors, info.channels, seed)
+    memo: dict = {}
+    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
+        for start in tqdm(activation_units(src, n_crops), desc="activations", disable=not progress, unit="batch"):
+            tally.add(*activation_batch(model, info, src, start, n_crops, seed, cap, memo))
             if stop():
                 break
-    return sample, (votes, confidence), skipped, used
+    return tally
 
 
 def _run(

@@ -27,6 +27,21 @@ def _ray():
     return ray
 
 
+def init_ray(address: str | None, workers: int) -> bool:
+    """Connect to the Ray cluster at ``address``, or without one start a new local Ray of ``workers`` CPUs
+    (even when another cluster runs on this machine); nothing when Ray is already initialised. Returns
+    whether this call started it (so the caller can shut it down)."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    kwargs = {"address": address} if address else {"address": "local", "num_cpus": workers}
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UsageError(f"cannot start or reach Ray{' at ' + address if address else ''}: {e}") from None
+    return True
+
+
 def _worker_class(ray):
     # a worker process that dies (a lost node, an OOM kill) is restarted and its task retried
     @ray.remote(num_cpus=1, max_restarts=3, max_task_retries=3)
@@ -66,13 +81,7 @@ def render_layer_ray(
     import torch
 
     ray = _ray()
-    if not ray.is_initialized():
-        # no --address: a new local Ray of `workers` CPUs, even when another cluster runs on this machine
-        kwargs = {"address": address} if address else {"address": "local", "num_cpus": workers}
-        try:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UsageError(f"cannot start or reach Ray{' at ' + address if address else ''}: {e}") from None
+    init_ray(address, workers)
     t0 = time.perf_counter()
     todo, skipped = pending(run, layer.name, channels)
     summary = StreamSummary([], skipped, {}, False, 0.0)
