@@ -35,6 +35,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "maco fused 64": ("maco", {"transforms": "fused", "steps": 64}, {}),
     "fast 64": ("fast", {"steps": 64, "converge": 0.0}, {}),
     "maco fused 128": ("maco", {"transforms": "fused", "steps": 128}, {}),
+    "maco-fused (logit default)": ("maco-fused", {}, {}),
 }
 
 

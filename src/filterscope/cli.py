@@ -277,7 +277,9 @@ def render_options(f):
     f = click.option(
         "--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps (default: the method's)."
     )(f)
-    f = click.option("--method", type=METHOD, default=None, help="Preset (default: fast; maco for class logits).")(f)
+    f = click.option(
+        "--method", type=METHOD, default=None, help="Preset (default: fast; maco-fused for class logits)."
+    )(f)
     return f
 
 

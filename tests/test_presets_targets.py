@@ -1,0 +1,91 @@
+"""A default preset per kind of target (class logits render with ``maco-fused``) and the render options of the
+progress-per-step research (lr schedule, coarse steps, natural-contrast start): checked, recorded, keyed."""
+
+import json
+
+import pytest
+import torch
+
+from filterscope.errors import UsageError
+from filterscope.models.layers import LOGIT
+from filterscope.optvis.objectives import channel
+from filterscope.optvis.param import make_param
+from filterscope.optvis.presets import METHOD_BY_TARGET, default_method, for_target, get_preset, resolve_settings
+from filterscope.optvis.render import Renderer, RenderSettings
+from filterscope.outputs.cache import render_key
+
+FEW = get_preset("fast").with_(steps=6, converge=0.0)
+
+
+def test_logits_default_to_their_own_preset_and_a_named_method_wins():
+    assert METHOD_BY_TARGET["logit"] != METHOD_BY_TARGET["channel"]
+    assert resolve_settings(layer=LOGIT).preset == METHOD_BY_TARGET["logit"] == default_method(LOGIT)
+    assert resolve_settings(layer="blocks.5").preset == "fast" == default_method(None)
+    assert resolve_settings("fast", layer=LOGIT).preset == "fast"
+    # CLI-built settings (default preset + the user's changes) move to the logit preset with the same changes
+    moved = for_target(get_preset("fast").with_(steps=5, lr=0.3), LOGIT)
+    assert moved.preset == f"{METHOD_BY_TARGET['logit']}+lr+steps" and (moved.steps, moved.lr) == (5, 0.3)
+    assert moved.param == get_preset(METHOD_BY_TARGET["logit"]).param
+    assert for_target(get_preset("lucid"), LOGIT).preset == "lucid"  # another preset is never moved
+    assert for_target(get_preset("fast"), "blocks.5").preset == "fast"
+
+
+def test_render_channels_records_the_target_kinds_preset(tiny_model, tmp_path):
+    from filterscope.jobs.channels import render_channels
+
+    res = render_channels(tiny_model, LOGIT, [3], settings=None, out=tmp_path / "a", progress=False)
+    rec = json.loads((res.run_dir / "run.json").read_text())["settings"]
+    assert rec["method"] == METHOD_BY_TARGET["logit"] and rec["render"]["param"] == "maco"
+    res = render_channels(tiny_model, "conv2", [3], out=tmp_path / "b", progress=False, method="seed")
+    assert json.loads((res.run_dir / "run.json").read_text())["settings"]["method"] == "seed"
+
+
+@pytest.mark.parametrize("how", [["--layer", "logit", "--channels", "3"], ["--objective", "logit:3"]])
+def test_cli_class_render_uses_the_logit_preset_unless_told(how, tmp_path):
+    from filterscope.cli import main
+
+    def run(extra, out):
+        assert main(["render", *how, "--steps", "2", "--quiet", "--out", str(out), *extra]) == 0
+        return json.loads((out / "run.json").read_text())["settings"]["method"]
+
+    assert run([], tmp_path / "a") == METHOD_BY_TARGET["logit"] + "+steps"
+    assert run(["--method", "fast"], tmp_path / "b") == "fast+steps"
+
+
+@pytest.mark.parametrize("bad", [dict(schedule="linear"), dict(coarse=1.0), dict(coarse=-0.1)])
+def test_bad_research_options_are_refused(bad):
+    with pytest.raises(UsageError):
+        RenderSettings(**bad)
+
+
+def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
+    """Settings at the new fields' defaults keep their cache keys (existing caches stay valid); set, they key."""
+    base = FEW.for_model(tiny_model).as_dict()
+    assert "schedule" not in base and "coarse" not in base
+    obj = channel("conv2", 1)
+    k0 = render_key(tiny_model, obj, FEW, 0)[0]
+    assert render_key(tiny_model, obj, FEW.with_(schedule="cosine"), 0)[0] != k0
+    assert render_key(tiny_model, obj, FEW.with_(coarse=0.5), 0)[0] != k0
+
+
+@pytest.mark.parametrize(
+    "change", [dict(schedule="cosine", lr=0.3), dict(coarse=0.5), dict(param_options=(("init_contrast", 0.5),))]
+)
+def test_research_options_render_and_are_seeded(tiny_model, change):
+    ren = Renderer(tiny_model, FEW.with_(**change))
+    a = ren.render(channel("conv2", 7), [11])
+    b = ren.render(channel("conv2", 7), [11])
+    assert a.status == ["ok"] and torch.equal(a.images, b.images)
+    assert a.after[0] > a.before[0]
+
+
+def test_natural_start_has_the_asked_contrast_and_lucids_start_is_grey():
+    """``init_contrast`` starts from a random-phase image with the natural spectrum: its pre-sigmoid signal has
+    that standard deviation (so the picture has contrast at step 0); Lucid's start is near-uniform grey."""
+    for c in (0.25, 1.0):
+        p = make_param("fourier", [5], 64, init_contrast=c)
+        spec = torch.view_as_complex((p.tensors[0] * p.scale_synth).contiguous())
+        x = torch.fft.irfft2(spec, s=(64, 64), norm="ortho")
+        assert x.std().item() == pytest.approx(c, rel=1e-3)
+    assert make_param("fourier", [5], 64)().std().item() < 0.02
+    assert make_param("fourier", [5], 64, init_contrast=1.0)().std().item() > 0.15
