@@ -36,7 +36,9 @@ COMMANDS = {
     "concepts": "python benchmarks/bench_concepts.py",
     "circuits": "python benchmarks/bench_circuits.py",
     "accent": "python benchmarks/bench_accent.py",
-    "class_renders": "python benchmarks/bench_class_renders.py",
+    "progress": "python benchmarks/bench_progress.py",
+    "classes_tuning": "python benchmarks/bench_classes.py",
+    "classes_benchmark": "python benchmarks/bench_classes.py --set benchmark",
 }
 
 

@@ -89,3 +89,17 @@ def test_natural_start_has_the_asked_contrast_and_lucids_start_is_grey():
         assert x.std().item() == pytest.approx(c, rel=1e-3)
     assert make_param("fourier", [5], 64)().std().item() < 0.02
     assert make_param("fourier", [5], 64, init_contrast=1.0)().std().item() > 0.15
+
+
+def test_photo_priors_stay_off_for_models_of_other_images():
+    """MACO's spectrum and the natural start are photo statistics: a 1-channel digits model keeps ``fast`` for
+    logits and Lucid's start (measured: maco-fused 6/10 digit classes recognised by the second net, fast 9/10)."""
+    import filterscope as fs
+
+    digits = fs.load_model("digits_cnn")
+    assert default_method(LOGIT, digits) == "fast" and resolve_settings(layer=LOGIT, model=digits).preset == "fast"
+    assert for_target(get_preset("fast").with_(steps=5), LOGIT, digits).preset == "fast+steps"
+    assert dict(get_preset("fast").for_model(digits).param_options)["init_contrast"] == 0.0
+    photo = fs.load_model("efficientnet_lite0")
+    assert dict(get_preset("fast").for_model(photo).param_options)["init_contrast"] == 0.5
+    assert default_method(LOGIT, photo) == METHOD_BY_TARGET["logit"]

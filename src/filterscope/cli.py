@@ -614,7 +614,7 @@ def render_cmd(
     if objective:
         obj = objective_for(model, objective)
         if given is None:  # no --method: the default preset of the objective's kind of target
-            settings = for_target(settings, target_layer(obj))
+            settings = for_target(settings, target_layer(obj), model)
             method = settings.preset.split("+")[0]
         check_writable(out)
         from tqdm import tqdm
@@ -648,7 +648,7 @@ def render_cmd(
         return
     info = get_layer(model, layer)
     if given is None:
-        settings = for_target(settings, info.name)
+        settings = for_target(settings, info.name, model)
         method = settings.preset.split("+")[0]
     check_writable(out)
     with graceful_stop(quiet) as stop:

@@ -112,7 +112,7 @@ def render(
     """
     info = get_layer(model, layer)
     info.check_channels([channel_index])
-    settings = get_preset(method or default_method(info.name)).with_(steps=steps, lr=lr, size=size, **overrides)
+    settings = get_preset(method or default_method(info.name, model)).with_(steps=steps, lr=lr, size=size, **overrides)
     result = Renderer(model, settings).render(unit_objective(info, channel_index), [channel_seed(seed, channel_index)])
     if result.status[0] != "ok":
         raise RenderError(f"channel {channel_index}: {result.status[0]}")
@@ -162,7 +162,7 @@ def render_channels(
     chans = list(range(info.channels)) if channels is None else sorted(set(channels))
     info.check_channels(chans)
     check_diversity(diversity)
-    settings = resolve_settings(method, settings, layer=info.name)
+    settings = resolve_settings(method, settings, layer=info.name, model=model)
     text = penalty if isinstance(penalty, str) else (penalty.name if penalty is not None else None)
     pen = objective_for(model, penalty) if isinstance(penalty, str) else penalty
     record = {

@@ -83,7 +83,7 @@ def render_objective(
     e.g. ``logit_0967.png``, else ``objective.png``) and ``run.json``. A stopped render ends ``partial``
     (only run.json is written); a failed one raises :class:`RenderError` after recording it."""
     obj = objective_for(model, objective) if isinstance(objective, str) else objective
-    settings = resolve_settings(method, settings, layer=target_layer(obj))
+    settings = resolve_settings(method, settings, layer=target_layer(obj), model=model)
     fname = objective_file(obj.target)
     record = {
         "model": model.describe(),

@@ -119,7 +119,8 @@ class RenderSettings:
           canvas (a 12 px translation is set for 224 px); 96 px and larger: unchanged;
         - decorrelation: ``natural-rgb`` (the shipped matrix) for 3 channels, ``none`` for 1 channel (a
           scalar) or without ``decorrelate``, ``estimated from DIR`` for other counts when
-          ``decorrelation_images`` is given, else ``none``.
+          ``decorrelation_images`` is given, else ``none``;
+        - the ``fourier`` natural start (``init_contrast``) only with ``natural-rgb``: it is a photo prior.
         """
         size, scale, crop_min = self.size, self.transform_scale, self.crop_min
         if model.input_size < SMALL_INPUT:
@@ -138,7 +139,13 @@ class RenderSettings:
             how = f"estimated from {self.decorrelation_images}"
         else:
             how = "none"
-        return replace(self, size=size, transform_scale=scale, crop_min=crop_min, decorrelation=how)
+        options = self.param_options
+        if how != "natural-rgb" and dict(options).get("init_contrast", 0) > 0:
+            # the natural start is a photo's spectrum in the natural-RGB colour space: elsewhere, Lucid's start
+            options = tuple((k, 0.0 if k == "init_contrast" else v) for k, v in options)
+        return replace(
+            self, size=size, transform_scale=scale, crop_min=crop_min, decorrelation=how, param_options=options
+        )
 
     def as_dict(self) -> dict:
         d = asdict(self)

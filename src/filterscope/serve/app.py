@@ -432,11 +432,11 @@ def api_examples(request: Request) -> Response:
     return JSONResponse(st) if st else _not_started(key)
 
 
-def _render_args(request: Request, layer: str) -> tuple[str, int, int]:
+def _render_args(request: Request, layer: str, model=None) -> tuple[str, int, int]:
     from ..optvis.presets import PRESETS
 
     q = request.query_params
-    method = q.get("method") or default_method(layer)
+    method = q.get("method") or default_method(layer, model)
     if method not in PRESETS:
         raise HTTPException(400, f"unknown method {method!r}; use one of {', '.join(PRESETS)}")
     seed, div = q.get("seed", "0"), q.get("diversity", "0")
@@ -454,7 +454,7 @@ def api_render(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, info = ex.check(request)
     c = ex.channel(request, info)
-    method, seed, div = _render_args(request, layer)
+    method, seed, div = _render_args(request, layer, ex.model)
     if div:
         key, keys, _ = store.diversity_keys(ex.model, layer, c, method, seed, div)
     else:
@@ -547,7 +547,7 @@ def filter_page(request: Request) -> Response:
     h = request.path_params.get("h")
     if h:
         ex.image_path(h)
-    method, seed, div = _render_args(request, layer)
+    method, seed, div = _render_args(request, layer, ex.model)
     base = f"/m/{ex.model.name}/{layer}" + (f"/img/{h}" if h else "")
     render_api = f"/api/render/{ex.model.name}/{layer}/{c}?method={method}&seed={seed}"
     table: list[tuple[str, Any]] = [("layer", layer), ("filter", c), ("method", method), ("seed", seed)]
