@@ -324,7 +324,18 @@ def concepts(
             from .ray_data import collect_ray
 
             tally = collect_ray(
-                model, info, src, n_crops, seed, max_vectors, ray_settings, progress, stop, shutdown=ray_started
+                model,
+                info,
+                src,
+                n_crops,
+                seed,
+                ActivationTally(max_vectors, info.channels, seed),
+                activation_units(src, n_crops),
+                activation_batch,
+                ray_settings,
+                progress,
+                stop,
+                shutdown=ray_started,
             )
         else:
             tally = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)

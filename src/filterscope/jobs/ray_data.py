@@ -72,21 +72,20 @@ class ActivationWorker:
     """A Ray Data actor: the model (from the object store, once per actor) and the pass's settings; each call
     runs the batches whose starts it is given."""
 
-    def __init__(self, model, info, src, n_crops: int, seed: int, threads: int):
+    def __init__(self, model, info, src, n_crops: int, seed: int, threads: int, batch_fn: Callable):
         import ray
         import torch
 
         torch.set_num_threads(threads)
+        self.batch_fn = batch_fn
         self.model = ray.get(model) if isinstance(model, ray.ObjectRef) else model
         self.info, self.src, self.n_crops, self.seed = info, src, n_crops, seed
         self.memo: dict = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from .concepts import activation_batch
-
         out = [
             pickle.dumps(
-                activation_batch(self.model, self.info, self.src, int(s), self.n_crops, self.seed, memo=self.memo),
+                self.batch_fn(self.model, self.info, self.src, int(s), self.n_crops, self.seed, memo=self.memo),
                 protocol=5,
             )
             for s in batch["start"]
@@ -121,30 +120,29 @@ def collect_ray(
     src,
     n_crops: int,
     seed: int,
-    max_vectors: int,
+    tally,
+    units: list[int],
+    batch_fn: Callable,
     ray_settings: dict,
     progress: bool = True,
     stop: Callable[[], bool] | None = None,
     shutdown: bool = False,
 ):
-    """The activation pass of :func:`~.concepts.concepts` on Ray Data: returns the
-    :class:`~.concepts.ActivationTally` the local pass would (stops early, keeping what arrived, when
-    ``stop()``). Connects first when not connected; ``shutdown``: shut Ray down at the end (a local Ray the
-    caller started), as it does a Ray it starts itself."""
+    """The activation pass of :func:`~.concepts.concepts` on Ray Data: ``batch_fn`` (the local pass's
+    :func:`~.concepts.activation_batch`) run on the batches starting at ``units``, added in order to
+    ``tally`` (an empty :class:`~.concepts.ActivationTally`); returns it, filled as the local pass would
+    (stops early, keeping what arrived, when ``stop()``). Connects first when not connected; ``shutdown``:
+    shut Ray down at the end (a local Ray the caller started), as it does a Ray it starts itself."""
     from tqdm import tqdm
-
-    from .concepts import ActivationTally, activation_units
 
     ray = ray_data()
     stop = stop if stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
     threads = ray_settings["threads"]
     workers = ray_settings["workers"]
-    units = activation_units(src, n_crops)
     started = connect(ray_settings) or shutdown
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     level = logging.getLogger("ray.data").level
-    tally = ActivationTally(max_vectors, info.channels, seed)
     bar = tqdm(total=len(units), desc="activations (ray)", disable=not progress, unit="batch")
     try:
         ctx.execution_options.preserve_order = True  # the driver also re-orders, should a batch overtake
@@ -163,6 +161,7 @@ def collect_ray(
                 "n_crops": n_crops,
                 "seed": seed,
                 "threads": threads,
+                "batch_fn": batch_fn,
             },
         )
         ahead: dict[int, bytes] = {}
