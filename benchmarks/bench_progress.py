@@ -31,8 +31,8 @@ LAYERS = ["blocks.3", "blocks.6"]
 # ``fast`` (Lucid's grey start, ``init_contrast`` 0) unless the start is what they try
 GREY = {"init_contrast": 0.0}
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
-    "fast, grey start (before)": ("fast", {}, GREY),
-    "fast (natural start 0.5, default)": ("fast", {}, {}),
+    "fast grey start (before)": ("fast", {}, GREY),
+    "fast natural start 0.5 (default)": ("fast", {}, {}),
     "natural start 1.0": ("fast", {}, {"init_contrast": 1.0}),
     "cosine lr 0.3": ("fast", {"schedule": "cosine", "lr": 0.3}, GREY),
     "cosine lr 0.2 + natural start": ("fast", {"schedule": "cosine", "lr": 0.2}, {}),
@@ -79,6 +79,48 @@ def measure(model, layer: str, channels: list[int], settings) -> dict:
     }
 
 
+def held_out(model, steps: int | None = None) -> list[dict]:
+    """The kept direction checked where it was not tuned: the benchmark's own channels (bench_targets.py's),
+    every benchmarked layer, each preset as it runs by default (early exit on); bn2 scored on its robust
+    pre-activation (ReLU6 caps the output)."""
+    import torch
+
+    from filterscope.jobs.evaluate import natural_max, score_images
+    from filterscope.jobs.stream import render_stream
+    from filterscope.models.layers import get_layer
+    from filterscope.optvis.presets import get_preset
+
+    rows = []
+    for layer in ["blocks.1", "blocks.3", "blocks.5", "blocks.6", "bn2"]:
+        chans = br.pick_channels(model, layer, 4)
+        pre = layer == "bn2"
+        for name, options in (("grey start (before)", GREY), ("natural start 0.5 (default)", {})):
+            s = get_preset("fast")
+            s = s.with_(param_options=tuple(sorted({**dict(s.param_options), **options}.items())), steps=steps)
+            t0 = time.perf_counter()
+            res = list(render_stream(model, get_layer(model, layer), chans, s, seed=0))
+            sec = (time.perf_counter() - t0) / len(chans)
+            stack = torch.stack([r.image.float() for r in res])
+            sc = score_images(model, layer, chans, stack, natural_max(model, layer, pre_relu=pre), pre_relu=pre)
+            value = [x.robust_activation if pre else x.robust_ratio for x in sc]
+            rows.append(
+                {
+                    "layer": layer,
+                    "start": name,
+                    "channels": chans,
+                    "measure": "robust pre-activation" if pre else "robust ratio",
+                    "median": round(float(np.median(value)), 3),
+                    "values": [round(float(v), 3) for v in value],
+                    "steps": float(np.mean([len(r.curve) for r in res])),
+                    "s_per_channel": round(sec, 3),
+                    "median_colourfulness": round(float(np.median([x.colourfulness for x in sc])), 1),
+                    "median_rms_contrast": round(float(np.median([x.rms_contrast for x in sc])), 3),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def markdown(res: dict) -> str:
     out = [
         f"Machine: {res['machine']}. Tuning channels {res['channels']} (not the benchmark's). "
@@ -105,6 +147,19 @@ def markdown(res: dict) -> str:
                 + " |"
             )
         out.append("")
+    if res.get("held_out"):
+        out += [
+            "### Held out: the benchmark's channels, `fast` as it runs (early exit on)",
+            "",
+            "| layer | start | measure | median | steps | s/channel | colourfulness | RMS contrast |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {r['layer']} | {r['start']} | {r['measure']} | {r['median']:.2f} | {r['steps']:.0f} | "
+            f"{r['s_per_channel']:.2f} | {r['median_colourfulness']} | {r['median_rms_contrast']} |"
+            for r in res["held_out"]
+        ]
+        out.append("")
     return "\n".join(out)
 
 
@@ -115,8 +170,12 @@ def main() -> None:
     p.add_argument("--layers", default=",".join(LAYERS))
     p.add_argument("--n-channels", type=int, default=3)
     p.add_argument("--no-lucid", action="store_true", help="skip the Lucid-512 reference")
+    p.add_argument("--held-out-only", action="store_true", help="only the held-out check of the kept start")
     p.add_argument("--out", default=str(RESULTS / "progress"))
     args = p.parse_args()
+    import os
+
+    os.environ["FILTERSCOPE_NO_CACHE"] = "1"  # every point rendered and timed here, none served from a cache
     import torch
 
     torch.set_num_threads(torch.get_num_threads())
@@ -124,7 +183,7 @@ def main() -> None:
     layers = args.layers.split(",")
     chans = {layer: tuning_channels(model, layer, args.n_channels) for layer in layers}
     rows = []
-    for layer in layers:
+    for layer in layers if not args.held_out_only else []:
         measure(model, layer, chans[layer][:1], settings_for("fast", {}, {}, 2))  # warm-up: folding, first calls
         if not args.no_lucid:
             r = measure(model, layer, chans[layer], settings_for("lucid", {}, {}, 512))
@@ -136,7 +195,10 @@ def main() -> None:
                 r = measure(model, layer, chans[layer], settings_for(preset, changes, options, steps))
                 rows.append({"layer": layer, "variant": v, "steps": steps, **r})
                 print(json.dumps(rows[-1]), flush=True)
-    res = {"machine": br.machine(), "layers": layers, "channels": chans, "rows": rows}
+    res = {"machine": br.machine(), "layers": layers, "channels": chans, "rows": rows, "held_out": held_out(model)}
+    if args.held_out_only and Path(args.out).with_suffix(".json").exists():  # keep the curves measured before
+        before = json.loads(Path(args.out).with_suffix(".json").read_text())
+        res = {**before, "held_out": res["held_out"]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(res, indent=1))
