@@ -142,7 +142,7 @@ def _table(name: str) -> str:
     elif name == "layout":
         body = _layout_table(res)
     elif name in COMMANDS:  # the benchmark's own markdown of this JSON, else the .md it wrote beside it
-        module = _bench_module(COMMANDS[name].split("/")[-1].removesuffix(".py"))
+        module = _bench_module(Path(COMMANDS[name].split()[1]).stem)  # "python benchmarks/x.py --flag" → x
         if hasattr(module, "markdown"):
             body = _drop_title(module.markdown(res))
         elif (RESULTS / f"{name}.md").is_file():
