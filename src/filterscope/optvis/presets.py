@@ -23,7 +23,7 @@
   spectrum at half a photo's contrast (``init_contrast`` 0.5, MACO's prior as the start, amplitudes free)
   instead of Lucid's near-grey noise: the loop need not first grow the picture, which is where a step-limited
   render spent its first steps (``benchmarks/bench_progress.py``: on tuning channels, median robust ratio at
-  64 steps 4.99 → 5.19 at blocks.3 and 10.16 → 11.01 at blocks.6, colourfulness and contrast up too).
+  64 steps 4.99 → 5.19 at blocks.3 and 10.16 → 11.22 at blocks.6, colourfulness and contrast up too).
 
 ``fast`` and ``maco`` map decorrelated colour to RGB with :data:`~filterscope.optvis.param.RGB_GAIN`, so a
 unit-variance signal has natural-photo colour contrast (Lucid's mapping gives 0.54 of it: washed-out renders).
