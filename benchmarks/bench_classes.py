@@ -40,11 +40,11 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
 
 
 def settings_for(preset: str, changes: dict, options: dict):
-    from filterscope.optvis.presets import get_preset
+    """A variant as bench_progress.py makes one, each preset running as it does by default (early exit on)."""
+    sys.path.insert(0, str(HERE))
+    from bench_progress import settings_for as variant
 
-    s = get_preset(preset)
-    opts = {**dict(s.param_options), **options}
-    return s.with_(param_options=tuple(sorted(opts.items())), **changes)
+    return variant(preset, changes, options, early_exit=True)
 
 
 def run_variant(model, ev, classes: list[int], settings) -> dict:

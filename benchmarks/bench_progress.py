@@ -50,12 +50,15 @@ def tuning_channels(model, layer: str, n: int) -> list[int]:
     return sorted(int(c) for c in np.random.default_rng(7).choice(pool, n, replace=False))
 
 
-def settings_for(preset: str, changes: dict, options: dict, steps: int):
+def settings_for(preset: str, changes: dict, options: dict, steps: int | None = None, early_exit: bool = False):
+    """A variant: the preset with ``changes`` and its param options updated by ``options``; ``steps`` exactly
+    (no early exit) unless ``early_exit``. bench_classes.py uses it too."""
     from filterscope.optvis.presets import get_preset
 
     s = get_preset(preset)
     opts = {**dict(s.param_options), **options}
-    return s.with_(steps=steps, converge=0.0, param_options=tuple(sorted(opts.items())), **changes)
+    s = s.with_(param_options=tuple(sorted(opts.items())), **changes)
+    return s.with_(steps=steps) if early_exit else s.with_(steps=steps, converge=0.0)
 
 
 def measure(model, layer: str, channels: list[int], settings) -> dict:
@@ -88,15 +91,13 @@ def held_out(model, steps: int | None = None) -> list[dict]:
     from filterscope.jobs.evaluate import natural_max, score_images
     from filterscope.jobs.stream import render_stream
     from filterscope.models.layers import get_layer
-    from filterscope.optvis.presets import get_preset
 
     rows = []
     for layer in ["blocks.1", "blocks.3", "blocks.5", "blocks.6", "bn2"]:
         chans = br.pick_channels(model, layer, 4)
         pre = layer == "bn2"
         for name, options in (("grey start (before)", GREY), ("natural start 0.5 (default)", {})):
-            s = get_preset("fast")
-            s = s.with_(param_options=tuple(sorted({**dict(s.param_options), **options}.items())), steps=steps)
+            s = settings_for("fast", {}, options, steps, early_exit=True)
             t0 = time.perf_counter()
             res = list(render_stream(model, get_layer(model, layer), chans, s, seed=0))
             sec = (time.perf_counter() - t0) / len(chans)

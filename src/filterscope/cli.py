@@ -602,8 +602,8 @@ def render_cmd(
             "--objective is the whole target: write a penalty into it ('blocks.5:12 - 0.05*tv'); "
             "--penalty and --diversity work with --layer/--channels"
         )
-    given = method
-    method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
+    # ``method`` stays the user's (None: each target takes its kind's default preset, for_target below)
+    _, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
     out = out or default_out("render")
     if images:
         from .models.inputs import list_images
@@ -613,9 +613,8 @@ def render_cmd(
     model = load(model_name, weights, trust_checkpoint, device)
     if objective:
         obj = objective_for(model, objective)
-        if given is None:  # no --method: the default preset of the objective's kind of target
+        if method is None:
             settings = for_target(settings, target_layer(obj), model)
-            method = settings.preset.split("+")[0]
         check_writable(out)
         from tqdm import tqdm
 
@@ -647,9 +646,8 @@ def render_cmd(
         )
         return
     info = get_layer(model, layer)
-    if given is None:
+    if method is None:
         settings = for_target(settings, info.name, model)
-        method = settings.preset.split("+")[0]
     check_writable(out)
     with graceful_stop(quiet) as stop:
         res = render_channels(

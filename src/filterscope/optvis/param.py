@@ -247,15 +247,15 @@ class FourierParam(ImageParam):
         # the amplitudes stay free): the loop need not first grow the image from grey
         mag = natural_magnitude(self.size, self.size, self.channels)[None, :, :, :, None]
         t = torch.randn(*shape, generator=gen) * mag / (self._scale / 4.0)
-        x = torch.fft.irfft2(
-            torch.view_as_complex(((t * self._scale) / 4.0).contiguous()), s=(self.size,) * 2, norm="ortho"
-        )
-        return t * (self.init_contrast / (x.std() + 1e-8))
+        return t * (self.init_contrast / (self.spatial(t, self._scale / 4.0).std() + 1e-8))
+
+    def spatial(self, t: torch.Tensor, scale_synth: torch.Tensor) -> torch.Tensor:
+        """The image before the colour mapping: the orthonormal inverse rfft of the scaled coefficients."""
+        spec = torch.view_as_complex((t * scale_synth).contiguous())
+        return torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
 
     def images(self, t: torch.Tensor) -> torch.Tensor:
-        spec = torch.view_as_complex((t * self.scale_synth).contiguous())
-        x = torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
-        return self.to_valid_rgb(x)
+        return self.to_valid_rgb(self.spatial(t, self.scale_synth))
 
     def describe(self) -> dict:
         d = {**super().describe(), "decay_power": self.decay_power}
