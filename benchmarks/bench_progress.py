@@ -38,7 +38,15 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "cosine lr 0.2 + natural start": ("fast", {"schedule": "cosine", "lr": 0.2}, {}),
     "coarse 50%": ("fast", {"coarse": 0.5}, GREY),
     "maco": ("maco", {}, {}),
+    # this round's directions, each from today's default; "lucid at these steps" is the reference's own curve
+    "lucid at these steps": ("lucid", {}, {}),
+    "steeper spectrum (decay 1.25)": ("fast", {}, {"decay_power": 1.25}),
+    "lr 0.2": ("fast", {"lr": 0.2}, {}),
+    "2 views per step": ("fast", {"views": 2}, {}),
+    "light transforms": ("fast", {"transforms": "light"}, {}),
 }
+# the held-out check: today's default beside the directions that gained on the tuning channels
+HELD_OUT = ["fast natural start 0.5 (default)", "light transforms", "steeper spectrum (decay 1.25)", "2 views per step"]
 
 
 def tuning_channels(model, layer: str, n: int) -> list[int]:
@@ -82,9 +90,9 @@ def measure(model, layer: str, channels: list[int], settings) -> dict:
     }
 
 
-def held_out(model, steps: int | None = None) -> list[dict]:
-    """The kept direction checked where it was not tuned: the benchmark's own channels (bench_targets.py's),
-    every benchmarked layer, each preset as it runs by default (early exit on); bn2 scored on its robust
+def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT) -> list[dict]:
+    """The directions checked where they were not tuned: the benchmark's own channels (bench_targets.py's),
+    every benchmarked layer, each as ``fast`` runs by default (early exit on); bn2 scored on its robust
     pre-activation (ReLU6 caps the output)."""
     import torch
 
@@ -96,8 +104,9 @@ def held_out(model, steps: int | None = None) -> list[dict]:
     for layer in ["blocks.1", "blocks.3", "blocks.5", "blocks.6", "bn2"]:
         chans = br.pick_channels(model, layer, 4)
         pre = layer == "bn2"
-        for name, options in (("grey start (before)", GREY), ("natural start 0.5 (default)", {})):
-            s = settings_for("fast", {}, options, steps, early_exit=True)
+        for name in variants:
+            preset, changes, options = VARIANTS[name]
+            s = settings_for(preset, changes, options, steps, early_exit=True)
             t0 = time.perf_counter()
             res = list(render_stream(model, get_layer(model, layer), chans, s, seed=0))
             sec = (time.perf_counter() - t0) / len(chans)
@@ -150,9 +159,9 @@ def markdown(res: dict) -> str:
         out.append("")
     if res.get("held_out"):
         out += [
-            "### Held out: the benchmark's channels, `fast` as it runs (early exit on)",
+            "### Held out: the benchmark's channels, each variant as `fast` runs (early exit on)",
             "",
-            "| layer | start | measure | median | steps | s/channel | colourfulness | RMS contrast |",
+            "| layer | variant | measure | median | steps | s/channel | colourfulness | RMS contrast |",
             "|---|---|---|---|---|---|---|---|",
         ]
         out += [
@@ -171,7 +180,8 @@ def main() -> None:
     p.add_argument("--layers", default=",".join(LAYERS))
     p.add_argument("--n-channels", type=int, default=3)
     p.add_argument("--no-lucid", action="store_true", help="skip the Lucid-512 reference")
-    p.add_argument("--held-out-only", action="store_true", help="only the held-out check of the kept start")
+    p.add_argument("--held-out-only", action="store_true", help="only the held-out check")
+    p.add_argument("--held-out", default=",".join(HELD_OUT), help="variants of the held-out check")
     p.add_argument("--out", default=str(RESULTS / "progress"))
     args = p.parse_args()
     import os
@@ -196,7 +206,8 @@ def main() -> None:
                 r = measure(model, layer, chans[layer], settings_for(preset, changes, options, steps))
                 rows.append({"layer": layer, "variant": v, "steps": steps, **r})
                 print(json.dumps(rows[-1]), flush=True)
-    res = {"machine": br.machine(), "layers": layers, "channels": chans, "rows": rows, "held_out": held_out(model)}
+    checked = held_out(model, variants=args.held_out.split(","))
+    res = {"machine": br.machine(), "layers": layers, "channels": chans, "rows": rows, "held_out": checked}
     if args.held_out_only and Path(args.out).with_suffix(".json").exists():  # keep the curves measured before
         before = json.loads(Path(args.out).with_suffix(".json").read_text())
         res = {**before, "held_out": res["held_out"]}

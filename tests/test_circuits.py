@@ -172,6 +172,37 @@ def test_tuning_json_and_report(lines, photos, tmp_path):
     assert "<html" in res.html() and "orientation ≈" in (tmp_path / "t" / "report.html").read_text()
 
 
+def test_tuning_memo_gives_the_same_answers_and_skips_the_passes(lines, photos):
+    """The explorer's worker keeps a layer's responses (``memo``): a later channel of that layer gets the
+    record it gets without the memo, and neither pass runs again; a stopped pass is never kept."""
+    from filterscope.jobs import tuning as T
+    from filterscope.models.inputs import list_images
+
+    files = list_images(photos)
+    info, _ = T.validate(lines, "g", [0])
+    memo: dict = {}
+    stopped = T.compute_tuning(lines, info, [0], files, "p", 0, should_stop=lambda: True, memo=memo)
+    assert stopped.status == "partial" and not any(k[0] == "g" and len(k) == 4 for k in memo)
+    calls = []
+    real = T.responses
+    T.responses = lambda *a, **k: calls.append(1) or real(*a, **k)
+    try:
+        first = T.compute_tuning(lines, info, [0], files, "p", 0, memo=memo)
+        n = len(calls)
+        again = T.compute_tuning(lines, info, [1], files, "p", 0, memo=memo)
+        assert n > 0 and len(calls) == n  # the second channel ran no stimulus pass
+    finally:
+        T.responses = real
+    plain = T.compute_tuning(lines, info, [1], files, "p", 0)
+    assert again.record()["channels"] == plain.record()["channels"]
+    alone = T.compute_tuning(lines, info, [0], files, "p", 0)
+    assert first.record()["channels"]["0"] == alone.record()["channels"]["0"]
+    bounded: dict = {}
+    for i in range(20):  # the oldest entries go first, past MEMO_LAYERS layers × 2 entries
+        T._remember(bounded, (i,), i)
+    assert list(bounded) == [(i,) for i in range(20 - 2 * T.MEMO_LAYERS, 20)]
+
+
 def test_tuning_natural_max_is_evaluates(lines_tuning, lines, photos):
     from filterscope.jobs.evaluate import natural_max
 

@@ -1,5 +1,6 @@
 """A default preset per kind of target (class logits render with ``maco-fused``) and the render options of the
-progress-per-step research (lr schedule, coarse steps, natural-contrast start): checked, recorded, keyed."""
+progress-per-step research (lr schedule, coarse steps, natural-contrast start, views per step): checked,
+recorded, keyed."""
 
 import json
 
@@ -52,7 +53,10 @@ def test_cli_class_render_uses_the_logit_preset_unless_told(how, tmp_path):
     assert run(["--method", "fast"], tmp_path / "b") == "fast+steps"
 
 
-@pytest.mark.parametrize("bad", [dict(schedule="linear"), dict(coarse=1.0), dict(coarse=-0.1)])
+@pytest.mark.parametrize(
+    "bad",
+    [dict(schedule="linear"), dict(coarse=1.0), dict(coarse=-0.1), dict(views=0), dict(views=65), dict(views=True)],
+)
 def test_bad_research_options_are_refused(bad):
     with pytest.raises(UsageError):
         RenderSettings(**bad)
@@ -61,15 +65,17 @@ def test_bad_research_options_are_refused(bad):
 def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
     """Settings at the new fields' defaults keep their cache keys (existing caches stay valid); set, they key."""
     base = FEW.for_model(tiny_model).as_dict()
-    assert "schedule" not in base and "coarse" not in base
+    assert "schedule" not in base and "coarse" not in base and "views" not in base
     obj = channel("conv2", 1)
     k0 = render_key(tiny_model, obj, FEW, 0)[0]
     assert render_key(tiny_model, obj, FEW.with_(schedule="cosine"), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(coarse=0.5), 0)[0] != k0
+    assert render_key(tiny_model, obj, FEW.with_(views=2), 0)[0] != k0
 
 
 @pytest.mark.parametrize(
-    "change", [dict(schedule="cosine", lr=0.3), dict(coarse=0.5), dict(param_options=(("init_contrast", 0.5),))]
+    "change",
+    [dict(schedule="cosine", lr=0.3), dict(coarse=0.5), dict(param_options=(("init_contrast", 0.5),)), dict(views=3)],
 )
 def test_research_options_render_and_are_seeded(tiny_model, change):
     ren = Renderer(tiny_model, FEW.with_(**change))
@@ -103,3 +109,45 @@ def test_photo_priors_stay_off_for_models_of_other_images():
     photo = fs.load_model("efficientnet_lite0")
     assert dict(get_preset("fast").for_model(photo).param_options)["init_contrast"] == 0.5
     assert default_method(LOGIT, photo) == METHOD_BY_TARGET["logit"]
+
+
+def test_views_are_independent_draws_per_image_and_the_objective_averages_them(tiny_model):
+    """``views`` N: each image enters the net N times, each under its own random transform, rows grouped by
+    image (so the objective's per-image mean is over that image's views), and a seeded render repeats."""
+    from filterscope.optvis.transform import Views, fused
+
+    x = torch.stack([torch.full((3, 128, 128), 0.2), torch.full((3, 128, 128), 0.8)])
+    x[:, :, 40:60, 40:60] = 0.5  # a mark, so that two draws of one image differ
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    out = Views(3, fused())(x, gens)
+    assert out.shape == (6, 3, 128, 128) and Views(3, fused()).crops == 3
+    assert not torch.equal(out[0], out[1])  # two draws for one image differ
+    # rows 0-2 come from the dark image, 3-5 from the light one (grey fill only at the borders)
+    assert (out[:3].mean((1, 2, 3)) < 0.4).all() and (out[3:].mean((1, 2, 3)) > 0.6).all()
+    seen = []
+    ren = Renderer(tiny_model, FEW.with_(views=4, steps=2))
+    orig = ren._transform
+
+    def spy():
+        t = orig()
+        seen.append(t)
+        return t
+
+    ren._transform = spy
+    res = ren.render([channel("conv2", 1), channel("conv2", 2)], [3, 4])
+    assert isinstance(seen[0], Views) and seen[0].crops == 4 and res.status == ["ok", "ok"]
+
+
+def test_cli_refuses_bad_views_and_records_good_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from filterscope.cli import cli
+
+    r = CliRunner().invoke(cli, ["render", "--channels", "1", "--views", "0", "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and not (tmp_path / "a").exists()
+    out = tmp_path / "b"
+    args = ["render", "--layer", "blocks.0", "--channels", "1", "--steps", "2", "--views", "2", "-q"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "run.json").read_text())["settings"]
+    assert rec["render"]["views"] == 2 and "views" in rec["method"]

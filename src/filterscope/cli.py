@@ -247,7 +247,31 @@ def output_options(f):
     return f
 
 
+def backend_options(backend_help: str, *, workers: tuple[int | None, str], threads: str):
+    """``--backend local|ray``, ``--address``, ``--workers``, ``--threads``: where a job's work runs."""
+    default, workers_help = workers
+
+    def deco(f):
+        f = click.option("--threads", type=click.IntRange(min=1), default=None, help=threads)(f)
+        shown = default is not None
+        f = click.option(
+            "--workers", type=click.IntRange(min=1), default=default, show_default=shown, help=workers_help
+        )(f)
+        f = click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")(f)
+        return click.option(
+            "--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help=backend_help
+        )(f)
+
+    return deco
+
+
 def render_options(f):
+    f = click.option(
+        "--views",
+        type=click.IntRange(1, 64),
+        default=None,
+        help="Transformed views of each image per step (default 1; costs ~N steps on a CPU, less on a GPU).",
+    )(f)
     f = click.option(
         "--optimizer",
         type=RegistryChoice("optimizer", _optimizers),
@@ -294,16 +318,18 @@ def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: s
     return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device, **opts)
 
 
-def settings_for(method: str | None, steps, lr, size, batch, device, param=None, transforms=None, optimizer=None):
+def settings_for(
+    method: str | None, steps, lr, size, batch, device, param=None, transforms=None, optimizer=None, views=None
+):
     """The preset with the command line's overrides; checked (settings and memory) before any work."""
     from .optvis.memory import check_render_memory
     from .optvis.presets import DEFAULT_METHOD, get_preset
 
     method = method or DEFAULT_METHOD
     settings = get_preset(method).with_(
-        steps=steps, lr=lr, size=size, param=param, transforms=transforms, optimizer=optimizer
+        steps=steps, lr=lr, size=size, param=param, transforms=transforms, optimizer=optimizer, views=views
     )
-    check_render_memory(settings.size, batch, device)
+    check_render_memory(settings.size, (batch or 1) * settings.views, device)
     return method, settings
 
 
@@ -483,6 +509,7 @@ def boost(
     param,
     transforms,
     optimizer,
+    views,
     out,
     resume,
     quiet,
@@ -498,7 +525,7 @@ def boost(
     t0 = time.perf_counter()
     if image:
         load_image(image)
-    method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
+    method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views)
     out = out or default_out("boost")
     model = load(model_name, weights, trust_checkpoint, device)
     info = network_layer(model, layer, "boost")
@@ -579,6 +606,7 @@ def render_cmd(
     param,
     transforms,
     optimizer,
+    views,
     objective,
     penalty,
     images,
@@ -603,7 +631,7 @@ def render_cmd(
             "--penalty and --diversity work with --layer/--channels"
         )
     # ``method`` stays the user's (None: each target takes its kind's default preset, for_target below)
-    _, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
+    _, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views)
     out = out or default_out("render")
     if images:
         from .models.inputs import list_images
@@ -901,17 +929,10 @@ def explain(
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
 @click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
 @click.option("--compare-methods", is_flag=True, help="Also fit the other method on the same vectors (run.json).")
-@click.option(
-    "--backend",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where the activation pass runs: this process, or Ray Data actors (same files).",
-)
-@click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray actors.")
-@click.option(
-    "--threads", type=click.IntRange(min=1), default=None, help="CPU threads per Ray actor [default: torch's here]."
+@backend_options(
+    "Where the activation pass runs: this process, or Ray Data actors (same files).",
+    workers=(2, "Ray actors."),
+    threads="CPU threads per Ray actor [default: torch's here].",
 )
 @out_option("concepts")
 @output_options
@@ -1162,19 +1183,13 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
     callback=diversity_option,
     help="N ≥ 2 diverse variants per channel.",
 )
-@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True)
-@click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Worker processes (local; default: one per core when there are enough channels) or Ray actors (default 2).",
-)
-@click.option(
-    "--threads",
-    type=click.IntRange(min=1),
-    default=None,
-    help="CPU threads per render (default: 1 in worker processes, torch's otherwise); the same value gives "
+@backend_options(
+    "Where the renders run: worker processes here, or Ray actors.",
+    workers=(
+        None,
+        "Worker processes (local; default: one per core when there are enough channels) or Ray actors (default 2).",
+    ),
+    threads="CPU threads per render (default: 1 in worker processes, torch's otherwise); the same value gives "
     "identical files on any backend.",
 )
 @out_option("atlas")
@@ -1197,6 +1212,7 @@ def atlas(
     param,
     transforms,
     optimizer,
+    views,
     images,
     n_top,
     diversity,
@@ -1216,7 +1232,7 @@ def atlas(
     from .models.layers import network_layer
 
     t0 = time.perf_counter()
-    method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer)
+    method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views)
     if images:
         list_images(images)
     if backend == "ray":

@@ -28,7 +28,7 @@ from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
 from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
 from .relu import final_relus, redirect_relu, relus_before
-from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, make_transform
+from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, Views, make_transform
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
 
@@ -44,7 +44,7 @@ def _cosine(step: int, total: int) -> float:
 
 # learning-rate multiplier at ``step`` of ``total`` (torch's LambdaLR runs it)
 SCHEDULES: dict[str, Callable[[int, int], float] | None] = {"constant": None, "cosine": _cosine}
-_LATER_FIELDS = {"schedule": "constant", "coarse": 0.0}
+_LATER_FIELDS = {"schedule": "constant", "coarse": 0.0, "views": 1}
 MIN_SIZE = 16  # the smallest rendered side: a CNN's stem divides by 16-32
 SMALL_INPUT = 96  # models with a smaller input render on a larger canvas seen through random crops
 CANVAS_FACTOR = 2  # the canvas of a small-input model: 2× its input side (4× and 50-100 % crops: digits 6/10)
@@ -71,6 +71,7 @@ class RenderSettings:
     window: int = 8
     schedule: str = "constant"  # learning-rate schedule over ``steps``, a name in SCHEDULES
     coarse: float = 0.0  # fraction of the steps run on random half-side crops (same pixel scale, ~4× cheaper)
+    views: int = 1  # independently transformed views of each image per step; the step follows their mean
     transform_scale: float | None = None  # transforms' pixel amounts ×; None: from the input size (for_model)
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
@@ -98,6 +99,8 @@ class RenderSettings:
             raise UsageError(f"unknown schedule {self.schedule!r}", hint="use " + ", ".join(SCHEDULES))
         if not (isinstance(self.coarse, (int, float)) and 0 <= self.coarse < 1):
             raise UsageError(f"coarse must be in [0, 1), got {self.coarse}")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or not 1 <= self.views <= 64:
+            raise UsageError(f"views must be a whole number from 1 to 64, got {self.views}")
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
@@ -242,7 +245,7 @@ class Renderer:
             # renders larger than the model's input are seen through random crops
             low = self.settings.crop_min or self.model.input_size / self.size
             t = Compose([t, Crops(n=1, box=(low, 1.0), spread=0.2, noise=0.0)])
-        return t
+        return Views(self.settings.views, t) if self.settings.views > 1 else t
 
     def net_for(self, layers: Sequence[str]) -> torch.nn.Module:
         """The network the loop runs: the model's, or its batch-norm-folded copy (outputs of the

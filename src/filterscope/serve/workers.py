@@ -27,6 +27,9 @@ import numpy as np
 
 _MODEL = None
 _SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
+# this worker's tuning memo: a layer's stimulus and photo responses, kept for its other filters (the worker's
+# model never changes); one process, one thread, so no lock
+_TUNING_MEMO: dict = {}
 WORKER_NICE = 10  # render workers yield the CPU to the server process that answers pages
 
 
@@ -225,12 +228,16 @@ def run_tuning(job: str, layer: str, channel: int, folder: str, seed: int, figur
 
     import matplotlib.pyplot as plt
 
-    from ..jobs.tuning import tuning
+    from ..jobs.tuning import compute_tuning, validate
+    from ..models.inputs import list_images
     from ..outputs.cache import active_cache
     from .store import store_json
 
     _progress(job, [0, 1])
-    res = tuning(_MODEL, layer, [channel], images=folder, seed=seed, should_stop=lambda: _cancelled(job))
+    info, chans = validate(_MODEL, layer, [channel])
+    res = compute_tuning(
+        _MODEL, info, chans, list_images(folder), folder, seed, lambda: _cancelled(job), memo=_TUNING_MEMO
+    )
     if res.status != "complete" or not res.channels:
         return "cancelled" if _cancelled(job) else f"tuning {res.status}"
     fig = res.figure([channel])
