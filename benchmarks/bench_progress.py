@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "lr 0.2": ("fast", {"lr": 0.2}, {}),
     "2 views per step": ("fast", {"views": 2}, {}),
     "light transforms": ("fast", {"transforms": "light"}, {}),
+    "bfloat16 network": ("fast", {"precision": "bfloat16"}, {}),
 }
 # the held-out check: today's default beside the directions that gained on the tuning channels
 HELD_OUT = ["fast natural start 0.5 (default)", "light transforms", "steeper spectrum (decay 1.25)", "2 views per step"]
@@ -132,13 +133,17 @@ def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT) ->
 
 
 def markdown(res: dict) -> str:
-    out = [
-        f"Machine: {res['machine']}. Tuning channels {res['channels']} (not the benchmark's). "
-        "Each cell: median robust ratio @ seconds per channel.",
-        "",
-    ]
+    curves = (
+        f" Tuning channels {res['channels']} (not the benchmark's)."
+        " Each cell: median robust ratio @ seconds per channel."
+        if res["rows"]
+        else ""
+    )
+    out = [f"Machine: {res['machine']}.{curves}", ""]
     for layer in res["layers"]:
         rows = [r for r in res["rows"] if r["layer"] == layer]
+        if not rows:
+            continue
         steps = sorted({r["steps"] for r in rows if r["variant"] != "lucid"})
         out += [f"### {layer}", "", "| variant | " + " | ".join(f"{s} steps" for s in steps) + " |"]
         out.append("|---" * (len(steps) + 1) + "|")
@@ -182,8 +187,16 @@ def main() -> None:
     p.add_argument("--no-lucid", action="store_true", help="skip the Lucid-512 reference")
     p.add_argument("--held-out-only", action="store_true", help="only the held-out check")
     p.add_argument("--held-out", default=",".join(HELD_OUT), help="variants of the held-out check")
+    p.add_argument(
+        "--precision-check",
+        action="store_true",
+        help="only the held-out check of float32 against a bfloat16 network (results/precision.json)",
+    )
     p.add_argument("--out", default=str(RESULTS / "progress"))
     args = p.parse_args()
+    if args.precision_check:
+        args.held_out_only, args.out = True, str(RESULTS / "precision")
+        args.held_out = "fast natural start 0.5 (default),bfloat16 network"
     import os
 
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"  # every point rendered and timed here, none served from a cache

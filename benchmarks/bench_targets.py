@@ -17,7 +17,7 @@ Sections (each method runs in its own process, see bench_render.py):
              wall time and the peak resident memory of the whole process tree (sampled every 0.5 s)
   ray        tests/test_ray_cluster.py: a Ray head and a second node as separate processes, a worker killed
              mid-atlas, every channel rendered, files equal to the local backend's
-  gpu        only with a CUDA device (not measured otherwise)
+  gpu        only with a CUDA device (not measured otherwise): benchmarks/bench_gpu.py
 
 Writes benchmarks/results/targets.json and targets.md.
 """
@@ -313,7 +313,7 @@ def main() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        res["gpu"] = "not run: no CUDA device on this machine"
+        res["gpu"] = "not run: no CUDA device on this machine (benchmarks/bench_gpu.py measures it on one)"
     if "layout" in only:
         res["layout"] = layout_check(args)
     if "quality" in only:

@@ -37,6 +37,7 @@ COMMANDS = {
     "circuits": "python benchmarks/bench_circuits.py",
     "accent": "python benchmarks/bench_accent.py",
     "progress": "python benchmarks/bench_progress.py",
+    "precision": "python benchmarks/bench_progress.py --precision-check",
     "classes_tuning": "python benchmarks/bench_classes.py",
     "classes_benchmark": "python benchmarks/bench_classes.py --set benchmark",
 }

@@ -55,7 +55,15 @@ def test_cli_class_render_uses_the_logit_preset_unless_told(how, tmp_path):
 
 @pytest.mark.parametrize(
     "bad",
-    [dict(schedule="linear"), dict(coarse=1.0), dict(coarse=-0.1), dict(views=0), dict(views=65), dict(views=True)],
+    [
+        dict(schedule="linear"),
+        dict(coarse=1.0),
+        dict(coarse=-0.1),
+        dict(views=0),
+        dict(views=65),
+        dict(views=True),
+        dict(precision="float16"),
+    ],
 )
 def test_bad_research_options_are_refused(bad):
     with pytest.raises(UsageError):
@@ -65,17 +73,24 @@ def test_bad_research_options_are_refused(bad):
 def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
     """Settings at the new fields' defaults keep their cache keys (existing caches stay valid); set, they key."""
     base = FEW.for_model(tiny_model).as_dict()
-    assert "schedule" not in base and "coarse" not in base and "views" not in base
+    assert not {"schedule", "coarse", "views", "precision"} & set(base)
     obj = channel("conv2", 1)
     k0 = render_key(tiny_model, obj, FEW, 0)[0]
     assert render_key(tiny_model, obj, FEW.with_(schedule="cosine"), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(coarse=0.5), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(views=2), 0)[0] != k0
+    assert render_key(tiny_model, obj, FEW.with_(precision="bfloat16"), 0)[0] != k0
 
 
 @pytest.mark.parametrize(
     "change",
-    [dict(schedule="cosine", lr=0.3), dict(coarse=0.5), dict(param_options=(("init_contrast", 0.5),)), dict(views=3)],
+    [
+        dict(schedule="cosine", lr=0.3),
+        dict(coarse=0.5),
+        dict(param_options=(("init_contrast", 0.5),)),
+        dict(views=3),
+        dict(precision="bfloat16"),
+    ],
 )
 def test_research_options_render_and_are_seeded(tiny_model, change):
     ren = Renderer(tiny_model, FEW.with_(**change))
@@ -147,7 +162,28 @@ def test_cli_refuses_bad_views_and_records_good_ones(tmp_path):
     assert r.exit_code == 2 and not (tmp_path / "a").exists()
     out = tmp_path / "b"
     args = ["render", "--layer", "blocks.0", "--channels", "1", "--steps", "2", "--views", "2", "-q"]
-    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    r = CliRunner().invoke(cli, [*args, "--precision", "bfloat16", "--out", str(out)])
     assert r.exit_code == 0, r.output
     rec = json.loads((out / "run.json").read_text())["settings"]
-    assert rec["render"]["views"] == 2 and "views" in rec["method"]
+    assert rec["render"]["views"] == 2 and rec["render"]["precision"] == "bfloat16"
+    assert "views" in rec["method"] and "precision" in rec["method"]
+    r = CliRunner().invoke(cli, ["render", "--channels", "1", "--precision", "fp8", "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and not (tmp_path / "c").exists()
+
+
+def test_bfloat16_network_runs_in_bfloat16_and_its_objective_in_float32(tiny_model):
+    """``precision="bfloat16"``: the hooked activations come out of the net in bfloat16 (autocast is on), the
+    objective and its curve are float32, and the first objective is within bfloat16's rounding of float32's."""
+    from filterscope.optvis import render as R
+
+    seen = []
+    real = R._float
+    R._float = lambda acts, logits: seen.append({v.dtype for v in acts.values()}) or real(acts, logits)
+    try:
+        low = Renderer(tiny_model, FEW.with_(precision="bfloat16", steps=2)).render(channel("conv2", 4), [9])
+    finally:
+        R._float = real
+    full = Renderer(tiny_model, FEW.with_(steps=2)).render(channel("conv2", 4), [9])
+    assert seen and all(d == {torch.bfloat16} for d in seen)
+    assert low.images.dtype == torch.float32 and low.status == ["ok"]
+    assert low.before[0] == pytest.approx(full.before[0], rel=0.03, abs=1e-2)

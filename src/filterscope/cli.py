@@ -267,6 +267,12 @@ def backend_options(backend_help: str, *, workers: tuple[int | None, str], threa
 
 def render_options(f):
     f = click.option(
+        "--precision",
+        type=click.Choice(["float32", "bfloat16"]),
+        default=None,
+        help="The network's arithmetic in the render loop (default float32; bfloat16 runs it under autocast).",
+    )(f)
+    f = click.option(
         "--views",
         type=click.IntRange(1, 64),
         default=None,
@@ -319,7 +325,17 @@ def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: s
 
 
 def settings_for(
-    method: str | None, steps, lr, size, batch, device, param=None, transforms=None, optimizer=None, views=None
+    method: str | None,
+    steps,
+    lr,
+    size,
+    batch,
+    device,
+    param=None,
+    transforms=None,
+    optimizer=None,
+    views=None,
+    precision=None,
 ):
     """The preset with the command line's overrides; checked (settings and memory) before any work."""
     from .optvis.memory import check_render_memory
@@ -327,7 +343,14 @@ def settings_for(
 
     method = method or DEFAULT_METHOD
     settings = get_preset(method).with_(
-        steps=steps, lr=lr, size=size, param=param, transforms=transforms, optimizer=optimizer, views=views
+        steps=steps,
+        lr=lr,
+        size=size,
+        param=param,
+        transforms=transforms,
+        optimizer=optimizer,
+        views=views,
+        precision=precision,
     )
     check_render_memory(settings.size, (batch or 1) * settings.views, device)
     return method, settings
@@ -510,6 +533,7 @@ def boost(
     transforms,
     optimizer,
     views,
+    precision,
     out,
     resume,
     quiet,
@@ -525,7 +549,9 @@ def boost(
     t0 = time.perf_counter()
     if image:
         load_image(image)
-    method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views)
+    method, settings = settings_for(
+        method, steps, lr, size, batch, device, param, transforms, optimizer, views, precision
+    )
     out = out or default_out("boost")
     model = load(model_name, weights, trust_checkpoint, device)
     info = network_layer(model, layer, "boost")
@@ -607,6 +633,7 @@ def render_cmd(
     transforms,
     optimizer,
     views,
+    precision,
     objective,
     penalty,
     images,
@@ -631,7 +658,7 @@ def render_cmd(
             "--penalty and --diversity work with --layer/--channels"
         )
     # ``method`` stays the user's (None: each target takes its kind's default preset, for_target below)
-    _, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views)
+    _, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views, precision)
     out = out or default_out("render")
     if images:
         from .models.inputs import list_images
@@ -1213,6 +1240,7 @@ def atlas(
     transforms,
     optimizer,
     views,
+    precision,
     images,
     n_top,
     diversity,
@@ -1232,7 +1260,9 @@ def atlas(
     from .models.layers import network_layer
 
     t0 = time.perf_counter()
-    method, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views)
+    method, settings = settings_for(
+        method, steps, lr, size, batch, device, param, transforms, optimizer, views, precision
+    )
     if images:
         list_images(images)
     if backend == "ray":

@@ -44,7 +44,10 @@ def _cosine(step: int, total: int) -> float:
 
 # learning-rate multiplier at ``step`` of ``total`` (torch's LambdaLR runs it)
 SCHEDULES: dict[str, Callable[[int, int], float] | None] = {"constant": None, "cosine": _cosine}
-_LATER_FIELDS = {"schedule": "constant", "coarse": 0.0, "views": 1}
+_LATER_FIELDS = {"schedule": "constant", "coarse": 0.0, "views": 1, "precision": "float32"}
+# the network's arithmetic in the loop: float32, or bfloat16 under torch.autocast (the image, its
+# parameterisation, the objective and the optimiser stay float32)
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 MIN_SIZE = 16  # the smallest rendered side: a CNN's stem divides by 16-32
 SMALL_INPUT = 96  # models with a smaller input render on a larger canvas seen through random crops
 CANVAS_FACTOR = 2  # the canvas of a small-input model: 2× its input side (4× and 50-100 % crops: digits 6/10)
@@ -72,6 +75,7 @@ class RenderSettings:
     schedule: str = "constant"  # learning-rate schedule over ``steps``, a name in SCHEDULES
     coarse: float = 0.0  # fraction of the steps run on random half-side crops (same pixel scale, ~4× cheaper)
     views: int = 1  # independently transformed views of each image per step; the step follows their mean
+    precision: str = "float32"  # a name in PRECISIONS
     transform_scale: float | None = None  # transforms' pixel amounts ×; None: from the input size (for_model)
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
@@ -101,6 +105,8 @@ class RenderSettings:
             raise UsageError(f"coarse must be in [0, 1), got {self.coarse}")
         if isinstance(self.views, bool) or not isinstance(self.views, int) or not 1 <= self.views <= 64:
             raise UsageError(f"views must be a whole number from 1 to 64, got {self.views}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}", hint="use " + " or ".join(PRECISIONS))
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
@@ -206,6 +212,12 @@ def _fit(x: torch.Tensor, side: int) -> torch.Tensor:
     return TF.resize(x, [side, side], antialias=x.shape[-1] > side)
 
 
+def _float(acts: dict[str, torch.Tensor], logits: torch.Tensor | None):
+    """Activations and logits in float32 for the objective (a no-op unless the net ran in lower precision)."""
+    acts = {k: v.float() if v.is_floating_point() else v for k, v in acts.items()}
+    return acts, logits.float() if isinstance(logits, torch.Tensor) and logits.is_floating_point() else logits
+
+
 def _half_crops(x: torch.Tensor, gens: Sequence[torch.Generator], batch: int) -> torch.Tensor:
     """A random half-side window of each row, at the same pixel scale: a coarse step costs the network
     ~1/4 of a full one and still moves every Fourier coefficient."""
@@ -259,11 +271,18 @@ class Renderer:
     def _forward(self, net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: net(self.model.normalize(x))
 
+    def _autocast(self):
+        """The network's precision (:data:`PRECISIONS`) for one forward pass."""
+        dtype = PRECISIONS[self.settings.precision]
+        return torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None)
+
     def _evaluate(self, st: _State, images: torch.Tensor) -> torch.Tensor:
         x = _fit(images, self.model.input_size)
-        logits = run(st.forward, x, st.cap)
+        with self._autocast():
+            logits = run(st.forward, x, st.cap)
         owner = torch.arange(images.shape[0], device=images.device)
-        return st.objective(Context(st.cap.acts, logits, images, owner))
+        acts, logits = _float(st.cap.acts, logits)
+        return st.objective(Context(acts, logits, images, owner))
 
     def render(
         self,
@@ -355,9 +374,11 @@ class Renderer:
             x = _fit(st.transform(images, st.gens, side), side)
             if step < coarse:
                 x = _half_crops(x, st.gens, st.batch)
-            logits = run(st.forward, x, st.cap)
+            with self._autocast():
+                logits = run(st.forward, x, st.cap)
             owner = torch.arange(b, device=x.device).repeat_interleave(x.shape[0] // b)
             acts = {**st.cap.acts, **{layer: st.cap.inputs[relu] for layer, relu in st.pre.items()}}
+            acts, logits = _float(acts, logits)
             values = st.objective(Context(acts, logits, images, owner))
             vals = values.detach().float().cpu()
             bad = ~torch.isfinite(vals) & st.alive

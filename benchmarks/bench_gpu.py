@@ -1,0 +1,158 @@
+"""Speed on a GPU (issue 25, item 4): channels per minute against the reference at equal steps, batches sized
+by free memory, bfloat16 only where the evaluator shows no loss.
+
+    python benchmarks/bench_gpu.py                                       # on the CUDA device
+    python benchmarks/bench_gpu.py --device cpu --channels 2 --steps 3   # a smoke run of the same code here
+
+Per layer (blocks.3, blocks.6, bn2), the same channels rendered by:
+
+- ``fast`` in float32 and with a bfloat16 network (``precision``: torch.autocast around the forward pass;
+  image, objective and optimiser stay float32), and ``fast`` with 2 views per step (``views``, which on 2
+  CPU cores costs ~1.7 steps and may cost far less where a batch is cheap);
+- the ``lucid`` preset (Lucid's method in this loop) and, when ``torch-lucent`` is installed, Lucent's
+  ``render_vis`` (one channel at a time, as it renders);
+
+all at the same step count (``fast``'s 48, early exit off), every filterscope variant in batches sized from
+free memory (``jobs.stream.auto_batch``). Reported: channels per minute, the median robust ratio (bn2: its
+robust pre-activation; ReLU6 caps the output), and per layer whether bfloat16 is kept: its median is at least
+98 % of float32's. Writes benchmarks/results/gpu.json and gpu.md (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_render as br  # noqa: E402
+
+RESULTS = HERE / "results"
+LAYERS = ["blocks.3", "blocks.6", "bn2"]
+KEEP_BF16 = 0.98  # bfloat16 is kept at a layer where its median is at least this fraction of float32's
+# name → (preset, settings changes)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "fast float32": ("fast", {}),
+    "fast bfloat16": ("fast", {"precision": "bfloat16"}),
+    "fast 2 views": ("fast", {"views": 2}),
+    "lucid": ("lucid", {}),
+}
+
+
+def score(model, layer: str, channels: list[int], images) -> dict:
+    import numpy as np
+    import torch
+
+    from filterscope.jobs.evaluate import natural_max, score_images
+
+    pre = layer == "bn2"
+    stack = torch.stack([i.float().cpu() for i in images])
+    sc = score_images(model, layer, channels, stack, natural_max(model, layer, pre_relu=pre), pre_relu=pre)
+    value = [x.robust_activation if pre else x.robust_ratio for x in sc]
+    return {
+        "measure": "robust pre-activation" if pre else "robust ratio",
+        "median": round(float(np.median(value)), 3),
+        "median_colourfulness": round(float(np.median([x.colourfulness for x in sc])), 1),
+    }
+
+
+def variant(model, layer: str, channels: list[int], name: str, steps: int, batch: int | None) -> dict:
+    from filterscope.jobs.stream import auto_batch, render_stream
+    from filterscope.models.layers import get_layer
+    from filterscope.optvis.presets import get_preset
+
+    preset, changes = VARIANTS[name]
+    settings = get_preset(preset).with_(steps=steps, converge=0.0, **changes)
+    info = get_layer(model, layer)
+    device = str(model.device)
+    size = batch or auto_batch(model, settings, info)
+    br.sync(device)
+    t0 = time.perf_counter()
+    images = [r.image for r in render_stream(model, info, channels, settings, seed=0, batch=size)]
+    br.sync(device)
+    sec = time.perf_counter() - t0
+    speed = {"channels_per_min": round(60 * len(channels) / sec, 2), "seconds": round(sec, 2)}
+    return {"variant": name, "batch": size, **speed, **score(model, layer, channels, images)}
+
+
+def lucent_variant(model, layer: str, channels: list[int], steps: int) -> dict:
+    device = str(model.device)
+    br.sync(device)
+    t0 = time.perf_counter()
+    images, _ = br.lucent(model, layer, channels, steps, device)
+    br.sync(device)
+    sec = time.perf_counter() - t0
+    speed = {"channels_per_min": round(60 * len(channels) / sec, 2), "seconds": round(sec, 2)}
+    return {"variant": "Lucent render_vis", "batch": 1, **speed, **score(model, layer, channels, images)}
+
+
+def run(args) -> dict:
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        return {"status": "not run: no CUDA device on this machine"}
+    model = br.load("efficientnet_lite0", args.device)
+    res: dict = {"machine": br.machine(), "device": args.device, "steps": args.steps, "layers": {}}
+    if args.device.startswith("cuda"):
+        res["gpu"] = torch.cuda.get_device_name()
+    for layer in args.layers.split(","):
+        channels = br.pick_channels(model, layer, args.channels)
+        variant(model, layer, channels[:1], "fast float32", 2, args.batch)  # warm-up: kernels, folding
+        rows = [variant(model, layer, channels, v, args.steps, args.batch) for v in VARIANTS]
+        if br.have_lucent() and not args.no_lucent:
+            rows.append(lucent_variant(model, layer, channels[: args.lucent_channels], args.steps))
+        by = {r["variant"]: r for r in rows}
+        keep = by["fast bfloat16"]["median"] >= KEEP_BF16 * by["fast float32"]["median"]
+        res["layers"][layer] = {"channels": channels, "rows": rows, "bfloat16_kept": keep}
+        print(json.dumps({layer: res["layers"][layer]}), flush=True)
+    return res
+
+
+def markdown(res: dict) -> str:
+    if "layers" not in res:
+        return res.get("status", "not run") + "\n"
+    out = [
+        f"Machine: {res['machine']}; device {res.get('gpu', res['device'])}; {res['steps']} steps for every method.",
+        "",
+        "| layer | method | batch | channels/min | measure | median | colourfulness |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for layer, d in res["layers"].items():
+        out += [
+            f"| {layer} | {r['variant']} | {r['batch']} | {r['channels_per_min']:.1f} | {r['measure']} | "
+            f"{r['median']:.2f} | {r['median_colourfulness']} |"
+            for r in d["rows"]
+        ]
+    out += ["", "bfloat16 kept (median ≥ 98 % of float32's): "]
+    out[-1] += ", ".join(f"{layer} {'yes' if d['bfloat16_kept'] else 'no'}" for layer, d in res["layers"].items())
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--layers", default=",".join(LAYERS))
+    p.add_argument("--channels", type=int, default=64, help="channels per layer")
+    p.add_argument("--lucent-channels", type=int, default=8, help="of them, rendered by Lucent too")
+    p.add_argument("--steps", type=int, default=48)
+    p.add_argument("--batch", type=int, default=None, help="default: from free memory (1 on a CPU)")
+    p.add_argument("--no-lucent", action="store_true")
+    p.add_argument("--out", default=str(RESULTS / "gpu"))
+    args = p.parse_args()
+    import os
+
+    os.environ["FILTERSCOPE_NO_CACHE"] = "1"
+    res = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
