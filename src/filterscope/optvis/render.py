@@ -9,6 +9,7 @@ objective freezes only that image.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -271,10 +272,10 @@ class Renderer:
     def _forward(self, net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda x: net(self.model.normalize(x))
 
-    def _autocast(self):
-        """The network's precision (:data:`PRECISIONS`) for one forward pass."""
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """The network's precision (:data:`PRECISIONS`) for one forward pass (float32: no autocast at all)."""
         dtype = PRECISIONS[self.settings.precision]
-        return torch.autocast(self.model.device.type, dtype=dtype, enabled=dtype is not None)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.model.device.type, dtype=dtype)
 
     def _evaluate(self, st: _State, images: torch.Tensor) -> torch.Tensor:
         x = _fit(images, self.model.input_size)
