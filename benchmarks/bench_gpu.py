@@ -29,6 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import bench_progress as bp  # noqa: E402
 import bench_render as br  # noqa: E402
 
 RESULTS = HERE / "results"
@@ -43,21 +44,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
-def score(model, layer: str, channels: list[int], images) -> dict:
-    import numpy as np
-    import torch
-
-    from filterscope.jobs.evaluate import natural_max, score_images
-
-    pre = layer == "bn2"
-    stack = torch.stack([i.float().cpu() for i in images])
-    sc = score_images(model, layer, channels, stack, natural_max(model, layer, pre_relu=pre), pre_relu=pre)
-    value = [x.robust_activation if pre else x.robust_ratio for x in sc]
-    return {
-        "measure": "robust pre-activation" if pre else "robust ratio",
-        "median": round(float(np.median(value)), 3),
-        "median_colourfulness": round(float(np.median([x.colourfulness for x in sc])), 1),
-    }
+def _speed(n: int, sec: float) -> dict:
+    return {"channels_per_min": round(60 * n / sec, 2), "seconds": round(sec, 2)}
 
 
 def variant(model, layer: str, channels: list[int], name: str, steps: int, batch: int | None) -> dict:
@@ -75,8 +63,12 @@ def variant(model, layer: str, channels: list[int], name: str, steps: int, batch
     images = [r.image for r in render_stream(model, info, channels, settings, seed=0, batch=size)]
     br.sync(device)
     sec = time.perf_counter() - t0
-    speed = {"channels_per_min": round(60 * len(channels) / sec, 2), "seconds": round(sec, 2)}
-    return {"variant": name, "batch": size, **speed, **score(model, layer, channels, images)}
+    return {
+        "variant": name,
+        "batch": size,
+        **_speed(len(channels), sec),
+        **bp.score_layer(model, layer, channels, images),
+    }
 
 
 def lucent_variant(model, layer: str, channels: list[int], steps: int) -> dict:
@@ -86,8 +78,8 @@ def lucent_variant(model, layer: str, channels: list[int], steps: int) -> dict:
     images, _ = br.lucent(model, layer, channels, steps, device)
     br.sync(device)
     sec = time.perf_counter() - t0
-    speed = {"channels_per_min": round(60 * len(channels) / sec, 2), "seconds": round(sec, 2)}
-    return {"variant": "Lucent render_vis", "batch": 1, **speed, **score(model, layer, channels, images)}
+    scored = bp.score_layer(model, layer, channels, images)
+    return {"variant": "Lucent render_vis", "batch": 1, **_speed(len(channels), sec), **scored}
 
 
 def run(args) -> dict:
@@ -147,11 +139,7 @@ def main() -> None:
 
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"
     res = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    br.write_results(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

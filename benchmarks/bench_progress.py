@@ -91,41 +91,52 @@ def measure(model, layer: str, channels: list[int], settings) -> dict:
     }
 
 
-def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT) -> list[dict]:
-    """The directions checked where they were not tuned: the benchmark's own channels (bench_targets.py's),
-    every benchmarked layer, each as ``fast`` runs by default (early exit on); bn2 scored on its robust
-    pre-activation (ReLU6 caps the output)."""
+def score_layer(model, layer: str, channels: list[int], images) -> dict:
+    """The evaluator on renders ``images`` of ``channels``: median robust ratio, or for bn2 its robust
+    pre-activation (ReLU6 caps the output), with every value and the picture measures."""
     import torch
 
     from filterscope.jobs.evaluate import natural_max, score_images
+
+    pre = layer == "bn2"
+    stack = torch.stack([i.float().cpu() for i in images])
+    sc = score_images(model, layer, channels, stack, natural_max(model, layer, pre_relu=pre), pre_relu=pre)
+    value = [x.robust_activation if pre else x.robust_ratio for x in sc]
+    return {
+        "measure": "robust pre-activation" if pre else "robust ratio",
+        "median": round(float(np.median(value)), 3),
+        "values": [round(float(v), 3) for v in value],
+        "median_colourfulness": round(float(np.median([x.colourfulness for x in sc])), 1),
+        "median_rms_contrast": round(float(np.median([x.rms_contrast for x in sc])), 3),
+    }
+
+
+def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT) -> list[dict]:
+    """The directions checked where they were not tuned: the benchmark's own channels (bench_targets.py's),
+    every benchmarked layer, each as ``fast`` runs by default (early exit on); bn2 scored on its robust
+    pre-activation (:func:`score_layer`)."""
     from filterscope.jobs.stream import render_stream
     from filterscope.models.layers import get_layer
 
     rows = []
     for layer in ["blocks.1", "blocks.3", "blocks.5", "blocks.6", "bn2"]:
         chans = br.pick_channels(model, layer, 4)
-        pre = layer == "bn2"
         for name in variants:
             preset, changes, options = VARIANTS[name]
             s = settings_for(preset, changes, options, steps, early_exit=True)
             t0 = time.perf_counter()
             res = list(render_stream(model, get_layer(model, layer), chans, s, seed=0))
             sec = (time.perf_counter() - t0) / len(chans)
-            stack = torch.stack([r.image.float() for r in res])
-            sc = score_images(model, layer, chans, stack, natural_max(model, layer, pre_relu=pre), pre_relu=pre)
-            value = [x.robust_activation if pre else x.robust_ratio for x in sc]
+            scored = score_layer(model, layer, chans, [r.image for r in res])
             rows.append(
                 {
                     "layer": layer,
                     "start": name,
                     "channels": chans,
-                    "measure": "robust pre-activation" if pre else "robust ratio",
-                    "median": round(float(np.median(value)), 3),
-                    "values": [round(float(v), 3) for v in value],
+                    **{k: scored[k] for k in ("measure", "median", "values")},
                     "steps": float(np.mean([len(r.curve) for r in res])),
                     "s_per_channel": round(sec, 3),
-                    "median_colourfulness": round(float(np.median([x.colourfulness for x in sc])), 1),
-                    "median_rms_contrast": round(float(np.median([x.rms_contrast for x in sc])), 3),
+                    **{k: scored[k] for k in ("median_colourfulness", "median_rms_contrast")},
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
@@ -224,11 +235,7 @@ def main() -> None:
     if args.held_out_only and Path(args.out).with_suffix(".json").exists():  # keep the curves measured before
         before = json.loads(Path(args.out).with_suffix(".json").read_text())
         res = {**before, "held_out": res["held_out"]}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    br.write_results(args.out, res, markdown(res))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,18 @@ def peak_mib(device: str) -> dict:
     return out
 
 
+def write_results(out, res: dict, markdown: str) -> None:
+    """``out``.json (``res``) and ``out``.md (``markdown``), the parent folder made; the markdown printed."""
+    import json
+    from pathlib import Path
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         import torch

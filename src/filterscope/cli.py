@@ -141,6 +141,12 @@ def _optimizers():
     return OPTIMIZERS
 
 
+def _precisions():
+    from .optvis.render import PRECISIONS
+
+    return PRECISIONS
+
+
 CHANNELS = ChannelList()
 METHOD = RegistryChoice("method", _presets)
 
@@ -268,7 +274,7 @@ def backend_options(backend_help: str, *, workers: tuple[int | None, str], threa
 def render_options(f):
     f = click.option(
         "--precision",
-        type=click.Choice(["float32", "bfloat16"]),
+        type=RegistryChoice("precision", _precisions),
         default=None,
         help="The network's arithmetic in the render loop (default float32; bfloat16 runs it under autocast).",
     )(f)
