@@ -3,6 +3,7 @@ channel — beside ``fast`` and Lucid-512, on *tuning* channels (not the ones be
 
     python benchmarks/bench_progress.py                     # all variants, ~6 min on 2 idle CPU cores
     python benchmarks/bench_progress.py --variants fast,cosine --steps 32,64
+    python benchmarks/bench_progress.py --seed-noise-only       # how far a median moves with the seed alone
 
 Every variant is the ``fast`` preset with some settings changed, run without early exit so each point is
 exactly its step count. One process; the seconds are measured in it (a shared machine inflates all alike).
@@ -45,9 +46,17 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "2 views per step": ("fast", {"views": 2}, {}),
     "light transforms": ("fast", {"transforms": "light"}, {}),
     "bfloat16 network": ("fast", {"precision": "bfloat16"}, {}),
+    # MACO's magnitude prior as the Fourier preconditioner, amplitudes still learned (``spectrum="natural"``)
+    "natural spectrum": ("fast", {}, {"spectrum": "natural"}),
 }
 # the held-out check: today's default beside the directions that gained on the tuning channels
-HELD_OUT = ["fast natural start 0.5 (default)", "light transforms", "steeper spectrum (decay 1.25)", "2 views per step"]
+HELD_OUT = [
+    "fast natural start 0.5 (default)",
+    "light transforms",
+    "steeper spectrum (decay 1.25)",
+    "2 views per step",
+    "natural spectrum",
+]
 
 
 def tuning_channels(model, layer: str, n: int) -> list[int]:
@@ -70,7 +79,7 @@ def settings_for(preset: str, changes: dict, options: dict, steps: int | None = 
     return s.with_(steps=steps) if early_exit else s.with_(steps=steps, converge=0.0)
 
 
-def measure(model, layer: str, channels: list[int], settings) -> dict:
+def measure(model, layer: str, channels: list[int], settings, seed: int = 0) -> dict:
     import torch
 
     from filterscope.jobs.evaluate import natural_max, score_images
@@ -78,7 +87,7 @@ def measure(model, layer: str, channels: list[int], settings) -> dict:
     from filterscope.models.layers import get_layer
 
     t0 = time.perf_counter()
-    images = [r.image for r in render_stream(model, get_layer(model, layer), channels, settings, seed=0)]
+    images = [r.image for r in render_stream(model, get_layer(model, layer), channels, settings, seed=seed)]
     sec = (time.perf_counter() - t0) / len(channels)
     stack = torch.stack([i.float() for i in images])
     scores = score_images(model, layer, channels, stack, natural_max(model, layer))
@@ -143,6 +152,19 @@ def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT) ->
     return rows
 
 
+def seed_noise(model, layers: list[str], n: int = 8, seeds: tuple[int, ...] = (0, 1, 2), steps: int = 64) -> list[dict]:
+    """How far a median moves with the render seed alone: ``fast`` at ``steps`` on ``n`` tuning channels per
+    layer, once per seed. A difference between variants smaller than this spread is not a finding."""
+    rows = []
+    for layer in layers:
+        chans = tuning_channels(model, layer, n)
+        s = settings_for("fast", {}, {}, steps)
+        meds = [measure(model, layer, chans, s, seed)["median_robust_ratio"] for seed in seeds]
+        rows.append({"layer": layer, "channels": chans, "steps": steps, "seeds": list(seeds), "medians": meds})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def markdown(res: dict) -> str:
     curves = (
         f" Tuning channels {res['channels']} (not the benchmark's)."
@@ -171,6 +193,21 @@ def markdown(res: dict) -> str:
                     for s in steps
                 )
                 + " |"
+            )
+        out.append("")
+    if res.get("seed_noise"):
+        out += [
+            "### Seed noise: `fast` at the same settings, only the render seed changed",
+            "",
+            "| layer | channels | steps | medians (seeds 0, 1, 2) | spread |",
+            "|---|---|---|---|---|",
+        ]
+        for r in res["seed_noise"]:
+            m = r["medians"]
+            spread = (max(m) - min(m)) / float(np.median(m))
+            out.append(
+                f"| {r['layer']} | {len(r['channels'])} | {r['steps']} | {', '.join(f'{x:.2f}' for x in m)} | "
+                f"{100 * spread:.1f} % |"
             )
         out.append("")
     if res.get("held_out"):
@@ -203,6 +240,9 @@ def main() -> None:
         action="store_true",
         help="only the held-out check of float32 against a bfloat16 network (results/precision.json)",
     )
+    p.add_argument(
+        "--seed-noise-only", action="store_true", help="only the seed-noise check (kept with the other results)"
+    )
     p.add_argument("--out", default=str(RESULTS / "progress"))
     args = p.parse_args()
     if args.precision_check:
@@ -230,11 +270,15 @@ def main() -> None:
                 r = measure(model, layer, chans[layer], settings_for(preset, changes, options, steps))
                 rows.append({"layer": layer, "variant": v, "steps": steps, **r})
                 print(json.dumps(rows[-1]), flush=True)
-    checked = held_out(model, variants=args.held_out.split(","))
+    if args.seed_noise_only:
+        args.held_out_only = True
+    noise = seed_noise(model, layers) if args.seed_noise_only or not args.held_out_only else []
+    checked = [] if args.seed_noise_only else held_out(model, variants=args.held_out.split(","))
     res = {"machine": br.machine(), "layers": layers, "channels": chans, "rows": rows, "held_out": checked}
-    if args.held_out_only and Path(args.out).with_suffix(".json").exists():  # keep the curves measured before
+    res["seed_noise"] = noise
+    if args.held_out_only and Path(args.out).with_suffix(".json").exists():  # keep what was measured before
         before = json.loads(Path(args.out).with_suffix(".json").read_text())
-        res = {**before, "held_out": res["held_out"]}
+        res = {**before, **{k: v for k, v in (("held_out", checked), ("seed_noise", noise)) if v}}
     br.write_results(args.out, res, markdown(res))
 
 

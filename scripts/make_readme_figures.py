@@ -54,7 +54,9 @@ def screenshots(atlas: Path) -> None:
         page.screenshot(path=str(DOCS / "atlas_layer.png"))
         ex = json.loads((atlas / "examples.json").read_text())
         chans = ex["layers"][layer]["channels"]
-        best = max(chans, key=lambda c: chans[c]["max"])
+        # the best-firing channel among those rendered (an atlas of some channels has pages for those only)
+        rendered = [c for c in chans if (atlas / layer / f"channel_{int(c):04d}.html").exists()]
+        best = max(rendered, key=lambda c: chans[c]["max"])
         page.goto((atlas / layer / f"channel_{int(best):04d}.html").resolve().as_uri())
         page.screenshot(path=str(DOCS / "atlas_channel.png"), full_page=True)
         b.close()

@@ -63,6 +63,7 @@ def test_cli_class_render_uses_the_logit_preset_unless_told(how, tmp_path):
         dict(views=65),
         dict(views=True),
         dict(precision="float16"),
+        dict(param_options=(("spectrum", "pink"),)),
     ],
 )
 def test_bad_research_options_are_refused(bad):
@@ -90,6 +91,7 @@ def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
         dict(param_options=(("init_contrast", 0.5),)),
         dict(views=3),
         dict(precision="bfloat16"),
+        dict(param_options=(("spectrum", "natural"),)),
     ],
 )
 def test_research_options_render_and_are_seeded(tiny_model, change):
@@ -110,6 +112,24 @@ def test_natural_start_has_the_asked_contrast_and_lucids_start_is_grey():
         assert x.std().item() == pytest.approx(c, rel=1e-3)
     assert make_param("fourier", [5], 64)().std().item() < 0.02
     assert make_param("fourier", [5], 64, init_contrast=1.0)().std().item() > 0.15
+
+
+def test_natural_spectrum_preconditions_like_photos_at_lucids_overall_scale():
+    """``spectrum="natural"`` scales the coefficients by the photos' mean spectrum instead of 1/f: the same L2
+    norm (one learning rate means the same), relatively less on the lowest frequencies; it is recorded."""
+    from filterscope.optvis.param import spectrum_scale
+
+    lucid, natural = spectrum_scale(64), spectrum_scale(64, "natural")
+    assert lucid.shape == natural.shape == (1, 1, 64, 33, 1)
+    assert natural.norm().item() == pytest.approx(lucid.norm().item(), rel=1e-5)
+    # the lowest horizontal frequency against a mid one (12 cycles per image)
+    assert natural[0, 0, 0, 1, 0] / natural[0, 0, 0, 12, 0] < lucid[0, 0, 0, 1, 0] / lucid[0, 0, 0, 12, 0]
+    p = make_param("fourier", [3], 64, spectrum="natural")
+    assert p.describe()["spectrum"] == "natural" and "spectrum" not in make_param("fourier", [3], 64).describe()
+    with pytest.raises(UsageError, match="decay_power"):
+        spectrum_scale(64, "natural", decay_power=1.25)
+    with pytest.raises(UsageError, match="unknown spectrum"):
+        make_param("fourier", [3], 64, spectrum="pink")
 
 
 def test_photo_priors_stay_off_for_models_of_other_images():

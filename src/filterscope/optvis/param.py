@@ -214,9 +214,32 @@ class PixelParam(ImageParam):
         return {**super().describe(), "noise": list(self.noise)}
 
 
+SPECTRA = ("1/f", "natural")
+
+
+def spectrum_scale(size: int, spectrum: str = "1/f", decay_power: float = 1.0) -> torch.Tensor:
+    """The per-frequency scale of the ``fourier`` coefficients ``[1, 1, size, size//2+1, 1]``: Lucid's
+    ``1/f^decay_power``, or ``natural``: the shipped mean magnitude spectrum of photos (MACO's prior, its
+    colour channels averaged) at the same overall size (L2 norm), so one learning rate means the same."""
+    from ..errors import UsageError
+
+    if spectrum not in SPECTRA:
+        raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
+    f = rfft_freqs(size, size)
+    scale = torch.tensor(1.0 / np.maximum(f, 1.0 / size) ** decay_power, dtype=torch.float32)
+    if spectrum == "natural":
+        if decay_power != 1.0:
+            raise UsageError("decay_power applies to the 1/f spectrum only, not to spectrum='natural'")
+        mag = natural_magnitude(size, size).mean(0)
+        scale = mag * (scale.norm() / mag.norm())
+    return scale[None, None, :, :, None]
+
+
 @register_param("fourier")
 class FourierParam(ImageParam):
-    """Lucid's ``fft_image``: 1/f-scaled rfft coefficients, orthonormal inverse, divided by 4."""
+    """Lucid's ``fft_image``: rfft coefficients scaled per frequency (``spectrum``: Lucid's 1/f, or the photos'
+    own mean spectrum), orthonormal inverse, divided by 4. The scale preconditions the optimiser: a step moves
+    each frequency in proportion to it."""
 
     def __init__(
         self,
@@ -226,14 +249,14 @@ class FourierParam(ImageParam):
         decay_power: float = 1.0,
         sd: float = 0.01,
         init_contrast: float = 0.0,
+        spectrum: str = "1/f",
         **kwargs,
     ):
         self.sd = sd
         self.decay_power = decay_power
         self.init_contrast = float(init_contrast)
-        f = rfft_freqs(size, size)
-        scale = torch.tensor(1.0 / np.maximum(f, 1.0 / size) ** decay_power, dtype=torch.float32)
-        self._scale = scale[None, None, :, :, None]
+        self.spectrum = spectrum
+        self._scale = spectrum_scale(size, spectrum, decay_power)
         super().__init__(seeds, size, decorrelate, **kwargs)
         self.register_buffer("scale", self._scale)
         # Lucid divides the synthesised image by 4; the division is folded into the (linear) scaling
@@ -259,6 +282,8 @@ class FourierParam(ImageParam):
 
     def describe(self) -> dict:
         d = {**super().describe(), "decay_power": self.decay_power}
+        if self.spectrum != "1/f":
+            d["spectrum"] = self.spectrum
         return {**d, "init_contrast": self.init_contrast} if self.init_contrast > 0 else d
 
 

@@ -27,7 +27,7 @@ from .fold import fold_batchnorm
 from .hooks import capture, run
 from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
-from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
+from .param import SPECTRA, ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
 from .relu import final_relus, redirect_relu, relus_before
 from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, Views, make_transform
 
@@ -108,6 +108,9 @@ class RenderSettings:
             raise UsageError(f"views must be a whole number from 1 to 64, got {self.views}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}", hint="use " + " or ".join(PRECISIONS))
+        spectrum = dict(self.param_options).get("spectrum", SPECTRA[0])
+        if spectrum not in SPECTRA:
+            raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 

@@ -70,7 +70,10 @@ def circuit_figure(res) -> plt.Figure:
     ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
     ax.xaxis.get_offset_text().set_fontsize(7)
     ax.yaxis.get_offset_text().set_fontsize(7)
-    ax.set_title(f"all {len(res.inputs)} inputs", fontsize=9)
+    agree = res.linear.get("agreement", {}).get(res.linear.get("linearize", "identity"), {})
+    rho = agree.get("spearman_attribution")
+    vs = f" · weight vs attribution: Spearman {rho:+.2f}" if rho is not None and np.isfinite(rho) else ""
+    ax.set_title(f"all {len(res.inputs)} inputs{vs}", fontsize=9)
     ax = fig.add_subplot(gs[0, 2 * third + (cols % 3 > 1) :])
     ab = res.ablation
     if ab:
@@ -92,7 +95,7 @@ def circuit_figure(res) -> plt.Figure:
         else:
             ax.text(0.5, 0.5, "no render", ha="center", va="center", fontsize=8, transform=ax.transAxes)
         ax.set_title(
-            f"{i.channel}: {i.sign}\nw {i.weight:+.3f} · attr {i.attribution:+.3f}",
+            f"{i.channel}: {i.sign}\nw {i.weight:+.3g} · attr {i.attribution:+.3g}",
             fontsize=7.5,
             color=EXCITE if i.weight > 0 else INHIBIT,
         )
