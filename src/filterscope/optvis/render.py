@@ -45,11 +45,21 @@ def _cosine(step: int, total: int) -> float:
 
 # learning-rate multiplier at ``step`` of ``total`` (torch's LambdaLR runs it)
 SCHEDULES: dict[str, Callable[[int, int], float] | None] = {"constant": None, "cosine": _cosine}
-_LATER_FIELDS = {"schedule": "constant", "coarse": 0.0, "views": 1, "precision": "float32"}
+_LATER_FIELDS = {
+    "schedule": "constant",
+    "coarse": 0.0,
+    "views": 1,
+    "precision": "float32",
+    "lowres": 0.0,
+    "lowres_carry": "resize",
+}
 # the network's arithmetic in the loop: float32, or bfloat16 under torch.autocast (the image, its
 # parameterisation, the objective and the optimiser stay float32)
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 MIN_SIZE = 16  # the smallest rendered side: a CNN's stem divides by 16-32
+# resize: bicubic, so features grow 2× (Lucid's lowres_tensor); tile: 2×2 copies at the same pixel scale
+LOWRES_CARRY = ("resize", "tile")
+MIN_LOWRES = 64  # the smallest half-size side a lowres phase runs at (else it is dropped: for_model)
 SMALL_INPUT = 96  # models with a smaller input render on a larger canvas seen through random crops
 CANVAS_FACTOR = 2  # the canvas of a small-input model: 2× its input side (4× and 50-100 % crops: digits 6/10)
 
@@ -75,6 +85,8 @@ class RenderSettings:
     window: int = 8
     schedule: str = "constant"  # learning-rate schedule over ``steps``, a name in SCHEDULES
     coarse: float = 0.0  # fraction of the steps run on random half-side crops (same pixel scale, ~4× cheaper)
+    lowres: float = 0.0  # fraction of the steps run on a half-size image, then carried to full size (coarse-to-fine)
+    lowres_carry: str = "resize"  # how the half-size image becomes the full one, a name in LOWRES_CARRY
     views: int = 1  # independently transformed views of each image per step; the step follows their mean
     precision: str = "float32"  # a name in PRECISIONS
     transform_scale: float | None = None  # transforms' pixel amounts ×; None: from the input size (for_model)
@@ -104,6 +116,12 @@ class RenderSettings:
             raise UsageError(f"unknown schedule {self.schedule!r}", hint="use " + ", ".join(SCHEDULES))
         if not (isinstance(self.coarse, (int, float)) and 0 <= self.coarse < 1):
             raise UsageError(f"coarse must be in [0, 1), got {self.coarse}")
+        if not (isinstance(self.lowres, (int, float)) and 0 <= self.lowres < 1):
+            raise UsageError(f"lowres must be in [0, 1), got {self.lowres}")
+        if self.lowres_carry not in LOWRES_CARRY:
+            raise UsageError(f"unknown lowres_carry {self.lowres_carry!r}", hint="use " + " or ".join(LOWRES_CARRY))
+        if self.lowres and self.coarse:
+            raise UsageError("lowres and coarse are two cheaper first phases: use one of them")
         if isinstance(self.views, bool) or not isinstance(self.views, int) or not 1 <= self.views <= 64:
             raise UsageError(f"views must be a whole number from 1 to 64, got {self.views}")
         if self.precision not in PRECISIONS:
@@ -133,7 +151,10 @@ class RenderSettings:
         - decorrelation: ``natural-rgb`` (the shipped matrix) for 3 channels, ``none`` for 1 channel (a
           scalar) or without ``decorrelate``, ``estimated from DIR`` for other counts when
           ``decorrelation_images`` is given, else ``none``;
-        - the ``fourier`` natural start (``init_contrast``) only with ``natural-rgb``: it is a photo prior.
+        - the ``fourier`` natural start (``init_contrast``) only with ``natural-rgb``: it is a photo prior;
+        - ``lowres`` only where it can run: a param that can start from a resized render (``fourier``,
+          ``pixel``), an image seen whole (not a canvas larger than the input), a half side of at least
+          :data:`MIN_LOWRES` pixels (and an even side to ``tile``).
         """
         size, scale, crop_min = self.size, self.transform_scale, self.crop_min
         if model.input_size < SMALL_INPUT:
@@ -156,8 +177,25 @@ class RenderSettings:
         if how != "natural-rgb" and dict(options).get("init_contrast", 0) > 0:
             # the natural start is a photo's spectrum in the natural-RGB colour space: elsewhere, Lucid's start
             options = tuple((k, 0.0 if k == "init_contrast" else v) for k, v in options)
+        lowres = self.lowres
+        side = size or model.input_size
+        if lowres and (
+            not getattr(param_registry()[self.param], "resizable", False)
+            or side > model.input_size
+            or side // 2 < MIN_LOWRES
+            or (self.lowres_carry == "tile" and side % 2)
+        ):
+            lowres = 0.0
+        carry = self.lowres_carry if lowres else "resize"
         return replace(
-            self, size=size, transform_scale=scale, crop_min=crop_min, decorrelation=how, param_options=options
+            self,
+            size=size,
+            transform_scale=scale,
+            crop_min=crop_min,
+            decorrelation=how,
+            param_options=options,
+            lowres=lowres,
+            lowres_carry=carry,
         )
 
     def as_dict(self) -> dict:
@@ -339,9 +377,11 @@ class Renderer:
             batch=len(seeds),
             forward=self._forward(net),
         )
+        # the coarse-to-fine phase runs where the objective stops at a layer (a head may need the full size)
+        low = round(s.lowres * s.steps) if not objective.needs_logits else 0
         if SCHEDULES[s.schedule] is not None:
             fn = SCHEDULES[s.schedule]
-            st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda k: fn(k, s.steps))
+            st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda k: fn(k, s.steps - low))
         t0 = time.perf_counter()
         with st.cap:
             with torch.no_grad():
@@ -350,7 +390,15 @@ class Renderer:
             dead = s.redirect_relu and bool((before == 0).any())
             relus = relus_before(net, self.orders, objective.layers) if dead else []
             with redirect_relu(net, relus):
-                interrupted = self._optimise(st, on_step, should_stop)
+                interrupted = False
+                if low:
+                    half = make_param(s.param, seeds, self.size // 2, **options).to(self.model.device)
+                    opt = OPTIMIZERS[s.optimizer](list(half.tensors), lr=s.lr)
+                    interrupted = self._optimise(st, on_step, should_stop, half, opt, self.size // 2, 0, low)
+                    # carried even when interrupted: the run keeps what the half-size steps made
+                    param.load_resized(half, tile=s.lowres_carry == "tile")
+                if not interrupted:
+                    interrupted = self._optimise(st, on_step, should_stop, param, st.opt, None, low, s.steps)
             with torch.no_grad():
                 final = st.param().detach()
                 after = self._evaluate(st, final).float().cpu()
@@ -366,15 +414,27 @@ class Renderer:
             s,
         )
 
-    def _optimise(self, st: _State, on_step, should_stop) -> bool:
-        """The optimisation steps; returns whether a stop request interrupted them."""
+    def _optimise(
+        self,
+        st: _State,
+        on_step,
+        should_stop,
+        param: ImageParam,
+        opt: torch.optim.Optimizer,
+        side: int | None,
+        first: int,
+        last: int,
+    ) -> bool:
+        """Steps ``first`` to ``last`` on ``param`` (seen at ``side`` pixels; None: the model's input size,
+        converging as the settings say); returns whether a stop request interrupted them."""
         s = self.settings
         b = st.batch
-        side = self.model.input_size
+        full = side is None
+        side = self.model.input_size if full else side
         coarse = round(s.coarse * s.steps)
-        for step in range(s.steps):
-            st.opt.zero_grad(set_to_none=True)
-            images = st.param()
+        for step in range(first, last):
+            opt.zero_grad(set_to_none=True)
+            images = param()
             x = _fit(st.transform(images, st.gens, side), side)
             if step < coarse:
                 x = _half_crops(x, st.gens, st.batch)
@@ -395,16 +455,17 @@ class Renderer:
                 return False
             (-values[st.active.to(values.device)].sum()).backward()
             for i in torch.nonzero(~st.active).flatten().tolist():
-                st.param.tensors[i].grad = None  # frozen images: optimisers skip parameters without gradient
-            st.opt.step()
-            if st.sched is not None:
+                param.tensors[i].grad = None  # frozen images: optimisers skip parameters without gradient
+            opt.step()
+            if st.sched is not None and full:
                 st.sched.step()
-            st.param.project()
+            param.project()
             for i in range(b):
                 st.curves[i].append(float(vals[i]))
             st.done = step + 1
-            if s.converge > 0:
-                st.active &= ~torch.tensor([_converged(c, s.window, s.converge) for c in st.curves])
+            if s.converge > 0 and full:
+                # only the full-size values: a half-size phase's are on another scale
+                st.active &= ~torch.tensor([_converged(c[first:], s.window, s.converge) for c in st.curves])
                 if not st.active.any():
                     return False
             if on_step:
