@@ -253,6 +253,7 @@ def test_lowres_runs_only_where_it_can(tiny_model, tiny_128):
     assert "lowres" not in lowres.for_model(tiny_model).as_dict()
     assert lowres.with_(param="maco").for_model(tiny_128).lowres == 0.0
     assert lowres.with_(size=96).for_model(tiny_128).lowres == 0.0  # a 48 px half side is below MIN_LOWRES
+    assert lowres.with_(size=112).for_model(tiny_128).lowres == 0.0  # resized to the input: another scale
     assert lowres.with_(lowres_carry="tile").for_model(tiny_128).as_dict()["lowres_carry"] == "tile"
     assert "lowres_carry" not in FEW.with_(lowres_carry="tile").for_model(tiny_128).as_dict()  # no lowres phase
     obj = channel("conv2", 1)
@@ -273,3 +274,19 @@ def test_lowres_renders_full_size_seeded_and_keeps_an_interrupted_first_phase(ti
     tiled = Renderer(tiny_128, FEW.with_(steps=8, lowres=0.99, lowres_carry="tile")).render(channel("conv2", 7), [11])
     img = tiled.images[0]
     assert tiled.steps_done == 8 and torch.allclose(img[:, :64], img[:, 64:], atol=1e-5)  # all 8 at half size
+
+
+def test_lowres_is_only_for_channel_objectives_and_the_result_says_what_ran(tiny_128):
+    """A position (``neuron``) or a head (``logit``) needs the full size: those render all steps at full size
+    and their result records ``lowres`` 0; an objective that dies in the half-size phase stops there."""
+    from filterscope.optvis.objectives import Objective, logit, neuron
+
+    ren = Renderer(tiny_128, FEW.with_(steps=6, lowres=0.5))
+    assert ren.render(channel("conv2", 3), [1]).settings.lowres == 0.5
+    for obj in (neuron("conv2", 3, 5, 7), logit(2)):
+        res = ren.render(obj, [1])
+        assert res.settings.lowres == 0.0 and res.steps_done == 6
+    base = channel("conv2", 3)
+    dead = Objective(lambda ctx: base(ctx) * float("nan"), "nan", base.layers, target=base.target)
+    res = ren.render(dead, [1])
+    assert "non-finite" in res.status[0] and res.steps_done == 1

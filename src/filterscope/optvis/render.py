@@ -153,7 +153,7 @@ class RenderSettings:
           ``decorrelation_images`` is given, else ``none``;
         - the ``fourier`` natural start (``init_contrast``) only with ``natural-rgb``: it is a photo prior;
         - ``lowres`` only where it can run: a param that can start from a resized render (``fourier``,
-          ``pixel``), an image seen whole (not a canvas larger than the input), a half side of at least
+          ``pixel``), an image at the model's input size (not a canvas, not resized), a half side of at least
           :data:`MIN_LOWRES` pixels (and an even side to ``tile``).
         """
         size, scale, crop_min = self.size, self.transform_scale, self.crop_min
@@ -181,7 +181,7 @@ class RenderSettings:
         side = size or model.input_size
         if lowres and (
             not getattr(param_registry()[self.param], "resizable", False)
-            or side > model.input_size
+            or side != model.input_size
             or side // 2 < MIN_LOWRES
             or (self.lowres_carry == "tile" and side % 2)
         ):
@@ -290,8 +290,11 @@ class Renderer:
         self.size = settings.size or model.input_size
         self.color = _color(model, settings)
         scripted = isinstance(model.net, torch.jit.ScriptModule)
-        self.calls = {} if scripted else {i.name: i.calls for i in list_layers(model)}
-        self.orders = {} if scripted else {i.name: i.order for i in list_layers(model)}
+        infos = [] if scripted else list_layers(model)
+        self.calls = {i.name: i.calls for i in infos}
+        self.orders = {i.name: i.order for i in infos}
+        # layers whose maps are not a conv's (token grids of a fixed size): no half-size phase there
+        self.fixed_grid = {i.name for i in infos if i.tokens}
 
     def _transform(self) -> Transform:
         t = make_transform(self.settings.transforms, self.settings.transform_scale or 1.0)
@@ -377,8 +380,13 @@ class Renderer:
             batch=len(seeds),
             forward=self._forward(net),
         )
-        # the coarse-to-fine phase runs where the objective stops at a layer (a head may need the full size)
-        low = round(s.lowres * s.steps) if not objective.needs_logits else 0
+        # the coarse-to-fine phase runs for channel objectives (spatial means, so the map's size does not
+        # matter) on conv maps; a position, a head or a token grid needs the full size
+        target = objective.target
+        channels_only = target is not None and target.kind == "channel" and not objective.needs_logits
+        low = round(s.lowres * s.steps) if channels_only and not objective.layers & self.fixed_grid else 0
+        if s.lowres and not low:
+            s = replace(s, lowres=0.0, lowres_carry="resize")  # the result records what ran
         if SCHEDULES[s.schedule] is not None:
             fn = SCHEDULES[s.schedule]
             st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda k: fn(k, s.steps - low))
@@ -397,7 +405,7 @@ class Renderer:
                     interrupted = self._optimise(st, on_step, should_stop, half, opt, self.size // 2, 0, low)
                     # carried even when interrupted: the run keeps what the half-size steps made
                     param.load_resized(half, tile=s.lowres_carry == "tile")
-                if not interrupted:
+                if not interrupted and st.active.any():
                     interrupted = self._optimise(st, on_step, should_stop, param, st.opt, None, low, s.steps)
             with torch.no_grad():
                 final = st.param().detach()
