@@ -48,7 +48,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "bfloat16 network": ("fast", {"precision": "bfloat16"}, {}),
     # MACO's magnitude prior as the Fourier preconditioner, amplitudes still learned (``spectrum="natural"``)
     "natural spectrum": ("fast", {}, {"spectrum": "natural"}),
-    # coarse-to-fine: the first 40 % of the steps on a half-size image (~half a step's cost here), then carried
+    # coarse-to-fine: the first 40 % of the steps on a half-size image (~0.4 of a step's cost here), then carried
     # to full size resized (features grow 2×, Lucid's lowres_tensor) or tiled 2×2 (same pixel scale); 64 steps
     # when held out, about fast's 48 in seconds
     "half size first 40 %": ("fast", {"lowres": 0.4, "steps": 64}, {}),

@@ -180,7 +180,7 @@ class RenderSettings:
         lowres = self.lowres
         side = size or model.input_size
         if lowres and (
-            not getattr(param_registry()[self.param], "resizable", False)
+            not param_registry()[self.param].resizable
             or side != model.input_size
             or side // 2 < MIN_LOWRES
             or (self.lowres_carry == "tile" and side % 2)
@@ -400,9 +400,10 @@ class Renderer:
             with redirect_relu(net, relus):
                 interrupted = False
                 if low:
-                    half = make_param(s.param, seeds, self.size // 2, **options).to(self.model.device)
+                    side = self.size // 2
+                    half = make_param(s.param, seeds, side, **options).to(self.model.device)
                     opt = OPTIMIZERS[s.optimizer](list(half.tensors), lr=s.lr)
-                    interrupted = self._optimise(st, on_step, should_stop, half, opt, self.size // 2, 0, low)
+                    interrupted = self._optimise(st, on_step, should_stop, half, opt, side, 0, low)
                     # carried even when interrupted: the run keeps what the half-size steps made
                     param.load_resized(half, tile=s.lowres_carry == "tile")
                 if not interrupted and st.active.any():
