@@ -217,7 +217,12 @@ def _ok(flag: bool | None) -> str:
 
 
 def report(res: dict) -> str:
-    lines = [f"Machine: {res['machine']}. `python benchmarks/bench_targets.py`: {res['seconds'] / 60:.1f} min.", ""]
+    lines = [f"Machine: {res['machine']}. `python benchmarks/bench_targets.py`: {res['seconds'] / 60:.1f} min."]
+    # ``remeasured``: sections run again later with --only and merged into targets.json by hand (the run's
+    # own seconds and machine stay the first run's)
+    for section, again in res.get("remeasured", {}).items():
+        lines[0] += f" Section `{section}` measured again ({again['why']}): {again['seconds'] / 60:.1f} min."
+    lines.append("")
     lines += ["| # | target | measured | |", "|---|---|---|---|"]
     lay = res.get("layout")
     if lay:

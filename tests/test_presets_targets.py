@@ -68,6 +68,9 @@ def test_cli_class_render_uses_the_logit_preset_unless_told(how, tmp_path):
         dict(lowres=-0.1),
         dict(lowres=0.5, coarse=0.5),
         dict(lowres=0.5, lowres_carry="mirror"),
+        dict(ema=1.0),
+        dict(ema=-0.1),
+        dict(ema=True),
     ],
 )
 def test_bad_research_options_are_refused(bad):
@@ -79,7 +82,10 @@ def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
     """Settings at the new fields' defaults keep their cache keys (existing caches stay valid); set, they key."""
     base = FEW.for_model(tiny_model).as_dict()
     assert not {"schedule", "coarse", "views", "precision", "lowres"} & set(base)
+    assert base["ema"] == 0.8  # fast's averaging is recorded
+    assert "ema" not in FEW.with_(ema=0.0).for_model(tiny_model).as_dict()  # off: out of the record
     obj = channel("conv2", 1)
+    assert render_key(tiny_model, obj, FEW.with_(ema=0.0), 0)[0] != render_key(tiny_model, obj, FEW, 0)[0]
     k0 = render_key(tiny_model, obj, FEW, 0)[0]
     assert render_key(tiny_model, obj, FEW.with_(schedule="cosine"), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(coarse=0.5), 0)[0] != k0
@@ -96,6 +102,8 @@ def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
         dict(views=3),
         dict(precision="bfloat16"),
         dict(param_options=(("spectrum", "natural"),)),
+        dict(ema=0.0),
+        dict(param="laplacian", lr=0.1),
     ],
 )
 def test_research_options_render_and_are_seeded(tiny_model, change):
@@ -267,6 +275,9 @@ def test_lowres_renders_full_size_seeded_and_keeps_an_interrupted_first_phase(ti
     assert torch.equal(a.images, b.images) and a.images.shape == (1, 3, 128, 128)
     assert a.steps_done == 8 and len(a.curves[0]) == 8
     assert a.after[0] > a.before[0]
+    # its start is the half-size image: ``before`` is that image's objective (as a 64 px render's start)
+    assert a.before == Renderer(tiny_128, FEW.with_(size=64)).render(channel("conv2", 7), [11]).before
+    assert a.before != Renderer(tiny_128, FEW).render(channel("conv2", 7), [11]).before
     calls = []
     cut = ren.render(channel("conv2", 7), [11], on_step=calls.append, should_stop=lambda: len(calls) >= 2)
     assert cut.interrupted and cut.steps_done == 2 and cut.images.shape == (1, 3, 128, 128)
@@ -290,3 +301,44 @@ def test_lowres_is_only_for_channel_objectives_and_the_result_says_what_ran(tiny
     dead = Objective(lambda ctx: base(ctx) * float("nan"), "nan", base.layers, target=base.target)
     res = ren.render(dead, [1])
     assert "non-finite" in res.status[0] and res.steps_done == 1
+
+
+def test_ema_returns_the_running_average_of_the_steps(tiny_model):
+    """``ema`` makes the result the running average of the parameters: with decay 0.75 over two steps, the
+    Fourier image before the sigmoid (linear in the coefficients) is 0.75 of the first step's and 0.25 of the
+    last's."""
+    two = FEW.with_(steps=2, ema=0.0)
+    obj = channel("conv2", 4)
+    one = Renderer(tiny_model, two.with_(steps=1)).render(obj, [3]).images
+    last = Renderer(tiny_model, two).render(obj, [3]).images
+    avg = Renderer(tiny_model, two.with_(ema=0.75)).render(obj, [3])
+    assert avg.settings.ema == 0.75 and avg.steps_done == 2
+    ok = (last > 0.02) & (last < 0.98) & (one > 0.02) & (one < 0.98)
+    want = 0.75 * torch.logit(one) + 0.25 * torch.logit(last)
+    assert torch.allclose(torch.logit(avg.images)[ok], want[ok], atol=1e-3)
+    assert (avg.images - last).abs().max() > 1e-3  # not the last step's image
+
+
+def test_laplacian_levels_sum_and_start_like_fourier():
+    """The pyramid's image before the colour mapping is the sum of its upsampled levels (``level_gain**k``);
+    its natural start is ``fourier``'s (same contrast) in the finest level."""
+    p = make_param("laplacian", [5], 64, init_contrast=0.5, level_gain=2.0)
+    assert p.sides == [64, 32, 16, 8, 4]
+    t = p.tensors[0].detach().clone()
+    assert p.spatial(t).std().item() == pytest.approx(0.5, rel=1e-3)
+    shifted = t.clone()
+    shifted[0, -3 * 4 * 4 :] += 1.0  # the coarsest level, 4 px, up by 1 everywhere
+    assert torch.allclose(p.spatial(shifted) - p.spatial(t), torch.full((1, 3, 64, 64), 2.0**4), atol=1e-5)
+    assert make_param("laplacian", [5], 64)().std().item() < 0.02  # without a natural start: near grey
+
+
+def test_an_averaged_render_does_not_depend_on_its_batch(tiny_model):
+    """With early exit and averaging on (as in ``fast``), an image that stops early keeps its average while
+    its batchmates run on: alone or in a batch, the same picture (up to a batched conv's float rounding)."""
+    ren = Renderer(tiny_model, FEW.with_(steps=20, converge=0.05, window=2, ema=0.8))
+    objs, seeds = [channel("conv2", 2), channel("conv2", 1)], [2, 1]
+    together = ren.render(objs, seeds)
+    alone = [ren.render(o, [sd]) for o, sd in zip(objs, seeds)]
+    assert alone[0].steps_done < together.steps_done  # the first stopped while the other ran on
+    for i, single in enumerate(alone):
+        assert torch.allclose(single.images[0], together.images[i], atol=1e-3), i

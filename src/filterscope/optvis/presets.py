@@ -23,7 +23,11 @@
   spectrum at half a photo's contrast (``init_contrast`` 0.5, MACO's prior as the start, amplitudes free)
   instead of Lucid's near-grey noise: the loop need not first grow the picture, which is where a step-limited
   render spent its first steps (``benchmarks/bench_progress.py``: on tuning channels, median robust ratio at
-  64 steps 4.99 → 5.19 at blocks.3 and 10.16 → 11.22 at blocks.6, colourfulness and contrast up too).
+  64 steps 4.99 → 5.19 at blocks.3 and 10.16 → 11.22 at blocks.6, colourfulness and contrast up too). The
+  picture it returns is the running average of its steps' coefficients (``ema`` 0.8, an exponential moving
+  average of the iterates: each step follows one random transform, and the average keeps what the last ~5
+  agree on). It costs no network pass; held out it raised the median robust ratio at 4 of 5 layers (+2.0 to
+  +5.1 %, −0.5 % at blocks.1).
 
 ``fast`` and ``maco`` map decorrelated colour to RGB with :data:`~filterscope.optvis.param.RGB_GAIN`, so a
 unit-variance signal has natural-photo colour contrast (Lucid's mapping gives 0.54 of it: washed-out renders).
@@ -78,6 +82,7 @@ PRESETS: dict[str, RenderSettings] = {
         window=8,
         pre_relu=True,
         param_options=(("init_contrast", 0.5),),
+        ema=0.8,
     ),
 }
 

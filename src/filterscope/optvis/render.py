@@ -52,6 +52,7 @@ _LATER_FIELDS = {
     "precision": "float32",
     "lowres": 0.0,
     "lowres_carry": "resize",
+    "ema": 0.0,
 }
 # the network's arithmetic in the loop: float32, or bfloat16 under torch.autocast (the image, its
 # parameterisation, the objective and the optimiser stay float32)
@@ -88,6 +89,10 @@ class RenderSettings:
     lowres: float = 0.0  # fraction of the steps run on a half-size image, then carried to full size (coarse-to-fine)
     lowres_carry: str = "resize"  # how the half-size image becomes the full one, a name in LOWRES_CARRY
     views: int = 1  # independently transformed views of each image per step; the step follows their mean
+    # the result is the exponential moving average of the full-size steps' parameters with this decay (iterate
+    # averaging: each step follows one random transform, the average cancels part of that noise); 0: the last
+    # step's
+    ema: float = 0.0
     precision: str = "float32"  # a name in PRECISIONS
     transform_scale: float | None = None  # transforms' pixel amounts ×; None: from the input size (for_model)
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
@@ -129,6 +134,8 @@ class RenderSettings:
         spectrum = dict(self.param_options).get("spectrum", SPECTRA[0])
         if spectrum not in SPECTRA:
             raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
+        if isinstance(self.ema, bool) or not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
+            raise UsageError(f"ema must be in [0, 1), got {self.ema}")
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
@@ -390,25 +397,28 @@ class Renderer:
         if SCHEDULES[s.schedule] is not None:
             fn = SCHEDULES[s.schedule]
             st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda k: fn(k, s.steps - low))
+        # a coarse-to-fine render starts from the half-size image: its objective is the render's ``before``
+        half = make_param(s.param, seeds, self.size // 2, **options).to(self.model.device) if low else None
         t0 = time.perf_counter()
         with st.cap:
             with torch.no_grad():
-                before = self._evaluate(st, st.param()).float().cpu()
+                before = self._evaluate(st, (st.param if half is None else half)()).float().cpu()
             # only an objective that is exactly 0 (a ReLU off everywhere) needs redirected gradients
             dead = s.redirect_relu and bool((before == 0).any())
             relus = relus_before(net, self.orders, objective.layers) if dead else []
             with redirect_relu(net, relus):
                 interrupted = False
-                if low:
-                    side = self.size // 2
-                    half = make_param(s.param, seeds, side, **options).to(self.model.device)
+                if half is not None:
                     opt = OPTIMIZERS[s.optimizer](list(half.tensors), lr=s.lr)
-                    interrupted = self._optimise(st, on_step, should_stop, half, opt, side, 0, low)
+                    interrupted = self._optimise(st, on_step, should_stop, half, opt, half.size, 0, low)
                     # carried even when interrupted: the run keeps what the half-size steps made
                     param.load_resized(half, tile=s.lowres_carry == "tile")
                 if not interrupted and st.active.any():
                     interrupted = self._optimise(st, on_step, should_stop, param, st.opt, None, low, s.steps)
             with torch.no_grad():
+                if st.ema is not None:
+                    for t, avg in zip(param.tensors, st.ema):
+                        t.copy_(avg)
                 final = st.param().detach()
                 after = self._evaluate(st, final).float().cpu()
         return RenderResult(
@@ -469,6 +479,15 @@ class Renderer:
             if st.sched is not None and full:
                 st.sched.step()
             param.project()
+            if s.ema and full:
+                with torch.no_grad():
+                    if st.ema is None:
+                        st.ema = [t.detach().clone() for t in param.tensors]
+                    else:
+                        # only the images this step moved: a converged or frozen one keeps its average, so
+                        # its picture does not depend on how long its batchmates run
+                        for i in torch.nonzero(st.active).flatten().tolist():
+                            st.ema[i].lerp_(param.tensors[i], 1 - s.ema)
             for i in range(b):
                 st.curves[i].append(float(vals[i]))
             st.done = step + 1
@@ -498,6 +517,7 @@ class _State:
     batch: int
     forward: Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] → logits, through the net the loop runs
     sched: torch.optim.lr_scheduler.LRScheduler | None = None
+    ema: list[torch.Tensor] | None = None  # running average of the parameters (settings.ema)
     done: int = 0
     alive: torch.Tensor = field(init=False)
     active: torch.Tensor = field(init=False)  # alive and not yet converged
