@@ -179,7 +179,7 @@ def seed_noise(model, layers: list[str], n: int = 8, seeds: tuple[int, ...] = (0
         s = settings_for("fast", {}, {}, steps)
         runs = [measure(model, layer, chans, s, seed) for seed in seeds]
         meds = [r["median_robust_ratio"] for r in runs]
-        best = np.max([r["robust_ratios"] for r in runs], axis=0)
+        values = [r["robust_ratios"] for r in runs]
         rows.append(
             {
                 "layer": layer,
@@ -187,8 +187,8 @@ def seed_noise(model, layers: list[str], n: int = 8, seeds: tuple[int, ...] = (0
                 "steps": steps,
                 "seeds": list(seeds),
                 "medians": meds,
-                "values": [r["robust_ratios"] for r in runs],
-                "best_of_seeds_median": round(float(np.median(best)), 3),
+                "values": values,
+                "best_of_seeds_median": round(float(np.median(np.max(values, axis=0))), 3),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
