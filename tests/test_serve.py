@@ -335,12 +335,19 @@ def test_browser_upload_explain_click_filter_and_atlas_links(server, explorer, t
         page.wait_for_function(loaded, timeout=30_000)  # every "where it fires" thumbnail
         page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
         page.locator("a.tile.filter").first.click()
+        page.wait_for_selector("#where")
+        page.evaluate("window.fsMark = 1")  # gone if the page reloads
         page.wait_for_selector("#render img:not([hidden])", timeout=30_000)
         assert page.evaluate("document.querySelector('#render img').naturalWidth") == 224
         assert page.evaluate("document.querySelector('#where').naturalWidth") == 320
         page.wait_for_selector("#accent img:not([hidden])", timeout=60_000)  # the accentuation and its change map
         sizes = page.evaluate("[...document.querySelectorAll('#accent img')].map(i => i.naturalWidth)")
         assert sizes == [224, 224], sizes
+        # tuning, circuit and natural examples are drawn by the server: each finished part is swapped in place
+        for part in ("#tuning p.desc", "#circuit .tiles", "#examples figure"):
+            page.wait_for_selector(part, timeout=120_000)
+        assert page.evaluate("window.fsMark") == 1, "the filter page reloaded while its jobs ran"
+        page.wait_for_selector("#circuit .tiles img[src]", timeout=60_000)  # the swapped-in part's own renders
         page.screenshot(path=str(tmp_path / "filter.png"), full_page=True)
         # the atlas, linked both ways
         page.goto(server + "/atlas/blocks.5/channel_0001.html")
