@@ -346,8 +346,10 @@ def test_browser_upload_explain_click_filter_and_atlas_links(server, explorer, t
         # tuning, circuit and natural examples are drawn by the server: each finished part is swapped in place
         for part in ("#tuning p.desc", "#circuit .tiles", "#examples figure"):
             page.wait_for_selector(part, timeout=120_000)
-        assert page.evaluate("window.fsMark") == 1, "the filter page reloaded while its jobs ran"
         page.wait_for_selector("#circuit .tiles img[src]", timeout=60_000)  # the swapped-in part's own renders
+        assert page.evaluate("window.fsMark") == 1, "the filter page reloaded while its jobs ran"
+        swaps = page.evaluate("[...document.querySelectorAll('.part')].map(p => p.id + ':' + p.dataset.swaps)")
+        assert swaps == ["tuning:1", "circuit:1", "examples:1"]  # each part was a job, swapped in once
         page.screenshot(path=str(tmp_path / "filter.png"), full_page=True)
         # the atlas, linked both ways
         page.goto(server + "/atlas/blocks.5/channel_0001.html")
