@@ -29,12 +29,14 @@ RESULTS = HERE / "results"
 LAYERS = ["blocks.3", "blocks.6"]
 
 # name → (preset, RenderSettings changes, param_options set); each variant is today's ``fast`` with its
-# changes; the "before" rows are earlier defaults (Lucid's grey start, ``init_contrast`` 0; no averaging)
+# changes; the "before" rows are earlier defaults (Lucid's grey start, ``init_contrast`` 0; no averaging; constant
+# transforms)
 GREY = {"init_contrast": 0.0}
 DEFAULT = "fast (default)"
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
-    "fast grey start (before)": ("fast", {"ema": 0.0}, GREY),
-    "fast without averaging (before)": ("fast", {"ema": 0.0}, {}),
+    "fast grey start (before)": ("fast", {"ema": 0.0, "anneal": 0.0}, GREY),
+    "fast without averaging (before)": ("fast", {"ema": 0.0, "anneal": 0.0}, {}),
+    "fast without annealing (before)": ("fast", {"anneal": 0.0}, {}),
     DEFAULT: ("fast", {}, {}),
     "natural start 1.0": ("fast", {}, {"init_contrast": 1.0}),
     "cosine lr 0.3": ("fast", {"schedule": "cosine", "lr": 0.3}, GREY),
@@ -59,6 +61,9 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "ema 0.9": ("fast", {"ema": 0.9}, {}),
     # captum.optim's LaplacianImage: pixel levels at 1, 1/2, … 1/32 of the side, from fast's natural start
     "laplacian pyramid (lr 0.1)": ("fast", {"param": "laplacian", "lr": 0.1}, {}),
+    # transform annealing: the default shrinks the transforms' ranges to 1/2 at the last step; these to 0, 1/3
+    "anneal to 0": ("fast", {"anneal": 1.0}, {}),
+    "anneal to 0.33": ("fast", {"anneal": 0.67}, {}),
 }
 assert not any("," in v for v in VARIANTS), "--variants splits on commas"
 # the held-out check: today's default beside the directions that gained on the tuning channels

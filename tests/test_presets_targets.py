@@ -71,6 +71,9 @@ def test_cli_class_render_uses_the_logit_preset_unless_told(how, tmp_path):
         dict(ema=1.0),
         dict(ema=-0.1),
         dict(ema=True),
+        dict(anneal=1.5),
+        dict(anneal=-0.1),
+        dict(anneal=True),
     ],
 )
 def test_bad_research_options_are_refused(bad):
@@ -91,6 +94,33 @@ def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
     assert render_key(tiny_model, obj, FEW.with_(coarse=0.5), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(views=2), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(precision="bfloat16"), 0)[0] != k0
+    assert base["anneal"] == 0.5  # fast's transform annealing is recorded
+    assert "anneal" not in FEW.with_(anneal=0.0).for_model(tiny_model).as_dict()
+    assert render_key(tiny_model, obj, FEW.with_(anneal=0.0), 0)[0] != k0
+
+
+def test_annealed_transforms_shrink_and_keep_their_draws():
+    """At strength f the affine's translation is f × the draw at full strength, from the same random draws."""
+    import torch
+
+    from filterscope.optvis.transform import fused
+
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., 28:36, 28:36] = 1.0  # a bright square: its centre of mass shows the translation
+
+    def centre(img):
+        w = (img[0, 0] - 0.5).abs()
+        ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        return torch.stack([(w * ys).sum(), (w * xs).sum()]) / w.sum()
+
+    t = fused()
+    shifts = {}
+    for f in (1.0, 0.5, 0.0):
+        t.anneal(f)
+        shifts[f] = centre(t(x, [torch.Generator().manual_seed(3)])) - centre(x)
+    assert shifts[1.0].abs().max() > 1  # the draw moved the square
+    assert torch.allclose(shifts[0.5], shifts[1.0] / 2, atol=1.0)
+    assert shifts[0.0].abs().max() < 0.5  # strength 0: no transform at all
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ _LATER_FIELDS = {
     "lowres": 0.0,
     "lowres_carry": "resize",
     "ema": 0.0,
+    "anneal": 0.0,
 }
 # the network's arithmetic in the loop: float32, or bfloat16 under torch.autocast (the image, its
 # parameterisation, the objective and the optimiser stay float32)
@@ -93,6 +94,9 @@ class RenderSettings:
     # averaging: each step follows one random transform, the average cancels part of that noise); 0: the last
     # step's
     ema: float = 0.0
+    # transform annealing: the random transforms' ranges (affine scale, angle, translation; jitter) shrink
+    # linearly over the steps to (1 - anneal) of their size at the last step; 0: constant
+    anneal: float = 0.0
     precision: str = "float32"  # a name in PRECISIONS
     transform_scale: float | None = None  # transforms' pixel amounts ×; None: from the input size (for_model)
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
@@ -136,6 +140,8 @@ class RenderSettings:
             raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
         if isinstance(self.ema, bool) or not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise UsageError(f"ema must be in [0, 1), got {self.ema}")
+        if isinstance(self.anneal, bool) or not (isinstance(self.anneal, (int, float)) and 0 <= self.anneal <= 1):
+            raise UsageError(f"anneal must be in [0, 1], got {self.anneal}")
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
@@ -305,6 +311,7 @@ class Renderer:
 
     def _transform(self) -> Transform:
         t = make_transform(self.settings.transforms, self.settings.transform_scale or 1.0)
+        t.anneal(1.0)  # a Transform object passed in may still hold an earlier render's strength
         if self.size > self.model.input_size and t.crops == 1:
             # renders larger than the model's input are seen through random crops
             low = self.settings.crop_min or self.model.input_size / self.size
@@ -453,6 +460,8 @@ class Renderer:
         coarse = round(s.coarse * s.steps)
         for step in range(first, last):
             opt.zero_grad(set_to_none=True)
+            if s.anneal:  # full strength on a half-size phase, then falling over the full-size steps
+                st.transform.anneal(1 - s.anneal * step / max(1, s.steps - 1) if full else 1.0)
             images = param()
             x = _fit(st.transform(images, st.gens, side), side)
             if step < coarse:

@@ -39,6 +39,13 @@ class Transform:
     def describe(self) -> dict:
         return {"name": type(self).__name__.lower(), **{k: v for k, v in vars(self).items() if not k.startswith("_")}}
 
+    def anneal(self, strength: float) -> None:
+        """Draw from ``strength`` × the set ranges from now on (1: as set). The render loop's transform
+        annealing (``RenderSettings.anneal``) lowers it over the steps; the random draws stay the same, only
+        their sizes scale, so a seed gives the same sequence of views at any strength. Transforms without a
+        random size (pads, crops) ignore it."""
+        self._strength = float(strength)
+
 
 @dataclass
 class Pad(Transform):
@@ -59,9 +66,12 @@ class Jitter(Transform):
 
     def __call__(self, x, gens, out_size=None):
         h, w = x.shape[-2:]
+        f = getattr(self, "_strength", 1.0)
         out = []
         for i, g in enumerate(gens):
             dy, dx = (int(torch.randint(self.d + 1, (), generator=g)) for _ in range(2))
+            if f != 1:  # offsets shrink towards the centre crop, the output keeps its size
+                dy, dx = (round(self.d / 2 + f * (v - self.d / 2)) for v in (dy, dx))
             out.append(x[i : i + 1, :, dy : dy + h - self.d, dx : dx + w - self.d])
         return torch.cat(out)
 
@@ -76,6 +86,7 @@ class RandomAffine(Transform):
     translate: int = 0
 
     def __call__(self, x, gens, out_size=None):
+        f = getattr(self, "_strength", 1.0)
         out = []
         for i, g in enumerate(gens):
             s, a = _choice(g, self.scales), _choice(g, self.angles)
@@ -84,6 +95,8 @@ class RandomAffine(Transform):
                 if self.translate
                 else [0, 0]
             )
+            if f != 1:
+                s, a, t = 1 + f * (s - 1), f * a, [round(f * v) for v in t]
             if s == 1 and a == 0 and t == [0, 0]:
                 out.append(x[i : i + 1])
                 continue
@@ -173,6 +186,10 @@ class Compose(Transform):
     def describe(self) -> dict:
         return {"name": "compose", "steps": [t.describe() for t in self.steps]}
 
+    def anneal(self, strength: float) -> None:  # see Transform.anneal
+        for t in self.steps:
+            t.anneal(strength)
+
 
 @dataclass
 class Views(Transform):
@@ -193,6 +210,9 @@ class Views(Transform):
 
     def describe(self) -> dict:
         return {"name": "views", "n": self.n, "transform": self.transform.describe()}
+
+    def anneal(self, strength: float) -> None:  # see Transform.anneal
+        self.transform.anneal(strength)
 
 
 def _px(n: int, scale: float) -> int:
