@@ -105,7 +105,7 @@ def test_annealed_transforms_shrink_and_keep_their_draws():
 
     from filterscope.optvis.transform import fused
 
-    x = torch.zeros(1, 3, 64, 64)
+    x = torch.full((1, 3, 64, 64), 0.5)  # grey, as the affine fills: only the square weighs
     x[..., 28:36, 28:36] = 1.0  # a bright square: its centre of mass shows the translation
 
     def centre(img):

@@ -31,6 +31,7 @@ class Transform:
     """Base class; ``crops`` is how many rows per image the transform outputs."""
 
     crops = 1
+    _strength = 1.0  # set by anneal
 
     def __call__(self, x: torch.Tensor, gens: Sequence[torch.Generator], out_size: int | None = None) -> torch.Tensor:
         """``out_size`` is the side the model will see (crops resample straight to it)."""
@@ -66,7 +67,7 @@ class Jitter(Transform):
 
     def __call__(self, x, gens, out_size=None):
         h, w = x.shape[-2:]
-        f = getattr(self, "_strength", 1.0)
+        f = self._strength
         out = []
         for i, g in enumerate(gens):
             dy, dx = (int(torch.randint(self.d + 1, (), generator=g)) for _ in range(2))
@@ -86,7 +87,7 @@ class RandomAffine(Transform):
     translate: int = 0
 
     def __call__(self, x, gens, out_size=None):
-        f = getattr(self, "_strength", 1.0)
+        f = self._strength
         out = []
         for i, g in enumerate(gens):
             s, a = _choice(g, self.scales), _choice(g, self.angles)
