@@ -38,6 +38,11 @@ COMMANDS = {
     "accent": "python benchmarks/bench_accent.py",
     "progress": "python benchmarks/bench_progress.py",
     "precision": "python benchmarks/bench_progress.py --precision-check",
+    "anneal": (
+        "python benchmarks/bench_progress.py --no-lucid --n-channels 8 --steps 32,64 --variants"
+        ' "fast without annealing (before),fast (default),anneal to 0,anneal to 0.33"'
+        ' --held-out "fast without annealing (before),fast (default)" --out benchmarks/results/anneal'
+    ),
     "classes_tuning": "python benchmarks/bench_classes.py",
     "classes_benchmark": "python benchmarks/bench_classes.py --set benchmark",
 }
