@@ -8,6 +8,10 @@ os.environ.setdefault("FILTERSCOPE_DEBUG", "0")
 # the suite never touches the real ~/.cache/filterscope; the cache is off unless a test turns it on
 os.environ.setdefault("FILTERSCOPE_CACHE", os.path.join(tempfile.mkdtemp(prefix="filterscope-test-cache-")))
 os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the cores are split between the workers
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 ROOT = Path(__file__).resolve().parents[1]
 
 
