@@ -43,6 +43,7 @@ COMMANDS = {
         ' "fast without annealing (before),fast (default),anneal to 0,anneal to 0.33"'
         ' --held-out "fast without annealing (before),fast (default)" --out benchmarks/results/anneal'
     ),
+    "screens": "python benchmarks/bench_screens.py",
     "classes_tuning": "python benchmarks/bench_classes.py",
     "classes_benchmark": "python benchmarks/bench_classes.py --set benchmark",
 }

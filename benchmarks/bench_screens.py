@@ -1,0 +1,395 @@
+"""Directions for more progress per step (issue 25, item 1) that need code filterscope does not ship: a patched
+optimiser, param, activation backward or colour mapping. None was kept, so the patches live here, applied only
+while their own variant renders; each runs through bench_progress.py's measure on its tuning channels, beside
+``fast`` in the same process.
+
+    python benchmarks/bench_screens.py                        # every screen, ~20 min on 2 idle CPU cores
+    python benchmarks/bench_screens.py --screens "fast (default),coarse-first g1 (first half)"
+
+Writes benchmarks/results/screens.json and screens.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_progress as bp  # noqa: E402
+import bench_render as br  # noqa: E402
+
+STEPS = {"total": 48}  # the render's step count, for the schedules below (set per measured point)
+CALLS = {"patched": 0}  # how often a patched function ran: a patch that never runs measures nothing
+
+
+class BandAdam(torch.optim.Optimizer):
+    """NAdam whose second moment is shared by the coefficients of one radial frequency band (``per`` bands per
+    octave, per colour channel), so a step keeps the gradient's relative sizes within a band."""
+
+    def __init__(self, params, lr: float = 0.12, betas=(0.9, 0.999), eps: float = 1e-8, per: int = 2):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, per=per))
+
+    @staticmethod
+    def _bands(shape, per: int):
+        from filterscope.optvis.param import rfft_freqs
+
+        h, wf = shape[2], shape[3]
+        f = rfft_freqs(h, h)[:, :wf] * h  # cycles per image
+        b = np.floor(np.log2(np.maximum(f, 0.5)) * per).astype(np.int64)
+        b -= b.min()
+        return torch.from_numpy(b.reshape(-1)), int(b.max()) + 1
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        CALLS["patched"] += 1
+        for gr in self.param_groups:
+            b1, b2 = gr["betas"]
+            for p in gr["params"]:
+                if p.grad is None:
+                    continue
+                g, st = p.grad, self.state[p]
+                c, h, wf = p.shape[1], p.shape[2], p.shape[3]
+                if not st:
+                    st["t"], st["m"], st["mp"] = 0, torch.zeros_like(p), 1.0
+                    st["idx"], st["nb"] = self._bands(p.shape, gr["per"])
+                    st["cnt"] = torch.bincount(st["idx"], minlength=st["nb"]).float() * 2
+                    st["v"] = torch.zeros(c, st["nb"])
+                st["t"] += 1
+                t = st["t"]
+                st["m"].mul_(b1).add_(g, alpha=1 - b1)
+                g2 = (g * g).sum(-1).reshape(c, h * wf)
+                st["v"].mul_(b2).add_(torch.zeros(c, st["nb"]).index_add_(1, st["idx"], g2) / st["cnt"], alpha=1 - b2)
+                v = st["v"][:, st["idx"]].reshape(1, c, h, wf, 1)
+                mu = b1 * (1 - 0.5 * 0.96 ** (t * 0.004))  # NAdam's momentum schedule
+                mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * 0.004))
+                st["mp"] *= mu
+                denom = (v / (1 - b2**t)).sqrt().add_(gr["eps"])
+                p.addcdiv_(g, denom, value=-gr["lr"] * (1 - mu) / (1 - st["mp"]))
+                p.addcdiv_(st["m"], denom, value=-gr["lr"] * mu_next / (1 - st["mp"] * mu_next))
+
+
+class CoarseFirst(torch.optim.NAdam):
+    """NAdam whose step on a coefficient at f cycles per image is scaled by min(1, (f/4)^-g), g falling linearly
+    from ``g0`` to 0 over the first ``frac`` of the steps: coarse structure first, detail let in later."""
+
+    def __init__(self, params, lr: float, g0: float = 1.0, frac: float = 0.5):
+        super().__init__(params, lr=lr)
+        self.g0, self.frac, self.t, self._f = g0, frac, 0, {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from filterscope.optvis.param import rfft_freqs
+
+        ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        old = [p.detach().clone() for p in ps]
+        super().step()
+        g = self.g0 * max(0.0, 1.0 - self.t / max(1.0, self.frac * STEPS["total"]))
+        self.t += 1
+        for p, o in zip(ps, old):
+            if g <= 0 or p.dim() != 5:  # fourier coefficients: [1, C, H, W//2+1, 2]
+                continue
+            CALLS["patched"] += 1
+            if p.shape not in self._f:
+                f = np.maximum(rfft_freqs(p.shape[2], p.shape[2])[:, : p.shape[3]] * p.shape[2], 1.0)
+                self._f[p.shape] = torch.tensor(f, dtype=p.dtype).reshape(1, 1, p.shape[2], p.shape[3], 1)
+            p.copy_(o + (self._f[p.shape] / 4.0).pow(-g).clamp(max=1.0) * (p - o))
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023): the sign of the interpolated momentum, so every coordinate moves by lr."""
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.99)):
+        super().__init__(params, dict(lr=lr, betas=betas))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        CALLS["patched"] += 1
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            for p in g["params"]:
+                if p.grad is not None:
+                    m = self.state[p].setdefault("m", torch.zeros_like(p))
+                    p.add_(torch.sign(m * b1 + p.grad * (1 - b1)), alpha=-g["lr"])
+                    m.mul_(b2).add_(p.grad, alpha=1 - b2)
+
+
+def _polar_param():
+    """A polar Fourier param: spectrum = the photos' mean magnitude · exp(ka·a) · e^{i·kp·φ}, from random phases
+    at ``init_contrast``; amplitudes change multiplicatively and phases rotate."""
+    from filterscope.optvis import param as P
+
+    class PolarParam(P.ImageParam):
+        def __init__(self, seeds, size, decorrelate=True, init_contrast=0.5, kp=4.0, ka=1.0, **kwargs):
+            self.init_contrast, self.kp, self.ka = float(init_contrast), float(kp), float(ka)
+            super().__init__(seeds, size, decorrelate, **kwargs)
+            mag = P.natural_magnitude(self.size, self.size, self.channels)[None]
+            phase = torch.rand(mag.shape, generator=P.generator(0)) * 2 * math.pi
+            ref = torch.fft.irfft2(torch.polar(mag, phase), s=(self.size, self.size), norm="ortho")
+            self.register_buffer("mag", mag * (self.init_contrast / ref.std()))
+
+        def init(self, gen):
+            phase = torch.rand(1, self.channels, self.size, self.size // 2 + 1, generator=gen) * 2 * math.pi / self.kp
+            return torch.stack([phase, torch.zeros_like(phase)], -1)
+
+        def images(self, t):
+            CALLS["patched"] += 1
+            spec = torch.polar(self.mag * torch.exp(self.ka * t[..., 1]), self.kp * t[..., 0])
+            return self.to_valid_rgb(torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho"))
+
+    return PolarParam
+
+
+class _Leaky(torch.autograd.Function):
+    """ReLU / ReLU6 forward exactly; backward passes ``leak`` of the gradient where the unit is clamped."""
+
+    @staticmethod
+    def forward(ctx, x, lo, hi, leak):
+        ctx.save_for_backward(x)
+        ctx.lo, ctx.hi, ctx.leak = lo, hi, leak
+        return x.clamp(min=lo) if hi is None else x.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        out = (x < ctx.lo) if ctx.hi is None else (x < ctx.lo) | (x > ctx.hi)
+        return torch.where(out, g * ctx.leak, g), None, None, None
+
+
+class _FlooredSigmoid(torch.autograd.Function):
+    """The sigmoid forward exactly; its backward slope floored, so saturated pixels keep a gradient."""
+
+    @staticmethod
+    def forward(ctx, x, floor):
+        y = torch.sigmoid(x)
+        ctx.save_for_backward(y)
+        ctx.floor = floor
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (y * (1 - y)).clamp(min=ctx.floor), None
+
+
+@contextlib.contextmanager
+def _registered(table: dict, name: str, value) -> Iterator[None]:
+    table[name] = value
+    try:
+        yield
+    finally:
+        table.pop(name, None)
+
+
+def _optimiser(name: str, make: Callable) -> Callable[[], contextlib.AbstractContextManager]:
+    from filterscope.optvis import render as R
+
+    return lambda: _registered(R.OPTIMIZERS, name, make)
+
+
+def _polar() -> contextlib.AbstractContextManager:
+    from filterscope.optvis import param as P
+
+    cls = _polar_param()
+    cls.name = "polar"
+    return _registered(P.PARAM_REGISTRY, "polar", cls)
+
+
+@contextlib.contextmanager
+def _leaky(leak: float) -> Iterator[None]:
+    from torch import nn
+
+    relu, relu6 = nn.ReLU.forward, nn.ReLU6.forward
+
+    def leaky(lo, hi, orig):
+        def forward(self, x):
+            if torch.is_grad_enabled() and x.requires_grad:
+                CALLS["patched"] += 1
+                return _Leaky.apply(x, lo, hi, leak)
+            return orig(self, x)
+
+        return forward
+
+    nn.ReLU.forward, nn.ReLU6.forward = leaky(0.0, None, relu), leaky(0.0, 6.0, relu6)
+    try:
+        yield
+    finally:
+        nn.ReLU.forward, nn.ReLU6.forward = relu, relu6
+
+
+@contextlib.contextmanager
+def _sigmoid_floor(floor: float) -> Iterator[None]:
+    from filterscope.optvis import param as P
+
+    orig = P.ImageParam.to_valid_rgb
+
+    def to_valid_rgb(self, x):
+        if self.decorrelate:
+            if self.color is not None:
+                x = torch.einsum("ij,bjhw->bihw", self.color * self.rgb_gain, x)
+            elif self.channels == 3:
+                x = P.recorrelate(x, self.rgb_gain)
+        CALLS["patched"] += 1
+        return _FlooredSigmoid.apply(x, floor)
+
+    P.ImageParam.to_valid_rgb = to_valid_rgb
+    try:
+        yield
+    finally:
+        P.ImageParam.to_valid_rgb = orig
+
+
+@contextlib.contextmanager
+def _schedule_free() -> Iterator[None]:
+    import schedulefree  # the [bench] extra
+
+    from filterscope.optvis import render as R
+
+    orig = R.Renderer._optimise
+
+    def optimise(self, st, *args, **kwargs):  # train mode while stepping, then eval: the params become the average
+        opt = args[3]
+        opt.train()
+        try:
+            return orig(self, st, *args, **kwargs)
+        finally:
+            opt.eval()
+
+    def make(params, lr):
+        CALLS["patched"] += 1
+        return schedulefree.AdamWScheduleFree(params, lr=lr, betas=(0.9, 0.999), warmup_steps=0, r=4.0)
+
+    R.Renderer._optimise = optimise
+    try:
+        with _registered(R.OPTIMIZERS, "schedule-free", make):
+            yield
+    finally:
+        R.Renderer._optimise = orig
+
+
+# name → (round, patch (a context manager factory, or None), preset, RenderSettings changes, param options)
+SCREENS: dict[str, tuple[str, Callable | None, str, dict, dict]] = {
+    "fast (default)": ("", None, "fast", {}, {}),
+    "schedule-free AdamW (lr 0.24 r 4)": (
+        "8",
+        _schedule_free,
+        "fast",
+        {"optimizer": "schedule-free", "lr": 0.24, "ema": 0.0},
+        {},
+    ),
+    "Lion (lr 0.03)": ("8", _optimiser("lion", Lion), "fast", {"optimizer": "lion", "lr": 0.03}, {}),
+    "leaky ReLU backward (0.1)": ("8", lambda: _leaky(0.1), "fast", {}, {}),
+    "floored sigmoid slope (0.05)": ("8", lambda: _sigmoid_floor(0.05), "fast", {}, {}),
+    "moment shared per half octave": (
+        "9",
+        _optimiser("band2", lambda p, lr: BandAdam(p, lr=lr, per=2)),
+        "fast",
+        {"optimizer": "band2"},
+        {},
+    ),
+    "moment shared per quarter octave": (
+        "9",
+        _optimiser("band4", lambda p, lr: BandAdam(p, lr=lr, per=4)),
+        "fast",
+        {"optimizer": "band4"},
+        {},
+    ),
+    "polar param (kp 2)": ("9", _polar, "fast", {"param": "polar"}, {"kp": 2.0, "ka": 1.0}),
+    "polar param (kp 4)": ("9", _polar, "fast", {"param": "polar"}, {"kp": 4.0, "ka": 1.0}),
+    "coarse-first g1 (first half)": (
+        "10",
+        _optimiser("cf1", lambda p, lr: CoarseFirst(p, lr, 1.0, 0.5)),
+        "fast",
+        {"optimizer": "cf1"},
+        {},
+    ),
+    "coarse-first g2 (first half)": (
+        "10",
+        _optimiser("cf2", lambda p, lr: CoarseFirst(p, lr, 2.0, 0.5)),
+        "fast",
+        {"optimizer": "cf2"},
+        {},
+    ),
+    "coarse-first g1 (all steps)": (
+        "10",
+        _optimiser("cf1all", lambda p, lr: CoarseFirst(p, lr, 1.0, 1.0)),
+        "fast",
+        {"optimizer": "cf1all"},
+        {},
+    ),
+    "flatter spectrum (decay 0.85)": ("10", None, "fast", {}, {"decay_power": 0.85}),
+}
+assert not any("," in name for name in SCREENS), "--screens splits on commas"
+
+
+def markdown(res: dict) -> str:
+    """The screens as one table: robust ratio and seconds per channel at each step count, per layer."""
+    steps = res["steps"]
+    head = ["screen", "round"] + [f"{layer} @{s}" for layer in res["layers"] for s in steps]
+    out = [
+        "# Screened with patched code (not kept)",
+        "",
+        f"Machine: {res['machine']}. {len(res['channels'][res['layers'][0]])} tuning channels per layer "
+        f"({', '.join(f'{k}: {v}' for k, v in res['channels'].items())}), no early exit. Each cell: median robust "
+        "ratio @ seconds per channel; colourfulness and RMS contrast in the JSON.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    by = {(r["screen"], r["layer"], r["steps"]): r for r in res["rows"]}
+    for name in dict.fromkeys(r["screen"] for r in res["rows"]):
+        cells = []
+        for layer in res["layers"]:
+            for s in steps:
+                r = by.get((name, layer, s))
+                cells.append(f"{r['median_robust_ratio']:.2f} @ {r['s_per_channel']:.2f} s" if r else "—")
+        rnd = next(r["round"] for r in res["rows"] if r["screen"] == name)
+        out.append(f"| {name} | {rnd or 'reference'} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--screens", default=",".join(SCREENS))
+    p.add_argument("--steps", default="32,64")
+    p.add_argument("--layers", default=",".join(bp.LAYERS))
+    p.add_argument("--n-channels", type=int, default=8)
+    p.add_argument("--out", default=str(bp.RESULTS / "screens"))
+    args = p.parse_args()
+    import os
+
+    os.environ["FILTERSCOPE_NO_CACHE"] = "1"  # every point rendered and timed here
+    unknown = [s for s in args.screens.split(",") if s not in SCREENS]
+    if unknown:
+        p.error(f"unknown screen(s) {unknown}; choose from {list(SCREENS)}")
+    model = br.load("efficientnet_lite0", "cpu")
+    layers, steps = args.layers.split(","), [int(x) for x in args.steps.split(",")]
+    chans = {layer: bp.tuning_channels(model, layer, args.n_channels) for layer in layers}
+    rows = []
+    for layer in layers:
+        bp.measure(model, layer, chans[layer][:1], bp.settings_for("fast", {}, {}, 2))  # warm-up
+        for name in args.screens.split(","):
+            rnd, patch, preset, changes, options = SCREENS[name]
+            for n in steps:
+                STEPS["total"], CALLS["patched"] = n, 0
+                with patch() if patch else contextlib.nullcontext():
+                    r = bp.measure(model, layer, chans[layer], bp.settings_for(preset, changes, options, n))
+                if patch and not CALLS["patched"]:
+                    raise RuntimeError(f"the patch of {name!r} never ran")
+                rows.append({"screen": name, "round": rnd, "layer": layer, "steps": n, **r})
+                print(json.dumps(rows[-1]), flush=True)
+    res = {"machine": br.machine(), "layers": layers, "steps": steps, "channels": chans, "rows": rows}
+    br.write_results(args.out, res, markdown(res))
+
+
+if __name__ == "__main__":
+    main()
