@@ -183,11 +183,16 @@ class _FlooredSigmoid(torch.autograd.Function):
 
 @contextlib.contextmanager
 def _registered(table: dict, name: str, value) -> Iterator[None]:
+    missing = object()
+    before = table.get(name, missing)
     table[name] = value
     try:
         yield
     finally:
-        table.pop(name, None)
+        if before is missing:
+            table.pop(name, None)
+        else:
+            table[name] = before
 
 
 def _optimiser(name: str, make: Callable) -> Callable[[], contextlib.AbstractContextManager]:
@@ -209,6 +214,7 @@ def _leaky(leak: float) -> Iterator[None]:
     from torch import nn
 
     relu, relu6 = nn.ReLU.forward, nn.ReLU6.forward
+    own6 = "forward" in vars(nn.ReLU6)  # ReLU6 inherits Hardtanh's forward: put the class back as it was
 
     def leaky(lo, hi, orig):
         def forward(self, x):
@@ -223,7 +229,11 @@ def _leaky(leak: float) -> Iterator[None]:
     try:
         yield
     finally:
-        nn.ReLU.forward, nn.ReLU6.forward = relu, relu6
+        nn.ReLU.forward = relu
+        if own6:
+            nn.ReLU6.forward = relu6
+        else:
+            del nn.ReLU6.forward
 
 
 @contextlib.contextmanager
@@ -257,7 +267,8 @@ def _schedule_free() -> Iterator[None]:
     orig = R.Renderer._optimise
 
     def optimise(self, st, *args, **kwargs):  # train mode while stepping, then eval: the params become the average
-        opt = args[3]
+        opt = args[3]  # (on_step, should_stop, param, opt, side, first, last), passed by position
+        CALLS["patched"] += 1
         opt.train()
         try:
             return orig(self, st, *args, **kwargs)
@@ -265,7 +276,6 @@ def _schedule_free() -> Iterator[None]:
             opt.eval()
 
     def make(params, lr):
-        CALLS["patched"] += 1
         return schedulefree.AdamWScheduleFree(params, lr=lr, betas=(0.9, 0.999), warmup_steps=0, r=4.0)
 
     R.Renderer._optimise = optimise

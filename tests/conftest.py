@@ -1,3 +1,4 @@
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -11,7 +12,8 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the cores are split between the workers
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,3 +41,19 @@ def coffee():
     from filterscope.models.inputs import load_image, sample_image_path
 
     return load_image(sample_image_path())
+
+
+@pytest.fixture
+def ray_lock():
+    """Tests that start Ray run one at a time across pytest-xdist workers: the cluster test's ``ray stop
+    --force`` and its lookup of render workers by process name reach every Ray on the machine."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no parallel workers to keep apart here
+        yield
+        return
+    path = Path(tempfile.gettempdir()) / f"filterscope-tests-ray-{os.getuid()}.lock"
+    with open(path, "w") as f, contextlib.ExitStack() as stack:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        stack.callback(fcntl.flock, f, fcntl.LOCK_UN)
+        yield

@@ -133,7 +133,7 @@ def test_examples_memory_flat_as_folder_grows(tmp_path):
         )
         assert r.returncode == 0, r.stderr
         growth[name] = int(r.stdout.strip().splitlines()[-1])  # KiB added to the peak by the second pass
-    # 10× the images must not raise the peak by more than a few MiB (holding 200 images' maps would be ~80 MiB)
+    # 10× the images must not raise the peak by more than a few MiB (holding 200 images' maps would be ~50 MiB)
     assert growth["big"] - growth["small"] < 16 * 1024, growth
 
 
@@ -213,7 +213,7 @@ def test_serve_and_browser(atlas_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_backend_matches_local(tmp_path):
+def test_ray_backend_matches_local(tmp_path, ray_lock):
     pytest.importorskip("ray")
     env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"}
     args = [

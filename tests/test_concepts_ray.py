@@ -32,7 +32,7 @@ def photos(tmp_path):
 
 
 @pytest.fixture
-def ray_session():
+def ray_session(ray_lock):
     """One local Ray of 2 CPUs for the test (the job reuses a running Ray), always shut down after it."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")

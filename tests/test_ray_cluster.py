@@ -52,7 +52,7 @@ def _worker_pids() -> list[int]:
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, ray_lock):
     pytest.importorskip("ray")
     if not RAY.is_file():
         pytest.skip("the ray command is not installed")

@@ -416,7 +416,7 @@ def test_load_cached_pages_one_render_for_ten_clients_and_bad_uploads(server, ex
         bad = pool.map(bad_upload, range(10))
         results = list(pool.map(fetch, [cached[i % len(cached)] for i in range(400)]))
         bad = list(bad)
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 40  # a hang guard: a second test worker may share the cores
     assert bad == [400] * 10
     codes = [c for c, _ in results]
     lat = sorted(s for _, s in results)
