@@ -32,6 +32,13 @@ STEPS = {"total": 48}  # the render's step count, for the schedules below (set p
 CALLS = {"patched": 0}  # how often a patched function ran: a patch that never runs measures nothing
 
 
+def _cycles(shape) -> np.ndarray:
+    """Radial frequency in cycles per image of each coefficient of a square Fourier param ``[1, C, H, W//2+1, 2]``."""
+    from filterscope.optvis.param import rfft_freqs
+
+    return rfft_freqs(shape[2], shape[2])[:, : shape[3]] * shape[2]
+
+
 class BandAdam(torch.optim.Optimizer):
     """NAdam whose second moment is shared by the coefficients of one radial frequency band (``per`` bands per
     octave, per colour channel), so a step keeps the gradient's relative sizes within a band."""
@@ -41,11 +48,7 @@ class BandAdam(torch.optim.Optimizer):
 
     @staticmethod
     def _bands(shape, per: int):
-        from filterscope.optvis.param import rfft_freqs
-
-        h, wf = shape[2], shape[3]
-        f = rfft_freqs(h, h)[:, :wf] * h  # cycles per image
-        b = np.floor(np.log2(np.maximum(f, 0.5)) * per).astype(np.int64)
+        b = np.floor(np.log2(np.maximum(_cycles(shape), 0.5)) * per).astype(np.int64)
         b -= b.min()
         return torch.from_numpy(b.reshape(-1)), int(b.max()) + 1
 
@@ -88,8 +91,6 @@ class CoarseFirst(torch.optim.NAdam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from filterscope.optvis.param import rfft_freqs
-
         ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         old = [p.detach().clone() for p in ps]
         super().step()
@@ -100,7 +101,7 @@ class CoarseFirst(torch.optim.NAdam):
                 continue
             CALLS["patched"] += 1
             if p.shape not in self._f:
-                f = np.maximum(rfft_freqs(p.shape[2], p.shape[2])[:, : p.shape[3]] * p.shape[2], 1.0)
+                f = np.maximum(_cycles(p.shape), 1.0)
                 self._f[p.shape] = torch.tensor(f, dtype=p.dtype).reshape(1, 1, p.shape[2], p.shape[3], 1)
             p.copy_(o + (self._f[p.shape] / 4.0).pow(-g).clamp(max=1.0) * (p - o))
 
@@ -243,13 +244,8 @@ def _sigmoid_floor(floor: float) -> Iterator[None]:
     orig = P.ImageParam.to_valid_rgb
 
     def to_valid_rgb(self, x):
-        if self.decorrelate:
-            if self.color is not None:
-                x = torch.einsum("ij,bjhw->bihw", self.color * self.rgb_gain, x)
-            elif self.channels == 3:
-                x = P.recorrelate(x, self.rgb_gain)
         CALLS["patched"] += 1
-        return _FlooredSigmoid.apply(x, floor)
+        return _FlooredSigmoid.apply(self.recolour(x), floor)
 
     P.ImageParam.to_valid_rgb = to_valid_rgb
     try:

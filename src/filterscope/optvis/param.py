@@ -159,13 +159,19 @@ class ImageParam(nn.Module):
         ts = list(self.tensors)
         return self.images(ts[0] if len(ts) == 1 else torch.cat(ts))
 
-    def to_valid_rgb(self, x: torch.Tensor) -> torch.Tensor:
+    def recolour(self, x: torch.Tensor) -> torch.Tensor:
+        """The decorrelated signal mapped to the input's colour channels, before the sigmoid (``x`` itself
+        without ``decorrelate``)."""
         if self.decorrelate:
             if self.color is not None:
-                x = torch.einsum("ij,bjhw->bihw", self.color * self.rgb_gain, x)
-            elif self.channels == 3:
-                x = recorrelate(x, self.rgb_gain)
-        return torch.sigmoid(x)
+                return torch.einsum("ij,bjhw->bihw", self.color * self.rgb_gain, x)
+            if self.channels == 3:
+                return recorrelate(x, self.rgb_gain)
+        return x
+
+    def to_valid_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1]: :meth:`recolour`, then a sigmoid."""
+        return torch.sigmoid(self.recolour(x))
 
     @torch.no_grad()
     def project(self) -> None:
