@@ -1,4 +1,3 @@
-import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -53,7 +52,6 @@ def ray_lock():
         yield
         return
     path = Path(tempfile.gettempdir()) / f"filterscope-tests-ray-{os.getuid()}.lock"
-    with open(path, "w") as f, contextlib.ExitStack() as stack:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        stack.callback(fcntl.flock, f, fcntl.LOCK_UN)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
         yield
