@@ -124,6 +124,119 @@ class Lion(torch.optim.Optimizer):
                     m.mul_(b2).add_(p.grad, alpha=1 - b2)
 
 
+class LBFGSStep(torch.optim.LBFGS):
+    """One L-BFGS iteration per render step on the gradient the loop already computed (history 10, no line
+    search): its curvature pairs come from gradients under different random transforms."""
+
+    def __init__(self, params, lr: float = 2.0):
+        super().__init__(params, lr=lr, max_iter=1, history_size=10, line_search_fn=None)
+
+    def step(self, closure=None):
+        CALLS["patched"] += 1
+        return super().step(lambda: torch.zeros(()))  # max_iter 1: the closure's value is never compared
+
+
+class Lookahead(torch.optim.NAdam):
+    """NAdam with Lookahead (Zhang et al. 2019): every ``k`` steps the slow weights move ``alpha`` of the way to
+    the fast ones and the fast ones restart there."""
+
+    def __init__(self, params, lr: float, k: int = 5, alpha: float = 0.5):
+        super().__init__(params, lr=lr)
+        self.k, self.alpha, self.n = k, alpha, 0
+        self.slow = [p.detach().clone() for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        CALLS["patched"] += 1
+        super().step()
+        self.n += 1
+        if self.n % self.k == 0:
+            for p, s in zip((p for g in self.param_groups for p in g["params"]), self.slow):
+                s.lerp_(p, self.alpha)
+                p.copy_(s)
+
+
+class AdaBelief(torch.optim.Optimizer):
+    """AdaBelief (Zhuang et al. 2020) with Nesterov momentum: Adam whose second moment is the variance of the
+    gradient around its running mean, so coordinates whose gradient agrees from step to step (across random
+    transforms) take larger steps and noisy ones smaller."""
+
+    def __init__(self, params, lr: float = 0.12, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        CALLS["patched"] += 1
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if not st:
+                    st["k"], st["m"], st["s"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+                st["k"] += 1
+                k, m, v = st["k"], st["m"], st["s"]
+                m.lerp_(p.grad, 1 - b1)
+                v.mul_(b2).addcmul_(p.grad - m, p.grad - m, value=1 - b2).add_(g["eps"])
+                nesterov = (b1 * m + (1 - b1) * p.grad) / (1 - b1 ** (k + 1))
+                p.addcdiv_(nesterov, (v / (1 - b2**k)).sqrt().add_(g["eps"]), value=-g["lr"])
+
+
+def _antithetic_affine():
+    """``fused``'s random affine whose every second draw mirrors the one before (translation −t, angle −a,
+    scale 2 − s), so pairs of steps cancel the transforms' first-order effect on the gradient."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    from filterscope.optvis import transform as T
+
+    class Antithetic(T.RandomAffine):
+        def __call__(self, x, gens, out_size=None):
+            CALLS["patched"] += 1
+            last = getattr(self, "_last", None)
+            if last is None:
+                draws = []
+                for g in gens:
+                    s, a = T._choice(g, self.scales), T._choice(g, self.angles)
+                    t = [int(torch.randint(-self.translate, self.translate + 1, (), generator=g)) for _ in range(2)]
+                    draws.append((s, a, t))
+                self._last = draws
+            else:
+                draws = [(2 - s, -a, [-v for v in t]) for s, a, t in last]
+                self._last = None
+            f = self._strength
+            out = [
+                TF.affine(
+                    x[i : i + 1] - 0.5,
+                    angle=float(f * a),
+                    translate=[round(f * v) for v in t],
+                    scale=float(1 + f * (s - 1)),
+                    shear=[0.0, 0.0],
+                    interpolation=InterpolationMode.BILINEAR,
+                )
+                + 0.5
+                for i, (s, a, t) in enumerate(draws)
+            ]
+            return torch.cat(out)
+
+    return lambda scale=1.0: T.Compose([Antithetic(translate=T._px(12, scale))])
+
+
+def _strong_affine(scale: float = 1.0):
+    """A wider random affine than ``fused``'s: translate ±24 px, scale 0.8-1.2, rotate ±20°."""
+    from filterscope.optvis import transform as T
+
+    class Counted(T.RandomAffine):
+        def __call__(self, x, gens, out_size=None):
+            CALLS["patched"] += 1
+            return super().__call__(x, gens, out_size)
+
+    scales = tuple(1 + (i - 10) / 50 for i in range(21))
+    angles = tuple(range(-20, 21)) + (0,) * 10
+    return T.Compose([Counted(scales=scales, angles=angles, translate=T._px(24, scale))])
+
+
 def _polar_param():
     """A polar Fourier param: spectrum = the photos' mean magnitude · exp(ka·a) · e^{i·kp·φ}, from random phases
     at ``init_contrast``; amplitudes change multiplicatively and phases rotate."""
@@ -282,6 +395,67 @@ def _schedule_free() -> Iterator[None]:
         R.Renderer._optimise = orig
 
 
+def _transform(name: str, preset: Callable[[], Callable]) -> Callable[[], contextlib.AbstractContextManager]:
+    """A transform preset registered as ``name`` while the screen renders (``preset()`` makes its factory)."""
+    from filterscope.optvis import transform as T
+
+    return lambda: _registered(T.TRANSFORM_PRESETS, name, preset())
+
+
+@contextlib.contextmanager
+def _wrapped(pad: int) -> Iterator[None]:
+    """A wrapped canvas: the periodic Fourier image fed ``pad`` px larger than the model's input (wrapped round),
+    then ``fused``'s affine, so one forward pass sees a full picture at every shift."""
+    import torch.nn.functional as F
+
+    from filterscope.optvis import render as R
+    from filterscope.optvis import transform as T
+
+    class Wrap(T.Transform):
+        def __call__(self, x, gens, out_size=None):
+            CALLS["patched"] += 1
+            return F.pad(x, [pad // 2] * 4, mode="circular")
+
+    fit = R._fit
+
+    def wrapped_fit(x, side):  # the larger canvas goes to the network as it is
+        return x if x.shape[-1] == side + pad else fit(x, side)
+
+    R._fit = wrapped_fit
+    try:
+        with _registered(T.TRANSFORM_PRESETS, "wrapped", lambda scale=1.0: T.Compose([Wrap(), *T.fused(scale).steps])):
+            yield
+    finally:
+        R._fit = fit
+
+
+@contextlib.contextmanager
+def _objective(fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """The loop's objective values mapped by ``fn`` while it steps (the start and the end are scored as they are)."""
+    from filterscope.optvis import render as R
+
+    orig = R.Renderer._optimise
+
+    def optimise(self, st, *args, **kwargs):
+        objective = st.objective
+
+        def mapped(ctx):
+            CALLS["patched"] += 1
+            return fn(objective(ctx))
+
+        st.objective = mapped
+        try:
+            return orig(self, st, *args, **kwargs)
+        finally:
+            st.objective = objective
+
+    R.Renderer._optimise = optimise
+    try:
+        yield
+    finally:
+        R.Renderer._optimise = orig
+
+
 # name → (round, patch (a context manager factory, or None), preset, RenderSettings changes, param options)
 SCREENS: dict[str, tuple[str, Callable | None, str, dict, dict]] = {
     "fast (default)": ("", None, "fast", {}, {}),
@@ -333,6 +507,40 @@ SCREENS: dict[str, tuple[str, Callable | None, str, dict, dict]] = {
         {},
     ),
     "flatter spectrum (decay 0.85)": ("10", None, "fast", {}, {"decay_power": 0.85}),
+    # the seventh round's and earlier screens, first run with code that was not kept, here again
+    "L-BFGS (lr 2 history 10)": ("7", _optimiser("lbfgs", LBFGSStep), "fast", {"optimizer": "lbfgs", "lr": 2.0}, {}),
+    "antithetic transforms": (
+        "7",
+        _transform("antithetic", _antithetic_affine),
+        "fast",
+        {"transforms": "antithetic"},
+        {},
+    ),
+    "stronger transforms (±24 px 0.8-1.2 ±20°)": (
+        "7",
+        _transform("strong", lambda: _strong_affine),
+        "fast",
+        {"transforms": "strong"},
+        {},
+    ),
+    "wrapped canvas (32 px)": ("7", lambda: _wrapped(32), "fast", {"transforms": "wrapped"}, {}),
+    "objective ×100": ("≤6", lambda: _objective(lambda v: v * 100), "fast", {}, {}),
+    "log objective (÷ current value)": (
+        "≤6",
+        lambda: _objective(lambda v: v / v.detach().abs().clamp(min=1e-6)),
+        "fast",
+        {},
+        {},
+    ),
+    "AdaBelief (lr 0.12)": ("11", _optimiser("adabelief", AdaBelief), "fast", {"optimizer": "adabelief"}, {}),
+    "AdaBelief (lr 0.06)": (
+        "11",
+        _optimiser("adabelief", AdaBelief),
+        "fast",
+        {"optimizer": "adabelief", "lr": 0.06},
+        {},
+    ),
+    "Lookahead NAdam (k 5 α 0.5)": ("11", _optimiser("lookahead", Lookahead), "fast", {"optimizer": "lookahead"}, {}),
 }
 assert not any("," in name for name in SCREENS), "--screens splits on commas"
 
