@@ -1,9 +1,9 @@
 """Directions for more progress per step (issue 25, item 1) that need code filterscope does not ship: a patched
-optimiser, param, activation backward or colour mapping. None was kept, so the patches live here, applied only
-while their own variant renders; each runs through bench_progress.py's measure on its tuning channels, beside
-``fast`` in the same process.
+optimiser, param, activation backward, colour mapping, transform or objective. None was kept, so the patches live
+here, applied only while their own variant renders; each runs through bench_progress.py's measure on its tuning
+channels, beside ``fast`` in the same process.
 
-    python benchmarks/bench_screens.py                        # every screen, ~20 min on 2 idle CPU cores
+    python benchmarks/bench_screens.py                        # every screen, ~35 min on 2 idle CPU cores
     python benchmarks/bench_screens.py --screens "fast (default),coarse-first g1 (first half)"
 
 Writes benchmarks/results/screens.json and screens.md.
@@ -405,7 +405,8 @@ def _transform(name: str, preset: Callable[[], Callable]) -> Callable[[], contex
 @contextlib.contextmanager
 def _wrapped(pad: int) -> Iterator[None]:
     """A wrapped canvas: the periodic Fourier image fed ``pad`` px larger than the model's input (wrapped round),
-    then ``fused``'s affine, so one forward pass sees a full picture at every shift."""
+    then ``fused``'s affine, and the whole frame goes to the network: its central 224 px are picture at every shift
+    (grey from the affine can still enter at the frame's edges)."""
     import torch.nn.functional as F
 
     from filterscope.optvis import render as R
@@ -419,7 +420,10 @@ def _wrapped(pad: int) -> Iterator[None]:
     fit = R._fit
 
     def wrapped_fit(x, side):  # the larger canvas goes to the network as it is
-        return x if x.shape[-1] == side + pad else fit(x, side)
+        if x.shape[-1] == side + pad:
+            CALLS["patched"] += 1
+            return x
+        return fit(x, side)
 
     R._fit = wrapped_fit
     try:
