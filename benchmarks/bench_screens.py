@@ -18,6 +18,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -39,6 +40,11 @@ def _cycles(shape) -> np.ndarray:
     return rfft_freqs(shape[2], shape[2])[:, : shape[3]] * shape[2]
 
 
+def _with_grads(opt: torch.optim.Optimizer) -> list[tuple[dict, torch.Tensor]]:
+    """(group, parameter) for each of ``opt``'s parameters that the last backward pass reached."""
+    return [(g, p) for g in opt.param_groups for p in g["params"] if p.grad is not None]
+
+
 class BandAdam(torch.optim.Optimizer):
     """NAdam whose second moment is shared by the coefficients of one radial frequency band (``per`` bands per
     octave, per colour channel), so a step keeps the gradient's relative sizes within a band."""
@@ -55,30 +61,27 @@ class BandAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         CALLS["patched"] += 1
-        for gr in self.param_groups:
+        for gr, p in _with_grads(self):
             b1, b2 = gr["betas"]
-            for p in gr["params"]:
-                if p.grad is None:
-                    continue
-                g, st = p.grad, self.state[p]
-                c, h, wf = p.shape[1], p.shape[2], p.shape[3]
-                if not st:
-                    st["t"], st["m"], st["mp"] = 0, torch.zeros_like(p), 1.0
-                    st["idx"], st["nb"] = self._bands(p.shape, gr["per"])
-                    st["cnt"] = torch.bincount(st["idx"], minlength=st["nb"]).float() * 2
-                    st["v"] = torch.zeros(c, st["nb"])
-                st["t"] += 1
-                t = st["t"]
-                st["m"].mul_(b1).add_(g, alpha=1 - b1)
-                g2 = (g * g).sum(-1).reshape(c, h * wf)
-                st["v"].mul_(b2).add_(torch.zeros(c, st["nb"]).index_add_(1, st["idx"], g2) / st["cnt"], alpha=1 - b2)
-                v = st["v"][:, st["idx"]].reshape(1, c, h, wf, 1)
-                mu = b1 * (1 - 0.5 * 0.96 ** (t * 0.004))  # NAdam's momentum schedule
-                mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * 0.004))
-                st["mp"] *= mu
-                denom = (v / (1 - b2**t)).sqrt().add_(gr["eps"])
-                p.addcdiv_(g, denom, value=-gr["lr"] * (1 - mu) / (1 - st["mp"]))
-                p.addcdiv_(st["m"], denom, value=-gr["lr"] * mu_next / (1 - st["mp"] * mu_next))
+            g, st = p.grad, self.state[p]
+            c, h, wf = p.shape[1], p.shape[2], p.shape[3]
+            if not st:
+                st["t"], st["m"], st["mp"] = 0, torch.zeros_like(p), 1.0
+                st["idx"], st["nb"] = self._bands(p.shape, gr["per"])
+                st["cnt"] = torch.bincount(st["idx"], minlength=st["nb"]).float() * 2
+                st["v"] = torch.zeros(c, st["nb"])
+            st["t"] += 1
+            t = st["t"]
+            st["m"].mul_(b1).add_(g, alpha=1 - b1)
+            g2 = (g * g).sum(-1).reshape(c, h * wf)
+            st["v"].mul_(b2).add_(torch.zeros(c, st["nb"]).index_add_(1, st["idx"], g2) / st["cnt"], alpha=1 - b2)
+            v = st["v"][:, st["idx"]].reshape(1, c, h, wf, 1)
+            mu = b1 * (1 - 0.5 * 0.96 ** (t * 0.004))  # NAdam's momentum schedule
+            mu_next = b1 * (1 - 0.5 * 0.96 ** ((t + 1) * 0.004))
+            st["mp"] *= mu
+            denom = (v / (1 - b2**t)).sqrt().add_(gr["eps"])
+            p.addcdiv_(g, denom, value=-gr["lr"] * (1 - mu) / (1 - st["mp"]))
+            p.addcdiv_(st["m"], denom, value=-gr["lr"] * mu_next / (1 - st["mp"] * mu_next))
 
 
 class CoarseFirst(torch.optim.NAdam):
@@ -91,7 +94,7 @@ class CoarseFirst(torch.optim.NAdam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        ps = [p for _, p in _with_grads(self)]
         old = [p.detach().clone() for p in ps]
         super().step()
         g = self.g0 * max(0.0, 1.0 - self.t / max(1.0, self.frac * STEPS["total"]))
@@ -115,13 +118,11 @@ class Lion(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         CALLS["patched"] += 1
-        for g in self.param_groups:
+        for g, p in _with_grads(self):
             b1, b2 = g["betas"]
-            for p in g["params"]:
-                if p.grad is not None:
-                    m = self.state[p].setdefault("m", torch.zeros_like(p))
-                    p.add_(torch.sign(m * b1 + p.grad * (1 - b1)), alpha=-g["lr"])
-                    m.mul_(b2).add_(p.grad, alpha=1 - b2)
+            m = self.state[p].setdefault("m", torch.zeros_like(p))
+            p.add_(torch.sign(m * b1 + p.grad * (1 - b1)), alpha=-g["lr"])
+            m.mul_(b2).add_(p.grad, alpha=1 - b2)
 
 
 class LBFGSStep(torch.optim.LBFGS):
@@ -167,20 +168,17 @@ class AdaBelief(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         CALLS["patched"] += 1
-        for g in self.param_groups:
+        for g, p in _with_grads(self):
             b1, b2 = g["betas"]
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if not st:
-                    st["k"], st["m"], st["s"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-                st["k"] += 1
-                k, m, v = st["k"], st["m"], st["s"]
-                m.lerp_(p.grad, 1 - b1)
-                v.mul_(b2).addcmul_(p.grad - m, p.grad - m, value=1 - b2).add_(g["eps"])
-                nesterov = (b1 * m + (1 - b1) * p.grad) / (1 - b1 ** (k + 1))
-                p.addcdiv_(nesterov, (v / (1 - b2**k)).sqrt().add_(g["eps"]), value=-g["lr"])
+            st = self.state[p]
+            if not st:
+                st["k"], st["m"], st["s"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+            st["k"] += 1
+            k, m, v = st["k"], st["m"], st["s"]
+            m.lerp_(p.grad, 1 - b1)
+            v.mul_(b2).addcmul_(p.grad - m, p.grad - m, value=1 - b2).add_(g["eps"])
+            nesterov = (b1 * m + (1 - b1) * p.grad) / (1 - b1 ** (k + 1))
+            p.addcdiv_(nesterov, (v / (1 - b2**k)).sqrt().add_(g["eps"]), value=-g["lr"])
 
 
 def _antithetic_affine():
@@ -295,24 +293,10 @@ class _FlooredSigmoid(torch.autograd.Function):
         return g * (y * (1 - y)).clamp(min=ctx.floor), None
 
 
-@contextlib.contextmanager
-def _registered(table: dict, name: str, value) -> Iterator[None]:
-    missing = object()
-    before = table.get(name, missing)
-    table[name] = value
-    try:
-        yield
-    finally:
-        if before is missing:
-            table.pop(name, None)
-        else:
-            table[name] = before
-
-
 def _optimiser(name: str, make: Callable) -> Callable[[], contextlib.AbstractContextManager]:
     from filterscope.optvis import render as R
 
-    return lambda: _registered(R.OPTIMIZERS, name, make)
+    return lambda: mock.patch.dict(R.OPTIMIZERS, {name: make})
 
 
 def _polar() -> contextlib.AbstractContextManager:
@@ -320,15 +304,12 @@ def _polar() -> contextlib.AbstractContextManager:
 
     cls = _polar_param()
     cls.name = "polar"
-    return _registered(P.PARAM_REGISTRY, "polar", cls)
+    return mock.patch.dict(P.PARAM_REGISTRY, {"polar": cls})
 
 
 @contextlib.contextmanager
 def _leaky(leak: float) -> Iterator[None]:
     from torch import nn
-
-    relu, relu6 = nn.ReLU.forward, nn.ReLU6.forward
-    own6 = "forward" in vars(nn.ReLU6)  # ReLU6 inherits Hardtanh's forward: put the class back as it was
 
     def leaky(lo, hi, orig):
         def forward(self, x):
@@ -339,32 +320,22 @@ def _leaky(leak: float) -> Iterator[None]:
 
         return forward
 
-    nn.ReLU.forward, nn.ReLU6.forward = leaky(0.0, None, relu), leaky(0.0, 6.0, relu6)
-    try:
+    # mock puts ReLU6 back as it was: its forward is Hardtanh's, inherited
+    with (
+        mock.patch.object(nn.ReLU, "forward", leaky(0.0, None, nn.ReLU.forward)),
+        mock.patch.object(nn.ReLU6, "forward", leaky(0.0, 6.0, nn.ReLU6.forward)),
+    ):
         yield
-    finally:
-        nn.ReLU.forward = relu
-        if own6:
-            nn.ReLU6.forward = relu6
-        else:
-            del nn.ReLU6.forward
 
 
-@contextlib.contextmanager
-def _sigmoid_floor(floor: float) -> Iterator[None]:
+def _sigmoid_floor(floor: float) -> contextlib.AbstractContextManager:
     from filterscope.optvis import param as P
-
-    orig = P.ImageParam.to_valid_rgb
 
     def to_valid_rgb(self, x):
         CALLS["patched"] += 1
         return _FlooredSigmoid.apply(self.recolour(x), floor)
 
-    P.ImageParam.to_valid_rgb = to_valid_rgb
-    try:
-        yield
-    finally:
-        P.ImageParam.to_valid_rgb = orig
+    return mock.patch.object(P.ImageParam, "to_valid_rgb", to_valid_rgb)
 
 
 @contextlib.contextmanager
@@ -387,19 +358,15 @@ def _schedule_free() -> Iterator[None]:
     def make(params, lr):
         return schedulefree.AdamWScheduleFree(params, lr=lr, betas=(0.9, 0.999), warmup_steps=0, r=4.0)
 
-    R.Renderer._optimise = optimise
-    try:
-        with _registered(R.OPTIMIZERS, "schedule-free", make):
-            yield
-    finally:
-        R.Renderer._optimise = orig
+    with mock.patch.object(R.Renderer, "_optimise", optimise), mock.patch.dict(R.OPTIMIZERS, {"schedule-free": make}):
+        yield
 
 
 def _transform(name: str, preset: Callable[[], Callable]) -> Callable[[], contextlib.AbstractContextManager]:
     """A transform preset registered as ``name`` while the screen renders (``preset()`` makes its factory)."""
     from filterscope.optvis import transform as T
 
-    return lambda: _registered(T.TRANSFORM_PRESETS, name, preset())
+    return lambda: mock.patch.dict(T.TRANSFORM_PRESETS, {name: preset()})
 
 
 @contextlib.contextmanager
@@ -425,16 +392,12 @@ def _wrapped(pad: int) -> Iterator[None]:
             return x
         return fit(x, side)
 
-    R._fit = wrapped_fit
-    try:
-        with _registered(T.TRANSFORM_PRESETS, "wrapped", lambda scale=1.0: T.Compose([Wrap(), *T.fused(scale).steps])):
-            yield
-    finally:
-        R._fit = fit
+    preset = {"wrapped": lambda scale=1.0: T.Compose([Wrap(), *T.fused(scale).steps])}
+    with mock.patch.object(R, "_fit", wrapped_fit), mock.patch.dict(T.TRANSFORM_PRESETS, preset):
+        yield
 
 
-@contextlib.contextmanager
-def _objective(fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def _objective(fn: Callable[[torch.Tensor], torch.Tensor]) -> contextlib.AbstractContextManager:
     """The loop's objective values mapped by ``fn`` while it steps (the start and the end are scored as they are)."""
     from filterscope.optvis import render as R
 
@@ -453,11 +416,7 @@ def _objective(fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
         finally:
             st.objective = objective
 
-    R.Renderer._optimise = optimise
-    try:
-        yield
-    finally:
-        R.Renderer._optimise = orig
+    return mock.patch.object(R.Renderer, "_optimise", optimise)
 
 
 # name → (round, patch (a context manager factory, or None), preset, RenderSettings changes, param options)
