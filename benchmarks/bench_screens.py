@@ -3,7 +3,7 @@ optimiser, param, activation backward, colour mapping, transform or objective. N
 here, applied only while their own variant renders; each runs through bench_progress.py's measure on its tuning
 channels, beside ``fast`` in the same process.
 
-    python benchmarks/bench_screens.py                        # every screen, ~35 min on 2 idle CPU cores
+    python benchmarks/bench_screens.py                        # every screen, ~45 min on 2 idle CPU cores
     python benchmarks/bench_screens.py --screens "fast (default),coarse-first g1 (first half)"
 
 Writes benchmarks/results/screens.json and screens.md.
@@ -419,6 +419,63 @@ def _objective(fn: Callable[[torch.Tensor], torch.Tensor]) -> contextlib.Abstrac
     return mock.patch.object(R.Renderer, "_optimise", optimise)
 
 
+@contextlib.contextmanager
+def _windows(frac: float) -> Iterator[None]:
+    """Every step (``coarse`` set just under 1) sees a random window of ``frac`` of the side of each view, at the
+    same pixel scale, instead of ``coarse``'s half-side one: a cheaper view (~``frac``² of the network's pixels)
+    that still moves every Fourier coefficient; with ``views`` 2, two cheaper views for about one full one's cost."""
+    from filterscope.optvis import render as R
+
+    windows = R._windows
+
+    def wider(x, gens, batch):
+        CALLS["patched"] += 1
+        return windows(x, gens, batch, frac)
+
+    with mock.patch.object(R, "_windows", wider):
+        yield
+
+
+@contextlib.contextmanager
+def _layer_start(steps: int = 64) -> Iterator[None]:
+    """Every channel of a layer starts from one shared picture instead of its own random natural one: a ``fast``
+    render of DeepDream's objective on the whole layer (``steps`` steps, made once per layer in each measured point,
+    its seconds shared by that point's channels), so a render begins among the structures the layer answers to."""
+    from filterscope.optvis import param as P
+    from filterscope.optvis import render as R
+    from filterscope.optvis.objectives import layer as deepdream
+
+    starts: dict[str, torch.Tensor] = {}
+    render, make = R.Renderer.render, R.make_param
+
+    def start_for(self, name: str) -> torch.Tensor:
+        if name not in starts:
+            made = []
+
+            def keep(*a, **k):
+                made.append(make(*a, **k))
+                return made[-1]
+
+            with mock.patch.object(R, "make_param", keep):
+                render(R.Renderer(self.model, self.settings.with_(steps=steps)), deepdream(name), [12345])
+            starts[name] = made[-1].tensors[0].detach().clone()
+        return starts[name]
+
+    def started(self, objective, seeds, **kwargs):
+        (name,) = objective.layers
+        start = start_for(self, name)
+
+        def init(param, gen):
+            CALLS["patched"] += 1
+            return start.clone()
+
+        with mock.patch.object(P.FourierParam, "init", init):
+            return render(self, objective, seeds, **kwargs)
+
+    with mock.patch.object(R.Renderer, "render", started):
+        yield
+
+
 # name → (round, patch (a context manager factory, or None), preset, RenderSettings changes, param options)
 SCREENS: dict[str, tuple[str, Callable | None, str, dict, dict]] = {
     "fast (default)": ("", None, "fast", {}, {}),
@@ -504,6 +561,11 @@ SCREENS: dict[str, tuple[str, Callable | None, str, dict, dict]] = {
         {},
     ),
     "Lookahead NAdam (k 5 α 0.5)": ("11", _optimiser("lookahead", Lookahead), "fast", {"optimizer": "lookahead"}, {}),
+    "75 % windows every step": ("12", lambda: _windows(0.75), "fast", {"coarse": 0.99}, {}),
+    "two 75 % windows per step": ("12", lambda: _windows(0.75), "fast", {"coarse": 0.99, "views": 2}, {}),
+    "two 60 % windows per step": ("12", lambda: _windows(0.6), "fast", {"coarse": 0.99, "views": 2}, {}),
+    "lr 0.24 with a slower average (ema 0.9)": ("12", None, "fast", {"lr": 0.24, "ema": 0.9}, {}),
+    "one DeepDream start per layer": ("12", _layer_start, "fast", {}, {}),
 }
 assert not any("," in name for name in SCREENS), "--screens splits on commas"
 

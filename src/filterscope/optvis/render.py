@@ -273,11 +273,11 @@ def _float(acts: dict[str, torch.Tensor], logits: torch.Tensor | None):
     return acts, logits.float() if isinstance(logits, torch.Tensor) and logits.is_floating_point() else logits
 
 
-def _half_crops(x: torch.Tensor, gens: Sequence[torch.Generator], batch: int) -> torch.Tensor:
-    """A random half-side window of each row, at the same pixel scale: a coarse step costs the network
-    ~1/4 of a full one and still moves every Fourier coefficient."""
+def _windows(x: torch.Tensor, gens: Sequence[torch.Generator], batch: int, frac: float = 0.5) -> torch.Tensor:
+    """A random window of ``frac`` of the side of each row, at the same pixel scale: a coarse step (half-side
+    windows) costs the network ~1/4 of a full one and still moves every Fourier coefficient."""
     h, w = x.shape[-2:]
-    ch, cw = max(1, h // 2), max(1, w // 2)
+    ch, cw = max(1, int(h * frac)), max(1, int(w * frac))
     rows = []
     per = x.shape[0] // batch
     for i in range(x.shape[0]):
@@ -465,7 +465,7 @@ class Renderer:
             images = param()
             x = _fit(st.transform(images, st.gens, side), side)
             if step < coarse:
-                x = _half_crops(x, st.gens, st.batch)
+                x = _windows(x, st.gens, st.batch)
             with self._autocast():
                 logits = run(st.forward, x, st.cap)
             owner = torch.arange(b, device=x.device).repeat_interleave(x.shape[0] // b)
