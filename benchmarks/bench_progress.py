@@ -141,10 +141,10 @@ def score_layer(model, layer: str, channels: list[int], images) -> dict:
     }
 
 
-def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT) -> list[dict]:
+def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT, table: dict | None = None) -> list[dict]:
     """The directions checked where they were not tuned: the benchmark's own channels (bench_targets.py's),
     every benchmarked layer, each as ``fast`` runs by default (early exit on); bn2 scored on its robust
-    pre-activation (:func:`score_layer`)."""
+    pre-activation (:func:`score_layer`). ``table``: name → (preset, changes, options), :data:`VARIANTS` if None."""
     from filterscope.jobs.stream import render_stream
     from filterscope.models.layers import get_layer
 
@@ -152,7 +152,7 @@ def held_out(model, steps: int | None = None, variants: list[str] = HELD_OUT) ->
     for layer in ["blocks.1", "blocks.3", "blocks.5", "blocks.6", "bn2"]:
         chans = br.pick_channels(model, layer, 4)
         for name in variants:
-            preset, changes, options = VARIANTS[name]
+            preset, changes, options = (VARIANTS if table is None else table)[name]
             s = settings_for(preset, changes, options, steps, early_exit=True)
             t0 = time.perf_counter()
             res = list(render_stream(model, get_layer(model, layer), chans, s, seed=0))
@@ -247,19 +247,24 @@ def markdown(res: dict) -> str:
             )
         out.append("")
     if res.get("held_out"):
-        out += [
-            "### Held out: the benchmark's channels, each variant as `fast` runs (early exit on)",
-            "",
-            "| layer | variant | measure | median | steps | s/channel | colourfulness | RMS contrast |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        out += [
-            f"| {r['layer']} | {r['start']} | {r['measure']} | {r['median']:.2f} | {r['steps']:.0f} | "
-            f"{r['s_per_channel']:.2f} | {r['median_colourfulness']} | {r['median_rms_contrast']} |"
-            for r in res["held_out"]
-        ]
-        out.append("")
+        out += held_out_table(res["held_out"])
     return "\n".join(out)
+
+
+def held_out_table(rows: list[dict]) -> list[str]:
+    """The held-out check's rows as markdown lines (a heading, the table, a blank line)."""
+    out = [
+        "### Held out: the benchmark's channels, each variant as `fast` runs (early exit on)",
+        "",
+        "| layer | variant | measure | median | steps | s/channel | colourfulness | RMS contrast |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {r['layer']} | {r['start']} | {r['measure']} | {r['median']:.2f} | {r['steps']:.0f} | "
+        f"{r['s_per_channel']:.2f} | {r['median_colourfulness']} | {r['median_rms_contrast']} |"
+        for r in rows
+    ]
+    return out + [""]
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ channels, beside ``fast`` in the same process.
 
     python benchmarks/bench_screens.py                        # every screen, ~45 min on 2 idle CPU cores
     python benchmarks/bench_screens.py --screens "fast (default),coarse-first g1 (first half)"
+    python benchmarks/bench_screens.py --screens "" --held-out "fast (default),replicated edges in the affine"
 
 Writes benchmarks/results/screens.json and screens.md.
 """
@@ -421,9 +422,9 @@ def _objective(fn: Callable[[torch.Tensor], torch.Tensor]) -> contextlib.Abstrac
 
 @contextlib.contextmanager
 def _windows(frac: float) -> Iterator[None]:
-    """Every step (``coarse`` set just under 1) sees a random window of ``frac`` of the side of each view, at the
-    same pixel scale, instead of ``coarse``'s half-side one: a cheaper view (~``frac``² of the network's pixels)
-    that still moves every Fourier coefficient; with ``views`` 2, two cheaper views for about one full one's cost."""
+    """With ``coarse`` 0.99 (every step at 32 steps, all but the last at 64), each view is a random window of ``frac``
+    of its side, at the same pixel scale, instead of ``coarse``'s half-side one: a cheaper view (~``frac``² of the
+    network's pixels) that still moves every Fourier coefficient; with ``views`` 2, two of them per step."""
     from filterscope.optvis import render as R
 
     windows = R._windows
@@ -436,6 +437,31 @@ def _windows(frac: float) -> Iterator[None]:
         yield
 
 
+def _edges(mode: str) -> contextlib.AbstractContextManager:
+    """``fused``'s random affine (the same draws) resampled with ``grid_sample``'s ``mode`` padding (reflection or
+    border) instead of grey outside: the views keep picture at their edges, as the evaluator's crops do."""
+    import torch.nn.functional as F
+
+    from filterscope.optvis import transform as T
+
+    class Shim:  # transform.py's torchvision functional, with affine replaced
+        def __getattr__(self, name):
+            return getattr(T.TF, name)
+
+        @staticmethod
+        def affine(img, angle, translate, scale, shear, interpolation):
+            CALLS["patched"] += 1
+            h, w = img.shape[-2:]
+            a = math.radians(-angle)  # torchvision turns the other way
+            m = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) / scale
+            t = torch.tensor([2.0 * translate[0] / w, 2.0 * translate[1] / h])
+            theta = torch.cat([m, -(m @ t)[:, None]], 1).to(img)
+            grid = F.affine_grid(theta.expand(img.shape[0], 2, 3), list(img.shape), align_corners=False)
+            return F.grid_sample(img, grid, mode="bilinear", padding_mode=mode, align_corners=False)
+
+    return mock.patch.object(T, "TF", Shim())
+
+
 @contextlib.contextmanager
 def _layer_start(steps: int = 64) -> Iterator[None]:
     """Every channel of a layer starts from one shared picture instead of its own random natural one: a ``fast``
@@ -443,6 +469,7 @@ def _layer_start(steps: int = 64) -> Iterator[None]:
     its seconds shared by that point's channels), so a render begins among the structures the layer answers to."""
     from filterscope.optvis import param as P
     from filterscope.optvis import render as R
+    from filterscope.optvis.objectives import Objective, stack
     from filterscope.optvis.objectives import layer as deepdream
 
     starts: dict[str, torch.Tensor] = {}
@@ -462,7 +489,8 @@ def _layer_start(steps: int = 64) -> Iterator[None]:
         return starts[name]
 
     def started(self, objective, seeds, **kwargs):
-        (name,) = objective.layers
+        one = objective if isinstance(objective, Objective) else stack(objective)  # a batch (GPU) gives a list
+        (name,) = one.layers
         start = start_for(self, name)
 
         def init(param, gen):
@@ -566,6 +594,8 @@ SCREENS: dict[str, tuple[str, Callable | None, str, dict, dict]] = {
     "two 60 % windows per step": ("12", lambda: _windows(0.6), "fast", {"coarse": 0.99, "views": 2}, {}),
     "lr 0.24 with a slower average (ema 0.9)": ("12", None, "fast", {"lr": 0.24, "ema": 0.9}, {}),
     "one DeepDream start per layer": ("12", _layer_start, "fast", {}, {}),
+    "reflected edges in the affine": ("12", lambda: _edges("reflection"), "fast", {}, {}),
+    "replicated edges in the affine": ("12", lambda: _edges("border"), "fast", {}, {}),
 }
 assert not any("," in name for name in SCREENS), "--screens splits on commas"
 
@@ -593,6 +623,8 @@ def markdown(res: dict) -> str:
                 cells.append(f"{r['median_robust_ratio']:.2f} @ {r['s_per_channel']:.2f} s" if r else "—")
         rnd = next(r["round"] for r in res["rows"] if r["screen"] == name)
         out.append(f"| {name} | {rnd or 'reference'} | " + " | ".join(cells) + " |")
+    if res.get("held_out"):
+        out += ["", *bp.held_out_table(res["held_out"])]
     return "\n".join(out) + "\n"
 
 
@@ -602,12 +634,14 @@ def main() -> None:
     p.add_argument("--steps", default="32,64")
     p.add_argument("--layers", default=",".join(bp.LAYERS))
     p.add_argument("--n-channels", type=int, default=8)
+    p.add_argument("--held-out", default="", help="screens also checked on the benchmark's channels at every layer")
     p.add_argument("--out", default=str(bp.RESULTS / "screens"))
     args = p.parse_args()
     import os
 
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"  # every point rendered and timed here
-    unknown = [s for s in args.screens.split(",") if s not in SCREENS]
+    screens, checked = ([n for n in a.split(",") if n] for a in (args.screens, args.held_out))
+    unknown = [s for s in screens + checked if s not in SCREENS]
     if unknown:
         p.error(f"unknown screen(s) {unknown}; choose from {list(SCREENS)}")
     model = br.load("efficientnet_lite0", "cpu")
@@ -616,7 +650,7 @@ def main() -> None:
     rows = []
     for layer in layers:
         bp.measure(model, layer, chans[layer][:1], bp.settings_for("fast", {}, {}, 2))  # warm-up
-        for name in args.screens.split(","):
+        for name in screens:
             rnd, patch, preset, changes, options = SCREENS[name]
             for n in steps:
                 STEPS["total"], CALLS["patched"] = n, 0
@@ -626,7 +660,17 @@ def main() -> None:
                     raise RuntimeError(f"the patch of {name!r} never ran")
                 rows.append({"screen": name, "round": rnd, "layer": layer, "steps": n, **r})
                 print(json.dumps(rows[-1]), flush=True)
+    held = []
+    for name in checked:  # each under its patch, scored as bench_progress.py's held-out check
+        rnd, patch, preset, changes, options = SCREENS[name]
+        CALLS["patched"] = 0
+        with patch() if patch else contextlib.nullcontext():
+            held += bp.held_out(model, variants=[name], table={name: (preset, changes, options)})
+        if patch and not CALLS["patched"]:
+            raise RuntimeError(f"the patch of {name!r} never ran")
     res = {"machine": br.machine(), "layers": layers, "steps": steps, "channels": chans, "rows": rows}
+    if held:
+        res["held_out"] = held
     br.write_results(args.out, res, markdown(res))
 
 
