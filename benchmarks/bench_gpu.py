@@ -7,15 +7,17 @@ by free memory, bfloat16 only where the evaluator shows no loss.
 Per layer (blocks.3, blocks.6, bn2), the same channels rendered by:
 
 - ``fast`` in float32 and with a bfloat16 network (``precision``: torch.autocast around the forward pass;
-  image, objective and optimiser stay float32), and ``fast`` with 2 views per step (``views``, which on 2
-  CPU cores costs ~1.7 steps and may cost far less where a batch is cheap);
+  image, objective and optimiser stay float32), and ``fast`` with 2 and 8 views per step (``views``, which on 2
+  CPU cores costs ~1.7 steps and may cost far less where a batch is cheap: late in a render one view's gradient
+  is mostly noise, benchmarks/bench_noise.py, and 8 views average it 8 times);
 - the ``lucid`` preset (Lucid's method in this loop) and, when ``torch-lucent`` is installed, Lucent's
   ``render_vis`` (one channel at a time, as it renders);
 
-all at the same step count (``fast``'s 48, early exit off), every filterscope variant in batches sized from
-free memory (``jobs.stream.auto_batch``). Reported: channels per minute, the median robust ratio (bn2: its
-robust pre-activation; ReLU6 caps the output), and per layer whether bfloat16 is kept: its median is at least
-98 % of float32's. Writes benchmarks/results/gpu.json and gpu.md (``--out``).
+all at the same step count (``fast``'s 48, early exit off), and the ``lucid`` preset again at its own 512 steps
+(``--lucid-steps``: item 1's quality reference, to read quality per minute against); every filterscope variant
+in batches sized from free memory (``jobs.stream.auto_batch``). Reported: channels per minute, the median robust
+ratio (bn2: its robust pre-activation; ReLU6 caps the output), and per layer whether bfloat16 is kept: its median
+is at least 98 % of float32's. Writes benchmarks/results/gpu.json and gpu.md (``--out``).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fast float32": ("fast", {}),
     "fast bfloat16": ("fast", {"precision": "bfloat16"}),
     "fast 2 views": ("fast", {"views": 2}),
+    "fast 8 views": ("fast", {"views": 8}),
     "lucid": ("lucid", {}),
 }
 
@@ -65,6 +68,7 @@ def variant(model, layer: str, channels: list[int], name: str, steps: int, batch
     sec = time.perf_counter() - t0
     return {
         "variant": name,
+        "steps": steps,
         "batch": size,
         **_speed(len(channels), sec),
         **bp.score_layer(model, layer, channels, images),
@@ -79,7 +83,7 @@ def lucent_variant(model, layer: str, channels: list[int], steps: int) -> dict:
     br.sync(device)
     sec = time.perf_counter() - t0
     scored = bp.score_layer(model, layer, channels, images)
-    return {"variant": "Lucent render_vis", "batch": 1, **_speed(len(channels), sec), **scored}
+    return {"variant": "Lucent render_vis", "steps": steps, "batch": 1, **_speed(len(channels), sec), **scored}
 
 
 def run(args) -> dict:
@@ -95,6 +99,8 @@ def run(args) -> dict:
         channels = br.pick_channels(model, layer, args.channels)
         variant(model, layer, channels[:1], "fast float32", 2, args.batch)  # warm-up: kernels, folding
         rows = [variant(model, layer, channels, v, args.steps, args.batch) for v in VARIANTS]
+        if args.lucid_steps:  # item 1's reference: Lucid's own step count, for quality per second against it
+            rows.append(variant(model, layer, channels, "lucid", args.lucid_steps, args.batch))
         if br.have_lucent() and not args.no_lucent:
             rows.append(lucent_variant(model, layer, channels[: args.lucent_channels], args.steps))
         by = {r["variant"]: r for r in rows}
@@ -108,14 +114,16 @@ def markdown(res: dict) -> str:
     if "layers" not in res:
         return res.get("status", "not run") + "\n"
     out = [
-        f"Machine: {res['machine']}; device {res.get('gpu', res['device'])}; {res['steps']} steps for every method.",
+        f"Machine: {res['machine']}; device {res.get('gpu', res['device'])}; {res['steps']} steps for every method "
+        "but the last `lucid` row of a layer (Lucid's own step count, the quality reference).",
         "",
-        "| layer | method | batch | channels/min | measure | median | colourfulness |",
-        "|---|---|---|---|---|---|---|",
+        "| layer | method | steps | batch | channels/min | measure | median | colourfulness |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for layer, d in res["layers"].items():
         out += [
-            f"| {layer} | {r['variant']} | {r['batch']} | {r['channels_per_min']:.1f} | {r['measure']} | "
+            f"| {layer} | {r['variant']} | {r.get('steps', res['steps'])} | {r['batch']} | "
+            f"{r['channels_per_min']:.1f} | {r['measure']} | "
             f"{r['median']:.2f} | {r['median_colourfulness']} |"
             for r in d["rows"]
         ]
@@ -133,6 +141,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=48)
     p.add_argument("--batch", type=int, default=None, help="default: from free memory (1 on a CPU)")
     p.add_argument("--no-lucent", action="store_true")
+    p.add_argument("--lucid-steps", type=int, default=512, help="the lucid preset again at this many steps (0: not)")
     p.add_argument("--out", default=str(RESULTS / "gpu"))
     args = p.parse_args()
     import os

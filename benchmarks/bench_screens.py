@@ -138,6 +138,19 @@ class LBFGSStep(torch.optim.LBFGS):
         return super().step(lambda: torch.zeros(()))  # max_iter 1: the closure's value is never compared
 
 
+class NAdamW(torch.optim.NAdam):
+    """NAdam with decoupled weight decay (torch's ``decoupled_weight_decay``): every step also shrinks each
+    coefficient by lr × ``decay``, so what the gradients do not keep pushing (the random walk that a noisy step
+    leaves, benchmarks/bench_noise.py) fades instead of piling up as contrast."""
+
+    def __init__(self, params, lr: float = 0.12, decay: float = 0.1):
+        super().__init__(params, lr=lr, weight_decay=decay, decoupled_weight_decay=True)
+
+    def step(self, closure=None):
+        CALLS["patched"] += 1
+        return super().step(closure)
+
+
 class Lookahead(torch.optim.NAdam):
     """NAdam with Lookahead (Zhang et al. 2019): every ``k`` steps the slow weights move ``alpha`` of the way to
     the fast ones and the fast ones restart there."""
@@ -278,6 +291,26 @@ class _Leaky(torch.autograd.Function):
         return torch.where(out, g * ctx.leak, g), None, None, None
 
 
+class _BlurredGrad(torch.autograd.Function):
+    """Identity forward; backward convolves the gradient with a normalised binomial kernel (``taps``, e.g. 1 2 1
+    in each direction): at a strided convolution's input, the checkerboard its backward scatters is smoothed."""
+
+    @staticmethod
+    def forward(ctx, x, taps):
+        ctx.taps = taps
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        CALLS["patched"] += 1
+        t = torch.tensor(ctx.taps, dtype=g.dtype, device=g.device)
+        k = (t[:, None] * t[None, :] / t.sum() ** 2).expand(g.shape[1], 1, len(t), len(t))
+        pad = len(t) // 2
+        return torch.nn.functional.conv2d(
+            torch.nn.functional.pad(g, [pad] * 4, mode="replicate"), k, groups=g.shape[1]
+        ), None
+
+
 class _FlooredSigmoid(torch.autograd.Function):
     """The sigmoid forward exactly; its backward slope floored, so saturated pixels keep a gradient."""
 
@@ -298,6 +331,33 @@ def _optimiser(name: str, make: Callable) -> Callable[[], contextlib.AbstractCon
     from filterscope.optvis import render as R
 
     return lambda: mock.patch.dict(R.OPTIMIZERS, {name: make})
+
+
+@contextlib.contextmanager
+def _blurred_backward(taps: tuple[int, ...]) -> Iterator[None]:
+    """The loop's net with the gradient blurred (:class:`_BlurredGrad`) at the input of every strided convolution
+    (efficientnet_lite0: the stem and four depthwise convolutions): the forward pass is exact, the backward is the
+    smoother one a blurred-downsampling (anti-aliased) net would give. A step's gradient is mostly the view's own
+    (benchmarks/bench_noise.py: two views' gradients have cosine ~0.06 at blocks.6 late in a render); a stride's
+    aliasing is one source of that, and this removes its checkerboard."""
+    from filterscope.optvis import render as R
+
+    net_for = R.Renderer.net_for
+    hooked: dict[torch.nn.Module, torch.utils.hooks.RemovableHandle] = {}  # the folded copies are cached: unhook
+
+    def blurred(self, layers):
+        net = net_for(self, layers)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1) and m not in hooked:
+                hooked[m] = m.register_forward_pre_hook(lambda mod, a: (_BlurredGrad.apply(a[0], taps), *a[1:]))
+        return net
+
+    try:
+        with mock.patch.object(R.Renderer, "net_for", blurred):
+            yield
+    finally:
+        for handle in hooked.values():
+            handle.remove()
 
 
 def _polar() -> contextlib.AbstractContextManager:
@@ -599,6 +659,8 @@ SCREENS: dict[str, tuple[str, Callable | None, str, dict, dict]] = {
     "one DeepDream start per layer": ("12", _layer_start, "fast", {}, {}),
     "reflected edges in the affine": ("12", lambda: _edges("reflection"), "fast", {}, {}),
     "replicated edges in the affine": ("12", lambda: _edges("border"), "fast", {}, {}),
+    "NAdamW (decoupled weight decay 0.1)": ("13", _optimiser("nadamw", NAdamW), "fast", {"optimizer": "nadamw"}, {}),
+    "blurred backward at strided convs (1 2 1)": ("13", lambda: _blurred_backward((1, 2, 1)), "fast", {}, {}),
 }
 assert not any("," in name for name in SCREENS), "--screens splits on commas"
 # the screens also checked held out (--held-out): those level or better at blocks.6 on the tuning channels
@@ -628,9 +690,18 @@ def markdown(res: dict) -> str:
                 cells.append(f"{r['median_robust_ratio']:.2f} @ {r['s_per_channel']:.2f} s" if r else "—")
         rnd = next(r["round"] for r in res["rows"] if r["screen"] == name)
         out.append(f"| {name} | {rnd or 'reference'} | " + " | ".join(cells) + " |")
+    for machine in dict.fromkeys(r["machine"] for r in res["rows"] if r.get("machine")):
+        names = dict.fromkeys(r["screen"] for r in res["rows"] if r.get("machine") == machine)
+        out += ["", f"Measured on {machine}: " + "; ".join(names) + "."]
     if res.get("held_out"):
         out += ["", *bp.held_out_table(res["held_out"])]
     return "\n".join(out) + "\n"
+
+
+def _merged(old: list[dict], new: list[dict], key: tuple[str, ...]) -> list[dict]:
+    """``old`` rows without those ``new`` measures again, then ``new``."""
+    again = {tuple(r[k] for k in key) for r in new}
+    return [r for r in old if tuple(r[k] for k in key) not in again] + new
 
 
 def main() -> None:
@@ -641,6 +712,12 @@ def main() -> None:
     p.add_argument("--n-channels", type=int, default=8)
     p.add_argument("--held-out", default=",".join(HELD_OUT), help="screens also checked on the benchmark's channels")
     p.add_argument("--out", default=str(bp.RESULTS / "screens"))
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="add this run's rows to the JSON's (a row measured again replaces its old one); this run's "
+        "'fast (default)' rows are kept as the run's own reference, named for the round of its other screens",
+    )
     args = p.parse_args()
     import os
 
@@ -674,12 +751,27 @@ def main() -> None:
             held += bp.held_out(model, variants=[name], table={name: (preset, changes, options)})
         if patch and not CALLS["patched"]:
             raise RuntimeError(f"the patch of {name!r} never ran")
+    if args.merge and rows:
+        rounds = sorted({r["round"] for r in rows if r["round"]})
+        for r in rows:
+            if r["screen"] == bp.DEFAULT and rounds:
+                r["screen"] = f"{bp.DEFAULT} in the run of round {', '.join(rounds)}"
     res = {"machine": br.machine(), "layers": layers, "steps": steps, "channels": chans, "rows": rows}
     if held:
         res["held_out"] = held
     before = Path(args.out).with_suffix(".json")
-    if not rows and before.exists():  # a held-out check alone keeps the screens measured before
-        res = {**json.loads(before.read_text()), "held_out": held}
+    if before.exists() and (args.merge or not rows):  # a held-out check alone keeps the screens measured before
+        old = json.loads(before.read_text())
+        if rows and old["channels"] != chans:
+            p.error("--merge needs the JSON's tuning channels (same --layers and --n-channels)")
+        for r in rows + held:  # rows from another machine than the table's say so
+            if res["machine"] != old["machine"]:
+                r["machine"] = res["machine"]
+        res = {
+            **old,
+            "rows": _merged(old["rows"], rows, ("screen", "layer", "steps")),
+            "held_out": _merged(old.get("held_out", []), held, ("start", "layer")),
+        }
     br.write_results(args.out, res, markdown(res))
 
 

@@ -44,6 +44,7 @@ COMMANDS = {
         ' --held-out "fast without annealing (before),fast (default)" --out benchmarks/results/anneal'
     ),
     "screens": "python benchmarks/bench_screens.py",
+    "noise": "python benchmarks/bench_noise.py",
     "compile": "python benchmarks/bench_compile.py",
     "classes_tuning": "python benchmarks/bench_classes.py",
     "classes_benchmark": "python benchmarks/bench_classes.py --set benchmark",
