@@ -1,7 +1,7 @@
 """Why a render step goes no further (issue 25, item 1): how much of one step's gradient is signal, and whether a
 render's quality follows its number of steps or its number of gradient samples (views × steps).
 
-    python benchmarks/bench_noise.py                          # both sections, ~25 min on 2 idle CPU cores
+    python benchmarks/bench_noise.py                          # every section, ~60 min on 2 idle CPU cores
     python benchmarks/bench_noise.py --only alignment,sources # ~4 min
     python benchmarks/bench_noise.py --only samples --layers blocks.6
 
@@ -13,11 +13,17 @@ alignment  At each benchmarked layer, on 4 tuning channels, at ``fast``'s start 
            views' gradients are the expected one plus independent noise, ρ is the share of a gradient's energy
            that is signal, and a mean of N views is aligned with the expectation by sqrt(Nρ / (1 + (N-1)ρ)).
 sources    At blocks.6, on the same 4 channels, at the end point: ρ under views that only translate (±3 px, ±12 px),
-           only rotate (±2°, ±10°) or only scale (0.9-1.1), under ``fused``'s whole affine, and under it with the
-           gradient blurred at the strided convolutions' inputs (bench_screens.py's blurred-backward screen).
+           only rotate (±2°, ±10°) or only scale (0.9-1.1), each at its full range, and under ``fused``'s whole
+           affine at the last step's strength (half its ranges), without and with the gradient blurred at the
+           strided convolutions' inputs (bench_screens.py's blurred-backward screen).
 samples    At blocks.3 and blocks.6, on the 8 tuning channels of the other screens: ``fast`` at several
-           (views per step × steps) with 48, 96 and 192 gradient samples, beside Lucid-512 (512 samples, one view
-           a step) and Lucid at 4 views × 128 steps (the same 512 samples in a quarter of the steps).
+           (views per step × steps) with 48, 96 and 192 gradient samples, and at 64 steps (1/8 of Lucid's) with 4
+           and 8 views, beside Lucid-512 (512 samples, one view a step) and Lucid at 4 views × 128 steps (the same
+           512 samples in a quarter of the steps).
+
+held_out   On the benchmark's own channels at every benchmarked layer (bench_targets.py's; bn2 on its robust
+           pre-activation), each as it runs by default (early exit on): ``fast``, ``fast`` with 4 and 8 views per
+           step at 64 steps, and Lucid-512, in one run.
 
 Writes benchmarks/results/noise.json and noise.md.
 """
@@ -43,8 +49,9 @@ ALIGN_LAYERS = ["blocks.1", "blocks.3", "blocks.5", "blocks.6", "bn2"]
 REFERENCE_VIEWS = 32
 TEST_VIEWS = 8
 # (preset, views per step, steps, other changes): fast at 48, 96 and 192 samples, each split several ways; at 96
-# samples also a learning rate raised with the views (the linear scaling rule of large-batch SGD: a mean of k views
-# is a less noisy step, so it may go further); Lucid's 512 two ways
+# samples also a learning rate raised by the square root of the views (the square-root scaling of large-batch Adam:
+# a mean of k views is a less noisy step, so it may go further); fast at 64 steps (1/8 of Lucid's) with 4 and 8
+# views; Lucid's 512 two ways
 GRID = [
     ("fast", 1, 48, {}),
     ("fast", 2, 24, {}),
@@ -57,6 +64,8 @@ GRID = [
     ("fast", 2, 96, {}),
     ("fast", 4, 48, {}),
     ("fast", 8, 24, {}),
+    ("fast", 4, 64, {}),
+    ("fast", 8, 64, {}),
     ("lucid", 1, 512, {}),
     ("lucid", 4, 128, {}),
 ]
@@ -96,13 +105,36 @@ def _view_gradients(model, net, calls, layer: str, pre: str | None, c: int, p, v
     return out
 
 
+def rendered_params(model, layer: str, channels: list[int], steps: int = 48) -> dict:
+    """Each channel's ``fast`` render (``steps`` steps, no early exit, no cache) as the parameterisation the loop
+    returned: its coefficients are the render's own (the average of its steps), taken from the loop, not mapped
+    back from the picture (whose sigmoid a clip to [1/255, 254/255] would change where pixels saturate)."""
+    from unittest import mock
+
+    from filterscope.jobs.stream import render_stream
+    from filterscope.models.layers import get_layer
+    from filterscope.optvis import render as R
+
+    made, make = [], R.make_param
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    settings = bp.settings_for("fast", {}, {}, steps)
+    with mock.patch.object(R, "make_param", keep):  # batch 1: one param per channel, in order
+        done = [
+            r.channel for r in render_stream(model, get_layer(model, layer), channels, settings, 0, batch=1, cache=None)
+        ]
+    assert len(made) == len(done), "one parameterisation per render"
+    return dict(zip(done, made))
+
+
 def alignment(model, layers: list[str], n_channels: int = 4) -> list[dict]:
     """The alignment section (see the module docstring); one row per layer and point (start, end)."""
     import torch
 
-    from filterscope.jobs.stream import render_stream
-    from filterscope.models.layers import get_layer
-    from filterscope.optvis.param import RGB_GAIN, make_param
+    from filterscope.optvis.param import make_param
     from filterscope.optvis.presets import get_preset
     from filterscope.optvis.relu import final_relus
     from filterscope.optvis.render import Renderer, channel_seed
@@ -116,17 +148,14 @@ def alignment(model, layers: list[str], n_channels: int = 4) -> list[dict]:
         net = renderer.net_for([layer])
         pre = final_relus(net, renderer.orders, [layer]).get(layer)  # the loop optimises bn2's pre-activation
         chans = bp.tuning_channels(model, layer, 8)[:n_channels]
-        finals = {
-            r.channel: r.image.float()
-            for r in render_stream(model, get_layer(model, layer), chans, bp.settings_for("fast", {}, {}, 48), seed=0)
-        }
+        finals = rendered_params(model, layer, chans)
         for point in ("start", "end"):
             per = []
             for c in chans:
                 if point == "start":  # the loop's own start for this channel
                     p = make_param("fourier", [channel_seed(0, c)], renderer.size, **options)
-                else:  # the render's coefficients: the image param inverts fast's colour map (its gain) and the rfft
-                    p = make_param("image", [0], renderer.size, image=finals[c], rgb_gain=RGB_GAIN)
+                else:  # the render's own coefficients
+                    p = finals[c]
                 view = make_transform("fused")
                 view.anneal(1.0 if point == "start" else 1.0 - fast.anneal)  # the strength of the first / last step
 
@@ -191,18 +220,12 @@ def sources(model, layer: str = "blocks.6", n_channels: int = 4) -> list[dict]:
 
     import bench_screens  # the blurred backward, as screened
 
-    from filterscope.jobs.stream import render_stream
-    from filterscope.models.layers import get_layer
-    from filterscope.optvis.param import RGB_GAIN, make_param
     from filterscope.optvis.presets import get_preset
     from filterscope.optvis.relu import final_relus
     from filterscope.optvis.render import Renderer
 
     chans = bp.tuning_channels(model, layer, 8)[:n_channels]
-    settings = bp.settings_for("fast", {}, {}, 48)
-    finals = {
-        r.channel: r.image.float() for r in render_stream(model, get_layer(model, layer), chans, settings, seed=0)
-    }
+    finals = rendered_params(model, layer, chans)
     rows = []
     for name, (view, blurred) in _sources().items():
         with bench_screens._blurred_backward((1, 2, 1)) if blurred else contextlib.nullcontext():
@@ -211,7 +234,7 @@ def sources(model, layer: str = "blocks.6", n_channels: int = 4) -> list[dict]:
             pre = final_relus(net, renderer.orders, [layer]).get(layer)
             rhos = []
             for c in chans:
-                p = make_param("image", [0], renderer.size, image=finals[c], rgb_gain=RGB_GAIN)
+                p = finals[c]
                 g = _view_gradients(model, net, renderer.calls, layer, pre, c, p, view, list(range(TEST_VIEWS)))
                 rhos.append(float(np.mean([_cos(a, b) for i, a in enumerate(g) for b in g[i + 1 :]])))
         rows.append({"layer": layer, "views": name, "channels": chans, "rho": round(float(np.median(rhos)), 4)})
@@ -232,6 +255,15 @@ def samples(model, layers: list[str], n_channels: int = 8) -> list[dict]:
             rows.append({**row, "changes": changes, **r})
             print(json.dumps(rows[-1]), flush=True)
     return rows
+
+
+# the held-out check: name → (preset, RenderSettings changes, param options), as bench_progress.held_out takes them
+HELD_OUT = {
+    "fast (default)": ("fast", {}, {}),
+    "fast, 4 views × 64 steps": ("fast", {"views": 4, "steps": 64}, {}),
+    "fast, 8 views × 64 steps": ("fast", {"views": 8, "steps": 64}, {}),
+    "lucid (512)": ("lucid", {}, {}),
+}
 
 
 def _changes(changes: dict | None) -> str:
@@ -301,12 +333,15 @@ def markdown(res: dict) -> str:
                     f"| {r['s_per_channel']:.2f} | {r['median_colourfulness']:.1f} |"
                 )
             out.append("")
+    if res.get("held_out"):
+        table = bp.held_out_table(res["held_out"]["rows"])
+        out += [*table[:2], f"Machine: {res['held_out']['machine']}.", "", *table[2:]]
     return "\n".join(out)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", default="alignment,sources,samples", help="comma-separated sections")
+    p.add_argument("--only", default="alignment,sources,samples,held_out", help="comma-separated sections")
     p.add_argument("--layers", default=None, help="layers of the samples section (default: blocks.3,blocks.6)")
     p.add_argument("--out", default=str(bp.RESULTS / "noise"))
     args = p.parse_args()
@@ -314,8 +349,9 @@ def main() -> None:
 
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"  # every point rendered and timed here
     only = set(args.only.split(","))
-    if only - {"alignment", "sources", "samples"}:
-        p.error(f"unknown section(s) {sorted(only - {'alignment', 'sources', 'samples'})}")
+    sections = {"alignment", "sources", "samples", "held_out"}
+    if only - sections:
+        p.error(f"unknown section(s) {sorted(only - sections)}")
     model = br.load("efficientnet_lite0", "cpu")
     out = Path(args.out).with_suffix(".json")
     res = json.loads(out.read_text()) if out.exists() else {}  # a section run alone keeps the other's rows
@@ -327,7 +363,17 @@ def main() -> None:
     if "samples" in only:
         layers = (args.layers or ",".join(bp.LAYERS)).split(",")
         chans = {layer: bp.tuning_channels(model, layer, 8) for layer in layers}
-        res["samples"] = {"machine": br.machine(), "channels": chans, "rows": samples(model, layers)}
+        before = res.get("samples", {"channels": {}, "rows": []})
+        kept = [{"machine": before.get("machine"), **r} for r in before["rows"] if r["layer"] not in layers]
+        rows = kept + [{"machine": br.machine(), **r} for r in samples(model, layers)]  # other layers' rows stay
+        res["samples"] = {
+            "machine": " / ".join(dict.fromkeys(r["machine"] for r in rows)),
+            "channels": {**before["channels"], **chans},
+            "rows": rows,
+        }
+    if "held_out" in only:
+        rows = bp.held_out(model, variants=list(HELD_OUT), table=HELD_OUT)
+        res["held_out"] = {"machine": br.machine(), "rows": rows}
     br.write_results(args.out, res, markdown(res))
 
 

@@ -695,6 +695,9 @@ def markdown(res: dict) -> str:
         out += ["", f"Measured on {machine}: " + "; ".join(names) + "."]
     if res.get("held_out"):
         out += ["", *bp.held_out_table(res["held_out"])]
+        for machine in dict.fromkeys(r["machine"] for r in res["held_out"] if r.get("machine")):
+            names = dict.fromkeys(r["start"] for r in res["held_out"] if r.get("machine") == machine)
+            out += [f"Held out on {machine}: " + "; ".join(names) + ".", ""]
     return "\n".join(out) + "\n"
 
 
@@ -702,6 +705,28 @@ def _merged(old: list[dict], new: list[dict], key: tuple[str, ...]) -> list[dict
     """``old`` rows without those ``new`` measures again, then ``new``."""
     again = {tuple(r[k] for k in key) for r in new}
     return [r for r in old if tuple(r[k] for k in key) not in again] + new
+
+
+def _merge_into(old: dict, new: dict, reference: str | None) -> dict:
+    """``new``'s rows added to the table ``old``. With ``reference`` (--merge of a round): the run's ``fast`` rows
+    are renamed to it and the table's earlier rows of the same rounds, with their reference, give way. Rows from
+    another machine than the table's are stamped with theirs."""
+    rows, held = new["rows"], new.get("held_out", [])
+    for r in rows + held:
+        if new["machine"] != old["machine"]:
+            r["machine"] = new["machine"]
+    kept = old["rows"]
+    if reference is not None:
+        for r in rows:
+            if r["screen"] == bp.DEFAULT:
+                r["screen"] = reference
+        rounds = {r["round"] for r in rows if r["round"]}
+        kept = [r for r in kept if r["round"] not in rounds and r["screen"] != reference]
+    return {
+        **old,
+        "rows": _merged(kept, rows, ("screen", "layer", "steps")),
+        "held_out": _merged(old.get("held_out", []), held, ("start", "layer")),
+    }
 
 
 def main() -> None:
@@ -729,6 +754,17 @@ def main() -> None:
     model = br.load("efficientnet_lite0", "cpu")
     layers, steps = args.layers.split(","), [int(x) for x in args.steps.split(",")]
     chans = {layer: bp.tuning_channels(model, layer, args.n_channels) for layer in layers}
+    before = Path(args.out).with_suffix(".json")
+    old, reference = None, None
+    if before.exists() and (args.merge or not screens):  # a held-out check alone keeps the screens measured before
+        old = json.loads(before.read_text())
+    if args.merge and screens:
+        rounds = sorted({SCREENS[n][0] for n in screens if SCREENS[n][0]})
+        if old is None or bp.DEFAULT not in screens or not rounds:
+            p.error("--merge adds a round to the JSON's table: give its screens and 'fast (default)', its reference")
+        if (old["layers"], old["steps"], old["channels"]) != (layers, steps, chans):
+            p.error("--merge needs the table's layers, steps and channels (--layers, --steps, --n-channels)")
+        reference = f"{bp.DEFAULT} in the run of round {', '.join(rounds)}"
     rows = []
     for layer in layers:
         bp.measure(model, layer, chans[layer][:1], bp.settings_for("fast", {}, {}, 2))  # warm-up
@@ -745,33 +781,17 @@ def main() -> None:
     held = []
     for name in checked:  # each under its patch, scored as bench_progress.py's held-out check
         rnd, patch, preset, changes, options = SCREENS[name]
-        STEPS["total"] = bp.settings_for(preset, changes, options, None, early_exit=True).steps
         CALLS["patched"] = 0
-        with patch() if patch else contextlib.nullcontext():
+        with patch() if patch else contextlib.nullcontext():  # a patched optimiser's name exists only in here
+            STEPS["total"] = bp.settings_for(preset, changes, options, None, early_exit=True).steps
             held += bp.held_out(model, variants=[name], table={name: (preset, changes, options)})
         if patch and not CALLS["patched"]:
             raise RuntimeError(f"the patch of {name!r} never ran")
-    if args.merge and rows:
-        rounds = sorted({r["round"] for r in rows if r["round"]})
-        for r in rows:
-            if r["screen"] == bp.DEFAULT and rounds:
-                r["screen"] = f"{bp.DEFAULT} in the run of round {', '.join(rounds)}"
     res = {"machine": br.machine(), "layers": layers, "steps": steps, "channels": chans, "rows": rows}
     if held:
         res["held_out"] = held
-    before = Path(args.out).with_suffix(".json")
-    if before.exists() and (args.merge or not rows):  # a held-out check alone keeps the screens measured before
-        old = json.loads(before.read_text())
-        if rows and old["channels"] != chans:
-            p.error("--merge needs the JSON's tuning channels (same --layers and --n-channels)")
-        for r in rows + held:  # rows from another machine than the table's say so
-            if res["machine"] != old["machine"]:
-                r["machine"] = res["machine"]
-        res = {
-            **old,
-            "rows": _merged(old["rows"], rows, ("screen", "layer", "steps")),
-            "held_out": _merged(old.get("held_out", []), held, ("start", "layer")),
-        }
+    if old is not None:
+        res = _merge_into(old, res, reference)
     br.write_results(args.out, res, markdown(res))
 
 

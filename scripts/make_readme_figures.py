@@ -13,6 +13,9 @@
   (``filterscope inspect``'s bar chart), docs/figure_accentuate.png (``filterscope accentuate --layer
   blocks.5``: photo | accentuation | change map per filter), docs/grid_render.png (``filterscope render
   --layer blocks.5 --channels 0-11``);
+- with ``--views`` (only this): docs/grid_fast_views_blocks6.png (``filterscope compare --methods
+  fast,fast-views,lucid`` on 6 evenly spaced channels of blocks.6: Lucid-512's gradient samples in 1/8 of its
+  steps, beside both);
 - with ``--jobs`` (only these): docs/figure_concepts.png (``filterscope concepts`` on the bundled photos, 6
   concepts of the class predicted most often), docs/figure_circuit.png (``filterscope circuit --layer blocks.5
   --channel 42``), docs/figure_tuning.png (``filterscope tuning --layer blocks.1 --channels 0-7``).
@@ -101,6 +104,14 @@ def job_figures(tmp: Path) -> None:
     print("wrote figure_concepts.png, figure_circuit.png, figure_tuning.png")
 
 
+def views_figure(tmp: Path) -> None:
+    chans = "0,53,106,159,212,265"  # evenly spaced over blocks.6's 320, not picked by result
+    out = tmp / "compare_views"
+    fs("compare", "--layer", "blocks.6", "--channels", chans, "--methods", "fast,fast-views,lucid", "--out", str(out))
+    shutil.copy(out / "figure_compare.png", DOCS / "grid_fast_views_blocks6.png")
+    print("wrote grid_fast_views_blocks6.png")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atlas", type=Path)
@@ -108,6 +119,7 @@ def main() -> None:
     ap.add_argument("--skip-renders", action="store_true")
     ap.add_argument("--guide", action="store_true", help="only the guide pages' figures")
     ap.add_argument("--jobs", action="store_true", help="only the concepts, circuit and tuning figures")
+    ap.add_argument("--views", action="store_true", help="only the fast / fast-views / lucid figure")
     a = ap.parse_args()
     DOCS.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp())
@@ -116,6 +128,9 @@ def main() -> None:
         return
     if a.jobs:
         job_figures(tmp)
+        return
+    if a.views:
+        views_figure(tmp)
         return
     if not a.skip_renders:
         fs("boost", "--out", str(tmp / "boost"), "--quiet")

@@ -215,6 +215,25 @@ def test_views_are_independent_draws_per_image_and_the_objective_averages_them(t
     assert isinstance(seen[0], Views) and seen[0].crops == 4 and res.status == ["ok", "ok"]
 
 
+def test_fast_views_preset_is_fast_with_eight_views_in_an_eighth_of_lucids_steps(tmp_path):
+    """``fast-views``: ``fast`` with 8 views per step and 64 steps (Lucid's 512 gradient samples in 1/8 of its
+    steps); the CLI takes it by name, an override keeps the name with what changed, and run.json records it."""
+    from click.testing import CliRunner
+
+    from filterscope.cli import cli
+
+    fv = get_preset("fast-views")
+    assert fv == get_preset("fast").with_(views=8, steps=64) and fv.preset == "fast-views"
+    assert fv.steps * 8 == get_preset("lucid").steps and fv.views == 8
+    out = tmp_path / "fv"
+    args = ["render", "--layer", "blocks.0", "--channels", "1", "--method", "fast-views", "--steps", "2", "-q"]
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads((out / "run.json").read_text())["settings"]
+    assert rec["method"] == "fast-views+steps" and rec["render"]["views"] == 8 and rec["render"]["steps"] == 2
+    assert (out / "blocks.0" / "channel_0001.png").is_file()
+
+
 def test_cli_refuses_bad_views_and_records_good_ones(tmp_path):
     from click.testing import CliRunner
 
