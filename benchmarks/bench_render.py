@@ -393,7 +393,7 @@ def curve(args) -> dict:
     rows = []
     for name in PRESETS:
         for steps in (8, 16, 32, 48, 64, 96, 128, 256):
-            if name == "lucid" and steps > 128 and args.skip_slow:
+            if args.skip_slow and steps * PRESETS[name].views > (128 if name == "lucid" else 512):
                 continue
             r = run_worker(model_name, args.layer, name, channels, steps, args.device)
             rows.append({"method": name, "steps_asked": steps, **r})

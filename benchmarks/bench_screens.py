@@ -709,8 +709,9 @@ def _merged(old: list[dict], new: list[dict], key: tuple[str, ...]) -> list[dict
 
 def _merge_into(old: dict, new: dict, reference: str | None) -> dict:
     """``new``'s rows added to the table ``old``. With ``reference`` (--merge of a round): the run's ``fast`` rows
-    are renamed to it and the table's earlier rows of the same rounds, with their reference, give way. Rows from
-    another machine than the table's are stamped with theirs."""
+    are renamed to it and the table's earlier rows of the same rounds, with their reference, give way (so a round
+    is merged whole: all its screens, run again together). Rows from another machine than the table's are stamped
+    with theirs."""
     rows, held = new["rows"], new.get("held_out", [])
     for r in rows + held:
         if new["machine"] != old["machine"]:
@@ -735,7 +736,11 @@ def main() -> None:
     p.add_argument("--steps", default="32,64")
     p.add_argument("--layers", default=",".join(bp.LAYERS))
     p.add_argument("--n-channels", type=int, default=8)
-    p.add_argument("--held-out", default=",".join(HELD_OUT), help="screens also checked on the benchmark's channels")
+    p.add_argument(
+        "--held-out",
+        default=None,
+        help="screens also checked on the benchmark's channels (default: HELD_OUT; none with --merge)",
+    )
     p.add_argument("--out", default=str(bp.RESULTS / "screens"))
     p.add_argument(
         "--merge",
@@ -747,6 +752,8 @@ def main() -> None:
     import os
 
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"  # every point rendered and timed here
+    if args.held_out is None:  # a merged round leaves the held-out table the figures on the page were read from
+        args.held_out = "" if args.merge else ",".join(HELD_OUT)
     screens, checked = ([n for n in a.split(",") if n] for a in (args.screens, args.held_out))
     unknown = [s for s in screens + checked if s not in SCREENS]
     if unknown:
@@ -760,8 +767,10 @@ def main() -> None:
         old = json.loads(before.read_text())
     if args.merge and screens:
         rounds = sorted({SCREENS[n][0] for n in screens if SCREENS[n][0]})
-        if old is None or bp.DEFAULT not in screens or not rounds:
-            p.error("--merge adds a round to the JSON's table: give its screens and 'fast (default)', its reference")
+        if old is None:
+            p.error(f"--merge adds to {before}, which does not exist")
+        if bp.DEFAULT not in screens or not rounds:
+            p.error("--merge adds a round to the table: give its screens and 'fast (default)', its reference")
         if (old["layers"], old["steps"], old["channels"]) != (layers, steps, chans):
             p.error("--merge needs the table's layers, steps and channels (--layers, --steps, --n-channels)")
         reference = f"{bp.DEFAULT} in the run of round {', '.join(rounds)}"

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from filterscope.errors import UsageError
 from filterscope.models.layers import LOGIT
@@ -232,6 +233,32 @@ def test_fast_views_preset_is_fast_with_eight_views_in_an_eighth_of_lucids_steps
     rec = json.loads((out / "run.json").read_text())["settings"]
     assert rec["method"] == "fast-views+steps" and rec["render"]["views"] == 8 and rec["render"]["steps"] == 2
     assert (out / "blocks.0" / "channel_0001.png").is_file()
+
+
+def test_compare_puts_presets_side_by_side_and_records_each_ones_steps_and_views(tmp_path):
+    """``compare`` renders the same channels with each named preset into one figure; run.json keeps, per preset,
+    its folder, steps and views (so a ``fast-views`` column says it took 8 views a step); an unknown preset is
+    refused before anything is written."""
+    import filterscope as fs
+
+    model = fs.load_model()
+    out = tmp_path / "cmp"
+    run = fs.compare(model, "blocks.0", [1, 2], ["fast", "fast-views"], steps=2, out=out, progress=False)
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["results"]["fast"] == {"dir": "fast", "steps": 2, "views": 1}
+    assert rec["results"]["fast-views"] == {"dir": "fast-views", "steps": 2, "views": 8}
+    assert rec["settings"]["methods"]["fast-views"]["views"] == 8
+    for m in ("fast", "fast-views"):
+        assert sorted(p.name for p in (out / m / "blocks.0").glob("channel_*.png")) == [
+            "channel_0001.png",
+            "channel_0002.png",
+        ]
+    with Image.open(out / "figure_compare.png") as im:
+        assert im.width > im.height  # 2 channels across, 2 presets down, with labels
+    assert run.record["status"] == "complete"
+    with pytest.raises(UsageError):
+        fs.compare(model, "blocks.0", [1], ["fast", "fast-vews"], steps=2, out=tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_refuses_bad_views_and_records_good_ones(tmp_path):

@@ -103,8 +103,8 @@ def compare(
                 ctx.mark_partial(finished, len(chans) * len(settings), "channels")
                 break
             rows[n] = [compare_tile(sub.file(channel_file(info.name, c)), st.size or model.input_size) for c in chans]
-            notes[n] = f"{st.steps} steps"
-            run.record["results"][n] = {"dir": n, "steps": st.steps}
+            notes[n] = f"{st.views} views × {st.steps} steps" if st.views > 1 else f"{st.steps} steps"
+            run.record["results"][n] = {"dir": n, "steps": st.steps, "views": st.views}
         else:
             name = figure_file("compare")
             run.write_figure(name, compare_figure(rows, chans, info.name, notes))

@@ -35,12 +35,14 @@
   at 4 of 5 layers (−0.9 % at blocks.6) on the benchmark's channels and +2.0 to +6.7 % at all 5 on six more
   per layer, at the same cost per step.
 
-- ``fast-views``: ``fast`` with 8 independently transformed views per step and 64 steps (1/8 of Lucid's 512): the
-  same 512 gradient samples as ``lucid`` in an eighth of its sequential steps. Late in a render one view's
-  gradient is mostly its own noise (two views' gradients: cosine 0.05-0.12, ``benchmarks/bench_noise.py``), and
-  the views average it. On the benchmark's channels (held out, early exit on) its median robust ratio is 3.4, 7.7,
-  2.1, 3.2 and 4.5 % above Lucid-512's at blocks.1, .3, .5, .6 and bn2; on 2 CPU cores it takes 0.54-0.69 of
-  Lucid's seconds (every view is a network pass), where a batch of 8 costs about one image (a GPU) about 1/8.
+- ``fast-views``: ``fast`` with 8 independently transformed views per step and 64 steps (1/8 of Lucid's 512):
+  up to 512 gradient samples, as many as ``lucid``, in an eighth of its sequential steps. Late in a render one
+  view's gradient is mostly its own noise (two views' gradients: cosine 0.05-0.12, ``benchmarks/bench_noise.py``),
+  and the views average it. On the benchmark's channels (4 a layer, one seed, held out, early exit on) its median
+  robust ratio (bn2: robust pre-activation) is level with or above Lucid-512's at every benchmarked layer (+2.1 to
+  +7.7 %; at blocks.5 and blocks.6 inside the seed noise). On 2 CPU cores every view is a network pass: ~0.54-0.69
+  of Lucid's seconds in one run. Where a batch of 8 costs about one image (a GPU) it should take about 1/8; not
+  measured.
 
 ``fast`` and ``maco`` map decorrelated colour to RGB with :data:`~filterscope.optvis.param.RGB_GAIN`, so a
 unit-variance signal has natural-photo colour contrast (Lucid's mapping gives 0.54 of it: washed-out renders).
