@@ -109,20 +109,11 @@ def rendered_params(model, layer: str, channels: list[int], steps: int = 48) -> 
     """Each channel's ``fast`` render (``steps`` steps, no early exit, no cache) as the parameterisation the loop
     returned: its coefficients are the render's own (the average of its steps), taken from the loop, not mapped
     back from the picture (whose sigmoid a clip to [1/255, 254/255] would change where pixels saturate)."""
-    from unittest import mock
-
     from filterscope.jobs.stream import render_stream
     from filterscope.models.layers import get_layer
-    from filterscope.optvis import render as R
-
-    made, make = [], R.make_param
-
-    def keep(*args, **kwargs):
-        made.append(make(*args, **kwargs))
-        return made[-1]
 
     settings = bp.settings_for("fast", {}, {}, steps)
-    with mock.patch.object(R, "make_param", keep):  # batch 1: one param per channel, in order
+    with bp.made_params() as made:  # batch 1: one param per channel, in order
         done = [
             r.channel for r in render_stream(model, get_layer(model, layer), channels, settings, 0, batch=1, cache=None)
         ]

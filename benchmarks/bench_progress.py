@@ -13,10 +13,13 @@ Writes benchmarks/results/progress.json and progress.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
@@ -78,6 +81,22 @@ HELD_OUT = [
     "half size first 40 % (tiled)",
     "laplacian pyramid (lr 0.1)",
 ]
+
+
+@contextlib.contextmanager
+def made_params() -> Iterator[list]:
+    """The parameterisations the render loop makes while inside, in order: a render's own coefficients, for the
+    scripts that start from one (bench_screens.py) or measure at one (bench_noise.py)."""
+    from filterscope.optvis import render as R
+
+    made, make = [], R.make_param
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    with mock.patch.object(R, "make_param", keep):
+        yield made
 
 
 def tuning_channels(model, layer: str, n: int) -> list[int]:

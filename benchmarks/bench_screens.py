@@ -536,17 +536,11 @@ def _layer_start(steps: int = 64) -> Iterator[None]:
     from filterscope.optvis.objectives import layer as deepdream
 
     starts: dict[str, torch.Tensor] = {}
-    render, make = R.Renderer.render, R.make_param
+    render = R.Renderer.render
 
     def start_for(self, name: str) -> torch.Tensor:
         if name not in starts:
-            made = []
-
-            def keep(*a, **k):
-                made.append(make(*a, **k))
-                return made[-1]
-
-            with mock.patch.object(R, "make_param", keep):
+            with bp.made_params() as made:
                 render(R.Renderer(self.model, self.settings.with_(steps=steps)), deepdream(name), [12345])
             starts[name] = made[-1].tensors[0].detach().clone()
         return starts[name]
