@@ -261,6 +261,12 @@ def _changes(changes: dict | None) -> str:
     return "".join(f", {k} {v}" for k, v in (changes or {}).items())
 
 
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    """A markdown table (cells already formatted) and the blank line after it."""
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows] + [""]
+
+
 def markdown(res: dict) -> str:
     out = ["# Gradient noise and samples", ""]
     if res.get("alignment"):
@@ -273,17 +279,24 @@ def markdown(res: dict) -> str:
             f"of {REFERENCE_VIEWS} other views' gradients. *Predicted*: from ρ alone, if each view's gradient is the "
             "expected one plus independent noise.",
             "",
-            "| layer | point | ρ (two views) | one view · reference | predicted | mean of 4 · reference | predicted "
-            "| views for cos 0.9 |",
-            "|---|---|---|---|---|---|---|---|",
         ]
-        for r in align:
-            out.append(
-                f"| {r['layer']} | {r['point']} | {r['rho']:.3f} | {r['cos_one_to_reference']:.2f} | "
-                f"{r['predicted_one_to_reference']:.2f} | {r['cos_four_to_reference']:.2f} | "
-                f"{r['predicted_four_to_reference']:.2f} | {r['views_for_cos_0_9']:.0f} |"
-            )
-        out.append("")
+        head = ["layer", "point", "ρ (two views)", "one view · reference", "predicted", "mean of 4 · reference"]
+        out += _table(
+            [*head, "predicted", "views for cos 0.9"],
+            [
+                [
+                    r["layer"],
+                    r["point"],
+                    f"{r['rho']:.3f}",
+                    f"{r['cos_one_to_reference']:.2f}",
+                    f"{r['predicted_one_to_reference']:.2f}",
+                    f"{r['cos_four_to_reference']:.2f}",
+                    f"{r['predicted_four_to_reference']:.2f}",
+                    f"{r['views_for_cos_0_9']:.0f}",
+                ]
+                for r in align
+            ],
+        )
     if res.get("sources"):
         src = res["sources"]["rows"]
         out += [
@@ -292,13 +305,9 @@ def markdown(res: dict) -> str:
             f"Machine: {res['sources']['machine']}. {src[0]['layer']}, {len(src[0]['channels'])} tuning channels, at "
             f"the end of a 48-step render; ρ: mean cosine between {TEST_VIEWS} views' gradients, median over channels.",
             "",
-            "| views | ρ | per channel |",
-            "|---|---|---|",
         ]
-        out += [
-            f"| {r['views']} | {r['rho']:.3f} | {', '.join(f'{x:.3f}' for x in r['rho_per_channel'])} |" for r in src
-        ]
-        out.append("")
+        cells = [[r["views"], f"{r['rho']:.3f}", ", ".join(f"{x:.3f}" for x in r["rho_per_channel"])] for r in src]
+        out += _table(["views", "ρ", "per channel"], cells)
     if res.get("samples"):
         chans, grid = res["samples"]["channels"], res["samples"]["rows"]
         out += [
@@ -310,20 +319,20 @@ def markdown(res: dict) -> str:
             "",
         ]
         for layer in dict.fromkeys(r["layer"] for r in grid):
-            rows = [r for r in grid if r["layer"] == layer]
-            out += [
-                f"**{layer}**",
-                "",
-                "| preset | samples | views × steps | robust ratio | s/channel | colourfulness |",
+            cells = [
+                [
+                    f"{r['preset']}{_changes(r.get('changes'))}",
+                    r["samples"],
+                    f"{r['views']} × {r['steps']}",
+                    f"{r['median_robust_ratio']:.2f}",
+                    f"{r['s_per_channel']:.2f}",
+                    f"{r['median_colourfulness']:.1f}",
+                ]
+                for r in grid
+                if r["layer"] == layer
             ]
-            out.append("|---|---|---|---|---|---|")
-            for r in rows:
-                out.append(
-                    f"| {r['preset']}{_changes(r.get('changes'))} | {r['samples']} | {r['views']} × {r['steps']} | "
-                    f"{r['median_robust_ratio']:.2f} "
-                    f"| {r['s_per_channel']:.2f} | {r['median_colourfulness']:.1f} |"
-                )
-            out.append("")
+            head = ["preset", "samples", "views × steps", "robust ratio", "s/channel", "colourfulness"]
+            out += [f"**{layer}**", "", *_table(head, cells)]
     if res.get("held_out"):
         table = bp.held_out_table(res["held_out"]["rows"])
         out += [*table[:2], f"Machine: {res['held_out']['machine']}.", "", *table[2:]]

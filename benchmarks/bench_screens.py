@@ -684,15 +684,22 @@ def markdown(res: dict) -> str:
                 cells.append(f"{r['median_robust_ratio']:.2f} @ {r['s_per_channel']:.2f} s" if r else "—")
         rnd = next(r["round"] for r in res["rows"] if r["screen"] == name)
         out.append(f"| {name} | {rnd or 'reference'} | " + " | ".join(cells) + " |")
-    for machine in dict.fromkeys(r["machine"] for r in res["rows"] if r.get("machine")):
-        names = dict.fromkeys(r["screen"] for r in res["rows"] if r.get("machine") == machine)
-        out += ["", f"Measured on {machine}: " + "; ".join(names) + "."]
+    for line in _other_machines(res["rows"], "screen", "Measured on"):
+        out += ["", line]
     if res.get("held_out"):
         out += ["", *bp.held_out_table(res["held_out"])]
-        for machine in dict.fromkeys(r["machine"] for r in res["held_out"] if r.get("machine")):
-            names = dict.fromkeys(r["start"] for r in res["held_out"] if r.get("machine") == machine)
-            out += [f"Held out on {machine}: " + "; ".join(names) + ".", ""]
+        for line in _other_machines(res["held_out"], "start", "Held out on"):
+            out += [line, ""]
     return "\n".join(out) + "\n"
+
+
+def _other_machines(rows: list[dict], name: str, says: str) -> list[str]:
+    """One line per machine that rows were stamped with (not the table's), naming those rows' ``name``."""
+    machines = dict.fromkeys(r["machine"] for r in rows if r.get("machine"))
+    return [
+        f"{says} {m}: " + "; ".join(dict.fromkeys(r[name] for r in rows if r.get("machine") == m)) + "."
+        for m in machines
+    ]
 
 
 def _merged(old: list[dict], new: list[dict], key: tuple[str, ...]) -> list[dict]:
@@ -707,8 +714,8 @@ def _merge_into(old: dict, new: dict, reference: str | None) -> dict:
     is merged whole: all its screens, run again together). Rows from another machine than the table's are stamped
     with theirs."""
     rows, held = new["rows"], new.get("held_out", [])
-    for r in rows + held:
-        if new["machine"] != old["machine"]:
+    if new["machine"] != old["machine"]:
+        for r in rows + held:
             r["machine"] = new["machine"]
     kept = old["rows"]
     if reference is not None:
