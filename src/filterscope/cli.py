@@ -6,380 +6,82 @@ the command line shows the traceback instead. An interrupted run exits with 130 
 
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from .errors import FilterscopeError, UsageError, closest
-from .models.registry import DEFAULT_MODEL
+from .cli_options import (
+    CHANNELS,
+    METHOD,
+    MODEL_INPUT,
+    backend_options,
+    cache_options,
+    diversity_option,
+    emit,
+    load,
+    model_options,
+    out_option,
+    output_options,
+    parse_channels,
+    render_options,
+    settings_for,
+)
+from .errors import FilterscopeError, UsageError
 from .outputs.naming import default_out
 from .outputs.rundir import check_writable
 
-if TYPE_CHECKING:
-    pass
-
-
-# ---------------------------------------------------------------- parameter types
-
-
-class ChannelList(click.ParamType):
-    """``0-63``, ``1,5,9``, ``0-3,10`` or ``all`` → a sorted list of channels (``None`` for all). The
-    range against the layer is checked by the job (:meth:`LayerInfo.check_channels`)."""
-
-    name = "channels"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, list):
-            return value
-        try:
-            return parse_channels(value)
-        except UsageError as e:
-            self.fail(e.message, param, ctx)
-
-
-MAX_CHANNEL_LIST = 1 << 20  # more channels than any layer has: a longer list is a typo, not a request
-
-
-def parse_channels(spec: str) -> list[int] | None:
-    """``0-63``, ``1,5,9``, ``0-3,10`` → sorted unique channels; ``all`` → ``None``."""
-    spec = spec.strip()
-    if spec == "all":
-        return None
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        lo, sep, hi = part[1:].partition("-")
-        lo = part[0] + lo if part else lo
-        try:
-            if sep:
-                first, last = int(lo), int(hi)
-                if last < first:
-                    raise UsageError(f"channel range {part!r} is empty (end before start)")
-                if last - first >= MAX_CHANNEL_LIST or len(out) >= MAX_CHANNEL_LIST:
-                    raise UsageError(f"channel range {part!r} is too long (at most {MAX_CHANNEL_LIST} channels)")
-                out += range(first, last + 1)
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise UsageError(f"cannot read channels {spec!r}: use e.g. 0-63, 1,5,9 or all") from None
-    neg = [c for c in out if c < 0]
-    if neg:
-        raise UsageError(f"channel {neg[0]} is negative")
-    return sorted(set(out))
-
-
-class PositiveNumber(click.ParamType):
-    """A finite number > 0."""
-
-    name = "number"
-
-    def convert(self, value, param, ctx):
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(v):
-            self.fail(f"must be a finite number, got {value}", param, ctx)
-        if v <= 0:
-            self.fail(f"must be positive, got {v:g}", param, ctx)
-        return v
-
-
-class RegistryChoice(click.ParamType):
-    """A name from one of filterscope's registries, read when needed (plugins included, no import cost
-    at start-up); the help text lists the names."""
-
-    def __init__(self, what: str, names: Callable[[], Iterable[str]]):
-        self.name = what
-        self.names = names
-
-    def get_metavar(self, param, ctx=None) -> str:
-        return "[" + "|".join(self.names()) + "]"
-
-    def convert(self, value, param, ctx):
-        names = list(self.names())
-        if value not in names:
-            hint = closest(value, names)
-            self.fail(
-                f"unknown {self.name} {value!r}" + (f" ({hint})" if hint else f"; use one of {', '.join(names)}"),
-                param,
-                ctx,
-            )
-        return value
-
-
-def _presets():
-    from .optvis.presets import PRESETS
-
-    return PRESETS
-
-
-def _params():
-    from .optvis.param import param_registry
-
-    return param_registry()
-
-
-def _transforms():
-    from .optvis.transform import TRANSFORM_PRESETS
-
-    return TRANSFORM_PRESETS
-
-
-def _optimizers():
-    from .optvis.render import OPTIMIZERS
-
-    return OPTIMIZERS
-
-
-def _precisions():
-    from .optvis.render import PRECISIONS
-
-    return PRECISIONS
-
-
-CHANNELS = ChannelList()
-METHOD = RegistryChoice("method", _presets)
-
-
-class FloatList(click.ParamType):
-    """Comma-separated numbers, e.g. ``0.5`` or ``0.485,0.456,0.406``."""
-
-    name = "numbers"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            out = tuple(float(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
-        if not out:
-            self.fail("give at least one number", param, ctx)
-        return out
-
-
-MODEL_INPUT = ("in_channels", "input_size", "mean", "std")
-
-
-def model_options(command):
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        # the input options go to load() through the click context, so commands keep their signatures
-        click.get_current_context().meta["model_input"] = {k: kwargs.pop(k) for k in MODEL_INPUT}
-        return command(*args, **kwargs)
-
-    f = wrapper
-    f = click.option(
-        "--std", type=FloatList(), default=None, help="Input std per channel (or one for all); default: the model's."
-    )(f)
-    f = click.option(
-        "--mean", type=FloatList(), default=None, help="Input mean per channel (or one for all); default: the model's."
-    )(f)
-    f = click.option(
-        "--input-size",
-        type=click.IntRange(min=8),
-        default=None,
-        help="Input side in pixels, for a model that does not say (default: its config, else 224).",
-    )(f)
-    f = click.option(
-        "--in-channels",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Input channels, for a model that does not say (default: its config or first convolution).",
-    )(f)
-    f = click.option(
-        "--device", default="auto", show_default=True, help="auto (CUDA, then MPS, then CPU), cpu, cuda or mps."
-    )(f)
-    f = click.option(
-        "--trust-checkpoint", is_flag=True, help="Allow a weights file that needs code to unpickle (runs that code!)."
-    )(f)
-    f = click.option(
-        "--weights", type=click.Path(dir_okay=False), default=None, help="Local state dict for the named architecture."
-    )(f)
-    f = click.option(
-        "--model",
-        "model_name",
-        default=DEFAULT_MODEL,
-        show_default=True,
-        help="Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
-        "path/net.py:Class or package.module:factory (with --weights FILE), or a TorchScript file.",
-    )(f)
-    return f
-
-
-def cache_options(command):
-    """``--cache DIR`` / ``--no-cache``: the render cache this command (and its worker processes) use."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from .outputs.cache import configure
-
-        cache_dir, no_cache = kwargs.pop("cache_dir"), kwargs.pop("no_cache")
-        if cache_dir is not None:
-            check_writable(cache_dir, keep=True)
-        if cache_dir is not None or no_cache:  # otherwise the environment decides (default: on)
-            configure(cache_dir, enabled=not no_cache)
-        return command(*args, **kwargs)
-
-    f = click.option("--no-cache", is_flag=True, help="Neither reuse nor store renders in the render cache.")(wrapper)
-    f = click.option(
-        "--cache",
-        "cache_dir",
-        type=click.Path(file_okay=False),
-        default=None,
-        help="Render cache folder [default: $FILTERSCOPE_CACHE, $XDG_CACHE_HOME/filterscope or ~/.cache/filterscope].",
-    )(f)
-    return f
-
-
-def out_option(job: str):
-    """``--out DIR``: the run folder, by default the job's folder under ``filterscope-out``."""
-    return click.option("--out", default=None, help=f"Output directory [default: {default_out(job)}].")
-
-
-def output_options(f):
-    f = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(f)
-    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages.")(f)
-    return f
-
-
-def backend_options(backend_help: str, *, workers: tuple[int | None, str], threads: str):
-    """``--backend local|ray``, ``--address``, ``--workers``, ``--threads``: where a job's work runs."""
-    default, workers_help = workers
-
-    def deco(f):
-        f = click.option("--threads", type=click.IntRange(min=1), default=None, help=threads)(f)
-        shown = default is not None
-        f = click.option(
-            "--workers", type=click.IntRange(min=1), default=default, show_default=shown, help=workers_help
-        )(f)
-        f = click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")(f)
-        return click.option(
-            "--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help=backend_help
-        )(f)
-
-    return deco
-
-
-def render_options(f):
-    f = click.option(
-        "--precision",
-        type=RegistryChoice("precision", _precisions),
-        default=None,
-        help="The network's arithmetic in the render loop (default float32; bfloat16 runs it under autocast).",
-    )(f)
-    f = click.option(
-        "--views",
-        type=click.IntRange(1, 64),
-        default=None,
-        help="Transformed views of each image per step (default 1; costs ~N steps on a CPU, less on a GPU).",
-    )(f)
-    f = click.option(
-        "--optimizer",
-        type=RegistryChoice("optimizer", _optimizers),
-        default=None,
-        help="Override the method's optimiser.",
-    )(f)
-    f = click.option(
-        "--transforms",
-        type=RegistryChoice("transforms", _transforms),
-        default=None,
-        help="Override the method's transforms.",
-    )(f)
-    f = click.option(
-        "--param", type=RegistryChoice("param", _params), default=None, help="Override the method's parameterisation."
-    )(f)
-    f = click.option(
-        "--batch",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Images per step (default: 1 on CPU, from memory on GPU).",
-    )(f)
-    f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
-    f = click.option("--size", type=int, default=None, help="Side of the rendered image (default: the model's input).")(
-        f
-    )
-    f = click.option("--lr", type=PositiveNumber(), default=None, help="Learning rate (default: the method's).")(f)
-    f = click.option(
-        "--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps (default: the method's)."
-    )(f)
-    f = click.option(
-        "--method", type=METHOD, default=None, help="Preset (default: fast; maco-fused for class logits)."
-    )(f)
-    return f
-
-
-def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: str, **given):
-    """Load ``--model`` with the command line's input options (``--in-channels`` …) or the ``given`` ones."""
-    from .models import load_model
-
-    ctx = click.get_current_context(silent=True)
-    opts = dict((ctx.meta.get("model_input") if ctx else None) or {})
-    opts.update({k: v for k, v in given.items() if v is not None})
-    opts = {k: v for k, v in opts.items() if v is not None}
-    return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device, **opts)
-
-
-def settings_for(
-    method: str | None,
-    steps,
-    lr,
-    size,
-    batch,
-    device,
-    param=None,
-    transforms=None,
-    optimizer=None,
-    views=None,
-    precision=None,
-):
-    """The preset with the command line's overrides; checked (settings and memory) before any work."""
-    from .optvis.memory import check_render_memory
-    from .optvis.presets import DEFAULT_METHOD, get_preset
-
-    method = method or DEFAULT_METHOD
-    settings = get_preset(method).with_(
-        steps=steps,
-        lr=lr,
-        size=size,
-        param=param,
-        transforms=transforms,
-        optimizer=optimizer,
-        views=views,
-        precision=precision,
-    )
-    check_render_memory(settings.size, (batch or 1) * settings.views, device)
-    return method, settings
-
-
-def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(payload, indent=2, default=str))
-    elif not quiet:
-        for line in lines:
-            click.echo(line)
-
-
-def diversity_option(ctx, param, value: int) -> int:
-    from .jobs.diversity import check_diversity
-
-    return check_diversity(value)
+__all__ = ["cli", "main", "parse_channels"]
 
 
 # ---------------------------------------------------------------- commands
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+JOBS: dict[str, tuple[str, str]] = {
+    # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
+    "tuning": (
+        "filterscope.jobs.tuning",
+        "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",
+    ),
+}
+
+
+class JobGroup(click.Group):
+    """The command group: its own commands, and the jobs of :data:`JOBS`, whose modules are imported only
+    when one of them runs (or shows its help), so ``filterscope --help`` does not load torch."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *JOBS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in JOBS and name not in self.commands:
+            import importlib
+
+            from .cli_options import job_command
+
+            self.add_command(job_command(importlib.import_module(JOBS[name][0]).JOB), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [
+            (
+                n,
+                click.utils.make_default_short_help(JOBS[n][1], 45)
+                if n in JOBS and n not in self.commands
+                else self.commands[n].get_short_help_str(45),
+            )
+            for n in self.list_commands(ctx)
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=JobGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="filterscope")
 def cli() -> None:
     """What the filters of a CNN have learned: activations, boosted features, atlases.
@@ -1119,33 +821,6 @@ def circuit(
             f"  {c.source}:{i.channel:<4d} {i.sign:<8} weight {i.weight:+.4f}  attribution {i.attribution:+.4f}"
         )
     lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--channels", type=CHANNELS, default="0-7", show_default=True, help="e.g. 0-23, 1,5,9 or all.")
-@click.option("--images", default=None, help="Folder of natural images for the natural maximum (default: bundled).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the shuffle null.")
-@out_option("tuning")
-@output_options
-def tuning(model_name, weights, trust_checkpoint, device, layer, channels, images, seed, out, quiet, as_json):
-    """What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves; tuning.json, report.html."""
-    from .jobs.tuning import run_tuning
-    from .models.inputs import list_images
-
-    if images:
-        list_images(images)
-    out = out or default_out("tuning")
-    model = load(model_name, weights, trust_checkpoint, device)
-    res = run_tuning(model, layer, channels, out=out, images=images, seed=seed, progress=not quiet)
-    res.raise_if_partial()
-    t = res.data
-    lines = [f"{model.name} · {t.layer} · {len(t.channels)} channels · {t.n_stimuli} stimuli"]
-    for ch in t.channels:
-        lines.append(f"  {ch.channel:4d}  {ch.description or '(no significant selectivity)'}")
-    lines.append(f"wrote {res.run_dir}/tuning.json, figure_tuning.png, report.html, run.json")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
 
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import FilterscopeError, Interrupted
+from ..errors import FilterscopeError, Interrupted, UsageError, closest
 from ..outputs.rundir import RunDir
 from .interrupt import graceful_stop
 
@@ -125,3 +126,91 @@ def open_run(
         run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
         run.finish(ctx.status)
         ctx.result = JobResult(run.path, ctx.status, run.record, ctx.data, ctx.interruption)
+
+
+# ---------------------------------------------------------------- one shape for every job
+
+
+def opt(default: Any = None, help: str = "", **cli: Any) -> Any:
+    """A field of a job's request: its default, its help text and how the command line shows it.
+
+    ``cli`` keys: ``argument`` (positional), ``flag`` (the option's name when not ``--field-name``),
+    ``cli_default`` (the command line's default when it differs from the API's), ``min`` (lowest int),
+    ``choices`` (allowed strings), ``channels`` (a channel list such as ``0-7,12``), ``metavar``."""
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
+    return field(default=default, metadata={"help": help, **cli})
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job, declared once: the command line, the Python API and the explorer all run it with
+    :func:`run_job`, on the same three steps.
+
+    - ``request``: a dataclass of the job's own arguments (fields made with :func:`opt`); the CLI's options
+      are made from it. A field typed ``Model`` is a second model (the CLI gives it ``-b`` twins of the
+      model options).
+    - ``validate(model, request) -> plan``: resolve the layer, the images, the settings once, and refuse bad
+      input with a :class:`~filterscope.errors.UsageError` before anything is written. The plan has a
+      ``settings`` dict: what ``run.json`` records.
+    - ``compute(ctx, plan) -> data``: the work; it checks ``ctx.stop()``, shows ``ctx.progress(...)``, may
+      write finished pieces as it goes (``ctx.run.write``) and marks the run partial when stopped.
+    - ``write(ctx, data)``: the job's files (JSON, figures, report) from ``data``.
+    - ``summary(result) -> lines``: what the command line prints after the run.
+    """
+
+    name: str
+    request: type
+    validate: Callable[..., Any]
+    compute: Callable[[RunContext, Any], Any]
+    write: Callable[[RunContext, Any], None]
+    summary: Callable[[JobResult], list[str]] | None = None
+    help: str = ""
+    renders: bool = False  # it renders: the command line adds the render cache's options
+    resumable: bool = False  # --resume finishes an interrupted run
+    precheck: Callable[[Any], None] | None = None  # cheap checks of the request before a model is loaded
+
+    def make_request(self, request: Any = None, **fields: Any) -> Any:
+        """The job's request from a request object or keyword fields (an unknown field is a usage error)."""
+        if request is not None:
+            if fields:
+                request = replace(request, **fields)
+            return request
+        names = {f.name for f in dataclass_fields(self.request)}
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            hint = closest(unknown[0], names)
+            raise UsageError(f"{self.name} has no option {unknown[0]!r}" + (f" ({hint})" if hint else ""))
+        return self.request(**fields)
+
+
+def run_job(
+    job: Job,
+    model: Any,
+    request: Any = None,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    **fields: Any,
+) -> JobResult:
+    """Run ``job`` on ``model``: validate → compute → write in the run folder ``out`` (default
+    ``filterscope-out/<job>``); returns the :class:`JobResult` whose ``data`` is the job's own object.
+
+    The request is ``request`` or built from ``fields``. Bad input raises before anything is written."""
+    from ..outputs.naming import default_out
+
+    req = job.make_request(request, **fields)
+    if resume and not job.resumable:
+        raise UsageError(f"{job.name} cannot resume; rerun it")
+    if job.precheck is not None:
+        job.precheck(req)
+    plan = job.validate(model, req)
+    with open_run(
+        job.name, out or default_out(job.name), plan.settings, resume=resume, progress=progress, should_stop=should_stop
+    ) as ctx:
+        data = job.compute(ctx, plan)
+        job.write(ctx, data)
+        ctx.data = data
+    return ctx.result

@@ -65,7 +65,7 @@ from ..optvis.stimuli import (
     VALUE,
     hue_name,
 )
-from .contract import JobResult, open_run
+from .contract import Job, JobResult, RunContext, opt, run_job
 
 
 def periods_for(size: int) -> list[float]:
@@ -536,6 +536,86 @@ def _remember(memo: dict, key: tuple, value) -> None:
         del memo[next(iter(memo))]
 
 
+@dataclass
+class TuningRequest:
+    """The arguments of ``filterscope tuning``."""
+
+    layer: str = opt("default", "Layer with spatial maps.")
+    channels: list[int] | None = opt(None, "e.g. 0-23, 1,5,9 or all.", channels=True, cli_default="0-7")
+    images: str | None = opt(None, "Folder of natural images for the natural maximum (default: bundled).")
+    seed: int = opt(0, "Seed of the shuffle null.", min=0)
+
+
+@dataclass
+class TuningPlan:
+    model: Model
+    info: LayerInfo
+    channels: list[int]
+    files: list[Path]
+    label: str
+    seed: int
+    settings: dict
+
+
+def _check_images(req: TuningRequest) -> None:
+    if req.images:
+        list_images(req.images)
+
+
+def _plan(model: Model, req: TuningRequest) -> TuningPlan:
+    info, chans = validate(model, req.layer, req.channels)
+    files = list_images(req.images or sample_photos_dir())
+    label = str(req.images or "bundled photos")
+    settings = {
+        "model": model.describe(),
+        "layer": info.name,
+        "channels": chans,
+        "images": label,
+        "seed": req.seed,
+        "shuffles": N_SHUFFLES,
+        "rule": RULE,
+    }
+    return TuningPlan(model, info, chans, files, label, req.seed, settings)
+
+
+def _compute(ctx: RunContext, p: TuningPlan) -> Tuning:
+    res = compute_tuning(p.model, p.info, p.channels, p.files, p.label, p.seed, ctx.stop)
+    ctx.record["timings"].update(res.timings)
+    res.run_dir = ctx.path
+    if res.status == "partial":
+        ctx.mark_partial(0, len(p.channels), "channels", resumable=False)
+    return res
+
+
+def _write(ctx: RunContext, res: Tuning) -> None:
+    if res.status == "partial":
+        return
+    with ctx.timed("write"):
+        write_tuning(ctx.run, res)
+    res.timings = ctx.record["timings"]
+
+
+def _summary(r: JobResult) -> list[str]:
+    t = r.data
+    lines = [f"{t.model} · {t.layer} · {len(t.channels)} channels · {t.n_stimuli} stimuli"]
+    for ch in t.channels:
+        lines.append(f"  {ch.channel:4d}  {ch.description or '(no significant selectivity)'}")
+    lines.append(f"wrote {r.run_dir}/tuning.json, figure_tuning.png, report.html, run.json")
+    return lines
+
+
+JOB = Job(
+    "tuning",
+    TuningRequest,
+    _plan,
+    _compute,
+    _write,
+    _summary,
+    help="What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves; tuning.json, report.html.",
+    precheck=_check_images,
+)
+
+
 def run_tuning(
     model: Model,
     layer: str = "default",
@@ -549,30 +629,8 @@ def run_tuning(
 ) -> JobResult:
     """``filterscope tuning`` on the job contract: ``tuning.json``, ``figure_tuning.png``, ``report.html``,
     ``run.json`` in ``out``."""
-    info, chans = validate(model, layer, channels)
-    files = list_images(images or sample_photos_dir())
-    label = str(images or "bundled photos")
-    settings = {
-        "model": model.describe(),
-        "layer": info.name,
-        "channels": chans,
-        "images": label,
-        "seed": seed,
-        "shuffles": N_SHUFFLES,
-        "rule": RULE,
-    }
-    with open_run("tuning", out, settings, progress=progress, should_stop=should_stop) as ctx:
-        res = compute_tuning(model, info, chans, files, label, seed, ctx.stop)
-        ctx.record["timings"].update(res.timings)
-        if res.status == "partial":
-            ctx.mark_partial(0, len(chans), "channels", resumable=False)
-        else:
-            with ctx.timed("write"):
-                write_tuning(ctx.run, res)
-        res.run_dir = ctx.path
-        ctx.data = res
-    res.timings = dict(ctx.result.record["timings"])
-    return ctx.result
+    req = TuningRequest(layer, None if channels is None else list(channels), images, seed)
+    return run_job(JOB, model, req, out=out, progress=progress, should_stop=should_stop)
 
 
 def write_tuning(run, res: Tuning) -> None:

@@ -1,0 +1,488 @@
+"""The command line's parameter types and shared options: channel lists, registry names, the model options
+(and their ``-b`` twins for a second model), the render options, the cache and output options."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+
+from .errors import UsageError, closest
+from .models.registry import DEFAULT_MODEL
+from .outputs.naming import default_out
+from .outputs.rundir import check_writable
+
+# ---------------------------------------------------------------- parameter types
+
+
+class ChannelList(click.ParamType):
+    """``0-63``, ``1,5,9``, ``0-3,10`` or ``all`` → a sorted list of channels (``None`` for all). The
+    range against the layer is checked by the job (:meth:`LayerInfo.check_channels`)."""
+
+    name = "channels"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, list):
+            return value
+        try:
+            return parse_channels(value)
+        except UsageError as e:
+            self.fail(e.message, param, ctx)
+
+
+MAX_CHANNEL_LIST = 1 << 20  # more channels than any layer has: a longer list is a typo, not a request
+
+
+def parse_channels(spec: str) -> list[int] | None:
+    """``0-63``, ``1,5,9``, ``0-3,10`` → sorted unique channels; ``all`` → ``None``."""
+    spec = spec.strip()
+    if spec == "all":
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        lo, sep, hi = part[1:].partition("-")
+        lo = part[0] + lo if part else lo
+        try:
+            if sep:
+                first, last = int(lo), int(hi)
+                if last < first:
+                    raise UsageError(f"channel range {part!r} is empty (end before start)")
+                if last - first >= MAX_CHANNEL_LIST or len(out) >= MAX_CHANNEL_LIST:
+                    raise UsageError(f"channel range {part!r} is too long (at most {MAX_CHANNEL_LIST} channels)")
+                out += range(first, last + 1)
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise UsageError(f"cannot read channels {spec!r}: use e.g. 0-63, 1,5,9 or all") from None
+    neg = [c for c in out if c < 0]
+    if neg:
+        raise UsageError(f"channel {neg[0]} is negative")
+    return sorted(set(out))
+
+
+class PositiveNumber(click.ParamType):
+    """A finite number > 0."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(v):
+            self.fail(f"must be a finite number, got {value}", param, ctx)
+        if v <= 0:
+            self.fail(f"must be positive, got {v:g}", param, ctx)
+        return v
+
+
+class RegistryChoice(click.ParamType):
+    """A name from one of filterscope's registries, read when needed (plugins included, no import cost
+    at start-up); the help text lists the names."""
+
+    def __init__(self, what: str, names: Callable[[], Iterable[str]]):
+        self.name = what
+        self.names = names
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(self.names()) + "]"
+
+    def convert(self, value, param, ctx):
+        names = list(self.names())
+        if value not in names:
+            hint = closest(value, names)
+            self.fail(
+                f"unknown {self.name} {value!r}" + (f" ({hint})" if hint else f"; use one of {', '.join(names)}"),
+                param,
+                ctx,
+            )
+        return value
+
+
+def _presets():
+    from .optvis.presets import PRESETS
+
+    return PRESETS
+
+
+def _params():
+    from .optvis.param import param_registry
+
+    return param_registry()
+
+
+def _transforms():
+    from .optvis.transform import TRANSFORM_PRESETS
+
+    return TRANSFORM_PRESETS
+
+
+def _optimizers():
+    from .optvis.render import OPTIMIZERS
+
+    return OPTIMIZERS
+
+
+def _precisions():
+    from .optvis.render import PRECISIONS
+
+    return PRECISIONS
+
+
+CHANNELS = ChannelList()
+METHOD = RegistryChoice("method", _presets)
+
+
+class FloatList(click.ParamType):
+    """Comma-separated numbers, e.g. ``0.5`` or ``0.485,0.456,0.406``."""
+
+    name = "numbers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(float(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers", param, ctx)
+        if not out:
+            self.fail("give at least one number", param, ctx)
+        return out
+
+
+MODEL_INPUT = ("in_channels", "input_size", "mean", "std")
+
+
+def model_option_list(suffix: str = "", of: str = "") -> list[click.Option]:
+    """The model options (``--model``, ``--weights``, ``--trust-checkpoint``, ``--device`` and the input
+    options); ``suffix`` ``-b`` makes the twins of a second model (``--model-b`` …), ``of`` says whose."""
+    s, u = suffix, suffix.replace("-", "_")
+    return [
+        click.Option(
+            [f"--model{s}", f"model_name{u}"],
+            default=DEFAULT_MODEL if not s else None,
+            show_default=not s,
+            required=bool(s),
+            help=of + "Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
+            "path/net.py:Class or package.module:factory (with --weights FILE), or a TorchScript file.",
+        ),
+        click.Option(
+            [f"--weights{s}", f"weights{u}"],
+            type=click.Path(dir_okay=False),
+            default=None,
+            help=of + "Local state dict for the named architecture.",
+        ),
+        click.Option(
+            [f"--trust-checkpoint{s}", f"trust_checkpoint{u}"],
+            is_flag=True,
+            help=of + "Allow a weights file that needs code to unpickle (runs that code!).",
+        ),
+        click.Option(
+            [f"--device{s}", f"device{u}"],
+            default="auto",
+            show_default=True,
+            help=of + "auto (CUDA, then MPS, then CPU), cpu, cuda or mps.",
+        ),
+        click.Option(
+            [f"--in-channels{s}", f"in_channels{u}"],
+            type=click.IntRange(min=1),
+            default=None,
+            help=of + "Input channels, for a model that does not say (default: its config or first convolution).",
+        ),
+        click.Option(
+            [f"--input-size{s}", f"input_size{u}"],
+            type=click.IntRange(min=8),
+            default=None,
+            help=of + "Input side in pixels, for a model that does not say (default: its config, else 224).",
+        ),
+        click.Option(
+            [f"--mean{s}", f"mean{u}"],
+            type=FloatList(),
+            default=None,
+            help=of + "Input mean per channel (or one for all); default: the model's.",
+        ),
+        click.Option(
+            [f"--std{s}", f"std{u}"],
+            type=FloatList(),
+            default=None,
+            help=of + "Input std per channel (or one for all); default: the model's.",
+        ),
+    ]
+
+
+def model_options(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        # the input options go to load() through the click context, so commands keep their signatures
+        click.get_current_context().meta["model_input"] = {k: kwargs.pop(k) for k in MODEL_INPUT}
+        return command(*args, **kwargs)
+
+    wrapper.__click_params__ = getattr(wrapper, "__click_params__", []) + model_option_list()[::-1]
+    return wrapper
+
+
+def cache_option_list() -> list[click.Option]:
+    """``--cache DIR`` / ``--no-cache``: the render cache a command (and its worker processes) use."""
+    return [
+        click.Option(
+            ["--cache", "cache_dir"],
+            type=click.Path(file_okay=False),
+            default=None,
+            help="Render cache folder [default: $FILTERSCOPE_CACHE, $XDG_CACHE_HOME/filterscope or "
+            "~/.cache/filterscope].",
+        ),
+        click.Option(["--no-cache"], is_flag=True, help="Neither reuse nor store renders in the render cache."),
+    ]
+
+
+def cache_options(command):
+    """The render cache's options (:func:`cache_option_list`), applied before the command runs."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _configure_cache(kwargs.pop("cache_dir"), kwargs.pop("no_cache"))
+        return command(*args, **kwargs)
+
+    wrapper.__click_params__ = getattr(wrapper, "__click_params__", []) + cache_option_list()[::-1]
+    return wrapper
+
+
+def out_option(job: str):
+    """``--out DIR``: the run folder, by default the job's folder under ``filterscope-out``."""
+    return click.option("--out", default=None, help=f"Output directory [default: {default_out(job)}].")
+
+
+def output_options(f):
+    f = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(f)
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages.")(f)
+    return f
+
+
+def backend_options(backend_help: str, *, workers: tuple[int | None, str], threads: str):
+    """``--backend local|ray``, ``--address``, ``--workers``, ``--threads``: where a job's work runs."""
+    default, workers_help = workers
+
+    def deco(f):
+        f = click.option("--threads", type=click.IntRange(min=1), default=None, help=threads)(f)
+        shown = default is not None
+        f = click.option(
+            "--workers", type=click.IntRange(min=1), default=default, show_default=shown, help=workers_help
+        )(f)
+        f = click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")(f)
+        return click.option(
+            "--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help=backend_help
+        )(f)
+
+    return deco
+
+
+def render_options(f):
+    f = click.option(
+        "--precision",
+        type=RegistryChoice("precision", _precisions),
+        default=None,
+        help="The network's arithmetic in the render loop (default float32; bfloat16 runs it under autocast).",
+    )(f)
+    f = click.option(
+        "--views",
+        type=click.IntRange(1, 64),
+        default=None,
+        help="Transformed views of each image per step (default 1; costs ~N steps on a CPU, less on a GPU).",
+    )(f)
+    f = click.option(
+        "--optimizer",
+        type=RegistryChoice("optimizer", _optimizers),
+        default=None,
+        help="Override the method's optimiser.",
+    )(f)
+    f = click.option(
+        "--transforms",
+        type=RegistryChoice("transforms", _transforms),
+        default=None,
+        help="Override the method's transforms.",
+    )(f)
+    f = click.option(
+        "--param", type=RegistryChoice("param", _params), default=None, help="Override the method's parameterisation."
+    )(f)
+    f = click.option(
+        "--batch",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Images per step (default: 1 on CPU, from memory on GPU).",
+    )(f)
+    f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
+    f = click.option("--size", type=int, default=None, help="Side of the rendered image (default: the model's input).")(
+        f
+    )
+    f = click.option("--lr", type=PositiveNumber(), default=None, help="Learning rate (default: the method's).")(f)
+    f = click.option(
+        "--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps (default: the method's)."
+    )(f)
+    f = click.option(
+        "--method", type=METHOD, default=None, help="Preset (default: fast; maco-fused for class logits)."
+    )(f)
+    return f
+
+
+def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: str, **given):
+    """Load ``--model`` with the command line's input options (``--in-channels`` …) or the ``given`` ones."""
+    from .models import load_model
+
+    ctx = click.get_current_context(silent=True)
+    opts = dict((ctx.meta.get("model_input") if ctx else None) or {})
+    opts.update({k: v for k, v in given.items() if v is not None})
+    opts = {k: v for k, v in opts.items() if v is not None}
+    return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device, **opts)
+
+
+def settings_for(
+    method: str | None,
+    steps,
+    lr,
+    size,
+    batch,
+    device,
+    param=None,
+    transforms=None,
+    optimizer=None,
+    views=None,
+    precision=None,
+):
+    """The preset with the command line's overrides; checked (settings and memory) before any work."""
+    from .optvis.memory import check_render_memory
+    from .optvis.presets import DEFAULT_METHOD, get_preset
+
+    method = method or DEFAULT_METHOD
+    settings = get_preset(method).with_(
+        steps=steps,
+        lr=lr,
+        size=size,
+        param=param,
+        transforms=transforms,
+        optimizer=optimizer,
+        views=views,
+        precision=precision,
+    )
+    check_render_memory(settings.size, (batch or 1) * settings.views, device)
+    return method, settings
+
+
+def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    elif not quiet:
+        for line in lines:
+            click.echo(line)
+
+
+def diversity_option(ctx, param, value: int) -> int:
+    from .jobs.diversity import check_diversity
+
+    return check_diversity(value)
+
+
+# ---------------------------------------------------------------- a job's command, made from its request
+
+
+def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
+    """The click option (or argument) of one field of a job's request."""
+    meta = dict(f.metadata)
+    default = meta.get("cli_default", None if f.default is dataclasses.MISSING else f.default)
+    name = f.name
+    if meta.get("argument"):
+        return click.Argument([name], required=default is None and not meta.get("optional"), default=default)
+    flag = meta.get("flag") or "--" + name.replace("_", "-")
+    kw: dict[str, Any] = {"help": meta.get("help", ""), "default": default}
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    if base is bool:
+        kw.update(is_flag=True, default=bool(default))
+    elif meta.get("channels"):
+        kw["type"] = CHANNELS
+    elif meta.get("choices"):
+        kw["type"] = click.Choice(list(meta["choices"]))
+    elif base is int:
+        kw["type"] = click.IntRange(min=meta["min"]) if "min" in meta else int
+    elif base is float:
+        kw["type"] = PositiveNumber() if meta.get("positive") else float
+    if default is not None and base is not bool:
+        kw["show_default"] = True
+    if meta.get("metavar"):
+        kw["metavar"] = meta["metavar"]
+    return click.Option([flag, name], **kw)
+
+
+def job_command(job: Any) -> click.Command:
+    """The command of a :class:`~filterscope.jobs.contract.Job`: its request's fields as options, the model
+    options (``-b`` twins for a field typed ``Model``), ``--out``, ``--resume`` when it resumes, ``--quiet``,
+    ``--json`` and the render cache's options when it renders; it runs the job with
+    :func:`~filterscope.jobs.contract.run_job` and prints the job's summary (or the record with ``--json``)."""
+    hints = typing.get_type_hints(job.request)
+    fields = dataclasses.fields(job.request)
+    second = [f.name for f in fields if getattr(hints[f.name], "__name__", "") == "Model"]
+    params: list[click.Parameter] = [_param_for(f, hints[f.name]) for f in fields if f.name not in second]
+    params += model_option_list()
+    if len(second) > 1:
+        raise TypeError(f"{job.name}: at most one second model in a request")
+    if second:
+        params += model_option_list("-b", of="The second model: ")
+    params.append(click.Option(["--out"], default=None, help=f"Output directory [default: {default_out(job.name)}]."))
+    if job.resumable:
+        params.append(click.Option(["--resume"], is_flag=True, help="Finish an interrupted run in --out."))
+    params += [
+        click.Option(["--quiet", "-q"], is_flag=True, help="No progress bars or messages."),
+        click.Option(["--json", "as_json"], is_flag=True, help="Print a machine-readable summary on stdout."),
+    ]
+    if job.renders:
+        params += cache_option_list()
+
+    def callback(**kw: Any) -> None:
+        from .jobs.contract import run_job
+
+        out, quiet, as_json, resume = kw.pop("out"), kw.pop("quiet"), kw.pop("as_json"), kw.pop("resume", False)
+        if job.renders:
+            _configure_cache(kw.pop("cache_dir"), kw.pop("no_cache"))
+        models = {s: {k: kw.pop(k + s) for k in MODEL_KEYS} for s in ("", "_b")[: 1 + bool(second)]}
+        request = job.make_request(**{k: v for k, v in kw.items()})
+        if job.precheck is not None:
+            job.precheck(request)  # a wrong folder is refused before a model is loaded
+        if second:
+            request = dataclasses.replace(request, **{second[0]: _load_model(models["_b"])})
+        res = run_job(job, _load_model(models[""]), request, out=out, resume=resume, progress=not quiet)
+        res.raise_if_partial()
+        emit(as_json, quiet, res.record, job.summary(res) if job.summary else [])
+
+    return click.Command(job.name, params=params, callback=callback, help=job.help, short_help=job.help.split("\n")[0])
+
+
+MODEL_KEYS = ("model_name", "weights", "trust_checkpoint", "device", *MODEL_INPUT)
+
+
+def _load_model(opts: dict) -> Any:
+    from .models import load_model
+
+    given = {k: v for k, v in opts.items() if k in MODEL_INPUT and v is not None}
+    return load_model(
+        opts["model_name"],
+        weights=opts["weights"],
+        trust_checkpoint=opts["trust_checkpoint"],
+        device=opts["device"],
+        **given,
+    )
+
+
+def _configure_cache(cache_dir: str | None, no_cache: bool) -> None:
+    from .outputs.cache import configure
+
+    if cache_dir is not None:
+        check_writable(cache_dir, keep=True)
+    if cache_dir is not None or no_cache:  # otherwise the environment decides (default: on)
+        configure(cache_dir, enabled=not no_cache)
