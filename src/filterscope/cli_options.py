@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from .errors import UsageError, closest
-from .models.registry import DEFAULT_MODEL
+from .defaults import DEFAULT_MODEL
 from .outputs.naming import default_out
 from .outputs.rundir import check_writable
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..defaults import LOGIT
 from ..errors import LayerError, closest
 from .model import Model
 
@@ -42,9 +43,6 @@ def _token_grid(net, n: int) -> tuple[int, int, int] | None:
 
 def _is_nhwc(net) -> bool:
     return str(getattr(net, "output_fmt", "")).upper().endswith("NHWC")
-
-
-LOGIT = "logit"  # the pseudo-layer of class logits
 
 
 @dataclass(frozen=True)
