@@ -94,11 +94,11 @@ REFUSALS = [
     (lambda m, out: fs.render_channels(m, "blocks.0", [99], out=out), ["render", "--layer", "blocks.0", "--channels", "99"]),  # noqa: E501
     (lambda m, out: fs.explain(m, layer="blocks.0", top=40, out=out), ["explain", "--layer", "blocks.0", "--top", "40"]),  # noqa: E501
     (
-        lambda m, out: fs.jobs.accentuate.accentuate_to_dir(m, None, out, layer="blocks.0", channels=[77]),
+        lambda m, out: fs.run_job(fs.jobs.accentuate.JOB, m, out=out, layer="blocks.0", channels=[77]),
         ["accentuate", "--layer", "blocks.0", "--channels", "77"],
     ),
     (
-        lambda m, out: fs.jobs.inspect.inspect_to_dir(m, None, out, layer="logit"),
+        lambda m, out: fs.run_job(fs.jobs.inspect.JOB, m, out=out, layer="logit"),
         ["inspect", "--layer", "logit"],
     ),
 ]  # fmt: skip

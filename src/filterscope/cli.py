@@ -43,6 +43,8 @@ __all__ = ["cli", "main", "parse_channels"]
 
 JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
+    "accentuate": ("filterscope.jobs.accentuate", "Feature accentuation: IMAGE pushed to excite each filter."),
+    "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
     "tuning": (
         "filterscope.jobs.tuning",
         "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",
@@ -156,61 +158,6 @@ def layers_text(model_name: str, outline, default: str, show_all: bool = False) 
             if show_all:
                 out += [line(i, "      ") for i in inner.get(e.name, [])]
     return out
-
-
-@cli.command(name="inspect")
-@click.argument("image", required=False)
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option(
-    "--rank",
-    type=click.Choice(["activation", "contribution"]),
-    default="activation",
-    show_default=True,
-    help="Order filters by mean activation, or by contribution to the class (gradient × activation).",
-)
-@click.option(
-    "--class", "target_class", type=int, default=None, help="Class for --rank contribution [default: the prediction]."
-)
-@out_option("inspect")
-@output_options
-def inspect_cmd(
-    image, model_name, weights, trust_checkpoint, device, layer, top, rank, target_class, out, quiet, as_json
-):
-    """Which filters of LAYER an IMAGE excites most (or contribute most to the class), and where."""
-    from .jobs.attribution import check_class
-    from .jobs.inspect import inspect_to_dir
-    from .models.inputs import load_image
-    from .models.layers import network_layer
-
-    if image:
-        load_image(image)
-    out = out or default_out("inspect")
-    model = load(model_name, weights, trust_checkpoint, device)
-    layer = network_layer(model, layer, "inspect").name
-    check_class(model, target_class)
-    check_writable(out)
-    res = inspect_to_dir(model, image, out, layer=layer, top=top, rank=rank, target_class=target_class)
-    run_dir, ins = res.run_dir, res.inspection
-    lines = [
-        f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
-        f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
-        "top filters ("
-        + (f"contribution to class {ins.target_class}" if rank == "contribution" else "mean activation")
-        + "):",
-    ]
-    has = ins.contributions is not None
-    lines += [
-        f"  {i:5d}  mean {ins.means[i]:.4f}" + (f"  contribution {ins.contributions[i]:+.4f}" if has else "")
-        for i in ins.top
-    ]
-    if model.in_channels != 3:
-        from .models.inputs import channel_conversion
-
-        lines.append(f"image converted for {model.in_channels} input channels: {channel_conversion(model.in_channels)}")
-    lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
-    emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
 
 
 @cli.command()
@@ -494,63 +441,6 @@ RANK_OPTION = click.option(
     show_default=True,
     help="Order filters by contribution to the class (gradient × activation) or by mean activation.",
 )
-
-
-@cli.command()
-@click.argument("image", required=False)
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--channels", type=CHANNELS, default="0-2", show_default=True, help="e.g. 12 or 3,17,42.")
-@click.option(
-    "--strength",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Closeness to the photo: the weight of 1 − SSIM to it against the filter's activation divided by its "
-    "gradient norm at the photo, so one value holds for every photo and filter; higher stays closer [default: 5].",
-)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps [default: 24].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("accentuate")
-@output_options
-def accentuate(
-    image, model_name, weights, trust_checkpoint, device, layer, channels, strength, steps, seed, out, quiet, as_json
-):
-    """Feature accentuation: IMAGE pushed to excite each filter while it stays close to the photo."""
-    from .jobs.accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, accentuate_to_dir
-    from .jobs.interrupt import graceful_stop
-    from .models.inputs import load_image
-    from .models.layers import network_layer
-
-    if image:
-        load_image(image)
-    out = out or default_out("accentuate")
-    model = load(model_name, weights, trust_checkpoint, device)
-    info = network_layer(model, layer, "accentuate")
-    chans = list(range(info.channels)) if channels is None else channels
-    info.check_channels(chans)
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = accentuate_to_dir(
-            model,
-            image,
-            out,
-            layer=info.name,
-            channels=chans,
-            strength=DEFAULT_STRENGTH if strength is None else strength,
-            steps=steps or DEFAULT_STEPS,
-            seed=seed,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    res.raise_if_partial()
-    lines = [f"{model.name} · {info.name} · accentuations of {image or 'the bundled photo'}"]
-    lines += [
-        f"  filter {a.channel:5d}: photo {a.activation_photo:.3f} → accentuation {a.activation_accent:.3f} "
-        f"(gain {a.gain:.2f}×), SSIM {a.ssim:.3f}"
-        for a in res.accentuations
-    ]
-    lines.append(f"wrote {res.run_dir}/{info.name}/accent_*.png, run.json")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
 
 
 @cli.command()

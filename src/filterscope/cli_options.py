@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
-from .errors import UsageError, closest
 from .defaults import DEFAULT_MODEL
-from .outputs.naming import default_out
+from .errors import UsageError, closest
+from .outputs.naming import RUN_FILE, default_out
 from .outputs.rundir import check_writable
 
 # ---------------------------------------------------------------- parameter types
@@ -412,7 +412,7 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
     elif base is int:
         kw["type"] = click.IntRange(min=meta["min"]) if "min" in meta else int
     elif base is float:
-        kw["type"] = PositiveNumber() if meta.get("positive") else float
+        kw["type"] = click.FloatRange(min=meta["min"]) if "min" in meta else float
     if default is not None and base is not bool:
         kw["show_default"] = True
     if meta.get("metavar"):
@@ -428,7 +428,8 @@ def job_command(job: Any) -> click.Command:
     hints = typing.get_type_hints(job.request)
     fields = dataclasses.fields(job.request)
     second = [f.name for f in fields if getattr(hints[f.name], "__name__", "") == "Model"]
-    params: list[click.Parameter] = [_param_for(f, hints[f.name]) for f in fields if f.name not in second]
+    shown = [f for f in fields if f.name not in second and f.metadata.get("cli", True)]
+    params: list[click.Parameter] = [_param_for(f, hints[f.name]) for f in shown]
     params += model_option_list()
     if len(second) > 1:
         raise TypeError(f"{job.name}: at most one second model in a request")
@@ -458,7 +459,8 @@ def job_command(job: Any) -> click.Command:
             request = dataclasses.replace(request, **{second[0]: _load_model(models["_b"])})
         res = run_job(job, _load_model(models[""]), request, out=out, resume=resume, progress=not quiet)
         res.raise_if_partial()
-        emit(as_json, quiet, res.record, job.summary(res) if job.summary else [])
+        record = json.loads((res.run_dir / RUN_FILE).read_text())  # as written, numbers as JSON numbers
+        emit(as_json, quiet, record, job.summary(res) if job.summary else [])
 
     return click.Command(job.name, params=params, callback=callback, help=job.help, short_help=job.help.split("\n")[0])
 

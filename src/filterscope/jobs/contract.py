@@ -136,7 +136,8 @@ def opt(default: Any = None, help: str = "", **cli: Any) -> Any:
 
     ``cli`` keys: ``argument`` (positional), ``flag`` (the option's name when not ``--field-name``),
     ``cli_default`` (the command line's default when it differs from the API's), ``min`` (lowest int),
-    ``choices`` (allowed strings), ``channels`` (a channel list such as ``0-7,12``), ``metavar``."""
+    ``choices`` (allowed strings), ``channels`` (a channel list such as ``0-7,12``), ``metavar``,
+    ``optional`` (an argument that may be left out), ``cli=False`` (an option of the API alone)."""
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
