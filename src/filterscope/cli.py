@@ -44,6 +44,7 @@ __all__ = ["cli", "main", "parse_channels"]
 JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
     "accentuate": ("filterscope.jobs.accentuate", "Feature accentuation: IMAGE pushed to excite each filter."),
+    "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
     "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
     "tuning": (
         "filterscope.jobs.tuning",
@@ -384,54 +385,6 @@ def render_cmd(
     ]
     lines += [f"  channel {c}: {why}" for c, why in summary.failed.items()]
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--channels", type=CHANNELS, default="0-5", show_default=True)
-@click.option("--methods", default="seed,lucid,maco,fast", show_default=True, help="Comma-separated presets.")
-@click.option(
-    "--steps", type=click.IntRange(min=1), default=None, help="Same steps for every method (default: each method's)."
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("compare")
-@click.option("--resume", is_flag=True)
-@output_options
-def compare(
-    model_name, weights, trust_checkpoint, device, layer, channels, methods, steps, seed, out, resume, quiet, as_json
-):
-    """The same channels rendered with every preset, side by side in one figure."""
-    from .jobs.compare import compare as run_compare
-    from .jobs.interrupt import graceful_stop
-    from .models.layers import get_layer
-
-    names = [METHOD.convert(m.strip(), None, None) for m in methods.split(",") if m.strip()]
-    out = out or default_out("compare")
-    model = load(model_name, weights, trust_checkpoint, device)
-    info = get_layer(model, layer)
-    chans = list(range(info.channels)) if channels is None else channels
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = run_compare(
-            model,
-            info.name,
-            chans,
-            names,
-            steps=steps,
-            seed=seed,
-            out=out,
-            resume=resume,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    res.raise_if_partial()
-    emit(
-        as_json,
-        quiet,
-        json.loads((res.run_dir / "run.json").read_text()),
-        [f"wrote {res.run_dir}/{res.figure} ({len(names)} methods × {len(chans)} channels)"],
-    )
 
 
 RANK_OPTION = click.option(

@@ -142,6 +142,24 @@ CHANNELS = ChannelList()
 METHOD = RegistryChoice("method", _presets)
 
 
+class NameList(click.ParamType):
+    """Comma-separated names of one registry, e.g. ``seed,lucid,maco,fast``, each checked as
+    :class:`RegistryChoice` checks one."""
+
+    name = "names"
+
+    def __init__(self, choice: RegistryChoice):
+        self.choice = choice
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        return [self.choice.convert(v.strip(), param, ctx) for v in str(value).split(",") if v.strip()]
+
+
+REGISTRIES = {"method": METHOD}
+
+
 class FloatList(click.ParamType):
     """Comma-separated numbers, e.g. ``0.5`` or ``0.485,0.456,0.406``."""
 
@@ -396,7 +414,11 @@ def diversity_option(ctx, param, value: int) -> int:
 def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
     """The click option (or argument) of one field of a job's request."""
     meta = dict(f.metadata)
-    default = meta.get("cli_default", None if f.default is dataclasses.MISSING else f.default)
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        default = None if f.default_factory is dataclasses.MISSING else f.default_factory()
+    default = meta.get("cli_default", default)
     name = f.name
     if meta.get("argument"):
         return click.Argument([name], required=default is None and not meta.get("optional"), default=default)
@@ -407,6 +429,10 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
         kw.update(is_flag=True, default=bool(default))
     elif meta.get("channels"):
         kw["type"] = CHANNELS
+    elif meta.get("names"):
+        kw["type"] = NameList(REGISTRIES[meta["names"]])
+        if isinstance(default, list):
+            kw["default"] = ",".join(default)
     elif meta.get("choices"):
         kw["type"] = click.Choice(list(meta["choices"]))
     elif base is int:

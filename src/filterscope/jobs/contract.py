@@ -51,8 +51,9 @@ class JobResult:
 class RunContext:
     """One job run: its :class:`~filterscope.outputs.rundir.RunDir`, stop flag, progress bars and timings."""
 
-    def __init__(self, run: RunDir, stop: Callable[[], bool], progress: bool) -> None:
+    def __init__(self, run: RunDir, stop: Callable[[], bool], progress: bool, resume: bool = False) -> None:
         self.run = run
+        self.resume = resume  # finishing an earlier run of the folder: keep what it recorded
         self.stop = stop
         self.show_progress = progress
         self.data: Any = None
@@ -111,7 +112,7 @@ def open_run(
         if should_stop is None:
             should_stop = stack.enter_context(graceful_stop(quiet=not progress))
         run = RunDir(out, command, settings, resume=resume)
-        ctx = RunContext(run, should_stop, progress)
+        ctx = RunContext(run, should_stop, progress, resume)
         try:
             yield ctx
         except BaseException as e:
@@ -137,7 +138,8 @@ def opt(default: Any = None, help: str = "", **cli: Any) -> Any:
     ``cli`` keys: ``argument`` (positional), ``flag`` (the option's name when not ``--field-name``),
     ``cli_default`` (the command line's default when it differs from the API's), ``min`` (lowest int),
     ``choices`` (allowed strings), ``channels`` (a channel list such as ``0-7,12``), ``metavar``,
-    ``optional`` (an argument that may be left out), ``cli=False`` (an option of the API alone)."""
+    ``optional`` (an argument that may be left out), ``names`` (comma-separated names of a registry:
+    ``"method"``), ``cli=False`` (an option of the API alone)."""
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
