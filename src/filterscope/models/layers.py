@@ -282,7 +282,7 @@ def layer_outline(model: Model) -> list[LayerEntry]:
     """Every targetable layer (:func:`list_layers`, forward order) with what a layer picker needs: stage and
     block outputs first, each block's internals folded under it, exact duplicates marked, the layers that end
     in a ReLU marked (see :class:`LayerEntry`)."""
-    from ..optvis.relu import final_relus
+    from .relu import final_relus
 
     infos = list_layers(model)
     names = {i.name for i in infos}

@@ -23,12 +23,13 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import UsageError, closest
 from ..models.layers import list_layers, map_views
 from ..models.model import Model
+from ..models.relu import final_relus, relus_before
 from .fold import fold_batchnorm
 from .hooks import capture, run
 from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
 from .param import SPECTRA, ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
-from .relu import final_relus, redirect_relu, relus_before
+from .relu import redirect_relu
 from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, Views, make_transform
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
