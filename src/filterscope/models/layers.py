@@ -166,7 +166,7 @@ def default_layer(model: Model) -> str:
 
 def logit_layer(model: Model) -> LayerInfo:
     """The pseudo-layer ``logit``: the model's output, one channel per class."""
-    n = len(model.categories) if model.categories else 1000
+    n = model.num_classes or 1000  # an output that is not [batch, classes]: ImageNet's count, as before
     return LayerInfo(LOGIT, "output", (n,), 1, 1 << 30)
 
 
