@@ -27,6 +27,7 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache re
 
 import numpy as np
 import torch
+from common import tables
 
 import filterscope as fs
 from filterscope.models.layers import get_layer
@@ -122,62 +123,6 @@ def ablation(model, layers: list[str], n: int = 10) -> dict:
     return out
 
 
-def _half(cpu) -> str:
-    """CPU seconds over 2 threads: the wall time the work would take on 2 free cores (an upper bound while
-    threads spin)."""
-    return f"{cpu / 2:.1f}" if cpu is not None else "—"
-
-
-def markdown(res: dict) -> str:
-    m = res["machine"]
-    lines = [
-        "# bench_circuits",
-        "",
-        f"efficientnet_lite0 on {m['threads']} CPU threads; load average {m['load_start']} at the start, "
-        f"{m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
-        "",
-    ]
-    if "timing" in res:
-        t = res["timing"]
-        p = t["circuit_parts_s"]
-        lines += [
-            "| measurement | wall seconds (CPU seconds of the process / 2) | target |",
-            "|---|---|---|",
-            f"| circuit blocks.5:42 from blocks.4, 36 photos, no renders | {t['circuit_blocks5_s']} "
-            f"({_half(t.get('circuit_blocks5_cpu_s'))}) | ≤ 10 |",
-            f"| — of which attribution / expanded weights / ablation | {p.get('attribution_s')} / "
-            f"{p.get('expanded_weights_s')} / {p.get('ablation_s')} | |",
-            f"| the same with renders of the channel + top-8 inputs and all files | "
-            f"{t['circuit_with_renders_and_files_s'] or 'not run'} (renders {t['render_s'] or '—'}) "
-            "| counted separately |",
-            f"| tuning of the 24 channels of blocks.1 ({t['tuning_stimuli']} stimuli) "
-            f"| {t['tuning_blocks1_24_s']} ({_half(t.get('tuning_blocks1_24_cpu_s'))}) | ≤ 30 |",
-            f"| — writing tuning.json, figure, report | {t['tuning_write_s']} | |",
-            "",
-            f"Tuning: {t['tuning_described']} of 24 channels of blocks.1 get a description.",
-            "",
-        ]
-    if "ablation" in res:
-        ab_machine = res.get("machine_first_run", m)
-        lines += [
-            f"Ablation run: load average {ab_machine['load_start']} → {ab_machine['load_end']}.",
-            "",
-            "| layer | from | channels | median ratio of mean abs. change: top-8 by abs. attribution / random-8 | min "
-            "| median drop: top-8 excitatory | random-8 | Spearman(weight, attribution): identity | gated "
-            "| median max abs. weight: identity | gated |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for layer, d in res["ablation"].items():
-            lines.append(
-                f"| {layer} | {d['from']} | {len(d['channels'])} | {d['median_ratio']:.2f}× | {d['min_ratio']:.2f}× "
-                f"| {d['median_drop_excitatory']:.3f} | {d['median_drop_random']:.3f} "
-                f"| {d['median_spearman_identity']:.2f} | {d['median_spearman_gated']:.2f} "
-                f"| {d['median_max_abs_weight_identity']:.3g} | {d['median_max_abs_weight_gated']:.3g} |"
-            )
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["timing", "ablation"], action="append")
@@ -202,8 +147,8 @@ def main() -> None:
     res["machine"]["load_end"] = [round(v, 1) for v in os.getloadavg()]
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1) + "\n")
-    (ROOT / "benchmarks/results/circuits.md").write_text(markdown(res))
-    print(markdown(res))
+    (ROOT / "benchmarks/results/circuits.md").write_text(tables.circuits_table(res))
+    print(tables.circuits_table(res))
 
 
 if __name__ == "__main__":

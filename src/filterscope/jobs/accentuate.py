@@ -40,9 +40,9 @@ from ..errors import RenderError, UsageError
 from ..models.inputs import load_image, model_input, sample_image_path
 from ..models.layers import LayerInfo, list_layers, map_views, network_layer
 from ..models.model import Model
+from ..models.relu import final_relus
 from ..optvis.hooks import capture, run
 from ..optvis.objectives import Objective, channel, closeness
-from ..optvis.relu import final_relus
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.images import png_bytes
 from ..outputs.naming import accent_change_file, accent_file

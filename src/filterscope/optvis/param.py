@@ -177,15 +177,6 @@ class ImageParam(nn.Module):
     def project(self) -> None:
         """Called after each optimiser step (e.g. to clamp pixels)."""
 
-    # whether :meth:`load_resized` can start this param from a smaller render of its kind (coarse-to-fine)
-    resizable = False
-
-    @torch.no_grad()
-    def load_resized(self, other: ImageParam, tile: bool = False) -> None:
-        """Set these images to ``other``'s (same kind and seeds, another size), resized to this size, or with
-        ``tile`` repeated at its own pixel scale (this size a whole multiple of ``other``'s)."""
-        raise NotImplementedError(f"the {self.name} parameterisation cannot start from a resized render")
-
     def describe(self) -> dict:
         return {
             "param": self.name,
@@ -194,15 +185,6 @@ class ImageParam(nn.Module):
             "channels": self.channels,
             "rgb_gain": self.rgb_gain,
         }
-
-
-def _resized(x: torch.Tensor, size: int, tile: bool) -> torch.Tensor:
-    if not tile:
-        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
-    n = size // x.shape[-1]
-    if n * x.shape[-1] != size:
-        raise ValueError(f"a {x.shape[-1]} px image does not tile {size} px")
-    return x.repeat(1, 1, n, n)
 
 
 @register_param("pixel")
@@ -234,14 +216,6 @@ class PixelParam(ImageParam):
         if not self.decorrelate:
             for t in self.tensors:
                 t.clamp_(0.0, 1.0)
-
-    resizable = True
-
-    @torch.no_grad()
-    def load_resized(self, other: ImageParam, tile: bool = False) -> None:
-        for mine, theirs in zip(self.tensors, other.tensors):
-            mine.copy_(_resized(theirs, self.size, tile))
-        self.project()
 
     def describe(self) -> dict:
         return {**super().describe(), "noise": list(self.noise)}
@@ -312,17 +286,6 @@ class FourierParam(ImageParam):
 
     def images(self, t: torch.Tensor) -> torch.Tensor:
         return self.to_valid_rgb(self.spatial(t, self.scale_synth))
-
-    resizable = True
-
-    @torch.no_grad()
-    def load_resized(self, other: ImageParam, tile: bool = False) -> None:
-        """``other``'s image before the colour mapping, resized bicubically (or tiled: a Fourier image is
-        periodic, so the tiles join without seams) and taken back into these coefficients (exact: the
-        orthonormal rfft of a real image inverts)."""
-        for mine, theirs in zip(self.tensors, other.tensors):
-            sp = _resized(other.spatial(theirs, other.scale_synth), self.size, tile)
-            mine.copy_(torch.view_as_real(torch.fft.rfft2(sp, norm="ortho")) / self.scale_synth)
 
     def describe(self) -> dict:
         d = {**super().describe(), "decay_power": self.decay_power}
@@ -421,8 +384,6 @@ class ImageSeededParam(FourierParam):
     decorrelation into 1/f-scaled Fourier coefficients; every seed starts from it (the seed only drives
     the random transforms). Without an image it is the ``fourier`` parameterisation.
     """
-
-    resizable = False  # it starts at the photo itself
 
     def __init__(
         self,
