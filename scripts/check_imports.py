@@ -29,6 +29,7 @@ PLACE = {
     "version": "base",
     "plugins": "base",
     "data": "base",
+    "defaults": "base",
     "models": "models",
     "results": "models",
     "optvis": "optvis",
@@ -36,6 +37,7 @@ PLACE = {
     "jobs": "jobs",
     "serve": "serve",
     "cli": "cli",
+    "cli_options": "cli",
 }
 
 
