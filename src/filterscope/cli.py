@@ -45,6 +45,7 @@ JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
     "accentuate": ("filterscope.jobs.accentuate", "Feature accentuation: IMAGE pushed to excite each filter."),
     "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
+    "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
     "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
     "tuning": (
         "filterscope.jobs.tuning",
@@ -384,103 +385,6 @@ def render_cmd(
         + f" in {time.perf_counter() - t0:.1f} s → {res.run_dir / grid_file(info.name)}"
     ]
     lines += [f"  channel {c}: {why}" for c, why in summary.failed.items()]
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-RANK_OPTION = click.option(
-    "--rank",
-    type=click.Choice(["contribution", "activation"]),
-    default="contribution",
-    show_default=True,
-    help="Order filters by contribution to the class (gradient × activation) or by mean activation.",
-)
-
-
-@cli.command()
-@click.argument("image", required=False)
-@model_options
-@click.option("--layer", default=None, help="Layer [default: blocks.5 when the model has it, else its default layer].")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Filters to explain.")
-@RANK_OPTION
-@click.option("--class", "target_class", type=int, default=None, help="Class to explain [default: the prediction].")
-@click.option("--images", default=None, help="Folder of natural images for top examples (default: bundled photos).")
-@click.option(
-    "--strength",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Accentuation closeness (the weight of 1 − SSIM, as accentuate's) [default: 5].",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("explain")
-@output_options
-@cache_options
-def explain(
-    image,
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    top,
-    rank,
-    target_class,
-    images,
-    strength,
-    seed,
-    out,
-    quiet,
-    as_json,
-):
-    """Which filters drive IMAGE's prediction, what each sees in it, and the evidence: report.html."""
-    from .jobs.accentuate import DEFAULT_STRENGTH
-    from .jobs.attribution import check_class
-    from .jobs.boost import check_top
-    from .jobs.explain import explain as run_explain
-    from .jobs.explain import explain_layer
-    from .jobs.interrupt import graceful_stop
-    from .models.inputs import list_images, load_image
-    from .models.layers import network_layer
-
-    if image:
-        load_image(image)
-    if images:
-        list_images(images)
-    out = out or default_out("explain")
-    model = load(model_name, weights, trust_checkpoint, device)
-    info = network_layer(model, layer or explain_layer(model), "explain")
-    check_top(top, info)
-    check_class(model, target_class)
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = run_explain(
-            model,
-            image,
-            layer=info.name,
-            top=top,
-            rank=rank,
-            target_class=target_class,
-            images=images,
-            strength=DEFAULT_STRENGTH if strength is None else strength,
-            seed=seed,
-            out=out,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    res.raise_if_partial()
-    ins = res.inspection
-    rec = res.record()
-    lines = [
-        f"{model.name} · {info.name} · explaining {rec['class_name']} ({ins.target_class}); "
-        f"prediction {ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
-        "zeroing the top 8 filters lowers p by: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in rec["ablation"]["top8_drop"].items()),
-    ]
-    for f in res.filters:
-        lines.append(
-            f"  filter {f.channel:4d}: contribution {f.contribution:+.3f} · accentuation gain {f.accent.gain:.2f}×, "
-            f"SSIM {f.accent.ssim:.3f} · path similarity render {f.path_render:.2f}"
-        )
-    lines.append(f"wrote {res.run_dir}/report.html, figure_explain.png, run.json ({res.timings['total_s']:.1f} s)")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
 
 

@@ -54,6 +54,7 @@ class RunContext:
     def __init__(self, run: RunDir, stop: Callable[[], bool], progress: bool, resume: bool = False) -> None:
         self.run = run
         self.resume = resume  # finishing an earlier run of the folder: keep what it recorded
+        self.started = time.perf_counter()
         self.stop = stop
         self.show_progress = progress
         self.data: Any = None
@@ -85,6 +86,10 @@ class RunContext:
             yield
         finally:
             self.record["timings"][f"{name}_s"] = round(time.perf_counter() - t, 3)
+
+    def elapsed(self) -> float:
+        """Seconds since the run folder was opened."""
+        return time.perf_counter() - self.started
 
     def mark_partial(self, done: int, total: int, what: str = "items", resumable: bool = True) -> None:
         """The run was stopped with ``done`` of ``total`` finished: it ends ``partial`` with that message."""
