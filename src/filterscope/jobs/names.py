@@ -56,6 +56,7 @@ the embedding model over the images; nothing writes files.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -496,3 +497,49 @@ def mis_scores(embed: np.ndarray, acts: np.ndarray, *, k: int = 9, trials: int =
     flat = np.ptp(acts, axis=0) == 0
     score[flat] = np.nan
     return score
+
+
+# ---------------------------------------------------------------- what the jobs record
+
+
+@functools.lru_cache(maxsize=1)
+def default_similarity() -> Similarity:
+    """The :class:`Similarity` the jobs share (loaded once per process: a server's workers reuse it)."""
+    return Similarity()
+
+
+def describe_units(
+    acts: np.ndarray,
+    labels: Sequence[str] | None,
+    *,
+    top: int = 9,
+    embed: np.ndarray | None = None,
+    alpha: float = ALPHA,
+) -> list[dict]:
+    """Per unit (column of ``acts``, images × units): ``{"name", "purity", "score"}`` — the INVERT name
+    (None without labels or when not significant), the purity of its ``top`` most activating images (None
+    without labels), and its MIS score (None without ``embed``, with too few images, or for a dead unit).
+    What the atlas, the explorer and ``concepts`` write for each channel or concept."""
+    acts = np.asarray(acts, dtype=np.float64)
+    n, u = acts.shape
+    names: list = name_units(acts, labels, alpha=alpha) if labels is not None else [None] * u
+    order = np.argsort(-acts, axis=0, kind="stable")[:top].T
+    pur = [purity(order[j], labels) if labels is not None else None for j in range(u)]
+    scores: list = [None] * u
+    if embed is not None and n >= mis_min_images():
+        s = mis_scores(embed, acts)
+        scores = [None if not np.isfinite(v) else round(float(v), 4) for v in s]
+    return [{"name": names[j], "purity": pur[j], "score": scores[j]} for j in range(u)]
+
+
+def scoring_record(labels_source: str | None, similarity: Similarity | None, n_images: int) -> dict:
+    """What a run records about its names and scores: where the labels came from, the score's method and
+    similarity, or why the score was skipped."""
+    rec: dict = {"labels": labels_source, "alpha": ALPHA, "score_method": SCORE_METHOD}
+    if n_images < mis_min_images():
+        rec["score_skipped"] = f"{n_images} images: the score needs at least {mis_min_images()}"
+    elif similarity is None:
+        rec["score_skipped"] = "no image similarity"
+    else:
+        rec["similarity"] = similarity.name
+    return rec
