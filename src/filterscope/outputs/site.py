@@ -34,7 +34,7 @@ def _hist(entry: dict) -> tuple[list[dict], float, float]:
     return bars, edges[0], edges[-1]
 
 
-def _name_rows(unit: dict, how: dict) -> list[tuple[str, Any]]:
+def name_rows(unit: dict, how: dict) -> list[tuple[str, Any]]:
     """A channel page's rows for its name, purity and interpretability score (jobs/names.py), where the
     examples have them."""
     if "name" not in unit:
@@ -143,7 +143,7 @@ def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list
                 ]
                 if r and ex["max"] > 0:
                     table.append(("render / best image", f"{r['activation_after'] / ex['max']:.2f}"))
-                table += _name_rows(ex, (examples or {}).get("names") or {})
+                table += name_rows(ex, (examples or {}).get("names") or {})
             ctx["table"] = table
             html = env.get_template("channel.html").render(
                 root="../", layer=layer_ctx, ch=ctx, n_images=n_images, **base
