@@ -40,6 +40,7 @@ from ..models.layers import default_layer, get_layer, layer_outline, list_layers
 from ..optvis.presets import DEFAULT_METHOD, default_method
 from ..outputs.cache import RenderCache
 from ..outputs.naming import channel_page
+from ..outputs.site import name_rows
 from ..version import __version__
 from . import compute, store
 from .guard import Access, Guard
@@ -213,7 +214,7 @@ class Explorer:
         )
 
     def examples_key(self, layer: str) -> str:
-        return store.result_key(self.model, "examples", photos="bundled", layer=layer)[0]
+        return store.result_key(self.model, "examples", photos="bundled", layer=layer, units=1)[0]
 
     def maps(self, layer: str, h: str):
         key = self.explanation_key(layer, h)
@@ -602,6 +603,8 @@ def filter_page(request: Request) -> Response:
     if exm is not None:
         vals = sorted(((row[c], n) for n, row in zip(exm["names"], exm["means"])), reverse=True)[:6]
         examples = [{"name": n, "value": v, "hash": ex.photo_hash.get(n, "")} for v, n in vals]
+        if exm.get("units"):  # the filter's name, purity and score over the photos (jobs/names.py)
+            table += name_rows(exm["units"][c], exm.get("scoring") or {})
     atlas_page = None
     if ex.atlas is not None and (ex.atlas / layer / channel_page(c)).is_file():
         atlas_page = f"/atlas/{layer}/{channel_page(c)}"
