@@ -351,6 +351,101 @@ def test_expanded_weights_through_squeeze_excite_hold_its_gate(photos):
         assert i.weight == pytest.approx(float(w[i.channel]), abs=1e-5)
 
 
+# ---------------------------------------------------------------- the default order: what the network lets through
+
+
+class Gate(nn.Module):
+    """Squeeze-excite whose gate is set by its biases alone (zero weights): σ(+30) ≈ 1 passes a channel,
+    σ(−30) ≈ 0 silences it."""
+
+    def __init__(self, open_: list[bool]):
+        super().__init__()
+        self.se = SqueezeExcite(len(open_))
+        with torch.no_grad():
+            for conv in (self.se.conv_reduce, self.se.conv_expand):
+                conv.weight.zero_()
+            self.se.conv_reduce.bias.fill_(1.0)
+            self.se.conv_expand.bias.copy_(torch.tensor([30.0 if o else -30.0 for o in open_]))
+
+    def forward(self, x):
+        return self.se(x)
+
+
+def trap_net(kind: str) -> nn.Module:
+    """``a`` (4 channels from the photo: R, G, B and grey, each + 0.1, so all > 0) → a middle that carries
+    ``a:0`` and ``a:1`` and blocks ``a:3`` → ``out``, whose channel 0 weighs the blocked path most.
+
+    - ``dead``: ``relu(5·a3 − 100)``: a negative bias keeps the unit off on every image;
+    - ``relu6``: ``relu6(10·a3 + 10)``: saturated at 6 on every image (zero slope);
+    - ``gate``: a squeeze-excite gate σ(−30) on ``a:3``.
+    ``a:2`` reaches nothing. The identity-linearised weights list ``a:3`` first for ``dead`` and ``relu6``."""
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 4, 1))
+    with torch.no_grad():
+        net.a.weight.zero_()
+        for c in range(3):
+            net.a.weight[c, c] = 1.0
+        net.a.weight[3] = 1.0 / 3
+        net.a.bias.fill_(0.1)
+    if kind == "gate":
+        net.add_module("mid", Gate([True, True, True, False]))
+        out_w = [1.0, 0.6, 0.0, 8.0]
+    else:
+        net.add_module("mix", nn.Conv2d(4, 3, 1))
+        net.add_module("act", nn.ReLU() if kind == "dead" else nn.ReLU6())
+        with torch.no_grad():
+            net.mix.weight.zero_()
+            net.mix.weight[0, 0] = 1.0 if kind == "dead" else 0.5  # ReLU6: stays below its cap of 6
+            net.mix.weight[1, 1] = 0.6 if kind == "dead" else 0.3
+            net.mix.weight[2, 3] = 5.0 if kind == "dead" else 10.0
+            net.mix.bias.copy_(torch.tensor([0.0, 0.0, -100.0 if kind == "dead" else 10.0]))
+        out_w = [1.0, 1.0, 5.0]
+    net.add_module("out", nn.Conv2d(len(out_w), 1, 1, bias=False))
+    with torch.no_grad():
+        net.out.weight.copy_(torch.tensor(out_w).view(1, -1, 1, 1))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    return net
+
+
+@pytest.mark.parametrize("kind", ["dead", "relu6", "gate"])
+def test_default_order_lists_what_carries_the_filter_first(kind, photos):
+    model = wrap_module(trap_net(kind), kind, mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    c = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=2)
+    order = [i.channel for i in c.inputs]
+    assert set(order[:2]) == {0, 1}, order  # the inputs that carry the filter first
+    assert set(order[2:]) == {2, 3}, order  # the blocked and the unconnected ones last
+    by = {i.channel: i for i in c.inputs}
+    assert by[0].effect > by[1].effect > 0 and by[0].sign == "excites"
+    assert abs(by[3].effect) < 1e-5 and by[3].effect_abs < 1e-5 and by[3].sign == "none"
+    if kind != "gate":  # the trap: the expanded weights rank the blocked input first
+        assert by[3].rank_weight == 0 and by[3].weight_norm == pytest.approx(1.0)
+        assert c.ranking["weights_agreement"]["identity"]["spearman_effect"] < 0.5
+    ab = c.ablation
+    assert ab["first"] == order[:2] and ab["change_top"] > ab["change_random"] and ab["passed"]
+    rec = c.record()
+    assert [i["channel"] for i in rec["inputs"]] == order and rec["ranking"]["method"] == "effect"
+    assert {"layer", "channel", "weight", "attribution", "effect", "weight_gated"} <= set(rec["inputs"][0])
+
+
+def test_ablation_warns_when_the_first_k_are_no_better_than_random(photos):
+    """All four inputs carry the filter equally: no set of 2 beats 2 random ones by 1.5×, and the circuit
+    says so in its record."""
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 4, 1))
+    net.add_module("out", nn.Conv2d(4, 1, 1, bias=False))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    with torch.no_grad():
+        net.a.weight.fill_(1.0 / 3)
+        net.a.bias.zero_()
+        net.out.weight.fill_(1.0)
+    model = wrap_module(net, "flat4", mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    ab = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=2).ablation
+    assert ab["change_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert not ab["passed"] and "1.00×" in ab["warning"]
+
+
 def test_bad_input_is_a_usage_error_before_anything(lines, tmp_path):
     with pytest.raises(UsageError, match="does not feed"):
         fs.circuit(lines, "f", 0, from_layer="g", out=tmp_path / "x")
