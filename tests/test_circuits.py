@@ -203,6 +203,39 @@ def test_tuning_memo_gives_the_same_answers_and_skips_the_passes(lines, photos):
     assert list(bounded) == [(i,) for i in range(20 - 2 * T.MEMO_LAYERS, 20)]
 
 
+def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos, tmp_path, monkeypatch):
+    """The explorer's pool hands a layer's next filter to any worker (or a fresh one): the layer's stimulus
+    and photo responses are in the cache they all share, so a second filter of the layer, in a worker whose
+    own memo is empty, runs no stimulus pass (counted) and says where its responses came from."""
+    from filterscope.jobs import tuning as T
+    from filterscope.outputs.cache import ENV_DIR, ENV_OFF, active_cache
+    from filterscope.serve import store, workers
+
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "cache"))
+    monkeypatch.delenv(ENV_OFF, raising=False)
+    monkeypatch.setattr(workers, "_MODEL", lines)
+    monkeypatch.setattr(workers, "_SHARED", {})
+    calls = []
+    real = T.responses
+    monkeypatch.setattr(T, "responses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = active_cache()
+    keys, jobs = [], []
+    for c in (0, 1, 2):
+        monkeypatch.setattr(workers, "_TUNING_MEMO", {} if c < 2 else workers._TUNING_MEMO)  # 1: another worker
+        n = len(calls)
+        job, fig = f"a{c:063x}", f"f{c:063x}"
+        jobs.append(job)
+        assert workers.run_tuning(job, "g", c, str(photos), 0, fig) == "ok"
+        rec = store.load_json(cache, job)
+        keys.append(rec["responses_from"])
+        assert rec["channel"] == c and cache.has(fig)
+        assert (len(calls) > n) == (c == 0), (c, len(calls), n)  # only the first filter ran the stimuli
+    assert keys == [["computed", "computed"], ["cache", "cache"], ["process", "process"]]
+    plain = T.tuning(lines, "g", [1], images=photos).record()["channels"]["1"]
+    second = store.load_json(cache, jobs[1])  # from the cache: the answer of a run without any memo
+    assert all(second[k] == plain[k] for k in ("orientation", "orientation_selectivity", "frequency", "hue"))
+
+
 def test_tuning_natural_max_is_evaluates(lines_tuning, lines, photos):
     from filterscope.jobs.evaluate import natural_max
 
@@ -523,11 +556,13 @@ def test_circuit_cli_on_efficientnet(tmp_path, capsys):
     rec = json.loads((out / "circuit.json").read_text())
     assert (rec["layer"], rec["channel"], rec["from"]) == ("blocks.5", 42, "blocks.4")
     assert len(rec["inputs"]) == 112 and sorted(i["channel"] for i in rec["inputs"]) == list(range(112))
-    w = [abs(i["weight"]) for i in rec["inputs"]]
-    assert w == sorted(w, reverse=True)
+    # issue 43: listed by measured effect (was: by |weight|), first = strongest, checked by ablation
+    assert [i["rank"] for i in rec["inputs"]] == list(range(112)) and rec["ranking"]["method"] == "effect"
     for i in rec["inputs"]:
-        assert {"layer", "channel", "weight", "attribution"} <= set(i) and i["layer"] == "blocks.4"
+        assert {"layer", "channel", "weight", "attribution", "effect", "weight_gated"} <= set(i)
+        assert i["layer"] == "blocks.4" and -1 <= i["weight_normalized"] <= 1
     ab = rec["ablation"]
+    assert ab["first"] == [i["channel"] for i in rec["inputs"][:8]]
     assert ab["change_top"] > ab["change_random"] and ab["drop_excitatory"] > ab["drop_random"]
     run = json.loads(stdout)
     assert run["status"] == "complete" and run["settings"]["renders"] is False
