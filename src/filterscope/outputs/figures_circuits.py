@@ -86,7 +86,7 @@ def circuit_figure(res) -> plt.Figure:
         ax.bar(range(4), vals, color=["#d62728", "#7f7f7f", "#d62728", "#7f7f7f"], width=0.7)
         ax.set_xticks(range(4), labels, fontsize=7)
         ax.axvline(1.5, color="#ccc", lw=0.8)
-        ok = ab.get("passed", True)
+        ok = ab.get("passed") is not False
         ax.set_title(
             f"ablation, {res.n_images} images: |Δ| {ab['change_ratio']:.1f}× random" + ("" if ok else " (weak!)"),
             fontsize=9,
