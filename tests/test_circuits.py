@@ -203,7 +203,7 @@ def test_tuning_memo_gives_the_same_answers_and_skips_the_passes(lines, photos):
     assert list(bounded) == [(i,) for i in range(20 - 2 * T.MEMO_LAYERS, 20)]
 
 
-def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos, tmp_path, monkeypatch):
+def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos, lines_tuning, tmp_path, monkeypatch):
     """The explorer's pool hands a layer's next filter to any worker (or a fresh one): the layer's stimulus
     and photo responses are in the cache they all share, so a second filter of the layer, in a worker whose
     own memo is empty, runs no stimulus pass (counted) and says where its responses came from."""
@@ -231,7 +231,7 @@ def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos,
         assert rec["channel"] == c and cache.has(fig)
         assert (len(calls) > n) == (c == 0), (c, len(calls), n)  # only the first filter ran the stimuli
     assert keys == [["computed", "computed"], ["cache", "cache"], ["process", "process"]]
-    plain = T.tuning(lines, "g", [1], images=photos).record()["channels"]["1"]
+    plain = lines_tuning[1].record()["channels"]["1"]  # fs.tuning with no memo
     second = store.load_json(cache, jobs[1])  # from the cache: the answer of a run without any memo
     assert all(second[k] == plain[k] for k in ("orientation", "orientation_selectivity", "frequency", "hue"))
 
