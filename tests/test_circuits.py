@@ -461,6 +461,22 @@ def test_default_order_lists_what_carries_the_filter_first(kind, photos):
     assert {"layer", "channel", "weight", "attribution", "effect", "weight_gated"} <= set(rec["inputs"][0])
 
 
+def test_an_input_that_holds_a_relu6_at_its_cap_is_listed_by_what_removing_it_does(photos):
+    """``relu6(100·a3 + 2)``: ``a:3`` (≥ 0.1) keeps the unit at its cap on every photo (slope 0, so gradient ×
+    activation is 0), but without it the unit falls from 6 to 2: the measured effect lists it first, and
+    zeroing it moves the filter most, which is what the ablation checks."""
+    net = trap_net("relu6")
+    with torch.no_grad():
+        net.mix.weight[2, 3] = 100.0
+        net.mix.bias[2] = 2.0
+    model = wrap_module(net, "cap", mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    c = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=1)
+    first = c.inputs[0]
+    assert first.channel == 3 and first.effect == pytest.approx(5.0 * 4.0, rel=1e-4)  # out weight 5 × (6 − 2)
+    assert abs(first.attribution) < 1e-6 and first.rank_attribution > 0
+    assert c.ablation["first"] == [3] and c.ablation["passed"]
+
+
 def test_ablation_warns_when_the_first_k_are_no_better_than_random(photos):
     """All four inputs carry the filter equally: no set of 2 beats 2 random ones by 1.5×, and the circuit
     says so in its record."""
