@@ -241,10 +241,14 @@ def test_filter_page_circuit_and_tuning(cclient, cex):
     assert len(tiles) == 8 and {t[1] for t in tiles} == {"blocks.0"}, tiles  # the layer that feeds blocks.1
     rec = store.load_json(cex.cache, done["id"])
     assert rec["from"] == "blocks.0" and rec["channel"] == c
-    w = [i["weight"] for i in rec["inputs"]]
-    assert [abs(v) for v in w] == sorted((abs(v) for v in w), reverse=True)
+    # issue 43: listed by measured effect (the record's order, first = strongest), the sign is the effect's
+    assert [i["rank"] for i in rec["inputs"]] == list(range(len(rec["inputs"])))
+    assert rec["ranking"]["method"] == "effect" and rec["ablation"]["first"] == [
+        i["channel"] for i in rec["inputs"][:8]
+    ]
     for (sign, _, ch), i in zip(tiles, rec["inputs"]):
-        assert int(ch) == i["channel"] and sign == ("excites" if i["weight"] > 0 else "inhibits")
+        assert int(ch) == i["channel"] and sign == ("excites" if i["effect"] > 0 else "inhibits")
+    assert "Expanded weight (second view)" in html and f"×{rec['ablation']['change_ratio']}" in html
     # each input's render: a render job on its own layer (the page's script starts it), then a cache hit
     renders = re.findall(rf'data-job="/api/render/{MODEL}/blocks.0/(\d+)"', html)
     assert [int(r) for r in renders] == [i["channel"] for i in rec["inputs"][:8]]
@@ -259,6 +263,9 @@ def test_filter_page_circuit_and_tuning(cclient, cex):
     assert (t["description"] or "no significant selectivity") in html
     fig = re.findall(r'<img class="tuning" src="(/png/[0-9a-f]{64}\.png)"', html)
     assert len(fig) == 1 and _png(cclient, fig[0]).size[0] > 500
+    # a second filter of the layer: the layer's responses come from the memo or the shared cache, not a rerun
+    again = _wait(cclient, f"/api/tuning/{MODEL}/{layer}/{c + 1}", timeout=240)
+    assert again["state"] == "done" and "computed" not in store.load_json(cex.cache, again["id"])["responses_from"]
     # the first layer has no earlier layer: the job's refusal is reported, not restarted at every poll
     stem = f"/api/circuit/{MODEL}/conv_stem/0"
     err = _wait(cclient, stem)

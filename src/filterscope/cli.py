@@ -536,7 +536,7 @@ def circuit(
     quiet,
     as_json,
 ):
-    """The channels of an earlier layer that build CHANNEL: expanded weights, attribution, ablation."""
+    """The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation."""
     from .jobs.circuit import run_circuit
     from .models.inputs import list_images
 
@@ -564,12 +564,16 @@ def circuit(
     ab = c.ablation
     lines = [
         f"{model.name} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
-        f"zeroing the top {ab['k']} inputs by |attribution| changes it by {ab['change_top']:.4f} "
+        f"zeroing the first {ab['k']} inputs listed changes it by {ab['change_top']:.4f} "
         f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
+        *([f"warning: {ab['warning']}"] if ab.get("warning") else []),
+        f"inputs by measured effect (zeroed alone; expanded weight normalised to the circuit's largest, "
+        f"Spearman {c.ranking['weights_agreement'][c.linear['linearize']]['spearman_effect']:+.2f} with |effect|):",
     ]
     for i in c.shown:
         lines.append(
-            f"  {c.source}:{i.channel:<4d} {i.sign:<8} weight {i.weight:+.4f}  attribution {i.attribution:+.4f}"
+            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f}  attribution {i.attribution:+.4f}"
+            f"  weight {i.weight_norm:+.2f}"
         )
     lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)

@@ -808,7 +808,9 @@ def _filter_jobs(ex: Explorer, request: Request, layer: str, c: int, kind: str):
     bundled and ``--images`` photos (not uploads: a filter's evidence stays put when someone uploads)."""
     photos = list(ex.photos.items())
     set_hash = store.photo_set_hash([h for h, _ in photos])
-    key = store.result_key(ex.model, kind, layer=layer, channel=c, photo_set=set_hash, seed=0)[0]
+    # circuits: records listed by measured effect (issue 43) are not read from an older cache's records
+    extra = {"order": "measured-effect"} if kind == "circuit" else {}
+    key = store.result_key(ex.model, kind, layer=layer, channel=c, photo_set=set_hash, seed=0, **extra)[0]
     fig = store.result_key(ex.model, kind + "-figure", job=key)[0]
 
     def start():
@@ -845,12 +847,15 @@ def api_tuning(request: Request) -> Response:
 
 
 def _circuit_view(ex: Explorer, request: Request, layer: str, c: int) -> dict[str, Any]:
-    """The filter page's circuit: the top inputs by |expanded weight| with sign, attribution, their render
-    (from the cache, or a render job) and a link to their own filter page."""
+    """The filter page's circuit: the first inputs of ``circuit.json``'s order (measured effect, strongest
+    first) with sign, effect, attribution and normalised expanded weight, their render (from the cache, or a
+    render job) and a link to their own filter page; the expanded weights' agreement with the order."""
     key, rec, _ = _filter_jobs(ex, request, layer, c, "circuit")
     out: dict[str, Any] = {"api": f"/api/circuit/{ex.model.name}/{layer}/{c}", "rec": rec, "inputs": []}
     if rec is None:
         return out
+    lin = rec.get("expanded_weights", {}).get("linearize", "identity")
+    out["agree"] = rec.get("ranking", {}).get("weights_agreement", {}).get(lin)
     for i in rec["inputs"][: rec.get("top", 8)]:
         src, ch = i["layer"], i["channel"]
         live = src in ex.layer_names
