@@ -10,7 +10,7 @@ render loop → outputs.
 """
 
 import importlib
-from typing import TYPE_CHECKING, Any
+import typing
 
 from .errors import FilterscopeError
 from .version import __version__ as __version__
@@ -61,7 +61,7 @@ _WHERE = {
 _RENAMED = {"parse_objective": (".optvis.objective_text", "parse")}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     if name in _WHERE:
         value = getattr(importlib.import_module(_WHERE[name], __name__), name)
     elif name in _RENAMED:
@@ -77,7 +77,7 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_WHERE, *_RENAMED})
 
 
-if TYPE_CHECKING:  # what type checkers and IDEs see
+if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.accentuate import Accentuation, accentuate
     from .jobs.atlas import build_atlas
     from .jobs.boost import boost
