@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,10 +19,9 @@ from ..models.layers import LOGIT, get_layer
 from ..models.model import Model
 from ..optvis.objective_text import parse
 from ..optvis.objectives import Objective
-from ..optvis.presets import resolve_settings
 from ..optvis.render import Renderer, RenderSettings, channel_seed
-from ..outputs.naming import OBJECTIVE_PNG, default_out, objective_file
-from .contract import JobResult, open_run
+from ..outputs.naming import OBJECTIVE_PNG, objective_file
+from .contract import JobResult, RunContext, run_job
 
 
 def objective_for(model: Model, text: str) -> Objective:
@@ -58,61 +58,85 @@ def target_layer(obj: Objective) -> str | None:
 
 
 @dataclass
-class ObjectiveRun(JobResult):
-    """:class:`~filterscope.jobs.contract.JobResult` of one objective's render."""
+class RenderedObjective:
+    """One objective's render (a :class:`~filterscope.jobs.contract.JobResult`'s ``data``)."""
 
-    objective: Objective | None = None
+    objective: Objective
     file: str | None = None  # the PNG written (None when the render failed or was stopped)
     render: dict = field(default_factory=dict)  # this render's entry in run.json
+
+
+@dataclass
+class ObjectivePlan:
+    """``render --objective``'s plan: the objective read against the model and its settings."""
+
+    model: Model
+    objective: Objective
+    render: RenderSettings  # resolved once, for the model and the objective's kind of target
+    seed: int
+    settings: dict  # run.json's settings
+
+
+def objective_plan(model: Model, req: Any, images: str | None = None) -> ObjectivePlan:
+    """The plan of a render request (:class:`~filterscope.jobs.channels.RenderRequest`) with an objective."""
+    obj = objective_for(model, req.objective) if isinstance(req.objective, str) else req.objective
+    settings = req.render_settings(model, target_layer(obj), decorrelation_images=images)
+    record = {
+        "model": model.describe(),
+        "objective": obj.name,
+        "method": settings.label,
+        "render": settings.as_dict(),
+        "seed": req.seed,
+    }
+    return ObjectivePlan(model, obj, settings, req.seed, record)
+
+
+def render_one(ctx: RunContext, p: ObjectivePlan) -> RenderedObjective:
+    """Render the objective into the run: its PNG (named for its target, e.g. ``logit_0967.png``, else
+    ``objective.png``) and its record. A stopped render ends ``partial`` (only run.json is written); a failed
+    one is recorded, then raises :class:`RenderError`."""
+    obj, fname = p.objective, objective_file(p.objective.target)
+    with ctx.progress(p.render.steps, "render objective", unit="step") as bar:
+        res = Renderer(p.model, p.render).render(
+            obj, [channel_seed(p.seed, 0)], on_step=lambda i: bar.update(1), should_stop=ctx.stop
+        )
+    out = RenderedObjective(obj)
+    if res.interrupted:
+        ctx.status = "partial"
+        ctx.interruption = "interrupted before the render finished; nothing was written but run.json"
+        return out
+    if res.status[0] == "ok":
+        ctx.run.write_png(fname, res.images[0])
+        out.file = fname
+    else:
+        ctx.error = RenderError(f"the render failed: {res.status[0]}")
+    out.render = {
+        "objective": obj.name,
+        "file": fname,
+        "activation_before": res.before[0],
+        "activation_after": res.after[0],
+        "status": res.status[0],
+    }
+    if fname != OBJECTIVE_PNG:
+        out.render.update(layer=obj.target.layer, channel=obj.target.index)
+    ctx.run.result(obj.name, out.render)
+    return out
 
 
 def render_objective(
     model: Model,
     objective: Objective | str,
     *,
-    method: str | None = None,
-    settings: RenderSettings | None = None,
-    seed: int = 0,
-    out: str | Path = default_out("render"),
+    out: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> ObjectiveRun:
-    """Render one objective (an :class:`Objective` or its text) into ``out``: its PNG (named for its target,
-    e.g. ``logit_0967.png``, else ``objective.png``) and ``run.json``. A stopped render ends ``partial``
-    (only run.json is written); a failed one raises :class:`RenderError` after recording it."""
-    obj = objective_for(model, objective) if isinstance(objective, str) else objective
-    settings = resolve_settings(method, settings, layer=target_layer(obj), model=model)
-    fname = objective_file(obj.target)
-    record = {
-        "model": model.describe(),
-        "objective": obj.name,
-        "method": settings.preset,
-        "render": settings.for_model(model).as_dict(),
-        "seed": seed,
-    }
-    rec: dict = {}
-    with open_run("render", out, record, resume=resume, progress=progress, should_stop=should_stop) as ctx:
-        res = Renderer(model, settings).render(obj, [channel_seed(seed, 0)], on_step=on_step, should_stop=ctx.stop)
-        if res.interrupted:
-            ctx.status = "partial"
-            ctx.interruption = "interrupted before the render finished; nothing was written but run.json"
-        else:
-            if res.status[0] == "ok":
-                ctx.run.write_png(fname, res.images[0])
-            rec = {
-                "objective": obj.name,
-                "file": fname,
-                "activation_before": res.before[0],
-                "activation_after": res.after[0],
-                "status": res.status[0],
-            }
-            if fname != OBJECTIVE_PNG:
-                rec.update(layer=obj.target.layer, channel=obj.target.index)
-            ctx.run.result(obj.name, rec)
-    r = ctx.result
-    if rec and rec["status"] != "ok":
-        raise RenderError(f"the render failed: {rec['status']}")
-    written = fname if rec.get("status") == "ok" else None
-    return ObjectiveRun(r.run_dir, r.status, r.record, None, r.interruption, obj, written, rec)
+    **options: Any,
+) -> JobResult:
+    """Render one objective (an :class:`Objective` or its text) into ``out`` with the ``render`` job (options:
+    ``method`` or ``settings``, ``seed``, …); ``data`` is the :class:`RenderedObjective`."""
+    from .channels import JOB
+
+    return run_job(
+        JOB, model, out=out, resume=resume, progress=progress, should_stop=should_stop, objective=objective, **options
+    )
