@@ -28,7 +28,7 @@ from .fold import fold_batchnorm
 from .hooks import capture, run
 from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
-from .param import SPECTRA, ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
+from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
 from .relu import redirect_relu
 from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, Views, make_transform
 
@@ -113,9 +113,7 @@ class RenderSettings:
             raise UsageError(f"views must be a whole number from 1 to 64, got {self.views}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}", hint="use " + " or ".join(PRECISIONS))
-        spectrum = dict(self.param_options).get("spectrum", SPECTRA[0])
-        if spectrum not in SPECTRA:
-            raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
+        param_registry()[self.param].check_options(dict(self.param_options))
         if isinstance(self.ema, bool) or not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise UsageError(f"ema must be in [0, 1), got {self.ema}")
         if isinstance(self.anneal, bool) or not (isinstance(self.anneal, (int, float)) and 0 <= self.anneal <= 1):
@@ -324,15 +322,10 @@ class Renderer:
             objective = stack(objective)
         # a preset's options for its own param (maco's contrast) do not apply to an overriding --param
         accepted = param_options(param_registry()[s.param])
-        options = {k: v for k, v in s.param_options if k in accepted}
-        if s.param == "pixel":
-            options.setdefault("decorrelate", s.decorrelate)
-        else:
-            options["decorrelate"] = s.decorrelate
-        if self.model.in_channels != 3:
-            options["channels"] = self.model.in_channels
+        given = {**dict(s.param_options), "decorrelate": s.decorrelate, "channels": self.model.in_channels}
         if self.color is not None:
-            options["color"] = self.color
+            given["color"] = self.color
+        options = {k: v for k, v in given.items() if k in accepted}
         options.update(param_args or {})
         param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
         net = self.net_for(objective.layers)
