@@ -27,7 +27,7 @@ from .backends import Backend, InProcess, StreamSummary
 from .contract import Job, JobResult, RunContext, opt, run_job
 from .diversity import check_diversity, render_diversity
 from .grids import write_grid
-from .render_objective import ObjectivePlan, RenderedObjective, objective_plan, render_one
+from .objective import ObjectivePlan, RenderedObjective, objective_for, objective_plan, render_one
 from .render_options import RenderOptions
 from .stream import unit_objective
 
@@ -195,8 +195,6 @@ def _plan(model: Model, req: RenderRequest) -> ChannelsPlan | ObjectivePlan:
     images = str(req.images) if req.images else None
     if _has_objective(req):
         return objective_plan(model, req, images)
-    from .render_objective import objective_for
-
     info = get_layer(model, req.layer)
     chans = list(range(info.channels)) if req.channels is None else sorted(set(req.channels))
     info.check_channels(chans)
