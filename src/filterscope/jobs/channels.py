@@ -220,19 +220,8 @@ def _plan(model: Model, req: RenderRequest) -> ChannelsPlan | ObjectivePlan:
 def _compute(ctx: RunContext, p: ChannelsPlan | ObjectivePlan) -> RenderedChannels | RenderedObjective:
     if isinstance(p, ObjectivePlan):
         return render_one(ctx, p)
-    summary = render_layer(
-        p.model,
-        p.info,
-        p.channels,
-        p.render,
-        p.seed,
-        ctx.run,
-        batch=p.batch,
-        diversity=p.diversity,
-        penalty=p.penalty,
-        progress=ctx.show_progress,
-        should_stop=ctx.stop,
-    )
+    how = {"batch": p.batch, "diversity": p.diversity, "penalty": p.penalty, "progress": ctx.show_progress}
+    summary = render_layer(p.model, p.info, p.channels, p.render, p.seed, ctx.run, **how, should_stop=ctx.stop)
     if summary.interrupted:
         ctx.mark_partial(len(summary.rendered) + len(summary.skipped), len(p.channels), "channels")
     return RenderedChannels(p.info, p.channels, summary)
