@@ -93,7 +93,7 @@ def class_worker(classes: list[int]) -> None:
     stack = torch.stack([i.float() for i in images])
     scores = score_images(m, LOGIT, classes, stack, natural_max(m, LOGIT), eval_model=ev)
     out = {
-        "method": settings.preset,
+        "method": settings.label,
         "s_per_class": sec,
         "top1": [bool(s.top1) for s in scores],
         "top5": [bool(s.top5) for s in scores],

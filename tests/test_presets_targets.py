@@ -11,7 +11,7 @@ from filterscope.errors import UsageError
 from filterscope.models.layers import LOGIT
 from filterscope.optvis.objectives import channel
 from filterscope.optvis.param import make_param
-from filterscope.optvis.presets import METHOD_BY_TARGET, default_method, for_target, get_preset, resolve_settings
+from filterscope.optvis.presets import METHOD_BY_TARGET, default_method, get_preset, resolve_settings
 from filterscope.optvis.render import Renderer, RenderSettings
 from filterscope.outputs.cache import render_key
 
@@ -23,12 +23,13 @@ def test_logits_default_to_their_own_preset_and_a_named_method_wins():
     assert resolve_settings(layer=LOGIT).preset == METHOD_BY_TARGET["logit"] == default_method(LOGIT)
     assert resolve_settings(layer="blocks.5").preset == "fast" == default_method(None)
     assert resolve_settings("fast", layer=LOGIT).preset == "fast"
-    # CLI-built settings (default preset + the user's changes) move to the logit preset with the same changes
-    moved = for_target(get_preset("fast").with_(steps=5, lr=0.3), LOGIT)
-    assert moved.preset == f"{METHOD_BY_TARGET['logit']}+lr+steps" and (moved.steps, moved.lr) == (5, 0.3)
+    # the user's changes without a method go onto the target kind's preset
+    moved = resolve_settings(layer=LOGIT, steps=5, lr=0.3)
+    assert moved.label == f"{METHOD_BY_TARGET['logit']}+lr+steps" and (moved.steps, moved.lr) == (5, 0.3)
+    assert moved.preset == METHOD_BY_TARGET["logit"] and moved.changed == ("lr", "steps")
     assert moved.param == get_preset(METHOD_BY_TARGET["logit"]).param
-    assert for_target(get_preset("lucid"), LOGIT).preset == "lucid"  # another preset is never moved
-    assert for_target(get_preset("fast"), "blocks.5").preset == "fast"
+    assert resolve_settings("lucid", layer=LOGIT).label == "lucid"  # a named preset is never moved
+    assert resolve_settings(layer="blocks.5").label == "fast"
 
 
 def test_render_channels_records_the_target_kinds_preset(tiny_model, tmp_path):
@@ -178,7 +179,7 @@ def test_photo_priors_stay_off_for_models_of_other_images():
 
     digits = fs.load_model("digits_cnn")
     assert default_method(LOGIT, digits) == "fast" and resolve_settings(layer=LOGIT, model=digits).preset == "fast"
-    assert for_target(get_preset("fast").with_(steps=5), LOGIT, digits).preset == "fast+steps"
+    assert resolve_settings(layer=LOGIT, model=digits, steps=5).label == "fast+steps"
     assert dict(get_preset("fast").for_model(digits).param_options)["init_contrast"] == 0.0
     photo = fs.load_model("efficientnet_lite0")
     assert dict(get_preset("fast").for_model(photo).param_options)["init_contrast"] == 0.5

@@ -157,7 +157,13 @@ class NameList(click.ParamType):
         return [self.choice.convert(v.strip(), param, ctx) for v in str(value).split(",") if v.strip()]
 
 
-REGISTRIES = {"method": METHOD}
+REGISTRIES = {
+    "method": METHOD,
+    "param": RegistryChoice("param", _params),
+    "transforms": RegistryChoice("transforms", _transforms),
+    "optimizer": RegistryChoice("optimizer", _optimizers),
+    "precision": RegistryChoice("precision", _precisions),
+}
 
 
 class FloatList(click.ParamType):
@@ -375,12 +381,14 @@ def settings_for(
     views=None,
     precision=None,
 ):
-    """The preset with the command line's overrides; checked (settings and memory) before any work."""
+    """The preset with the command line's overrides (:func:`~filterscope.optvis.presets.resolve_settings`),
+    checked (settings and memory) before a model is loaded: for the commands not yet declared as jobs."""
     from .optvis.memory import check_render_memory
-    from .optvis.presets import DEFAULT_METHOD, get_preset
+    from .optvis.presets import DEFAULT_METHOD, resolve_settings
 
     method = method or DEFAULT_METHOD
-    settings = get_preset(method).with_(
+    settings = resolve_settings(
+        method,
         steps=steps,
         lr=lr,
         size=size,
@@ -433,10 +441,14 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
         kw["type"] = NameList(REGISTRIES[meta["names"]])
         if isinstance(default, list):
             kw["default"] = ",".join(default)
+    elif meta.get("registry"):
+        kw["type"] = REGISTRIES[meta["registry"]]
+    elif meta.get("positive"):
+        kw["type"] = PositiveNumber()
     elif meta.get("choices"):
         kw["type"] = click.Choice(list(meta["choices"]))
     elif base is int:
-        kw["type"] = click.IntRange(min=meta["min"]) if "min" in meta else int
+        kw["type"] = click.IntRange(min=meta.get("min"), max=meta.get("max")) if "min" in meta else int
     elif base is float:
         kw["type"] = click.FloatRange(min=meta["min"]) if "min" in meta else float
     if default is not None and base is not bool:

@@ -203,7 +203,7 @@ def build_atlas(
     record = {
         "model": model.describe(),
         "layers": {i.name: channels[i.name] for i in layers},
-        "method": method or settings.preset,
+        "method": method or settings.label,
         "render": settings.for_model(model).as_dict(),
         "seed": seed,
         "batch": batch,

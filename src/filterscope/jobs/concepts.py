@@ -316,7 +316,7 @@ def concepts(
         "crop_side": [0.3, 0.6],
         "max_vectors": max_vectors,
         "render": render_settings.for_model(model).as_dict() if render_settings else None,
-        "render_method": render_settings.preset if render_settings is not None else None,
+        "render_method": render_settings.label if render_settings is not None else None,
         "compare_methods": compare_methods,
         "backend": backend,
         **({"ray": ray_settings} if ray_settings else {}),

@@ -61,6 +61,9 @@ class RunContext:
         self.status = "complete"
         self.interruption: str | None = None
         self.result: JobResult | None = None
+        # an error that :func:`run_job` raises once the run is recorded and closed (its files are kept), e.g.
+        # a RenderError when every render failed
+        self.error: FilterscopeError | None = None
 
     @property
     def path(self) -> Path:
@@ -144,7 +147,9 @@ def opt(default: Any = None, help: str = "", **cli: Any) -> Any:
     ``cli_default`` (the command line's default when it differs from the API's), ``min`` (lowest int),
     ``choices`` (allowed strings), ``channels`` (a channel list such as ``0-7,12``), ``metavar``,
     ``optional`` (an argument that may be left out), ``names`` (comma-separated names of a registry:
-    ``"method"``), ``cli=False`` (an option of the API alone)."""
+    ``"method"``), ``registry`` (one name of a registry: ``"method"``, ``"param"``, ``"transforms"``,
+    ``"optimizer"``, ``"precision"``), ``positive`` (a finite number > 0), ``max`` (highest int, with ``min``),
+    ``cli=False`` (an option of the API alone)."""
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
@@ -221,4 +226,6 @@ def run_job(
         data = job.compute(ctx, plan)
         job.write(ctx, data)
         ctx.data = data
+    if ctx.error is not None:
+        raise ctx.error
     return ctx.result

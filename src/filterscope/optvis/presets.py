@@ -8,7 +8,7 @@ target. What each preset sets and why is in ``docs/methods.md``; the measurement
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError, closest
 from .render import RenderSettings
@@ -96,29 +96,28 @@ def default_method(layer: str | None = None, model: Model | None = None) -> str:
     return METHOD_BY_TARGET[kind] if kind == "channel" or photo_model(model) else DEFAULT_METHOD
 
 
-def for_target(settings: RenderSettings, layer: str | None, model: Model | None = None) -> RenderSettings:
-    """``settings`` made from :data:`DEFAULT_METHOD` (with changes, e.g. ``fast+steps``) moved onto the default
-    preset of ``layer``'s target kind with the same changes; other settings as they are. For callers that
-    built settings before they knew the target and whose user named no method (the CLI)."""
-    base, *changed = settings.preset.split("+")
-    want = default_method(layer, model)
-    if base != DEFAULT_METHOD or want == base:
-        return settings
-    return get_preset(want).with_(**{k: getattr(settings, k) for k in changed if k})
-
-
 def resolve_settings(
     method: str | None = None,
     settings: RenderSettings | None = None,
     *,
     layer: str | None = None,
     model: Model | None = None,
+    batch: int | None = None,
+    **overrides: Any,
 ) -> RenderSettings:
-    """The settings a job renders with: ``settings`` when given (its preset label is what it records), else
-    the preset ``method`` (default: :func:`default_method` of ``layer`` and ``model``). Giving both with
-    different presets is refused."""
+    """The settings a job renders with, resolved once: the preset ``method`` (default: :func:`default_method`
+    of the target ``layer`` and ``model``) — or ``settings`` when given — with ``overrides`` (``None``
+    values ignored; the changed fields are recorded in :attr:`~RenderSettings.changed`), completed for
+    ``model`` (:meth:`~RenderSettings.for_model`) when one is given, and checked against the memory that
+    ``batch`` images of them need. Giving ``method`` and ``settings`` of another preset is refused."""
     if settings is None:
-        return get_preset(method or default_method(layer, model))
-    if method is not None and settings.preset.split("+")[0] not in (method, "custom"):
-        raise UsageError(f"method {method!r} and settings from preset {settings.preset!r} disagree: give one of them")
-    return settings
+        settings = get_preset(method or default_method(layer, model))
+    elif method is not None and settings.preset not in (method, "custom"):
+        raise UsageError(f"method {method!r} and settings from preset {settings.label!r} disagree: give one of them")
+    settings = settings.with_(**overrides) if any(v is not None for v in overrides.values()) else settings
+    if model is None:
+        return settings
+    from .memory import check_render_memory
+
+    check_render_memory(settings.size, (batch or 1) * settings.views, model.device.type)
+    return settings.for_model(model)

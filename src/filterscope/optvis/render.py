@@ -28,11 +28,20 @@ from .fold import fold_batchnorm
 from .hooks import capture, run
 from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
-from .param import SPECTRA, ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
+from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
 from .relu import redirect_relu
 from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, Views, make_transform
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+OptimizerFactory = Callable[[Sequence[torch.Tensor], float], torch.optim.Optimizer]
+# the optimisers by name (``--optimizer``): each a factory ``(params, lr) -> Optimizer``; an experiment registers
+# its own with :func:`register_optimizer` or gives the factory itself as ``RenderSettings(optimizer=...)``
+OPTIMIZERS: dict[str, OptimizerFactory] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+
+
+def register_optimizer(name: str, factory: OptimizerFactory) -> OptimizerFactory:
+    """Register ``factory`` (``(params, lr) -> torch.optim.Optimizer``) as ``--optimizer name``."""
+    OPTIMIZERS[name] = factory
+    return factory
 
 
 # fields added later stay out of records and cache keys at their default (older records and keys still match)
@@ -57,7 +66,7 @@ class RenderSettings:
     transforms: str | Transform = "standard"  # a preset name (transform.TRANSFORM_PRESETS) or a Transform
     steps: int = 128
     lr: float = 0.05
-    optimizer: str = "adam"  # a name in OPTIMIZERS
+    optimizer: str | OptimizerFactory = "adam"  # a name in OPTIMIZERS, or a factory (params, lr) -> Optimizer
     size: int | None = None  # side of the rendered image; None: the model's input size
     param_options: tuple[tuple[str, object], ...] = ()
     redirect_relu: bool = True  # Lucid's redirected ReLU gradients, see relu.py
@@ -77,9 +86,13 @@ class RenderSettings:
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
     decorrelation: str | None = None  # what for_model resolved: natural-rgb | estimated from DIR | none
-    # the preset these settings came from, with what was changed (``lucid+steps``); recorded as run.json's
-    # ``method``, not part of the settings' meaning (not compared, not in as_dict or any cache key)
+    # the preset these settings came from and the fields changed from it: run.json's ``method`` is their
+    # :attr:`label` (``lucid+steps``); not part of the settings' meaning (not compared, not in as_dict or any
+    # cache key)
     preset: str = field(default="custom", compare=False)
+    changed: tuple[str, ...] = field(default=(), compare=False)
+    # the model (input side, channels) :meth:`for_model` completed these settings for; None: not yet
+    bound_to: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -88,7 +101,7 @@ class RenderSettings:
             raise UsageError(f"lr must be a positive finite number, got {self.lr}")
         if self.size is not None and self.size < MIN_SIZE:
             raise UsageError(f"size must be at least {MIN_SIZE} pixels, got {self.size}")
-        if self.optimizer not in OPTIMIZERS:
+        if not callable(self.optimizer) and self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}", hint="use " + " or ".join(OPTIMIZERS))
         if self.param not in param_registry():
             raise UsageError(f"unknown parameterisation {self.param!r}", hint=closest(self.param, param_registry()))
@@ -100,9 +113,7 @@ class RenderSettings:
             raise UsageError(f"views must be a whole number from 1 to 64, got {self.views}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}", hint="use " + " or ".join(PRECISIONS))
-        spectrum = dict(self.param_options).get("spectrum", SPECTRA[0])
-        if spectrum not in SPECTRA:
-            raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
+        param_registry()[self.param].check_options(dict(self.param_options))
         if isinstance(self.ema, bool) or not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise UsageError(f"ema must be in [0, 1), got {self.ema}")
         if isinstance(self.anneal, bool) or not (isinstance(self.anneal, (int, float)) and 0 <= self.anneal <= 1):
@@ -110,15 +121,22 @@ class RenderSettings:
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
+    @property
+    def label(self) -> str:
+        """The preset and the fields changed from it, e.g. ``lucid+steps`` (run.json's ``method``)."""
+        return "+".join([self.preset, *self.changed])
+
+    @property
+    def make_optimizer(self) -> OptimizerFactory:
+        """The optimiser's factory ``(params, lr) -> torch.optim.Optimizer`` (:data:`OPTIMIZERS` by name)."""
+        return self.optimizer if callable(self.optimizer) else OPTIMIZERS[self.optimizer]
+
     def with_(self, **changes) -> RenderSettings:
-        """These settings with ``changes`` (``None`` values ignored); the preset label gains the names of the
-        fields that really changed, e.g. ``lucid`` → ``lucid+steps``."""
-        changes = {k: v for k, v in changes.items() if v is not None and k != "preset"}
-        changed = sorted(k for k, v in changes.items() if getattr(self, k) != v)
-        base = self.preset.split("+")[0]
-        before = [k for k in self.preset.split("+")[1:] if k]
-        label = "+".join([base, *sorted(set(before) | set(changed))])
-        return replace(self, **changes, preset=label)
+        """These settings with ``changes`` (``None`` values ignored); :attr:`changed` gains the names of the
+        fields that really changed (``lucid`` → ``lucid+steps``). The result is no longer model-bound."""
+        changes = {k: v for k, v in changes.items() if v is not None and k not in ("preset", "changed", "bound_to")}
+        changed = {k for k, v in changes.items() if getattr(self, k) != v}
+        return replace(self, **changes, changed=tuple(sorted(set(self.changed) | changed)), bound_to=None)
 
     def for_model(self, model: Model) -> RenderSettings:
         """These settings with the model-dependent defaults filled in (idempotent), so a run records what ran:
@@ -130,7 +148,11 @@ class RenderSettings:
           scalar) or without ``decorrelate``, ``estimated from DIR`` for other counts when
           ``decorrelation_images`` is given, else ``none``;
         - the ``fourier`` natural start (``init_contrast``) only with ``natural-rgb``: it is a photo prior.
+
+        Settings already completed for a model of the same input side and channels are returned as they are.
         """
+        if self.bound_to == (model.input_size, model.in_channels):
+            return self
         size, scale, crop_min = self.size, self.transform_scale, self.crop_min
         if model.input_size < SMALL_INPUT:
             if size is None:
@@ -153,12 +175,21 @@ class RenderSettings:
             # the natural start is a photo's spectrum in the natural-RGB colour space: elsewhere, Lucid's start
             options = tuple((k, 0.0 if k == "init_contrast" else v) for k, v in options)
         return replace(
-            self, size=size, transform_scale=scale, crop_min=crop_min, decorrelation=how, param_options=options
+            self,
+            size=size,
+            transform_scale=scale,
+            crop_min=crop_min,
+            decorrelation=how,
+            param_options=options,
+            bound_to=(model.input_size, model.in_channels),
         )
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        del d["preset"]
+        for k in ("preset", "changed", "bound_to"):
+            del d[k]
+        if callable(self.optimizer):
+            d["optimizer"] = getattr(self.optimizer, "__qualname__", repr(self.optimizer))
         for k, default in _LATER_FIELDS.items():  # fields added later stay out of records/keys at their default
             if d[k] == default:
                 del d[k]
@@ -291,15 +322,10 @@ class Renderer:
             objective = stack(objective)
         # a preset's options for its own param (maco's contrast) do not apply to an overriding --param
         accepted = param_options(param_registry()[s.param])
-        options = {k: v for k, v in s.param_options if k in accepted}
-        if s.param == "pixel":
-            options.setdefault("decorrelate", s.decorrelate)
-        else:
-            options["decorrelate"] = s.decorrelate
-        if self.model.in_channels != 3:
-            options["channels"] = self.model.in_channels
+        given = {**dict(s.param_options), "decorrelate": s.decorrelate, "channels": self.model.in_channels}
         if self.color is not None:
-            options["color"] = self.color
+            given["color"] = self.color
+        options = {k: v for k, v in given.items() if k in accepted}
         options.update(param_args or {})
         param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
         net = self.net_for(objective.layers)
@@ -307,7 +333,7 @@ class Renderer:
         st = _State(
             objective=objective,
             param=param,
-            opt=OPTIMIZERS[s.optimizer](list(param.tensors), lr=s.lr),
+            opt=s.make_optimizer(list(param.tensors), lr=s.lr),
             transform=self._transform(),
             gens=[torch.Generator().manual_seed(int(sd) ^ 0x5EED) for sd in seeds],
             cap=capture(
