@@ -11,6 +11,9 @@ The floors, lowest first (data flows one way: a module imports only its own floo
     6 cli      cli
     7 package  filterscope/__init__.py (the public API: lazy attributes over every floor)
 
+A module never imports a private name (``_x``) of a module on another floor: what a higher floor uses (the
+explorer calling a job, a job calling the renderer) is that module's public API.
+
 Every import counts: module-level, function-level and ``if TYPE_CHECKING:`` ones alike. A type-checking
 import does not run, but it is a real layering dependency (the module uses the other's types), so a cycle
 or an upward arrow through one is one in the design. Run by ``.ci/run``."""
@@ -75,6 +78,24 @@ def imports(path: Path, modules: set[str]) -> set[str]:
     return {m for m in out if m in modules and m != name}
 
 
+def private_imports(path: Path, modules: set[str]) -> list[tuple[str, str]]:
+    """``(module, "target._name")`` for each private name ``path`` imports from a module on another floor."""
+    name = module_name(path)
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = pkg.split(".")
+        base = base[: len(base) - node.level + 1] if node.level else []
+        target = ".".join(base + ([node.module] if node.module else []))
+        if target not in modules or floor(target) == floor(name):
+            continue
+        private = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]
+        out += [(name, f"{target}.{n}") for n in private]
+    return out
+
+
 def main() -> int:
     files = sorted(ROOT.rglob("*.py"))
     modules = {module_name(f) for f in files}
@@ -107,8 +128,14 @@ def main() -> int:
     )
     for a, b in upward:
         print(f"upward: {a} (floor {floor(a)}) imports {b} (floor {floor(b)})")
-    print(f"{len(graph)} modules, {len(cycles)} import cycles, {len(upward)} imports up the floors")
-    return 1 if cycles or upward or unplaced else 0
+    private = sorted(p for f in files for p in private_imports(f, modules))
+    for a, b in private:
+        print(f"private: {a} imports {b} (a private name of another floor: make it public API)")
+    print(
+        f"{len(graph)} modules, {len(cycles)} import cycles, {len(upward)} imports up the floors, "
+        f"{len(private)} private imports across floors"
+    )
+    return 1 if cycles or upward or unplaced or private else 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ def test_no_import_cycles():
     assert r.returncode == 0, r.stdout
     assert "0 import cycles" in r.stdout
     assert "0 imports up the floors" in r.stdout
+    assert "0 private imports across floors" in r.stdout
 
 
 def test_import_check_refuses_an_import_up_the_floors(tmp_path, monkeypatch):
@@ -45,6 +46,26 @@ def test_import_check_refuses_an_import_up_the_floors(tmp_path, monkeypatch):
     assert check.main() == 0
     (pkg / "extra.py").write_text("")
     assert check.main() == 1  # on no floor
+
+
+def test_import_check_refuses_a_private_name_of_another_floor(tmp_path, monkeypatch):
+    """serve importing ``jobs.x._helper`` fails the check (the explorer calls a job's public API); a private
+    name used inside its own floor, and a public one across floors, pass."""
+    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "scripts/check_imports.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    pkg = tmp_path / "filterscope"
+    for sub in ("jobs", "serve"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "jobs" / "x.py").write_text("def _helper():\n    pass\n\n\ndef helper():\n    pass\n")
+    (pkg / "jobs" / "y.py").write_text("from .x import _helper\n")
+    (pkg / "serve" / "w.py").write_text("def f():\n    from ..jobs.x import _helper\n")
+    monkeypatch.setattr(check, "ROOT", tmp_path)
+    assert check.main() == 1
+    (pkg / "serve" / "w.py").write_text("from ..jobs.x import helper\n")
+    assert check.main() == 0
 
 
 def test_import_check_counts_type_checking_imports(tmp_path, monkeypatch):

@@ -478,9 +478,9 @@ def atlas(
     if images:
         list_images(images)
     if backend == "ray":
-        from .jobs.ray_backend import _ray
+        from .jobs.ray_backend import require_ray
 
-        _ray()
+        require_ray()
     out = out or default_out("atlas")
     model = load(model_name, weights, trust_checkpoint, device)
     if images and model.in_channels not in (1, 3):

@@ -33,7 +33,7 @@ import io
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -680,7 +680,7 @@ def _run(
     )
     if render_settings is not None and not stop():
         t = time.perf_counter()
-        _render(model, info, res, render_settings, seed, stop, ctx, progress)
+        _render(model, info, res, render_settings, seed, stop, progress)
         timings["render_s"] = time.perf_counter() - t
     if ctx is not None:
         t = time.perf_counter()
@@ -966,48 +966,72 @@ def _peak_box(pos: int, map_shape: tuple[int, int], size: int) -> tuple[int, int
     return left, top, left + side, top + side
 
 
-def _render(model, info, res: Concepts, settings, seed, stop, ctx, progress) -> None:
-    """Each concept's render from noise: the ``direction`` objective along its vector (render cache)."""
+def render_concepts(
+    model: Model,
+    info: LayerInfo,
+    vectors: Sequence[np.ndarray],
+    settings,
+    seed: int,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+    progress: bool = False,
+) -> list[tuple[torch.Tensor | None, dict | None]]:
+    """Each concept's render from noise: the ``direction`` objective along ``vectors[j]`` at ``info``, seed
+    ``channel_seed(seed, j)``, through the render cache (what ``concepts`` and the explorer's concept page
+    show). Returns one ``(image, record)`` per vector: ``(None, {"status": …})`` for a failed render,
+    ``(None, None)`` for one not reached when ``should_stop()`` stopped the renders."""
     from tqdm import tqdm
 
     from ..optvis.objectives import direction
     from ..optvis.render import Renderer, channel_seed
     from ..outputs.cache import active_cache, render_key
 
+    stop = should_stop or (lambda: False)
     cache = active_cache() if model.in_channels <= 3 else None
     sd = settings.for_model(model).as_dict()
     renderer = Renderer(model, settings)
-    for c in tqdm(res.concepts, desc="concept renders", disable=not progress, unit="concept"):
-        vec = c.vector.astype(np.float32)
+    out: list[tuple[torch.Tensor | None, dict | None]] = [(None, None)] * len(vectors)
+    for j in tqdm(range(len(vectors)), desc="concept renders", disable=not progress, unit="concept"):
+        vec = np.asarray(vectors[j]).astype(np.float32)
         obj = direction(info.name, torch.from_numpy(vec))
-        key, fields = render_key(model, obj, sd, channel_seed(seed, c.concept), layer=info.name)
+        key, fields = render_key(model, obj, sd, channel_seed(seed, j), layer=info.name)
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             with Image.open(io.BytesIO(hit.png)) as im:
                 arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-            c.render = torch.from_numpy(arr.transpose(2, 0, 1).copy())
-            c.render_record = {
+            record = {
                 "activation_before": hit.record.get("activation_before"),
                 "activation_after": hit.record.get("activation_after"),
                 "cached": True,
             }
+            out[j] = (torch.from_numpy(arr.transpose(2, 0, 1).copy()), record)
         else:
-            out = renderer.render(obj, [channel_seed(seed, c.concept)], should_stop=stop)
-            if out.interrupted:
-                return
-            if out.status[0] == "ok":
-                c.render = out.images[0]
-                c.render_record = {
-                    "activation_before": round(out.before[0], 6),
-                    "activation_after": round(out.after[0], 6),
+            res = renderer.render(obj, [channel_seed(seed, j)], should_stop=stop)
+            if res.interrupted:
+                return out
+            if res.status[0] == "ok":
+                record = {
+                    "activation_before": round(res.before[0], 6),
+                    "activation_after": round(res.after[0], 6),
                     "cached": False,
                 }
+                out[j] = (res.images[0], record)
                 if cache is not None:
-                    cache.put(key, png_bytes(c.render), {**fields, **c.render_record, "status": "ok"})
+                    cache.put(key, png_bytes(res.images[0]), {**fields, **record, "status": "ok"})
             else:
-                c.render_record = {"status": out.status[0]}
+                out[j] = (None, {"status": res.status[0]})
         if stop():
-            return
+            return out
+    return out
+
+
+def _render(model, info, res: Concepts, settings, seed, stop, progress) -> None:
+    """Each concept's render (:func:`render_concepts`) into its :class:`Concept`."""
+    renders = render_concepts(
+        model, info, [c.vector for c in res.concepts], settings, seed, should_stop=stop, progress=progress
+    )
+    for c, (image, record) in zip(res.concepts, renders):
+        c.render, c.render_record = image, record
 
 
 def _npy(a: np.ndarray) -> bytes:

@@ -8,7 +8,7 @@ from ..errors import UsageError
 from ..models.layers import LOGIT, LayerInfo
 from ..models.model import Model
 from ..optvis.objectives import Objective
-from ..optvis.render import Renderer, RenderSettings, channel_seed
+from ..optvis.render import Renderer, RenderResult, RenderSettings, channel_seed
 from ..outputs.naming import channel_file
 from .stream import unit_objective
 
@@ -33,6 +33,28 @@ def diversity_objective(model: Model, layer: LayerInfo, c: int, weight: float = 
     return unit_objective(layer, c) + weight * diversity_term(div_layer)
 
 
+def diversity_variants(
+    model: Model,
+    layer: LayerInfo,
+    c: int,
+    settings: RenderSettings,
+    seed: int,
+    n: int,
+    *,
+    weight: float = 1.0,
+    penalty: Objective | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    renderer: Renderer | None = None,
+) -> RenderResult:
+    """``n`` jointly optimised variants of channel ``c`` (``render --diversity``, the explorer's diversity
+    view): one render of :func:`diversity_objective` (minus ``penalty``) from :func:`diversity_seeds`."""
+    obj = diversity_objective(model, layer, c, weight)
+    if penalty is not None:
+        obj = obj - penalty
+    renderer = renderer or Renderer(model, settings)
+    return renderer.render(obj, diversity_seeds(seed, c, n), should_stop=should_stop)
+
+
 def render_diversity(
     model: Model,
     layer: LayerInfo,
@@ -54,10 +76,18 @@ def render_diversity(
             continue
         if should_stop and should_stop():
             return True
-        obj = diversity_objective(model, layer, c, weight)
-        if penalty is not None:
-            obj = obj - penalty
-        res = renderer.render(obj, diversity_seeds(seed, c, n), should_stop=should_stop)
+        res = diversity_variants(
+            model,
+            layer,
+            c,
+            settings,
+            seed,
+            n,
+            weight=weight,
+            penalty=penalty,
+            should_stop=should_stop,
+            renderer=renderer,
+        )
         if res.interrupted:
             return True
         files = []

@@ -31,7 +31,9 @@ _MODEL: Model | None = None
 MIN_CHANNELS_PER_WORKER = 8
 
 
-def _init_worker(model_bytes: bytes, threads: int, code: str | None = None) -> None:
+def _init_worker(
+    model_bytes: bytes, threads: int, code: str | None = None, setup: Callable[..., None] | None = None, args=()
+) -> None:
     global _MODEL
     from ..models.loaders import import_user_code
 
@@ -39,12 +41,36 @@ def _init_worker(model_bytes: bytes, threads: int, code: str | None = None) -> N
     torch.set_num_threads(threads)
     import_user_code(code)  # a user's .py architecture, before its pickled model is loaded
     _MODEL = pickle.loads(model_bytes)
+    if setup is not None:
+        setup(*args)
+
+
+def worker_model() -> Model:
+    """The model of this worker process of a :class:`WorkerPool` (loaded once, when the worker started)."""
+    if _MODEL is None:
+        raise RuntimeError("worker_model() is called in a WorkerPool's worker process only")
+    return _MODEL
+
+
+def worker_pool(
+    model: Model, workers: int, threads: int = 1, setup: Callable[..., None] | None = None, args: tuple = ()
+) -> cf.ProcessPoolExecutor:
+    """``workers`` spawned processes (no fork of a process that holds torch threads), each with ``threads``
+    torch threads, Ctrl-C left to the driver, a user's architecture imported and the model unpickled once
+    (:func:`worker_model`), then ``setup(*args)`` (a module-level function: it is pickled). The one worker
+    start-up of the CLI's :class:`RenderPool` and the explorer's ``serve.workers.JobManager``."""
+    return cf.ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(pickle.dumps(model), threads, model.code, setup, args),
+    )
 
 
 def _render_shard(layer: LayerInfo, channels: list[int], settings: RenderSettings, seed: int) -> list[tuple]:
     from .stream import render_records
 
-    return render_records(_MODEL, layer, channels, settings, seed)
+    return render_records(worker_model(), layer, channels, settings, seed)
 
 
 def cpu_cores() -> int:
@@ -91,10 +117,7 @@ class RenderPool:
     def __init__(self, model: Model, workers: int, threads: int = 1):
         self.workers = workers
         self.threads = threads
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that holds torch threads
-        self.pool = cf.ProcessPoolExecutor(
-            workers, mp_context=ctx, initializer=_init_worker, initargs=(pickle.dumps(model), threads, model.code)
-        )
+        self.pool = worker_pool(model, workers, threads)
 
     def close(self) -> None:
         """Stop the workers (a channel a worker is still rendering is finished first)."""

@@ -19,7 +19,8 @@ from ..optvis.render import RenderSettings
 from .backends import StreamSummary, finish_channel, pending
 
 
-def _ray():
+def require_ray():
+    """The ray module, or a usage error naming the extra that installs it (``filterscope[ray]``)."""
     try:
         import ray
     except ImportError:
@@ -31,7 +32,7 @@ def init_ray(address: str | None, workers: int) -> bool:
     """Connect to the Ray cluster at ``address``, or without one start a new local Ray of ``workers`` CPUs
     (even when another cluster runs on this machine); nothing when Ray is already initialised. Returns
     whether this call started it (so the caller can shut it down)."""
-    ray = _ray()
+    ray = require_ray()
     if ray.is_initialized():
         return False
     kwargs = {"address": address} if address else {"address": "local", "num_cpus": workers}
@@ -80,7 +81,7 @@ def render_layer_ray(
 
     import torch
 
-    ray = _ray()
+    ray = require_ray()
     init_ray(address, workers)
     t0 = time.perf_counter()
     todo, skipped = pending(run, layer.name, channels)

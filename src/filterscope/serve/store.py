@@ -70,14 +70,12 @@ def diversity_keys(model, layer: str, channel: int, method: str, seed: int, n: i
 
 def store_diversity(model, info, channel: int, method: str, seed: int, n: int, cache, *, should_stop=None) -> str:
     """Render ``n`` jointly optimised variants (as ``render --diversity``) into the cache."""
-    from ..jobs.diversity import diversity_objective, diversity_seeds
+    from ..jobs.diversity import diversity_variants
     from ..optvis.presets import get_preset
-    from ..optvis.render import Renderer
     from ..outputs.images import png_bytes
 
     _, keys, fields = diversity_keys(model, info.name, channel, method, seed, n)
-    obj = diversity_objective(model, info, channel)
-    res = Renderer(model, get_preset(method)).render(obj, diversity_seeds(seed, channel, n), should_stop=should_stop)
+    res = diversity_variants(model, info, channel, get_preset(method), seed, n, should_stop=should_stop)
     if res.interrupted:
         return "cancelled"
     for v, key in enumerate(keys):

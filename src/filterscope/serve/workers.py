@@ -15,8 +15,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
-import pickle
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,22 +32,18 @@ _TUNING_MEMO: dict = {}
 WORKER_NICE = 10  # render workers yield the CPU to the server process that answers pages
 
 
-def _init_worker(model_bytes: bytes, shared, cache_root: str, code: str | None = None) -> None:
+def _setup_worker(shared, cache_root: str) -> None:
+    """A worker's own start-up, after ``jobs.pool``'s (threads, Ctrl-C, the user's code, the model)."""
     global _MODEL, _SHARED
-    import torch
-
-    from ..models.loaders import import_user_code
+    from ..jobs.pool import worker_model
     from ..outputs.cache import configure
 
     configure(cache_root, enabled=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server handles Ctrl-C
     try:
         os.nice(WORKER_NICE)  # on a busy laptop the pages are answered before the renders progress
     except OSError:
         pass
-    torch.set_num_threads(1)
-    import_user_code(code)  # a user's .py architecture, before its pickled model is loaded
-    _MODEL = pickle.loads(model_bytes)
+    _MODEL = worker_model()
     _SHARED = shared
 
 
@@ -182,24 +176,18 @@ def run_concepts(
 
 
 def run_concept_renders(job: str, layer: str, bank: list, method: str, seed: int) -> str:
-    """Worker: each concept's render from noise, by ``jobs.concepts``'s own render step (the ``direction``
+    """Worker: each concept's render from noise by ``jobs.concepts.render_concepts`` (the ``direction``
     objective along its vector, the preset ``method``, the render cache)."""
-    from types import SimpleNamespace
-
-    from ..jobs.concepts import _render
+    from ..jobs.concepts import render_concepts
     from ..models.layers import get_layer
     from ..optvis.presets import get_preset
 
     info = get_layer(_MODEL, layer)
-    items = [
-        SimpleNamespace(concept=j, vector=np.asarray(v, dtype=np.float32), render=None, render_record=None)
-        for j, v in enumerate(bank)
-    ]
-    _progress(job, [0, len(items)])
-    ns = SimpleNamespace(concepts=items)
-    _render(_MODEL, info, ns, get_preset(method), seed, lambda: _cancelled(job), None, False)
-    done = sum(c.render is not None for c in items)
-    if done < len(items):
+    vectors = [np.asarray(v, dtype=np.float32) for v in bank]
+    _progress(job, [0, len(vectors)])
+    renders = render_concepts(_MODEL, info, vectors, get_preset(method), seed, should_stop=lambda: _cancelled(job))
+    done = sum(image is not None for image, _ in renders)
+    if done < len(vectors):
         return "cancelled" if _cancelled(job) else "render failed"
     return "ok"
 
@@ -287,15 +275,11 @@ class JobManager:
         self.per_client = per_client
         self.max_jobs = max_jobs
         self.abandon_s = abandon_s
-        ctx = multiprocessing.get_context("spawn")
-        self._manager = ctx.Manager()
+        from ..jobs.pool import worker_pool
+
+        self._manager = multiprocessing.get_context("spawn").Manager()
         self.shared = self._manager.dict()
-        self.pool = cf.ProcessPoolExecutor(
-            workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(pickle.dumps(model), self.shared, str(cache_root), model.code),
-        )
+        self.pool = worker_pool(model, workers, 1, _setup_worker, (self.shared, str(cache_root)))
         self.jobs: dict[str, Job] = {}
         self.started = 0  # jobs handed to the workers (identical requests share one)
         # re-entrant: cancelling a queued future runs its done-callback (which takes the lock) in this thread
