@@ -329,23 +329,60 @@ def _plan(model: Model, req: AccentuateRequest) -> AccentuatePlan:
     return AccentuatePlan(model, pil, info, chans, float(strength), req, settings)
 
 
+def load_accentuation(run, rec: dict, photo: torch.Tensor) -> Accentuation:
+    """An accentuation a run already wrote (``--resume``), from its record and its PNG (the change map
+    recomputed from the 8-bit image: what the summary and the returned data show, never rewritten)."""
+    import io
+
+    with Image.open(io.BytesIO(run.file(rec["file"]).read_bytes())) as im:
+        arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    image = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+    return Accentuation(
+        rec["layer"],
+        int(rec["channel"]),
+        photo,
+        image,
+        change_map(photo, image),
+        float(rec["activation_photo"]),
+        float(rec["activation_accent"]),
+        float(rec["ssim"]),
+        float(rec["strength"]),
+        0.0,
+        scale=float(rec["gain_scale"]),
+        method=rec["method"],
+    )
+
+
 def _compute(ctx: RunContext, p: AccentuatePlan) -> list[Accentuation]:
     r = p.request
-    accs = accentuate(
-        p.model,
-        p.image,
-        p.info.name,
-        p.channels,
-        strength=p.strength,
-        method=r.method,
-        steps=r.steps,
-        seed=r.seed,
-        progress=ctx.show_progress,
-        should_stop=ctx.stop,
-        on_done=lambda a: write_accentuation(ctx.run, a),
+    key = f"accent:{p.info.name}:{{}}"
+    done = [c for c in p.channels if ctx.resume and ctx.run.done(key.format(c))]  # finished before: kept
+    todo = [c for c in p.channels if c not in done]
+    accs = (
+        accentuate(
+            p.model,
+            p.image,
+            p.info.name,
+            todo,
+            strength=p.strength,
+            method=r.method,
+            steps=r.steps,
+            seed=r.seed,
+            progress=ctx.show_progress,
+            should_stop=ctx.stop,
+            on_done=lambda a: write_accentuation(ctx.run, a),
+        )
+        if todo
+        else []
     )
+    if done:
+        x = model_input(p.model, p.image)
+        photo = accs[0].photo if accs else (x[0] if x.dim() == 4 else x).detach().float().cpu()
+        kept = {c: load_accentuation(ctx.run, ctx.run.record["results"][key.format(c)], photo) for c in done}
+        new = {a.channel: a for a in accs}
+        accs = [kept.get(c) or new[c] for c in p.channels if c in kept or c in new]
     if len(accs) < len(p.channels):
-        ctx.mark_partial(len(accs), len(p.channels), "channels", resumable=False)
+        ctx.mark_partial(len(accs), len(p.channels), "channels")
     return accs
 
 
@@ -374,5 +411,6 @@ JOB = Job(
     _write,
     _summary,
     help="Feature accentuation: IMAGE pushed to excite each filter while it stays close to the photo.",
+    resumable=True,
     precheck=_check_image,
 )
