@@ -218,24 +218,62 @@ def _plan(model: Model, req: ExplainRequest) -> ExplainPlan:
     return ExplainPlan(model, pil, image_name, info, files, folder, req, settings)
 
 
-def _work(p: ExplainPlan, progress: bool, stop: Callable[[], bool] | None) -> Explanation:
+def _work(p: ExplainPlan, progress: bool, stop: Callable[[], bool] | None, kept=None, on_accent=None) -> Explanation:
     r = p.request
     return _explain(
         p.model, p.image, p.image_name, p.info, r.top, r.rank, r.target_class, r.images, p.files, p.folder,
-        r.strength, r.accent_steps, r.method, r.render_steps, r.seed, p.settings, progress, stop,
+        r.strength, r.accent_steps, r.method, r.render_steps, r.seed, p.settings, progress, stop, kept, on_accent,
     )  # fmt: skip
 
 
+STAGE = "resume"  # finished accentuations (exact floats) kept for --resume; removed when the run completes
+
+
+def _stage(layer: str, c: int) -> tuple[str, str]:
+    """The file and the result key of a staged accentuation."""
+    return f"{STAGE}/{layer}/accent_{c:04d}.npz", f"explain-accent:{layer}:{c}"
+
+
+def _save_accent(run, acc: Accentuation) -> None:
+    """Keep a finished accentuation for ``--resume``: its pictures and numbers, exactly."""
+    import io
+
+    rel, key = _stage(acc.layer, acc.channel)
+    buf = io.BytesIO()
+    nums = [acc.activation_photo, acc.activation_accent, acc.ssim, acc.strength, acc.seconds, acc.scale]
+    np.savez(buf, image=acc.image.numpy(), change=acc.change.numpy(), nums=np.array(nums, dtype=np.float64))
+    run.write(rel, buf.getvalue())
+    run.result(key, {**acc.record(), "file": rel})
+
+
+def _load_accent(run, layer: str, c: int, photo: torch.Tensor) -> Accentuation | None:
+    """A staged accentuation of an earlier, interrupted run of the folder, or ``None``."""
+    import io
+
+    rel, key = _stage(layer, c)
+    if not run.done(key) or not run.file(rel).is_file():
+        return None
+    rec = run.record["results"][key]
+    with np.load(io.BytesIO(run.file(rel).read_bytes())) as z:
+        image, change, nums = torch.from_numpy(z["image"]), torch.from_numpy(z["change"]), z["nums"].tolist()
+    return Accentuation(layer, c, photo, image, change, *nums[:5], scale=nums[5], method=rec["method"])
+
+
 def _compute(ctx: RunContext, p: ExplainPlan) -> Explanation:
-    res = _work(p, ctx.show_progress, ctx.stop)
+    run = ctx.run
+    kept = (lambda c, photo: _load_accent(run, p.info.name, c, photo)) if ctx.resume else None
+    res = _work(p, ctx.show_progress, ctx.stop, kept=kept, on_accent=lambda a: _save_accent(run, a))
     if res.status == "partial":
-        ctx.mark_partial(len(res.filters), p.request.top, "channels", resumable=False)
+        ctx.mark_partial(len(res.filters), p.request.top, "channels")
     return res
 
 
 def _write(ctx: RunContext, res: Explanation) -> None:
     with ctx.timed("write"):
         write_explanation(ctx.run, res)
+        if ctx.status == "complete":  # the staged accentuations are no longer needed
+            for f in res.filters:
+                ctx.run.discard(*_stage(res.inspection.layer.name, f.channel))
     res.run_dir = ctx.path
     res.timings["write_s"] = ctx.record["timings"]["write_s"]
     res.timings["total_s"] = round(ctx.elapsed(), 3)
@@ -271,6 +309,7 @@ JOB = Job(
     _summary,
     help="Which filters drive IMAGE's prediction, what each sees in it, and the evidence: report.html.",
     renders=True,
+    resumable=True,
     precheck=_check_files,
 )
 
@@ -280,15 +319,21 @@ def explain(
     image: str | Path | Image.Image | None = None,
     *,
     out: str | Path | None = None,
+    resume: bool = False,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     **options,
 ) -> Explanation:
     """Explain ``image`` (default: the bundled cup; ``options``: the fields of :class:`ExplainRequest`); with
     ``out``, write ``report.html``, ``figure_explain.png``, the accentuations and renders, and ``run.json``
-    there (the job :data:`JOB`)."""
+    there (the job :data:`JOB`); ``resume`` finishes an interrupted run of ``out``, keeping its finished
+    accentuations."""
     if out is not None:
-        return run_job(JOB, model, out=out, progress=progress, should_stop=should_stop, image=image, **options).data
+        return run_job(
+            JOB, model, out=out, resume=resume, progress=progress, should_stop=should_stop, image=image, **options
+        ).data
+    if resume:
+        raise UsageError("resume needs out: the run folder to finish")
     t0 = time.perf_counter()
     res = _work(_plan(model, JOB.make_request(image=image, **options)), progress, should_stop)
     res.timings["total_s"] = round(time.perf_counter() - t0, 3)
@@ -314,8 +359,11 @@ def _explain(
     settings,
     progress,
     should_stop,
+    kept: Callable[[int, torch.Tensor], Accentuation | None] | None = None,
+    on_accent: Callable[[Accentuation], None] | None = None,
 ) -> Explanation:
-    """The work of :func:`explain`, once its arguments are checked."""
+    """The work of :func:`explain`, once its arguments are checked; ``kept(c, photo)`` gives filter ``c``'s
+    accentuation finished by an earlier run (``--resume``), ``on_accent`` sees each new one."""
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     x = model_input(model, pil)
@@ -330,17 +378,32 @@ def _explain(
 
     t = time.perf_counter()
     chans = ins.top
-    accents = accentuate(
-        model,
-        x,
-        info.name,
-        chans,
-        strength=strength,
-        steps=accent_steps,
-        seed=seed,
-        progress=progress,
-        should_stop=should_stop,
+    photo = (x[0] if x.dim() == 4 else x).detach().float().cpu()
+    found = {c: kept(c, photo) for c in chans} if kept else {}
+    done = {c: a for c, a in found.items() if a is not None}
+    todo = [c for c in chans if c not in done]
+    new = (
+        accentuate(
+            model,
+            x,
+            info.name,
+            todo,
+            strength=strength,
+            steps=accent_steps,
+            seed=seed,
+            progress=progress,
+            should_stop=should_stop,
+            on_done=on_accent,
+        )
+        if todo
+        else []
     )
+    by_channel = {**done, **{a.channel: a for a in new}}
+    accents = []
+    for c in chans:  # in rank order, up to the first filter not finished
+        if c not in by_channel:
+            break
+        accents.append(by_channel[c])
     timings["accentuate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

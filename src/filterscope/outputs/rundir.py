@@ -258,6 +258,20 @@ class RunDir:
     def write_text(self, rel: str, text: str) -> Path:
         return self.write(rel, text.encode())
 
+    def discard(self, rel: str, key: str | None = None) -> None:
+        """Remove a piece kept only for ``--resume`` (the file ``rel``, its result ``key``) once the run no
+        longer needs it, and the folders it leaves empty."""
+        p = self.path / rel
+        p.unlink(missing_ok=True)
+        self.record["files"] = [f for f in self.record["files"] if f != rel]
+        if key is not None:
+            self.record["results"].pop(key, None)
+        root = self.path.resolve()
+        for d in p.resolve().parents:
+            if d == root or root not in d.parents or any(d.iterdir()):
+                break
+            d.rmdir()
+
     # -- record
     def done(self, key: str) -> bool:
         return key in self.record["results"]
