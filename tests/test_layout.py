@@ -12,6 +12,24 @@ from conftest import ROOT
 import filterscope
 
 
+def _checker():
+    """``scripts/check_imports.py`` as a module."""
+    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "scripts/check_imports.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    return check
+
+
+def _package(root, floors: tuple[str, ...]):
+    """An empty ``filterscope`` package under ``root`` with the sub-packages ``floors``."""
+    pkg = root / "filterscope"
+    for sub in floors:
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    return pkg
+
+
 def test_no_import_cycles():
     r = subprocess.run([sys.executable, str(ROOT / "scripts/check_imports.py")], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout
@@ -23,14 +41,8 @@ def test_no_import_cycles():
 def test_import_check_refuses_an_import_up_the_floors(tmp_path, monkeypatch):
     """models < optvis < … < cli: a models module importing optvis fails the check, even only for type
     checking; the other way round passes, and a new top-level module must be given a floor."""
-    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "scripts/check_imports.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
-    pkg = tmp_path / "filterscope"
-    for sub in ("models", "optvis"):
-        (pkg / sub).mkdir(parents=True)
-        (pkg / sub / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text("")
+    check = _checker()
+    pkg = _package(tmp_path, ("models", "optvis"))
     (pkg / "errors.py").write_text("X = 1\n")
     (pkg / "optvis" / "loop.py").write_text("from ..models.net import Y\nfrom ..errors import X\n")
     (pkg / "models" / "net.py").write_text(
@@ -51,14 +63,8 @@ def test_import_check_refuses_an_import_up_the_floors(tmp_path, monkeypatch):
 def test_import_check_refuses_a_private_name_of_another_floor(tmp_path, monkeypatch):
     """serve importing ``jobs.x._helper`` fails the check (the explorer calls a job's public API); a private
     name used inside its own floor, and a public one across floors, pass."""
-    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "scripts/check_imports.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
-    pkg = tmp_path / "filterscope"
-    for sub in ("jobs", "serve"):
-        (pkg / sub).mkdir(parents=True)
-        (pkg / sub / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text("")
+    check = _checker()
+    pkg = _package(tmp_path, ("jobs", "serve"))
     (pkg / "jobs" / "x.py").write_text("def _helper():\n    pass\n\n\ndef helper():\n    pass\n")
     (pkg / "jobs" / "y.py").write_text("from .x import _helper\n")
     (pkg / "serve" / "w.py").write_text("def f():\n    from ..jobs.x import _helper\n")
@@ -71,9 +77,7 @@ def test_import_check_refuses_a_private_name_of_another_floor(tmp_path, monkeypa
 def test_import_check_counts_type_checking_imports(tmp_path, monkeypatch):
     """A cycle that runs only through an ``if TYPE_CHECKING:`` import is still reported (it is a layering
     dependency), and a package without cycles is reported clean."""
-    spec = importlib.util.spec_from_file_location("check_imports", ROOT / "scripts/check_imports.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = _checker()
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
