@@ -46,9 +46,9 @@ def _init_worker(
 
 
 def worker_model() -> Model:
-    """The model of this worker process of a :class:`WorkerPool` (loaded once, when the worker started)."""
+    """The model of this worker process of a :func:`worker_pool` (loaded once, when the worker started)."""
     if _MODEL is None:
-        raise RuntimeError("worker_model() is called in a WorkerPool's worker process only")
+        raise RuntimeError("worker_model() is called in a worker_pool process only")
     return _MODEL
 
 
