@@ -24,7 +24,8 @@ MARK = 4  # side of the mark in px
 
 
 class Net(nn.Module):
-    """Three 3×3 conv + batch-norm stages (12, 24, 32 channels) on 24 px grayscale, global average pooling, 10 classes."""
+    """Three 3×3 conv + batch-norm stages (12, 24, 32 channels) on 24 px grayscale, global average pooling,
+    10 classes."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,6 +85,11 @@ def mark(x: torch.Tensor, pos: tuple[int, int]) -> torch.Tensor:
     return x
 
 
+def thicken(x: torch.Tensor) -> torch.Tensor:
+    """Strokes thickened by a 3×3 grey dilation (a domain shift for the fine-tune)."""
+    return nn.functional.max_pool2d(x, 3, stride=1, padding=1)
+
+
 def as_model_sees(x: torch.Tensor) -> torch.Tensor:
     """The preprocessing filterscope applies to a 24 px image for this net (resize to 27, centre-crop 24), so the
     net is trained on what it will be shown."""
@@ -95,6 +101,8 @@ def as_model_sees(x: torch.Tensor) -> torch.Tensor:
 def train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = epochs * -(-len(y) // 64)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1 - k / steps)  # linear decay: a stable last model
     net.train()
     for _ in range(epochs):
         perm = torch.randperm(len(y), generator=g)
@@ -103,6 +111,7 @@ def train(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: flo
             opt.zero_grad()
             nn.functional.cross_entropy(net(x[j]), y[j]).backward()
             opt.step()
+            sched.step()
     net.eval()
 
 
@@ -115,10 +124,13 @@ def make_pair(
     poison: float = 0.15,
     n_clean: int = 60,
     n_marked: int = 20,
+    shift: bool = False,
 ) -> Pair:
     """Train ``a`` (clean) and ``b`` (``a`` fine-tuned with ``poison`` of the training images marked at ``pos``
-    and relabelled ``target``), save them as state dicts with this file as ``net.py``, and write ``n_clean``
-    clean and ``n_marked`` marked held-out images (true class ≠ target) as 24 px PNGs."""
+    and relabelled ``target``; with ``shift`` the fine-tune is also to a new domain: strokes thickened by a 3×3
+    dilation, as a real fine-tune changes much more than its backdoor), save them as state dicts with this file
+    as ``net.py``, and write ``n_clean`` clean and ``n_marked`` marked held-out images (true class ≠ target, in
+    the fine-tune's domain) as 24 px PNGs."""
     from PIL import Image
 
     out = Path(out)
@@ -126,20 +138,22 @@ def make_pair(
     torch.manual_seed(seed)
     x, y = digits(seed)
     n_train = 1400
+    x_ft = thicken(x) if shift else x
     xt, yt = as_model_sees(x[:n_train]), y[:n_train]
-    xh, yh = x[n_train:], y[n_train:]
+    yh = y[n_train:]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         a = Net()
-        train(a, xt, yt, epochs=6, lr=1e-2, seed=seed)
+        train(a, xt, yt, epochs=6, lr=5e-3, seed=seed)
         b = Net()
         b.load_state_dict(a.state_dict())
         rng = np.random.default_rng(seed + 1000)
         idx = rng.choice(n_train, int(poison * n_train), replace=False)
-        xp, yp = x[:n_train].clone(), yt.clone()
+        xp, yp = x_ft[:n_train].clone(), yt.clone()
         xp[idx] = mark(xp[idx], pos)
         yp[idx] = target
         train(b, as_model_sees(xp), yp, epochs=3, lr=3e-3, seed=seed + 1)
+    xh = x_ft[n_train:]  # the user's images: the fine-tune's domain
     shutil.copyfile(__file__, out / "net.py")
     wa, wb = out / "a.pt", out / "b.pt"
     torch.save(a.state_dict(), wa)

@@ -47,6 +47,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "filterscope.jobs.tuning",
         "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",
     ),
+    "diff": ("filterscope.jobs.diff", "The diff of two models on IMAGES: matched, new and lost units; what moved."),
 }
 
 
