@@ -43,16 +43,23 @@ class Tiles:
         return arr
 
     def _input(self, side: str, image: str) -> np.ndarray:
-        """The image as model ``side`` sees it (its resize and crop), ``THUMB`` px, loaded once."""
+        """The image as model ``side`` sees it, ``THUMB`` px, loaded once: the region its preprocessing keeps
+        (shorter side resized to ``resize_size``, centre crop of ``input_size``), cut from the original with
+        Pillow (much cheaper than the model's float resize of a large photo)."""
         key = (side, image)
         if key not in self._inputs:
             from PIL import Image
 
-            from ..models.inputs import load_image, model_input
-            from .images import to_uint8
+            from ..models.inputs import load_image
 
-            x = model_input(self.res.models[side], load_image(self.root / image))[0]
-            im = Image.fromarray(to_uint8(x)).resize((THUMB, THUMB), Image.Resampling.BILINEAR)
+            model = self.res.models[side]
+            im = load_image(self.root / image)
+            w, h = im.size
+            side_px = model.input_size * min(w, h) / model.resize_size  # the crop, in original pixels
+            x0, y0 = (w - side_px) / 2, (h - side_px) / 2
+            im = im.resize((THUMB, THUMB), Image.Resampling.BILINEAR, box=(x0, y0, x0 + side_px, y0 + side_px))
+            if model.in_channels == 1:
+                im = im.convert("L").convert("RGB")
             self._inputs[key] = np.asarray(im)
         return self._inputs[key]
 
