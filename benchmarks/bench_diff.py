@@ -104,6 +104,7 @@ def one_pair(seed: int, target: int, pos: tuple[int, int], shift: bool, work: Pa
 
 
 def pairs(work: Path) -> dict:
+    torch.set_num_threads(1)  # training tiny nets: two threads on a shared machine only add contention
     rows = [one_pair(s, t, pos, shift, work) for shift in (False, True) for s, t, pos in PAIRS]
     summary = {}
     for m in METRICS:
@@ -242,6 +243,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_start": [round(v, 1) for v in os.getloadavg()],
+        **({"lite_load": [res["lite"]["load_at_start"], res["lite"]["load_at_end"]]} if "lite" in res else {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -297,8 +297,9 @@ def margin_attribution(
             x = torch.cat([model_input(model, load_image(f)) for f in files[i : i + BATCH]]).to(model.device)
             held.clear()
             seen[0] = 0
-            rows = torch.arange(len(x))
-            hi, lo = torch.as_tensor(new[i : i + BATCH]), torch.as_tensor(old[i : i + BATCH])
+            rows = torch.arange(len(x), device=x.device)
+            hi = torch.as_tensor(new[i : i + BATCH], device=x.device)
+            lo = torch.as_tensor(old[i : i + BATCH], device=x.device)
             with torch.enable_grad():
                 logits = model.forward(x)
                 (g,) = torch.autograd.grad((logits[rows, hi] - logits[rows, lo]).sum(), held["a"])

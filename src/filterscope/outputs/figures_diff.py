@@ -127,6 +127,8 @@ def diff_figure(res: Any, tiles: Tiles | None = None):
                 img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
             else:
                 img = blank
+                if j:  # column 0 keeps its frame: it carries the row's label
+                    axc.axis("off")
             axc.imshow(img)
             axc.set_xticks([])
             axc.set_yticks([])
