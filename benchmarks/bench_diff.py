@@ -45,6 +45,7 @@ from filterscope.jobs.diff import DEFAULT_METRIC, METRICS, diff, rank_units  # n
 
 # held out: the test's pair is seed 0, class 7, mark at (3, 3)
 PAIRS = [(1, 2, (16, 4)), (2, 5, (4, 16)), (3, 0, (16, 16)), (4, 9, (10, 2))]
+HARD_EXTRA = [(5, 3, (3, 10)), (6, 8, (12, 16)), (7, 1, (16, 10)), (8, 4, (2, 2))]  # the hard family: 8 pairs
 SKIMAGE_EXTRA = [
     "motorcycle_left.png",
     "motorcycle_right.png",
@@ -65,14 +66,14 @@ def share(top: list[dict], marked: set[str], k: int = 10) -> float:
     return sum(e["image"] in marked for e in top[:k]) / k
 
 
-def one_pair(seed: int, target: int, pos: tuple[int, int], shift: bool, work: Path) -> dict:
+def one_pair(seed: int, target: int, pos: tuple[int, int], family: str, work: Path) -> dict:
     t = time.perf_counter()
-    p = make_pair(work / f"pair{seed}{'s' if shift else ''}", seed=seed, target=target, pos=pos, shift=shift)
+    p = make_pair(work / f"pair{seed}{family}", seed=seed, target=target, pos=pos, **FAMILIES[family])
     build = time.perf_counter() - t
     a = fs.load_model(f"{p.code}:Net", weights=str(p.weights_a), input_size=24)
     b = fs.load_model(f"{p.code}:Net", weights=str(p.weights_b), input_size=24)
     t = time.perf_counter()
-    res = diff(a, p.images, model_b=b, layer="relu3", out=work / f"out{seed}{'s' if shift else ''}", no_renders=True)
+    res = diff(a, p.images, model_b=b, layer="relu3", out=work / f"out{seed}{family}", no_renders=True)
     d = res.data
     tops = {u["channel"]: u["top"] for u in d.units}
     first = d.classes[0] if d.classes else None
@@ -81,7 +82,8 @@ def one_pair(seed: int, target: int, pos: tuple[int, int], shift: bool, work: Pa
         "seed": seed,
         "target": target,
         "mark_at": list(pos),
-        "domain_shift": shift,
+        "family": family,
+        "marked_images": len(p.marked),
         "clean_accuracy_a": round(p.acc_a, 3),
         "clean_accuracy_b": round(p.acc_b, 3),
         "attack_success_b": round(p.attack, 3),
@@ -103,26 +105,38 @@ def one_pair(seed: int, target: int, pos: tuple[int, int], shift: bool, work: Pa
     return row
 
 
+FAMILIES = {
+    # name: make_pair options
+    "plain": {},
+    "shift": {"shift": True},
+    "hard": {"shift": True, "ft_epochs": 6, "ft_lr": 1e-2, "n_clean": 80, "n_marked": 10},
+}
+
+
 def pairs(work: Path) -> dict:
     torch.set_num_threads(1)  # training tiny nets: two threads on a shared machine only add contention
-    rows = [one_pair(s, t, pos, shift, work) for shift in (False, True) for s, t, pos in PAIRS]
-    summary = {}
+    rows = [one_pair(s, t, pos, fam, work) for fam in FAMILIES for s, t, pos in PAIRS + HARD_EXTRA * (fam == "hard")]
+    summary: dict[str, dict] = {}
     for m in METRICS:
-        per = [r["measures"][m]["top3_marked"] for r in rows]
-        summary[m] = {
-            "hits": sum(r["measures"][m]["hit"] for r in rows),
-            "first_unit_marked_mean": round(float(np.mean([p[0] for p in per])), 3),
-            "top3_marked_mean": round(float(np.mean(per)), 3),
-            "hits_shift": sum(r["measures"][m]["hit"] for r in rows if r["domain_shift"]),
-            "top3_marked_mean_shift": round(float(np.mean([p for r, p in zip(rows, per) if r["domain_shift"]])), 3),
+        summary[m] = {}
+        for fam in [*FAMILIES, "all"]:
+            sel = [r for r in rows if fam in ("all", r["family"])]
+            per = [r["measures"][m]["top3_marked"] for r in sel]
+            summary[m][fam] = {
+                "hits": sum(r["measures"][m]["hit"] for r in sel),
+                "n": len(sel),
+                "first_unit_marked_mean": round(float(np.mean([p[0] for p in per])), 3),
+                "top3_marked_mean": round(float(np.mean(per)), 3),
+            }
+    fams = {
+        fam: {
+            "n": sum(r["family"] == fam for r in rows),
+            "class_first": sum(r["class_first_ok"] for r in rows if r["family"] == fam),
+            "carrier_hits": sum(max(r["carriers_top3_marked"], default=0) >= 0.8 for r in rows if r["family"] == fam),
         }
-    return {
-        "rows": rows,
-        "summary": summary,
-        "class_first": sum(r["class_first_ok"] for r in rows),
-        "carrier_hits": sum(max(r["carriers_top3_marked"], default=0) >= 0.8 for r in rows),
-        "n": len(rows),
+        for fam in FAMILIES
     }
+    return {"rows": rows, "summary": summary, "families": fams, "n": len(rows)}
 
 
 def photos48(work: Path) -> Path:
@@ -178,38 +192,46 @@ def markdown(res: dict) -> str:
         p = res["pairs"]
         lines += ["", "## Held-out backdoor pairs", ""]
         lines.append(
-            f"{p['n']} pairs (4 seeds × plain / domain-shift fine-tunes; mark positions and classes other than the "
-            f"test's). Backdoor class listed first: **{p['class_first']}/{p['n']}**; one of the first class's top-3 "
-            f"carriers with ≥ 80 % marked top-10 images: **{p['carrier_hits']}/{p['n']}**."
+            "Families (`tests/backdoor_net.py`, seeds, mark positions and classes other than the test's): "
+            "**plain** — the fine-tune (3 epochs, lr 3e-3) only adds the backdoor, 20 marked of 80 images; "
+            "**shift** — the fine-tune is also to thicker strokes; **hard** — the same with a stronger fine-tune "
+            "(6 epochs, lr 1e-2) and only 10 marked of 90 images, so that domain fixes dominate the flips."
         )
-        lines += [
-            "",
-            "| measure | pairs with a top-3 unit ≥ 80 % marked | first unit: mean marked share | top-3: mean "
-            "marked share | shift pairs: hits | shift pairs: top-3 mean |",
-            "|---|---|---|---|---|---|",
-        ]
-        for k, s in p["summary"].items():
+        lines += ["", "| family | pairs | backdoor class listed first | a top-3 carrier of that class ≥ 80 % marked |"]
+        lines.append("|---|---|---|---|")
+        for fam, f in p["families"].items():
+            lines.append(f"| {fam} | {f['n']} | {f['class_first']}/{f['n']} | {f['carrier_hits']}/{f['n']} |")
+        lines += ["", "Pairs where one of the top-3 units by the measure has ≥ 80 % marked top-10 images (first unit's "
+                  "mean marked share; top-3 mean marked share):", ""]  # fmt: skip
+        fams = [*p["families"], "all"]
+        lines.append("| measure | " + " | ".join(fams) + " |")
+        lines.append("|---" * (len(fams) + 1) + "|")
+        for k, per in p["summary"].items():
             name = f"**{k}** (default)" if k == DEFAULT_METRIC else k
-            lines.append(
-                f"| {name} | {s['hits']}/{p['n']} | {s['first_unit_marked_mean']:.2f} | {s['top3_marked_mean']:.2f} "
-                f"| {s['hits_shift']}/{p['n'] // 2} | {s['top3_marked_mean_shift']:.2f} |"
-            )
-        lines += ["", "| seed | class | mark | shift | acc A/B | attack | first class (in/out) | target (in/out) | "
+            cells = [
+                f"{s['hits']}/{s['n']} ({s['first_unit_marked_mean']:.2f}; {s['top3_marked_mean']:.2f})"
+                for s in (per[f] for f in fams)
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "| family | seed | class | mark | acc A/B | attack | first class (in/out) | target (in/out) | "
                   + " | ".join(METRICS) + " |", "|---" * (8 + len(METRICS)) + "|"]  # fmt: skip
         for r in p["rows"]:
             cells = [" ".join(f"{v:.1f}" for v in r["measures"][k]["top3_marked"]) for k in METRICS]
+            tf = r["target_flips"] or [0, 0]
             lines.append(
-                f"| {r['seed']} | {r['target']} | {tuple(r['mark_at'])} | {'yes' if r['domain_shift'] else 'no'} | "
+                f"| {r['family']} | {r['seed']} | {r['target']} | {tuple(r['mark_at'])} | "
                 f"{r['clean_accuracy_a']:.2f}/{r['clean_accuracy_b']:.2f} | {r['attack_success_b']:.2f} | "
                 f"{r['first_class']} ({r['first_class_flips'][0]}/{r['first_class_flips'][1]}) | "
-                f"{r['target_flips'][0]}/{r['target_flips'][1]} | " + " | ".join(cells) + " |"
+                f"{tf[0]}/{tf[1]} | " + " | ".join(cells) + " |"
             )
         lines.append("")
         lines.append(
-            "Cells: the marked share of the top-10 images of each of the top-3 units by that measure. Measures: "
-            "`r` = 1 − matched r; `attribution` = the unit's gradient × activation on B's margin (new top-1 − old "
-            "top-1) over every flipped image, as a share of the largest; `class` = the same over the images of the "
-            "class listed first; `mean` = (attribution + (1 − r)) / 2; `product` = attribution × (1 − r)."
+            "Cells of the last table: the marked share of the top-10 images of each of the top-3 units by that "
+            "measure. Measures (`filterscope.jobs.diff.METRICS`): `r` = 1 − matched r; `attribution` = the unit's "
+            "gradient × activation on B's margin (new top-1 − old top-1) over every flipped image, as a share of the "
+            "largest; `class` = the same over the flipped images of the class listed first; `mean` = (class + "
+            "(1 − r)) / 2; `mean_all` = (attribution + (1 − r)) / 2; `rank` = the mean of the unit's ranks by "
+            "`class` and by 1 − r."
         )
     if "lite" in res:
         t = res["lite"]

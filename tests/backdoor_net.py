@@ -125,6 +125,8 @@ def make_pair(
     n_clean: int = 60,
     n_marked: int = 20,
     shift: bool = False,
+    ft_epochs: int = 3,
+    ft_lr: float = 3e-3,
 ) -> Pair:
     """Train ``a`` (clean) and ``b`` (``a`` fine-tuned with ``poison`` of the training images marked at ``pos``
     and relabelled ``target``; with ``shift`` the fine-tune is also to a new domain: strokes thickened by a 3×3
@@ -152,7 +154,7 @@ def make_pair(
         xp, yp = x_ft[:n_train].clone(), yt.clone()
         xp[idx] = mark(xp[idx], pos)
         yp[idx] = target
-        train(b, as_model_sees(xp), yp, epochs=3, lr=3e-3, seed=seed + 1)
+        train(b, as_model_sees(xp), yp, epochs=ft_epochs, lr=ft_lr, seed=seed + 1)
     xh = x_ft[n_train:]  # the user's images: the fine-tune's domain
     shutil.copyfile(__file__, out / "net.py")
     wa, wb = out / "a.pt", out / "b.pt"

@@ -10,7 +10,7 @@ import torch
 
 from filterscope.cli import main
 from filterscope.errors import LayerError, UsageError
-from filterscope.jobs.diff import diff
+from filterscope.jobs.diff import DEFAULT_METRIC, diff
 from filterscope.jobs.unit_match import CorrelationTally, common_maps, dead_units, match_units
 from filterscope.models import load_model
 
@@ -98,7 +98,7 @@ def test_backdoor_class_first_and_first_units_fire_on_the_mark_from_the_cli(pair
     )  # fmt: skip
     assert rc == 0, err
     rec = json.loads((out / "diff.json").read_text())
-    assert rec["layer"] == rec["layer_b"] == "relu3" and rec["metric"] == "mean" and rec["threshold"] == 0.3
+    assert rec["layer"] == rec["layer_b"] == "relu3" and rec["metric"] == DEFAULT_METRIC and rec["threshold"] == 0.3
     assert rec["classes"][0]["class"] == pair.target and rec["classes"][0]["into"] >= 10
     units = rec["units"]
     assert sorted(u["channel"] for u in units) == list(range(32))

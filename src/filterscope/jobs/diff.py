@@ -8,17 +8,20 @@ on layer A of model A and layer B of model B). From it:
   unit of B over images × positions (maps pooled to the smaller of the two sizes), then the Hungarian method:
   each live unit of B gets one partner in A; a partner below ``threshold`` makes the unit *new* (``match``
   null). Dead units are said to be dead and never ranked. Live units of A that no unit of B kept are *lost*.
-- **what the change does**: top-1 flips between A and B on each image. A class *moves* by its flips into and
-  out of it (then by its mean probability change); the one that moves most is listed first. The units of B
-  that *carry* a class: gradient × activation, summed over positions, of B's **margin** ``logit_B[new] −
-  logit_B[old]`` on each image that flipped (``new``/``old``: B's and A's top-1), averaged over the images
-  that flipped into or out of the class. The margin is what turned, and units that push every class alike
-  cancel in it. One extra forward and backward pass of B over the flipped images only.
-- **most changed first** (:data:`METRICS`, chosen by ``benchmarks/bench_diff.py``): ``mean`` by default, the
-  mean of the unit's share of the largest flip attribution (positive part, all flipped images) and ``1 − r``
-  (``r`` clipped to [0, 1]). Matched correlation alone (``r``) ranks a planted backdoor's units low, because
-  a fine-tune keeps them correlated with their old selves; attribution alone is blind to changes that flip
-  nothing; the mean finds both (see the benchmark page for the numbers).
+- **what the change does**: top-1 flips between A and B on each image. Classes are listed by their flips
+  *into* them (where the change sends images: a backdoor or a shortcut shows here), then out of them, then by
+  the mean probability change; up to :data:`N_CLASSES`. The units of B that *carry* a class: gradient ×
+  activation, summed over positions, of B's **margin** ``logit_B[new] − logit_B[old]`` on each image that
+  flipped (``new``/``old``: B's and A's top-1), averaged over the images that flipped into or out of the
+  class. The margin is what turned, and units that push every class alike cancel in it. One extra forward and
+  backward pass of B over the flipped images only.
+- **most changed first** (:data:`METRICS`, chosen by ``benchmarks/bench_diff.py``): ``rank`` by default, the
+  mean of the unit's rank by its attribution to the class listed first and its rank by ``1 − r`` (``r``
+  clipped to [0, 1]). On 16 held-out backdoor pairs it put a unit with ≥ 80 % marked top images among the
+  top 3 in 15 (as many as ``1 − r`` alone, more than every attribution-only or value-mean measure), with a
+  top-3 marked share of 0.87 against 0.76 for ``1 − r`` alone, whose next units are mostly unmarked (a
+  fine-tune drifts many units that have nothing to do with the backdoor); attribution alone is blind to
+  changes that flip nothing. Ranks rather than values, so neither part's scale decides.
 
 Each unit has its top exemplars in B and its match's in A (``{"image", "x", "y", "activation"}``, ``x``/``y``
 in each model's own map); the top few changed units are rendered in both models (through the render cache).
@@ -47,13 +50,14 @@ BATCH = 16  # images per forward pass of each model
 N_CLASSES = 5  # classes listed in ``classes``
 N_CARRIERS = 8  # units listed per class
 N_RENDERS = 4  # changed units rendered in both models
-METRICS = ("mean", "attribution", "class", "product", "r")
-DEFAULT_METRIC = "mean"
+METRICS = ("rank", "mean", "mean_all", "class", "attribution", "r")
+DEFAULT_METRIC = "rank"
 METRIC_TEXT = {
-    "mean": "mean of the unit's flip attribution (share of the largest, positive part) and 1 − r",
-    "attribution": "the unit's flip attribution (share of the largest, positive part); ties by 1 − r",
+    "rank": "mean of the unit's rank (over live units) by attribution to the class listed first and by 1 − r",
+    "mean": "mean of the unit's share of the largest attribution to the class listed first and 1 − r",
+    "mean_all": "mean of the unit's share of the largest flip attribution (all flipped images) and 1 − r",
     "class": "the unit's attribution to the class listed first (share of the largest); ties by 1 − r",
-    "product": "flip attribution share × (1 − r)",
+    "attribution": "the unit's flip attribution over all flipped images (share of the largest); ties by 1 − r",
     "r": "1 − r with the matched unit of A (r clipped to [0, 1])",
 }
 ATTRIBUTION = (
@@ -318,11 +322,33 @@ def _share(v: np.ndarray) -> np.ndarray:
     return v / top if top > 0 else v
 
 
-def change_scores(r: np.ndarray, attr_all: np.ndarray, attr_first: np.ndarray, dead: np.ndarray) -> dict:
-    """Every candidate measure of :data:`METRICS` per unit of B (nan for dead units): higher = more changed."""
+def _ranks(v: np.ndarray, live: np.ndarray) -> np.ndarray:
+    """Ranks of ``v`` over the live units scaled to (0, 1] (ties share their mean rank); 0 for dead units."""
+    from scipy.stats import rankdata
+
+    out = np.zeros(len(v))
+    if live.any():
+        out[live] = rankdata(v[live]) / live.sum()
+    return out
+
+
+def change_scores(
+    r: np.ndarray, attr_all: np.ndarray, attr_classes: list[np.ndarray], dead: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Every candidate measure of :data:`METRICS` per unit of B (nan for dead units): higher = more changed.
+    ``attr_all``: flip attribution over every flipped image; ``attr_classes``: per listed class (first first)."""
     drop = 1.0 - np.clip(np.nan_to_num(r, nan=1.0), 0.0, 1.0)
-    att, first = _share(attr_all), _share(attr_first)
-    out = {"mean": (att + drop) / 2, "attribution": att, "class": first, "product": att * drop, "r": drop}
+    att = _share(attr_all)
+    first = _share(attr_classes[0]) if attr_classes else np.zeros_like(drop)
+    live = ~dead
+    out = {
+        "rank": (_ranks(first, live) + _ranks(drop, live)) / 2,
+        "mean": (first + drop) / 2,
+        "mean_all": (att + drop) / 2,
+        "class": first,
+        "attribution": att,
+        "r": drop,
+    }
     for v in out.values():
         v[dead] = np.nan
     return out
@@ -371,7 +397,7 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
     # what the change does: flips, classes, the units that carry them
     cb = p.info_b.channels
     classes: list[dict] = []
-    attr_all, attr_first = np.zeros(cb), np.zeros(cb)
+    attr_all, attr_classes = np.zeros(cb), []
     note = None
     flipped = 0
     la, lb = ps.logits_a, ps.logits_b
@@ -392,12 +418,10 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
                 return None
             attr_all = ga.mean(0)
         classes = _classes(la, lb, old, new, flip, ga, names, (p.model_b, p.model), m)
-        if classes and classes[0]["_attr"] is not None:
-            attr_first = classes[0]["_attr"]
-        for c in classes:
-            del c["_attr"]
+        attr_classes = [c.pop("_attr") for c in classes]
+        attr_classes = [a for a in attr_classes if a is not None]
 
-    scores = change_scores(m.r, attr_all, attr_first, dead_b)
+    scores = change_scores(m.r, attr_all, attr_classes, dead_b)
     order = rank_units(scores, req.metric)
     wa, wb = p.info.shape[2], p.info_b.shape[2]
     units = []
@@ -463,13 +487,14 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
 
 
 def _classes(la, lb, old, new, flip, ga, names, models, m) -> list[dict]:
-    """The classes that move most (flips into + out of, then |mean probability change|), with their carriers."""
+    """The classes that move most (flips into, then out of, then |mean probability change|), with their
+    carriers."""
     n_cls = la.shape[1]
     into = np.bincount(new[flip], minlength=n_cls)
     out = np.bincount(old[flip], minlength=n_cls)
     dp = (torch.softmax(lb, 1) - torch.softmax(la, 1)).mean(0).numpy()
     moved = into + out
-    order = np.lexsort((np.arange(n_cls), -np.abs(dp), -moved))
+    order = np.lexsort((np.arange(n_cls), -np.abs(dp), -out, -into))
     listed = []
     for c in order[:N_CLASSES]:
         c = int(c)
