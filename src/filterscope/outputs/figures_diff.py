@@ -125,10 +125,11 @@ def diff_figure(res: Any, tiles: Tiles | None = None):
                 img = tiles.tile(side, ex)
             elif png is not None:
                 img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-            else:
+            elif j:  # nothing to show (not rendered, fewer exemplars): an empty cell
+                axc.axis("off")
+                continue
+            else:  # column 0 keeps a frame: it carries the row's label
                 img = blank
-                if j:  # column 0 keeps its frame: it carries the row's label
-                    axc.axis("off")
             axc.imshow(img)
             axc.set_xticks([])
             axc.set_yticks([])
