@@ -16,7 +16,7 @@ Sets (photos are centre-cropped to the model input as the CLI does):
 - ``bundled``: views ``_0`` of the bundled photos (the set the fixed strength was picked on).
 
 Writes benchmarks/results/accent.{json,md} (sets measured earlier are kept) and
-docs/accent_examples_<first set>.png (photo | fixed | adaptive, the top filter of the first photos).
+benchmarks/results/accent_examples_<first set>.png (photo | fixed | adaptive, the top filter of the first photos).
 
     python benchmarks/bench_accent.py                          # all sets, both methods
     python benchmarks/bench_accent.py --sets heldout --limit 6 # the first 6 held-out photos
@@ -35,6 +35,7 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")
 
 import numpy as np
 import torch
+from common import tables
 from PIL import Image
 
 import filterscope as fs
@@ -161,28 +162,6 @@ def figure(examples: list, path: Path) -> None:
     plt.close(fig)
 
 
-def markdown(res: dict) -> str:
-    lines = [
-        "# bench_accent",
-        "",
-        f"efficientnet_lite0, {LAYER}, top-3 filters by contribution per photo, {res['steps']} steps; "
-        f"machine: {res['machine']['cpu']} ({res['machine']['threads']} threads), torch {res['machine']['torch']}.",
-        "",
-        "| set | method | photos | filters | median SSIM | median gain | min SSIM | SSIM ≥ 0.8 "
-        "| gain ≥ 2 & SSIM ≥ 0.8 | s / accentuation |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, d in res["sets"].items():
-        for m, v in d.items():
-            lines.append(
-                f"| {name} | {m} | {v['photos']} | {v['n']} | {v['median_ssim']:.3f} | {v['median_gain']:.2f}× "
-                f"| {v['min_ssim']:.3f} | {v['fraction_ssim_08']:.0%} | {v['fraction_gain2_ssim08']:.0%} "
-                f"| {v['seconds_per_accentuation']:.1f} |"
-            )
-    lines.append("")
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sets", default="heldout,bundled,tune")
@@ -215,14 +194,14 @@ def main() -> None:
             res["sets"][name] = result
             out_json.parent.mkdir(parents=True, exist_ok=True)
             out_json.write_text(json.dumps(res, indent=1) + "\n")
-            (ROOT / "benchmarks/results/accent.md").write_text(markdown(res))
+            (ROOT / "benchmarks/results/accent.md").write_text(tables.accent_table(res))
 
         done = res["sets"].get(name, {}) if args.resume else {}
         save(run_set(model, photos, args.methods.split(","), examples, done, save))
         summ = {m: (v["median_ssim"], v["median_gain"]) for m, v in res["sets"][name].items()}
         print(name, summ, f"{time.perf_counter() - t0:.0f}s", flush=True)
-    figure(examples, ROOT / f"docs/accent_examples_{args.sets.split(',')[0]}.png")
-    print(markdown(res))
+    figure(examples, ROOT / f"benchmarks/results/accent_examples_{args.sets.split(',')[0]}.png")
+    print(tables.accent_table(res))
 
 
 if __name__ == "__main__":

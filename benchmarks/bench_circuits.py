@@ -1,17 +1,23 @@
-"""Measure `filterscope circuit` and `filterscope tuning` on efficientnet_lite0 (the issue's targets).
+"""Measure `filterscope circuit` and the explorer's tuning on efficientnet_lite0 (issue 43's targets).
 
-1. One channel's circuit at blocks.5 (from blocks.4) with the 36 bundled photos, renders excluded
-   (target ≤ 10 s on 2 cores); the renders of its top-8 inputs and of the channel timed separately.
-2. The tuning of all 24 channels of blocks.1 (target ≤ 30 s), compute and writing timed apart.
-3. Ablation: zeroing the top-8 inputs by |attribution| vs 8 random inputs (mean of 8 seeded draws): the
-   ratio of the mean |change| of the channel, median over 10 channels per layer (target ≥ 2×), for blocks.5
-   and blocks.3; and the drop when the 8 most excitatory inputs are zeroed vs 8 random.
+1. Rankings on held-out photos: the 36 bundled photos split in two by a seeded permutation; every ranking
+   is made on one half and checked on the other: zeroing the first 8 inputs listed against 8 random inputs
+   (mean of 32 seeded draws), the ratio of the mean |change| of the channel; median over 6 channels per
+   layer drawn with a seeded generator (seed 43, fixed before any result) at blocks.5 (from blocks.4, target
+   ≥ 2×) and blocks.3 (from blocks.2, target ≥ 2.5×). The rankings side by side, from one run: the old
+   order (|summed expanded weight|, identity), |mean attribution| re-sorted, mean |removal effect|, greedy
+   on per-image gradient × activation, and greedy on the measured removal effects (the default).
+2. Held-out hand-built nets: seeded random nets (not the tests' nets) with a dead path, a saturated ReLU6 or
+   a closed squeeze-excite gate behind the strongest weights: the live inputs must come first and the
+   blocked ones never in the first two.
+3. Timing: `filterscope circuit` at blocks.5 with its default renders (cold render cache) and without; the
+   explorer's tuning for a second filter of a layer in a worker whose own memo is empty (the other worker).
 
 Writes benchmarks/results/circuits.{json,md}. The load average of the machine is recorded: timings on a
-machine shared with other jobs are upper bounds.
+machine shared with other jobs are upper bounds (CPU seconds of the process are given beside them).
 
-    python benchmarks/bench_circuits.py                  # everything (~5-10 min on 2 busy cores)
-    python benchmarks/bench_circuits.py --only timing
+    python benchmarks/bench_circuits.py                  # everything
+    python benchmarks/bench_circuits.py --only ranking --only handbuilt
 """
 
 from __future__ import annotations
@@ -27,105 +33,249 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache re
 
 import numpy as np
 import torch
+from torch import nn
 
 import filterscope as fs
+from filterscope.jobs import circuit as C
+from filterscope.jobs import circuit_rank as R
+from filterscope.models.inputs import list_images, sample_photos_dir
 from filterscope.models.layers import get_layer
+from filterscope.models.model import wrap_module
 
 ROOT = Path(__file__).resolve().parents[1]
+K = 8
+N_RANDOM = 32
+CHANNEL_SEED = 43  # the seeded draw of the benchmark's channels (fixed before any result)
+SPLIT_SEED = 0
+NAMES = {
+    "weight": "old: |expanded weight|",
+    "attribution": "|attribution| re-sort",
+    "effect_single": "mean |removal effect|",
+    "attribution_image": "greedy on grad × act",
+    "effect": "greedy on removal effects (default)",
+}
+ORDER = ["weight", "attribution", "effect_single", "attribution_image", "effect"]
 
 
-def timing(model, renders: bool) -> dict:
-    from filterscope.optvis.linearize import linear_copy
-
-    linear_copy(model.net)  # made once per model (a deep copy); not part of one channel's circuit
-    t, cpu = time.perf_counter(), time.process_time()
-    c = fs.circuit(model, "blocks.5", 42, renders=False)
-    circuit_s, circuit_cpu = time.perf_counter() - t, time.process_time() - cpu
-    with_renders_s = render_s = None
-    if renders:
-        t = time.perf_counter()
-        with tempfile.TemporaryDirectory() as d:
-            r = fs.circuit(model, "blocks.5", 42, renders=True, out=Path(d) / "c")
-        with_renders_s = round(time.perf_counter() - t, 2)
-        render_s = r.timings.get("render_s")
-    t, cpu = time.perf_counter(), time.process_time()
-    tu = fs.tuning(model, "blocks.1")
-    tuning_s, tuning_cpu = time.perf_counter() - t, time.process_time() - cpu
-    t = time.perf_counter()
-    with tempfile.TemporaryDirectory() as d:
-        from filterscope.jobs.tuning import write_tuning
-        from filterscope.outputs.rundir import RunDir
-
-        run = RunDir(Path(d) / "t", "tuning", {})
-        write_tuning(run, tu)
-        run.finish()
-    tuning_write_s = time.perf_counter() - t
-    described = sum(1 for ch in tu.channels if ch.description)
-    return {
-        "circuit_blocks5_s": round(circuit_s, 2),
-        "circuit_blocks5_cpu_s": round(circuit_cpu, 2),
-        "circuit_parts_s": c.timings,
-        "circuit_with_renders_and_files_s": with_renders_s,
-        "render_s": render_s,
-        "tuning_blocks1_24_s": round(tuning_s, 2),
-        "tuning_blocks1_24_cpu_s": round(tuning_cpu, 2),
-        "tuning_parts_s": tu.timings,
-        "tuning_write_s": round(tuning_write_s, 2),
-        "tuning_stimuli": tu.n_stimuli,
-        "tuning_described": described,
-        "tuning_descriptions": {str(ch.channel): ch.description for ch in tu.channels},
-    }
+def split_photos() -> tuple[list[Path], list[Path]]:
+    files = list_images(sample_photos_dir())
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(files))
+    return [files[i] for i in sorted(perm[: len(files) // 2])], [files[i] for i in sorted(perm[len(files) // 2 :])]
 
 
-def ablation(model, layers: list[str], n: int = 10) -> dict:
-    out = {}
+def rankings(model, src, dst, channel: int, files: list[Path]) -> dict[str, np.ndarray]:
+    """Every ranking of ``RANKINGS`` made on ``files`` with the library's own functions (the default is the
+    same call :func:`filterscope.jobs.circuit.compute_circuit` makes)."""
+    batches = list(C.image_batches(model, files))
+    p = C.attribution(model, src, dst, channel, batches)
+    masked = C.Masked(model, src, dst, channel, batches, p.sources, p.activation)
+    effects = R.removal_effects(masked.run, masked.sizes, src.channels, p.activation, model.device)
+    maps, _, _ = C.expanded_weights(model, src, dst, channel, p.gates)
+    w = maps.reshape(maps.shape[0], -1).sum(1)
+    return {r: R.effect_order(r, effects, p.attribution, w) for r in R.RANKINGS}
+
+
+def held_out_ratios(model, src, dst, channel: int, files: list[Path], orders: dict, seed: int) -> dict:
+    """Mean |change| of the channel on ``files`` with each order's first K zeroed, over the mean for
+    ``N_RANDOM`` random K (seeded)."""
+    rng = np.random.default_rng([seed, channel])
+    sets = [orders[r][:K] for r in ORDER] + [rng.choice(src.channels, K, replace=False) for _ in range(N_RANDOM)]
+    masks = torch.ones(len(sets) + 1, src.channels)
+    for i, s in enumerate(sets):
+        masks[i + 1, torch.as_tensor(s)] = 0.0
+    batches = list(C.image_batches(model, files))
+    masked = C.Masked(model, src, dst, channel, batches)
+    acts = torch.cat([masked.run(masks.to(model.device), i) for i in range(len(batches))]).numpy()
+    change = np.abs(acts[:, 1:] - acts[:, :1]).mean(0)
+    rnd = change[len(ORDER) :].mean()
+    return {r: round(float(change[i] / max(rnd, 1e-12)), 3) for i, r in enumerate(ORDER)}
+
+
+def ranking(model, layers: list[str]) -> dict:
+    rank_f, hold_f = split_photos()
+    out = {"split_seed": SPLIT_SEED, "channel_seed": CHANNEL_SEED, "k": K, "n_random": N_RANDOM, "layers": {}}
+    out["rank_photos"] = [f.name for f in rank_f]
+    out["held_out_photos"] = [f.name for f in hold_f]
     for layer in layers:
-        info = get_layer(model, layer)
-        chans = np.linspace(0, info.channels - 1, n).round().astype(int).tolist()
+        dst = get_layer(model, layer)
+        src = C.feeding_layer(model, dst)
+        chans = sorted(np.random.default_rng(CHANNEL_SEED).choice(dst.channels, 6, replace=False).tolist())
         rows = []
         t0 = time.perf_counter()
         for c in chans:
-            cc = fs.circuit(model, layer, c, renders=False)
-            ab = cc.ablation
-            rows.append(
-                {
-                    "channel": c,
-                    "from": cc.source,
-                    "change_top": ab["change_top"],
-                    "change_random": ab["change_random"],
-                    "ratio": ab["change_ratio"],
-                    "drop_excitatory": ab["drop_excitatory"],
-                    "drop_random": ab["drop_random"],
-                    "spearman_weight_attribution": cc.linear["agreement"],
-                    "max_abs_weight": cc.linear["max_abs_weight"],
-                }
-            )
-            print(layer, c, ab["change_ratio"], flush=True)
-        out[layer] = {
-            "from": rows[0]["from"],
+            orders = rankings(model, src, dst, c, rank_f)
+            ratios = held_out_ratios(model, src, dst, c, hold_f, orders, CHANNEL_SEED)
+            rows.append({"channel": c, "ratios": ratios, "first": {r: orders[r][:K].tolist() for r in ORDER}})
+            print(layer, c, ratios, flush=True)
+        out["layers"][layer] = {
+            "from": src.name,
             "channels": chans,
-            "median_ratio": float(np.median([r["ratio"] for r in rows])),
-            "min_ratio": float(np.min([r["ratio"] for r in rows])),
-            "median_drop_excitatory": float(np.median([r["drop_excitatory"] for r in rows])),
-            "median_drop_random": float(np.median([r["drop_random"] for r in rows])),
-            "median_spearman_identity": float(
-                np.median([r["spearman_weight_attribution"]["identity"]["spearman_attribution"] for r in rows])
-            ),
-            "median_spearman_gated": float(
-                np.median([r["spearman_weight_attribution"]["gated"]["spearman_attribution"] for r in rows])
-            ),
-            "median_max_abs_weight_identity": float(np.median([r["max_abs_weight"]["identity"] for r in rows])),
-            "median_max_abs_weight_gated": float(np.median([r["max_abs_weight"]["gated"] for r in rows])),
+            "median": {r: float(np.median([x["ratios"][r] for x in rows])) for r in ORDER},
+            "min": {r: float(np.min([x["ratios"][r] for x in rows])) for r in ORDER},
             "seconds": round(time.perf_counter() - t0, 1),
             "rows": rows,
         }
     return out
 
 
-def _half(cpu) -> str:
-    """CPU seconds over 2 threads: the wall time the work would take on 2 free cores (an upper bound while
-    threads spin)."""
-    return f"{cpu / 2:.1f}" if cpu is not None else "—"
+# ---------------------------------------------------------------- held-out hand-built nets
+
+
+class SqueezeExcite(nn.Module):
+    """A squeeze-excite gate whose biases alone set it (open σ(+30) or closed σ(−30))."""
+
+    def __init__(self, open_: np.ndarray):
+        super().__init__()
+        n = len(open_)
+        self.conv_reduce, self.act = nn.Conv2d(n, 2, 1), nn.ReLU()
+        self.conv_expand, self.gate = nn.Conv2d(2, n, 1), nn.Sigmoid()
+        with torch.no_grad():
+            self.conv_reduce.weight.zero_()
+            self.conv_expand.weight.zero_()
+            self.conv_reduce.bias.fill_(1.0)
+            self.conv_expand.bias.copy_(torch.tensor(np.where(open_, 30.0, -30.0)))
+
+    def forward(self, x):
+        return x * self.gate(self.conv_expand(self.act(self.conv_reduce(x.mean((2, 3), keepdim=True)))))
+
+
+def trap(kind: str, seed: int) -> tuple[nn.Module, list[int], list[int]]:
+    """A seeded net: ``a`` (6 channels, > 0 on every photo) → a middle that passes 3 random live inputs and
+    blocks 2 others (``dead``: a ReLU held off by a bias of −100; ``relu6``: a ReLU6 saturated by +20;
+    ``gate``: a closed squeeze-excite gate) → ``out``, whose weights on the blocked paths are the largest.
+    Returns the net, the live inputs and the blocked ones."""
+    g = np.random.default_rng(seed)
+    perm = g.permutation(6)
+    live, blocked = sorted(perm[:3].tolist()), sorted(perm[3:5].tolist())
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 6, 3, padding=1))
+    with torch.no_grad():
+        net.a.weight.copy_(torch.tensor(g.uniform(0.0, 0.2, (6, 3, 3, 3)), dtype=torch.float32))
+        net.a.bias.fill_(0.05)
+    if kind == "gate":
+        gate_open = np.ones(6, dtype=bool)
+        gate_open[blocked] = False
+        net.add_module("mid", SqueezeExcite(gate_open))
+        w = np.zeros(6)
+        w[live] = g.uniform(0.5, 1.5, 3) * g.choice([-1, 1], 3)
+        w[blocked] = g.uniform(5, 10, 2)
+    else:
+        net.add_module("mix", nn.Conv2d(6, 5, 1))
+        net.add_module("act", nn.ReLU() if kind == "dead" else nn.ReLU6())
+        with torch.no_grad():
+            net.mix.weight.zero_()
+            net.mix.bias.zero_()
+            for j, c in enumerate(live):
+                net.mix.weight[j, c] = float(g.uniform(0.5, 1.0))
+            for j, c in enumerate(blocked):
+                net.mix.weight[3 + j, c] = float(g.uniform(3, 6))
+                net.mix.bias[3 + j] = -100.0 if kind == "dead" else 20.0
+        w = np.concatenate([g.uniform(0.5, 1.5, 3) * g.choice([-1, 1], 3), g.uniform(5, 10, 2)])
+    net.add_module("out", nn.Conv2d(6 if kind == "gate" else 5, 1, 1, bias=False))
+    with torch.no_grad():
+        net.out.weight.copy_(torch.tensor(w, dtype=torch.float32).view(1, -1, 1, 1))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    return net, live, blocked
+
+
+def handbuilt(n: int = 10) -> dict:
+    """``n`` seeded nets per kind, ranked on half the photos (the product's own circuit)."""
+    rank_f, _ = split_photos()
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for f in rank_f:
+            os.symlink(f, Path(d) / f.name)
+        for kind in ("dead", "relu6", "gate"):
+            rows = []
+            for seed in range(1000, 1000 + n):
+                net, live, blocked = trap(kind, seed)
+                m = wrap_module(net, f"{kind}{seed}", mean=(0.0,), std=(1.0,), input_size=32, in_channels=3)
+                c = fs.circuit(m, "out", 0, from_layer="a", images=d, renders=False, k=2)
+                order = [i.channel for i in c.inputs]
+                old = [i.channel for i in sorted(c.inputs, key=lambda i: i.rank_weight)]
+                rows.append(
+                    {
+                        "seed": seed,
+                        "order": order,
+                        "old_order": old,
+                        "live": live,
+                        "blocked": blocked,
+                        "live_first": set(order[:3]) == set(live),
+                        "blocked_in_first_two": bool(set(order[:2]) & set(blocked)),
+                        "old_blocked_in_first_two": bool(set(old[:2]) & set(blocked)),
+                    }
+                )
+            out[kind] = {
+                "nets": n,
+                "live_first": sum(r["live_first"] for r in rows),
+                "blocked_in_first_two": sum(r["blocked_in_first_two"] for r in rows),
+                "old_blocked_in_first_two": sum(r["old_blocked_in_first_two"] for r in rows),
+                "rows": rows,
+            }
+            print(kind, {k: v for k, v in out[kind].items() if k != "rows"}, flush=True)
+    return out
+
+
+# ---------------------------------------------------------------- timing
+
+
+def timing(model) -> dict:
+    """`filterscope circuit` blocks.5:42 as the CLI runs it (a fresh run folder, all files), with its default
+    renders from a cold cache and without renders; then the explorer's tuning of a second filter."""
+    from filterscope.jobs.circuit import run_circuit
+
+    out = {}
+    for renders in (True, False):
+        with tempfile.TemporaryDirectory() as d:
+            t, cpu = time.perf_counter(), time.process_time()
+            r = run_circuit(model, "blocks.5", 42, out=Path(d) / "c", renders=renders, progress=False)
+            wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+        key = "with_renders" if renders else "no_renders"
+        out[f"circuit_blocks5_{key}_s"] = round(wall, 2)
+        out[f"circuit_blocks5_{key}_cpu_s"] = round(cpu, 2)
+        out[f"circuit_blocks5_{key}_parts_s"] = r.data.timings
+        out["circuit_blocks5_ablation_ratio"] = r.data.ablation["change_ratio"]
+    out.update(explorer_tuning(model))
+    return out
+
+
+def explorer_tuning(model, layer: str = "blocks.3") -> dict:
+    """The explorer worker's tuning job (``serve.workers.run_tuning``) for channels 0 then 1 of ``layer``,
+    the second in a worker whose own memo is empty (as when the pool hands it to the other worker), with a
+    cache both share; one thread, as a worker runs."""
+    from filterscope.outputs.cache import ENV_DIR, ENV_OFF, active_cache
+    from filterscope.serve import store, workers
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    saved = {k: os.environ.get(k) for k in (ENV_DIR, ENV_OFF)}
+    out = {}
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            os.environ[ENV_DIR] = d
+            os.environ.pop(ENV_OFF, None)
+            workers._MODEL, workers._SHARED = model, {}
+            for c in (0, 1):
+                workers._TUNING_MEMO = {}  # another worker
+                job = f"{c:064x}"
+                t, cpu = time.perf_counter(), time.process_time()
+                assert workers.run_tuning(job, layer, c, str(sample_photos_dir()), 0, f"f{c:063x}") == "ok"
+                rec = store.load_json(active_cache(), job)
+                name = "first" if c == 0 else "second"
+                out[f"tuning_{name}_filter_s"] = round(time.perf_counter() - t, 2)
+                out[f"tuning_{name}_filter_cpu_s"] = round(time.process_time() - cpu, 2)
+                out[f"tuning_{name}_filter_responses_from"] = rec["responses_from"]
+                out[f"tuning_{name}_filter_parts_s"] = rec["timings"]
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    out["tuning_layer"] = layer
+    return out
+
+
+# ---------------------------------------------------------------- report
 
 
 def markdown(res: dict) -> str:
@@ -133,76 +283,114 @@ def markdown(res: dict) -> str:
     lines = [
         "# bench_circuits",
         "",
-        f"efficientnet_lite0 on {m['threads']} CPU threads; load average {m['load_start']} at the start, "
-        f"{m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
+        f"efficientnet_lite0 on {m['threads']} CPU threads ({m['cpu']}); load average {m['load_start']} at the "
+        f"start, {m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
         "",
     ]
-    if "timing" in res:
-        t = res["timing"]
-        p = t["circuit_parts_s"]
+    if "ranking" in res:
+        rk = res["ranking"]
         lines += [
-            "| measurement | wall seconds (CPU seconds of the process / 2) | target |",
-            "|---|---|---|",
-            f"| circuit blocks.5:42 from blocks.4, 36 photos, no renders | {t['circuit_blocks5_s']} "
-            f"({_half(t.get('circuit_blocks5_cpu_s'))}) | ≤ 10 |",
-            f"| — of which attribution / expanded weights / ablation | {p.get('attribution_s')} / "
-            f"{p.get('expanded_weights_s')} / {p.get('ablation_s')} | |",
-            f"| the same with renders of the channel + top-8 inputs and all files | "
-            f"{t['circuit_with_renders_and_files_s'] or 'not run'} (renders {t['render_s'] or '—'}) "
-            "| counted separately |",
-            f"| tuning of the 24 channels of blocks.1 ({t['tuning_stimuli']} stimuli) "
-            f"| {t['tuning_blocks1_24_s']} ({_half(t.get('tuning_blocks1_24_cpu_s'))}) | ≤ 30 |",
-            f"| — writing tuning.json, figure, report | {t['tuning_write_s']} | |",
+            f"Rankings made on {len(rk['rank_photos'])} of the 36 bundled photos, checked on the other "
+            f"{len(rk['held_out_photos'])} (split seed {rk['split_seed']}): mean |change| of the channel with the "
+            f"first {rk['k']} inputs listed zeroed, over the mean for {rk['k']} random inputs ({rk['n_random']} "
+            f"draws); median (min) over 6 channels per layer drawn with seed {rk['channel_seed']}.",
             "",
-            f"Tuning: {t['tuning_described']} of 24 channels of blocks.1 get a description.",
-            "",
+            "| layer | from | channels | " + " | ".join(NAMES[r] for r in ORDER) + " | target |",
+            "|---|---|---|" + "---|" * (len(ORDER) + 1),
         ]
-    if "ablation" in res:
-        ab_machine = res.get("machine_first_run", m)
+        for layer, d in rk["layers"].items():
+            target = {"blocks.5": "≥ 2×", "blocks.3": "≥ 2.5×"}.get(layer, "")
+            cells = " | ".join(f"{d['median'][r]:.2f}× ({d['min'][r]:.2f})" for r in ORDER)
+            lines.append(f"| {layer} | {d['from']} | {', '.join(map(str, d['channels']))} | {cells} | {target} |")
+        lines.append("")
+    if "handbuilt" in res:
         lines += [
-            f"Ablation run: load average {ab_machine['load_start']} → {ab_machine['load_end']}.",
+            "Held-out hand-built nets (seeded, 3 live and 2 blocked inputs of 6; the blocked ones carry the largest "
+            "weights), ranked on half the photos:",
             "",
-            "| layer | from | channels | median ratio of mean abs. change: top-8 by abs. attribution / random-8 | min "
-            "| median drop: top-8 excitatory | random-8 | Spearman(weight, attribution): identity | gated "
-            "| median max abs. weight: identity | gated |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| blocked by | nets | live inputs listed first | a blocked input in the first two "
+            "| the same for the old order (expanded weights) |",
+            "|---|---|---|---|---|",
         ]
-        for layer, d in res["ablation"].items():
+        for kind, d in res["handbuilt"].items():
             lines.append(
-                f"| {layer} | {d['from']} | {len(d['channels'])} | {d['median_ratio']:.2f}× | {d['min_ratio']:.2f}× "
-                f"| {d['median_drop_excitatory']:.3f} | {d['median_drop_random']:.3f} "
-                f"| {d['median_spearman_identity']:.2f} | {d['median_spearman_gated']:.2f} "
-                f"| {d['median_max_abs_weight_identity']:.3g} | {d['median_max_abs_weight_gated']:.3g} |"
+                f"| {kind} | {d['nets']} | {d['live_first']} | {d['blocked_in_first_two']} "
+                f"| {d['old_blocked_in_first_two']} |"
             )
         lines.append("")
+    for part, mm in res.get("machine_of", {}).items():
+        lines += [
+            f"The {part} part ran at the same time as the others, in another process on the same machine "
+            f"(load average {mm['load_start']} → {mm['load_end']}).",
+            "",
+        ]
+    if "timing" in res:
+        t = res["timing"]
+        p = t["circuit_blocks5_no_renders_parts_s"]
+        lines += [
+            "| measurement | wall seconds | CPU seconds of the process | target |",
+            "|---|---|---|---|",
+            f"| `filterscope circuit --layer blocks.5 --channel 42`, default renders (cold cache), all files "
+            f"| {t['circuit_blocks5_with_renders_s']} | {t['circuit_blocks5_with_renders_cpu_s']} | ≤ 20 |",
+            f"| the same, `--no-renders` | {t['circuit_blocks5_no_renders_s']} "
+            f"| {t['circuit_blocks5_no_renders_cpu_s']} | |",
+            f"| — of which attribution / removal effects / expanded weights / ablation | {p.get('attribution_s')} / "
+            f"{p.get('removal_effects_s')} / {p.get('expanded_weights_s')} / {p.get('ablation_s')} | | |",
+            f"| explorer tuning, first filter of {t['tuning_layer']} (1 thread) | {t['tuning_first_filter_s']} "
+            f"| {t['tuning_first_filter_cpu_s']} | |",
+            f"| explorer tuning, second filter, in the other worker (responses from "
+            f"{'/'.join(t['tuning_second_filter_responses_from'])}) | {t['tuning_second_filter_s']} "
+            f"| {t['tuning_second_filter_cpu_s']} | ≤ 3 |",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", choices=["timing", "ablation"], action="append")
+    ap.add_argument("--only", choices=["ranking", "handbuilt", "timing"], action="append")
     ap.add_argument("--layers", default="blocks.5,blocks.3")
-    ap.add_argument("--renders", action="store_true", help="also time the circuit with its renders and files")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/circuits.json", help="results file")
+    ap.add_argument(
+        "--merge", type=Path, default=None, help="take the parts of this results file (another run) into --json"
+    )
     args = ap.parse_args()
-    parts = args.only or ["timing", "ablation"]
+    out_json = args.json
+    if args.merge:
+        res = json.loads(out_json.read_text())
+        other = json.loads(args.merge.read_text())
+        for part in ("ranking", "handbuilt", "timing"):
+            if part in other:
+                res[part] = other[part]
+                res.setdefault("machine_of", {})[part] = other["machine"]
+        out_json.write_text(json.dumps(res, indent=1) + "\n")
+        out_json.with_suffix(".md").write_text(markdown(res))
+        print(markdown(res))
+        return
+    parts = args.only or ["ranking", "handbuilt", "timing"]
     torch.manual_seed(0)
     model = fs.load_model("efficientnet_lite0")
-    out_json = ROOT / "benchmarks/results/circuits.json"
     res = json.loads(out_json.read_text()) if out_json.exists() and args.only else {}
+    res = {k: v for k, v in res.items() if k in ("ranking", "handbuilt", "timing", "machine")}
     res["machine"] = {
         "threads": torch.get_num_threads(),
+        "cpu": f"{os.cpu_count()} cores",
         "torch": torch.__version__,
         "load_start": [round(v, 1) for v in os.getloadavg()],
     }
+    if "ranking" in parts:
+        res["ranking"] = ranking(model, args.layers.split(","))
+    if "handbuilt" in parts:
+        res["handbuilt"] = handbuilt()
     if "timing" in parts:
-        res["timing"] = timing(model, args.renders)
+        res["timing"] = timing(model)
         print(res["timing"], flush=True)
-    if "ablation" in parts:
-        res["ablation"] = ablation(model, args.layers.split(","))
     res["machine"]["load_end"] = [round(v, 1) for v in os.getloadavg()]
+    for part in parts:
+        res.get("machine_of", {}).pop(part, None)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1) + "\n")
-    (ROOT / "benchmarks/results/circuits.md").write_text(markdown(res))
+    out_json.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))
 
 

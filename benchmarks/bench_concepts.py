@@ -33,6 +33,7 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache re
 
 import numpy as np
 import torch
+from common import tables
 from PIL import Image
 
 import filterscope as fs
@@ -180,45 +181,9 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "concepts.json").write_text(json.dumps(res_json, indent=1))
-    mach = res_json["machine"]
-    lines = [
-        "# bench_concepts",
-        "",
-        f"Machine: {mach['cpus']} CPUs ({mach['platform']}), torch threads {mach['torch_threads']}; load average "
-        f"at start {mach['load_average_at_start']}, at end {res_json['load_average_at_end']} (a shared machine: "
-        "times are upper bounds).",
-        "",
-        f"{args.images} images at {SIZE} px, efficientnet_lite0 · bn2, 10 concepts (nmf), `fast` renders, cache off.",
-        "",
-        "| measure | value | target | met |",
-        "|---|---|---|---|",
-        f"| wall time | {m['wall_s']} s | ≤ 120 s | {res_json['targets']['wall_s ≤ 120']} |",
-        f"| peak RSS | {m['peak_rss_gb']} GB | ≤ 2 GB | {res_json['targets']['peak ≤ 2 GB']} |",
-        f"| seconds per image (passes, no renders) | {m['s_per_image_passes']} | | |",
-        f"| seconds per concept (render) | {m['s_per_concept_render']} | | |",
-        f"| ablation: top-3 vs 3 random, median drop of p | {m['ablation']['top3_median_drop']} vs "
-        f"{m['ablation']['random3_median_drop']} ({m['ablation']['ratio']}×, {m['ablation']['images']} images) "
-        f"| ≥ 2× | {res_json['targets']['ablation ratio ≥ 2']} |",
-        f"| stability: median matched cosine (seed 1 vs 0) | {m['stability_median_cosine']} | ≥ 0.8 | "
-        f"{res_json['targets']['stability ≥ 0.8']} |",
-        f"| reconstruction keeps top-1: class images (all images) | {m['reconstruction_top1']:.1%} "
-        f"({m['reconstruction_top1_all_images']:.1%}) | ≥ 90 % | "
-        f"{res_json['targets']['reconstruction top-1 ≥ 90 %']} |",
-        f"| explained variance | {m['explained_variance']} | | |",
-        "",
-        f"Timings (s): {m['timings']}",
-        "",
-        "Activation pass + evidence pass + deletion curves by images (the dictionary fit is on at most 16,384 "
-        "vectors whatever the folder; 50 images also fit semi-NMF): "
-        + ", ".join(f"{k}: {v} s" for k, v in res_json["cost_s_by_images_no_renders"].items()),
-        "",
-        f"NMF vs semi-NMF on the same vectors (50 images): {json.dumps(res_json.get('methods_50_images'))}",
-        "",
-        f"Class: {m['class']} ({m['class_images']} class images). Concepts: "
-        + "; ".join(f"{c['concept']}: {c['label']} (imp {c['importance']}, drop {c['drop']})" for c in m["concepts"]),
-    ]
-    (out / "concepts.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    md = tables.concepts_table(res_json)
+    (out / "concepts.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from common import tables
 
 import filterscope as fs
 from filterscope.jobs.accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH
@@ -161,42 +162,6 @@ def plots(res: dict) -> None:
         plt.close(fig)
 
 
-def markdown(res: dict) -> str:
-    lines = ["# bench_explain", ""]
-    if "ablation" in res:
-        lines += [
-            "| layer | photos | median top-8 drop: contribution | activation | random | contribution / activation |",
-            "|---|---|---|---|---|---|",
-        ]
-        for layer, d in res["ablation"].items():
-            m = d["median_top8_drop"]
-            lines.append(
-                f"| {layer} | {d['photos']} | {m['contribution']:.3f} | {m['activation']:.3f} | {m['random']:.3f} "
-                f"| {d['ratio_contribution_vs_activation']:.2f}× |"
-            )
-        lines.append("")
-    if "accentuation" in res:
-        a = res["accentuation"]
-        lines += [
-            f"Accentuation at {a['layer']} (strength {a['strength']:g}, {a['steps']} steps, top-3 filters by "
-            f"contribution of each photo, {a['n']} filters): median gain {a['median_gain']:.2f}×, median SSIM "
-            f"{a['median_ssim']:.3f}, gain ≥ 2 and SSIM ≥ 0.5 for {a['fraction_gain2_ssim05']:.0%}; "
-            f"{a['seconds_per_accentuation']} s each.",
-            "",
-        ]
-    if "accent_curve" in res:
-        lines += ["| strength | median gain | median SSIM |", "|---|---|---|"]
-        lines += [
-            f"| {p['strength']:g} | {p['median_gain']:.2f} | {p['median_ssim']:.3f} |" for p in res["accent_curve"]
-        ]
-        lines.append("")
-    if "path" in res:
-        lines += ["| preset | median path similarity (blocks.5, 6 channels) |", "|---|---|"]
-        lines += [f"| {m} | {d['median']:.3f} |" for m, d in res["path"].items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["ablation", "accentuation", "curve", "path"], action="append")
@@ -231,9 +196,9 @@ def main() -> None:
         res["path"] = path(model)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1) + "\n")
-    (ROOT / "benchmarks/results/explain.md").write_text(markdown(res))
+    (ROOT / "benchmarks/results/explain.md").write_text(tables.explain_table(res))
     plots(res)
-    print(markdown(res))
+    print(tables.explain_table(res))
 
 
 if __name__ == "__main__":

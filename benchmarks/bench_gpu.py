@@ -9,7 +9,7 @@ Per layer (blocks.3, blocks.6, bn2), the same channels rendered by:
 - ``fast`` in float32 and with a bfloat16 network (``precision``: torch.autocast around the forward pass;
   image, objective and optimiser stay float32), and ``fast`` with 2 and 8 views per step (``views``, which on 2
   CPU cores costs ~1.7 steps and may cost far less where a batch is cheap: late in a render one view's gradient
-  is mostly noise, benchmarks/bench_noise.py, and 8 views average it 8 times);
+  is mostly noise, docs/research.md, and 8 views average it 8 times);
 - the ``lucid`` preset (Lucid's method in this loop) and, when ``torch-lucent`` is installed, Lucent's
   ``render_vis`` (one channel at a time, as it renders);
 
@@ -31,8 +31,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import bench_progress as bp  # noqa: E402
 import bench_render as br  # noqa: E402
+import common  # noqa: E402
 
 RESULTS = HERE / "results"
 LAYERS = ["blocks.3", "blocks.6", "bn2"]
@@ -61,28 +61,28 @@ def variant(model, layer: str, channels: list[int], name: str, steps: int, batch
     info = get_layer(model, layer)
     device = str(model.device)
     size = batch or auto_batch(model, settings, info)
-    br.sync(device)
+    common.sync(device)
     t0 = time.perf_counter()
     images = [r.image for r in render_stream(model, info, channels, settings, seed=0, batch=size)]
-    br.sync(device)
+    common.sync(device)
     sec = time.perf_counter() - t0
     return {
         "variant": name,
         "steps": steps,
         "batch": size,
         **_speed(len(channels), sec),
-        **bp.score_layer(model, layer, channels, images),
+        **common.score_layer(model, layer, channels, images),
     }
 
 
 def lucent_variant(model, layer: str, channels: list[int], steps: int) -> dict:
     device = str(model.device)
-    br.sync(device)
+    common.sync(device)
     t0 = time.perf_counter()
     images, _ = br.lucent(model, layer, channels, steps, device)
-    br.sync(device)
+    common.sync(device)
     sec = time.perf_counter() - t0
-    scored = bp.score_layer(model, layer, channels, images)
+    scored = common.score_layer(model, layer, channels, images)
     return {"variant": "Lucent render_vis", "steps": steps, "batch": 1, **_speed(len(channels), sec), **scored}
 
 
@@ -91,45 +91,23 @@ def run(args) -> dict:
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         return {"status": "not run: no CUDA device on this machine"}
-    model = br.load("efficientnet_lite0", args.device)
-    res: dict = {"machine": br.machine(), "device": args.device, "steps": args.steps, "layers": {}}
+    model = common.load("efficientnet_lite0", args.device)
+    res: dict = {"machine": common.machine(), "device": args.device, "steps": args.steps, "layers": {}}
     if args.device.startswith("cuda"):
         res["gpu"] = torch.cuda.get_device_name()
     for layer in args.layers.split(","):
-        channels = br.pick_channels(model, layer, args.channels)
+        channels = common.pick_channels(model, layer, args.channels)
         variant(model, layer, channels[:1], "fast float32", 2, args.batch)  # warm-up: kernels, folding
         rows = [variant(model, layer, channels, v, args.steps, args.batch) for v in VARIANTS]
         if args.lucid_steps:  # item 1's reference: Lucid's own step count, for quality per second against it
             rows.append(variant(model, layer, channels, "lucid", args.lucid_steps, args.batch))
-        if br.have_lucent() and not args.no_lucent:
+        if common.have_lucent() and not args.no_lucent:
             rows.append(lucent_variant(model, layer, channels[: args.lucent_channels], args.steps))
         by = {r["variant"]: r for r in rows}
         keep = by["fast bfloat16"]["median"] >= KEEP_BF16 * by["fast float32"]["median"]
         res["layers"][layer] = {"channels": channels, "rows": rows, "bfloat16_kept": keep}
         print(json.dumps({layer: res["layers"][layer]}), flush=True)
     return res
-
-
-def markdown(res: dict) -> str:
-    if "layers" not in res:
-        return res.get("status", "not run") + "\n"
-    out = [
-        f"Machine: {res['machine']}; device {res.get('gpu', res['device'])}; {res['steps']} steps for every method "
-        "but the last `lucid` row of a layer (Lucid's own step count, the quality reference).",
-        "",
-        "| layer | method | steps | batch | channels/min | measure | median | colourfulness |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for layer, d in res["layers"].items():
-        out += [
-            f"| {layer} | {r['variant']} | {r.get('steps', res['steps'])} | {r['batch']} | "
-            f"{r['channels_per_min']:.1f} | {r['measure']} | "
-            f"{r['median']:.2f} | {r['median_colourfulness']} |"
-            for r in d["rows"]
-        ]
-    out += ["", "bfloat16 kept (median ≥ 98 % of float32's): "]
-    out[-1] += ", ".join(f"{layer} {'yes' if d['bfloat16_kept'] else 'no'}" for layer, d in res["layers"].items())
-    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -148,7 +126,7 @@ def main() -> None:
 
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"
     res = run(args)
-    br.write_results(args.out, res, markdown(res))
+    common.write_results(args.out, res, common.tables.gpu_table(res))
 
 
 if __name__ == "__main__":

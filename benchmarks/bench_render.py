@@ -15,7 +15,8 @@ the channels), the median colourfulness (Hasler & Süsstrunk) and RMS contrast o
     python benchmarks/bench_render.py --curve --layer blocks.5   # robustness vs steps for each preset
     python benchmarks/bench_render.py --layout             # atlas: 1 process × N threads vs N processes × 1
 
-Writes benchmarks/results/bench.json, bench.md and bench.png (robust ratio vs seconds per channel).
+Writes benchmarks/results/bench.json and bench.md, and docs/bench.png (robust ratio vs seconds per channel),
+the figure the docs show. Shared helpers: ``common.py``; the table: ``scripts/bench_tables.py``.
 """
 
 from __future__ import annotations
@@ -23,15 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from common import RESULTS, ROOT, have_lucent, load, machine, peak_mib, pick_channels, sync, tables  # noqa: E402
 
 CONFIGS = {
     "efficientnet_lite0": ["blocks.1", "blocks.3", "bn2"],
@@ -39,56 +40,6 @@ CONFIGS = {
 }
 NAIVE_STEPS = 48
 NAIVE_LR = 0.02
-
-
-def load(model_name: str, device: str):
-    """The real model for efficientnet_lite0; resnet18 with random weights (speed only, no download)."""
-    import torch
-    import torchvision
-
-    from filterscope.models import load_model
-
-    if model_name == "resnet18":
-        torch.manual_seed(0)
-        return load_model(torchvision.models.resnet18(weights=None), name="resnet18-random", device=device)
-    return load_model(model_name, device=device)
-
-
-def pick_channels(model, layer: str, n: int) -> list[int]:
-    import numpy as np
-
-    from filterscope.models.layers import get_layer
-
-    c = get_layer(model, layer).channels
-    return sorted(int(x) for x in np.random.default_rng(1).choice(c, n, replace=False))
-
-
-def peak_mib(device: str) -> dict:
-    out = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if device.startswith("cuda"):
-        import torch
-
-        out["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return out
-
-
-def write_results(out, res: dict, markdown: str) -> None:
-    """``out``.json (``res``) and ``out``.md (``markdown``), the parent folder made; the markdown printed."""
-    import json
-    from pathlib import Path
-
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(res, indent=1))
-    out.with_suffix(".md").write_text(markdown)
-    print(markdown)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------- methods (run inside a worker process)
@@ -328,30 +279,6 @@ def run_worker(
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def have_lucent() -> bool:
-    try:
-        import lucent  # noqa: F401
-
-        return True
-    except Exception:
-        return False
-
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}{gpu}"
-
-
 def bench(args) -> dict:
     from filterscope.optvis.presets import PRESETS
 
@@ -460,47 +387,6 @@ def layout(args) -> dict:
     return {"machine": machine(), "layer": layer, "rows": rows, "speedup_processes": speedup}
 
 
-def markdown(results: dict) -> str:
-    """The table. The ceiling of a layer is the best (lowest) of the ceilings timed in all of that layer's
-    processes: the machine's real speed, not one process's noisy timing. "× naive/step": the naive loop's
-    seconds per step divided by the method's (above 1: each step is cheaper than the tutorial's)."""
-    rows = [r for r in results["rows"] if "error" not in r]
-    best = {}
-    naive = {}
-    for r in rows:
-        key = (r["model"], r["layer"])
-        if r.get("ceiling_s_per_step"):
-            best[key] = min(best.get(key, float("inf")), r["ceiling_s_per_step"])
-        if r["method"] == "naive":
-            naive[key] = r["s_per_step"]
-    lines = [
-        f"Machine: {results['machine']}; device {results['device']}. Robust ratio: median over the channels "
-        "of act(render under 90-100 % crops) / max act over the 36 bundled photos. Ceiling: forward+backward "
-        "of the model truncated at the layer, batch 1, best timing in the run.",
-        "",
-        "| model | layer | method | steps | s/channel | s/step | × naive/step | % of ceiling | robust ratio "
-        "| colourfulness | RMS contrast | peak RSS MiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["rows"]:
-        if "error" in r:
-            lines.append(
-                f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps_asked']} | error: {r['error']} |||||||"
-            )
-            continue
-        key = (r["model"], r["layer"])
-        ceil = best.get(key)
-        frac = f"{100 * ceil / r['s_per_step']:.0f} % of {ceil * 1000:.1f} ms" if ceil else ""
-        vs = f"{naive[key] / r['s_per_step']:.2f}×" if key in naive else ""
-        lines.append(
-            f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps']:.0f} | {r['s_per_channel']:.2f} | "
-            f"{r['s_per_step'] * 1000:.1f} ms | {vs} | {frac} | {r['median_robust_ratio']:.2f} | "
-            f"{r.get('median_colourfulness', float('nan')):.1f} | {r.get('median_rms_contrast', float('nan')):.3f} | "
-            f"{r['peak_rss_mib']:.0f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -583,9 +469,9 @@ def main() -> None:
         return
     res = bench(args)
     (out / "bench.json").write_text(json.dumps(res, indent=2))
-    (out / "bench.md").write_text(markdown(res))
-    plot(res, out / "bench.png")
-    print(markdown(res))
+    (out / "bench.md").write_text(tables.render_table(res))
+    plot(res, ROOT / "docs" / "bench.png")
+    print(tables.render_table(res))
 
 
 if __name__ == "__main__":

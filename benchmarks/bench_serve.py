@@ -23,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import tables  # noqa: E402
 
 
 def rss_tree(pid: int, field: str = "Rss:") -> int:
@@ -148,22 +151,9 @@ def main() -> None:
         proc.wait(30)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve.json").write_text(json.dumps(res, indent=2) + "\n")
-    c20 = res["cached_20_clients"]
-    md = [
-        "| measure | target | measured |",
-        "|---|---|---|",
-        f"| cached page/image, 20 clients, p95 | ≤ 100 ms | {c20['p95_ms']} ms (p50 {c20['p50_ms']} ms, "
-        f"{c20['requests']} requests, {c20['requests_per_s']} req/s) |",
-        f"| first render at blocks.5 (fast), request → picture | ≤ 3 s | "
-        f"{', '.join(f'{x:.2f}' for x in res['first_render_blocks5_s'])} s |",
-        f"| cached render | ≤ 0.2 s | {', '.join(f'{1000 * x:.0f}' for x in res['cached_render_s'])} ms |",
-        f"| explanation of an uploaded photo (blocks.5) | ≤ 30 s | {res['explanation_s']:.2f} s |",
-        f"| peak memory, server + manager + 2 workers | ≤ 3 GB | PSS {res['peak_pss_gb']:.2f} GB "
-        f"(sum of RSS {res['peak_rss_gb']:.2f} GB, shared libraries counted per process) |",
-        f"| server start (model + 2 workers warm) | | {res['startup_s']:.1f} s |",
-    ]
-    (OUT / "serve.md").write_text("\n".join(md) + "\n")
-    print("\n".join(md))
+    md = tables.serve_table(res)
+    (OUT / "serve.md").write_text(md)
+    print(md)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import tables  # noqa: E402
+
 OUT = ROOT / "benchmarks" / "results"
 MAX_JOBS, CLIENTS, REQUESTS, ATTACKS = 4, 20, 600, 60
 
@@ -145,26 +149,7 @@ def main() -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "serve_guard.json").write_text(json.dumps(res, indent=2) + "\n")
-    cp, jr = res["cached_pages"], res["job_requests_during"]
-    md = [
-        "# The explorer's guard under load (`benchmarks/bench_serve_guard.py`)",
-        "",
-        f"{res['machine']}, `filterscope serve --model digits_cnn --workers 1 --max-jobs {MAX_JOBS}` on 127.0.0.1,",
-        f"the bound filled by {MAX_JOBS} renders; {cp['clients']} clients fetch cached pages and images while "
-        f"{jr['sent']} job requests arrive under made-up client cookies.",
-        "",
-        "| measure | value |",
-        "|---|---|",
-        f"| cached requests (200) | {cp['ok']} / {cp['requests']} |",
-        f"| cached p50 / p95 / max | {cp['p50_ms']} / {cp['p95_ms']} / {cp['max_ms']} ms (target p95 ≤ 100 ms) |",
-        f"| cached requests per second | {cp['requests_per_s']} |",
-        f"| job requests refused 429 (with Retry-After) | {jr['refused_429']} ({jr['with_retry_after']}) "
-        f"of {jr['sent']} |",
-        f"| job requests accepted | {jr['accepted']} |",
-        f"| machine load average (1 min) at the end | {res['load_average_1min']} |",
-        "",
-    ]
-    (OUT / "serve_guard.md").write_text("\n".join(md))
+    (OUT / "serve_guard.md").write_text(tables.serve_guard_table(res))
     print(json.dumps(res, indent=2))
 
 

@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_render as br  # noqa: E402
+import common  # noqa: E402
 
 RESULTS = HERE / "results"
 MODEL = "efficientnet_lite0"
@@ -49,15 +50,11 @@ RAY_TEST = str(HERE.parent / "tests" / "test_ray_cluster.py")
 PREVIOUS = {"FILTERSCOPE_NO_MALLOPT": "1", "FILTERSCOPE_NO_FOLD": "1"}  # the previous release's loop
 
 
-def fraction_target(layer: str) -> float:
-    return 0.70 if layer == "blocks.1" else 0.80
-
-
 def steps_and_quality(args) -> list[dict]:
-    m = br.load(MODEL, "cpu")
+    m = common.load(MODEL, "cpu")
     rows = []
     for layer in QUALITY_LAYERS:
-        channels = br.pick_channels(m, layer, args.n_channels)
+        channels = common.pick_channels(m, layer, args.n_channels)
         pre = layer == "bn2"
         # per-process speed on a shared VM varies by up to ~20 %: each timed method runs twice, alternating,
         # and the faster process counts (the renders, hence the quality numbers, are the same)
@@ -96,7 +93,7 @@ def class_worker(classes: list[int]) -> None:
     stack = torch.stack([i.float() for i in images])
     scores = score_images(m, LOGIT, classes, stack, natural_max(m, LOGIT), eval_model=ev)
     out = {
-        "method": settings.preset,
+        "method": settings.label,
         "s_per_class": sec,
         "top1": [bool(s.top1) for s in scores],
         "top5": [bool(s.top5) for s in scores],
@@ -212,93 +209,6 @@ def layout_check(args) -> dict:
 # ---------------------------------------------------------------- the report
 
 
-def _ok(flag: bool | None) -> str:
-    return "not measured" if flag is None else ("**met**" if flag else "**not met**")
-
-
-def report(res: dict) -> str:
-    lines = [f"Machine: {res['machine']}. `python benchmarks/bench_targets.py`: {res['seconds'] / 60:.1f} min."]
-    # ``remeasured``: sections run again later with --only and merged into targets.json by hand (the run's
-    # own seconds and machine stay the first run's)
-    for section, again in res.get("remeasured", {}).items():
-        lines[0] += f" Section `{section}` measured again ({again['why']}): {again['seconds'] / 60:.1f} min."
-    lines.append("")
-    lines += ["| # | target | measured | |", "|---|---|---|---|"]
-    lay = res.get("layout")
-    if lay:
-        rows = {r["layout"]: r for r in lay["rows"] if "error" not in r}
-        names = list(rows)
-        faster = min(names, key=lambda n: rows[n]["render_s"]) if len(names) == 2 else None
-        auto = lay["auto_for_measured"]
-        auto_is_procs = "process" in auto and not auto.startswith("1 process")
-        faster_is_procs = faster is not None and not faster.startswith("1 process")
-        txt = "; ".join(f"{n}: {rows[n]['render_s']:.1f} s" for n in names)
-        lines.append(
-            f"| 1 | default layout is the faster one ({lay['layer']}, {lay['rows'][0].get('channels')} channels) | "
-            f"{txt}; default picks {auto}; for 784 channels: {lay['auto_for_atlas']} | "
-            f"{_ok(faster is not None and auto_is_procs == faster_is_procs)} |"
-        )
-    for row in res.get("quality", []):
-        layer, fast, prev = row["layer"], row.get("fast", {}), row.get("previous")
-        if prev is None or "error" in fast or "error" in prev:
-            continue
-        # the layer's ceiling is the lowest timed in any of its processes (the machine's real speed; one process's
-        # timing can be slow and would flatter the fraction); the same for the folded net
-        runs = [r for r in (fast, prev, row.get("lucid", {})) if r.get("ceiling_s_per_step")]
-        ceil = min(r["ceiling_s_per_step"] for r in runs)
-        ceil_net = min(r["ceiling_net_s_per_step"] for r in runs if r is not prev)
-        frac, frac_prev = ceil / fast["s_per_step"], ceil / prev["s_per_step"]
-        fixed_after = (fast["s_per_step"] - ceil_net) * 1000
-        fixed_before = (prev["s_per_step"] - ceil) * 1000
-        lines.append(
-            f"| 2 | `fast` at {layer} ≥ {fraction_target(layer):.0%} of the ceiling | "
-            f"{frac:.1%} ({fast['s_per_step'] * 1000:.1f} ms/step, ceiling {ceil * 1000:.1f} ms; "
-            f"previous release {frac_prev:.1%}, {prev['s_per_step'] * 1000:.1f} ms/step). Fixed cost "
-            f"(step − ceiling of the net the loop runs): {fixed_after:.1f} ms, previous {fixed_before:.1f} ms "
-            f"({fixed_before / max(fixed_after, 1e-9):.2f}× smaller) | {_ok(frac >= fraction_target(layer))} |"
-        )
-    for row in res.get("quality", []):
-        layer, fast, luc = row["layer"], row.get("fast", {}), row.get("lucid", {})
-        if "error" in fast or "error" in luc:
-            lines.append(f"| 3 | quality at {layer} | error: {fast.get('error') or luc.get('error')} | |")
-            continue
-        key = "median_robust_pre_relu" if layer == "bn2" else "median_robust_ratio"
-        what = "robust mean pre-activation, ReLU6 caps the output" if layer == "bn2" else "robust ratio"
-        ratio = luc["s_per_channel"] / fast["s_per_channel"]
-        lines.append(
-            f"| 3 | `fast` ≥ Lucid-512 at {layer} ({what}) in ≤ 1/8 of its time | "
-            f"median {fast[key]:.2f} vs {luc[key]:.2f}; "
-            f"{fast['s_per_channel']:.2f} vs {luc['s_per_channel']:.2f} s/channel (1/{ratio:.1f}) | "
-            f"{_ok(fast[key] >= luc[key] and ratio >= 8)} |"
-        )
-    cl = res.get("classes")
-    if cl and "error" not in cl:
-        t1, t5 = sum(cl["top1"]) / len(cl["top1"]), sum(cl["top5"]) / len(cl["top5"])
-        lines.append(
-            f"| 3 | class renders ≥ 90 % top-1 on efficientnet_lite1 ({len(cl['classes'])} classes) | "
-            f"`{cl.get('method', 'fast')}`: top-1 {t1:.0%}, top-5 {t5:.0%}, {cl['s_per_class']:.1f} s/class | "
-            f"{_ok(t1 >= 0.9)} |"
-        )
-    at = res.get("atlas")
-    if at:
-        if "error" in at:
-            lines.append(f"| 4 | whole model ≤ 20 min | error: {at['error'][-200:]} | **not met** |")
-        else:
-            lines.append(
-                f"| 4 | whole model (784 channels, blocks.0-6) ≤ 20 min | {at['wall_s'] / 60:.1f} min wall for "
-                f"{at['channels']} channels, peak RSS {at['peak_rss_tree_mib']} MiB (all processes), layout "
-                f"{at['layout']} | "
-                f"{_ok(at['wall_s'] <= 20 * 60)} |"
-            )
-    ray = res.get("ray")
-    if ray:
-        lines.append(
-            f"| 5 | Ray two-node fault test passes | {ray['summary']} ({ray['seconds']} s) | {_ok(ray['passed'])} |"
-        )
-    lines.append(f"| 6 | GPU | {res.get('gpu', 'no CUDA device on this machine')} | {_ok(None)} |")
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--skip-atlas", action="store_true")
@@ -314,7 +224,7 @@ def main() -> None:
     if args.skip_atlas:
         only.discard("atlas")
     t0 = time.perf_counter()
-    res: dict = {"machine": br.machine()}
+    res: dict = {"machine": common.machine()}
     import torch
 
     if not torch.cuda.is_available():
@@ -334,7 +244,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     name = "targets" if not args.only else "targets_" + "_".join(sorted(only))
     (out / f"{name}.json").write_text(json.dumps(res, indent=2))
-    md = report(res)
+    md = common.tables.targets_table(res)
     (out / f"{name}.md").write_text(md)
     print(md)
 

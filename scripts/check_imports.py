@@ -1,8 +1,19 @@
-"""Print the import cycles between filterscope's modules and exit 1 when there is one.
+"""Check filterscope's import graph: exit 1 on an import cycle or on an import up the floors.
+
+The floors, lowest first (data flows one way: a module imports only its own floor and those below):
+
+    0 base     errors, version, plugins, data  (no filterscope import, or only each other)
+    1 models   models/, results (per-layer result types built on models.layers, used by optvis and up)
+    2 optvis   optvis/
+    3 outputs  outputs/
+    4 jobs     jobs/
+    5 serve    serve/
+    6 cli      cli
+    7 package  filterscope/__init__.py (the public API: lazy attributes over every floor)
 
 Every import counts: module-level, function-level and ``if TYPE_CHECKING:`` ones alike. A type-checking
 import does not run, but it is a real layering dependency (the module uses the other's types), so a cycle
-through one is a cycle in the design."""
+or an upward arrow through one is one in the design. Run by ``.ci/run``."""
 
 from __future__ import annotations
 
@@ -11,6 +22,34 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "src"
+FLOORS = {"base": 0, "models": 1, "optvis": 2, "outputs": 3, "jobs": 4, "serve": 5, "cli": 6, "package": 7}
+# the top-level modules and packages of filterscope → their floor
+PLACE = {
+    "errors": "base",
+    "version": "base",
+    "plugins": "base",
+    "data": "base",
+    "defaults": "base",
+    "models": "models",
+    "results": "models",
+    "optvis": "optvis",
+    "outputs": "outputs",
+    "jobs": "jobs",
+    "serve": "serve",
+    "cli": "cli",
+    "cli_options": "cli",
+}
+
+
+def floor(module: str) -> int | None:
+    """The floor of ``filterscope.X…`` (the package itself is the top); -1 for a filterscope module on no
+    floor (a new top-level module: place it in :data:`PLACE`); None outside filterscope."""
+    parts = module.split(".")
+    if parts[0] != "filterscope":
+        return None
+    if len(parts) == 1:
+        return FLOORS["package"]
+    return FLOORS[PLACE[parts[1]]] if parts[1] in PLACE else -1
 
 
 def module_name(path: Path) -> str:
@@ -56,9 +95,20 @@ def main() -> int:
     for m in sorted(graph):
         visit(m, [m])
     for c in cycles:
-        print(" → ".join(c))
-    print(f"{len(graph)} modules, {len(cycles)} import cycles")
-    return 1 if cycles else 0
+        print("cycle: " + " → ".join(c))
+    unplaced = sorted(m for m in graph if floor(m) == -1)
+    for m in unplaced:
+        print(f"no floor: {m} (add it to PLACE in scripts/check_imports.py)")
+    upward = sorted(
+        (a, b)
+        for a, deps in graph.items()
+        for b in deps
+        if floor(a) is not None and floor(b) is not None and floor(a) >= 0 and floor(b) > floor(a)
+    )
+    for a, b in upward:
+        print(f"upward: {a} (floor {floor(a)}) imports {b} (floor {floor(b)})")
+    print(f"{len(graph)} modules, {len(cycles)} import cycles, {len(upward)} imports up the floors")
+    return 1 if cycles or upward or unplaced else 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Regenerate the pictures in docs/ that the README shows, with the commands a user would run.
 
-    python scripts/make_readme_figures.py [--atlas DIR] [--bench benchmarks/results]
+    python scripts/make_readme_figures.py [--atlas DIR]
 
 - docs/figure_boost.png: ``filterscope boost`` with defaults;
 - docs/grid_methods_bn2.png, docs/grid_methods_blocks5.png: ``filterscope compare`` of seed, lucid, maco
@@ -8,7 +8,6 @@
   of blocks.5;
 - docs/atlas_layer.png, docs/atlas_channel.png: headless-Chromium screenshots of an atlas (``--atlas DIR``,
   built with ``filterscope atlas``);
-- docs/bench.png (copied from ``--bench``; the docs' benchmark page makes its tables from the JSON);
 - with ``--guide`` (only these, for the documentation's guide pages): docs/figure_inspect.png
   (``filterscope inspect``'s bar chart), docs/figure_accentuate.png (``filterscope accentuate --layer
   blocks.5``: photo | accentuation | change map per filter), docs/grid_render.png (``filterscope render
@@ -115,7 +114,6 @@ def views_figure(tmp: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atlas", type=Path)
-    ap.add_argument("--bench", type=Path)
     ap.add_argument("--skip-renders", action="store_true")
     ap.add_argument("--guide", action="store_true", help="only the guide pages' figures")
     ap.add_argument("--jobs", action="store_true", help="only the concepts, circuit and tuning figures")
@@ -154,8 +152,6 @@ def main() -> None:
             shutil.copy(tmp / f"compare_{name}/figure_compare.png", DOCS / f"grid_methods_{name}.png")
     if a.atlas:
         screenshots(a.atlas)
-    if a.bench:
-        shutil.copy(a.bench / "bench.png", DOCS / "bench.png")
     print(f"wrote {sorted(p.name for p in DOCS.iterdir())}")
 
 

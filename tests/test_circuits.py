@@ -203,6 +203,39 @@ def test_tuning_memo_gives_the_same_answers_and_skips_the_passes(lines, photos):
     assert list(bounded) == [(i,) for i in range(20 - 2 * T.MEMO_LAYERS, 20)]
 
 
+def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos, lines_tuning, tmp_path, monkeypatch):
+    """The explorer's pool hands a layer's next filter to any worker (or a fresh one): the layer's stimulus
+    and photo responses are in the cache they all share, so a second filter of the layer, in a worker whose
+    own memo is empty, runs no stimulus pass (counted) and says where its responses came from."""
+    from filterscope.jobs import tuning as T
+    from filterscope.outputs.cache import ENV_DIR, ENV_OFF, active_cache
+    from filterscope.serve import store, workers
+
+    monkeypatch.setenv(ENV_DIR, str(tmp_path / "cache"))
+    monkeypatch.delenv(ENV_OFF, raising=False)
+    monkeypatch.setattr(workers, "_MODEL", lines)
+    monkeypatch.setattr(workers, "_SHARED", {})
+    calls = []
+    real = T.responses
+    monkeypatch.setattr(T, "responses", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = active_cache()
+    keys, jobs = [], []
+    for c in (0, 1, 2):
+        monkeypatch.setattr(workers, "_TUNING_MEMO", {} if c < 2 else workers._TUNING_MEMO)  # 1: another worker
+        n = len(calls)
+        job, fig = f"a{c:063x}", f"f{c:063x}"
+        jobs.append(job)
+        assert workers.run_tuning(job, "g", c, str(photos), 0, fig) == "ok"
+        rec = store.load_json(cache, job)
+        keys.append(rec["responses_from"])
+        assert rec["channel"] == c and cache.has(fig)
+        assert (len(calls) > n) == (c == 0), (c, len(calls), n)  # only the first filter ran the stimuli
+    assert keys == [["computed", "computed"], ["cache", "cache"], ["process", "process"]]
+    plain = lines_tuning[1].record()["channels"]["1"]  # fs.tuning with no memo
+    second = store.load_json(cache, jobs[1])  # from the cache: the answer of a run without any memo
+    assert all(second[k] == plain[k] for k in ("orientation", "orientation_selectivity", "frequency", "hue"))
+
+
 def test_tuning_natural_max_is_evaluates(lines_tuning, lines, photos):
     from filterscope.jobs.evaluate import natural_max
 
@@ -351,6 +384,117 @@ def test_expanded_weights_through_squeeze_excite_hold_its_gate(photos):
         assert i.weight == pytest.approx(float(w[i.channel]), abs=1e-5)
 
 
+# ---------------------------------------------------------------- the default order: what the network lets through
+
+
+class Gate(nn.Module):
+    """Squeeze-excite whose gate is set by its biases alone (zero weights): σ(+30) ≈ 1 passes a channel,
+    σ(−30) ≈ 0 silences it."""
+
+    def __init__(self, open_: list[bool]):
+        super().__init__()
+        self.se = SqueezeExcite(len(open_))
+        with torch.no_grad():
+            for conv in (self.se.conv_reduce, self.se.conv_expand):
+                conv.weight.zero_()
+            self.se.conv_reduce.bias.fill_(1.0)
+            self.se.conv_expand.bias.copy_(torch.tensor([30.0 if o else -30.0 for o in open_]))
+
+    def forward(self, x):
+        return self.se(x)
+
+
+def trap_net(kind: str) -> nn.Module:
+    """``a`` (4 channels from the photo: R, G, B and grey, each + 0.1, so all > 0) → a middle that carries
+    ``a:0`` and ``a:1`` and blocks ``a:3`` → ``out``, whose channel 0 weighs the blocked path most.
+
+    - ``dead``: ``relu(5·a3 − 100)``: a negative bias keeps the unit off on every image;
+    - ``relu6``: ``relu6(10·a3 + 10)``: saturated at 6 on every image (zero slope);
+    - ``gate``: a squeeze-excite gate σ(−30) on ``a:3``.
+    ``a:2`` reaches nothing. The identity-linearised weights list ``a:3`` first for ``dead`` and ``relu6``."""
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 4, 1))
+    with torch.no_grad():
+        net.a.weight.zero_()
+        for c in range(3):
+            net.a.weight[c, c] = 1.0
+        net.a.weight[3] = 1.0 / 3
+        net.a.bias.fill_(0.1)
+    if kind == "gate":
+        net.add_module("mid", Gate([True, True, True, False]))
+        out_w = [1.0, 0.6, 0.0, 8.0]
+    else:
+        net.add_module("mix", nn.Conv2d(4, 3, 1))
+        net.add_module("act", nn.ReLU() if kind == "dead" else nn.ReLU6())
+        with torch.no_grad():
+            net.mix.weight.zero_()
+            net.mix.weight[0, 0] = 1.0 if kind == "dead" else 0.5  # ReLU6: stays below its cap of 6
+            net.mix.weight[1, 1] = 0.6 if kind == "dead" else 0.3
+            net.mix.weight[2, 3] = 5.0 if kind == "dead" else 10.0
+            net.mix.bias.copy_(torch.tensor([0.0, 0.0, -100.0 if kind == "dead" else 10.0]))
+        out_w = [1.0, 1.0, 5.0]
+    net.add_module("out", nn.Conv2d(len(out_w), 1, 1, bias=False))
+    with torch.no_grad():
+        net.out.weight.copy_(torch.tensor(out_w).view(1, -1, 1, 1))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    return net
+
+
+@pytest.mark.parametrize("kind", ["dead", "relu6", "gate"])
+def test_default_order_lists_what_carries_the_filter_first(kind, photos):
+    model = wrap_module(trap_net(kind), kind, mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    c = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=2)
+    order = [i.channel for i in c.inputs]
+    assert set(order[:2]) == {0, 1}, order  # the inputs that carry the filter first
+    assert set(order[2:]) == {2, 3}, order  # the blocked and the unconnected ones last
+    by = {i.channel: i for i in c.inputs}
+    assert by[0].effect > by[1].effect > 0 and by[0].sign == "excites"
+    assert abs(by[3].effect) < 1e-5 and by[3].effect_abs < 1e-5 and by[3].sign == "none"
+    if kind != "gate":  # the trap: the expanded weights rank the blocked input first
+        assert by[3].rank_weight == 0 and by[3].weight_norm == pytest.approx(1.0)
+        assert c.ranking["weights_agreement"]["identity"]["spearman_effect"] < 0.5
+    ab = c.ablation
+    assert ab["first"] == order[:2] and ab["change_top"] > ab["change_random"] and ab["passed"]
+    rec = c.record()
+    assert [i["channel"] for i in rec["inputs"]] == order and rec["ranking"]["method"] == "effect"
+    assert {"layer", "channel", "weight", "attribution", "effect", "weight_gated"} <= set(rec["inputs"][0])
+
+
+def test_an_input_that_holds_a_relu6_at_its_cap_is_listed_by_what_removing_it_does(photos):
+    """``relu6(100·a3 + 2)``: ``a:3`` (≥ 0.1) keeps the unit at its cap on every photo (slope 0, so gradient ×
+    activation is 0), but without it the unit falls from 6 to 2: the measured effect lists it first, and
+    zeroing it moves the filter most, which is what the ablation checks."""
+    net = trap_net("relu6")
+    with torch.no_grad():
+        net.mix.weight[2, 3] = 100.0
+        net.mix.bias[2] = 2.0
+    model = wrap_module(net, "cap", mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    c = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=1)
+    first = c.inputs[0]
+    assert first.channel == 3 and first.effect == pytest.approx(5.0 * 4.0, rel=1e-4)  # out weight 5 × (6 − 2)
+    assert abs(first.attribution) < 1e-6 and first.rank_attribution > 0
+    assert c.ablation["first"] == [3] and c.ablation["passed"]
+
+
+def test_ablation_warns_when_the_first_k_are_no_better_than_random(photos):
+    """All four inputs carry the filter equally: no set of 2 beats 2 random ones by 1.5×, and the circuit
+    says so in its record."""
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 4, 1))
+    net.add_module("out", nn.Conv2d(4, 1, 1, bias=False))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    with torch.no_grad():
+        net.a.weight.fill_(1.0 / 3)
+        net.a.bias.zero_()
+        net.out.weight.fill_(1.0)
+    model = wrap_module(net, "flat4", mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    ab = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=2).ablation
+    assert ab["change_ratio"] == pytest.approx(1.0, abs=1e-3)
+    assert not ab["passed"] and "1.00×" in ab["warning"]
+
+
 def test_bad_input_is_a_usage_error_before_anything(lines, tmp_path):
     with pytest.raises(UsageError, match="does not feed"):
         fs.circuit(lines, "f", 0, from_layer="g", out=tmp_path / "x")
@@ -428,11 +572,13 @@ def test_circuit_cli_on_efficientnet(tmp_path, capsys):
     rec = json.loads((out / "circuit.json").read_text())
     assert (rec["layer"], rec["channel"], rec["from"]) == ("blocks.5", 42, "blocks.4")
     assert len(rec["inputs"]) == 112 and sorted(i["channel"] for i in rec["inputs"]) == list(range(112))
-    w = [abs(i["weight"]) for i in rec["inputs"]]
-    assert w == sorted(w, reverse=True)
+    # issue 43: listed by measured effect (was: by |weight|), first = strongest, checked by ablation
+    assert [i["rank"] for i in rec["inputs"]] == list(range(112)) and rec["ranking"]["method"] == "effect"
     for i in rec["inputs"]:
-        assert {"layer", "channel", "weight", "attribution"} <= set(i) and i["layer"] == "blocks.4"
+        assert {"layer", "channel", "weight", "attribution", "effect", "weight_gated"} <= set(i)
+        assert i["layer"] == "blocks.4" and -1 <= i["weight_normalized"] <= 1
     ab = rec["ablation"]
+    assert ab["first"] == [i["channel"] for i in rec["inputs"][:8]]
     assert ab["change_top"] > ab["change_random"] and ab["drop_excitatory"] > ab["drop_random"]
     run = json.loads(stdout)
     assert run["status"] == "complete" and run["settings"]["renders"] is False

@@ -67,11 +67,12 @@ def test_open_run_failure_before_any_file_writes_nothing(tmp_path):
 def test_settings_know_their_preset():
     lucid = get_preset("lucid")
     assert lucid.preset == "lucid"
-    assert lucid.with_(steps=8).preset == "lucid+steps"
-    assert lucid.with_(steps=8).with_(lr=0.1).preset == "lucid+lr+steps"
-    assert lucid.with_(steps=lucid.steps).preset == "lucid"  # no real change, no label
+    assert lucid.with_(steps=8).label == "lucid+steps" and lucid.with_(steps=8).changed == ("steps",)
+    assert lucid.with_(steps=8).with_(lr=0.1).label == "lucid+lr+steps"
+    assert lucid.with_(steps=8).with_(lr=0.1).preset == "lucid"  # the preset is a field, the label made from it
+    assert lucid.with_(steps=lucid.steps).label == "lucid"  # no real change, no label
     assert lucid.with_(steps=8) == get_preset("lucid").with_(steps=8)  # the label is not part of the meaning
-    assert "preset" not in lucid.as_dict()
+    assert "preset" not in lucid.as_dict() and "changed" not in lucid.as_dict()
     assert resolve_settings(None, None).preset == "fast"
     assert resolve_settings(None, lucid) is lucid
     with pytest.raises(UsageError, match="disagree"):
@@ -84,7 +85,7 @@ def test_run_json_records_the_preset_that_ran(model, tmp_path):
     )
     rec = json.loads((res.run_dir / "run.json").read_text())
     assert rec["settings"]["method"] == "lucid+steps" and rec["settings"]["render"]["steps"] == 2
-    assert res.status == "complete" and res.summary.rendered == [0]
+    assert res.status == "complete" and res.data.summary.rendered == [0]
 
 
 # (API call, CLI arguments): each must be refused with one line, the same in both, before anything is written
@@ -94,11 +95,11 @@ REFUSALS = [
     (lambda m, out: fs.render_channels(m, "blocks.0", [99], out=out), ["render", "--layer", "blocks.0", "--channels", "99"]),  # noqa: E501
     (lambda m, out: fs.explain(m, layer="blocks.0", top=40, out=out), ["explain", "--layer", "blocks.0", "--top", "40"]),  # noqa: E501
     (
-        lambda m, out: fs.jobs.accentuate.accentuate_to_dir(m, None, out, layer="blocks.0", channels=[77]),
+        lambda m, out: fs.run_job(fs.jobs.accentuate.JOB, m, out=out, layer="blocks.0", channels=[77]),
         ["accentuate", "--layer", "blocks.0", "--channels", "77"],
     ),
     (
-        lambda m, out: fs.jobs.inspect.inspect_to_dir(m, None, out, layer="logit"),
+        lambda m, out: fs.run_job(fs.jobs.inspect.JOB, m, out=out, layer="logit"),
         ["inspect", "--layer", "logit"],
     ),
 ]  # fmt: skip

@@ -1,6 +1,5 @@
-"""A default preset per kind of target (class logits render with ``maco-fused``) and the render options of the
-progress-per-step research (lr schedule, coarse steps, natural-contrast start, views per step): checked,
-recorded, keyed."""
+"""A default preset per kind of target (class logits render with ``maco-fused``) and the render options
+(natural-contrast start, views per step, averaging, annealing, precision): checked, recorded, keyed."""
 
 import json
 
@@ -12,7 +11,7 @@ from filterscope.errors import UsageError
 from filterscope.models.layers import LOGIT
 from filterscope.optvis.objectives import channel
 from filterscope.optvis.param import make_param
-from filterscope.optvis.presets import METHOD_BY_TARGET, default_method, for_target, get_preset, resolve_settings
+from filterscope.optvis.presets import METHOD_BY_TARGET, default_method, get_preset, resolve_settings
 from filterscope.optvis.render import Renderer, RenderSettings
 from filterscope.outputs.cache import render_key
 
@@ -24,12 +23,13 @@ def test_logits_default_to_their_own_preset_and_a_named_method_wins():
     assert resolve_settings(layer=LOGIT).preset == METHOD_BY_TARGET["logit"] == default_method(LOGIT)
     assert resolve_settings(layer="blocks.5").preset == "fast" == default_method(None)
     assert resolve_settings("fast", layer=LOGIT).preset == "fast"
-    # CLI-built settings (default preset + the user's changes) move to the logit preset with the same changes
-    moved = for_target(get_preset("fast").with_(steps=5, lr=0.3), LOGIT)
-    assert moved.preset == f"{METHOD_BY_TARGET['logit']}+lr+steps" and (moved.steps, moved.lr) == (5, 0.3)
+    # the user's changes without a method go onto the target kind's preset
+    moved = resolve_settings(layer=LOGIT, steps=5, lr=0.3)
+    assert moved.label == f"{METHOD_BY_TARGET['logit']}+lr+steps" and (moved.steps, moved.lr) == (5, 0.3)
+    assert moved.preset == METHOD_BY_TARGET["logit"] and moved.changed == ("lr", "steps")
     assert moved.param == get_preset(METHOD_BY_TARGET["logit"]).param
-    assert for_target(get_preset("lucid"), LOGIT).preset == "lucid"  # another preset is never moved
-    assert for_target(get_preset("fast"), "blocks.5").preset == "fast"
+    assert resolve_settings("lucid", layer=LOGIT).label == "lucid"  # a named preset is never moved
+    assert resolve_settings(layer="blocks.5").label == "fast"
 
 
 def test_render_channels_records_the_target_kinds_preset(tiny_model, tmp_path):
@@ -57,18 +57,11 @@ def test_cli_class_render_uses_the_logit_preset_unless_told(how, tmp_path):
 @pytest.mark.parametrize(
     "bad",
     [
-        dict(schedule="linear"),
-        dict(coarse=1.0),
-        dict(coarse=-0.1),
         dict(views=0),
         dict(views=65),
         dict(views=True),
         dict(precision="float16"),
         dict(param_options=(("spectrum", "pink"),)),
-        dict(lowres=1.0),
-        dict(lowres=-0.1),
-        dict(lowres=0.5, coarse=0.5),
-        dict(lowres=0.5, lowres_carry="mirror"),
         dict(ema=1.0),
         dict(ema=-0.1),
         dict(ema=True),
@@ -82,17 +75,23 @@ def test_bad_research_options_are_refused(bad):
         RenderSettings(**bad)
 
 
+@pytest.mark.parametrize("gone", ["schedule", "coarse", "lowres", "lowres_carry"])
+def test_the_unused_research_knobs_are_gone(gone):
+    """The four knobs no preset and no option used left with the research screens (tag research-screens-2026-12)."""
+    with pytest.raises(TypeError):
+        RenderSettings(**{gone: 0.5})
+    assert gone not in RenderSettings().as_dict()
+
+
 def test_new_options_stay_out_of_old_keys_and_records(tiny_model):
     """Settings at the new fields' defaults keep their cache keys (existing caches stay valid); set, they key."""
     base = FEW.for_model(tiny_model).as_dict()
-    assert not {"schedule", "coarse", "views", "precision", "lowres"} & set(base)
+    assert not {"views", "precision"} & set(base)
     assert base["ema"] == 0.8  # fast's averaging is recorded
     assert "ema" not in FEW.with_(ema=0.0).for_model(tiny_model).as_dict()  # off: out of the record
     obj = channel("conv2", 1)
     assert render_key(tiny_model, obj, FEW.with_(ema=0.0), 0)[0] != render_key(tiny_model, obj, FEW, 0)[0]
     k0 = render_key(tiny_model, obj, FEW, 0)[0]
-    assert render_key(tiny_model, obj, FEW.with_(schedule="cosine"), 0)[0] != k0
-    assert render_key(tiny_model, obj, FEW.with_(coarse=0.5), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(views=2), 0)[0] != k0
     assert render_key(tiny_model, obj, FEW.with_(precision="bfloat16"), 0)[0] != k0
     assert base["anneal"] == 0.5  # fast's transform annealing is recorded
@@ -127,8 +126,6 @@ def test_annealed_transforms_shrink_and_keep_their_draws():
 @pytest.mark.parametrize(
     "change",
     [
-        dict(schedule="cosine", lr=0.3),
-        dict(coarse=0.5),
         dict(param_options=(("init_contrast", 0.5),)),
         dict(views=3),
         dict(precision="bfloat16"),
@@ -182,7 +179,7 @@ def test_photo_priors_stay_off_for_models_of_other_images():
 
     digits = fs.load_model("digits_cnn")
     assert default_method(LOGIT, digits) == "fast" and resolve_settings(layer=LOGIT, model=digits).preset == "fast"
-    assert for_target(get_preset("fast").with_(steps=5), LOGIT, digits).preset == "fast+steps"
+    assert resolve_settings(layer=LOGIT, model=digits, steps=5).label == "fast+steps"
     assert dict(get_preset("fast").for_model(digits).param_options)["init_contrast"] == 0.0
     photo = fs.load_model("efficientnet_lite0")
     assert dict(get_preset("fast").for_model(photo).param_options)["init_contrast"] == 0.5
@@ -297,82 +294,10 @@ def test_bfloat16_network_runs_in_bfloat16_and_its_objective_in_float32(tiny_mod
     assert low.before[0] == pytest.approx(full.before[0], rel=0.03, abs=1e-2)
 
 
-@pytest.fixture(scope="module")
-def tiny_128():
-    """The tiny CNN at a 128 px input: large enough for a half-size (64 px) phase, seen whole."""
-    from tiny_net import tiny_net
+def test_a_non_finite_objective_stops_its_image_at_once(tiny_model):
+    from filterscope.optvis.objectives import Objective
 
-    from filterscope.models import load_model
-
-    return load_model(tiny_net(), name="tiny_cnn_128", input_size=128)
-
-
-def test_fourier_and_pixel_images_start_from_a_resized_render():
-    """``load_resized`` carries a half-size render to full size: the image before the colour mapping is the
-    bicubic resize of the smaller one's (exactly, through the Fourier coefficients), so the picture is kept."""
-    import torch.nn.functional as F
-
-    for name in ("fourier", "pixel"):
-        small = make_param(name, [4, 5], 32, init_contrast=0.7) if name == "fourier" else make_param(name, [4], 32)
-        big = make_param(name, small.seeds, 64, init_contrast=0.7) if name == "fourier" else make_param(name, [4], 64)
-        big.load_resized(small)
-        want = F.interpolate(small(), size=(64, 64), mode="bicubic", align_corners=False)
-        got = big()
-        assert got.shape[-1] == 64 and (got - want).abs().mean() < 0.02, name
-        assert (got - big.__class__([9] * len(small.seeds), 64)()).abs().mean() > 0.02  # not the fresh start
-        tiled = make_param(name, [4], 64)
-        tiled.load_resized(small, tile=True)
-        assert torch.allclose(tiled()[0], small()[0].repeat(1, 2, 2), atol=1e-5), name  # same pixel scale
-    with pytest.raises(ValueError, match="does not tile"):
-        make_param("fourier", [4], 60).load_resized(make_param("fourier", [4], 32), tile=True)
-    for name in ("maco", "image"):
-        assert not make_param(name, [1], 32).resizable
-
-
-def test_lowres_runs_only_where_it_can(tiny_model, tiny_128):
-    lowres = FEW.with_(lowres=0.5)
-    assert lowres.for_model(tiny_128).lowres == 0.5
-    assert lowres.for_model(tiny_128).as_dict()["lowres"] == 0.5
-    assert lowres.for_model(tiny_model).lowres == 0.0  # a canvas larger than the input: dropped, not recorded
-    assert "lowres" not in lowres.for_model(tiny_model).as_dict()
-    assert lowres.with_(param="maco").for_model(tiny_128).lowres == 0.0
-    assert lowres.with_(size=96).for_model(tiny_128).lowres == 0.0  # a 48 px half side is below MIN_LOWRES
-    assert lowres.with_(size=112).for_model(tiny_128).lowres == 0.0  # resized to the input: another scale
-    assert lowres.with_(lowres_carry="tile").for_model(tiny_128).as_dict()["lowres_carry"] == "tile"
-    assert "lowres_carry" not in FEW.with_(lowres_carry="tile").for_model(tiny_128).as_dict()  # no lowres phase
-    obj = channel("conv2", 1)
-    assert render_key(tiny_128, obj, lowres, 0)[0] != render_key(tiny_128, obj, FEW, 0)[0]
-
-
-def test_lowres_renders_full_size_seeded_and_keeps_an_interrupted_first_phase(tiny_128):
-    ren = Renderer(tiny_128, FEW.with_(steps=8, lowres=0.5))
-    a = ren.render(channel("conv2", 7), [11])
-    b = ren.render(channel("conv2", 7), [11])
-    assert torch.equal(a.images, b.images) and a.images.shape == (1, 3, 128, 128)
-    assert a.steps_done == 8 and len(a.curves[0]) == 8
-    assert a.after[0] > a.before[0]
-    # its start is the half-size image: ``before`` is that image's objective (as a 64 px render's start)
-    assert a.before == Renderer(tiny_128, FEW.with_(size=64)).render(channel("conv2", 7), [11]).before
-    assert a.before != Renderer(tiny_128, FEW).render(channel("conv2", 7), [11]).before
-    calls = []
-    cut = ren.render(channel("conv2", 7), [11], on_step=calls.append, should_stop=lambda: len(calls) >= 2)
-    assert cut.interrupted and cut.steps_done == 2 and cut.images.shape == (1, 3, 128, 128)
-    assert cut.after[0] > cut.before[0]  # the two half-size steps were carried to the full-size image
-    tiled = Renderer(tiny_128, FEW.with_(steps=8, lowres=0.99, lowres_carry="tile")).render(channel("conv2", 7), [11])
-    img = tiled.images[0]
-    assert tiled.steps_done == 8 and torch.allclose(img[:, :64], img[:, 64:], atol=1e-5)  # all 8 at half size
-
-
-def test_lowres_is_only_for_channel_objectives_and_the_result_says_what_ran(tiny_128):
-    """A position (``neuron``) or a head (``logit``) needs the full size: those render all steps at full size
-    and their result records ``lowres`` 0; an objective that dies in the half-size phase stops there."""
-    from filterscope.optvis.objectives import Objective, logit, neuron
-
-    ren = Renderer(tiny_128, FEW.with_(steps=6, lowres=0.5))
-    assert ren.render(channel("conv2", 3), [1]).settings.lowres == 0.5
-    for obj in (neuron("conv2", 3, 5, 7), logit(2)):
-        res = ren.render(obj, [1])
-        assert res.settings.lowres == 0.0 and res.steps_done == 6
+    ren = Renderer(tiny_model, FEW.with_(steps=6))
     base = channel("conv2", 3)
     dead = Objective(lambda ctx: base(ctx) * float("nan"), "nan", base.layers, target=base.target)
     res = ren.render(dead, [1])

@@ -67,7 +67,7 @@ def test_cache_reuse_is_byte_identical_and_records_settings(tiny_model, tmp_path
     assert cache_on.info()["entries"] == 2
     t = time.perf_counter()
     b = render_channels(model, "conv3", [0, 1], settings=st, out=tmp_path / "b", progress=False)
-    assert time.perf_counter() - t < 0.5 * a.summary.seconds + 0.5
+    assert time.perf_counter() - t < 0.5 * a.data.summary.seconds + 0.5
     os.environ["FILTERSCOPE_NO_CACHE"] = "1"
     fresh = render_channels(model, "conv3", [0, 1], settings=st, out=tmp_path / "c", progress=False)
     for c in (0, 1):

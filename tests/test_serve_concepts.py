@@ -23,10 +23,16 @@ PHOTOS = ["coffee_0.jpg", "coffee_1.jpg", "astronaut_0.jpg", "brick_0.jpg", "roc
 
 
 def _photo_dir(tmp_path):
+    """The six photos, a third coffee photo and mirror images of two: five espresso photos, enough for concepts of
+    espresso (issue 44: a class needs at least 5 images of it), and none of a coffee mug."""
     d = tmp_path / "photos"
     d.mkdir()
     for name in PHOTOS:
         shutil.copy(sample_photos_dir() / name, d / name)
+    shutil.copy(sample_photos_dir() / "coffee_2.jpg", d / "coffee_2.jpg")
+    for name in ("coffee_0.jpg", "coffee_1.jpg"):
+        with Image.open(sample_photos_dir() / name) as im:
+            im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(d / name.replace(".jpg", "_mirror.jpg"), quality=95)
     return d
 
 
@@ -99,8 +105,23 @@ def test_photo_set_folder_is_named_by_its_photos(tmp_path):
 
 
 @pytest.mark.slow
+def test_class_with_too_few_photos_asks_for_a_folder(cclient, cex):
+    """Coffee mug: none of the photos is one, so the page shows no concepts (they would be of other things)
+    and asks for a folder of mugs; the record says why."""
+    k = 504
+    page, api = f"/m/{MODEL}/bn2/class/{k}", f"/api/concepts/{MODEL}/bn2/{k}"
+    done = _wait(cclient, api)
+    assert done["state"] == "done", done
+    html = cclient.get(page).text
+    assert 'id="class-warning"' in html and 'class="concept"' not in html and "--images" in html
+    rec, _ = store.load_explanation(cex.cache, done["id"])
+    support = rec["data"]["class_support"]
+    assert support["images"] == 0 and support["minimum"] == 5 and "coffee mug" in support["warning"]
+
+
+@pytest.mark.slow
 def test_class_page_job_then_cache(cclient, cex):
-    k = 504  # coffee mug
+    k = 967  # espresso: the five coffee photos
     page, api = f"/m/{MODEL}/bn2/class/{k}", f"/api/concepts/{MODEL}/bn2/{k}"
     first = cclient.get(page)
     assert first.status_code == 200 and f'data-job="{api}"' in first.text and 'class="concept"' not in first.text
@@ -110,7 +131,7 @@ def test_class_page_job_then_cache(cclient, cex):
     assert done["state"] == "done" and done["kind"] == "concepts", done
     assert cex.jobs.started == started + 1
     html = cclient.get(page).text
-    assert html.count('class="concept"') == 3 and "coffee mug" in html
+    assert html.count('class="concept"') == 3 and "espresso" in html and 'id="class-warning"' not in html
     again = cclient.post(api).json()  # a second request: from the cache, no new job
     assert again["state"] == "done" and cex.jobs.started == started + 1
     key = done["id"]
@@ -121,6 +142,9 @@ def test_class_page_job_then_cache(cclient, cex):
     assert sorted(rec["images"]) == sorted(cex.photos)  # the maps' rows are the server's photos
     for c in rec["concepts"]:
         assert {"label", "ablation_drop", "stability", "top_crops", "votes"} <= set(c) and c["label"]
+        assert {"name", "purity", "score"} <= set(c)  # issue 44: the same names and scores as the atlas
+    assert rec["data"]["class_support"]["images"] >= 5 and "warning" not in rec["data"]["class_support"]
+    assert "interpretability score" in html
     pics = re.findall(r'src="(/(?:png|cmap)/[^"]+)"', html)
     assert sum("/png/" in u for u in pics) >= 3 and sum("/cmap/" in u for u in pics) >= 3
     for u in pics:
@@ -217,10 +241,14 @@ def test_filter_page_circuit_and_tuning(cclient, cex):
     assert len(tiles) == 8 and {t[1] for t in tiles} == {"blocks.0"}, tiles  # the layer that feeds blocks.1
     rec = store.load_json(cex.cache, done["id"])
     assert rec["from"] == "blocks.0" and rec["channel"] == c
-    w = [i["weight"] for i in rec["inputs"]]
-    assert [abs(v) for v in w] == sorted((abs(v) for v in w), reverse=True)
+    # issue 43: listed by measured effect (the record's order, first = strongest), the sign is the effect's
+    assert [i["rank"] for i in rec["inputs"]] == list(range(len(rec["inputs"])))
+    assert rec["ranking"]["method"] == "effect" and rec["ablation"]["first"] == [
+        i["channel"] for i in rec["inputs"][:8]
+    ]
     for (sign, _, ch), i in zip(tiles, rec["inputs"]):
-        assert int(ch) == i["channel"] and sign == ("excites" if i["weight"] > 0 else "inhibits")
+        assert int(ch) == i["channel"] and sign == ("excites" if i["effect"] > 0 else "inhibits")
+    assert "Expanded weight (second view)" in html and f"×{rec['ablation']['change_ratio']}" in html
     # each input's render: a render job on its own layer (the page's script starts it), then a cache hit
     renders = re.findall(rf'data-job="/api/render/{MODEL}/blocks.0/(\d+)"', html)
     assert [int(r) for r in renders] == [i["channel"] for i in rec["inputs"][:8]]
@@ -235,6 +263,9 @@ def test_filter_page_circuit_and_tuning(cclient, cex):
     assert (t["description"] or "no significant selectivity") in html
     fig = re.findall(r'<img class="tuning" src="(/png/[0-9a-f]{64}\.png)"', html)
     assert len(fig) == 1 and _png(cclient, fig[0]).size[0] > 500
+    # a second filter of the layer: the layer's responses come from the memo or the shared cache, not a rerun
+    again = _wait(cclient, f"/api/tuning/{MODEL}/{layer}/{c + 1}", timeout=240)
+    assert again["state"] == "done" and "computed" not in store.load_json(cex.cache, again["id"])["responses_from"]
     # the first layer has no earlier layer: the job's refusal is reported, not restarted at every poll
     stem = f"/api/circuit/{MODEL}/conv_stem/0"
     err = _wait(cclient, stem)

@@ -699,3 +699,36 @@ def test_layer_outline_and_layers_command(model, capsys):
     assert rec["default"] == "bn2" and len(rec["layers"]) == len(outline)
     row = next(r for r in rec["layers"] if r["name"] == "blocks.5.3")
     assert {"name", "type", "shape", "calls"} <= set(row) and row["same_as"] == "blocks.5" and row["primary"]
+
+
+# ---------------------------------------------------------------- the home page: rendered once, revalidated by ETag
+
+
+def test_home_page_is_rendered_once_per_photo_set_and_answers_304_to_its_etag(ex, monkeypatch):
+    """The home page is the template rendered once with the client's form token put in: byte-identical to a
+    fresh render; the same client gets the same ETag and, sending it back, a 304 without a body; another
+    client gets its own token and ETag; a changed photo set renders the page again."""
+    with _client(ex) as a, _client(ex) as b:
+        first = a.get("/")
+        assert first.status_code == 200 and "no-cache" in first.headers["cache-control"]
+        tag, token = first.headers["etag"], _csrf(a)
+        assert tag.startswith('"') and token and "csrf-slot" not in first.text
+        photos = [{"hash": h, "name": p.name} for h, p in ex.photos.items()]
+        fresh = ex.render_page(
+            "home.html", token, photos=photos, default_layer=ex.default_layer, max_mb=20,
+            n_classes=ex.n_classes or 0, n_photos=len(ex.photos), **ex.picker(),
+        )  # fmt: skip
+        assert first.text == fresh
+        calls = []
+        monkeypatch.setattr(ex, "render_page", lambda *a, **k: calls.append(a) or fresh)
+        again = a.get("/")
+        assert again.status_code == 200 and again.headers["etag"] == tag and again.text == first.text
+        cached = a.get("/", headers={"If-None-Match": tag})
+        assert cached.status_code == 304 and cached.content == b"" and cached.headers["etag"] == tag
+        assert a.get("/", headers={"If-None-Match": f'W/{tag}, "other"'}).status_code == 304
+        assert a.get("/", headers={"If-None-Match": '"stale"'}).status_code == 200
+        other = b.get("/", headers={"If-None-Match": tag})  # another client's ETag: its own page, not a 304
+        assert other.status_code == 200 and other.headers["etag"] != tag and _csrf(b) != token
+        assert calls == []  # no render for any of these requests
+        monkeypatch.setattr(ex, "photos", dict(list(ex.photos.items())[:-1]))
+        assert a.get("/").status_code == 200 and len(calls) == 1  # a new photo set: rendered again

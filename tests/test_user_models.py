@@ -11,6 +11,7 @@ from torch import nn
 
 import filterscope as fs
 from filterscope.cli import main
+from filterscope.errors import UsageError
 from filterscope.models.inputs import sample_photos_dir
 from filterscope.models.layers import list_layers
 from filterscope.optvis.objectives import channel
@@ -277,3 +278,38 @@ def test_lite3_without_its_package_says_how_to_install(capsys):
         pytest.skip("efficientnet-lite3-pytorch-model is installed")
     rc, _, err = cli(capsys, "layers", "--model", "efficientnet_lite3")
     assert rc == 2 and "pip install efficientnet-lite3-pytorch-model" in err
+
+
+def test_a_ten_class_model_of_unknown_categories_refuses_class_10_in_one_line(user_net, tmp_path, capsys):
+    """A user's 10-class net names no categories: its class count comes from its output, so ``--class 10``
+    (concepts, inspect) and logit 10 (render) are usage errors: one line, exit 2, nothing written; class 9
+    is fine. The API refuses the same."""
+    net_py, weights = user_net
+    model = ["--model", f"{net_py}:Net", "--weights", weights, "--input-size", 28, "--mean", "0.5", "--std", "0.5"]
+    photos = tmp_path / "digits"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (28, 28), dtype=np.uint8)).save(photos / f"{i}.png")
+    cases = {
+        "concepts": (
+            ["concepts", photos, "--layer", "relu2", "--concepts", "2", "--class", "10", "--no-render"],
+            "class 10",
+        ),
+        "inspect": (["inspect", photos / "0.png", "--rank", "contribution", "--class", "10"], "class 10"),
+        "render": (["render", "--layer", "logit", "--channels", "10", "--steps", "2"], "class 10"),
+        "objective": (["render", "--objective", "logit:10", "--steps", "2"], "class 10"),
+    }
+    for name, (args, says) in cases.items():
+        out = tmp_path / f"out_{name}"
+        rc, _, err = cli(capsys, *args, *model, "--out", out, "-q")
+        assert rc == 2, (name, err)
+        assert err.count("\n") == 1 and err.startswith("error: ") and says in err and "0-9" in err, (name, err)
+        assert not out.exists(), name
+    m = fs.load_model(f"{net_py}:Net", weights=str(weights), input_size=28, mean=(0.5,), std=(0.5,))
+    assert m.categories is None and m.num_classes == 10
+    with pytest.raises(UsageError, match="class 10 is out of range"):
+        fs.concepts(m, photos, layer="relu2", n_concepts=2, target_class=10, render=False)
+    rc, _, err = cli(
+        capsys, "render", "--layer", "logit", "--channels", "9", "--steps", "2", *model, "--out", tmp_path / "ok", "-q"
+    )
+    assert rc == 0, err

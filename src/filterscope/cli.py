@@ -43,6 +43,12 @@ __all__ = ["cli", "main", "parse_channels"]
 
 JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
+    "accentuate": ("filterscope.jobs.accentuate", "Feature accentuation: IMAGE pushed to excite each filter."),
+    "boost": ("filterscope.jobs.boost", "The main job: IMAGE's top filters at LAYER and their boosted features."),
+    "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
+    "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
+    "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
+    "render": ("filterscope.jobs.channels", "Render channels of a layer: one PNG per channel, a grid, and run.json."),
     "tuning": (
         "filterscope.jobs.tuning",
         "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",
@@ -159,489 +165,6 @@ def layers_text(model_name: str, outline, default: str, show_all: bool = False) 
     return out
 
 
-@cli.command(name="inspect")
-@click.argument("image", required=False)
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True)
-@click.option(
-    "--rank",
-    type=click.Choice(["activation", "contribution"]),
-    default="activation",
-    show_default=True,
-    help="Order filters by mean activation, or by contribution to the class (gradient × activation).",
-)
-@click.option(
-    "--class", "target_class", type=int, default=None, help="Class for --rank contribution [default: the prediction]."
-)
-@out_option("inspect")
-@output_options
-def inspect_cmd(
-    image, model_name, weights, trust_checkpoint, device, layer, top, rank, target_class, out, quiet, as_json
-):
-    """Which filters of LAYER an IMAGE excites most (or contribute most to the class), and where."""
-    from .jobs.attribution import check_class
-    from .jobs.inspect import inspect_to_dir
-    from .models.inputs import load_image
-    from .models.layers import network_layer
-
-    if image:
-        load_image(image)
-    out = out or default_out("inspect")
-    model = load(model_name, weights, trust_checkpoint, device)
-    layer = network_layer(model, layer, "inspect").name
-    check_class(model, target_class)
-    check_writable(out)
-    res = inspect_to_dir(model, image, out, layer=layer, top=top, rank=rank, target_class=target_class)
-    run_dir, ins = res.run_dir, res.inspection
-    lines = [
-        f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
-        f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
-        "top filters ("
-        + (f"contribution to class {ins.target_class}" if rank == "contribution" else "mean activation")
-        + "):",
-    ]
-    has = ins.contributions is not None
-    lines += [
-        f"  {i:5d}  mean {ins.means[i]:.4f}" + (f"  contribution {ins.contributions[i]:+.4f}" if has else "")
-        for i in ins.top
-    ]
-    if model.in_channels != 3:
-        from .models.inputs import channel_conversion
-
-        lines.append(f"image converted for {model.in_channels} input channels: {channel_conversion(model.in_channels)}")
-    lines.append(f"wrote {run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
-    emit(as_json, quiet, json.loads((run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
-@click.argument("image", required=False)
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True)
-@render_options
-@out_option("boost")
-@click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
-@output_options
-@cache_options
-def boost(
-    image,
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    top,
-    method,
-    steps,
-    lr,
-    size,
-    seed,
-    batch,
-    param,
-    transforms,
-    optimizer,
-    views,
-    precision,
-    out,
-    resume,
-    quiet,
-    as_json,
-):
-    """The main job: IMAGE's top filters at LAYER and their boosted features (default: bundled cup)."""
-    from .jobs.boost import boost as run_boost
-    from .jobs.boost import check_top
-    from .jobs.interrupt import graceful_stop
-    from .models.inputs import load_image
-    from .models.layers import network_layer
-
-    t0 = time.perf_counter()
-    if image:
-        load_image(image)
-    method, settings = settings_for(
-        method, steps, lr, size, batch, device, param, transforms, optimizer, views, precision
-    )
-    out = out or default_out("boost")
-    model = load(model_name, weights, trust_checkpoint, device)
-    info = network_layer(model, layer, "boost")
-    check_top(top, info)
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = run_boost(
-            model,
-            image,
-            layer=info.name,
-            top=top,
-            method=method,
-            settings=settings,
-            seed=seed,
-            out=out,
-            batch=batch,
-            resume=resume,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    res.raise_if_partial()
-    ins = res.inspection
-    lines = [
-        f"{model.name} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
-        f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})"
-    ]
-    for r in res.renders:
-        lines.append(
-            f"  filter {r['channel']:5d}: image {ins.means[r['channel']]:.3f} · noise "
-            f"{r['activation_before']:.3f} → boosted {r['activation_after']:.3f}  [{r['status']}]"
-        )
-    lines.append(
-        f"wrote {res.run_dir}/figure_boost.png and {len(res.renders)} renders in {time.perf_counter() - t0:.1f} s"
-    )
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command(name="render")
-@model_options
-@click.option("--layer", default="default", show_default=True, help="Layer, or 'logit' for class logits.")
-@click.option("--channels", type=CHANNELS, default="0-15", show_default=True, help="e.g. 0-63, 1,5,9 or all.")
-@render_options
-@click.option(
-    "--objective",
-    default=None,
-    help="Render one objective given as text instead, e.g. 'blocks.5:12 - 0.1*tv' or 'logit:967'.",
-)
-@click.option("--penalty", default=None, help="Regularisers subtracted from every channel, e.g. '0.05*tv'.")
-@click.option(
-    "--images",
-    default=None,
-    help="Folder of images to estimate the colour decorrelation from (models with 2 or 4+ input channels).",
-)
-@click.option(
-    "--diversity",
-    type=click.IntRange(min=0),
-    default=0,
-    callback=diversity_option,
-    help="Also render N ≥ 2 diverse variants per channel.",
-)
-@out_option("render")
-@click.option("--resume", is_flag=True, help="Finish an interrupted run in --out.")
-@output_options
-@cache_options
-def render_cmd(
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    channels,
-    method,
-    steps,
-    lr,
-    size,
-    seed,
-    batch,
-    param,
-    transforms,
-    optimizer,
-    views,
-    precision,
-    objective,
-    penalty,
-    images,
-    diversity,
-    out,
-    resume,
-    quiet,
-    as_json,
-):
-    """Render channels of a layer: one PNG per channel, a grid, and run.json."""
-    from .jobs.channels import render_channels
-    from .jobs.interrupt import graceful_stop
-    from .jobs.render_objective import objective_for, render_objective, target_layer
-    from .models.layers import get_layer
-    from .optvis.presets import for_target
-    from .outputs.naming import grid_file
-
-    t0 = time.perf_counter()
-    if objective and (penalty or diversity):  # an objective is the whole target: its terms are written into it
-        raise UsageError(
-            "--objective is the whole target: write a penalty into it ('blocks.5:12 - 0.05*tv'); "
-            "--penalty and --diversity work with --layer/--channels"
-        )
-    # ``method`` stays the user's (None: each target takes its kind's default preset, for_target below)
-    _, settings = settings_for(method, steps, lr, size, batch, device, param, transforms, optimizer, views, precision)
-    out = out or default_out("render")
-    if images:
-        from .models.inputs import list_images
-
-        list_images(images)
-        settings = settings.with_(decorrelation_images=str(images))
-    model = load(model_name, weights, trust_checkpoint, device)
-    if objective:
-        obj = objective_for(model, objective)
-        if method is None:
-            settings = for_target(settings, target_layer(obj), model)
-        check_writable(out)
-        from tqdm import tqdm
-
-        with (
-            tqdm(total=settings.steps, unit="step", disable=quiet, desc="render objective", dynamic_ncols=True) as bar,
-            graceful_stop(quiet) as stop,
-        ):
-            res = render_objective(
-                model,
-                obj,
-                method=method,
-                settings=settings,
-                seed=seed,
-                out=out,
-                resume=resume,
-                on_step=lambda i: bar.update(1),
-                should_stop=stop,
-            )
-        res.raise_if_partial()
-        rec = res.render
-        emit(
-            as_json,
-            quiet,
-            json.loads((res.run_dir / "run.json").read_text()),
-            [
-                f"{obj.name}: {rec['activation_before']:.3f} → {rec['activation_after']:.3f}; "
-                f"wrote {res.run_dir / res.file}"
-            ],
-        )
-        return
-    info = get_layer(model, layer)
-    if method is None:
-        settings = for_target(settings, info.name, model)
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = render_channels(
-            model,
-            info.name,
-            channels,
-            method=method,
-            settings=settings,
-            seed=seed,
-            out=out,
-            batch=batch,
-            diversity=diversity,
-            penalty=penalty,
-            resume=resume,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    summary = res.summary
-    res.raise_if_partial()
-    lines = [
-        f"rendered {len(summary.rendered)} channels of {info.name}"
-        + (f" ({len(summary.skipped)} already done)" if summary.skipped else "")
-        + f" in {time.perf_counter() - t0:.1f} s → {res.run_dir / grid_file(info.name)}"
-    ]
-    lines += [f"  channel {c}: {why}" for c, why in summary.failed.items()]
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--channels", type=CHANNELS, default="0-5", show_default=True)
-@click.option("--methods", default="seed,lucid,maco,fast", show_default=True, help="Comma-separated presets.")
-@click.option(
-    "--steps", type=click.IntRange(min=1), default=None, help="Same steps for every method (default: each method's)."
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("compare")
-@click.option("--resume", is_flag=True)
-@output_options
-def compare(
-    model_name, weights, trust_checkpoint, device, layer, channels, methods, steps, seed, out, resume, quiet, as_json
-):
-    """The same channels rendered with every preset, side by side in one figure."""
-    from .jobs.compare import compare as run_compare
-    from .jobs.interrupt import graceful_stop
-    from .models.layers import get_layer
-
-    names = [METHOD.convert(m.strip(), None, None) for m in methods.split(",") if m.strip()]
-    out = out or default_out("compare")
-    model = load(model_name, weights, trust_checkpoint, device)
-    info = get_layer(model, layer)
-    chans = list(range(info.channels)) if channels is None else channels
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = run_compare(
-            model,
-            info.name,
-            chans,
-            names,
-            steps=steps,
-            seed=seed,
-            out=out,
-            resume=resume,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    res.raise_if_partial()
-    emit(
-        as_json,
-        quiet,
-        json.loads((res.run_dir / "run.json").read_text()),
-        [f"wrote {res.run_dir}/{res.figure} ({len(names)} methods × {len(chans)} channels)"],
-    )
-
-
-RANK_OPTION = click.option(
-    "--rank",
-    type=click.Choice(["contribution", "activation"]),
-    default="contribution",
-    show_default=True,
-    help="Order filters by contribution to the class (gradient × activation) or by mean activation.",
-)
-
-
-@cli.command()
-@click.argument("image", required=False)
-@model_options
-@click.option("--layer", default="default", show_default=True)
-@click.option("--channels", type=CHANNELS, default="0-2", show_default=True, help="e.g. 12 or 3,17,42.")
-@click.option(
-    "--strength",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Closeness to the photo: the weight of 1 − SSIM to it against the filter's activation divided by its "
-    "gradient norm at the photo, so one value holds for every photo and filter; higher stays closer [default: 5].",
-)
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps [default: 24].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("accentuate")
-@output_options
-def accentuate(
-    image, model_name, weights, trust_checkpoint, device, layer, channels, strength, steps, seed, out, quiet, as_json
-):
-    """Feature accentuation: IMAGE pushed to excite each filter while it stays close to the photo."""
-    from .jobs.accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, accentuate_to_dir
-    from .jobs.interrupt import graceful_stop
-    from .models.inputs import load_image
-    from .models.layers import network_layer
-
-    if image:
-        load_image(image)
-    out = out or default_out("accentuate")
-    model = load(model_name, weights, trust_checkpoint, device)
-    info = network_layer(model, layer, "accentuate")
-    chans = list(range(info.channels)) if channels is None else channels
-    info.check_channels(chans)
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = accentuate_to_dir(
-            model,
-            image,
-            out,
-            layer=info.name,
-            channels=chans,
-            strength=DEFAULT_STRENGTH if strength is None else strength,
-            steps=steps or DEFAULT_STEPS,
-            seed=seed,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    res.raise_if_partial()
-    lines = [f"{model.name} · {info.name} · accentuations of {image or 'the bundled photo'}"]
-    lines += [
-        f"  filter {a.channel:5d}: photo {a.activation_photo:.3f} → accentuation {a.activation_accent:.3f} "
-        f"(gain {a.gain:.2f}×), SSIM {a.ssim:.3f}"
-        for a in res.accentuations
-    ]
-    lines.append(f"wrote {res.run_dir}/{info.name}/accent_*.png, run.json")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
-@click.argument("image", required=False)
-@model_options
-@click.option("--layer", default=None, help="Layer [default: blocks.5 when the model has it, else its default layer].")
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True, help="Filters to explain.")
-@RANK_OPTION
-@click.option("--class", "target_class", type=int, default=None, help="Class to explain [default: the prediction].")
-@click.option("--images", default=None, help="Folder of natural images for top examples (default: bundled photos).")
-@click.option(
-    "--strength",
-    type=click.FloatRange(min=0),
-    default=None,
-    help="Accentuation closeness (the weight of 1 − SSIM, as accentuate's) [default: 5].",
-)
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("explain")
-@output_options
-@cache_options
-def explain(
-    image,
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    top,
-    rank,
-    target_class,
-    images,
-    strength,
-    seed,
-    out,
-    quiet,
-    as_json,
-):
-    """Which filters drive IMAGE's prediction, what each sees in it, and the evidence: report.html."""
-    from .jobs.accentuate import DEFAULT_STRENGTH
-    from .jobs.attribution import check_class
-    from .jobs.boost import check_top
-    from .jobs.explain import explain as run_explain
-    from .jobs.explain import explain_layer
-    from .jobs.interrupt import graceful_stop
-    from .models.inputs import list_images, load_image
-    from .models.layers import network_layer
-
-    if image:
-        load_image(image)
-    if images:
-        list_images(images)
-    out = out or default_out("explain")
-    model = load(model_name, weights, trust_checkpoint, device)
-    info = network_layer(model, layer or explain_layer(model), "explain")
-    check_top(top, info)
-    check_class(model, target_class)
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        res = run_explain(
-            model,
-            image,
-            layer=info.name,
-            top=top,
-            rank=rank,
-            target_class=target_class,
-            images=images,
-            strength=DEFAULT_STRENGTH if strength is None else strength,
-            seed=seed,
-            out=out,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    res.raise_if_partial()
-    ins = res.inspection
-    rec = res.record()
-    lines = [
-        f"{model.name} · {info.name} · explaining {rec['class_name']} ({ins.target_class}); "
-        f"prediction {ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
-        "zeroing the top 8 filters lowers p by: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in rec["ablation"]["top8_drop"].items()),
-    ]
-    for f in res.filters:
-        lines.append(
-            f"  filter {f.channel:4d}: contribution {f.contribution:+.3f} · accentuation gain {f.accent.gain:.2f}×, "
-            f"SSIM {f.accent.ssim:.3f} · path similarity render {f.path_render:.2f}"
-        )
-    lines.append(f"wrote {res.run_dir}/report.html, figure_explain.png, run.json ({res.timings['total_s']:.1f} s)")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
 @cli.command()
 @click.argument("images")
 @model_options
@@ -737,10 +260,14 @@ def concepts(
         f"({rec['fidelity']['reconstruction_top1_agreement_all']:.1%} of all) · "
         f"stability median {rec['stability']['median']:.3f}",
     ]
+    if res.warning:
+        lines.append(f"warning: {res.warning}")
     for c in res.concepts:
+        named = f" · named {c.name['name']} (AUC {c.name['auc']:.2f})" if c.name else ""
+        scored = f" · score {c.score:.2f}" if c.score is not None else ""
         lines.append(
             f"  concept {c.concept:2d}: importance {c.importance:+.3f} · ablation drop {c.ablation_drop:.3f} · "
-            f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}"
+            f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}{named}{scored}"
         )
     lines.append(f"wrote {res.run_dir}/report.html, concepts.json, concept_maps.npz ({res.timings['total_s']:.1f} s)")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
@@ -786,7 +313,7 @@ def circuit(
     quiet,
     as_json,
 ):
-    """The channels of an earlier layer that build CHANNEL: expanded weights, attribution, ablation."""
+    """The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation."""
     from .jobs.circuit import run_circuit
     from .models.inputs import list_images
 
@@ -814,12 +341,16 @@ def circuit(
     ab = c.ablation
     lines = [
         f"{model.name} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
-        f"zeroing the top {ab['k']} inputs by |attribution| changes it by {ab['change_top']:.4f} "
+        f"zeroing the first {ab['k']} inputs listed changes it by {ab['change_top']:.4f} "
         f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
+        *([f"warning: {ab['warning']}"] if ab.get("warning") else []),
+        f"inputs by measured effect (zeroed alone; expanded weight normalised to the circuit's largest, "
+        f"Spearman {c.ranking['weights_agreement'][c.linear['linearize']]['spearman_effect']:+.2f} with |effect|):",
     ]
     for i in c.shown:
         lines.append(
-            f"  {c.source}:{i.channel:<4d} {i.sign:<8} weight {i.weight:+.4f}  attribution {i.attribution:+.4f}"
+            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f}  attribution {i.attribution:+.4f}"
+            f"  weight {i.weight_norm:+.2f}"
         )
     lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)

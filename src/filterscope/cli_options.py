@@ -14,9 +14,9 @@ from typing import Any
 
 import click
 
+from .defaults import DEFAULT_MODEL
 from .errors import UsageError, closest
-from .models.registry import DEFAULT_MODEL
-from .outputs.naming import default_out
+from .outputs.naming import RUN_FILE, default_out
 from .outputs.rundir import check_writable
 
 # ---------------------------------------------------------------- parameter types
@@ -140,6 +140,30 @@ def _precisions():
 
 CHANNELS = ChannelList()
 METHOD = RegistryChoice("method", _presets)
+
+
+class NameList(click.ParamType):
+    """Comma-separated names of one registry, e.g. ``seed,lucid,maco,fast``, each checked as
+    :class:`RegistryChoice` checks one."""
+
+    name = "names"
+
+    def __init__(self, choice: RegistryChoice):
+        self.choice = choice
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        return [self.choice.convert(v.strip(), param, ctx) for v in str(value).split(",") if v.strip()]
+
+
+REGISTRIES = {
+    "method": METHOD,
+    "param": RegistryChoice("param", _params),
+    "transforms": RegistryChoice("transforms", _transforms),
+    "optimizer": RegistryChoice("optimizer", _optimizers),
+    "precision": RegistryChoice("precision", _precisions),
+}
 
 
 class FloatList(click.ParamType):
@@ -357,12 +381,14 @@ def settings_for(
     views=None,
     precision=None,
 ):
-    """The preset with the command line's overrides; checked (settings and memory) before any work."""
+    """The preset with the command line's overrides (:func:`~filterscope.optvis.presets.resolve_settings`),
+    checked (settings and memory) before a model is loaded: for the commands not yet declared as jobs."""
     from .optvis.memory import check_render_memory
-    from .optvis.presets import DEFAULT_METHOD, get_preset
+    from .optvis.presets import DEFAULT_METHOD, resolve_settings
 
     method = method or DEFAULT_METHOD
-    settings = get_preset(method).with_(
+    settings = resolve_settings(
+        method,
         steps=steps,
         lr=lr,
         size=size,
@@ -396,7 +422,11 @@ def diversity_option(ctx, param, value: int) -> int:
 def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
     """The click option (or argument) of one field of a job's request."""
     meta = dict(f.metadata)
-    default = meta.get("cli_default", None if f.default is dataclasses.MISSING else f.default)
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        default = None if f.default_factory is dataclasses.MISSING else f.default_factory()
+    default = meta.get("cli_default", default)
     name = f.name
     if meta.get("argument"):
         return click.Argument([name], required=default is None and not meta.get("optional"), default=default)
@@ -407,12 +437,20 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
         kw.update(is_flag=True, default=bool(default))
     elif meta.get("channels"):
         kw["type"] = CHANNELS
+    elif meta.get("names"):
+        kw["type"] = NameList(REGISTRIES[meta["names"]])
+        if isinstance(default, list):
+            kw["default"] = ",".join(default)
+    elif meta.get("registry"):
+        kw["type"] = REGISTRIES[meta["registry"]]
+    elif meta.get("positive"):
+        kw["type"] = PositiveNumber()
     elif meta.get("choices"):
         kw["type"] = click.Choice(list(meta["choices"]))
     elif base is int:
-        kw["type"] = click.IntRange(min=meta["min"]) if "min" in meta else int
+        kw["type"] = click.IntRange(min=meta.get("min"), max=meta.get("max")) if "min" in meta else int
     elif base is float:
-        kw["type"] = PositiveNumber() if meta.get("positive") else float
+        kw["type"] = click.FloatRange(min=meta["min"]) if "min" in meta else float
     if default is not None and base is not bool:
         kw["show_default"] = True
     if meta.get("metavar"):
@@ -428,7 +466,8 @@ def job_command(job: Any) -> click.Command:
     hints = typing.get_type_hints(job.request)
     fields = dataclasses.fields(job.request)
     second = [f.name for f in fields if getattr(hints[f.name], "__name__", "") == "Model"]
-    params: list[click.Parameter] = [_param_for(f, hints[f.name]) for f in fields if f.name not in second]
+    shown = [f for f in fields if f.name not in second and f.metadata.get("cli", True)]
+    params: list[click.Parameter] = [_param_for(f, hints[f.name]) for f in shown]
     params += model_option_list()
     if len(second) > 1:
         raise TypeError(f"{job.name}: at most one second model in a request")
@@ -458,7 +497,8 @@ def job_command(job: Any) -> click.Command:
             request = dataclasses.replace(request, **{second[0]: _load_model(models["_b"])})
         res = run_job(job, _load_model(models[""]), request, out=out, resume=resume, progress=not quiet)
         res.raise_if_partial()
-        emit(as_json, quiet, res.record, job.summary(res) if job.summary else [])
+        record = json.loads((res.run_dir / RUN_FILE).read_text())  # as written, numbers as JSON numbers
+        emit(as_json, quiet, record, job.summary(res) if job.summary else [])
 
     return click.Command(job.name, params=params, callback=callback, help=job.help, short_help=job.help.split("\n")[0])
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +40,13 @@ from ..errors import RenderError, UsageError
 from ..models.inputs import load_image, model_input, sample_image_path
 from ..models.layers import LayerInfo, list_layers, map_views, network_layer
 from ..models.model import Model
+from ..models.relu import final_relus
 from ..optvis.hooks import capture, run
 from ..optvis.objectives import Objective, channel, closeness
-from ..optvis.relu import final_relus
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.images import png_bytes
-from ..outputs.naming import accent_change_file, accent_file, default_out
-from .contract import JobResult, open_run
+from ..outputs.naming import accent_change_file, accent_file
+from .contract import Job, JobResult, RunContext, opt
 from .evaluate import layer_means
 from .similarity import ssim, ssim_batch
 
@@ -269,64 +269,110 @@ def write_accentuation(run, acc: Accentuation) -> dict:
 
 
 @dataclass
-class AccentRun(JobResult):
-    """:class:`~filterscope.jobs.contract.JobResult` of ``accentuate_to_dir``: the accentuations made."""
+class AccentuateRequest:
+    """The arguments of ``filterscope accentuate``."""
 
-    accentuations: list[Accentuation] = field(default_factory=list)
+    image: str | None = opt(None, "Image file [default: the bundled photo].", argument=True, optional=True)
+    layer: str = opt("default", "Layer.")
+    channels: list[int] | None = opt([0], "e.g. 12 or 3,17,42.", channels=True, cli_default="0-2")
+    strength: float | None = opt(
+        None,
+        "Closeness to the photo: the weight of 1 − SSIM to it against the filter's activation divided by its "
+        "gradient norm at the photo, so one value holds for every photo and filter; higher stays closer "
+        f"[default: {DEFAULT_STRENGTH:g}].",
+        min=0,
+    )
+    steps: int = opt(DEFAULT_STEPS, f"Optimisation steps [default: {DEFAULT_STEPS}].", min=1, cli_default=None)
+    seed: int = opt(0, "Seed.", min=0)
+    method: str = opt("adaptive", "adaptive or fixed (the closeness before 0.x).", choices=METHODS, cli=False)
 
 
-def accentuate_to_dir(
-    model: Model,
-    image: str | Path | None,
-    out: str | Path = default_out("accentuate"),
-    *,
-    layer: str = "default",
-    channels: Sequence[int] = (0,),
-    strength: float | None = None,
-    steps: int = DEFAULT_STEPS,
-    seed: int = 0,
-    method: str = "adaptive",
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> AccentRun:
-    """``filterscope accentuate``: one ``<layer>/accent_NNNN.png`` and change map per filter, ``run.json``.
-    A stopped run ends ``partial`` with the finished filters kept (it has no resume: it starts over)."""
-    path = Path(image) if image else sample_image_path()
-    pil = load_image(path)
-    info = network_layer(model, layer, "accentuate")
-    chans = [int(c) for c in channels]
+@dataclass
+class AccentuatePlan:
+    model: Model
+    image: Image.Image
+    info: LayerInfo
+    channels: list[int]
+    strength: float
+    request: AccentuateRequest
+    settings: dict
+
+
+def _check_image(req: AccentuateRequest) -> None:
+    if req.image:
+        load_image(req.image)
+
+
+def _plan(model: Model, req: AccentuateRequest) -> AccentuatePlan:
+    pil = load_image(Path(req.image) if req.image else sample_image_path())
+    info = network_layer(model, req.layer, "accentuate")
+    chans = list(range(info.channels)) if req.channels is None else [int(c) for c in req.channels]
     info.check_channels(chans)
-    check_method(method)
+    check_method(req.method)
+    steps = req.steps or DEFAULT_STEPS
+    strength = req.strength
     if strength is None:
-        strength = DEFAULT_STRENGTH if method == "adaptive" else FIXED_STRENGTH
+        strength = DEFAULT_STRENGTH if req.method == "adaptive" else FIXED_STRENGTH
     if not (strength >= 0 and steps >= 1):
         raise UsageError(f"strength must be ≥ 0 and steps ≥ 1, got {strength}, {steps}")
-    settings = SETTINGS.with_(steps=steps)
-    record = {
+    req = replace(req, steps=steps)
+    settings = {
         "model": model.describe(),
-        "image": str(image or "bundled:coffee.jpg"),
+        "image": str(req.image or "bundled:coffee.jpg"),
         "layer": info.name,
         "channels": chans,
-        "method": method,
+        "method": req.method,
         "strength": float(strength),
-        "render": settings.as_dict(),
-        "seed": seed,
+        "render": SETTINGS.with_(steps=steps).as_dict(),
+        "seed": req.seed,
     }
-    with open_run("accentuate", out, record, progress=progress, should_stop=should_stop) as ctx:
-        accs = accentuate(
-            model,
-            pil,
-            info.name,
-            chans,
-            strength=strength,
-            method=method,
-            steps=steps,
-            seed=seed,
-            progress=progress,
-            should_stop=ctx.stop,
-            on_done=lambda a: write_accentuation(ctx.run, a),
-        )
-        if len(accs) < len(chans):
-            ctx.mark_partial(len(accs), len(chans), "channels", resumable=False)
-    r = ctx.result
-    return AccentRun(r.run_dir, r.status, r.record, None, r.interruption, accs)
+    return AccentuatePlan(model, pil, info, chans, float(strength), req, settings)
+
+
+def _compute(ctx: RunContext, p: AccentuatePlan) -> list[Accentuation]:
+    r = p.request
+    accs = accentuate(
+        p.model,
+        p.image,
+        p.info.name,
+        p.channels,
+        strength=p.strength,
+        method=r.method,
+        steps=r.steps,
+        seed=r.seed,
+        progress=ctx.show_progress,
+        should_stop=ctx.stop,
+        on_done=lambda a: write_accentuation(ctx.run, a),
+    )
+    if len(accs) < len(p.channels):
+        ctx.mark_partial(len(accs), len(p.channels), "channels", resumable=False)
+    return accs
+
+
+def _write(ctx: RunContext, accs: list[Accentuation]) -> None:
+    """Every accentuation was written as it finished (:func:`write_accentuation`)."""
+
+
+def _summary(r: JobResult) -> list[str]:
+    s = r.record["settings"]
+    photo = "the bundled photo" if s["image"] == "bundled:coffee.jpg" else s["image"]
+    lines = [f"{s['model']['name']} · {s['layer']} · accentuations of {photo}"]
+    lines += [
+        f"  filter {a.channel:5d}: photo {a.activation_photo:.3f} → accentuation {a.activation_accent:.3f} "
+        f"(gain {a.gain:.2f}×), SSIM {a.ssim:.3f}"
+        for a in r.data
+    ]
+    lines.append(f"wrote {r.run_dir}/{s['layer']}/accent_*.png, run.json")
+    return lines
+
+
+JOB = Job(
+    "accentuate",
+    AccentuateRequest,
+    _plan,
+    _compute,
+    _write,
+    _summary,
+    help="Feature accentuation: IMAGE pushed to excite each filter while it stays close to the photo.",
+    precheck=_check_image,
+)

@@ -33,6 +33,7 @@ from .diversity import check_diversity
 from .pool import RenderPool, choose_layout
 
 EXAMPLES_FILE = "examples.json"
+NAMES_VERSION = 1  # examples.json written before channels had names and scores is recomputed
 THUMB = 96
 CROP = 128
 
@@ -73,6 +74,7 @@ def write_examples(
         "signature": folder_signature(files),
         "layers": [i.name for i in layers],
         "n_top": n_top,
+        "names": NAMES_VERSION,
     }
     path = run.file(EXAMPLES_FILE)
     if path.is_file():
@@ -82,9 +84,14 @@ def write_examples(
                 return old
         except ValueError:
             pass
-    files, stats = collect_examples(model, layers, folder, n_top=n_top, progress=progress, should_stop=should_stop)
+    preds: dict[int, int] = {}
+    files, stats = collect_examples(
+        model, layers, folder, n_top=n_top, progress=progress, should_stop=should_stop, keep_means=True,
+        predictions=preds,
+    )  # fmt: skip
     if should_stop and should_stop():
         return None
+    units, names_rec = _names(model, layers, folder, files, stats, preds)
     size = model.input_size
     used = sorted({int(i) for s in stats.values() for i in s.top_index.flatten().tolist() if i >= 0})
     seen: dict[int, Image.Image] = {}
@@ -125,10 +132,29 @@ def write_examples(
                 "min": float(s.minimum[c]),
                 "max": float(s.maximum[c]),
                 "mean": float(s.total[c] / max(1, s.count)),
+                **units[info.name][c],
             }
         out["layers"][info.name] = {"map_shape": list(s.map_shape), "channels": chans}
+    out["names"] = names_rec
     run.write(EXAMPLES_FILE, json_bytes(out))
     return out
+
+
+def _names(model, layers, folder, files, stats, preds) -> tuple[dict[str, list[dict]], dict]:
+    """Every channel's name, purity and MIS score (:mod:`.names`) from its mean activation on each image,
+    the images labelled by their class sub-folders or the model's predictions."""
+    from .names import default_similarity, describe_units, image_labels, mis_min_images, scoring_record
+
+    idx, _ = stats[layers[0].name].mean_matrix()
+    used = [files[int(i)] for i in idx]
+    labels, source = image_labels(used, folder, model, predictions=[preds[int(i)] for i in idx])
+    sim = default_similarity() if len(used) >= mis_min_images() else None
+    embed = sim.embed(used) if sim is not None else None
+    units = {}
+    for info in layers:
+        _, acts = stats[info.name].mean_matrix()
+        units[info.name] = describe_units(acts, labels, top=stats[info.name].n_top, embed=embed)
+    return units, scoring_record(source, sim, len(used))
 
 
 def _jpeg(im: Image.Image) -> bytes:
@@ -177,7 +203,7 @@ def build_atlas(
     record = {
         "model": model.describe(),
         "layers": {i.name: channels[i.name] for i in layers},
-        "method": method or settings.preset,
+        "method": method or settings.label,
         "render": settings.for_model(model).as_dict(),
         "seed": seed,
         "batch": batch,
@@ -232,6 +258,8 @@ def build_atlas(
             with ctx.timed("examples"):
                 examples = write_examples(run, model, layers, folder, n_top=n_top, progress=progress, should_stop=stop)
             interrupted = examples is None
+            if examples is not None:
+                run.record["names"] = examples.get("names")
         with ctx.timed("site"):
             layer_list = [{"name": i.name, "shape": i.shape_str(), "channels": channels[i.name]} for i in layers]
             build_site(run, layer_list, examples)

@@ -34,7 +34,7 @@ def check_rank(rank: str) -> str:
 
 def check_class(model: Model, cls: int | None, n_classes: int | None = None) -> None:
     """A class index must be in 0…N−1 of the model's output."""
-    n = n_classes or (len(model.categories) if model.categories else None)
+    n = n_classes or model.num_classes
     if cls is not None and (cls < 0 or (n is not None and cls >= n)):
         raise UsageError(f"class {cls} is out of range: {model.name} has classes 0-{(n or 1) - 1}")
 

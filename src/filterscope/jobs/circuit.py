@@ -1,19 +1,22 @@
 """How a filter is built: the channels of an earlier layer that make channel C of layer L.
 
-Three kinds of evidence, after the Circuits thread (Olah et al. 2020 "Zoom In"; Voss et al. 2021
-"Visualizing Weights"):
+The inputs are listed in the order the network confirms (:mod:`filterscope.jobs.circuit_rank`, chosen on
+held-out photos by ``benchmarks/bench_circuits.py``):
 
-1. **Expanded weights**: the linear map from the earlier layer ``F`` to C at the centre position of L's map,
-   computed as the gradient of that one output with respect to F's output in a copy of the network whose
-   non-linearities are the identity, max-pooling is average pooling and squeeze-excite gates are fixed
-   (:mod:`filterscope.optvis.linearize`). It passes 1×1, depthwise, batch-norm, squeeze-excite and residual
-   paths with no per-architecture code. Per input channel: its spatial weight map and the map's sum
-   (``weight``: > 0 excites C, < 0 inhibits it).
-2. **Attribution over images**: gradient × activation of each input channel on C's spatial mean, summed
-   over the map and averaged over the images (the first-order estimate of how much C's mean falls when
-   that input is set to zero).
-3. **Ablation**: zeroing the top-k inputs by |attribution| (and, separately, the k most excitatory) changes
-   C's mean activation, against k random inputs (``n_random`` seeded draws).
+1. **Measured effect**: per image, how much C's spatial mean falls when one input channel alone is set to
+   zero (the network as it runs: ReLUs that are off, ReLU6 caps and squeeze-excite gates included). The
+   default order is greedy on these effects (strongest first; inputs that change nothing come last).
+2. **Ablation check** of that order, on every circuit: zeroing the first k listed against k random inputs
+   (``n_random`` seeded draws), with a warning when the first k move C less than :data:`MIN_RATIO` × as much;
+   also the top-k by |attribution| and the k most excitatory.
+3. **Attribution over images**: gradient × activation of each input channel on C's spatial mean, summed
+   over the map and averaged over the images (the first-order estimate of the effect).
+4. **Expanded weights**, a second view: the linear map from the earlier layer ``F`` to C at the centre
+   position of L's map, the gradient of that output with respect to F's output in a copy of the network whose
+   non-linearities are the identity (or their mean slope, ``gated``), max-pooling is average pooling and
+   squeeze-excite gates are fixed (:mod:`filterscope.optvis.linearize`, Voss et al. 2021). Exact on a linear
+   path; across non-linearities it can credit inputs the network never lets through, so it is normalised
+   per circuit and its agreement with the measured effect is stated.
 
 :func:`circuit` computes all of it with no files (a pure function of the model and its arguments, so a
 worker can call it); with ``out`` it runs as a job (:func:`run_circuit`) and writes ``circuit.json``,
@@ -37,6 +40,7 @@ from ..models.model import Model
 from ..optvis.hooks import StopForward
 from ..optvis.linearize import GateMeter, linear_copy
 from ..optvis.presets import DEFAULT_METHOD
+from .circuit_rank import DEFAULT_RANKING, RANKING_TEXT, effect_order, rank_agreement, removal_effects
 from .contract import JobResult, open_run
 
 LINEARIZE = ("identity", "gated")
@@ -44,6 +48,7 @@ OTHER = {"identity": "gated", "gated": "identity"}
 DEFAULT_TOP = 8
 DEFAULT_K = 8
 N_RANDOM = 8
+MIN_RATIO = 1.5  # the first k listed must move the filter at least this much more than k random
 BATCH = 12
 
 
@@ -269,6 +274,38 @@ def expanded_weights(
     return maps, pos, {**lc.counts(), "affine_error": float(f"{err / scale:.3g}")}
 
 
+class Masked:
+    """``dst``'s channel mean with ``src``'s output times mask rows, per batch of images: ``run(masks, i)`` →
+    ``[B_i, M]`` (one row per image of batch ``i``, one column per mask row).
+
+    With ``sources`` (``src``'s outputs from :func:`attribution`) and their unmasked result ``base``, the
+    network before ``src`` runs on one blank image and the stored outputs continue from ``src``; kept only
+    when it reproduces ``base`` (nothing after ``src`` reads a tensor from before it), else every batch runs
+    from its images."""
+
+    def __init__(self, model, src, dst, channel, batches, sources=None, base=None):
+        self.model, self.src, self.dst, self.channel = model, src, dst, channel
+        self.batches = batches
+        self.sources = None
+        if sources is not None and base is not None:
+            self.sources = sources
+            one = torch.ones(1, src.channels, device=model.device)
+            with torch.inference_mode():
+                got = torch.cat([self.run(one, i) for i in range(len(sources))]).numpy()[:, 0]
+            if not np.allclose(got, base[: len(got)], rtol=1e-3, atol=1e-4):
+                self.sources = None
+
+    @property
+    def sizes(self) -> list[int]:
+        return [int(b.shape[0]) for b in (self.sources if self.sources is not None else self.batches)]
+
+    def run(self, masks: torch.Tensor, i: int) -> torch.Tensor:
+        with torch.inference_mode():
+            if self.sources is not None:
+                return _masked_means(self.model, self.src, self.dst, self.channel, None, masks, stored=self.sources[i])
+            return _masked_means(self.model, self.src, self.dst, self.channel, self.batches[i], masks)
+
+
 def ablation(
     model: Model,
     src: LayerInfo,
@@ -281,49 +318,58 @@ def ablation(
     n_random: int = N_RANDOM,
     sources: list[torch.Tensor] | None = None,
     base: np.ndarray | None = None,
+    order: np.ndarray | None = None,
+    effect: np.ndarray | None = None,
+    masked: Masked | None = None,
 ) -> dict:
-    """C's mean activation with sets of ``src`` channels set to zero: the top-k by |attribution|, the k most
-    excitatory (largest attribution), and ``n_random`` draws of k random channels (``seed``).
-
-    With ``sources`` (``src``'s outputs from :func:`attribution`) and their unmasked result ``base``, the
-    network before ``src`` runs on one blank image and the stored outputs continue from ``src``; kept only
-    when it reproduces ``base`` (nothing after ``src`` reads a tensor from before it)."""
+    """C's mean activation with sets of ``src`` channels set to zero: the first k of ``order`` (the order the
+    circuit lists; default: by |attribution|), the top-k by |attribution|, the k most excitatory (largest
+    ``effect``, default: attribution), and ``n_random`` draws of k random channels (``seed``). The check
+    of a listing: ``change_ratio`` (first k / random k, mean |change|), with a ``warning`` below
+    :data:`MIN_RATIO`. ``sources``/``base``/``masked``: see :class:`Masked`."""
     n = src.channels
     k = min(k, n)
     rng = np.random.default_rng(seed)
     top_abs = np.argsort(-np.abs(attr), kind="stable")[:k]
-    top_pos = np.argsort(-attr, kind="stable")[:k]
+    first = np.asarray(order[:k]) if order is not None else top_abs
+    top_pos = np.argsort(-(effect if effect is not None else attr), kind="stable")[:k]
     randoms = [np.sort(rng.choice(n, size=k, replace=False)) for _ in range(n_random)]
-    sets = [top_abs, top_pos, *randoms]
+    sets = [first, top_pos, top_abs, *randoms]
     masks = torch.ones(len(sets) + 1, n)
     for i, s in enumerate(sets):
         masks[i + 1, torch.as_tensor(s)] = 0.0
     masks = masks.to(model.device)
-    acts = None
-    with torch.inference_mode():
-        if sources is not None and base is not None:
-            rows = [_masked_means(model, src, dst, channel, None, masks, stored=s) for s in sources]
-            acts = torch.cat(rows).numpy()
-            if not np.allclose(acts[:, 0], base, rtol=1e-3, atol=1e-4):
-                acts = None
-        if acts is None:
-            acts = torch.cat([_masked_means(model, src, dst, channel, x, masks) for x in batches]).numpy()
+    masked = masked or Masked(model, src, dst, channel, batches, sources, base)
+    acts = torch.cat([masked.run(masks, i) for i in range(len(masked.sizes))]).numpy()
     base = acts[:, 0]
     change = np.abs(acts[:, 1:] - base[:, None]).mean(0)  # mean |Δ| per set
     drop = (base[:, None] - acts[:, 1:]).mean(0)  # mean (base − ablated) per set
-    rnd_change, rnd_drop = change[2:], drop[2:]
+    rnd_change, rnd_drop = change[3:], drop[3:]
+    ratio = float(change[0] / max(rnd_change.mean(), 1e-12))
+    comparable = k < n  # with every input zeroed, "random k" is the same set: nothing to check
+    warning = (
+        None
+        if ratio >= MIN_RATIO or not comparable
+        else f"the first {k} inputs listed move the filter only {ratio:.2f}× as much as {k} random ones "
+        f"(< {MIN_RATIO}×): no small set of inputs carries it on these images"
+    )
     return {
         "k": int(k),
         "n_random": int(n_random),
         "seed": int(seed),
         "activation": round(float(base.mean()), 6),
+        "first": [int(c) for c in first],
         "top_abs": [int(c) for c in top_abs],
         "top_excitatory": [int(c) for c in top_pos],
         "random_sets": [[int(c) for c in s] for s in randoms],
         "change_top": round(float(change[0]), 6),
+        "change_top_attribution": round(float(change[2]), 6),
         "change_random": round(float(rnd_change.mean()), 6),
         "change_random_each": [round(float(v), 6) for v in rnd_change],
-        "change_ratio": round(float(change[0] / max(rnd_change.mean(), 1e-12)), 4),
+        "change_ratio": round(ratio, 4),
+        "min_ratio": MIN_RATIO,
+        "passed": ratio >= MIN_RATIO if comparable else None,
+        "warning": warning,
         "drop_excitatory": round(float(drop[1]), 6),
         "drop_random": round(float(rnd_drop.mean()), 6),
         "drop_random_each": [round(float(v), 6) for v in rnd_drop],
@@ -368,28 +414,56 @@ class CircuitInput:
 
     layer: str
     channel: int
-    weight: float  # summed expanded weight (> 0 excites, < 0 inhibits)
+    weight: float  # summed expanded weight (> 0 excites, < 0 inhibits on the linear copy)
     attribution: float  # mean gradient × activation over the images
     weight_map: np.ndarray  # [H, W] expanded weights over the earlier layer's map
     rank_weight: int
     rank_attribution: int
     weight_other: float = 0.0  # the summed weight by the other linearisation (identity ↔ gated)
+    effect: float = 0.0  # measured: mean over images of C's mean minus C's mean with this input zeroed
+    effect_abs: float = 0.0  # mean over images of |that change|
+    rank: int = 0  # position in the default order (0 = strongest)
+    weight_scale: float = 1.0  # max |summed weight| of the circuit (the normalisation of ``weight``)
+    weight_other_scale: float = 1.0
     render: torch.Tensor | None = None
     render_png: bytes | None = None
     render_activation: float | None = None
 
     @property
     def sign(self) -> str:
+        """What the network does with it as it runs: removing it lowers C (excites) or raises C (inhibits)."""
+        if self.effect_abs == 0.0 and self.effect == 0.0:
+            return "none"
+        return "excites" if self.effect > 0 else "inhibits" if self.effect < 0 else "none"
+
+    @property
+    def weight_sign(self) -> str:
         return "excites" if self.weight > 0 else "inhibits" if self.weight < 0 else "none"
 
+    @property
+    def weight_norm(self) -> float:
+        """The summed expanded weight over the circuit's largest |summed weight| (−1 … 1)."""
+        return self.weight / self.weight_scale if self.weight_scale > 0 else 0.0
+
+    @property
+    def weight_other_norm(self) -> float:
+        return self.weight_other / self.weight_other_scale if self.weight_other_scale > 0 else 0.0
+
     def record(self, render_file: str | None = None, linearize: str = "identity") -> dict:
+        other = OTHER[linearize]
         return {
             "layer": self.layer,
             "channel": self.channel,
-            "weight": round(self.weight, 6),
+            "rank": self.rank,
+            "effect": round(self.effect, 6),
+            "effect_abs": round(self.effect_abs, 6),
             "attribution": round(self.attribution, 6),
-            f"weight_{OTHER[linearize]}": round(self.weight_other, 6),
+            "weight": round(self.weight, 6),
+            "weight_normalized": round(self.weight_norm, 4),
+            f"weight_{other}": round(self.weight_other, 6),
+            f"weight_{other}_normalized": round(self.weight_other_norm, 4),
             "sign": self.sign,
+            "weight_sign": self.weight_sign,
             "weight_abs_max": round(float(np.abs(self.weight_map).max()), 6),
             "rank_weight": self.rank_weight,
             "rank_attribution": self.rank_attribution,
@@ -407,7 +481,7 @@ class Circuit:
     channel: int
     source: str  # the earlier layer ("from")
     position: tuple[int, int]
-    inputs: list[CircuitInput]  # sorted by |weight|
+    inputs: list[CircuitInput]  # in the default order (:attr:`ranking`): first = moves C most
     activation: float  # C's mean activation over the images
     n_images: int
     images: str
@@ -415,6 +489,7 @@ class Circuit:
     linear: dict
     window: tuple[int, int, int, int]  # rows r0:r1, cols c0:c1 of the source map where weights are non-zero
     top: int
+    ranking: dict = field(default_factory=dict)  # the order's method and the expanded weights' agreement with it
     settings: dict = field(default_factory=dict)
     target_render: torch.Tensor | None = None
     target_png: bytes | None = None
@@ -424,11 +499,12 @@ class Circuit:
 
     @property
     def shown(self) -> list[CircuitInput]:
-        """The inputs the figure and report show: the top ``top`` by |weight|."""
+        """The inputs the figure and report show: the first ``top`` of the default order."""
         return self.inputs[: self.top]
 
     def record(self) -> dict:
-        """``circuit.json`` (``shared/README.md``): layer, channel, from, inputs sorted by |weight|."""
+        """``circuit.json`` (``shared/README.md``): layer, channel, from, inputs in the default order (first =
+        strongest), the ranking, the ablation check and the expanded weights (a second view)."""
         from ..outputs.naming import channel_file
 
         return {
@@ -447,6 +523,7 @@ class Circuit:
                 )
                 for i in self.inputs
             ],
+            "ranking": self.ranking,
             "ablation": self.ablation,
             "expanded_weights": {
                 "method": "gradient through a linear copy: activations → "
@@ -608,36 +685,75 @@ def compute_circuit(
     linear["squeeze_excite_gates"] = len(p.gates)
     linear["affine_error_gated"] = lin_g["affine_error"]
     timings["expanded_weights_s"] = time.perf_counter() - t
-
-    abl: dict = {}
-    if not stopped and not (should_stop and should_stop()):
-        t = time.perf_counter()
-        abl = ablation(model, src, info, channel, batches, attr, k, seed, sources=p.sources, base=p.activation)
-        timings["ablation_s"] = time.perf_counter() - t
-    acts = p.activation
-
     if linearize == "gated":
         maps, gated = gated, maps
     weights = maps.reshape(maps.shape[0], -1).sum(1)
-    order_w = np.argsort(-np.abs(weights), kind="stable")
+    weights_g = gated.reshape(gated.shape[0], -1).sum(1)  # the other linearisation
+
+    abl: dict = {}
+    effects = None
+    if not stopped and not (should_stop and should_stop()):
+        t = time.perf_counter()
+        masked = Masked(model, src, info, channel, batches, p.sources, p.activation)
+        effects = removal_effects(
+            masked.run, masked.sizes, src.channels, p.activation, model.device, should_stop=should_stop
+        )
+        timings["removal_effects_s"] = time.perf_counter() - t
+    if effects is None:  # stopped: no measured effect, the order falls back to the attribution
+        stopped = True
+        order = effect_order("attribution_image", None, p.attribution, weights)
+        effect = np.zeros(src.channels)
+        effect_abs = np.zeros(src.channels)
+        ranking_method = "attribution_image"
+    else:
+        order = effect_order(DEFAULT_RANKING, effects, p.attribution, weights)
+        effect, effect_abs = effects.mean(0), np.abs(effects).mean(0)
+        ranking_method = DEFAULT_RANKING
+        t = time.perf_counter()
+        abl = ablation(model, src, info, channel, batches, attr, k, seed, order=order, effect=effect, masked=masked)
+        timings["ablation_s"] = time.perf_counter() - t
+    acts = p.activation
+
+    rank_w = np.empty(len(attr), dtype=int)
+    rank_w[np.argsort(-np.abs(weights), kind="stable")] = np.arange(len(attr))
     rank_a = np.empty(len(attr), dtype=int)
     rank_a[np.argsort(-np.abs(attr), kind="stable")] = np.arange(len(attr))
     nz = np.abs(maps).max(0) > 1e-7 * max(float(np.abs(maps).max()), 1e-30)
     rows, cols = np.nonzero(nz) if nz.any() else (np.array([pos[0]]), np.array([pos[1]]))
     window = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
-    weights_g = gated.reshape(gated.shape[0], -1).sum(1)  # the other linearisation
+    scale, scale_g = float(np.abs(weights).max()), float(np.abs(weights_g).max())
     inputs = [
-        CircuitInput(src.name, int(c), float(weights[c]), float(attr[c]), maps[c], r, int(rank_a[c]))
-        for r, c in enumerate(order_w.tolist())
+        CircuitInput(
+            src.name,
+            int(c),
+            float(weights[c]),
+            float(attr[c]),
+            maps[c],
+            int(rank_w[c]),
+            int(rank_a[c]),
+            weight_other=float(weights_g[c]),
+            effect=float(effect[c]),
+            effect_abs=float(effect_abs[c]),
+            rank=r,
+            weight_scale=scale,
+            weight_other_scale=scale_g,
+        )
+        for r, c in enumerate(order.tolist())
     ]
-    for i in inputs:
-        i.weight_other = float(weights_g[i.channel])
     linear["linearize"] = linearize
-    linear["max_abs_weight"] = {
-        linearize: float(np.abs(weights).max()),
-        OTHER[linearize]: float(np.abs(weights_g).max()),
-    }
+    linear["max_abs_weight"] = {linearize: scale, OTHER[linearize]: scale_g}
     linear["agreement"] = agreement(weights, weights_g, attr, linearize)
+    ranking = {
+        "method": ranking_method,
+        "description": RANKING_TEXT[ranking_method],
+        "first": [int(c) for c in order[: min(top, len(order))]],
+    }
+    if effects is not None:
+        ranking["weights_agreement"] = {
+            linearize: rank_agreement(weights, effect_abs, order),
+            OTHER[linearize]: rank_agreement(weights_g, effect_abs, order),
+        }
+        ranking["attribution_agreement"] = rank_agreement(attr, effect_abs, order)
     settings = {
         "layer": info.name,
         "channel": channel,
@@ -664,6 +780,7 @@ def compute_circuit(
         linear,
         window,
         top,
+        ranking,
         settings,
     )
     if stopped or not abl:

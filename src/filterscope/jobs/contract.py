@@ -51,14 +51,19 @@ class JobResult:
 class RunContext:
     """One job run: its :class:`~filterscope.outputs.rundir.RunDir`, stop flag, progress bars and timings."""
 
-    def __init__(self, run: RunDir, stop: Callable[[], bool], progress: bool) -> None:
+    def __init__(self, run: RunDir, stop: Callable[[], bool], progress: bool, resume: bool = False) -> None:
         self.run = run
+        self.resume = resume  # finishing an earlier run of the folder: keep what it recorded
+        self.started = time.perf_counter()
         self.stop = stop
         self.show_progress = progress
         self.data: Any = None
         self.status = "complete"
         self.interruption: str | None = None
         self.result: JobResult | None = None
+        # an error that :func:`run_job` raises once the run is recorded and closed (its files are kept), e.g.
+        # a RenderError when every render failed
+        self.error: FilterscopeError | None = None
 
     @property
     def path(self) -> Path:
@@ -84,6 +89,10 @@ class RunContext:
             yield
         finally:
             self.record["timings"][f"{name}_s"] = round(time.perf_counter() - t, 3)
+
+    def elapsed(self) -> float:
+        """Seconds since the run folder was opened."""
+        return time.perf_counter() - self.started
 
     def mark_partial(self, done: int, total: int, what: str = "items", resumable: bool = True) -> None:
         """The run was stopped with ``done`` of ``total`` finished: it ends ``partial`` with that message."""
@@ -111,7 +120,7 @@ def open_run(
         if should_stop is None:
             should_stop = stack.enter_context(graceful_stop(quiet=not progress))
         run = RunDir(out, command, settings, resume=resume)
-        ctx = RunContext(run, should_stop, progress)
+        ctx = RunContext(run, should_stop, progress, resume)
         try:
             yield ctx
         except BaseException as e:
@@ -136,7 +145,11 @@ def opt(default: Any = None, help: str = "", **cli: Any) -> Any:
 
     ``cli`` keys: ``argument`` (positional), ``flag`` (the option's name when not ``--field-name``),
     ``cli_default`` (the command line's default when it differs from the API's), ``min`` (lowest int),
-    ``choices`` (allowed strings), ``channels`` (a channel list such as ``0-7,12``), ``metavar``."""
+    ``choices`` (allowed strings), ``channels`` (a channel list such as ``0-7,12``), ``metavar``,
+    ``optional`` (an argument that may be left out), ``names`` (comma-separated names of a registry:
+    ``"method"``), ``registry`` (one name of a registry: ``"method"``, ``"param"``, ``"transforms"``,
+    ``"optimizer"``, ``"precision"``), ``positive`` (a finite number > 0), ``max`` (highest int, with ``min``),
+    ``cli=False`` (an option of the API alone)."""
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
@@ -213,4 +226,6 @@ def run_job(
         data = job.compute(ctx, plan)
         job.write(ctx, data)
         ctx.data = data
+    if ctx.error is not None:
+        raise ctx.error
     return ctx.result

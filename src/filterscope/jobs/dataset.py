@@ -60,6 +60,8 @@ class ChannelStats:
     total: torch.Tensor = field(init=False)
     reservoir: torch.Tensor = field(init=False)
     map_shape: tuple[int, int] = (1, 1)
+    keep_means: bool = False  # keep every image's mean activation (images × channels) for names and scores
+    means: dict[int, np.ndarray] = field(default_factory=dict, repr=False)  # image index → [C] when keep_means
 
     def __post_init__(self) -> None:
         c, n = self.channels, self.n_top
@@ -91,6 +93,9 @@ class ChannelStats:
         self.minimum = torch.minimum(self.minimum, means.amin(0))
         self.maximum = torch.maximum(self.maximum, means.amax(0))
         self.total += means.double().sum(0)
+        if self.keep_means:
+            for i, row in zip(index.tolist(), means.numpy(), strict=True):
+                self.means[int(i)] = row.astype(np.float32)
         for row in means:  # reservoir sampling (Algorithm R) over images
             self.count += 1
             if self.reservoir.shape[0] < RESERVOIR:
@@ -102,6 +107,12 @@ class ChannelStats:
 
     def histogram(self, c: int, bins: int = 30) -> tuple[np.ndarray, np.ndarray]:
         return np.histogram(self.reservoir[:, c].numpy(), bins=bins)
+
+    def mean_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept per-image means as ``(image indices, images × channels)``, in image order."""
+        idx = np.array(sorted(self.means), dtype=np.int64)
+        rows = np.stack([self.means[int(i)] for i in idx]) if len(idx) else np.zeros((0, self.channels), np.float32)
+        return idx, rows
 
 
 def collect_examples(
@@ -115,19 +126,24 @@ def collect_examples(
     progress: bool = True,
     seed: int = 0,
     should_stop=None,
+    keep_means: bool = False,
+    predictions: dict[int, int] | None = None,
 ) -> tuple[list[Path], dict[str, ChannelStats]]:
-    """One streamed pass over ``folder``; returns the file list and per-layer statistics."""
+    """One streamed pass over ``folder``; returns the file list and per-layer statistics. ``keep_means``:
+    the statistics also keep every image's mean activation per channel (for names and scores, a few bytes
+    per image and channel); ``predictions``: filled with each readable image's top-1 class (the pass then runs
+    to the logits instead of stopping at the deepest layer)."""
     from tqdm import tqdm
 
     files = list_images(folder)
     loader = DataLoader(ImageFolder(files, model), batch_size=batch, shuffle=False, num_workers=workers)
-    stats = {i.name: ChannelStats(i.channels, min(n_top, len(files))) for i in layers}
+    stats = {i.name: ChannelStats(i.channels, min(n_top, len(files)), keep_means=keep_means) for i in layers}
     rng = np.random.default_rng(seed)
     names = [i.name for i in layers]
     calls = {i.name: i.calls for i in layers}
     skipped = 0
     with (
-        capture(model.net, names, calls=calls, stop=True, views=map_views(model, names)) as cap,
+        capture(model.net, names, calls=calls, stop=predictions is None, views=map_views(model, names)) as cap,
         torch.inference_mode(),
     ):
         for x, index, ok in tqdm(
@@ -139,7 +155,9 @@ def collect_examples(
             if not ok.any():
                 continue
             x, index = x[ok], index[ok]
-            run(model.forward, x.to(model.device), cap)
+            logits = run(model.forward, x.to(model.device), cap)
+            if predictions is not None and logits is not None:
+                predictions.update(zip(index.tolist(), logits.argmax(1).tolist(), strict=True))
             for name in names:
                 stats[name].update(cap.acts[name], index, rng)
     if skipped:

@@ -25,8 +25,8 @@ from ..errors import UsageError
 from ..models.inputs import image_tensor, list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import LOGIT, get_layer, list_layers, map_views
 from ..models.model import Model
+from ..models.relu import final_relus
 from ..optvis.hooks import capture, run
-from ..optvis.relu import final_relus
 
 ROBUST_CROPS = 8
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +40,7 @@ from ..outputs.site import figure_uri as _fig_uri
 from .accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, Accentuation, accentuate
 from .attribution import check_class, check_rank, deletion_curve
 from .boost import check_top
-from .contract import open_run
+from .contract import Job, JobResult, RunContext, opt, run_job
 from .inspect import Inspection, inspect
 
 DELETION_KS = tuple(range(1, 17))
@@ -140,74 +140,158 @@ def _class_name(ins: Inspection) -> str:
     return str(ins.target_class)
 
 
-def explain(
-    model: Model,
-    image: str | Path | Image.Image | None = None,
-    *,
-    layer: str | None = None,
-    top: int = 3,
-    rank: str = "contribution",
-    target_class: int | None = None,
-    images: str | Path | None = None,
-    strength: float = DEFAULT_STRENGTH,
-    accent_steps: int = DEFAULT_STEPS,
-    method: str = DEFAULT_METHOD,
-    render_steps: int | None = None,
-    seed: int = 0,
-    out: str | Path | None = None,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> Explanation:
-    """Explain ``image`` (default: the bundled cup); with ``out``, write ``report.html``,
-    ``figure_explain.png``, the accentuations and renders, and ``run.json`` there."""
-    t0 = time.perf_counter()
-    check_rank(rank)
-    check_class(model, target_class)
-    info = network_layer(model, layer or explain_layer(model), "explain")
-    check_top(top, info)
-    folder = Path(images) if images else sample_photos_dir()
+@dataclass
+class ExplainRequest:
+    """The arguments of ``filterscope explain``."""
+
+    image: str | Path | Image.Image | None = opt(
+        None, "Image file [default: the bundled photo].", argument=True, optional=True
+    )
+    layer: str | None = opt(None, "Layer [default: blocks.5 when the model has it, else its default layer].")
+    top: int = opt(3, "Filters to explain.", min=1)
+    rank: str = opt(
+        "contribution",
+        "Order filters by contribution to the class (gradient × activation) or by mean activation.",
+        choices=("contribution", "activation"),
+    )
+    target_class: int | None = opt(None, "Class to explain [default: the prediction].", flag="--class")
+    images: str | Path | None = opt(None, "Folder of natural images for top examples (default: bundled photos).")
+    strength: float | None = opt(
+        None,
+        f"Accentuation closeness (the weight of 1 − SSIM, as accentuate's) [default: {DEFAULT_STRENGTH:g}].",
+        min=0,
+    )
+    seed: int = opt(0, "Seed.", min=0)
+    accent_steps: int = opt(DEFAULT_STEPS, "Accentuation steps.", cli=False)
+    method: str = opt(DEFAULT_METHOD, "Preset of the renders from noise.", cli=False)
+    render_steps: int | None = opt(None, "Steps of the renders [default: the preset's].", cli=False)
+
+
+@dataclass
+class ExplainPlan:
+    model: Model
+    image: Image.Image
+    image_name: str
+    info: LayerInfo
+    files: list[Path]
+    folder: Path
+    request: ExplainRequest
+    settings: dict
+
+
+def _check_files(req: ExplainRequest) -> None:
+    if isinstance(req.image, (str, Path)):
+        load_image(req.image)
+    if req.images:
+        list_images(req.images)
+
+
+def _plan(model: Model, req: ExplainRequest) -> ExplainPlan:
+    check_rank(req.rank)
+    check_class(model, req.target_class)
+    info = network_layer(model, req.layer or explain_layer(model), "explain")
+    check_top(req.top, info)
+    folder = Path(req.images) if req.images else sample_photos_dir()
     files = list_images(folder)  # raises a usage error for a folder without images
-    if isinstance(image, Image.Image):
-        pil, image_name = image, "<PIL image>"
+    if isinstance(req.image, Image.Image):
+        pil, image_name = req.image, "<PIL image>"
     else:
-        path = Path(image) if image else sample_image_path()
-        pil, image_name = load_image(path), str(image or "bundled:coffee.jpg")
+        path = Path(req.image) if req.image else sample_image_path()
+        pil, image_name = load_image(path), str(req.image or "bundled:coffee.jpg")
+    if req.strength is None:
+        req = replace(req, strength=DEFAULT_STRENGTH)
+    method, render_steps = req.method, req.render_steps
     settings = {
         "model": model.describe(),
         "image": image_name,
         "layer": info.name,
-        "top": top,
-        "rank": rank,
-        "target_class": target_class,
-        "images": str(images or "bundled photos"),
-        "accentuation": {"strength": strength, "steps": accent_steps},
+        "top": req.top,
+        "rank": req.rank,
+        "target_class": req.target_class,
+        "images": str(req.images or "bundled photos"),
+        "accentuation": {"strength": req.strength, "steps": req.accent_steps},
         "method": method,
         "render": get_preset(method).with_(steps=render_steps).for_model(model).as_dict(),
-        "seed": seed,
+        "seed": req.seed,
         "deletion_k": list(DELETION_KS),
     }
+    return ExplainPlan(model, pil, image_name, info, files, folder, req, settings)
 
-    def work(stop: Callable[[], bool] | None) -> Explanation:
-        return _explain(
-            model, pil, image_name, info, top, rank, target_class, images, files, folder, strength, accent_steps,
-            method, render_steps, seed, settings, progress, stop,
-        )  # fmt: skip
 
-    if out is None:
-        res = work(should_stop)
-        res.timings["total_s"] = round(time.perf_counter() - t0, 3)
-        return res
-    with open_run("explain", out, settings, progress=progress, should_stop=should_stop) as ctx:
-        res = work(ctx.stop)
-        with ctx.timed("write"):
-            write_explanation(ctx.run, res)
-        res.run_dir = ctx.path
-        res.timings["write_s"] = ctx.record["timings"]["write_s"]
-        res.timings["total_s"] = round(time.perf_counter() - t0, 3)
-        ctx.record["timings"].update(res.timings)
-        if res.status == "partial":
-            ctx.mark_partial(len(res.filters), top, "channels", resumable=False)
+def _work(p: ExplainPlan, progress: bool, stop: Callable[[], bool] | None) -> Explanation:
+    r = p.request
+    return _explain(
+        p.model, p.image, p.image_name, p.info, r.top, r.rank, r.target_class, r.images, p.files, p.folder,
+        r.strength, r.accent_steps, r.method, r.render_steps, r.seed, p.settings, progress, stop,
+    )  # fmt: skip
+
+
+def _compute(ctx: RunContext, p: ExplainPlan) -> Explanation:
+    res = _work(p, ctx.show_progress, ctx.stop)
+    if res.status == "partial":
+        ctx.mark_partial(len(res.filters), p.request.top, "channels", resumable=False)
+    return res
+
+
+def _write(ctx: RunContext, res: Explanation) -> None:
+    with ctx.timed("write"):
+        write_explanation(ctx.run, res)
+    res.run_dir = ctx.path
+    res.timings["write_s"] = ctx.record["timings"]["write_s"]
+    res.timings["total_s"] = round(ctx.elapsed(), 3)
+    ctx.record["timings"].update(res.timings)
     res.interruption = ctx.interruption
+
+
+def _summary(r: JobResult) -> list[str]:
+    res = r.data
+    ins = res.inspection
+    rec = res.record()
+    lines = [
+        f"{res.model} · {ins.layer.name} · explaining {rec['class_name']} ({ins.target_class}); "
+        f"prediction {ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
+        "zeroing the top 8 filters lowers p by: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in rec["ablation"]["top8_drop"].items()),
+    ]
+    for f in res.filters:
+        lines.append(
+            f"  filter {f.channel:4d}: contribution {f.contribution:+.3f} · accentuation gain {f.accent.gain:.2f}×, "
+            f"SSIM {f.accent.ssim:.3f} · path similarity render {f.path_render:.2f}"
+        )
+    lines.append(f"wrote {r.run_dir}/report.html, figure_explain.png, run.json ({res.timings['total_s']:.1f} s)")
+    return lines
+
+
+JOB = Job(
+    "explain",
+    ExplainRequest,
+    _plan,
+    _compute,
+    _write,
+    _summary,
+    help="Which filters drive IMAGE's prediction, what each sees in it, and the evidence: report.html.",
+    renders=True,
+    precheck=_check_files,
+)
+
+
+def explain(
+    model: Model,
+    image: str | Path | Image.Image | None = None,
+    *,
+    out: str | Path | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **options,
+) -> Explanation:
+    """Explain ``image`` (default: the bundled cup; ``options``: the fields of :class:`ExplainRequest`); with
+    ``out``, write ``report.html``, ``figure_explain.png``, the accentuations and renders, and ``run.json``
+    there (the job :data:`JOB`)."""
+    if out is not None:
+        return run_job(JOB, model, out=out, progress=progress, should_stop=should_stop, image=image, **options).data
+    t0 = time.perf_counter()
+    res = _work(_plan(model, JOB.make_request(image=image, **options)), progress, should_stop)
+    res.timings["total_s"] = round(time.perf_counter() - t0, 3)
     return res
 
 

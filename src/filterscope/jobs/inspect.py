@@ -19,11 +19,11 @@ from ..models.layers import LayerInfo, list_layers, map_views, network_layer
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from ..outputs import figures
-from ..outputs.naming import default_out, figure_file
+from ..outputs.naming import figure_file
 from ..outputs.rundir import RunDir
 from ..results import InspectionData
 from .attribution import check_class, check_rank, contributions
-from .contract import JobResult, open_run
+from .contract import Job, JobResult, RunContext, opt
 
 
 class Inspection(InspectionData):
@@ -159,44 +159,90 @@ def inspection_record(ins: Inspection) -> dict:
 
 
 @dataclass
-class InspectRun(JobResult):
-    """:class:`~filterscope.jobs.contract.JobResult` of ``inspect_to_dir`` with its :class:`Inspection`."""
+class InspectRequest:
+    """The arguments of ``filterscope inspect``."""
 
-    inspection: Inspection | None = None
+    image: str | None = opt(None, "Image file [default: the bundled photo].", argument=True, optional=True)
+    layer: str = opt("default", "Layer.")
+    top: int = opt(5, "Filters listed.", min=1)
+    rank: str = opt(
+        "activation",
+        "Order filters by mean activation, or by contribution to the class (gradient × activation).",
+        choices=("activation", "contribution"),
+    )
+    target_class: int | None = opt(None, "Class for --rank contribution [default: the prediction].", flag="--class")
 
 
-def inspect_to_dir(
-    model: Model,
-    image: str | Path | None,
-    out: str | Path = default_out("inspect"),
-    *,
-    layer: str = "default",
-    top: int = 5,
-    rank: str = "activation",
-    target_class: int | None = None,
-    argv_settings: dict | None = None,
-) -> InspectRun:
-    """``filterscope inspect``: chart, heatmaps, CSV and run.json for one image."""
-    check_rank(rank)
-    check_class(model, target_class)
-    if top < 1:
-        raise UsageError(f"--top must be at least 1, got {top}")
-    path = Path(image) if image else sample_image_path()
-    pil = load_image(path)
-    info = network_layer(model, layer, "inspect")
+@dataclass
+class InspectPlan:
+    model: Model
+    image: Image.Image
+    request: InspectRequest
+    layer: str
+    settings: dict
+
+
+def _check_image(req: InspectRequest) -> None:
+    if req.image:
+        load_image(req.image)
+
+
+def _plan(model: Model, req: InspectRequest) -> InspectPlan:
+    check_rank(req.rank)
+    check_class(model, req.target_class)
+    if req.top < 1:
+        raise UsageError(f"--top must be at least 1, got {req.top}")
+    pil = load_image(Path(req.image) if req.image else sample_image_path())
+    info = network_layer(model, req.layer, "inspect")
     settings = {
         "model": model.describe(),
-        "image": str(image or "bundled:coffee.jpg"),
+        "image": str(req.image or "bundled:coffee.jpg"),
         "image_conversion": channel_conversion(model.in_channels),
         "layer": info.name,
-        "top": top,
-        "rank": rank,
-        "target_class": target_class,
-        **(argv_settings or {}),
+        "top": req.top,
+        "rank": req.rank,
+        "target_class": req.target_class,
     }
-    ins = inspect(model, pil, info.name, top=top, rank=rank, target_class=target_class)
-    with open_run("inspect", out, settings, progress=False) as ctx:
-        write_inspection(ctx.run, ins)
-        ctx.record["inspection"] = inspection_record(ins)
-    r = ctx.result
-    return InspectRun(r.run_dir, r.status, r.record, None, r.interruption, ins)
+    return InspectPlan(model, pil, req, info.name, settings)
+
+
+def _compute(ctx: RunContext, p: InspectPlan) -> Inspection:
+    r = p.request
+    return inspect(p.model, p.image, p.layer, top=r.top, rank=r.rank, target_class=r.target_class)
+
+
+def _write(ctx: RunContext, ins: Inspection) -> None:
+    write_inspection(ctx.run, ins)
+    ctx.record["inspection"] = inspection_record(ins)
+
+
+def _summary(r: JobResult) -> list[str]:
+    ins, s = r.data, r.record["settings"]
+    lines = [
+        f"{s['model']['name']} · {ins.layer.name} ({ins.layer.shape_str()}) · prediction: "
+        f"{ins.predictions[0][1]} ({ins.predictions[0][2]:.1%})",
+        "top filters ("
+        + (f"contribution to class {ins.target_class}" if ins.rank == "contribution" else "mean activation")
+        + "):",
+    ]
+    has = ins.contributions is not None
+    lines += [
+        f"  {i:5d}  mean {ins.means[i]:.4f}" + (f"  contribution {ins.contributions[i]:+.4f}" if has else "")
+        for i in ins.top
+    ]
+    if s["model"]["in_channels"] != 3:
+        lines.append(f"image converted for {s['model']['in_channels']} input channels: {s['image_conversion']}")
+    lines.append(f"wrote {r.run_dir}/figure_activations.png, figure_heatmaps.png, activations.csv, run.json")
+    return lines
+
+
+JOB = Job(
+    "inspect",
+    InspectRequest,
+    _plan,
+    _compute,
+    _write,
+    _summary,
+    help="Which filters of LAYER an IMAGE excites most (or contribute most to the class), and where.",
+    precheck=_check_image,
+)

@@ -87,17 +87,27 @@ class Stimuli:
     def colour(self) -> bool:
         return self.in_channels == 3
 
+    def names(self) -> list[str]:
+        """The families' names, in the order :meth:`families` gives them."""
+        return ["grey", "gratings", "curves"] + (["colour", "grey_value"] if self.colour else [])
+
+    def family(self, name: str) -> tuple[torch.Tensor, bool]:
+        """One family: (stimuli with their parameter axes first, is RGB)."""
+        if name == "grey":
+            return torch.full((1, self.size, self.size), S.GREY), False
+        if name == "gratings":
+            return S.gratings(self.size, ORIENTATIONS, self.periods, PHASES), False
+        if name == "curves":
+            return S.curves(self.size, CURVE_DIRECTIONS, self.radii + [math.inf], self.width), False
+        if name == "colour" and self.colour:
+            return S.colour_fields(self.size, HUES, SATURATIONS, VALUE), True
+        if name == "grey_value" and self.colour:
+            return S.colour_fields(self.size, [0], [0.0], VALUE)[0], True
+        raise KeyError(name)
+
     def families(self) -> dict[str, tuple[torch.Tensor, bool]]:
         """name → (stimuli with their parameter axes first, is RGB)."""
-        out = {
-            "grey": (torch.full((1, self.size, self.size), S.GREY), False),
-            "gratings": (S.gratings(self.size, ORIENTATIONS, self.periods, PHASES), False),
-            "curves": (S.curves(self.size, CURVE_DIRECTIONS, self.radii + [math.inf], self.width), False),
-        }
-        if self.colour:
-            out["colour"] = (S.colour_fields(self.size, HUES, SATURATIONS, VALUE), True)
-            out["grey_value"] = (S.colour_fields(self.size, [0], [0.0], VALUE)[0], True)
-        return out
+        return {n: self.family(n) for n in self.names()}
 
     def count(self) -> int:
         n = 1 + len(ORIENTATIONS) * len(self.periods) * len(PHASES) + len(CURVE_DIRECTIONS) * (len(self.radii) + 1) * 2
@@ -476,12 +486,13 @@ def compute_tuning(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     stim = make_stimuli(model)
-    families = stim.families()
-    key = (info.name, info.calls, stim.size, stim.in_channels)
+    families: dict = {}  # made here when the stimuli run; from the memo, only the best stimuli's families
+    key, nat_key = memo_keys(model, info, files)
     if memo is not None and key in memo:
         resp, means = memo[key]
     else:
         resp, means = {}, {}
+        families = stim.families()
         for fam, (x, rgb) in families.items():
             resp[fam], means[fam] = responses(model, info, x, rgb=rgb)
             if should_stop and should_stop():
@@ -489,11 +500,10 @@ def compute_tuning(
         if memo is not None and len(resp) == len(families):
             _remember(memo, key, (resp, means))
     timings["stimuli_s"] = time.perf_counter() - t
-    status = "complete" if len(resp) == len(families) else "partial"
+    status = "complete" if len(resp) == len(stim.names()) else "partial"
     t = time.perf_counter()
     from ..models.inputs import load_image, model_input
 
-    nat_key = (*key, tuple(str(f) for f in files))
     if memo is not None and nat_key in memo:
         nat_c, nat_m = memo[nat_key]
     else:
@@ -507,6 +517,9 @@ def compute_tuning(
         for c in chans:
             rng = np.random.default_rng([seed, c])
             ct = analyse(c, resp, means, stim, nat_c, nat_m, rng)
+            fam = ct.best_stimulus.split("[")[0]
+            if fam not in families:
+                families[fam] = stim.family(fam)
             ct.best_image = stimulus_image(families, ct.best_stimulus).clone()
             out.append(ct)
     timings["analysis_s"] = time.perf_counter() - t
@@ -524,6 +537,12 @@ def compute_tuning(
         status,
     )
     return res
+
+
+def memo_keys(model: Model, info: LayerInfo, files: list[Path]) -> tuple[tuple, tuple]:
+    """The memo keys of ``info``'s stimulus responses and of its responses to the photos ``files``."""
+    key = (info.name, info.calls, model.input_size, model.in_channels)
+    return key, (*key, tuple(str(f) for f in files))
 
 
 MEMO_LAYERS = 4  # layers a tuning memo keeps (stimulus and photo responses: ~6 MB for 1280 channels)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..defaults import LOGIT
 from ..errors import LayerError, closest
 from .model import Model
 
@@ -42,9 +43,6 @@ def _token_grid(net, n: int) -> tuple[int, int, int] | None:
 
 def _is_nhwc(net) -> bool:
     return str(getattr(net, "output_fmt", "")).upper().endswith("NHWC")
-
-
-LOGIT = "logit"  # the pseudo-layer of class logits
 
 
 @dataclass(frozen=True)
@@ -166,7 +164,7 @@ def default_layer(model: Model) -> str:
 
 def logit_layer(model: Model) -> LayerInfo:
     """The pseudo-layer ``logit``: the model's output, one channel per class."""
-    n = len(model.categories) if model.categories else 1000
+    n = model.num_classes or 1000  # an output that is not [batch, classes]: ImageNet's count, as before
     return LayerInfo(LOGIT, "output", (n,), 1, 1 << 30)
 
 
@@ -282,7 +280,7 @@ def layer_outline(model: Model) -> list[LayerEntry]:
     """Every targetable layer (:func:`list_layers`, forward order) with what a layer picker needs: stage and
     block outputs first, each block's internals folded under it, exact duplicates marked, the layers that end
     in a ReLU marked (see :class:`LayerEntry`)."""
-    from ..optvis.relu import final_relus
+    from .relu import final_relus
 
     infos = list_layers(model)
     names = {i.name for i in infos}

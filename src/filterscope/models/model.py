@@ -81,6 +81,25 @@ class Model:
         """``(x - mean) / std``, as one multiply-add."""
         return torch.addcmul(self._shift.to(x.device), x, self._scale.to(x.device))
 
+    @property
+    def num_classes(self) -> int | None:
+        """How many classes the network's output has: the length of :attr:`categories` when the model names
+        them, else the width of its logits on one blank input (measured once, then kept); ``None`` when the
+        output is not a ``[batch, classes]`` tensor. Every class and ``logit`` channel check reads it, so a
+        10-class model refuses class 10 before any work, whatever the model's origin."""
+        if self.categories:
+            return len(self.categories)
+        if not hasattr(self, "_num_classes"):
+            x = torch.zeros(1, self.in_channels, self.input_size, self.input_size, device=self.device)
+            try:
+                with torch.no_grad():
+                    out = self.forward(x)
+                n = int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+            except Exception:  # a network that cannot run a blank input leaves the check to the job
+                n = None
+            self._num_classes = n
+        return self._num_classes
+
     def preferred_layer(self, job: str) -> str:
         """The layer ``job`` uses for this model when none is named: its entry in :attr:`preferred_layers`
         if the network has that module, else ``default``."""

@@ -16,10 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..defaults import DEFAULT_MODEL
 from ..errors import ModelError, closest
 from .model import Model, wrap_module
-
-DEFAULT_MODEL = "efficientnet_lite0"
 
 # ---------------------------------------------------------------- registry
 

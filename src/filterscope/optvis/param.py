@@ -119,14 +119,108 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) & 0xFFFF_FFFF_FFFF_FFFF)
 
 
-class ImageParam(nn.Module):
-    """Base class: one trainable tensor per image in ``self.tensors``.
-
-    ``channels`` is the image's channel count; ``color`` a ``C×C`` decorrelation matrix (default: the
-    shipped natural-RGB matrix for 3 channels, none for other counts); ``rgb_gain`` scales a colour matrix
-    before the sigmoid (:data:`RGB_GAIN`; 1 is Lucid's mapping)."""
+class ColourMap(nn.Module):
+    """A colour mapping: the spatial parameterisation's signal ``[B, C, H, W]`` → images in [0, 1]. A param is
+    a spatial parameterisation × a colour mapping (as Lucid's ``param.image(fft=..., decorrelate=...)``); a new
+    colour mapping is one subclass, given to any param as ``colour=``."""
 
     name = "base"
+    decorrelated = False  # whether it maps decorrelated colour directions to the input's channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """The signal mapped to the input's channels before the squashing (the identity by default)."""
+        return x
+
+    def inverse(self, image: torch.Tensor) -> torch.Tensor:
+        """The signal whose image is ``image`` (for a param that starts at a photo)."""
+        raise NotImplementedError(f"the {self.name} colour mapping has no inverse")
+
+    def start(self, gen: torch.Generator, shape: tuple[int, ...], noise: tuple[float, float]) -> torch.Tensor:
+        """A pixel signal's random start (near grey)."""
+        return torch.randn(*shape, generator=gen) * 0.01
+
+    @torch.no_grad()
+    def project(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Called on the trainable tensors after each optimiser step."""
+
+    def describe(self) -> dict:
+        return {"colour": self.name}
+
+
+class SigmoidColour(ColourMap):
+    """``sigmoid(matrix @ x)``: with a ``C×C`` matrix, decorrelated colour (each signal channel moves along a
+    principal colour direction of photos); without, a plain sigmoid per channel."""
+
+    name = "sigmoid"
+
+    def __init__(self, matrix: torch.Tensor | None = None, decorrelated: bool | None = None):
+        super().__init__()
+        self.register_buffer("matrix", matrix)
+        self.decorrelated = matrix is not None if decorrelated is None else decorrelated
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matrix is None:
+            return x
+        return torch.einsum("ij,bjhw->bihw", self.matrix, x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.linear(x))
+
+    def inverse(self, image: torch.Tensor) -> torch.Tensor:
+        x = torch.logit(image.clamp(1 / 255, 254 / 255))
+        if self.matrix is None:
+            return x
+        return torch.einsum("ij,bjhw->bihw", torch.linalg.inv(self.matrix.cpu()), x)
+
+
+class ClampColour(ColourMap):
+    """The signal is the image, kept in [0, 1] by clamping after each step (the tutorial's pixel image); its
+    random start is uniform ``noise``."""
+
+    name = "clamp"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def inverse(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+    def start(self, gen: torch.Generator, shape: tuple[int, ...], noise: tuple[float, float]) -> torch.Tensor:
+        lo, hi = noise
+        return lo + (hi - lo) * torch.rand(*shape, generator=gen)
+
+    @torch.no_grad()
+    def project(self, tensors: Sequence[torch.Tensor]) -> None:
+        for t in tensors:
+            t.clamp_(0.0, 1.0)
+
+
+def colour_map(
+    decorrelate: bool, channels: int = 3, color: torch.Tensor | None = None, rgb_gain: float = RGB_GAIN
+) -> SigmoidColour:
+    """The sigmoid colour mapping the ``decorrelate`` flag asks for: a ``C×C`` ``color`` matrix (estimated
+    from images) or the shipped natural-RGB matrix for 3 channels, × ``rgb_gain``; none for other counts."""
+    if color is not None and decorrelate:
+        return SigmoidColour(color.float() * float(rgb_gain))
+    if decorrelate and channels == 3:
+        return SigmoidColour(color_matrix(float(rgb_gain)))
+    return SigmoidColour(None, decorrelated=decorrelate)
+
+
+class ImageParam(nn.Module):
+    """Base class: a spatial parameterisation (one trainable tensor per image in ``self.tensors``, mapped to
+    a signal by :meth:`signal`) × a colour mapping (``self.colour``, a :class:`ColourMap`).
+
+    ``colour`` is any colour mapping; without one it is the one the flags ask for (:func:`colour_map`; a
+    class's :attr:`plain` colour without ``decorrelate``): ``channels`` is the image's channel count; ``color``
+    a ``C×C`` decorrelation matrix (default: the shipped natural-RGB matrix for 3 channels, none for other
+    counts); ``rgb_gain`` scales a colour matrix before the sigmoid (:data:`RGB_GAIN`; 1 is Lucid's mapping)."""
+
+    name = "base"
+    plain: type[ColourMap] | None = None  # the colour mapping without decorrelate (None: a plain sigmoid)
 
     def __init__(
         self,
@@ -136,55 +230,53 @@ class ImageParam(nn.Module):
         channels: int = 3,
         color: torch.Tensor | None = None,
         rgb_gain: float = RGB_GAIN,
+        colour: ColourMap | None = None,
     ):
         super().__init__()
         self.rgb_gain = float(rgb_gain)
         self.seeds = [int(s) for s in seeds]
         self.size = int(size)
-        self.decorrelate = decorrelate
         self.channels = int(channels)
         if color is not None and tuple(color.shape) != (self.channels, self.channels):
             raise ValueError(f"color matrix must be {self.channels}×{self.channels}, got {tuple(color.shape)}")
-        self.register_buffer("color", None if color is None else color.float())
+        if colour is None:
+            plain = not decorrelate and self.plain is not None
+            colour = self.plain() if plain else colour_map(decorrelate, self.channels, color, self.rgb_gain)
+        self.colour = colour
+        self.decorrelate = colour.decorrelated
         self.tensors = nn.ParameterList([nn.Parameter(self.init(generator(s))) for s in self.seeds])
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Refuse bad values of this param's options (``RenderSettings.param_options``) before any work."""
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
-    def images(self, t: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] from the stacked trainable tensors."""
+    def signal(self, t: torch.Tensor) -> torch.Tensor:
+        """The spatial parameterisation: the stacked trainable tensors → the signal before the colour mapping."""
         raise NotImplementedError
+
+    def images(self, t: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] from the stacked trainable tensors: the colour mapping of the signal."""
+        return self.colour(self.signal(t))
 
     def forward(self) -> torch.Tensor:
         ts = list(self.tensors)
         return self.images(ts[0] if len(ts) == 1 else torch.cat(ts))
 
     def recolour(self, x: torch.Tensor) -> torch.Tensor:
-        """The decorrelated signal mapped to the input's colour channels, before the sigmoid (``x`` itself
-        without ``decorrelate``)."""
-        if self.decorrelate:
-            if self.color is not None:
-                return torch.einsum("ij,bjhw->bihw", self.color * self.rgb_gain, x)
-            if self.channels == 3:
-                return recorrelate(x, self.rgb_gain)
-        return x
+        """The signal mapped to the input's colour channels, before the squashing."""
+        return self.colour.linear(x)
 
     def to_valid_rgb(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1]: :meth:`recolour`, then a sigmoid."""
-        return torch.sigmoid(self.recolour(x))
+        """Images in [0, 1]: the colour mapping of the signal ``x``."""
+        return self.colour(x)
 
     @torch.no_grad()
     def project(self) -> None:
         """Called after each optimiser step (e.g. to clamp pixels)."""
-
-    # whether :meth:`load_resized` can start this param from a smaller render of its kind (coarse-to-fine)
-    resizable = False
-
-    @torch.no_grad()
-    def load_resized(self, other: ImageParam, tile: bool = False) -> None:
-        """Set these images to ``other``'s (same kind and seeds, another size), resized to this size, or with
-        ``tile`` repeated at its own pixel scale (this size a whole multiple of ``other``'s)."""
-        raise NotImplementedError(f"the {self.name} parameterisation cannot start from a resized render")
+        self.colour.project(list(self.tensors))
 
     def describe(self) -> dict:
         return {
@@ -193,21 +285,16 @@ class ImageParam(nn.Module):
             "size": self.size,
             "channels": self.channels,
             "rgb_gain": self.rgb_gain,
+            **self.colour.describe(),
         }
-
-
-def _resized(x: torch.Tensor, size: int, tile: bool) -> torch.Tensor:
-    if not tile:
-        return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
-    n = size // x.shape[-1]
-    if n * x.shape[-1] != size:
-        raise ValueError(f"a {x.shape[-1]} px image does not tile {size} px")
-    return x.repeat(1, 1, n, n)
 
 
 @register_param("pixel")
 class PixelParam(ImageParam):
-    """The image itself. Without ``decorrelate`` (the tutorial): uniform noise, clamped to [0, 1]."""
+    """The image itself. Without ``decorrelate`` (the tutorial, :class:`ClampColour`): uniform noise, clamped
+    to [0, 1]."""
+
+    plain = ClampColour
 
     def __init__(
         self,
@@ -221,27 +308,10 @@ class PixelParam(ImageParam):
         super().__init__(seeds, size, decorrelate, **kwargs)
 
     def init(self, gen: torch.Generator) -> torch.Tensor:
-        if self.decorrelate:
-            return torch.randn(1, self.channels, self.size, self.size, generator=gen) * 0.01
-        lo, hi = self.noise
-        return lo + (hi - lo) * torch.rand(1, self.channels, self.size, self.size, generator=gen)
+        return self.colour.start(gen, (1, self.channels, self.size, self.size), self.noise)
 
-    def images(self, t: torch.Tensor) -> torch.Tensor:
-        return self.to_valid_rgb(t) if self.decorrelate else t
-
-    @torch.no_grad()
-    def project(self) -> None:
-        if not self.decorrelate:
-            for t in self.tensors:
-                t.clamp_(0.0, 1.0)
-
-    resizable = True
-
-    @torch.no_grad()
-    def load_resized(self, other: ImageParam, tile: bool = False) -> None:
-        for mine, theirs in zip(self.tensors, other.tensors):
-            mine.copy_(_resized(theirs, self.size, tile))
-        self.project()
+    def signal(self, t: torch.Tensor) -> torch.Tensor:
+        return t
 
     def describe(self) -> dict:
         return {**super().describe(), "noise": list(self.noise)}
@@ -310,19 +380,16 @@ class FourierParam(ImageParam):
         spec = torch.view_as_complex((t * scale_synth).contiguous())
         return torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
 
-    def images(self, t: torch.Tensor) -> torch.Tensor:
-        return self.to_valid_rgb(self.spatial(t, self.scale_synth))
+    def signal(self, t: torch.Tensor) -> torch.Tensor:
+        return self.spatial(t, self.scale_synth)
 
-    resizable = True
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        from ..errors import UsageError
 
-    @torch.no_grad()
-    def load_resized(self, other: ImageParam, tile: bool = False) -> None:
-        """``other``'s image before the colour mapping, resized bicubically (or tiled: a Fourier image is
-        periodic, so the tiles join without seams) and taken back into these coefficients (exact: the
-        orthonormal rfft of a real image inverts)."""
-        for mine, theirs in zip(self.tensors, other.tensors):
-            sp = _resized(other.spatial(theirs, other.scale_synth), self.size, tile)
-            mine.copy_(torch.view_as_real(torch.fft.rfft2(sp, norm="ortho")) / self.scale_synth)
+        spectrum = options.get("spectrum", SPECTRA[0])
+        if spectrum not in SPECTRA:
+            raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
 
     def describe(self) -> dict:
         d = {**super().describe(), "decay_power": self.decay_power}
@@ -379,8 +446,8 @@ class LaplacianParam(ImageParam):
             out = out + self.level_gain**k * level
         return out
 
-    def images(self, t: torch.Tensor) -> torch.Tensor:
-        return self.to_valid_rgb(self.spatial(t))
+    def signal(self, t: torch.Tensor) -> torch.Tensor:
+        return self.spatial(t)
 
     def describe(self) -> dict:
         d = {**super().describe(), "levels": len(self.sides), "level_gain": self.level_gain}
@@ -405,8 +472,8 @@ class MacoParam(ImageParam):
         spec = torch.polar(self.magnitude.expand_as(phase), phase)
         return torch.fft.irfft2(spec, s=(self.size, self.size), norm="ortho")
 
-    def images(self, t: torch.Tensor) -> torch.Tensor:
-        return self.to_valid_rgb(standardize(self.spatial(t)) * self.contrast)
+    def signal(self, t: torch.Tensor) -> torch.Tensor:
+        return standardize(self.spatial(t)) * self.contrast
 
     def describe(self) -> dict:
         return {**super().describe(), "contrast": self.contrast}
@@ -421,8 +488,6 @@ class ImageSeededParam(FourierParam):
     decorrelation into 1/f-scaled Fourier coefficients; every seed starts from it (the seed only drives
     the random transforms). Without an image it is the ``fourier`` parameterisation.
     """
-
-    resizable = False  # it starts at the photo itself
 
     def __init__(
         self,
@@ -447,12 +512,7 @@ class ImageSeededParam(FourierParam):
         inverse of :meth:`to_valid_rgb` and the Fourier synthesis."""
         if image.shape[-1] != self.size or image.shape[-2] != self.size:
             image = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear", antialias=True)[0]
-        x = torch.logit(image.clamp(1 / 255, 254 / 255))[None]
-        if self.decorrelate:
-            if self.color is not None:
-                x = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(self.color.cpu() * self.rgb_gain), x)
-            elif self.channels == 3:
-                x = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(color_matrix(self.rgb_gain)), x)
+        x = self.colour.inverse(image[None])
         spec = torch.view_as_real(torch.fft.rfft2(x * 4.0, norm="ortho"))
         return spec / self.scale[0]
 

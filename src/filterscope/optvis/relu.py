@@ -4,7 +4,8 @@ A channel behind a ReLU/ReLU6 that is inactive everywhere on the starting noise 
 so plain gradient ascent never moves it. While rendering, :func:`redirect_relu` swaps the backward pass of
 the model's ``nn.ReLU``/``nn.ReLU6`` modules: an image whose ordinary ReLU gradient is all zero instead gets
 the gradient components that push inputs back into the active range. Forward values are unchanged, so
-activations and objective values are exactly the model's.
+activations and objective values are exactly the model's. Which module is a ReLU, and which one precedes or
+ends a layer, is the network's structure: :mod:`filterscope.models.relu`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
+
+from ..models.relu import is_relu
 
 
 class _RedirectedClamp(torch.autograd.Function):
@@ -49,10 +52,6 @@ def _patched_forward(module: nn.Module):
     return forward
 
 
-def is_relu(module: nn.Module) -> bool:
-    return type(module) in (nn.ReLU, nn.ReLU6)
-
-
 @contextlib.contextmanager
 def redirect_relu(net: nn.Module, names: Iterable[str]) -> Iterator[None]:
     """Within the block, the named ReLU/ReLU6 modules of ``net`` use redirected gradients.
@@ -72,35 +71,3 @@ def redirect_relu(net: nn.Module, names: Iterable[str]) -> Iterator[None]:
     finally:
         for m in patched:
             del m.forward
-
-
-def relus_before(net: nn.Module, orders: dict[str, int], layers: Iterable[str]) -> list[str]:
-    """The last ReLU/ReLU6 module that runs up to each target layer (inside it or before it); ``orders``
-    maps module names to the position of their last call (``LayerInfo.order``)."""
-    modules = dict(net.named_modules())
-    relus = sorted((o, n) for n, o in orders.items() if is_relu(modules[n]))
-    picked = set()
-    for layer in layers:
-        before = [n for o, n in relus if o <= orders.get(layer, -1)]
-        if before:
-            picked.add(before[-1])
-    return sorted(picked)
-
-
-def final_relus(net: nn.Module, orders: dict[str, int], layers: Iterable[str]) -> dict[str, str]:
-    """For each target layer whose last operation is a ReLU/ReLU6 module, that module's name.
-
-    Optimising that module's input (the pre-activation) instead of its clamped output keeps a gradient
-    where the unit is off or saturated (ReLU6 at 6), so the picture keeps improving; the values reported
-    before/after are always the layer's real outputs.
-    """
-    modules = dict(net.named_modules())
-    out = {}
-    for layer in layers:
-        inside = [(o, n) for n, o in orders.items() if n == layer or n.startswith(layer + ".")]
-        inside = [(o, n) for o, n in inside if n != layer] or inside
-        if inside:
-            _, last = max(inside)
-            if is_relu(modules[last]):
-                out[layer] = last
-    return out

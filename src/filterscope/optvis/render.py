@@ -23,45 +23,33 @@ from torchvision.transforms.v2 import functional as TF
 from ..errors import UsageError, closest
 from ..models.layers import list_layers, map_views
 from ..models.model import Model
+from ..models.relu import final_relus, relus_before
 from .fold import fold_batchnorm
 from .hooks import capture, run
 from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
-from .param import SPECTRA, ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
-from .relu import final_relus, redirect_relu, relus_before
+from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
+from .relu import redirect_relu
 from .transform import TRANSFORM_PRESETS, Compose, Crops, Transform, Views, make_transform
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
+OptimizerFactory = Callable[[Sequence[torch.Tensor], float], torch.optim.Optimizer]
+# the optimisers by name (``--optimizer``): each a factory ``(params, lr) -> Optimizer``; an experiment registers
+# its own with :func:`register_optimizer` or gives the factory itself as ``RenderSettings(optimizer=...)``
+OPTIMIZERS: dict[str, OptimizerFactory] = {"adam": torch.optim.Adam, "nadam": torch.optim.NAdam}
 
 
-def _cosine(step: int, total: int) -> float:
-    """Warm up over the first 10 % of the steps, then cosine down to 10 % of the rate."""
-    warm = max(1, total // 10)
-    if step < warm:
-        return 0.3 + 0.7 * step / warm
-    t = (step - warm) / max(1, total - warm)
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * t))
+def register_optimizer(name: str, factory: OptimizerFactory) -> OptimizerFactory:
+    """Register ``factory`` (``(params, lr) -> torch.optim.Optimizer``) as ``--optimizer name``."""
+    OPTIMIZERS[name] = factory
+    return factory
 
 
-# learning-rate multiplier at ``step`` of ``total`` (torch's LambdaLR runs it)
-SCHEDULES: dict[str, Callable[[int, int], float] | None] = {"constant": None, "cosine": _cosine}
-_LATER_FIELDS = {
-    "schedule": "constant",
-    "coarse": 0.0,
-    "views": 1,
-    "precision": "float32",
-    "lowres": 0.0,
-    "lowres_carry": "resize",
-    "ema": 0.0,
-    "anneal": 0.0,
-}
+# fields added later stay out of records and cache keys at their default (older records and keys still match)
+_LATER_FIELDS = {"views": 1, "precision": "float32", "ema": 0.0, "anneal": 0.0}
 # the network's arithmetic in the loop: float32, or bfloat16 under torch.autocast (the image, its
 # parameterisation, the objective and the optimiser stay float32)
 PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 MIN_SIZE = 16  # the smallest rendered side: a CNN's stem divides by 16-32
-# resize: bicubic, so features grow 2× (Lucid's lowres_tensor); tile: 2×2 copies at the same pixel scale
-LOWRES_CARRY = ("resize", "tile")
-MIN_LOWRES = 64  # the smallest half-size side a lowres phase runs at (else it is dropped: for_model)
 SMALL_INPUT = 96  # models with a smaller input render on a larger canvas seen through random crops
 CANVAS_FACTOR = 2  # the canvas of a small-input model: 2× its input side (4× and 50-100 % crops: digits 6/10)
 
@@ -78,19 +66,15 @@ class RenderSettings:
     transforms: str | Transform = "standard"  # a preset name (transform.TRANSFORM_PRESETS) or a Transform
     steps: int = 128
     lr: float = 0.05
-    optimizer: str = "adam"  # a name in OPTIMIZERS
+    optimizer: str | OptimizerFactory = "adam"  # a name in OPTIMIZERS, or a factory (params, lr) -> Optimizer
     size: int | None = None  # side of the rendered image; None: the model's input size
     param_options: tuple[tuple[str, object], ...] = ()
     redirect_relu: bool = True  # Lucid's redirected ReLU gradients, see relu.py
     pre_relu: bool = False  # optimise a layer's pre-activation when it ends in a ReLU/ReLU6 (Lucid's _pre_relu)
     converge: float = 0.0  # stop an image once its objective gains less than this fraction per window
     window: int = 8
-    schedule: str = "constant"  # learning-rate schedule over ``steps``, a name in SCHEDULES
-    coarse: float = 0.0  # fraction of the steps run on random half-side crops (same pixel scale, ~4× cheaper)
-    lowres: float = 0.0  # fraction of the steps run on a half-size image, then carried to full size (coarse-to-fine)
-    lowres_carry: str = "resize"  # how the half-size image becomes the full one, a name in LOWRES_CARRY
     views: int = 1  # independently transformed views of each image per step; the step follows their mean
-    # the result is the exponential moving average of the full-size steps' parameters with this decay (iterate
+    # the result is the exponential moving average of the steps' parameters with this decay (iterate
     # averaging: each step follows one random transform, the average cancels part of that noise); 0: the last
     # step's
     ema: float = 0.0
@@ -102,9 +86,13 @@ class RenderSettings:
     crop_min: float | None = None  # smallest crop of a canvas larger than the input; None: input/size
     decorrelation_images: str | None = None  # folder to estimate a C×C colour matrix from (C ≠ 1, 3)
     decorrelation: str | None = None  # what for_model resolved: natural-rgb | estimated from DIR | none
-    # the preset these settings came from, with what was changed (``lucid+steps``); recorded as run.json's
-    # ``method``, not part of the settings' meaning (not compared, not in as_dict or any cache key)
+    # the preset these settings came from and the fields changed from it: run.json's ``method`` is their
+    # :attr:`label` (``lucid+steps``); not part of the settings' meaning (not compared, not in as_dict or any
+    # cache key)
     preset: str = field(default="custom", compare=False)
+    changed: tuple[str, ...] = field(default=(), compare=False)
+    # the model (input side, channels) :meth:`for_model` completed these settings for; None: not yet
+    bound_to: tuple[int, int] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -113,7 +101,7 @@ class RenderSettings:
             raise UsageError(f"lr must be a positive finite number, got {self.lr}")
         if self.size is not None and self.size < MIN_SIZE:
             raise UsageError(f"size must be at least {MIN_SIZE} pixels, got {self.size}")
-        if self.optimizer not in OPTIMIZERS:
+        if not callable(self.optimizer) and self.optimizer not in OPTIMIZERS:
             raise UsageError(f"unknown optimizer {self.optimizer!r}", hint="use " + " or ".join(OPTIMIZERS))
         if self.param not in param_registry():
             raise UsageError(f"unknown parameterisation {self.param!r}", hint=closest(self.param, param_registry()))
@@ -121,23 +109,11 @@ class RenderSettings:
             raise UsageError(
                 f"unknown transforms {self.transforms!r}", hint=closest(self.transforms, TRANSFORM_PRESETS)
             )
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}", hint="use " + ", ".join(SCHEDULES))
-        if not (isinstance(self.coarse, (int, float)) and 0 <= self.coarse < 1):
-            raise UsageError(f"coarse must be in [0, 1), got {self.coarse}")
-        if not (isinstance(self.lowres, (int, float)) and 0 <= self.lowres < 1):
-            raise UsageError(f"lowres must be in [0, 1), got {self.lowres}")
-        if self.lowres_carry not in LOWRES_CARRY:
-            raise UsageError(f"unknown lowres_carry {self.lowres_carry!r}", hint="use " + " or ".join(LOWRES_CARRY))
-        if self.lowres and self.coarse:
-            raise UsageError("lowres and coarse are two cheaper first phases: use one of them")
         if isinstance(self.views, bool) or not isinstance(self.views, int) or not 1 <= self.views <= 64:
             raise UsageError(f"views must be a whole number from 1 to 64, got {self.views}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {self.precision!r}", hint="use " + " or ".join(PRECISIONS))
-        spectrum = dict(self.param_options).get("spectrum", SPECTRA[0])
-        if spectrum not in SPECTRA:
-            raise UsageError(f"unknown spectrum {spectrum!r}", hint="use " + " or ".join(SPECTRA))
+        param_registry()[self.param].check_options(dict(self.param_options))
         if isinstance(self.ema, bool) or not (isinstance(self.ema, (int, float)) and 0 <= self.ema < 1):
             raise UsageError(f"ema must be in [0, 1), got {self.ema}")
         if isinstance(self.anneal, bool) or not (isinstance(self.anneal, (int, float)) and 0 <= self.anneal <= 1):
@@ -145,15 +121,22 @@ class RenderSettings:
         if not (self.converge >= 0 and self.window >= 1):
             raise UsageError(f"converge must be ≥ 0 and window ≥ 1, got {self.converge}, {self.window}")
 
+    @property
+    def label(self) -> str:
+        """The preset and the fields changed from it, e.g. ``lucid+steps`` (run.json's ``method``)."""
+        return "+".join([self.preset, *self.changed])
+
+    @property
+    def make_optimizer(self) -> OptimizerFactory:
+        """The optimiser's factory ``(params, lr) -> torch.optim.Optimizer`` (:data:`OPTIMIZERS` by name)."""
+        return self.optimizer if callable(self.optimizer) else OPTIMIZERS[self.optimizer]
+
     def with_(self, **changes) -> RenderSettings:
-        """These settings with ``changes`` (``None`` values ignored); the preset label gains the names of the
-        fields that really changed, e.g. ``lucid`` → ``lucid+steps``."""
-        changes = {k: v for k, v in changes.items() if v is not None and k != "preset"}
-        changed = sorted(k for k, v in changes.items() if getattr(self, k) != v)
-        base = self.preset.split("+")[0]
-        before = [k for k in self.preset.split("+")[1:] if k]
-        label = "+".join([base, *sorted(set(before) | set(changed))])
-        return replace(self, **changes, preset=label)
+        """These settings with ``changes`` (``None`` values ignored); :attr:`changed` gains the names of the
+        fields that really changed (``lucid`` → ``lucid+steps``). The result is no longer model-bound."""
+        changes = {k: v for k, v in changes.items() if v is not None and k not in ("preset", "changed", "bound_to")}
+        changed = {k for k, v in changes.items() if getattr(self, k) != v}
+        return replace(self, **changes, changed=tuple(sorted(set(self.changed) | changed)), bound_to=None)
 
     def for_model(self, model: Model) -> RenderSettings:
         """These settings with the model-dependent defaults filled in (idempotent), so a run records what ran:
@@ -164,11 +147,12 @@ class RenderSettings:
         - decorrelation: ``natural-rgb`` (the shipped matrix) for 3 channels, ``none`` for 1 channel (a
           scalar) or without ``decorrelate``, ``estimated from DIR`` for other counts when
           ``decorrelation_images`` is given, else ``none``;
-        - the ``fourier`` natural start (``init_contrast``) only with ``natural-rgb``: it is a photo prior;
-        - ``lowres`` only where it can run: a param that can start from a resized render (``fourier``,
-          ``pixel``), an image at the model's input size (not a canvas, not resized), a half side of at least
-          :data:`MIN_LOWRES` pixels (and an even side to ``tile``).
+        - the ``fourier`` natural start (``init_contrast``) only with ``natural-rgb``: it is a photo prior.
+
+        Settings already completed for a model of the same input side and channels are returned as they are.
         """
+        if self.bound_to == (model.input_size, model.in_channels):
+            return self
         size, scale, crop_min = self.size, self.transform_scale, self.crop_min
         if model.input_size < SMALL_INPUT:
             if size is None:
@@ -190,16 +174,6 @@ class RenderSettings:
         if how != "natural-rgb" and dict(options).get("init_contrast", 0) > 0:
             # the natural start is a photo's spectrum in the natural-RGB colour space: elsewhere, Lucid's start
             options = tuple((k, 0.0 if k == "init_contrast" else v) for k, v in options)
-        lowres = self.lowres
-        side = size or model.input_size
-        if lowres and (
-            not param_registry()[self.param].resizable
-            or side != model.input_size
-            or side // 2 < MIN_LOWRES
-            or (self.lowres_carry == "tile" and side % 2)
-        ):
-            lowres = 0.0
-        carry = self.lowres_carry if lowres else "resize"
         return replace(
             self,
             size=size,
@@ -207,13 +181,15 @@ class RenderSettings:
             crop_min=crop_min,
             decorrelation=how,
             param_options=options,
-            lowres=lowres,
-            lowres_carry=carry,
+            bound_to=(model.input_size, model.in_channels),
         )
 
     def as_dict(self) -> dict:
         d = asdict(self)
-        del d["preset"]
+        for k in ("preset", "changed", "bound_to"):
+            del d[k]
+        if callable(self.optimizer):
+            d["optimizer"] = getattr(self.optimizer, "__qualname__", repr(self.optimizer))
         for k, default in _LATER_FIELDS.items():  # fields added later stay out of records/keys at their default
             if d[k] == default:
                 del d[k]
@@ -273,21 +249,6 @@ def _float(acts: dict[str, torch.Tensor], logits: torch.Tensor | None):
     return acts, logits.float() if isinstance(logits, torch.Tensor) and logits.is_floating_point() else logits
 
 
-def _windows(x: torch.Tensor, gens: Sequence[torch.Generator], batch: int, frac: float = 0.5) -> torch.Tensor:
-    """A random window of ``frac`` of the side of each row, at the same pixel scale: a coarse step (half-side
-    windows) costs the network ~1/4 of a full one and still moves every Fourier coefficient."""
-    h, w = x.shape[-2:]
-    ch, cw = max(1, int(h * frac)), max(1, int(w * frac))
-    rows = []
-    per = x.shape[0] // batch
-    for i in range(x.shape[0]):
-        g = gens[i // per]
-        top = int(torch.randint(h - ch + 1, (), generator=g))
-        left = int(torch.randint(w - cw + 1, (), generator=g))
-        rows.append(x[i : i + 1, :, top : top + ch, left : left + cw])
-    return torch.cat(rows)
-
-
 class Renderer:
     """Renders objectives on one model; reuse it to render many batches with the same settings
     (completed for the model by :meth:`RenderSettings.for_model`)."""
@@ -306,8 +267,6 @@ class Renderer:
         infos = [] if scripted else list_layers(model)
         self.calls = {i.name: i.calls for i in infos}
         self.orders = {i.name: i.order for i in infos}
-        # layers whose maps are not a conv's (token grids of a fixed size): no half-size phase there
-        self.fixed_grid = {i.name for i in infos if i.tokens}
 
     def _transform(self) -> Transform:
         t = make_transform(self.settings.transforms, self.settings.transform_scale or 1.0)
@@ -363,15 +322,10 @@ class Renderer:
             objective = stack(objective)
         # a preset's options for its own param (maco's contrast) do not apply to an overriding --param
         accepted = param_options(param_registry()[s.param])
-        options = {k: v for k, v in s.param_options if k in accepted}
-        if s.param == "pixel":
-            options.setdefault("decorrelate", s.decorrelate)
-        else:
-            options["decorrelate"] = s.decorrelate
-        if self.model.in_channels != 3:
-            options["channels"] = self.model.in_channels
+        given = {**dict(s.param_options), "decorrelate": s.decorrelate, "channels": self.model.in_channels}
         if self.color is not None:
-            options["color"] = self.color
+            given["color"] = self.color
+        options = {k: v for k, v in given.items() if k in accepted}
         options.update(param_args or {})
         param = make_param(s.param, seeds, self.size, **options).to(self.model.device)
         net = self.net_for(objective.layers)
@@ -379,7 +333,7 @@ class Renderer:
         st = _State(
             objective=objective,
             param=param,
-            opt=OPTIMIZERS[s.optimizer](list(param.tensors), lr=s.lr),
+            opt=s.make_optimizer(list(param.tensors), lr=s.lr),
             transform=self._transform(),
             gens=[torch.Generator().manual_seed(int(sd) ^ 0x5EED) for sd in seeds],
             cap=capture(
@@ -394,34 +348,15 @@ class Renderer:
             batch=len(seeds),
             forward=self._forward(net),
         )
-        # the coarse-to-fine phase runs for channel objectives (spatial means, so the map's size does not
-        # matter) on conv maps; a position, a head or a token grid needs the full size
-        target = objective.target
-        channels_only = target is not None and target.kind == "channel" and not objective.needs_logits
-        low = round(s.lowres * s.steps) if channels_only and not objective.layers & self.fixed_grid else 0
-        if s.lowres and not low:
-            s = replace(s, lowres=0.0, lowres_carry="resize")  # the result records what ran
-        if SCHEDULES[s.schedule] is not None:
-            fn = SCHEDULES[s.schedule]
-            st.sched = torch.optim.lr_scheduler.LambdaLR(st.opt, lambda k: fn(k, s.steps - low))
-        # a coarse-to-fine render starts from the half-size image: its objective is the render's ``before``
-        half = make_param(s.param, seeds, self.size // 2, **options).to(self.model.device) if low else None
         t0 = time.perf_counter()
         with st.cap:
             with torch.no_grad():
-                before = self._evaluate(st, (st.param if half is None else half)()).float().cpu()
+                before = self._evaluate(st, st.param()).float().cpu()
             # only an objective that is exactly 0 (a ReLU off everywhere) needs redirected gradients
             dead = s.redirect_relu and bool((before == 0).any())
             relus = relus_before(net, self.orders, objective.layers) if dead else []
             with redirect_relu(net, relus):
-                interrupted = False
-                if half is not None:
-                    opt = OPTIMIZERS[s.optimizer](list(half.tensors), lr=s.lr)
-                    interrupted = self._optimise(st, on_step, should_stop, half, opt, half.size, 0, low)
-                    # carried even when interrupted: the run keeps what the half-size steps made
-                    param.load_resized(half, tile=s.lowres_carry == "tile")
-                if not interrupted and st.active.any():
-                    interrupted = self._optimise(st, on_step, should_stop, param, st.opt, None, low, s.steps)
+                interrupted = self._optimise(st, on_step, should_stop)
             with torch.no_grad():
                 if st.ema is not None:
                     for t, avg in zip(param.tensors, st.ema):
@@ -440,32 +375,18 @@ class Renderer:
             s,
         )
 
-    def _optimise(
-        self,
-        st: _State,
-        on_step,
-        should_stop,
-        param: ImageParam,
-        opt: torch.optim.Optimizer,
-        side: int | None,
-        first: int,
-        last: int,
-    ) -> bool:
-        """Steps ``first`` to ``last`` on ``param`` (seen at ``side`` pixels; None: the model's input size,
-        converging as the settings say); returns whether a stop request interrupted them."""
+    def _optimise(self, st: _State, on_step, should_stop) -> bool:
+        """The steps, each image stopping once it converges (as the settings say) or its objective turns
+        non-finite; returns whether a stop request interrupted them."""
         s = self.settings
         b = st.batch
-        full = side is None
-        side = self.model.input_size if full else side
-        coarse = round(s.coarse * s.steps)
-        for step in range(first, last):
+        param, opt, side = st.param, st.opt, self.model.input_size
+        for step in range(s.steps):
             opt.zero_grad(set_to_none=True)
-            if s.anneal:  # full strength on a half-size phase, then falling over the full-size steps
-                st.transform.anneal(1 - s.anneal * step / max(1, s.steps - 1) if full else 1.0)
+            if s.anneal:  # the transforms' ranges fall linearly over the steps
+                st.transform.anneal(1 - s.anneal * step / max(1, s.steps - 1))
             images = param()
             x = _fit(st.transform(images, st.gens, side), side)
-            if step < coarse:
-                x = _windows(x, st.gens, st.batch)
             with self._autocast():
                 logits = run(st.forward, x, st.cap)
             owner = torch.arange(b, device=x.device).repeat_interleave(x.shape[0] // b)
@@ -485,10 +406,8 @@ class Renderer:
             for i in torch.nonzero(~st.active).flatten().tolist():
                 param.tensors[i].grad = None  # frozen images: optimisers skip parameters without gradient
             opt.step()
-            if st.sched is not None and full:
-                st.sched.step()
             param.project()
-            if s.ema and full:
+            if s.ema:
                 with torch.no_grad():
                     if st.ema is None:
                         st.ema = [t.detach().clone() for t in param.tensors]
@@ -500,9 +419,8 @@ class Renderer:
             for i in range(b):
                 st.curves[i].append(float(vals[i]))
             st.done = step + 1
-            if s.converge > 0 and full:
-                # only the full-size values: a half-size phase's are on another scale
-                st.active &= ~torch.tensor([_converged(c[first:], s.window, s.converge) for c in st.curves])
+            if s.converge > 0:
+                st.active &= ~torch.tensor([_converged(c, s.window, s.converge) for c in st.curves])
                 if not st.active.any():
                     return False
             if on_step:
@@ -525,7 +443,6 @@ class _State:
     pre: dict[str, str]
     batch: int
     forward: Callable[[torch.Tensor], torch.Tensor]  # images in [0, 1] → logits, through the net the loop runs
-    sched: torch.optim.lr_scheduler.LRScheduler | None = None
     ema: list[torch.Tensor] | None = None  # running average of the parameters (settings.ema)
     done: int = 0
     alive: torch.Tensor = field(init=False)

@@ -26,6 +26,10 @@ WEIGHT_CMAP = "RdBu_r"
 EXCITE, INHIBIT = "#c0392b", "#2c6fbb"
 
 
+def _colour(sign: str) -> str:
+    return EXCITE if sign == "excites" else INHIBIT if sign == "inhibits" else "#777777"
+
+
 def weight_map_png(m: np.ndarray, vmax: float, side: int = 150) -> bytes:
     """A weight map as a colour image (RdBu, ±``vmax``), scaled up with nearest-neighbour to ``side`` px."""
     cmap = matplotlib.colormaps[WEIGHT_CMAP]
@@ -56,33 +60,38 @@ def circuit_figure(res) -> plt.Figure:
         ax.text(0.5, 0.5, f"{res.layer}:{res.channel}\n(no render)", ha="center", va="center", fontsize=10)
     ax.axis("off")
     ax = fig.add_subplot(gs[0, third : 2 * third + (cols % 3 > 1)])
-    w = np.array([i.weight for i in res.inputs])
-    a = np.array([i.attribution for i in res.inputs])
-    ax.scatter(w, a, s=9, color="#999999", linewidths=0)
+    w = np.array([i.weight_norm for i in res.inputs])
+    e = np.array([i.effect for i in res.inputs])
+    ax.scatter(w, e, s=9, color="#999999", linewidths=0)
     for i in shown:
-        ax.scatter([i.weight], [i.attribution], s=22, color=EXCITE if i.weight > 0 else INHIBIT, zorder=3)
-        ax.annotate(str(i.channel), (i.weight, i.attribution), xytext=(3, 2), textcoords="offset points", fontsize=7)
+        ax.scatter([i.weight_norm], [i.effect], s=22, color=_colour(i.sign), zorder=3)
+        ax.annotate(str(i.channel), (i.weight_norm, i.effect), xytext=(3, 2), textcoords="offset points", fontsize=7)
     ax.axhline(0, color="#bbb", lw=0.8)
     ax.axvline(0, color="#bbb", lw=0.8)
-    ax.set_xlabel(f"summed expanded weight ({res.source} → {res.layer}:{res.channel})", fontsize=8)
-    ax.set_ylabel("attribution (grad × act)", fontsize=8)
+    ax.set_xlim(-1.08, 1.08)
+    ax.set_xlabel("expanded weight, normalised (second view)", fontsize=8)
+    ax.set_ylabel("measured effect (drop when zeroed)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.ticklabel_format(axis="both", style="sci", scilimits=(-3, 4))
-    ax.xaxis.get_offset_text().set_fontsize(7)
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
     ax.yaxis.get_offset_text().set_fontsize(7)
-    agree = res.linear.get("agreement", {}).get(res.linear.get("linearize", "identity"), {})
-    rho = agree.get("spearman_attribution")
-    vs = f" · weight vs attribution: Spearman {rho:+.2f}" if rho is not None and np.isfinite(rho) else ""
+    agree = res.ranking.get("weights_agreement", {}).get(res.linear.get("linearize", "identity"), {})
+    rho = agree.get("spearman_effect")
+    vs = f" · |weight| vs |effect|: Spearman {rho:+.2f}" if rho is not None and np.isfinite(rho) else ""
     ax.set_title(f"all {len(res.inputs)} inputs{vs}", fontsize=9)
     ax = fig.add_subplot(gs[0, 2 * third + (cols % 3 > 1) :])
     ab = res.ablation
     if ab:
-        labels = [f"top {ab['k']}\n|attr|", f"{ab['k']}\nrandom", f"top {ab['k']}\nexcit.", f"{ab['k']}\nrandom "]
+        labels = [f"first {ab['k']}\nlisted", f"{ab['k']}\nrandom", f"top {ab['k']}\nexcit.", f"{ab['k']}\nrandom "]
         vals = [ab["change_top"], ab["change_random"], ab["drop_excitatory"], ab["drop_random"]]
         ax.bar(range(4), vals, color=["#d62728", "#7f7f7f", "#d62728", "#7f7f7f"], width=0.7)
         ax.set_xticks(range(4), labels, fontsize=7)
         ax.axvline(1.5, color="#ccc", lw=0.8)
-        ax.set_title(f"ablation over {res.n_images} images: |Δ| · drop", fontsize=9)
+        ok = ab.get("passed") is not False
+        ax.set_title(
+            f"ablation, {res.n_images} images: |Δ| {ab['change_ratio']:.1f}× random" + ("" if ok else " (weak!)"),
+            fontsize=9,
+            color="black" if ok else "#b03a00",
+        )
         ax.axhline(0, color="#999", lw=0.8)
         ax.tick_params(labelsize=7)
     else:
@@ -95,25 +104,28 @@ def circuit_figure(res) -> plt.Figure:
         else:
             ax.text(0.5, 0.5, "no render", ha="center", va="center", fontsize=8, transform=ax.transAxes)
         ax.set_title(
-            f"{i.channel}: {i.sign}\nw {i.weight:+.3g} · attr {i.attribution:+.3g}",
+            f"#{i.rank + 1} {i.channel}: {i.sign}\neffect {i.effect:+.3g} · attr {i.attribution:+.3g}",
             fontsize=7.5,
-            color=EXCITE if i.weight > 0 else INHIBIT,
+            color=_colour(i.sign),
         )
         ax.axis("off")
         ax = fig.add_subplot(gs[2, col])
-        im = ax.imshow(_crop(res, i.weight_map), cmap=WEIGHT_CMAP, vmin=-vmax, vmax=vmax, interpolation="nearest")
+        m = _crop(res, i.weight_map) / max(vmax, 1e-30)  # one scale for all shown maps, ±1
+        im = ax.imshow(m, cmap=WEIGHT_CMAP, vmin=-1, vmax=1, interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title(f"weights, rank {i.rank_weight + 1} | attr {i.rank_attribution + 1}", fontsize=7)
+        ax.set_title(f"exp. weight {i.weight_norm:+.2f} (rank {i.rank_weight + 1})", fontsize=7)
     fig.suptitle(
         f"filterscope circuit · {res.model} · {res.layer}:{res.channel} built from {res.source} "
-        f"(expanded weights at position {tuple(res.position)}, attribution over {res.n_images} images)",
+        f"(inputs by measured effect over {res.n_images} images; expanded weights at {tuple(res.position)})",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     if shown:
         cax = fig.add_axes([0.93, 0.04, 0.012, 0.22])
-        fig.colorbar(im, cax=cax).ax.tick_params(labelsize=6)
+        cb = fig.colorbar(im, cax=cax)
+        cb.ax.tick_params(labelsize=6)
+        cb.set_label(f"weight / {vmax:.3g}", fontsize=6)
     return fig
 
 
@@ -129,31 +141,28 @@ def render_page(template: str, context: dict[str, Any]) -> str:
 
 
 def circuit_report(res) -> str:
-    """``report.html`` of ``filterscope circuit``."""
+    """``report.html`` of ``filterscope circuit``: the inputs in the default order (measured effect), the
+    ablation check, then the expanded weights as a second, labelled view."""
     shown = res.shown
     vmax = max((float(np.abs(i.weight_map).max()) for i in shown), default=1.0)
     rows = []
     for i in shown:
         rows.append(
             {
-                "channel": i.channel,
-                "sign": i.sign,
-                "weight": i.weight,
-                "attribution": i.attribution,
-                "rank_weight": i.rank_weight + 1,
-                "rank_attribution": i.rank_attribution + 1,
+                "i": i,
                 "render": _uri(i.render_png) if i.render_png is not None else None,
-                "render_activation": i.render_activation,
                 "map": _uri(weight_map_png(_crop(res, i.weight_map), vmax)),
             }
         )
-    by_attr = sorted(res.inputs, key=lambda i: -abs(i.attribution))[: res.top]
+    by_weight = sorted(res.inputs, key=lambda i: -abs(i.weight))[: res.top]
+    lin = res.linear.get("linearize", "identity")
     return render_page(
         "circuit.html",
         {
             "r": res,
             "rows": rows,
-            "by_attr": by_attr,
+            "by_weight": by_weight,
+            "agree": res.ranking.get("weights_agreement", {}).get(lin),
             "target": _uri(res.target_png) if res.target_png is not None else None,
             "figure": fig_uri(circuit_figure(res)),
             "vmax": vmax,

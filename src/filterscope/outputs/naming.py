@@ -7,7 +7,7 @@ One PNG per channel ends with its index (``blocks.5/channel_0042.png``), class r
 
 from __future__ import annotations
 
-from ..models.layers import LOGIT
+from ..defaults import DEFAULT_OUT, LOGIT
 
 RUN_FILE = "run.json"
 REPORT = "report.html"
@@ -58,9 +58,6 @@ def objective_file(target) -> str:
     if target is not None and target.kind in ("channel", "logit") and isinstance(target.index, int):
         return channel_file(target.layer, target.index)
     return OBJECTIVE_PNG
-
-
-DEFAULT_OUT = "filterscope-out"  # the parent of every job's default output folder
 
 
 def default_out(job: str) -> str:

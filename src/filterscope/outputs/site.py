@@ -34,6 +34,29 @@ def _hist(entry: dict) -> tuple[list[dict], float, float]:
     return bars, edges[0], edges[-1]
 
 
+def name_rows(unit: dict, how: dict) -> list[tuple[str, Any]]:
+    """A channel page's rows for its name, purity and interpretability score (jobs/names.py), where the
+    examples have them."""
+    if "name" not in unit:
+        return []
+    name = unit["name"]
+    source = "class folders" if how.get("labels") == "folders" else "predicted classes"
+    rows: list[tuple[str, Any]] = [
+        (
+            f"name (from the images' {source})",
+            f"{name['name']} (AUC {name['auc']:.2f}, p = {name['p']:.1g})" if name else "no name (p ≥ 0.01)",
+        )
+    ]
+    if unit.get("purity"):
+        rows.append(("top images' most common label", f"{unit['purity']['label']} ({unit['purity']['share']:.0%})"))
+    score = unit.get("score")
+    if score is not None:
+        rows.append(("interpretability score (MIS, 0.5 chance)", f"{score:.2f}"))
+    else:
+        rows.append(("interpretability score", f"not measured ({how.get('score_skipped', 'no spread')})"))
+    return rows
+
+
 def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list[str]:
     """Write ``index.html``, a page per layer and a page per channel into ``run`` (a RunDir).
 
@@ -52,12 +75,28 @@ def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list
         name = lay["name"]
         results = rec["results"]
         chans = []
+        ex_chans = (examples or {}).get("layers", {}).get(name, {}).get("channels", {})
         for c in lay["channels"]:
             r = results.get(f"{name}:{c}", {})
             render = channel_file(name, c) if r.get("status") == "ok" else None
-            chans.append({"index": c, "page": channel_page(c), "render": Path(render).name if render else None})
+            unit = ex_chans.get(str(c), {})
+            chans.append(
+                {
+                    "index": c,
+                    "page": channel_page(c),
+                    "render": Path(render).name if render else None,
+                    "name": (unit.get("name") or {}).get("name"),
+                    "score": unit.get("score"),
+                }
+            )
         rendered = sum(1 for ch in chans if ch["render"])
-        layer_ctx = {"name": name, "shape": lay["shape"], "channels": chans, "rendered": rendered}
+        # the layer's index ranks its channels by interpretability score where there is one (issue 44)
+        scored = any(ch["score"] is not None for ch in chans)
+        ranked = sorted(chans, key=lambda ch: -ch["score"] if ch["score"] is not None else 1.0) if scored else chans
+        layer_ctx = {
+            "name": name, "shape": lay["shape"], "channels": chans, "rendered": rendered, "ranked": ranked,
+            "scored": scored, "names": (examples or {}).get("names"),
+        }  # fmt: skip
         grid = grid_file(name)
         index_layers.append({**layer_ctx, "dir": name, "grid": grid})
         html = env.get_template("layer.html").render(root="../", layer=layer_ctx, **base)
@@ -104,6 +143,7 @@ def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list
                 ]
                 if r and ex["max"] > 0:
                     table.append(("render / best image", f"{r['activation_after'] / ex['max']:.2f}"))
+                table += name_rows(ex, (examples or {}).get("names") or {})
             ctx["table"] = table
             html = env.get_template("channel.html").render(
                 root="../", layer=layer_ctx, ch=ctx, n_images=n_images, **base

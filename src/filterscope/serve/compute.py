@@ -111,13 +111,31 @@ def where_it_fires(
 
 def photo_examples(model: Model, layer: str) -> dict:
     """Every filter's mean activation on each bundled photo (the natural images the explorer ranks by
-    filter): ``{"names": [...], "means": [[...] per photo]}``."""
+    filter): ``{"names": [...], "means": [[...] per photo]}``, and every filter's name, purity and
+    interpretability score over those photos (``units``, ``scoring``: jobs/names.py; labels are the model's
+    predictions of the photos, the same numbers the atlas and ``concepts`` use)."""
+    from ..jobs.names import default_similarity, describe_units, image_labels, mis_min_images, scoring_record
+
     info = network_layer(model, layer, "examples")
-    files = list_images(sample_photos_dir())
-    rows = [
-        layer_means(model, info.name, model_input(model, load_image(f)))[0].numpy().round(5).tolist() for f in files
-    ]
-    return {"layer": info.name, "names": [f.name for f in files], "means": rows}
+    folder = sample_photos_dir()
+    files = list_images(folder)
+    rows, preds = [], []
+    for f in files:
+        x = model_input(model, load_image(f))
+        rows.append(layer_means(model, info.name, x)[0].numpy().round(5).tolist())
+        with torch.inference_mode():
+            preds.append(int(model.forward(x.to(model.device)).argmax()))
+    labels, source = image_labels(files, folder, model, predictions=preds)
+    sim = default_similarity() if len(files) >= mis_min_images() else None
+    embed = sim.embed(files) if sim is not None else None
+    units = describe_units(np.asarray(rows), labels, top=6, embed=embed)
+    return {
+        "layer": info.name,
+        "names": [f.name for f in files],
+        "means": rows,
+        "units": units,
+        "scoring": scoring_record(source, sim, len(files)),
+    }
 
 
 def thumbnail(path, model: Model, side: int = 128) -> bytes:

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -247,3 +248,96 @@ def concept_render_keys(model, layer: str, bank, method: str, seed: int) -> list
         obj = direction(layer, torch.as_tensor(np.asarray(vec, dtype=np.float32)))
         keys.append(render_key(model, obj, sd, channel_seed(seed, j), layer=layer)[0])
     return keys
+
+
+# ---------------------------------------------------------------- a layer's tuning responses, for every worker
+
+
+class TuningMemo(MutableMapping):
+    """The memo ``jobs.tuning.compute_tuning`` keeps a layer's stimulus and photo responses in, shared by
+    every worker process through the cache.
+
+    The explorer runs its jobs in a pool of worker processes; a memo that lives in one process helps only
+    the jobs that land on it again (with two workers, half of a layer's next filters; none after a
+    restart). Here a value is kept in this process (``local``, bounded by ``compute_tuning``) and written
+    to the cache's results (``.npz`` of its arrays, then its JSON record: the commit mark), where any worker
+    finds it. ``source[key]`` says where the last lookup of ``key`` came from: ``"process"``, ``"cache"``;
+    ``misses`` counts the lookups that found nothing (the stimuli then run)."""
+
+    def __init__(self, cache: RenderCache, model, local: dict | None = None):
+        self.cache, self.model = cache, model
+        self.local: dict = {} if local is None else local
+        self.source: dict = {}
+        self.misses = 0
+
+    def _key(self, key: tuple) -> str:
+        return result_key(self.model, "tuning-responses", memo=[str(k) for k in key])[0]
+
+    def _paths(self, key: tuple) -> tuple[Path, Path]:
+        js, npy = _result_paths(self.cache, self._key(key))
+        return js, npy.with_suffix(".npz")
+
+    def _load(self, key: tuple):
+        js, npz = self._paths(key)
+        got = read_verified(npz, js, "arrays_sha256")
+        if got is None:
+            return None
+        with np.load(io.BytesIO(got[1]), allow_pickle=False) as z:
+            arrays = {n: z[n] for n in z.files}
+        return _unflatten(got[0]["layout"], arrays)
+
+    def __contains__(self, key) -> bool:
+        if key in self.local:
+            self.source[key] = "process"
+            return True
+        value = self._load(key)
+        if value is None:
+            self.misses += 1
+            return False
+        self.local[key] = value
+        self.source[key] = "cache"
+        return True
+
+    def __getitem__(self, key):
+        if key in self.local or key in self:
+            return self.local[key]
+        raise KeyError(key)
+
+    def __setitem__(self, key, value) -> None:
+        self.local[key] = value
+        layout, arrays = _flatten(value)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        js, npz = self._paths(key)
+        write_verified(npz, js, buf.getvalue(), {"memo": [str(k) for k in key], "layout": layout}, "arrays_sha256")
+
+    def __delitem__(self, key) -> None:  # drops it from this process only: the cache keeps it
+        del self.local[key]
+
+    def __iter__(self):
+        return iter(self.local)
+
+    def __len__(self) -> int:
+        return len(self.local)
+
+
+def _flatten(value) -> tuple[Any, dict[str, np.ndarray]]:
+    """A tuple of arrays and dicts of arrays → a JSON layout and named arrays (``np.savez``)."""
+    arrays: dict[str, np.ndarray] = {}
+    layout = []
+    for i, part in enumerate(value):
+        if isinstance(part, dict):
+            layout.append(list(part))
+            for j, (_, v) in enumerate(part.items()):
+                arrays[f"a{i}_{j}"] = np.asarray(v)
+        else:
+            layout.append(None)
+            arrays[f"a{i}"] = np.asarray(part)
+    return layout, arrays
+
+
+def _unflatten(layout, arrays: dict[str, np.ndarray]) -> tuple:
+    out = []
+    for i, names in enumerate(layout):
+        out.append(arrays[f"a{i}"] if names is None else {n: arrays[f"a{i}_{j}"] for j, n in enumerate(names)})
+    return tuple(out)

@@ -28,7 +28,8 @@ import numpy as np
 _MODEL = None
 _SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
 # this worker's tuning memo: a layer's stimulus and photo responses, kept for its other filters (the worker's
-# model never changes); one process, one thread, so no lock
+# model never changes); one process, one thread, so no lock. Behind it, the cache every worker shares
+# (store.TuningMemo): a pool hands a layer's next filter to any worker
 _TUNING_MEMO: dict = {}
 WORKER_NICE = 10  # render workers yield the CPU to the server process that answers pages
 
@@ -228,27 +229,28 @@ def run_tuning(job: str, layer: str, channel: int, folder: str, seed: int, figur
 
     import matplotlib.pyplot as plt
 
-    from ..jobs.tuning import compute_tuning, validate
+    from ..jobs.tuning import compute_tuning, memo_keys, validate
     from ..models.inputs import list_images
     from ..outputs.cache import active_cache
-    from .store import store_json
+    from .store import TuningMemo, store_json
 
     _progress(job, [0, 1])
     info, chans = validate(_MODEL, layer, [channel])
-    res = compute_tuning(
-        _MODEL, info, chans, list_images(folder), folder, seed, lambda: _cancelled(job), memo=_TUNING_MEMO
-    )
+    cache = active_cache()
+    memo = TuningMemo(cache, _MODEL, _TUNING_MEMO)  # this worker's memo, then the cache every worker shares
+    res = compute_tuning(_MODEL, info, chans, list_images(folder), folder, seed, lambda: _cancelled(job), memo=memo)
     if res.status != "complete" or not res.channels:
         return "cancelled" if _cancelled(job) else f"tuning {res.status}"
     fig = res.figure([channel])
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
     plt.close(fig)
-    cache = active_cache()
     cache.put(figure_key, buf.getvalue(), {"tuning_job": job, "layer": layer, "channel": channel})
     rec = res.record()
     row = {**rec["channels"][str(channel)], "layer": layer, "channel": channel, "significance": rec["significance"]}
-    store_json(cache, job, {**row, "timings": res.timings, "figure": figure_key})
+    # where the layer's responses came from: "computed" (the stimuli ran), "process" or "cache"
+    sources = [memo.source.get(k, "computed") for k in memo_keys(_MODEL, info, list_images(folder))]
+    store_json(cache, job, {**row, "timings": res.timings, "figure": figure_key, "responses_from": sources})
     _progress(job, [1, 1])
     return "ok"
 

@@ -1,0 +1,403 @@
+"""The tables of the benchmark results: one function per result file, ``benchmarks/results/NAME.json`` → markdown.
+
+Used by the documentation build (``scripts/mkdocs_hooks.py``, which reads the JSON and imports no benchmark
+script) and by the benchmarks themselves to write the ``.md`` beside their JSON, so the two never disagree.
+Standard library only. :data:`TABLES` maps a result's name to its table and the command that measures it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+
+def fraction_target(layer: str) -> float:
+    """The share of the ceiling the ``fast`` step should reach at ``layer`` (the speed target)."""
+    return 0.70 if layer == "blocks.1" else 0.80
+
+
+def render_table(results: dict) -> str:
+    """The table. The ceiling of a layer is the best (lowest) of the ceilings timed in all of that layer's
+    processes: the machine's real speed, not one process's noisy timing. "× naive/step": the naive loop's
+    seconds per step divided by the method's (above 1: each step is cheaper than the tutorial's)."""
+    rows = [r for r in results["rows"] if "error" not in r]
+    best = {}
+    naive = {}
+    for r in rows:
+        key = (r["model"], r["layer"])
+        if r.get("ceiling_s_per_step"):
+            best[key] = min(best.get(key, float("inf")), r["ceiling_s_per_step"])
+        if r["method"] == "naive":
+            naive[key] = r["s_per_step"]
+    lines = [
+        f"Machine: {results['machine']}; device {results['device']}. Robust ratio: median over the channels "
+        "of act(render under 90-100 % crops) / max act over the 36 bundled photos. Ceiling: forward+backward "
+        "of the model truncated at the layer, batch 1, best timing in the run.",
+        "",
+        "| model | layer | method | steps | s/channel | s/step | × naive/step | % of ceiling | robust ratio "
+        "| colourfulness | RMS contrast | peak RSS MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        if "error" in r:
+            lines.append(
+                f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps_asked']} | error: {r['error']} |||||||"
+            )
+            continue
+        key = (r["model"], r["layer"])
+        ceil = best.get(key)
+        frac = f"{100 * ceil / r['s_per_step']:.0f} % of {ceil * 1000:.1f} ms" if ceil else ""
+        vs = f"{naive[key] / r['s_per_step']:.2f}×" if key in naive else ""
+        lines.append(
+            f"| {r['model']} | {r['layer']} | {r['method']} | {r['steps']:.0f} | {r['s_per_channel']:.2f} | "
+            f"{r['s_per_step'] * 1000:.1f} ms | {vs} | {frac} | {r['median_robust_ratio']:.2f} | "
+            f"{r.get('median_colourfulness', float('nan')):.1f} | {r.get('median_rms_contrast', float('nan')):.3f} | "
+            f"{r['peak_rss_mib']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _ok(flag: bool | None) -> str:
+    return "not measured" if flag is None else ("**met**" if flag else "**not met**")
+
+
+def targets_table(res: dict) -> str:
+    lines = [f"Machine: {res['machine']}. `python benchmarks/bench_targets.py`: {res['seconds'] / 60:.1f} min."]
+    # ``remeasured``: sections run again later with --only and merged into targets.json by hand (the run's
+    # own seconds and machine stay the first run's)
+    for section, again in res.get("remeasured", {}).items():
+        lines[0] += f" Section `{section}` measured again ({again['why']}): {again['seconds'] / 60:.1f} min."
+    lines.append("")
+    lines += ["| # | target | measured | |", "|---|---|---|---|"]
+    lay = res.get("layout")
+    if lay:
+        rows = {r["layout"]: r for r in lay["rows"] if "error" not in r}
+        names = list(rows)
+        faster = min(names, key=lambda n: rows[n]["render_s"]) if len(names) == 2 else None
+        auto = lay["auto_for_measured"]
+        auto_is_procs = "process" in auto and not auto.startswith("1 process")
+        faster_is_procs = faster is not None and not faster.startswith("1 process")
+        txt = "; ".join(f"{n}: {rows[n]['render_s']:.1f} s" for n in names)
+        lines.append(
+            f"| 1 | default layout is the faster one ({lay['layer']}, {lay['rows'][0].get('channels')} channels) | "
+            f"{txt}; default picks {auto}; for 784 channels: {lay['auto_for_atlas']} | "
+            f"{_ok(faster is not None and auto_is_procs == faster_is_procs)} |"
+        )
+    for row in res.get("quality", []):
+        layer, fast, prev = row["layer"], row.get("fast", {}), row.get("previous")
+        if prev is None or "error" in fast or "error" in prev:
+            continue
+        # the layer's ceiling is the lowest timed in any of its processes (the machine's real speed; one process's
+        # timing can be slow and would flatter the fraction); the same for the folded net
+        runs = [r for r in (fast, prev, row.get("lucid", {})) if r.get("ceiling_s_per_step")]
+        ceil = min(r["ceiling_s_per_step"] for r in runs)
+        ceil_net = min(r["ceiling_net_s_per_step"] for r in runs if r is not prev)
+        frac, frac_prev = ceil / fast["s_per_step"], ceil / prev["s_per_step"]
+        fixed_after = (fast["s_per_step"] - ceil_net) * 1000
+        fixed_before = (prev["s_per_step"] - ceil) * 1000
+        lines.append(
+            f"| 2 | `fast` at {layer} ≥ {fraction_target(layer):.0%} of the ceiling | "
+            f"{frac:.1%} ({fast['s_per_step'] * 1000:.1f} ms/step, ceiling {ceil * 1000:.1f} ms; "
+            f"previous release {frac_prev:.1%}, {prev['s_per_step'] * 1000:.1f} ms/step). Fixed cost "
+            f"(step − ceiling of the net the loop runs): {fixed_after:.1f} ms, previous {fixed_before:.1f} ms "
+            f"({fixed_before / max(fixed_after, 1e-9):.2f}× smaller) | {_ok(frac >= fraction_target(layer))} |"
+        )
+    for row in res.get("quality", []):
+        layer, fast, luc = row["layer"], row.get("fast", {}), row.get("lucid", {})
+        if "error" in fast or "error" in luc:
+            lines.append(f"| 3 | quality at {layer} | error: {fast.get('error') or luc.get('error')} | |")
+            continue
+        key = "median_robust_pre_relu" if layer == "bn2" else "median_robust_ratio"
+        what = "robust mean pre-activation, ReLU6 caps the output" if layer == "bn2" else "robust ratio"
+        ratio = luc["s_per_channel"] / fast["s_per_channel"]
+        lines.append(
+            f"| 3 | `fast` ≥ Lucid-512 at {layer} ({what}) in ≤ 1/8 of its time | "
+            f"median {fast[key]:.2f} vs {luc[key]:.2f}; "
+            f"{fast['s_per_channel']:.2f} vs {luc['s_per_channel']:.2f} s/channel (1/{ratio:.1f}) | "
+            f"{_ok(fast[key] >= luc[key] and ratio >= 8)} |"
+        )
+    cl = res.get("classes")
+    if cl and "error" not in cl:
+        t1, t5 = sum(cl["top1"]) / len(cl["top1"]), sum(cl["top5"]) / len(cl["top5"])
+        lines.append(
+            f"| 3 | class renders ≥ 90 % top-1 on efficientnet_lite1 ({len(cl['classes'])} classes) | "
+            f"`{cl.get('method', 'fast')}`: top-1 {t1:.0%}, top-5 {t5:.0%}, {cl['s_per_class']:.1f} s/class | "
+            f"{_ok(t1 >= 0.9)} |"
+        )
+    at = res.get("atlas")
+    if at:
+        if "error" in at:
+            lines.append(f"| 4 | whole model ≤ 20 min | error: {at['error'][-200:]} | **not met** |")
+        else:
+            lines.append(
+                f"| 4 | whole model (784 channels, blocks.0-6) ≤ 20 min | {at['wall_s'] / 60:.1f} min wall for "
+                f"{at['channels']} channels, peak RSS {at['peak_rss_tree_mib']} MiB (all processes), layout "
+                f"{at['layout']} | "
+                f"{_ok(at['wall_s'] <= 20 * 60)} |"
+            )
+    ray = res.get("ray")
+    if ray:
+        lines.append(
+            f"| 5 | Ray two-node fault test passes | {ray['summary']} ({ray['seconds']} s) | {_ok(ray['passed'])} |"
+        )
+    lines.append(f"| 6 | GPU | {res.get('gpu', 'no CUDA device on this machine')} | {_ok(None)} |")
+    return "\n".join(lines) + "\n"
+
+
+def explain_table(res: dict) -> str:
+    lines = ["# bench_explain", ""]
+    if "ablation" in res:
+        lines += [
+            "| layer | photos | median top-8 drop: contribution | activation | random | contribution / activation |",
+            "|---|---|---|---|---|---|",
+        ]
+        for layer, d in res["ablation"].items():
+            m = d["median_top8_drop"]
+            lines.append(
+                f"| {layer} | {d['photos']} | {m['contribution']:.3f} | {m['activation']:.3f} | {m['random']:.3f} "
+                f"| {d['ratio_contribution_vs_activation']:.2f}× |"
+            )
+        lines.append("")
+    if "accentuation" in res:
+        a = res["accentuation"]
+        lines += [
+            f"Accentuation at {a['layer']} (strength {a['strength']:g}, {a['steps']} steps, top-3 filters by "
+            f"contribution of each photo, {a['n']} filters): median gain {a['median_gain']:.2f}×, median SSIM "
+            f"{a['median_ssim']:.3f}, gain ≥ 2 and SSIM ≥ 0.5 for {a['fraction_gain2_ssim05']:.0%}; "
+            f"{a['seconds_per_accentuation']} s each.",
+            "",
+        ]
+    if "accent_curve" in res:
+        lines += ["| strength | median gain | median SSIM |", "|---|---|---|"]
+        lines += [
+            f"| {p['strength']:g} | {p['median_gain']:.2f} | {p['median_ssim']:.3f} |" for p in res["accent_curve"]
+        ]
+        lines.append("")
+    if "path" in res:
+        lines += ["| preset | median path similarity (blocks.5, 6 channels) |", "|---|---|"]
+        lines += [f"| {m} | {d['median']:.3f} |" for m, d in res["path"].items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def accent_table(res: dict) -> str:
+    lines = [
+        "# bench_accent",
+        "",
+        f"efficientnet_lite0, {res.get('layer', 'blocks.5')}, top-3 filters by contribution per photo, "
+        f"{res['steps']} steps; "
+        f"machine: {res['machine']['cpu']} ({res['machine']['threads']} threads), torch {res['machine']['torch']}.",
+        "",
+        "| set | method | photos | filters | median SSIM | median gain | min SSIM | SSIM ≥ 0.8 "
+        "| gain ≥ 2 & SSIM ≥ 0.8 | s / accentuation |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in res["sets"].items():
+        for m, v in d.items():
+            lines.append(
+                f"| {name} | {m} | {v['photos']} | {v['n']} | {v['median_ssim']:.3f} | {v['median_gain']:.2f}× "
+                f"| {v['min_ssim']:.3f} | {v['fraction_ssim_08']:.0%} | {v['fraction_gain2_ssim08']:.0%} "
+                f"| {v['seconds_per_accentuation']:.1f} |"
+            )
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _half(cpu) -> str:
+    """CPU seconds over 2 threads: the wall time the work would take on 2 free cores (an upper bound while
+    threads spin)."""
+    return f"{cpu / 2:.1f}" if cpu is not None else "—"
+
+
+def circuits_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        "# bench_circuits",
+        "",
+        f"efficientnet_lite0 on {m['threads']} CPU threads; load average {m['load_start']} at the start, "
+        f"{m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
+        "",
+    ]
+    if "timing" in res:
+        t = res["timing"]
+        p = t["circuit_parts_s"]
+        lines += [
+            "| measurement | wall seconds (CPU seconds of the process / 2) | target |",
+            "|---|---|---|",
+            f"| circuit blocks.5:42 from blocks.4, 36 photos, no renders | {t['circuit_blocks5_s']} "
+            f"({_half(t.get('circuit_blocks5_cpu_s'))}) | ≤ 10 |",
+            f"| — of which attribution / expanded weights / ablation | {p.get('attribution_s')} / "
+            f"{p.get('expanded_weights_s')} / {p.get('ablation_s')} | |",
+            f"| the same with renders of the channel + top-8 inputs and all files | "
+            f"{t['circuit_with_renders_and_files_s'] or 'not run'} (renders {t['render_s'] or '—'}) "
+            "| counted separately |",
+            f"| tuning of the 24 channels of blocks.1 ({t['tuning_stimuli']} stimuli) "
+            f"| {t['tuning_blocks1_24_s']} ({_half(t.get('tuning_blocks1_24_cpu_s'))}) | ≤ 30 |",
+            f"| — writing tuning.json, figure, report | {t['tuning_write_s']} | |",
+            "",
+            f"Tuning: {t['tuning_described']} of 24 channels of blocks.1 get a description.",
+            "",
+        ]
+    if "ablation" in res:
+        ab_machine = res.get("machine_first_run", m)
+        lines += [
+            f"Ablation run: load average {ab_machine['load_start']} → {ab_machine['load_end']}.",
+            "",
+            "| layer | from | channels | median ratio of mean abs. change: top-8 by abs. attribution / random-8 | min "
+            "| median drop: top-8 excitatory | random-8 | Spearman(weight, attribution): identity | gated "
+            "| median max abs. weight: identity | gated |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for layer, d in res["ablation"].items():
+            lines.append(
+                f"| {layer} | {d['from']} | {len(d['channels'])} | {d['median_ratio']:.2f}× | {d['min_ratio']:.2f}× "
+                f"| {d['median_drop_excitatory']:.3f} | {d['median_drop_random']:.3f} "
+                f"| {d['median_spearman_identity']:.2f} | {d['median_spearman_gated']:.2f} "
+                f"| {d['median_max_abs_weight_identity']:.3g} | {d['median_max_abs_weight_gated']:.3g} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def gpu_table(res: dict) -> str:
+    if "layers" not in res:
+        return res.get("status", "not run") + "\n"
+    out = [
+        f"Machine: {res['machine']}; device {res.get('gpu', res['device'])}; {res['steps']} steps for every method "
+        "but the last `lucid` row of a layer (Lucid's own step count, the quality reference).",
+        "",
+        "| layer | method | steps | batch | channels/min | measure | median | colourfulness |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for layer, d in res["layers"].items():
+        out += [
+            f"| {layer} | {r['variant']} | {r.get('steps', res['steps'])} | {r['batch']} | "
+            f"{r['channels_per_min']:.1f} | {r['measure']} | "
+            f"{r['median']:.2f} | {r['median_colourfulness']} |"
+            for r in d["rows"]
+        ]
+    out += ["", "bfloat16 kept (median ≥ 98 % of float32's): "]
+    out[-1] += ", ".join(f"{layer} {'yes' if d['bfloat16_kept'] else 'no'}" for layer, d in res["layers"].items())
+    return "\n".join(out) + "\n"
+
+
+def serve_table(res: dict) -> str:
+    c20 = res["cached_20_clients"]
+    rows = [
+        (
+            "cached page/image, 20 clients, p95",
+            "≤ 100 ms",
+            f"{c20['p95_ms']} ms (p50 {c20['p50_ms']} ms, {c20['requests']} requests, {c20['requests_per_s']} req/s)",
+        ),
+        (
+            "first render at blocks.5 (fast), request → picture",
+            "≤ 3 s",
+            ", ".join(f"{x:.2f}" for x in res["first_render_blocks5_s"]) + " s",
+        ),
+        ("cached render", "≤ 0.2 s", ", ".join(f"{1000 * x:.0f}" for x in res["cached_render_s"]) + " ms"),
+        ("explanation of an uploaded photo (blocks.5)", "≤ 30 s", f"{res['explanation_s']:.2f} s"),
+        (
+            "peak memory, server + manager + workers",
+            "≤ 3 GB",
+            f"PSS {res['peak_pss_gb']:.2f} GB (sum of RSS {res['peak_rss_gb']:.2f} GB)",
+        ),
+        ("server start (model + workers warm)", "", f"{res['startup_s']:.1f} s"),
+    ]
+    lines = [f"Workers: {res.get('workers', '?')}.", "", "| measure | target | measured |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def layout_table(res: dict) -> str:
+    lines = [
+        f"Layer `{res['layer']}`.",
+        "",
+        "| layout | channels | render s | wall s | channels/min |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['layout']} | error: {r['error']} | | | |")
+        else:
+            lines.append(
+                f"| {r['layout']} | {r['channels']} | {r['render_s']:.1f} | {r['wall_s']:.1f} "
+                f"| {r['channels_per_min']:.1f} |"
+            )
+    lines += ["", f"Processes against threads: {res['speedup_processes']:.2f}× the channels per second."]
+    return "\n".join(lines) + "\n"
+
+
+def serve_guard_table(res: dict) -> str:
+    cp, jr = res["cached_pages"], res["job_requests_during"]
+    lines = [
+        f"{res['machine']}, `filterscope serve --model {res['model']} --workers 1 --max-jobs {res['max_jobs']}` on "
+        f"127.0.0.1, the bound filled by {res['max_jobs']} renders; {cp['clients']} clients fetch cached pages and "
+        f"images while {jr['sent']} job requests arrive under made-up client cookies.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| cached requests (200) | {cp['ok']} / {cp['requests']} |",
+        f"| cached p50 / p95 / max | {cp['p50_ms']} / {cp['p95_ms']} / {cp['max_ms']} ms "
+        f"(target p95 ≤ {res['target_p95_ms']} ms) |",
+        f"| cached requests per second | {cp['requests_per_s']} |",
+        f"| job requests refused 429 (with Retry-After) | {jr['refused_429']} ({jr['with_retry_after']}) "
+        f"of {jr['sent']} |",
+        f"| job requests accepted | {jr['accepted']} |",
+        f"| machine load average (1 min) at the end | {res['load_average_1min']} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def concepts_table(res: dict) -> str:
+    m, mach, setup, met = res["main"], res["machine"], res["setup"], res["targets"]
+    lines = [
+        f"Machine: {mach['cpus']} CPUs ({mach['platform']}), torch threads {mach['torch_threads']}; load average "
+        f"at start {mach['load_average_at_start']}, at end {res['load_average_at_end']} (a shared machine: "
+        "times are upper bounds).",
+        "",
+        f"{setup['images']} images at {setup['size']} px, efficientnet_lite0 · {setup['layer']}, {setup['concepts']} "
+        f"concepts (nmf), `{setup['render']}` renders, cache off.",
+        "",
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        f"| wall time | {m['wall_s']} s | ≤ 120 s | {met['wall_s ≤ 120']} |",
+        f"| peak RSS | {m['peak_rss_gb']} GB | ≤ 2 GB | {met['peak ≤ 2 GB']} |",
+        f"| seconds per image (passes, no renders) | {m['s_per_image_passes']} | | |",
+        f"| seconds per concept (render) | {m['s_per_concept_render']} | | |",
+        f"| ablation: top-3 vs 3 random, median drop of p | {m['ablation']['top3_median_drop']} vs "
+        f"{m['ablation']['random3_median_drop']} ({m['ablation']['ratio']}×, {m['ablation']['images']} images) "
+        f"| ≥ 2× | {met['ablation ratio ≥ 2']} |",
+        f"| stability: median matched cosine (seed 1 vs 0) | {m['stability_median_cosine']} | ≥ 0.8 | "
+        f"{met['stability ≥ 0.8']} |",
+        f"| reconstruction keeps top-1: class images (all images) | {m['reconstruction_top1']:.1%} "
+        f"({m['reconstruction_top1_all_images']:.1%}) | ≥ 90 % | {met['reconstruction top-1 ≥ 90 %']} |",
+        f"| explained variance | {m['explained_variance']} | | |",
+        "",
+        f"Timings (s): {m['timings']}",
+        "",
+        "Activation pass + evidence pass + deletion curves by images (the dictionary fit is on at most 16,384 "
+        "vectors whatever the folder; 50 images also fit semi-NMF): "
+        + ", ".join(f"{k}: {v} s" for k, v in res["cost_s_by_images_no_renders"].items()),
+        "",
+        f"NMF vs semi-NMF on the same vectors (50 images): {json.dumps(res.get('methods_50_images'))}",
+        "",
+        f"Class: {m['class']} ({m['class_images']} class images). Concepts: "
+        + "; ".join(f"{c['concept']}: {c['label']} (imp {c['importance']}, drop {c['drop']})" for c in m["concepts"]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# result file → (its table, the command that writes it)
+TABLES: dict[str, tuple[Callable[[dict], str], str]] = {
+    "bench": (render_table, "python benchmarks/bench_render.py"),
+    "bench_quick": (render_table, "python benchmarks/bench_render.py --quick"),
+    "layout": (layout_table, "python benchmarks/bench_render.py --layout"),
+    "targets": (targets_table, "python benchmarks/bench_targets.py"),
+    "explain": (explain_table, "python benchmarks/bench_explain.py"),
+    "accent": (accent_table, "python benchmarks/bench_accent.py"),
+    "serve": (serve_table, "python benchmarks/bench_serve.py"),
+    "serve_guard": (serve_guard_table, "python benchmarks/bench_serve_guard.py"),
+    "concepts": (concepts_table, "python benchmarks/bench_concepts.py"),
+    "circuits": (circuits_table, "python benchmarks/bench_circuits.py"),
+    "gpu": (gpu_table, "python benchmarks/bench_gpu.py"),
+}
