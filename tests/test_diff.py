@@ -104,6 +104,8 @@ def test_backdoor_class_first_and_first_units_fire_on_the_mark_from_the_cli(pair
     assert sorted(u["channel"] for u in units) == list(range(32))
     for u in units[:2]:  # the first changed units have the marked images as their top exemplars
         assert marked_share(u, pair.marked) >= 0.8, u
+    # named (INVERT, against B's predictions) after the class the mark sends images to
+    assert f"class {pair.target}" in units[0]["name"]["name"] and "B's top-1 predictions" in rec["names"]
     carriers = [u["channel"] for u in rec["classes"][0]["units"][:3]]
     assert any(marked_share(next(v for v in units if v["channel"] == c), pair.marked) >= 0.8 for c in carriers)
     u = units[0]

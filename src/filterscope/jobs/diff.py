@@ -117,6 +117,7 @@ class Diff:
     classes_note: str | None = None
     models: dict[str, Model] = field(default_factory=dict, repr=False)  # "a", "b": for the exemplar tiles
     images_root: Path = Path(".")
+    label_source: str | None = None  # where the names' labels came from: folders or B's predictions
     renders: dict[tuple[str, int], bytes] = field(default_factory=dict)  # ("a"|"b", channel) → PNG
     timings: dict = field(default_factory=dict)
     run_dir: Path | None = None
@@ -149,6 +150,8 @@ class Diff:
             "partners by the Hungarian method (scipy linear_sum_assignment); r below threshold: new",
             "dead": DEAD_RULE,
             "attribution": ATTRIBUTION,
+            "names": "INVERT names (jobs/names.py) of each unit's per-image maximum against the images' labels, "
+            f"from {self.label_source or 'nothing (no labels)'}",
             "flipped_images": self.flipped,
             "counts": self.counts(),
             "classes": self.classes,
@@ -375,6 +378,23 @@ def _exemplars(maxes: np.ndarray, args: np.ndarray, c: int, width: int, names: l
     ]
 
 
+def _names(p: DiffPlan, ps: _Pass) -> tuple[list, list, str | None]:
+    """INVERT names of B's and A's units (each unit's per-image maximum against the images' labels: class
+    sub-folders, else B's top-1 predictions); no names when the folder has neither."""
+    from .names import image_labels, name_units
+
+    none_b, none_a = [None] * p.info_b.channels, [None] * p.info.channels
+    preds = ps.logits_b.argmax(1).tolist() if ps.logits_b is not None else None
+    try:  # without predictions only class sub-folders can label the images
+        labels, source = image_labels(p.files, p.root, p.model_b if preds is not None else None, predictions=preds)
+    except UsageError:
+        return none_b, none_a, None
+    if len(set(labels)) < 2:
+        return none_b, none_a, None
+    label_source = "class sub-folders" if source == "folders" else "B's top-1 predictions"
+    return name_units(ps.max_b, labels), name_units(ps.max_a, labels), label_source
+
+
 def _class_name(models: tuple[Model, Model], c: int) -> str:
     for m in models:
         if m.categories and c < len(m.categories):
@@ -421,6 +441,8 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         attr_classes = [c.pop("_attr") for c in classes]
         attr_classes = [a for a in attr_classes if a is not None]
 
+    with ctx.timed("names"):
+        names_b, names_a, label_source = _names(p, ps)
     scores = change_scores(m.r, attr_all, attr_classes, dead_b)
     order = rank_units(scores, req.metric)
     wa, wb = p.info.shape[2], p.info_b.shape[2]
@@ -444,6 +466,8 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
                 "new": not dead and not matched,
                 "score": None if dead else round(float(scores[req.metric][c]), 5),
                 "attribution": round(float(attr_all[c]), 6),
+                "name": None if dead else names_b[c],
+                "name_a": None if dead or show_a < 0 else names_a[show_a],
                 "top": _exemplars(ps.max_b, ps.arg_b, c, wb, names, req.top),
                 "top_a": [] if dead or show_a < 0 else _exemplars(ps.max_a, ps.arg_a, show_a, wa, names, req.top),
             }
@@ -452,6 +476,7 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         {
             "channel": int(a),
             "r_best": round(float(rb), 4),
+            "name": names_a[int(a)],
             "top_a": _exemplars(ps.max_a, ps.arg_a, int(a), wa, names, req.top),
         }
         for a, rb in sorted(zip(m.lost, m.lost_r), key=lambda t: t[1])
@@ -476,6 +501,7 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         note,
         {"a": p.model, "b": p.model_b},
         p.root,
+        label_source,
     )
     if not req.no_renders:
         with ctx.timed("renders"):
