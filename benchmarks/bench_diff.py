@@ -265,7 +265,6 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "load_start": [round(v, 1) for v in os.getloadavg()],
-        **({"lite_load": [res["lite"]["load_at_start"], res["lite"]["load_at_end"]]} if "lite" in res else {}),
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
