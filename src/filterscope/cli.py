@@ -958,6 +958,13 @@ def explain(
 @click.option(
     "--crops", type=click.IntRange(min=0), default=None, help="Random crops per image [default: 3; one photo: 64]."
 )
+@click.option(
+    "--rank",
+    type=click.Choice(["ablation", "gradient"]),
+    default="ablation",
+    show_default=True,
+    help="Order of the concepts: the measured drop of log p when one is removed, or its first-order estimate.",
+)
 @click.option("--render-method", type=METHOD, default=None, help="Preset of the concept renders (default: fast).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
 @click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
@@ -982,6 +989,7 @@ def concepts(
     seed,
     method,
     crops,
+    rank,
     render_method,
     steps,
     no_render,
@@ -1012,6 +1020,7 @@ def concepts(
         seed=seed,
         method=method,
         crops=crops,
+        rank=rank,
         render=not no_render,
         render_method=render_method,
         render_steps=steps,
