@@ -184,6 +184,13 @@ def layers_text(model_name: str, outline, default: str, show_all: bool = False) 
 @click.option(
     "--crops", type=click.IntRange(min=0), default=None, help="Random crops per image [default: 3; one photo: 64]."
 )
+@click.option(
+    "--rank",
+    type=click.Choice(["ablation", "gradient"]),
+    default="ablation",
+    show_default=True,
+    help="Order of the concepts: the measured drop of log p when one is removed, or its first-order estimate.",
+)
 @click.option("--render-method", type=METHOD, default=None, help="Preset of the concept renders (default: fast).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
 @click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
@@ -208,6 +215,7 @@ def concepts(
     seed,
     method,
     crops,
+    rank,
     render_method,
     steps,
     no_render,
@@ -238,6 +246,7 @@ def concepts(
         seed=seed,
         method=method,
         crops=crops,
+        rank=rank,
         render=not no_render,
         render_method=render_method,
         render_steps=steps,
