@@ -323,7 +323,7 @@ def markdown(res: dict) -> str:
         lines.append("")
     for part, mm in res.get("machine_of", {}).items():
         lines += [
-            f"The {part} part ran at the same time as the others, in another process on the same machine "
+            f"The {part} part is from a separate run of this script on the same machine, the same day "
             f"(load average {mm['load_start']} → {mm['load_end']}).",
             "",
         ]
