@@ -358,8 +358,8 @@ def circuit(
     ]
     for i in c.shown:
         lines.append(
-            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f}  attribution {i.attribution:+.4f}"
-            f"  weight {i.weight_norm:+.2f}"
+            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f} (mean |Δ| {i.effect_abs:.4f})"
+            f"  attribution {i.attribution:+.4f}  weight {i.weight_norm:+.2f}"
         )
     lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
