@@ -33,6 +33,7 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache re
 
 import numpy as np
 import torch
+from common import tables
 from torch import nn
 
 import filterscope as fs
@@ -47,14 +48,7 @@ K = 8
 N_RANDOM = 32
 CHANNEL_SEED = 43  # the seeded draw of the benchmark's channels (fixed before any result)
 SPLIT_SEED = 0
-NAMES = {
-    "weight": "old: abs. expanded weight",
-    "attribution": "abs. attribution re-sort",
-    "effect_single": "mean abs. removal effect",
-    "attribution_image": "greedy on grad × act",
-    "effect": "greedy on removal effects (default)",
-}
-ORDER = ["weight", "attribution", "effect_single", "attribution_image", "effect"]
+NAMES, ORDER = tables.CIRCUIT_RANKINGS, tables.CIRCUIT_ORDER
 
 
 def split_photos() -> tuple[list[Path], list[Path]]:
@@ -282,73 +276,6 @@ def explorer_tuning(model, layer: str = "blocks.3") -> dict:
 # ---------------------------------------------------------------- report
 
 
-def markdown(res: dict) -> str:
-    m = res["machine"]
-    lines = [
-        "# bench_circuits",
-        "",
-        f"efficientnet_lite0 on {m['threads']} CPU threads ({m['cpu']}); load average {m['load_start']} at the "
-        f"start, {m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
-        "",
-    ]
-    if "ranking" in res:
-        rk = res["ranking"]
-        lines += [
-            f"Rankings made on {len(rk['rank_photos'])} of the 36 bundled photos, checked on the other "
-            f"{len(rk['held_out_photos'])} (split seed {rk['split_seed']}): mean |change| of the channel with the "
-            f"first {rk['k']} inputs listed zeroed, over the mean for {rk['k']} random inputs ({rk['n_random']} "
-            f"draws); median (min) over 6 channels per layer drawn with seed {rk['channel_seed']}.",
-            "",
-            "| layer | from | channels | " + " | ".join(NAMES[r] for r in ORDER) + " | target |",
-            "|---|---|---|" + "---|" * (len(ORDER) + 1),
-        ]
-        for layer, d in rk["layers"].items():
-            target = {"blocks.5": "≥ 2×", "blocks.3": "≥ 2.5×"}.get(layer, "")
-            cells = " | ".join(f"{d['median'][r]:.2f}× ({d['min'][r]:.2f})" for r in ORDER)
-            lines.append(f"| {layer} | {d['from']} | {', '.join(map(str, d['channels']))} | {cells} | {target} |")
-        lines.append("")
-    if "handbuilt" in res:
-        lines += [
-            "Held-out hand-built nets (seeded; not the tests' nets): 6 inputs, 3 live, 2 blocked behind the largest "
-            "weights (dead ReLU, ReLU6 saturated by its bias, closed squeeze-excite gate), or (cap) 2 that hold "
-            "a ReLU6 at its cap and carry the filter most with a gradient of 0. Each cell: nets whose inputs that "
-            "carry the filter are listed first / nets with a blocked input in the first two.",
-            "",
-            "| net | nets | " + " | ".join(NAMES[r] for r in ORDER) + " |",
-            "|---|---|" + "---|" * len(ORDER),
-        ]
-        for kind, d in res["handbuilt"].items():
-            cells = " | ".join(f"{d['carriers_first'][r]} / {d['blocked_in_first_two'][r]}" for r in ORDER)
-            lines.append(f"| {kind} | {d['nets']} | {cells} |")
-        lines.append("")
-    for part, mm in res.get("machine_of", {}).items():
-        lines += [
-            f"The {part} part is from a separate run of this script on the same machine, the same day "
-            f"(load average {mm['load_start']} → {mm['load_end']}).",
-            "",
-        ]
-    if "timing" in res:
-        t = res["timing"]
-        p = t["circuit_blocks5_no_renders_parts_s"]
-        lines += [
-            "| measurement | wall seconds | CPU seconds of the process | target |",
-            "|---|---|---|---|",
-            f"| `filterscope circuit --layer blocks.5 --channel 42`, default renders (cold cache), all files "
-            f"| {t['circuit_blocks5_with_renders_s']} | {t['circuit_blocks5_with_renders_cpu_s']} | ≤ 20 |",
-            f"| the same, `--no-renders` | {t['circuit_blocks5_no_renders_s']} "
-            f"| {t['circuit_blocks5_no_renders_cpu_s']} | |",
-            f"| — of which attribution / removal effects / expanded weights / ablation | {p.get('attribution_s')} / "
-            f"{p.get('removal_effects_s')} / {p.get('expanded_weights_s')} / {p.get('ablation_s')} | | |",
-            f"| explorer tuning, first filter of {t['tuning_layer']} (1 thread) | {t['tuning_first_filter_s']} "
-            f"| {t['tuning_first_filter_cpu_s']} | |",
-            f"| explorer tuning, second filter, in the other worker (responses from "
-            f"{'/'.join(t['tuning_second_filter_responses_from'])}) | {t['tuning_second_filter_s']} "
-            f"| {t['tuning_second_filter_cpu_s']} | ≤ 3 |",
-            "",
-        ]
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["ranking", "handbuilt", "timing"], action="append")
@@ -367,8 +294,8 @@ def main() -> None:
                 res[part] = other[part]
                 res.setdefault("machine_of", {})[part] = other["machine"]
         out_json.write_text(json.dumps(res, indent=1) + "\n")
-        out_json.with_suffix(".md").write_text(markdown(res))
-        print(markdown(res))
+        out_json.with_suffix(".md").write_text(tables.circuits_table(res))
+        print(tables.circuits_table(res))
         return
     parts = args.only or ["ranking", "handbuilt", "timing"]
     torch.manual_seed(0)
@@ -393,8 +320,8 @@ def main() -> None:
         res.get("machine_of", {}).pop(part, None)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1) + "\n")
-    out_json.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    out_json.with_suffix(".md").write_text(tables.circuits_table(res))
+    print(tables.circuits_table(res))
 
 
 if __name__ == "__main__":
