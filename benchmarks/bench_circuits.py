@@ -33,6 +33,7 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache re
 
 import numpy as np
 import torch
+from common import tables
 from torch import nn
 
 import filterscope as fs
@@ -47,14 +48,7 @@ K = 8
 N_RANDOM = 32
 CHANNEL_SEED = 43  # the seeded draw of the benchmark's channels (fixed before any result)
 SPLIT_SEED = 0
-NAMES = {
-    "weight": "old: |expanded weight|",
-    "attribution": "|attribution| re-sort",
-    "effect_single": "mean |removal effect|",
-    "attribution_image": "greedy on grad × act",
-    "effect": "greedy on removal effects (default)",
-}
-ORDER = ["weight", "attribution", "effect_single", "attribution_image", "effect"]
+NAMES, ORDER = tables.CIRCUIT_RANKINGS, tables.CIRCUIT_ORDER
 
 
 def split_photos() -> tuple[list[Path], list[Path]]:
@@ -63,7 +57,7 @@ def split_photos() -> tuple[list[Path], list[Path]]:
     return [files[i] for i in sorted(perm[: len(files) // 2])], [files[i] for i in sorted(perm[len(files) // 2 :])]
 
 
-def rankings(model, src, dst, channel: int, files: list[Path]) -> dict[str, np.ndarray]:
+def rankings(model, src, dst, channel: int, files: list[Path], k: int = K) -> dict[str, np.ndarray]:
     """Every ranking of ``RANKINGS`` made on ``files`` with the library's own functions (the default is the
     same call :func:`filterscope.jobs.circuit.compute_circuit` makes)."""
     batches = list(C.image_batches(model, files))
@@ -72,7 +66,7 @@ def rankings(model, src, dst, channel: int, files: list[Path]) -> dict[str, np.n
     effects = R.removal_effects(masked.run, masked.sizes, src.channels, p.activation, model.device)
     maps, _, _ = C.expanded_weights(model, src, dst, channel, p.gates)
     w = maps.reshape(maps.shape[0], -1).sum(1)
-    return {r: R.effect_order(r, effects, p.attribution, w) for r in R.RANKINGS}
+    return {r: R.effect_order(r, effects, p.attribution, w, k) for r in R.RANKINGS}
 
 
 def held_out_ratios(model, src, dst, channel: int, files: list[Path], orders: dict, seed: int) -> dict:
@@ -141,8 +135,10 @@ class SqueezeExcite(nn.Module):
 
 def trap(kind: str, seed: int) -> tuple[nn.Module, list[int], list[int]]:
     """A seeded net: ``a`` (6 channels, > 0 on every photo) → a middle that passes 3 random live inputs and
-    blocks 2 others (``dead``: a ReLU held off by a bias of −100; ``relu6``: a ReLU6 saturated by +20;
-    ``gate``: a closed squeeze-excite gate) → ``out``, whose weights on the blocked paths are the largest.
+    blocks 2 others (``dead``: a ReLU held off by a bias of −100; ``relu6``: a ReLU6 saturated by its bias
+    +20; ``gate``: a closed squeeze-excite gate) → ``out``, whose weights on the blocked paths are the largest.
+    ``cap``: the 2 "blocked" inputs are the ones that hold their ReLU6 at its cap (weight 100, bias 2: without
+    them the unit falls from 6 to 2), so they carry the filter most although their gradient is 0.
     Returns the net, the live inputs and the blocked ones."""
     g = np.random.default_rng(seed)
     perm = g.permutation(6)
@@ -162,14 +158,15 @@ def trap(kind: str, seed: int) -> tuple[nn.Module, list[int], list[int]]:
     else:
         net.add_module("mix", nn.Conv2d(6, 5, 1))
         net.add_module("act", nn.ReLU() if kind == "dead" else nn.ReLU6())
+        bias, scale = {"dead": (-100.0, 1.0), "relu6": (20.0, 1.0), "cap": (2.0, 20.0)}[kind]
         with torch.no_grad():
             net.mix.weight.zero_()
             net.mix.bias.zero_()
             for j, c in enumerate(live):
                 net.mix.weight[j, c] = float(g.uniform(0.5, 1.0))
             for j, c in enumerate(blocked):
-                net.mix.weight[3 + j, c] = float(g.uniform(3, 6))
-                net.mix.bias[3 + j] = -100.0 if kind == "dead" else 20.0
+                net.mix.weight[3 + j, c] = float(g.uniform(3, 6)) * scale
+                net.mix.bias[3 + j] = bias
         w = np.concatenate([g.uniform(0.5, 1.5, 3) * g.choice([-1, 1], 3), g.uniform(5, 10, 2)])
     net.add_module("out", nn.Conv2d(6 if kind == "gate" else 5, 1, 1, bias=False))
     with torch.no_grad():
@@ -180,40 +177,41 @@ def trap(kind: str, seed: int) -> tuple[nn.Module, list[int], list[int]]:
 
 
 def handbuilt(n: int = 10) -> dict:
-    """``n`` seeded nets per kind, ranked on half the photos (the product's own circuit)."""
+    """``n`` seeded nets per kind, every ranking made on half the photos; the default order also through the
+    product's own circuit (they must agree)."""
     rank_f, _ = split_photos()
     out = {}
     with tempfile.TemporaryDirectory() as d:
         for f in rank_f:
             os.symlink(f, Path(d) / f.name)
-        for kind in ("dead", "relu6", "gate"):
+        for kind in ("dead", "relu6", "gate", "cap"):
             rows = []
             for seed in range(1000, 1000 + n):
                 net, live, blocked = trap(kind, seed)
                 m = wrap_module(net, f"{kind}{seed}", mean=(0.0,), std=(1.0,), input_size=32, in_channels=3)
                 c = fs.circuit(m, "out", 0, from_layer="a", images=d, renders=False, k=2)
-                order = [i.channel for i in c.inputs]
-                old = [i.channel for i in sorted(c.inputs, key=lambda i: i.rank_weight)]
+                orders = rankings(m, get_layer(m, "a"), get_layer(m, "out"), 0, rank_f, k=2)
+                assert [i.channel for i in c.inputs] == orders[R.DEFAULT_RANKING].tolist()
+                first = blocked if kind == "cap" else live  # the inputs that carry the filter
                 rows.append(
                     {
                         "seed": seed,
-                        "order": order,
-                        "old_order": old,
-                        "live": live,
-                        "blocked": blocked,
-                        "live_first": set(order[:3]) == set(live),
-                        "blocked_in_first_two": bool(set(order[:2]) & set(blocked)),
-                        "old_blocked_in_first_two": bool(set(old[:2]) & set(blocked)),
+                        "live": first,
+                        "blocked": [] if kind == "cap" else blocked,
+                        "orders": {r: orders[r].tolist() for r in ORDER},
+                        "carriers_first": {r: set(orders[r][: len(first)].tolist()) == set(first) for r in ORDER},
+                        "blocked_in_first_two": {
+                            r: kind != "cap" and bool(set(orders[r][:2].tolist()) & set(blocked)) for r in ORDER
+                        },
                     }
                 )
             out[kind] = {
                 "nets": n,
-                "live_first": sum(r["live_first"] for r in rows),
-                "blocked_in_first_two": sum(r["blocked_in_first_two"] for r in rows),
-                "old_blocked_in_first_two": sum(r["old_blocked_in_first_two"] for r in rows),
+                "carriers_first": {r: sum(x["carriers_first"][r] for x in rows) for r in ORDER},
+                "blocked_in_first_two": {r: sum(x["blocked_in_first_two"][r] for x in rows) for r in ORDER},
                 "rows": rows,
             }
-            print(kind, {k: v for k, v in out[kind].items() if k != "rows"}, flush=True)
+            print(kind, out[kind]["carriers_first"], out[kind]["blocked_in_first_two"], flush=True)
     return out
 
 
@@ -278,74 +276,6 @@ def explorer_tuning(model, layer: str = "blocks.3") -> dict:
 # ---------------------------------------------------------------- report
 
 
-def markdown(res: dict) -> str:
-    m = res["machine"]
-    lines = [
-        "# bench_circuits",
-        "",
-        f"efficientnet_lite0 on {m['threads']} CPU threads ({m['cpu']}); load average {m['load_start']} at the "
-        f"start, {m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
-        "",
-    ]
-    if "ranking" in res:
-        rk = res["ranking"]
-        lines += [
-            f"Rankings made on {len(rk['rank_photos'])} of the 36 bundled photos, checked on the other "
-            f"{len(rk['held_out_photos'])} (split seed {rk['split_seed']}): mean |change| of the channel with the "
-            f"first {rk['k']} inputs listed zeroed, over the mean for {rk['k']} random inputs ({rk['n_random']} "
-            f"draws); median (min) over 6 channels per layer drawn with seed {rk['channel_seed']}.",
-            "",
-            "| layer | from | channels | " + " | ".join(NAMES[r] for r in ORDER) + " | target |",
-            "|---|---|---|" + "---|" * (len(ORDER) + 1),
-        ]
-        for layer, d in rk["layers"].items():
-            target = {"blocks.5": "≥ 2×", "blocks.3": "≥ 2.5×"}.get(layer, "")
-            cells = " | ".join(f"{d['median'][r]:.2f}× ({d['min'][r]:.2f})" for r in ORDER)
-            lines.append(f"| {layer} | {d['from']} | {', '.join(map(str, d['channels']))} | {cells} | {target} |")
-        lines.append("")
-    if "handbuilt" in res:
-        lines += [
-            "Held-out hand-built nets (seeded, 3 live and 2 blocked inputs of 6; the blocked ones carry the largest "
-            "weights), ranked on half the photos:",
-            "",
-            "| blocked by | nets | live inputs listed first | a blocked input in the first two "
-            "| the same for the old order (expanded weights) |",
-            "|---|---|---|---|---|",
-        ]
-        for kind, d in res["handbuilt"].items():
-            lines.append(
-                f"| {kind} | {d['nets']} | {d['live_first']} | {d['blocked_in_first_two']} "
-                f"| {d['old_blocked_in_first_two']} |"
-            )
-        lines.append("")
-    for part, mm in res.get("machine_of", {}).items():
-        lines += [
-            f"The {part} part ran at the same time as the others, in another process on the same machine "
-            f"(load average {mm['load_start']} → {mm['load_end']}).",
-            "",
-        ]
-    if "timing" in res:
-        t = res["timing"]
-        p = t["circuit_blocks5_no_renders_parts_s"]
-        lines += [
-            "| measurement | wall seconds | CPU seconds of the process | target |",
-            "|---|---|---|---|",
-            f"| `filterscope circuit --layer blocks.5 --channel 42`, default renders (cold cache), all files "
-            f"| {t['circuit_blocks5_with_renders_s']} | {t['circuit_blocks5_with_renders_cpu_s']} | ≤ 20 |",
-            f"| the same, `--no-renders` | {t['circuit_blocks5_no_renders_s']} "
-            f"| {t['circuit_blocks5_no_renders_cpu_s']} | |",
-            f"| — of which attribution / removal effects / expanded weights / ablation | {p.get('attribution_s')} / "
-            f"{p.get('removal_effects_s')} / {p.get('expanded_weights_s')} / {p.get('ablation_s')} | | |",
-            f"| explorer tuning, first filter of {t['tuning_layer']} (1 thread) | {t['tuning_first_filter_s']} "
-            f"| {t['tuning_first_filter_cpu_s']} | |",
-            f"| explorer tuning, second filter, in the other worker (responses from "
-            f"{'/'.join(t['tuning_second_filter_responses_from'])}) | {t['tuning_second_filter_s']} "
-            f"| {t['tuning_second_filter_cpu_s']} | ≤ 3 |",
-            "",
-        ]
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["ranking", "handbuilt", "timing"], action="append")
@@ -364,8 +294,8 @@ def main() -> None:
                 res[part] = other[part]
                 res.setdefault("machine_of", {})[part] = other["machine"]
         out_json.write_text(json.dumps(res, indent=1) + "\n")
-        out_json.with_suffix(".md").write_text(markdown(res))
-        print(markdown(res))
+        out_json.with_suffix(".md").write_text(tables.circuits_table(res))
+        print(tables.circuits_table(res))
         return
     parts = args.only or ["ranking", "handbuilt", "timing"]
     torch.manual_seed(0)
@@ -390,8 +320,8 @@ def main() -> None:
         res.get("machine_of", {}).pop(part, None)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1) + "\n")
-    out_json.with_suffix(".md").write_text(markdown(res))
-    print(markdown(res))
+    out_json.with_suffix(".md").write_text(tables.circuits_table(res))
+    print(tables.circuits_table(res))
 
 
 if __name__ == "__main__":

@@ -209,53 +209,80 @@ def _half(cpu) -> str:
     return f"{cpu / 2:.1f}" if cpu is not None else "—"
 
 
+CIRCUIT_RANKINGS = {  # the rankings bench_circuits compares, by their key in circuits.json
+    "weight": "old: abs. expanded weight",
+    "attribution": "abs. attribution re-sort",
+    "effect_single": "mean abs. removal effect",
+    "attribution_image": "greedy on grad × act",
+    "effect": "greedy on removal effects (default)",
+}
+CIRCUIT_ORDER = ["weight", "attribution", "effect_single", "attribution_image", "effect"]
+
+
 def circuits_table(res: dict) -> str:
     m = res["machine"]
     lines = [
         "# bench_circuits",
         "",
-        f"efficientnet_lite0 on {m['threads']} CPU threads; load average {m['load_start']} at the start, "
-        f"{m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
+        f"efficientnet_lite0 on {m['threads']} CPU threads ({m['cpu']}); load average {m['load_start']} at the "
+        f"start, {m['load_end']} at the end (the machine was shared with other jobs: times are upper bounds).",
         "",
     ]
+    if "ranking" in res:
+        rk = res["ranking"]
+        lines += [
+            f"Rankings made on {len(rk['rank_photos'])} of the 36 bundled photos, checked on the other "
+            f"{len(rk['held_out_photos'])} (split seed {rk['split_seed']}): mean |change| of the channel with the "
+            f"first {rk['k']} inputs listed zeroed, over the mean for {rk['k']} random inputs ({rk['n_random']} "
+            f"draws); median (min) over 6 channels per layer drawn with seed {rk['channel_seed']}.",
+            "",
+            "| layer | from | channels | " + " | ".join(CIRCUIT_RANKINGS[r] for r in CIRCUIT_ORDER) + " | target |",
+            "|---|---|---|" + "---|" * (len(CIRCUIT_ORDER) + 1),
+        ]
+        for layer, d in rk["layers"].items():
+            target = {"blocks.5": "≥ 2×", "blocks.3": "≥ 2.5×"}.get(layer, "")
+            cells = " | ".join(f"{d['median'][r]:.2f}× ({d['min'][r]:.2f})" for r in CIRCUIT_ORDER)
+            lines.append(f"| {layer} | {d['from']} | {', '.join(map(str, d['channels']))} | {cells} | {target} |")
+        lines.append("")
+    if "handbuilt" in res:
+        lines += [
+            "Held-out hand-built nets (seeded; not the tests' nets): 6 inputs, 3 live, 2 blocked behind the largest "
+            "weights (dead ReLU, ReLU6 saturated by its bias, closed squeeze-excite gate), or (cap) 2 that hold "
+            "a ReLU6 at its cap and carry the filter most with a gradient of 0. Each cell: nets whose inputs that "
+            "carry the filter are listed first / nets with a blocked input in the first two.",
+            "",
+            "| net | nets | " + " | ".join(CIRCUIT_RANKINGS[r] for r in CIRCUIT_ORDER) + " |",
+            "|---|---|" + "---|" * len(CIRCUIT_ORDER),
+        ]
+        for kind, d in res["handbuilt"].items():
+            cells = " | ".join(f"{d['carriers_first'][r]} / {d['blocked_in_first_two'][r]}" for r in CIRCUIT_ORDER)
+            lines.append(f"| {kind} | {d['nets']} | {cells} |")
+        lines.append("")
+    for part, mm in res.get("machine_of", {}).items():
+        lines += [
+            f"The {part} part is from a separate run of this script on the same machine, the same day "
+            f"(load average {mm['load_start']} → {mm['load_end']}).",
+            "",
+        ]
     if "timing" in res:
         t = res["timing"]
-        p = t["circuit_parts_s"]
+        p = t["circuit_blocks5_no_renders_parts_s"]
         lines += [
-            "| measurement | wall seconds (CPU seconds of the process / 2) | target |",
-            "|---|---|---|",
-            f"| circuit blocks.5:42 from blocks.4, 36 photos, no renders | {t['circuit_blocks5_s']} "
-            f"({_half(t.get('circuit_blocks5_cpu_s'))}) | ≤ 10 |",
-            f"| — of which attribution / expanded weights / ablation | {p.get('attribution_s')} / "
-            f"{p.get('expanded_weights_s')} / {p.get('ablation_s')} | |",
-            f"| the same with renders of the channel + top-8 inputs and all files | "
-            f"{t['circuit_with_renders_and_files_s'] or 'not run'} (renders {t['render_s'] or '—'}) "
-            "| counted separately |",
-            f"| tuning of the 24 channels of blocks.1 ({t['tuning_stimuli']} stimuli) "
-            f"| {t['tuning_blocks1_24_s']} ({_half(t.get('tuning_blocks1_24_cpu_s'))}) | ≤ 30 |",
-            f"| — writing tuning.json, figure, report | {t['tuning_write_s']} | |",
-            "",
-            f"Tuning: {t['tuning_described']} of 24 channels of blocks.1 get a description.",
+            "| measurement | wall seconds | CPU seconds of the process | target |",
+            "|---|---|---|---|",
+            f"| `filterscope circuit --layer blocks.5 --channel 42`, default renders (cold cache), all files "
+            f"| {t['circuit_blocks5_with_renders_s']} | {t['circuit_blocks5_with_renders_cpu_s']} | ≤ 20 |",
+            f"| the same, `--no-renders` | {t['circuit_blocks5_no_renders_s']} "
+            f"| {t['circuit_blocks5_no_renders_cpu_s']} | |",
+            f"| — of which attribution / removal effects / expanded weights / ablation | {p.get('attribution_s')} / "
+            f"{p.get('removal_effects_s')} / {p.get('expanded_weights_s')} / {p.get('ablation_s')} | | |",
+            f"| explorer tuning, first filter of {t['tuning_layer']} (1 thread) | {t['tuning_first_filter_s']} "
+            f"| {t['tuning_first_filter_cpu_s']} | |",
+            f"| explorer tuning, second filter, in the other worker (responses from "
+            f"{'/'.join(t['tuning_second_filter_responses_from'])}) | {t['tuning_second_filter_s']} "
+            f"| {t['tuning_second_filter_cpu_s']} | ≤ 3 |",
             "",
         ]
-    if "ablation" in res:
-        ab_machine = res.get("machine_first_run", m)
-        lines += [
-            f"Ablation run: load average {ab_machine['load_start']} → {ab_machine['load_end']}.",
-            "",
-            "| layer | from | channels | median ratio of mean abs. change: top-8 by abs. attribution / random-8 | min "
-            "| median drop: top-8 excitatory | random-8 | Spearman(weight, attribution): identity | gated "
-            "| median max abs. weight: identity | gated |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for layer, d in res["ablation"].items():
-            lines.append(
-                f"| {layer} | {d['from']} | {len(d['channels'])} | {d['median_ratio']:.2f}× | {d['min_ratio']:.2f}× "
-                f"| {d['median_drop_excitatory']:.3f} | {d['median_drop_random']:.3f} "
-                f"| {d['median_spearman_identity']:.2f} | {d['median_spearman_gated']:.2f} "
-                f"| {d['median_max_abs_weight_identity']:.3g} | {d['median_max_abs_weight_gated']:.3g} |"
-            )
-        lines.append("")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,18 @@ def test_atlas_end_to_end(atlas_dir):
     assert "channel_0003.png" in page and len(ch3["top"]) == 4
     for e in ch3["top"]:  # the channel's own dataset examples, by name and crop, are on its page
         assert e["name"] in page and e["crop"].rsplit("/", 1)[1] in page
+    # issue 44: every channel's name, purity and MIS score over the photos; the layer page ranks by score
+    assert ex["names"]["labels"] == "predictions" and "efficientnet_lite1" in ex["names"]["similarity"]
+    assert rec["names"] == ex["names"]
+    units = ex["layers"]["blocks.0"]["channels"]
+    assert all({"name", "purity", "score"} <= set(units[str(c)]) for c in range(6))
+    assert all(0.0 <= units[str(c)]["score"] <= 1.0 for c in range(6))
+    layer_page = (atlas_dir / "blocks.0/index.html").read_text()
+    assert "Ranked by interpretability score" in layer_page
+    order = [int(m) for m in re.findall(r'href="channel_(\d{4})\.html"', layer_page)]
+    scores = [units[str(c)]["score"] for c in order]
+    assert sorted(order) == list(range(6)) and scores == sorted(scores, reverse=True)
+    assert "interpretability score" in page
 
 
 @pytest.mark.slow

@@ -477,6 +477,18 @@ def test_an_input_that_holds_a_relu6_at_its_cap_is_listed_by_what_removing_it_do
     assert c.ablation["first"] == [3] and c.ablation["passed"]
 
 
+def test_greedy_order_first_k_together_then_by_effect_and_nothing_last():
+    """Per-image effects: two inputs that excite together, a strong inhibitor, weak inputs and one with no
+    effect. The first k are the set that moves the filter most together; then the inhibitor (strong on its
+    own) before the weak ones; the input with no effect last."""
+    from filterscope.jobs.circuit_rank import greedy_order
+
+    e = np.array([[1.0, 0.9, -0.8, 0.05, 0.04, 0.0], [1.1, 1.0, -0.9, 0.05, 0.03, 0.0]])
+    assert greedy_order(e, 2).tolist() == [0, 1, 2, 3, 4, 5]
+    assert greedy_order(e, 4).tolist() == [0, 1, 3, 4, 2, 5]  # 4 together: the weak ones add, 2 cancels
+    assert greedy_order(e).tolist() == [0, 1, 3, 4, 2, 5]
+
+
 def test_ablation_warns_when_the_first_k_are_no_better_than_random(photos):
     """All four inputs carry the filter equally: no set of 2 beats 2 random ones by 1.5×, and the circuit
     says so in its record."""

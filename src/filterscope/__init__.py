@@ -35,6 +35,8 @@ _WHERE = {
     "inspect": ".jobs.inspect",
     "objective_for": ".jobs.render_objective",
     "render_objective": ".jobs.render_objective",
+    "Diff": ".jobs.diff",
+    "diff": ".jobs.diff",
     "Tuning": ".jobs.tuning",
     "tuning": ".jobs.tuning",
     "JobResult": ".jobs.contract",
@@ -86,6 +88,7 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.compare import compare
     from .jobs.concepts import Concepts, concepts
     from .jobs.contract import JobResult, run_job
+    from .jobs.diff import Diff, diff
     from .jobs.explain import Explanation, explain
     from .jobs.inspect import Inspection, inspect
     from .jobs.render_objective import objective_for, render_objective
@@ -99,6 +102,8 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .optvis.render import Renderer, RenderSettings
 
 __all__ = [
+    "Diff",
+    "diff",
     "JobResult",
     "run_job",
     "Accentuation",

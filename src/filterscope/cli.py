@@ -53,6 +53,7 @@ JOBS: dict[str, tuple[str, str]] = {
         "filterscope.jobs.tuning",
         "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",
     ),
+    "diff": ("filterscope.jobs.diff", "The diff of two models on IMAGES: matched, new and lost units; what moved."),
 }
 
 
@@ -183,6 +184,13 @@ def layers_text(model_name: str, outline, default: str, show_all: bool = False) 
 @click.option(
     "--crops", type=click.IntRange(min=0), default=None, help="Random crops per image [default: 3; one photo: 64]."
 )
+@click.option(
+    "--rank",
+    type=click.Choice(["ablation", "gradient"]),
+    default="ablation",
+    show_default=True,
+    help="Order of the concepts: the measured drop of log p when one is removed, or its first-order estimate.",
+)
 @click.option("--render-method", type=METHOD, default=None, help="Preset of the concept renders (default: fast).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
 @click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
@@ -207,6 +215,7 @@ def concepts(
     seed,
     method,
     crops,
+    rank,
     render_method,
     steps,
     no_render,
@@ -237,6 +246,7 @@ def concepts(
         seed=seed,
         method=method,
         crops=crops,
+        rank=rank,
         render=not no_render,
         render_method=render_method,
         render_steps=steps,
@@ -348,8 +358,8 @@ def circuit(
     ]
     for i in c.shown:
         lines.append(
-            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f}  attribution {i.attribution:+.4f}"
-            f"  weight {i.weight_norm:+.2f}"
+            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f} (mean |Δ| {i.effect_abs:.4f})"
+            f"  attribution {i.attribution:+.4f}  weight {i.weight_norm:+.2f}"
         )
     lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)

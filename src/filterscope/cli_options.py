@@ -193,9 +193,9 @@ def model_option_list(suffix: str = "", of: str = "") -> list[click.Option]:
     return [
         click.Option(
             [f"--model{s}", f"model_name{u}"],
-            default=DEFAULT_MODEL if not s else None,
-            show_default=not s,
-            required=bool(s),
+            # no default at all for the twin: click 8.3+ counts an explicit default=None as given, so a
+            # required --model-b with default=None was never asked for
+            **({"default": DEFAULT_MODEL, "show_default": True} if not s else {"required": True}),
             help=of + "Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
             "path/net.py:Class or package.module:factory (with --weights FILE), or a TorchScript file.",
         ),

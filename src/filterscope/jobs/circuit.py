@@ -5,7 +5,8 @@ held-out photos by ``benchmarks/bench_circuits.py``):
 
 1. **Measured effect**: per image, how much C's spatial mean falls when one input channel alone is set to
    zero (the network as it runs: ReLUs that are off, ReLU6 caps and squeeze-excite gates included). The
-   default order is greedy on these effects (strongest first; inputs that change nothing come last).
+   default order: the first k greedily on these effects (the set that moves C most together), then the
+   others by their own effect; inputs that change nothing come last.
 2. **Ablation check** of that order, on every circuit: zeroing the first k listed against k random inputs
    (``n_random`` seeded draws), with a warning when the first k move C less than :data:`MIN_RATIO` × as much;
    also the top-k by |attribution| and the k most excitatory.
@@ -701,12 +702,12 @@ def compute_circuit(
         timings["removal_effects_s"] = time.perf_counter() - t
     if effects is None:  # stopped: no measured effect, the order falls back to the attribution
         stopped = True
-        order = effect_order("attribution_image", None, p.attribution, weights)
+        order = effect_order("attribution_image", None, p.attribution, weights, k)
         effect = np.zeros(src.channels)
         effect_abs = np.zeros(src.channels)
         ranking_method = "attribution_image"
     else:
-        order = effect_order(DEFAULT_RANKING, effects, p.attribution, weights)
+        order = effect_order(DEFAULT_RANKING, effects, p.attribution, weights, k)
         effect, effect_abs = effects.mean(0), np.abs(effects).mean(0)
         ranking_method = DEFAULT_RANKING
         t = time.perf_counter()

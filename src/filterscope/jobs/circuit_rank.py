@@ -6,11 +6,11 @@ through. The default order is therefore *measured* on the images:
 
 - :func:`removal_effects`: per image, how much the filter's mean falls when one input channel alone is set to
   zero (the network runs on, every non-linearity included); ``[N, C]``, > 0 where the input excites;
-- :func:`effect_order`: the inputs in the order a user reads them, strongest first: a greedy order that
-  adds, at each step, the input whose per-image effect, summed with those of the inputs already listed, moves
-  the filter most (mean over images of ``|Σ effect|``): inputs that push the filter the same way on the same
-  images come together, and inputs that cancel do not fill the top of the list. Inputs with no effect on any
-  image come last.
+- :func:`effect_order`: the inputs in the order a user reads them, strongest first: the first k (the
+  ablation's k) greedily, adding at each step the input whose per-image effect, summed with those of the
+  inputs already listed, moves the filter most (mean over images of ``|Σ effect|``): inputs that push the
+  filter the same way on the same images come together, and inputs that cancel do not fill the top of the
+  list; then the others by their own mean ``|effect|``. Inputs with no effect on any image come last.
 
 :data:`RANKINGS` names the orders ``benchmarks/bench_circuits.py`` compares (the default is chosen there on
 held-out photos); :func:`rank_agreement` says how well another order (the expanded weights') agrees.
@@ -26,8 +26,9 @@ import torch
 DEFAULT_RANKING = "effect"
 RANKINGS = ("effect", "effect_single", "attribution", "attribution_image", "weight")
 RANKING_TEXT = {
-    "effect": "measured: each input zeroed alone on every image; then, greedily, the input that with those "
-    "listed before it moves the filter's mean most (mean over images of |sum of their effects|)",
+    "effect": "measured: each input zeroed alone on every image; the first k (the ablation's) greedily, each "
+    "the input that with those listed before it moves the filter's mean most (mean over images of |sum of "
+    "their effects|), then the others by their mean |effect|; inputs with no effect last",
     "effect_single": "measured: mean over images of |change of the filter's mean| with the input zeroed alone",
     "attribution": "|mean over images of gradient × activation|",
     "attribution_image": "greedy on per-image gradient × activation (the network linearised at each image)",
@@ -69,21 +70,26 @@ def removal_effects(
     return effects
 
 
-def greedy_order(effects: np.ndarray) -> np.ndarray:
-    """All channels, strongest first: at each step the channel whose per-image effect added to the sum of
-    those already chosen gives the largest mean ``|Σ|`` over images; channels that change nothing on any
-    image (exactly 0: :func:`removal_effects` zeroes float rounding) come last (by index)."""
+def greedy_order(effects: np.ndarray, k: int | None = None) -> np.ndarray:
+    """All channels, strongest first. The first ``k`` (default: all) greedily: at each step the channel whose
+    per-image effect added to the sum of those already chosen gives the largest mean ``|Σ|`` over images
+    (the set that moves the filter most together, which the ablation checks); then the others by their own
+    mean ``|effect|`` (so a strong inhibitor of a mostly excited filter is not listed after weak inputs);
+    channels that change nothing on any image (exactly 0: :func:`removal_effects` zeroes float rounding)
+    come last (by index)."""
     n, c = effects.shape
     live = np.abs(effects).max(0) > 0
+    k = int(live.sum()) if k is None else min(k, int(live.sum()))
     order: list[int] = []
     left = np.flatnonzero(live)
     total = np.zeros(n)
-    while left.size:
+    while len(order) < k:
         score = np.abs(total[:, None] + effects[:, left]).mean(0)
         j = int(np.argmax(score))
         order.append(int(left[j]))
         total += effects[:, left[j]]
         left = np.delete(left, j)
+    order += left[np.argsort(-np.abs(effects[:, left]).mean(0), kind="stable")].tolist()
     order += np.flatnonzero(~live).tolist()
     return np.asarray(order, dtype=int)
 
@@ -98,19 +104,20 @@ def effect_order(
     effects: np.ndarray | None,
     attribution: np.ndarray,
     weights: np.ndarray,
+    k: int | None = None,
 ) -> np.ndarray:
-    """The order of ``ranking`` (:data:`RANKINGS`): ``effect`` (greedy on the removal effects, the default),
-    ``effect_single`` (mean |removal effect| per input), ``attribution`` (|mean gradient × activation|),
-    ``attribution_image`` (greedy on per-image gradient × activation), ``weight`` (|summed expanded weight|).
-    ``attribution`` is per image ``[N, C]``."""
+    """The order of ``ranking`` (:data:`RANKINGS`): ``effect`` (greedy on the removal effects for the first
+    ``k``, the default), ``effect_single`` (mean |removal effect| per input), ``attribution`` (|mean gradient
+    × activation|), ``attribution_image`` (greedy on per-image gradient × activation), ``weight`` (|summed
+    expanded weight|). ``effects`` and ``attribution`` are per image ``[N, C]``."""
     if ranking == "effect":
-        return greedy_order(effects)
+        return greedy_order(effects, k)
     if ranking == "effect_single":
         return by_magnitude(np.abs(effects).mean(0))
     if ranking == "attribution":
         return by_magnitude(attribution.mean(0))
     if ranking == "attribution_image":
-        return greedy_order(attribution)
+        return greedy_order(attribution, k)
     if ranking == "weight":
         return by_magnitude(weights)
     raise ValueError(f"unknown ranking {ranking!r}")

@@ -11,15 +11,21 @@ One run of :func:`concepts` (a pure function of the model and its arguments, so 
 2. **Dictionary** (:mod:`.dictionary`): ``K`` concepts by scikit-learn's NMF for a non-negative layer, by
    semi-NMF for a signed one; a second fit with ``seed + 1`` on another random 80 % of the sample gives
    each concept's **stability**: its cosine to its Hungarian-matched partner (under 0.7: flagged).
-3. **Evidence pass** over the whole images: each position's coefficients (the concept maps), the
-   **importance** of each concept for the class (gradient of the class's log-probability · the concept's
-   vector × its coefficient, summed over positions: the first-order estimate of what removing its part does
-   to log p; the log-probability, not the logit, so that a concept raising every class alike, such as the
-   background, does not rank high), its
-   **ablation** (the layer's maps minus the concept's part ``u_j · w_j``, the rest of the network run: the
-   drop of the class probability), the **reconstruction**'s top-1 agreement and explained variance, and
-   each concept's top natural crops (the input region around its strongest position). Both are averaged over
-   the images predicted as the class (all images when none is).
+3. **Evidence pass** over the whole images: each position's coefficients (the concept maps), each
+   concept's **ablation** (the layer's maps minus the concept's part ``u_j · w_j``, the rest of the network
+   run) and from it its **importance** for the class: the drop of the class's log-probability when its part
+   is removed (the log-probability, not the logit, so that a concept raising every class alike, such as the
+   background, does not rank high; ``ablation_drop`` is the same removal's drop of the probability). The
+   first-order estimate of that drop (gradient of log p · the concept's vector × its coefficient, summed
+   over positions) is kept as ``importance_gradient`` and ranks the concepts with ``rank="gradient"`` (the
+   ranking before issue 44): it undervalues a small decisive concept against one spread thinly over every
+   position, and fades where p saturates — on a net trained with a shortcut mark on one class (which also
+   differs in colour), the top concept by the gradient sat on the mark in 0 % of the marked images, by the
+   measured removal in 87.5 % (tests/test_concepts.py). Also the **reconstruction**'s top-1 agreement and
+   explained variance, and each concept's top natural crops (the input region around its strongest
+   position). All are averaged over the images predicted as the class (all images when none is); with
+   fewer than :data:`MIN_CLASS_IMAGES` images of the class (predicted, or in a sub-folder named after it)
+   the record carries a warning: the concepts are then those of other things.
 4. **Deletion curves** on up to 32 of those images: the class probability as the top-k concepts (by
    importance) or k random ones are removed together.
 5. **Votes and renders**: the concept vector over the mean activation map pushed through the rest of the
@@ -75,6 +81,7 @@ RANDOM_ORDERS = 8
 N_VOTES = 5
 BATCH = 8
 CROP_PX = 112
+RANKS = ("ablation", "gradient")  # what orders the concepts: measured removal, or its first-order estimate
 MIN_CLASS_IMAGES = 5  # fewer images of the class than this: its concepts would be those of other things
 
 BANK_FILE = "concept_bank.npy"
@@ -93,7 +100,7 @@ class Concept:
 
     concept: int  # id: rank by importance, 0 = most important
     vector: np.ndarray  # [C]
-    importance: float  # mean gradient of log p(class) × coefficient over the class images
+    importance: float  # what it does for the class: mean drop of log p(class) when removed (rank="ablation")
     ablation_drop: float  # mean drop of p(class) when its part is removed
     label: str
     votes: list[tuple[int, str, float]]  # classes whose logit it raises most, with the rise
@@ -104,6 +111,7 @@ class Concept:
     heat: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)  # (maps row, image) where strongest
     render: torch.Tensor | None = field(default=None, repr=False)
     render_record: dict | None = None
+    importance_gradient: float = 0.0  # first-order estimate: gradient of log p(class) · vector × coefficient
     name: dict | None = None  # INVERT name over the images' labels (jobs/names.py), None when not significant
     purity: dict | None = None  # most common label among its top images and its share
     score: float | None = None  # MIS interpretability score (jobs/names.py), None when skipped
@@ -117,6 +125,7 @@ class Concept:
             "concept": self.concept,
             "importance": round(self.importance, 6),
             "ablation_drop": round(self.ablation_drop, 6),
+            "importance_gradient": round(self.importance_gradient, 6),
             "label": self.label,
             "votes": [{"class": c, "name": n, "logit_rise": round(v, 4)} for c, n, v in self.votes],
             "top_crops": self.top_crops,
@@ -253,6 +262,7 @@ def concepts(
     method: str = "auto",
     crops: int | None = None,
     max_vectors: int = MAX_VECTORS,
+    rank: str = "ablation",
     render: bool = True,
     render_method: str | None = None,
     render_steps: int | None = None,
@@ -282,6 +292,8 @@ def concepts(
         raise UsageError(f"the number of concepts must be at least 1, got {n_concepts}")
     if crops is not None and crops < 0:
         raise UsageError(f"crops must be ≥ 0, got {crops}")
+    if rank not in RANKS:
+        raise UsageError(f"unknown concept ranking {rank!r}", hint="use " + " or ".join(RANKS))
     if max_vectors < n_concepts:
         raise UsageError(f"max_vectors must be at least the number of concepts, got {max_vectors}")
     info = network_layer(model, layer, "concepts")
@@ -315,6 +327,7 @@ def concepts(
         "crops": n_crops,
         "crop_side": [0.3, 0.6],
         "max_vectors": max_vectors,
+        "rank": rank,
         "render": render_settings.for_model(model).as_dict() if render_settings else None,
         "render_method": render_settings.label if render_settings is not None else None,
         "compare_methods": compare_methods,
@@ -591,8 +604,13 @@ def _run(
         raise _Stopped("stopped during the evidence pass")
     mask = ev["pred"] == cls
     over = mask if mask.any() else np.ones_like(mask)
-    importance = ev["importance"][over].mean(0)
+    rank = settings.get("rank", "ablation")
+    gradient = ev["importance"][over].mean(0)
     drop = ev["drop"][over].mean(0)
+    # importance: the measured drop of log p(class) when the concept's part is removed (issue 44: the
+    # first-order gradient × coefficient estimate ranks a concept spread thinly over every position above a
+    # small decisive one, e.g. a shortcut mark, and fades where p saturates)
+    importance = ev["log_drop"][over].mean(0) if rank == "ablation" else gradient
     order = np.argsort(-importance, kind="stable")  # new id → fitted index
     rank_of = np.empty(k, dtype=np.int64)
     rank_of[order] = np.arange(k)
@@ -628,6 +646,8 @@ def _run(
                 float(share[j]),
             )
         )
+    for c in concepts_:
+        c.importance_gradient = float(gradient[order[c.concept]])
     _top_crops(model, src, n_crops, seed, ev, order, concepts_, info)
     timings["evidence_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -793,6 +813,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
     k = d.k
     w = torch.from_numpy(d.bank)
     maps, imp, drop, pred, agree, p_base, p_recon, names = [], [], [], [], [], [], [], []
+    log_drop: list[np.ndarray] = []
     view_ids: list[int] = []
     sq_err = sq_sum = 0.0
     tot = None
@@ -827,6 +848,8 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         imp.append(contrib.view(b, h * ww, k).sum(1).numpy())
         p = torch.softmax(logits.float(), -1).cpu()  # [B, K+2, classes]
         drop.append((p[:, :1, cls] - p[:, 2:, cls]).numpy())
+        logp = torch.log_softmax(logits.float(), -1).cpu()
+        log_drop.append((logp[:, :1, cls] - logp[:, 2:, cls]).numpy())
         pred.append(p[:, 0].argmax(1).numpy())
         agree.append((p[:, 1].argmax(1) == p[:, 0].argmax(1)).numpy())
         p_base.append(p[:, 0, cls].numpy())
@@ -861,6 +884,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         "maps": np.concatenate(maps).astype(np.float32),
         "importance": np.concatenate(imp),
         "drop": np.concatenate(drop),
+        "log_drop": np.concatenate(log_drop),
         "pred": np.concatenate(pred),
         "agree": np.concatenate(agree),
         "p_base": np.concatenate(p_base),

@@ -269,13 +269,16 @@ CONCEPT_FIGURE_ROWS = 6
 
 
 def concept_importance_figure(res, ax=None) -> plt.Figure:
-    """Importance (gradient × coefficient, in log-probability) beside the ablation drop of p(class), per concept."""
+    """Importance (the drop of log p(class) when the concept is removed, or with ``rank="gradient"`` its
+    first-order estimate, gradient × coefficient) beside the ablation drop of p(class), per concept."""
     fig = None
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.6, 3.4), dpi=100)
     ids = [c.concept for c in res.concepts]
     x = np.arange(len(ids))
-    ax.bar(x - 0.2, [c.importance for c in res.concepts], 0.4, color=TOP_COLOUR, label="gradient × coefficient")
+    by_gradient = res.settings.get("rank") == "gradient"
+    what = "gradient × coefficient" if by_gradient else "removal: drop of log p"
+    ax.bar(x - 0.2, [c.importance for c in res.concepts], 0.4, color=TOP_COLOUR, label=what)
     ax.set_ylabel("importance (log p)", fontsize=8)
     ax2 = ax.twinx()
     ax2.bar(x + 0.2, [c.ablation_drop for c in res.concepts], 0.4, color=OTHER_COLOUR, label="ablation: drop of p")
