@@ -94,7 +94,7 @@ class RunContext:
                 return out
 
         # a bar that counts even when it is not shown (tqdm's disabled bars do not count)
-        file = None if self.show_progress else open(os.devnull, "w")  # noqa: SIM115 - closed with the bar
+        file = None if self.show_progress else open(os.devnull, "w")  # closed with the bar
         bar = Reported(total=total, initial=initial, desc=desc, unit=unit, file=file, dynamic_ncols=True)
         if file is not None:
             bar.close = _closing(bar.close, file)
