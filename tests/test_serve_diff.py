@@ -52,6 +52,42 @@ def ex(pair, tmp_path_factory):
     e.jobs.close()
 
 
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    """Two random-weight checkpoints of the backdoor net and three images: enough for the refusals."""
+    import shutil
+
+    import backdoor_net
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("untrained")
+    shutil.copyfile(backdoor_net.__file__, d / "net.py")
+    for s in (0, 1):
+        torch.manual_seed(s)
+        torch.save(backdoor_net.Net().state_dict(), d / f"w{s}.pt")
+    (d / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8), "L").save(d / "images" / f"{i}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def small(untrained, tmp_path_factory):
+    from filterscope.models import load_model
+    from filterscope.serve.app import Explorer
+
+    a, b = (
+        load_model(f"{untrained / 'net.py'}:Net", weights=str(untrained / f"w{s}.pt"), input_size=24) for s in (0, 1)
+    )
+    e = Explorer(a, RenderCache(tmp_path_factory.mktemp("small") / "cache"), workers=1, bundled=False,
+                 images=untrained / "images", model_b=b)  # fmt: skip
+    yield e
+    e.jobs.close()
+
+
 def _client(ex, access: Access | None = None) -> TestClient:
     from filterscope.serve.app import create_app
 
@@ -114,7 +150,8 @@ def test_diff_page_computes_the_backdoor_diff_in_a_worker_and_caches_it(pair, ex
     print(f"diff job over {len(ex.photos)} images: {seconds:.1f} s wall (worker start included)")
 
 
-def test_diff_routes_refuse_forged_layers_and_foreign_requests(ex):
+def test_diff_routes_refuse_forged_layers_and_foreign_requests(small):
+    ex = small
     m = urllib.parse.quote(ex.model.name)
     with _client(ex) as c:
         started = ex.jobs.started
@@ -140,10 +177,10 @@ def test_diff_routes_refuse_forged_layers_and_foreign_requests(ex):
         assert ex.jobs.started == started
 
 
-def test_without_a_second_model_the_diff_is_404_and_nothing_links_to_it(pair, ex, tmp_path):
+def test_without_a_second_model_the_diff_is_404_and_nothing_links_to_it(untrained, small, tmp_path):
     from filterscope.serve.app import Explorer
 
-    e = Explorer(ex.model, RenderCache(tmp_path / "cache"), workers=1, bundled=False, images=pair.images)
+    e = Explorer(small.model, RenderCache(tmp_path / "cache"), workers=1, bundled=False, images=untrained / "images")
     try:
         m = urllib.parse.quote(e.model.name)
         with _client(e) as c:
@@ -163,3 +200,24 @@ def test_serve_b_options_without_model_b_are_one_line_exit_2(capsys):
         rc = main(["serve", "--port", "0", *args])
         err = capsys.readouterr().err
         assert rc == 2 and err.count("\n") == 1 and "needs --model-b" in err, (args, err)
+
+
+def test_serve_loads_the_second_model_with_its_b_options(untrained, monkeypatch):
+    import torch
+
+    import filterscope.serve.server as server
+
+    got = {}
+    monkeypatch.setattr(server, "run_server", lambda load, **kw: got.update(kw, a=load()))
+    code = f"{untrained / 'net.py'}:Net"
+    rc = main(["serve", "--model", code, "--weights", str(untrained / "w0.pt"), "--input-size", "24",
+               "--model-b", code, "--weights-b", str(untrained / "w1.pt"), "--input-size-b", "24"])  # fmt: skip
+    assert rc == 0
+    b = got["load_model_b"]()
+    assert b.input_size == 24 and got["a"].input_size == 24
+    wa, wb = got["a"].net.conv1.weight, b.net.conv1.weight
+    assert not torch.equal(wa, wb)  # B's own checkpoint
+    assert wb.equal(torch.load(untrained / "w1.pt")["conv1.weight"].to(wb.device))
+    got.clear()
+    assert main(["serve", "--model", code, "--weights", str(untrained / "w0.pt"), "--input-size", "24"]) == 0
+    assert got["load_model_b"] is None

@@ -302,7 +302,6 @@ class Explorer:
         groups = [{"head": row(e), "inner": inner.get(e.name, [])} for e in self.outline if e.primary]
         return {"layers": [row(e) for e in short], "groups": groups, "n_all": len(self.outline)}
 
-
     # -- the diff of two models (issue 46)
     def model_b_bytes(self) -> bytes:
         """The second model pickled once: what a diff job carries to the worker that loads it."""
