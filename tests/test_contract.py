@@ -118,3 +118,34 @@ def test_api_refuses_what_the_cli_refuses(model, tmp_path, api, argv):
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip() == f"error: {e.value}"
     assert not (tmp_path / "cli").exists()
+
+
+def test_run_job_reports_every_bar_step_to_on_progress_even_without_bars(tmp_path, capsys):
+    """``run_job(on_progress=...)``: how the explorer's workers follow a job (tqdm's disabled bars do not count)."""
+    from dataclasses import dataclass, field
+
+    from filterscope.jobs.contract import Job, opt, run_job
+
+    @dataclass
+    class Req:
+        n: int = opt(3, "Steps.", min=1)
+
+    @dataclass
+    class Plan:
+        n: int
+        settings: dict = field(default_factory=dict)
+
+    def compute(ctx, plan):
+        with ctx.progress(plan.n, "toy: steps") as bar:
+            for _ in range(plan.n):
+                bar.update(1)
+        return plan.n
+
+    def write(ctx, n):
+        ctx.run.write_text("toy.txt", str(n))
+
+    job = Job("toy", Req, lambda model, req: Plan(req.n), compute, write, lambda r: [])
+    seen = []
+    res = run_job(job, None, out=tmp_path / "t", n=4, on_progress=lambda *a: seen.append(a))
+    assert res.status == "complete" and seen == [("toy: steps", i, 4) for i in range(5)]
+    assert capsys.readouterr().err == ""  # no bar shown

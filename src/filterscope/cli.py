@@ -19,11 +19,14 @@ from .cli_options import (
     CHANNELS,
     METHOD,
     MODEL_INPUT,
+    MODEL_KEYS,
+    _load_model,
     backend_options,
     cache_options,
     diversity_option,
     emit,
     load,
+    model_option_list,
     model_options,
     out_option,
     output_options,
@@ -543,6 +546,14 @@ def atlas(
     )
 
 
+def _second_model_options(command):
+    """``--model-b`` and its twins (``cli_options.model_option_list("-b")``), optional: serve's second model."""
+    params = model_option_list("-b", of="The second model, for the diff pages: ")
+    params[0].required = False
+    command.__click_params__ = getattr(command, "__click_params__", []) + params[::-1]
+    return command
+
+
 @cli.command()
 @click.argument("atlas_dir", required=False, type=click.Path(file_okay=False))
 @model_options
@@ -575,6 +586,7 @@ def atlas(
     default=None,
     help="A folder of photos to explain and learn concepts from, besides the bundled ones.",
 )
+@_second_model_options
 def serve(
     atlas_dir,
     model_name,
@@ -590,9 +602,16 @@ def serve(
     allow_hosts,
     max_jobs,
     images_dir,
+    **second,
 ):
-    """The live explorer on http://HOST:PORT/ (with ATLAS_DIR: its pages too, linked both ways)."""
+    """The live explorer on http://HOST:PORT/ (with ATLAS_DIR: its pages too, linked both ways; with --model-b:
+    a diff page per layer, what changed from the first model to the second)."""
     from .serve.server import run_server, run_static
+
+    b = {k: second[k + "_b"] for k in MODEL_KEYS}
+    given_b = [k for k, v in b.items() if k != "model_name" and v not in (None, False, "auto")]
+    if b["model_name"] is None and given_b:
+        raise UsageError(f"--{given_b[0].replace('_', '-')}-b needs --model-b")
 
     if static_only:
         return run_static(atlas_dir, host, port, allow_hosts, echo=click.echo)
@@ -607,6 +626,7 @@ def serve(
         allow_hosts=allow_hosts,
         max_jobs=max_jobs,
         images_dir=images_dir,
+        load_model_b=(lambda: _load_model(b)) if b["model_name"] is not None else None,
         echo=click.echo,
     )
 

@@ -20,6 +20,7 @@ written), and the folder's lock is always released. The CLI turns a
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -64,6 +65,9 @@ class RunContext:
         # an error that :func:`run_job` raises once the run is recorded and closed (its files are kept), e.g.
         # a RenderError when every render failed
         self.error: FilterscopeError | None = None
+        # called as on_progress(desc, done, total) by every bar's update: how a caller without a terminal
+        # (the explorer's workers) follows the job
+        self.on_progress: Callable[[str, int, int], None] | None = None
 
     @property
     def path(self) -> Path:
@@ -77,9 +81,25 @@ class RunContext:
         """A tqdm bar over ``total`` items (silent when the job runs without progress)."""
         from tqdm import tqdm
 
-        return tqdm(
-            total=total, initial=initial, desc=desc, unit=unit, disable=not self.show_progress, dynamic_ncols=True
-        )
+        if self.on_progress is None:
+            return tqdm(
+                total=total, initial=initial, desc=desc, unit=unit, disable=not self.show_progress, dynamic_ncols=True
+            )
+        report = self.on_progress
+
+        class Reported(tqdm):
+            def update(self, n: float | None = 1) -> bool | None:
+                out = super().update(n)
+                report(desc, int(self.n), int(self.total or 0))
+                return out
+
+        # a bar that counts even when it is not shown (tqdm's disabled bars do not count)
+        file = None if self.show_progress else open(os.devnull, "w")  # closed with the bar
+        bar = Reported(total=total, initial=initial, desc=desc, unit=unit, file=file, dynamic_ncols=True)
+        if file is not None:
+            bar.close = _closing(bar.close, file)
+        report(desc, initial, total)
+        return bar
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -99,6 +119,16 @@ class RunContext:
         self.status = "partial"
         then = "run the same command with --resume to finish" if resumable else "rerun it to finish (it starts over)"
         self.interruption = f"interrupted: {done} of {total} {what} finished and kept in {self.path}; {then}"
+
+
+def _closing(close: Callable[[], None], file) -> Callable[[], None]:
+    def both() -> None:
+        try:
+            close()
+        finally:
+            file.close()
+
+    return both
 
 
 @contextlib.contextmanager
@@ -206,12 +236,14 @@ def run_job(
     resume: bool = False,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
     **fields: Any,
 ) -> JobResult:
     """Run ``job`` on ``model``: validate → compute → write in the run folder ``out`` (default
     ``filterscope-out/<job>``); returns the :class:`JobResult` whose ``data`` is the job's own object.
 
-    The request is ``request`` or built from ``fields``. Bad input raises before anything is written."""
+    The request is ``request`` or built from ``fields``. Bad input raises before anything is written.
+    ``on_progress(desc, done, total)``: called on every step of the job's progress bars (shown or not)."""
     from ..outputs.naming import default_out
 
     req = job.make_request(request, **fields)
@@ -223,6 +255,7 @@ def run_job(
     with open_run(
         job.name, out or default_out(job.name), plan.settings, resume=resume, progress=progress, should_stop=should_stop
     ) as ctx:
+        ctx.on_progress = on_progress
         data = job.compute(ctx, plan)
         job.write(ctx, data)
         ctx.data = data

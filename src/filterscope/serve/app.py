@@ -51,6 +51,7 @@ from .workers import (
     run_circuit,
     run_concept_renders,
     run_concepts,
+    run_diff,
     run_examples,
     run_explanation,
     run_render,
@@ -99,8 +100,13 @@ class Explorer:
         bundled: bool = True,
         concepts: int = CONCEPTS,
         concept_crops: int | None = None,
+        model_b=None,
     ):
         self.model = model
+        # serve --model-b: the second model, diffed against this one on the diff page (jobs.diff, in a worker)
+        self.model_b = model_b
+        self.layer_names_b = {i.name for i in list_layers(model_b) if i.spatial} if model_b is not None else set()
+        self._model_b_bytes: bytes | None = None
         self.cache = cache
         self.atlas = Path(atlas) if atlas else None
         self.token = token
@@ -141,6 +147,7 @@ class Explorer:
             "version": __version__,
             "cache_dir": str(self.cache.root),
             "atlas": self.atlas is not None,
+            "model_b_name": self.model_b.name if self.model_b is not None else None,
         }
         return self.env.get_template(name).render(**base, **ctx)
 
@@ -295,6 +302,29 @@ class Explorer:
         groups = [{"head": row(e), "inner": inner.get(e.name, [])} for e in self.outline if e.primary]
         return {"layers": [row(e) for e in short], "groups": groups, "n_all": len(self.outline)}
 
+    # -- the diff of two models (issue 46)
+    def model_b_bytes(self) -> bytes:
+        """The second model pickled once: what a diff job carries to the worker that loads it."""
+        import pickle
+
+        if self._model_b_bytes is None:
+            self._model_b_bytes = pickle.dumps(self.model_b)
+        return self._model_b_bytes
+
+    def layer_b(self, request: Request, layer: str) -> str:
+        """The second model's layer for the diff at ``layer``: ``?layer_b=`` (one of its layers with maps), else
+        the same name when it has one, else its default layer."""
+        from ..models.layers import default_layer as default_of
+
+        if self.model_b is None:
+            raise HTTPException(404, "this server has no second model (start it with --model-b)")
+        given = request.query_params.get("layer_b")
+        if given is not None:
+            if given not in self.layer_names_b:
+                raise HTTPException(404, f"{self.model_b.name} has no layer {given!r} with filters")
+            return given
+        return layer if layer in self.layer_names_b else default_of(self.model_b)
+
 
 # a token-shaped stand-in for the client's CSRF token in a page rendered once (nothing in it needs escaping)
 CSRF_SLOT = "csrf-slot-0f1e2d3c4b5a"
@@ -363,6 +393,17 @@ def go_class(request: Request) -> Response:
     if not (re.fullmatch(r"[0-9]{1,7}", k) and int(k) < n):
         raise HTTPException(400, f"a class is a number 0-{max(n - 1, 0)}")
     return RedirectResponse(f"/m/{ex.model.name}/{layer}/class/{int(k)}", status_code=303)
+
+
+def go_diff(request: Request) -> Response:
+    """The home page's diff form: to ``/m/<model>/<layer>/diff`` (404 without a second model)."""
+    ex: Explorer = request.app.state.explorer
+    if ex.model_b is None:
+        raise HTTPException(404, "this server has no second model (start it with --model-b)")
+    layer = request.query_params.get("layer", ex.default_layer)
+    if layer not in ex.layer_names:
+        raise HTTPException(400, f"{ex.model.name} has no layer {layer!r} with filters")
+    return RedirectResponse(f"/m/{ex.model.name}/{layer}/diff", status_code=303)
 
 
 async def upload(request: Request) -> Response:
@@ -879,6 +920,82 @@ def _tuning_view(ex: Explorer, request: Request, layer: str, c: int) -> dict[str
     return out
 
 
+# ---------------------------------------------------------------- diff of two models (issue 46)
+
+
+def _diff_job(ex: Explorer, request: Request):
+    """The layer, B's layer, the key, the finished record (or None) and a starter of the diff of the explorer's
+    model (A) against the second model (B) over the bundled and ``--images`` photos; 404 without a second
+    model or for a layer either model lacks."""
+    from ..outputs.cache import model_key
+    from .workers import DIFF_TILES, DIFF_UNITS
+
+    if ex.model_b is None:
+        raise HTTPException(404, "this server has no second model (start it with --model-b)")
+    layer, _ = ex.check(request)
+    layer_b = ex.layer_b(request, layer)
+    photos = list(ex.photos.items())
+    set_hash = store.photo_set_hash([h for h, _ in photos])
+    key = store.result_key(
+        ex.model, "diff", model_b=model_key(ex.model_b), layer=layer, layer_b=layer_b, photo_set=set_hash,
+        units=DIFF_UNITS, tiles=DIFF_TILES,
+    )[0]  # fmt: skip
+
+    def start():
+        _, folder = store.photo_set_dir(ex.cache, photos)
+        out = ex.cache.root / "results" / "diff" / key  # the job's run folder (diff.json, figure, report)
+        args = (ex.model_b_bytes(), ex.model_b.code, str(folder), layer, layer_b, str(out))
+        return _submit(ex, request, key, "diff", run_diff, *args)
+
+    return layer, layer_b, key, store.load_json(ex.cache, key), start
+
+
+def diff_page(request: Request) -> Response:
+    """The diff of the two models at a layer: the classes whose predictions move most, then the units of B most
+    changed first with their match in A, r and top exemplars in both (``jobs.diff``)."""
+    ex: Explorer = request.app.state.explorer
+    layer, layer_b, key, rec, _ = _diff_job(ex, request)
+    units = []
+    if rec is not None:
+        for u in [u for u in rec["units"] if "tiles_b" in u]:
+            a = u["partner"] if u["partner"] is not None else u["best"]
+            units.append(
+                {
+                    **u,
+                    "shown_a": a,
+                    "url_a": f"/m/{ex.model.name}/{layer}/f/{a}" if a is not None else None,
+                    "crops_b": [f"/png/{k}.png" for k in u["tiles_b"]],
+                    "crops_a": [f"/png/{k}.png" for k in u.get("tiles_a", [])],
+                }
+            )
+    q = f"?layer_b={layer_b}"
+    return ex.page(
+        "diff.html",
+        request=request,
+        layer=layer,
+        layer_b=layer_b,
+        model_b=ex.model_b.name,
+        n_photos=len(ex.photos),
+        api=f"/api/diff/{ex.model.name}/{layer}{q}",
+        rec=rec,
+        units=units,
+        key=key,
+    )
+
+
+def api_diff(request: Request) -> Response:
+    """The diff of the two models at a layer: done, or the job's progress; POST starts it."""
+    ex: Explorer = request.app.state.explorer
+    _, _, key, rec, start = _diff_job(ex, request)
+    if rec is not None:
+        st = ex.jobs.status(key, ex.client(request))
+        if st is not None and st["state"] == "done":
+            return JSONResponse({**st, "cached": False, "urls": []})
+        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
+    st = _job(request, key, start, retry_errors=False)  # a layer whose maps cannot be compared: a refusal
+    return JSONResponse(st) if st else _not_started(key)
+
+
 def atlas_channel(request: Request) -> Response:
     """An atlas channel page with a link to the same filter in the explorer."""
     ex: Explorer = request.app.state.explorer
@@ -919,6 +1036,7 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
         Route("/", home),
         Route("/go", go),
         Route("/class", go_class),
+        Route("/diff", go_diff),
         Route("/upload", upload, methods=["POST"]),
         Route("/m/{model}/{layer}/img/{h}", explain_page),
         Route("/m/{model}/{layer}/img/{h}/f/{c:idx}", filter_page),
@@ -933,6 +1051,8 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
         Route("/cmap/{key}/{row:idx}/{j:idx}.png", concept_map),
         Route("/api/circuit/{model}/{layer}/{c:idx}", api_circuit, methods=API),
         Route("/api/tuning/{model}/{layer}/{c:idx}", api_tuning, methods=API),
+        Route("/m/{model}/{layer}/diff", diff_page),
+        Route("/api/diff/{model}/{layer}", api_diff, methods=API),
         Route("/png/{key}.png", png),
         Route("/photo/{h}.png", photo),
         Route("/where/{model}/{layer}/{h}/{c:idx}.png", where),

@@ -77,11 +77,14 @@ def run_server(
     allow_hosts: tuple[str, ...] = (),
     max_jobs: int = 16,
     images_dir=None,
+    load_model_b: Callable[[], object] | None = None,
     echo=print,
 ) -> None:
     """The live explorer until Ctrl-C: ``load_model()`` is called once the cache folder is known to be
     writable; with ``no_cache`` a temporary cache is used and removed at exit. ``images_dir``: a folder whose
-    photos (up to ``store.MAX_PHOTO_SET``) join the bundled ones, to explain and to learn concepts from."""
+    photos (up to ``store.MAX_PHOTO_SET``) join the bundled ones, to explain and to learn concepts from.
+    ``load_model_b``: the second model (``--model-b``), loaded after the first; the explorer then has a diff
+    page per layer."""
     from ..jobs.pool import cpu_cores
     from ..outputs.cache import RenderCache, configure, default_cache_dir
     from ..outputs.rundir import check_writable
@@ -99,6 +102,7 @@ def run_server(
         check_writable(root, keep=True)
         configure(root, enabled=True)
         model = load_model()
+        model_b = load_model_b() if load_model_b is not None else None
         explorer = Explorer(
             model,
             RenderCache(root),
@@ -107,6 +111,7 @@ def run_server(
             token=access.token,
             max_jobs=max_jobs,
             images=images_dir,
+            model_b=model_b,
         )
         try:
             if atlas_dir is not None:
@@ -115,7 +120,11 @@ def run_server(
                     echo(f"atlas: {n} renders added to the cache")
             explorer.jobs.warm()
             server = _uvicorn(create_app(explorer, access), host, port)
-            echo(f"filterscope explorer on {_url(host, port, access.token)} ({model.name}, cache {root}; Ctrl-C stops)")
+            echo(
+                f"filterscope explorer on {_url(host, port, access.token)} ({model.name}"
+                + (f" and {model_b.name}: diff pages" if model_b is not None else "")
+                + f", cache {root}; Ctrl-C stops)"
+            )
             server.run()
         finally:
             explorer.jobs.close()

@@ -243,6 +243,79 @@ def run_tuning(job: str, layer: str, channel: int, folder: str, seed: int, figur
     return "ok"
 
 
+# the explorer's second model (``serve --model-b``), unpickled once per worker from the bytes a diff job carries:
+# the pool's initializer stays as it is, and a server without a second model pays nothing
+_MODEL_B: dict[str, Any] = {}
+DIFF_UNITS = 12  # units of the diff page with exemplar tiles
+DIFF_TILES = 4  # exemplar tiles per unit and side
+
+
+def _second_model(model_bytes: bytes, code: str | None):
+    """The second model from its pickle (a user's .py architecture imported first), kept for later jobs."""
+    import hashlib
+
+    from ..models.loaders import import_user_code
+
+    key = hashlib.sha256(model_bytes).hexdigest()
+    if key not in _MODEL_B:
+        import_user_code(code)
+        _MODEL_B.clear()  # one second model per server
+        _MODEL_B[key] = pickle.loads(model_bytes)
+    return _MODEL_B[key]
+
+
+def run_diff(job: str, model_bytes: bytes, code: str | None, folder: str, layer: str, layer_b: str, out: str) -> str:
+    """Worker: ``jobs.diff``'s ``JOB`` (``run_job``) of the explorer's model (A) against the second model (B)
+    over the photos in ``folder``, renders off, its run folder at ``out``; the first units' exemplar tiles (B
+    and its match in A) go into the render cache, then ``diff.json``'s record with their keys into the cache's
+    results (last: its presence means done). Progress: the job's own bars."""
+    import io as _io
+
+    from PIL import Image
+
+    from ..errors import Interrupted
+    from ..jobs.contract import run_job
+    from ..jobs.diff import JOB
+    from ..outputs.cache import active_cache, make_key
+    from ..outputs.figures_diff import Tiles
+    from .store import store_json
+
+    model_b = _second_model(model_bytes, code)
+
+    def on_progress(desc: str, done: int, total: int) -> None:
+        _progress(job, [done, max(total, 1), desc])
+
+    _progress(job, [0, 1, "diff: starting"])
+    try:
+        res = run_job(
+            JOB, _MODEL, out=out, should_stop=lambda: _cancelled(job), on_progress=on_progress,
+            images=folder, model_b=model_b, layer=layer, layer_b=layer_b, no_renders=True,
+        )  # fmt: skip
+    except Interrupted:
+        return "cancelled"
+    if res.status != "complete" or res.data is None:
+        return "cancelled" if _cancelled(job) else f"diff {res.status}"
+    d = res.data
+    rec = d.record()
+    tiles = Tiles(d, d.images_root)
+    cache = active_cache()
+    live = [u for u in rec["units"] if not u["dead"]][:DIFF_UNITS]
+    for n, u in enumerate(live, 1):
+        for side, top in (("b", "top"), ("a", "top_a")):
+            keys = []
+            for ex in u[top][:DIFF_TILES]:
+                k = make_key({"diff_job": job, "side": side, **ex})
+                if not cache.has(k):
+                    buf = _io.BytesIO()
+                    Image.fromarray(tiles.tile(side, ex)).save(buf, format="PNG")
+                    cache.put(k, buf.getvalue(), {"diff_job": job, "side": side, **ex})
+                keys.append(k)
+            u[f"tiles_{side}"] = keys
+        _progress(job, [n, len(live), "diff: exemplar tiles"])
+    store_json(cache, job, {**rec, "run_dir": str(res.run_dir), "timings": d.timings})
+    return "ok"
+
+
 @dataclass
 class Job:
     id: str
