@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
