@@ -75,6 +75,7 @@ RANDOM_ORDERS = 8
 N_VOTES = 5
 BATCH = 8
 CROP_PX = 112
+MIN_CLASS_IMAGES = 5  # fewer images of the class than this: its concepts would be those of other things
 
 BANK_FILE = "concept_bank.npy"
 MAPS_FILE = "concept_maps.npz"
@@ -103,6 +104,9 @@ class Concept:
     heat: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)  # (maps row, image) where strongest
     render: torch.Tensor | None = field(default=None, repr=False)
     render_record: dict | None = None
+    name: dict | None = None  # INVERT name over the images' labels (jobs/names.py), None when not significant
+    purity: dict | None = None  # most common label among its top images and its share
+    score: float | None = None  # MIS interpretability score (jobs/names.py), None when skipped
 
     @property
     def stable(self) -> bool:
@@ -119,6 +123,9 @@ class Concept:
             "stability": round(self.stability, 4),
             "stable": self.stable,
             "share": round(self.share, 4),
+            "name": self.name,
+            "purity": self.purity,
+            "score": self.score,
         }
         if self.render_record is not None:
             rec["render"] = self.render_record
@@ -146,6 +153,12 @@ class Concepts:
     status: str = "complete"
     timings: dict = field(default_factory=dict)
     job: JobResult | None = None  # the run's JobResult when written to a folder
+    names: dict = field(default_factory=dict)  # where names' labels came from, the score's method (names.py)
+
+    @property
+    def warning(self) -> str | None:
+        """Set when too few images are of the class for its concepts to be about it (issue 44)."""
+        return self.data.get("class_support", {}).get("warning")
 
     def raise_if_partial(self) -> None:
         """Raise :class:`~filterscope.errors.Interrupted` (exit 130) when the run stopped before the end."""
@@ -168,6 +181,7 @@ class Concepts:
             },
             "deletion": self.deletion,
             "data": self.data,
+            "names": self.names,
         }
 
     def html(self) -> str:
@@ -663,6 +677,9 @@ def _run(
         )
     _top_crops(model, src, n_crops, seed, ev, order, concepts_, info)
     timings["evidence_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    names_rec, support = _names(model, src, n_crops, seed, ev, order, concepts_, cls, cname(cls))
+    timings["names_s"] = time.perf_counter() - t
 
     fidelity = {
         "explained_variance": round(ev["ev"], 5),
@@ -683,6 +700,7 @@ def _run(
         "vectors_sampled": int(len(rows)),
         "class_images": int(mask.sum()),
         "averaged_over": "images predicted as the class" if mask.any() else "all images (none is predicted as it)",
+        "class_support": support,
         "predicted": [{"class": c, "name": cname(c), "images": n} for c, n in pred_counts.most_common(5)],
         "dictionary": {
             "method": method,
@@ -705,6 +723,7 @@ def _run(
         deletion,
         data,
         settings,
+        names=names_rec,
     )
     if render_settings is not None and not stop():
         t = time.perf_counter()
@@ -725,6 +744,58 @@ def _run(
     if ctx is not None:
         ctx.record["timings"].update(res.timings)
     return res
+
+
+def _same_class(folder: str, class_name: str) -> bool:
+    """Whether a class sub-folder is named after the class (``coffee_mug`` and ``coffee mug`` alike)."""
+
+    def norm(t: str) -> str:
+        return " ".join(t.replace("_", " ").replace("-", " ").lower().split())
+
+    return norm(folder) == norm(class_name)
+
+
+def class_support(pred: np.ndarray, cls: int, class_name: str, labels=None, source=None) -> dict:
+    """How many images are of the class — predicted as it, or in a class sub-folder named after it — and,
+    under :data:`MIN_CLASS_IMAGES`, the warning to show instead of trusting the concepts: they are then
+    learnt and ranked on images of other things."""
+    predicted = pred == cls
+    foldered = np.array([_same_class(lab, class_name) for lab in labels]) if source == "folders" else predicted
+    n = int((predicted | foldered).sum())
+    out = {"images": n, "predicted": int(predicted.sum()), "minimum": MIN_CLASS_IMAGES}
+    if source == "folders":
+        out["in_its_folder"] = int(foldered.sum())
+    if n < MIN_CLASS_IMAGES:
+        out["warning"] = (
+            f"only {n} of the {len(pred)} images are {class_name} (predicted or by folder): its concepts would "
+            f"describe other things; give a folder with at least {MIN_CLASS_IMAGES} images of {class_name}"
+        )
+    return out
+
+
+def _names(model, src, n_crops, seed, ev, order, concepts_, cls, class_name) -> tuple[dict, dict]:
+    """Each concept's name, purity and score (jobs/names.py) from its per-image strength (the max of its map
+    over positions) on the evidence pass's images, labelled by their class sub-folders or the model's
+    predictions; and the class's support (how many images are of it)."""
+    from .names import default_similarity, describe_units, image_labels, mis_min_images, scoring_record
+
+    acts = ev["maps"].reshape(len(ev["maps"]), ev["maps"].shape[1], -1).max(2)[:, order]
+    if src.kind == "folder":
+        files = [src.files[i] for i in ev["view_ids"]]
+        labels, source = image_labels(files, src.root, model, predictions=ev["pred"].tolist())
+    else:
+        labels, source = image_labels([src.files[0]] * len(acts), src.root, model, predictions=ev["pred"].tolist())
+    support = class_support(ev["pred"], cls, class_name, labels, source)
+    sim = embed = None
+    if len(acts) >= mis_min_images():
+        sim = default_similarity()
+        if src.kind == "folder":
+            embed = sim.embed(files)
+        else:
+            embed = sim.embed(torch.stack([_view_image(model, src, n_crops, seed, i) for i in ev["view_ids"]]))
+    for c, d in zip(concepts_, describe_units(acts, labels, top=N_CROPS, embed=embed), strict=True):
+        c.name, c.purity, c.score = d["name"], d["purity"], d["score"]
+    return scoring_record(source, sim, len(acts)), support
 
 
 def _views(model, src, n_crops, seed):
