@@ -43,6 +43,7 @@ __all__ = ["cli", "main", "parse_channels"]
 
 JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
+    "dictionary": ("filterscope.jobs.layer_dictionary", "A layer read as a dictionary: SAE features of IMAGES."),
     "tuning": (
         "filterscope.jobs.tuning",
         "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",
