@@ -99,11 +99,13 @@ class DictionaryRequest:
 
     images: str | None = opt(None, "Folder of images (class sub-folders, if any, are the labels).", argument=True)
     layer: str = opt("default", "Layer with spatial maps.")
-    features: int | None = opt(None, "Features of the dictionary [default: one per channel, fewer on small data].")
+    features: int | None = opt(
+        None, "Features of the dictionary [default: one per channel, fewer on small data].", min=1
+    )
     k: int | None = opt(None, f"Active features per position (sae) [default: {DEFAULT_K}].")
     seed: int = opt(0, "Seed of the crops, the sample and the training.", min=0)
     epochs: int | None = opt(None, "Training epochs (sae) [default: ~1,200 steps].")
-    basis: str = opt("sae", "sae (sparse autoencoder), nmf, or channels (the identity dictionary).")
+    basis: str = opt("sae", "sae (sparse autoencoder), nmf, or channels (the identity dictionary).", choices=BASES)
     crops: int = opt(DEFAULT_CROPS, "Random crops per image in the layer pass.")
     max_vectors: int = opt(MAX_VECTORS, "Vectors kept from the layer pass (a uniform sample).")
     renders: int = opt(DEFAULT_RENDERS, "Features rendered (the best scored).")
