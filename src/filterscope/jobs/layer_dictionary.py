@@ -58,7 +58,7 @@ N_VOTES = 5
 N_CHANNELS = 8
 HIST_BINS = 12
 STRIP_PX = 96
-DEFAULT_RENDERS = 16
+DEFAULT_RENDERS = 8
 RENDER_BATCH = 4
 DICT_FILE = "dictionary.json"
 NPZ_FILE = "dictionary.npz"
@@ -729,35 +729,39 @@ def _render(ctx: RunContext, p: DictionaryPlan, basis: Basis, feats: list[Featur
 
 def _strips(p: DictionaryPlan, st: EncodeStats, feats: list[Feature]) -> dict[int, bytes]:
     """Per live feature: its first ``N_STRIP`` exemplars as crops around the peak (top row) and the same crops
-    with the feature's map over them (bottom row), one PNG."""
+    with the feature's map over them (bottom row, one scale per feature), one PNG."""
+    import matplotlib
+    from torch.nn import functional as F
     from torchvision.transforms.v2 import functional as TF
 
-    from ..outputs.figures import overlay
     from .concepts import _peak_box
 
+    cmap = matplotlib.colormaps["inferno"]
     cache: dict[int, torch.Tensor] = {}
     out = {}
+    h, w = st.map_size
     for f in feats:
         if not st.top[f.feature]:
             continue
-        vmax = st.top[f.feature][0][0]
+        vmax = max(st.top[f.feature][0][0], 1e-8)
         tiles, heats = [], []
         for _, i, y, x in st.top[f.feature][:N_STRIP]:
             if i not in cache:
                 cache[i] = model_input(p.model, load_image(p.files[i]))[0, :3].float()
             img = cache[i]
-            h, w = st.map_size
-            left, top, right, bottom = _peak_box(y * w + x, (h, w), img.shape[-1])
+            size = img.shape[-1]
+            left, top, right, bottom = _peak_box(y * w + x, (h, w), size)
+            crop = TF.resize(img[:, top:bottom, left:right], [STRIP_PX, STRIP_PX], antialias=True).clamp(0, 1)
+            tiles.append(crop)
             m = st.maps.get((f.feature, i))
-            heat = (
-                torch.from_numpy(overlay(img, torch.from_numpy(m.astype(np.float32)), vmax=vmax)).permute(2, 0, 1)
-                if m is not None
-                else (img * 255)
-            )
-            tiles.append(TF.resize(img[:, top:bottom, left:right], [STRIP_PX, STRIP_PX], antialias=True).clamp(0, 1))
-            heats.append(TF.resize(heat[:, top:bottom, left:right].float() / 255, [STRIP_PX, STRIP_PX], antialias=True))
-        row1, row2 = torch.cat(tiles, 2), torch.cat(heats, 2)
-        out[f.feature] = png_bytes(torch.cat([row1, row2], 1).clamp(0, 1))
+            if m is None:
+                heats.append(crop)
+                continue
+            full = F.interpolate(torch.from_numpy(m.astype(np.float32))[None, None], size=(size, size), mode="bilinear")
+            part = F.interpolate(full[:, :, top:bottom, left:right], size=(STRIP_PX, STRIP_PX), mode="bilinear")[0, 0]
+            heat = torch.from_numpy(cmap((part / vmax).clamp(0, 1).numpy())[..., :3]).permute(2, 0, 1).float()
+            heats.append(0.45 * crop + 0.55 * heat)
+        out[f.feature] = png_bytes(torch.cat([torch.cat(tiles, 2), torch.cat(heats, 2)], 1).clamp(0, 1))
     return out
 
 
