@@ -137,7 +137,8 @@ def test_shortcut_feature_sits_on_the_mark(tmp_path, model_free_score):
         opt.step()
     assert (net(x).argmax(1) == y).float().mean() == 1.0
     m = load_model(net.eval(), name="shortcut", input_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
-    d = dictionary(m, tmp_path / "imgs", out=tmp_path / "out", layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096).data
+    kw = dict(layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096)
+    d = dictionary(m, tmp_path / "imgs", out=tmp_path / "out", **kw).data
     marked = [f for f in d.features if len(f.top) >= 8 and all(t["image"].startswith("cat/") for t in f.top[:8])]
     assert marked, [[t["image"] for t in f.top[:4]] for f in d.features]
 
