@@ -60,6 +60,7 @@ HIST_BINS = 12
 STRIP_PX = 96
 DEFAULT_RENDERS = 8
 RENDER_BATCH = 4
+NMF_ITER = 200
 DICT_FILE = "dictionary.json"
 NPZ_FILE = "dictionary.npz"
 
@@ -86,8 +87,10 @@ def default_k(features: int) -> int:
 
 
 def default_epochs(vectors: int) -> int:
-    """Epochs when not given: ~1,200 optimiser steps of 256 vectors, between 10 and 60 epochs."""
-    return int(min(60, max(10, round(1200 * 256 / max(1, vectors)))))
+    """Epochs when not given: ~600 optimiser steps of 256 vectors, between 10 and 60 epochs (on 48 photos of
+    efficientnet_lite0's bn2, 653 features, k 16: 15 epochs explain 0.835 of the training vectors' variance
+    and 0.489 held out, 39 epochs 0.849 and 0.489)."""
+    return int(min(60, max(10, round(600 * 256 / max(1, vectors)))))
 
 
 # ---------------------------------------------------------------- request and plan
@@ -104,7 +107,7 @@ class DictionaryRequest:
     )
     k: int | None = opt(None, f"Active features per position (sae) [default: {DEFAULT_K}].")
     seed: int = opt(0, "Seed of the crops, the sample and the training.", min=0)
-    epochs: int | None = opt(None, "Training epochs (sae) [default: ~1,200 steps].")
+    epochs: int | None = opt(None, "Training epochs (sae) [default: ~600 steps].")
     basis: str = opt("sae", "sae (sparse autoencoder), nmf, or channels (the identity dictionary).", choices=BASES)
     crops: int = opt(DEFAULT_CROPS, "Random crops per image in the layer pass.")
     max_vectors: int = opt(MAX_VECTORS, "Vectors kept from the layer pass (a uniform sample).")
@@ -269,7 +272,7 @@ def _fit(p: DictionaryPlan, kind: str, train: np.ndarray, features: int, seed: i
         from . import dictionary as dic
 
         method = "semi-nmf" if train.min() < 0 else "nmf"
-        d = dic.fit(train, features, method, seed, max_iter=200)
+        d = dic.fit(train, features, method, seed, max_iter=NMF_ITER)
         return _nmf_basis(d, {"method": method, "fit_s": d.fit_seconds})
     from .sae import SAEConfig, fit_sae
 
