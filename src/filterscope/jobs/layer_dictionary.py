@@ -558,7 +558,9 @@ def _compute(ctx: RunContext, p: DictionaryPlan) -> DictionaryResult | None:
             return None
     timings["dictionary_s"] = time.perf_counter() - t
     metrics = basis_metrics(basis, train, held, second)
-    compared = {"channels": basis_metrics(_channels_basis(p.info.channels), train, held, None)}
+    compared = {}
+    if p.basis != "channels":
+        compared["channels"] = basis_metrics(_channels_basis(p.info.channels), train, held, None)
     if p.compare and p.basis != "nmf":
         t = time.perf_counter()
         nmf = _fit(p, "nmf", train, n_feat, p.seed, None)
