@@ -16,7 +16,9 @@ directions. The recipe, from the published ones (facts carried over, code writte
   row removed before it (OpenAI; dictionary_learning's ``remove_gradient_parallel_to_decoder_directions``).
 - **Data-based initialisation**: the decoder's rows start at spherical k-means++ centres of the centred data
   followed by a few spherical k-means (Lloyd) steps — directions where the data is — and the encoder at the
-  decoder's transpose (Gao et al.; Conerly et al. 2024 for the transpose). The seed draws the k-means++ centres,
+  decoder's transpose (Gao et al.; Conerly et al. 2024 for the transpose), scaled by the least-squares factor
+  that makes the first reconstructions the data's size (k neighbouring centres would otherwise each take the
+  vector's whole projection). The seed draws the k-means++ centres,
   so another seed is another initialisation, as the stability metric requires.
 - **Dead latents**: the AuxK loss (Gao et al.): features that have not fired for ``dead_steps`` steps
   reconstruct the residual ``x − x̂`` with their own top ``aux_k``, weighted 1/32.
@@ -57,7 +59,7 @@ class SAEConfig:
     mode: str = "topk"  # topk | batchtopk
     init: str = "kmeans"  # kmeans (spherical k-means++ then Lloyd) | data (random data rows) | random (Gaussian)
     kmeans_iters: int = 10
-    aux_k: int | None = None  # default: min(F/2, 4k)... see _aux_k
+    aux_k: int | None = None  # default: min(F/2, C/2, 4k) (_aux_k)
     aux_coef: float = 1 / 32
     dead_steps: int | None = None  # default: one epoch's steps
     warmup: float = 0.05
