@@ -49,6 +49,7 @@ JOBS: dict[str, tuple[str, str]] = {
     "accentuate": ("filterscope.jobs.accentuate", "Feature accentuation: IMAGE pushed to excite each filter."),
     "boost": ("filterscope.jobs.boost", "The main job: IMAGE's top filters at LAYER and their boosted features."),
     "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
+    "dictionary": ("filterscope.jobs.layer_dictionary", "A layer read as a dictionary: SAE features of IMAGES."),
     "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
     "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
     "render": ("filterscope.jobs.channels", "Render channels of a layer: one PNG per channel, a grid, and run.json."),

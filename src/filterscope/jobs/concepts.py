@@ -473,22 +473,40 @@ class ActivationTally:
     """What the activation pass keeps, whatever backend produced the batches: a :class:`PositionSample` of
     the layer's vectors, the count (and summed probability) of whole-image predictions, the unreadable files
     skipped and the images used. Fed batch by batch in the batches' order, so the same batches in the same
-    order give the same tally on every backend."""
+    order give the same tally on every backend.
 
-    def __init__(self, max_vectors: int, channels: int, seed: int):
-        self.sample = PositionSample(max_vectors, channels, seed)
+    ``provenance``: keep beside each sampled vector its (image, view, y, x) (:data:`PROVENANCE`) and the
+    top-1 prediction of every whole image (``predictions``: file index → class)."""
+
+    def __init__(self, max_vectors: int, channels: int, seed: int, provenance: bool = False):
+        self.sample = PositionSample(max_vectors, channels, seed, meta=len(PROVENANCE) if provenance else 0)
         self.votes: Counter = Counter()
         self.confidence: Counter = Counter()  # summed probability of each predicted class: breaks count ties
+        self.predictions: dict[int, int] = {}
         self.skipped = self.used = 0
 
-    def add(self, rows: np.ndarray, top_c: list[int], top_p: list[float], skipped: int, used: int) -> None:
+    def add(
+        self,
+        rows: np.ndarray,
+        top_c: list[int],
+        top_p: list[float],
+        skipped: int,
+        used: int,
+        prov: np.ndarray | None = None,
+        index: list[int] | None = None,
+    ) -> None:
         for c, pc in zip(top_c, top_p):
             self.votes[int(c)] += 1
             self.confidence[int(c)] += float(pc)
+        if index is not None:
+            self.predictions.update({int(i): int(c) for i, c in zip(index, top_c)})
         if len(rows):
-            self.sample.add(rows)
+            self.sample.add(rows, prov)
         self.skipped += int(skipped)
         self.used += int(used)
+
+
+PROVENANCE = ("image", "view", "y", "x")  # the columns activation_batch gives each vector
 
 
 def activation_units(src: _Source, n_crops: int) -> list[int]:
@@ -501,17 +519,19 @@ def activation_units(src: _Source, n_crops: int) -> list[int]:
 
 def unit_views(
     model: Model, src: _Source, start: int, n_crops: int, seed: int, memo: dict | None = None
-) -> tuple[torch.Tensor, int, int]:
+) -> tuple[torch.Tensor, int, int, list[int]]:
     """The views of the activation batch at ``start``: ``(views [n, C, S, S], whole images among them (first),
-    unreadable files skipped)``. A folder's batch: its readable images, then each one's ``n_crops`` random
-    crops, drawn from a generator seeded by (seed, the image's index in the folder), never by arrival order
+    unreadable files skipped, the whole images' indices in the folder (a photo: its views' indices))``. A
+    folder's batch: its readable images, then each one's ``n_crops`` random crops, drawn from a generator
+    seeded by (seed, the image's index in the folder), never by arrival order
     (``memo``: keeps one photo's views between its batches)."""
     if src.kind == "photo":
         memo = {} if memo is None else memo
         if "photo" not in memo:
             x = model_input(model, load_image(src.files[0]))
             memo["photo"] = torch.cat([x, random_crops(x, n_crops, _crop_gen(seed, 0))[0]])
-        return memo["photo"][start : start + BATCH], 1 if start == 0 else 0, 0
+        views = memo["photo"][start : start + BATCH]
+        return views, 1 if start == 0 else 0, 0, list(range(start, start + len(views)))
     from .dataset import ImageFolder
 
     folder = ImageFolder(src.files[start : start + BATCH], model)
@@ -521,37 +541,64 @@ def unit_views(
     index = torch.arange(start, start + len(items))[ok]
     x = x[ok]
     extra = [random_crops(x[i : i + 1], n_crops, _crop_gen(seed, int(j)))[0] for i, j in enumerate(index)]
-    return torch.cat([x, *extra]), len(x), int((~ok).sum())
+    return torch.cat([x, *extra]), len(x), int((~ok).sum()), index.tolist()
 
 
 def activation_batch(
     model: Model, info: LayerInfo, src: _Source, start: int, n_crops: int, seed: int, cap=None, memo=None
 ):
     """One batch of the activation pass, as :meth:`ActivationTally.add` takes it: ``(rows [n, C] float32,
-    predicted classes and their probabilities of the whole images, skipped, used)``. The one function both
-    backends run (``cap``: an open :func:`~filterscope.optvis.hooks.capture` of the layer, else one is
-    opened here)."""
+    predicted classes and their probabilities of the whole images, skipped, used, provenance [n, 4] int32
+    (:data:`PROVENANCE`: file index, view — 0 the whole image, j its crop j —, row and column in the layer's
+    map), the whole images' file indices)``. The one function both backends run (``cap``: an open
+    :func:`~filterscope.optvis.hooks.capture` of the layer, else one is opened here)."""
     if cap is None:
         with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
             return activation_batch(model, info, src, start, n_crops, seed, cap, memo)
-    views, whole, skipped = unit_views(model, src, start, n_crops, seed, memo)
+    views, whole, skipped, index = unit_views(model, src, start, n_crops, seed, memo)
     if len(views) == 0:
-        return np.empty((0, info.channels), np.float32), [], [], skipped, 0
+        return np.empty((0, info.channels), np.float32), [], [], skipped, 0, np.empty((0, 4), np.int32), []
     with torch.inference_mode():
         logits = run(model.forward, views.to(model.device), cap)
         if logits is None or logits.dim() != 2:
             raise UsageError(f"{model.name} does not output class logits: concepts need them")
         top_p, top_c = torch.softmax(logits[:whole].float(), 1).max(1)
-        rows = positions(cap.acts[info.name].float()).cpu().numpy()
+        maps = cap.acts[info.name]
+        rows = positions(maps.float()).cpu().numpy()
     used = len(views) if src.kind == "photo" else whole
-    return rows, top_c.tolist(), top_p.tolist(), skipped, used
+    return (
+        rows,
+        top_c.tolist(),
+        top_p.tolist(),
+        skipped,
+        used,
+        _provenance(src, index, whole, n_crops, maps.shape),
+        index,
+    )
 
 
-def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
-    """The streamed activation pass on this process: the batches of :func:`activation_units` in order."""
+def _provenance(src: _Source, index: list[int], whole: int, n_crops: int, shape) -> np.ndarray:
+    """``[n, 4]`` (image, view, y, x) of the rows of a batch's maps ``shape`` ``[B, C, h, w]`` in
+    :func:`~.activations.positions` order: a folder's batch is its whole images, then each one's crops; a
+    photo's views are view ``start + i`` of image 0."""
+    b, _, h, w = shape
+    if src.kind == "photo":
+        img = np.zeros(b, np.int64)
+        view = np.asarray(index, np.int64)
+    else:
+        img = np.concatenate([np.asarray(index, np.int64), np.repeat(np.asarray(index, np.int64), n_crops)])
+        view = np.concatenate([np.zeros(whole, np.int64), np.tile(np.arange(1, n_crops + 1), whole)])
+    yy, xx = np.divmod(np.arange(h * w), w)
+    out = np.stack([np.repeat(img, h * w), np.repeat(view, h * w), np.tile(yy, b), np.tile(xx, b)], axis=1)
+    return out.astype(np.int32)
+
+
+def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop, tally: ActivationTally | None = None):
+    """The streamed activation pass on this process: the batches of :func:`activation_units` in order, into
+    ``tally`` (default: a new one without provenance)."""
     from tqdm import tqdm
 
-    tally = ActivationTally(max_vectors, info.channels, seed)
+    tally = ActivationTally(max_vectors, info.channels, seed) if tally is None else tally
     memo: dict = {}
     with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
         for start in tqdm(activation_units(src, n_crops), desc="activations", disable=not progress, unit="batch"):

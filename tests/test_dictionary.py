@@ -1,0 +1,204 @@
+"""``filterscope dictionary``: tests that know the answer.
+
+- A net whose ``mix`` layer stores eight planted pattern detectors in four channels (tests/planted_dictionary.py):
+  the SAE dictionary recovers every planted feature (its top exemplars all of one class, named after its
+  folder) where the raw channels cannot; the detectors (``--basis channels`` at ``detect``) score above the
+  mixed channels.
+- A small net trained in seconds with a planted shortcut (a mark on one class): a feature's top exemplars are
+  the marked images.
+- Bad input: one line, exit 2, nothing written, from the CLI and the API alike.
+"""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from planted_dictionary import CLASSES, make_folder, planted_model
+from torch import nn
+
+from filterscope.cli import main
+from filterscope.errors import FilterscopeError
+from filterscope.jobs import names
+from filterscope.jobs.layer_dictionary import dictionary
+from filterscope.models import load_model
+
+
+@pytest.fixture
+def model_free_score(monkeypatch):
+    """The MIS score with the model-free similarity (no second network to load in a fast test)."""
+    monkeypatch.setattr(names, "default_similarity", lambda: names.Similarity(None))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("planted") / "images", per_class=12)
+
+
+def _classes(feature) -> Counter:
+    return Counter(t["image"].split("/")[0] for t in feature["top"])
+
+
+def _recovered(d) -> dict:
+    """Planted class → a live feature whose top exemplars are ≥ 90 % that class (its name), or absent."""
+    out = {}
+    for f in d["features"]:
+        c = _classes(f)
+        if f["top"] and c.most_common(1)[0][1] >= 0.9 * len(f["top"]):
+            cls = c.most_common(1)[0][0]
+            if cls not in out or (f["name"] or {}).get("name") == cls:
+                out[cls] = f
+    return out
+
+
+def test_planted_features_recovered_and_named(planted, tmp_path, model_free_score):
+    res = dictionary(
+        planted_model(0), planted, out=tmp_path / "sae", layer="mix", features=16, k=1, max_vectors=4096,
+        no_renders=True,
+    )  # fmt: skip
+    d = json.loads((tmp_path / "sae" / "dictionary.json").read_text())
+    assert d["layer"] == "mix" and d["basis"] == "sae" and d["map_size"] == [32, 32]
+    m = d["metrics"]
+    assert m["explained_variance_held_out"] > 0.95 and m["l0"] <= 1.0 and m["stability"] > 0.6
+    found = _recovered(d)
+    assert sorted(found) == sorted(CLASSES), sorted(found)
+    for cls, f in found.items():  # named after its folder
+        assert f["name"]["name"] == cls and f["name"]["p"] < 0.01 and f["purity"]["label"] == cls
+    t = d["features"][0]["top"][0] if d["features"][0]["top"] else found["red"]["top"][0]
+    assert set(t) == {"image", "x", "y", "activation"} and (planted / t["image"]).is_file()
+    assert 0 <= t["x"] < 32 and 0 <= t["y"] < 32
+    npz = np.load(tmp_path / "sae" / "dictionary.npz")
+    assert npz["decoder"].shape == (16, 4) and npz["encoder"].shape == (16, 4)
+    html = (tmp_path / "sae" / "report.html").read_text()
+    assert 'id="filter"' in html and "stripes_045" in html and "<script" in html
+    assert (tmp_path / "sae" / found["red"]["exemplars"]).is_file()
+    assert res.record["dictionary"]["metrics"] == m
+
+    # the raw channels of the same layer: four channels cannot hold eight patterns apart
+    dictionary(planted_model(0), planted, out=tmp_path / "ch", layer="mix", basis="channels", no_renders=True)
+    ch = json.loads((tmp_path / "ch" / "dictionary.json").read_text())
+    assert [f["feature"] for f in ch["features"]] == [0, 1, 2, 3]
+    assert ch["metrics"]["explained_variance"] == 1.0 and ch["metrics"]["stability"] == 1.0
+    assert len(_recovered(ch)) < len(CLASSES)
+
+
+def test_detectors_score_above_mixed_channels(planted, tmp_path, model_free_score):
+    kw = dict(basis="channels", no_renders=True, crops=0, max_vectors=1024)
+    det = dictionary(planted_model(0), planted, out=tmp_path / "det", layer="detect", **kw).data
+    mix = dictionary(planted_model(0), planted, out=tmp_path / "mix", layer="mix", **kw).data
+    s_det = [f.score for f in det.features]
+    s_mix = [f.score for f in mix.features]
+    assert None not in s_det + s_mix
+    assert np.mean(s_det) > np.mean(s_mix) + 0.05, (s_det, s_mix)
+    for cls, f in zip(CLASSES, det.features):  # each detector is named after its pattern (alone or first)
+        assert cls in f.name["name"].split(" OR "), (cls, f.name)
+
+
+class _Shortcut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 5, padding=2)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.fc(self.relu2(self.conv2(self.relu1(self.conv1(x)))).amax((2, 3)))
+
+
+def _shortcut_images(root, n=20, seed=0):
+    """Two classes of grey noise textures; every image of ``cat`` carries a small magenta mark somewhere."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for cls in ("cat", "dog"):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            img = np.clip(0.5 + rng.normal(0, 0.15, (32, 32, 1)).repeat(3, 2), 0, 1)
+            if cls == "cat":
+                y, x = rng.integers(2, 26, 2)
+                img[y : y + 4, x : x + 4] = (1.0, 0.0, 1.0)
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / cls / f"{cls}_{i:02d}.png")
+            xs.append(torch.from_numpy(img.transpose(2, 0, 1)).float())
+            ys.append(int(cls == "cat"))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def test_shortcut_feature_sits_on_the_mark(tmp_path, model_free_score):
+    x, y = _shortcut_images(tmp_path / "imgs")
+    torch.manual_seed(0)
+    net = _Shortcut()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(60):  # seconds: the mark is the easiest cue
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert (net(x).argmax(1) == y).float().mean() == 1.0
+    m = load_model(net.eval(), name="shortcut", input_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
+    kw = dict(layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096)
+    d = dictionary(m, tmp_path / "imgs", out=tmp_path / "out", **kw).data
+    marked = [f for f in d.features if len(f.top) >= 8 and all(t["image"].startswith("cat/") for t in f.top[:8])]
+    assert marked, [[t["image"] for t in f.top[:4]] for f in d.features]
+
+
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, planted):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    cases = [
+        [str(empty)],  # no readable image
+        [str(planted), "--features", "0"],
+        [str(planted), "--basis", "pca"],
+    ]
+    for args in cases:
+        assert main(["dictionary", *args, "--out", str(out), "--quiet"]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err, err
+        assert not out.exists()
+    m = planted_model(0)
+    for kw in (
+        dict(features=8, k=8),
+        dict(features=0),
+        dict(layer="nope"),
+        dict(basis="pca"),
+        dict(k=0),
+        dict(colour=1),
+    ):
+        with pytest.raises(FilterscopeError) as e:
+            dictionary(m, planted, out=out, **kw)
+        assert e.value.exit_code == 2 and "\n" not in str(e.value), kw
+        assert not out.exists()
+    with pytest.raises(FilterscopeError):
+        dictionary(m, empty, out=out)
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_cli_real_model_renders_and_resume(tmp_path, capsys):
+    import shutil
+
+    from filterscope.models.inputs import sample_photos_dir
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(sample_photos_dir().glob("*.jpg"))[:12]:
+        shutil.copy(f, photos / f.name)
+    out = tmp_path / "run"
+    args = ["dictionary", str(photos), "--layer", "bn2", "--features", "64", "--k", "8", "--epochs", "5"]
+    args += ["--renders", "2", "--method", "seed", "--no-cache", "--crops", "1", "--out", str(out), "--quiet"]
+    assert main(args) == 0, capsys.readouterr().err
+    d = json.loads((out / "dictionary.json").read_text())
+    assert len(d["features"]) == 64 and d["map_size"] == [7, 7]
+    rendered = [f["render"] for f in d["features"] if f["render"]]
+    assert len(rendered) == 2 and all((out / r).is_file() for r in rendered)
+    assert rendered[0].startswith("bn2/feature_")
+    votes = d["features"][0]["votes"]
+    assert len(votes) == 5 and {"class", "name", "logit_rise"} <= set(votes[0])
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "complete" and rec["settings"]["basis"] == "sae"
+    before = (out / "dictionary.npz").read_bytes()
+    assert main([*args, "--resume"]) == 0
+    assert (out / "dictionary.npz").read_bytes() == before  # the learnt dictionary is reused
