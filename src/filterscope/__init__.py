@@ -35,6 +35,8 @@ _WHERE = {
     "inspect": ".jobs.inspect",
     "objective_for": ".jobs.render_objective",
     "render_objective": ".jobs.render_objective",
+    "DictionaryResult": ".jobs.layer_dictionary",
+    "dictionary": ".jobs.layer_dictionary",
     "Diff": ".jobs.diff",
     "diff": ".jobs.diff",
     "Tuning": ".jobs.tuning",
@@ -89,6 +91,7 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.concepts import Concepts, concepts
     from .jobs.contract import JobResult, run_job
     from .jobs.diff import Diff, diff
+    from .jobs.layer_dictionary import DictionaryResult, dictionary
     from .jobs.explain import Explanation, explain
     from .jobs.inspect import Inspection, inspect
     from .jobs.render_objective import objective_for, render_objective
@@ -102,6 +105,8 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .optvis.render import Renderer, RenderSettings
 
 __all__ = [
+    "DictionaryResult",
+    "dictionary",
     "Diff",
     "diff",
     "JobResult",
