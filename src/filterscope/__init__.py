@@ -91,9 +91,9 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.concepts import Concepts, concepts
     from .jobs.contract import JobResult, run_job
     from .jobs.diff import Diff, diff
-    from .jobs.layer_dictionary import DictionaryResult, dictionary
     from .jobs.explain import Explanation, explain
     from .jobs.inspect import Inspection, inspect
+    from .jobs.layer_dictionary import DictionaryResult, dictionary
     from .jobs.render_objective import objective_for, render_objective
     from .jobs.tuning import Tuning, tuning
     from .models import Model, default_layer, get_layer, layer_outline, list_layers, load_model, register_model
