@@ -203,3 +203,61 @@ def test_same_model_twice_matches_every_live_unit_to_itself(untrained, tmp_path)
     assert live and all(u["match"] == u["channel"] and u["r"] > 0.999 for u in live)
     assert res.flipped == 0 and res.classes == []
     assert all(u["score"] is None for u in res.units if u["dead"])
+
+
+# ---------------------------------------------------------------- features gained and lost (--features)
+
+
+def test_paired_sample_keeps_a_and_b_at_the_same_positions():
+    from filterscope.jobs.feature_diff import PairedSample
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(30, 3, 4, 5, generator=g)
+    s = PairedSample(3, 3, cap=50, seed=0)  # 600 positions through a reservoir of 50
+    for i in range(0, 30, 7):
+        s.add(i, a[i : i + 7], 2 * a[i : i + 7])
+    xa, xb, meta = s.split()
+    assert xa.shape == (50, 3) and np.allclose(xb, 2 * xa)
+    for row, (i, y, x) in zip(xa, meta):  # each kept row is the vector at its recorded image and position
+        assert np.allclose(row, a[i, :, y, x].numpy())
+
+
+def test_a_planted_detector_in_b_is_a_gained_feature_with_its_images_and_positions():
+    from filterscope.jobs.feature_diff import PairedSample, feature_diff
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.relu(torch.randn(16, 8, 6, 6, generator=g))
+    b = torch.cat([a, torch.zeros(16, 1, 6, 6)], 1)  # B = A plus one detector that fires on 6 images only
+    planted = {f"im{i}.png" for i in range(0, 16, 3)}
+    for i in range(0, 16, 3):
+        b[i, 8, 1:3, 2:4] = 4.0
+    s = PairedSample(8, 9, cap=400, seed=0)
+    for i in range(0, 16, 5):
+        s.add(i, a[i : i + 5], b[i : i + 5])
+    names = [f"im{i}.png" for i in range(16)]
+    f = feature_diff(s, 12, 0.3, names, None, None, names, top=4)
+    assert f["matched"] + len(f["gained"]) == 12 and f["positions"] == 400
+    first = f["gained"][0]  # least like anything in A
+    assert first["r"] < 0.3 and {e["image"] for e in first["top"]} <= planted and len(first["top"]) == 4
+    assert all(2 <= e["x"] <= 3 and 1 <= e["y"] <= 2 for e in first["top"])
+    assert set(first) >= {"feature", "r_best", "name", "purity", "score", "top"} and first["name"] is None
+
+
+@pytest.mark.slow
+def test_backdoor_gained_features_include_one_on_the_marked_images(pair, tmp_path):
+    a = load_model(f"{pair.code}:Net", weights=str(pair.weights_a), input_size=24)
+    b = load_model(f"{pair.code}:Net", weights=str(pair.weights_b), input_size=24)
+    res = diff(a, pair.images, model_b=b, layer="relu3", out=tmp_path / "f", no_renders=True, features=64)
+    rec = json.loads((tmp_path / "f" / "diff.json").read_text())
+    f = rec["features"]
+    assert set(f) >= {"gained", "lost", "matched", "method"} and f["features"] == 64
+    assert f["matched"] + len(f["gained"]) + f["dead"]["b"] == 64 and f["gained"] and f["lost"]
+    assert all(g["r"] < rec["threshold"] for g in f["gained"])
+    assert set(f["gained"][0]["top"][0]) == {"image", "x", "y", "activation"}
+    assert max(marked_share(g, pair.marked) for g in f["gained"]) >= 0.8
+    marked = next(g for g in f["gained"] if marked_share(g, pair.marked) >= 0.8)
+    assert f"class {pair.target}" in marked["name"]["name"]  # named after the class the mark sends images to
+    assert "Features gained and lost" in (tmp_path / "f" / "report.html").read_text()
+    from filterscope.jobs.diff import JOB
+
+    assert any(line.startswith("features (64 per model)") for line in JOB.summary(res))

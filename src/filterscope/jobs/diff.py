@@ -23,6 +23,10 @@ on layer A of model A and layer B of model B). From it:
   fine-tune drifts many units that have nothing to do with the backdoor); attribution alone is blind to
   changes that flip nothing. Ranks rather than values, so neither part's scale decides.
 
+- **features** (``features`` > 0, :mod:`~filterscope.jobs.feature_diff`): a TopK SAE dictionary of each
+  model's layer, trained on the two models' vectors at the same sampled positions, B's features matched to A's
+  by the Hungarian method on the correlation of their codes: features gained and lost, named and scored.
+
 Each unit has its top exemplars in B and its match's in A (``{"image", "x", "y", "activation"}``, ``x``/``y``
 in each model's own map); the top few changed units are rendered in both models (through the render cache).
 Writes ``diff.json``, ``diff.npz`` (the correlation matrix), ``figure_diff.png``, ``report.html`` and the
@@ -44,6 +48,7 @@ from ..models.layers import LayerInfo, map_views, network_layer
 from ..models.model import Model
 from ..optvis.hooks import capture, run
 from .contract import Job, JobResult, RunContext, opt, run_job
+from .feature_diff import PairedSample, feature_diff
 from .unit_match import DEAD_RULE, CorrelationTally, common_maps, dead_units, match_units
 
 BATCH = 16  # images per forward pass of each model
@@ -78,7 +83,10 @@ class DiffRequest:
     top: int = opt(10, "Exemplars per unit.", min=1)
     threshold: float = opt(0.3, "A unit of B whose matched r is below this is new.")
     metric: str = opt(DEFAULT_METRIC, "How units are ranked (most changed first).", choices=METRICS)
-    seed: int = opt(0, "Seed of the renders.", min=0)
+    seed: int = opt(0, "Seed of the renders and of the feature dictionaries.", min=0)
+    features: int = opt(
+        0, "Features of a TopK SAE dictionary per model, matched to list features gained and lost (0: off).", min=0
+    )
     no_renders: bool = opt(False, "Skip the renders of the top changed units.")
 
 
@@ -121,6 +129,7 @@ class Diff:
     renders: dict[tuple[str, int], bytes] = field(default_factory=dict)  # ("a"|"b", channel) → PNG
     timings: dict = field(default_factory=dict)
     run_dir: Path | None = None
+    features: dict | None = None  # gained and lost features (--features), see jobs/feature_diff.py
 
     def counts(self) -> dict[str, int]:
         live = [u for u in self.units if not u["dead"]]
@@ -158,6 +167,7 @@ class Diff:
             "classes_note": self.classes_note,
             "units": self.units,
             "lost": self.lost,
+            **({"features": self.features} if self.features is not None else {}),
         }
 
     def html(self, figure_png: bytes | None = None, tiles=None) -> str:
@@ -213,6 +223,7 @@ def _plan(model: Model, req: DiffRequest) -> DiffPlan:
         "threshold": req.threshold,
         "metric": req.metric,
         "seed": req.seed,
+        "features": req.features,
         "renders": 0 if req.no_renders else N_RENDERS,
     }
     return DiffPlan(model, req.model_b, info, info_b, files, Path(req.images), req, settings)
@@ -243,6 +254,7 @@ class _Pass:
     logits_a: torch.Tensor | None
     logits_b: torch.Tensor | None
     common: tuple[int, int]
+    paired: PairedSample | None = None  # A's and B's vectors at the same sampled positions (--features)
 
 
 def _both_models(ctx: RunContext, p: DiffPlan) -> _Pass | None:
@@ -254,6 +266,7 @@ def _both_models(ctx: RunContext, p: DiffPlan) -> _Pass | None:
     la: list[torch.Tensor] | None = []
     lb: list[torch.Tensor] | None = []
     common = (0, 0)
+    paired = PairedSample(ca, cb, seed=p.request.seed) if p.request.features else None
     with ctx.progress(n, "diff: both models", unit="image") as bar:
         for i in range(0, n, BATCH):
             if ctx.stop():
@@ -265,6 +278,8 @@ def _both_models(ctx: RunContext, p: DiffPlan) -> _Pass | None:
             pa, pb = common_maps(a, b)
             common = tuple(pa.shape[2:])
             tally.update(pa, pb)
+            if paired is not None:
+                paired.add(i, pa, pb)
             j = slice(i, i + len(ims))
             m, k = a.flatten(2).max(2)
             max_a[j], arg_a[j] = m.numpy(), k.numpy()
@@ -274,7 +289,15 @@ def _both_models(ctx: RunContext, p: DiffPlan) -> _Pass | None:
             lb = lb + [out_b] if lb is not None and out_b is not None else None
             bar.update(len(ims))
     return _Pass(
-        tally, max_a, arg_a, max_b, arg_b, torch.cat(la) if la else None, torch.cat(lb) if lb else None, common
+        tally,
+        max_a,
+        arg_a,
+        max_b,
+        arg_b,
+        torch.cat(la) if la else None,
+        torch.cat(lb) if lb else None,
+        common,
+        paired,
     )
 
 
@@ -378,21 +401,29 @@ def _exemplars(maxes: np.ndarray, args: np.ndarray, c: int, width: int, names: l
     ]
 
 
-def _names(p: DiffPlan, ps: _Pass) -> tuple[list, list, str | None]:
-    """INVERT names of B's and A's units (each unit's per-image maximum against the images' labels: class
-    sub-folders, else B's top-1 predictions); no names when the folder has neither."""
-    from .names import image_labels, name_units
+def _labels(p: DiffPlan, ps: _Pass) -> tuple[list[str] | None, str | None]:
+    """The images' labels for the names (class sub-folders, else B's top-1 predictions) and where they came
+    from; ``(None, None)`` when the folder has neither or only one label."""
+    from .names import image_labels
 
-    none_b, none_a = [None] * p.info_b.channels, [None] * p.info.channels
     preds = ps.logits_b.argmax(1).tolist() if ps.logits_b is not None else None
     try:  # without predictions only class sub-folders can label the images
         labels, source = image_labels(p.files, p.root, p.model_b if preds is not None else None, predictions=preds)
     except UsageError:
-        return none_b, none_a, None
+        return None, None
     if len(set(labels)) < 2:
-        return none_b, none_a, None
-    label_source = "class sub-folders" if source == "folders" else "B's top-1 predictions"
-    return name_units(ps.max_b, labels), name_units(ps.max_a, labels), label_source
+        return None, None
+    return labels, "class sub-folders" if source == "folders" else "B's top-1 predictions"
+
+
+def _names(p: DiffPlan, ps: _Pass, labels: list[str] | None) -> tuple[list, list]:
+    """INVERT names of B's and A's units (each unit's per-image maximum against the images' labels); no names
+    without labels."""
+    from .names import name_units
+
+    if labels is None:
+        return [None] * p.info_b.channels, [None] * p.info.channels
+    return name_units(ps.max_b, labels), name_units(ps.max_a, labels)
 
 
 def _class_name(models: tuple[Model, Model], c: int) -> str:
@@ -442,7 +473,27 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         attr_classes = [a for a in attr_classes if a is not None]
 
     with ctx.timed("names"):
-        names_b, names_a, label_source = _names(p, ps)
+        labels, label_source = _labels(p, ps)
+        names_b, names_a = _names(p, ps, labels)
+    features = None
+    if ps.paired is not None:
+        with ctx.timed("features"):
+            features = feature_diff(
+                ps.paired,
+                req.features,
+                req.threshold,
+                names,
+                labels,
+                label_source,
+                p.files,
+                top=req.top,
+                seed=req.seed,
+                device=p.model_b.device,
+                stop=ctx.stop,
+            )
+        if features is None:
+            ctx.mark_partial(len(p.files), len(p.files), "images (feature dictionaries stopped)", resumable=False)
+            return None
     scores = change_scores(m.r, attr_all, attr_classes, dead_b)
     order = rank_units(scores, req.metric)
     wa, wb = p.info.shape[2], p.info_b.shape[2]
@@ -503,6 +554,7 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         p.root,
         label_source,
     )
+    res.features = features
     if not req.no_renders:
         with ctx.timed("renders"):
             if not _render(ctx, p, res):
@@ -657,6 +709,12 @@ def _summary(r: JobResult) -> list[str]:
         )
     if d.classes_note:
         lines.append(f"  {d.classes_note}")
+    if d.features is not None:
+        f = d.features
+        lines.append(
+            f"features ({f['features']} per model): {f['matched']} of B matched, {len(f['gained'])} gained, "
+            f"{len(f['lost'])} lost"
+        )
     lines.append(f"most changed ({d.metric}):")
     for u in [u for u in d.units if not u["dead"]][:5]:
         match = f"A {u['match']}" if u["match"] is not None else "new"
@@ -691,7 +749,8 @@ def diff(
 ) -> JobResult:
     """The diff of ``model`` (A) and ``model_b`` (B) on the ``images`` folder: units of B matched to A's (r,
     new, dead), most changed first, and the classes whose predictions move with the units that carry them.
-    ``options``: ``layer``, ``layer_b``, ``top``, ``threshold``, ``metric``, ``seed``, ``no_renders``. Writes
+    ``options``: ``layer``, ``layer_b``, ``top``, ``threshold``, ``metric``, ``seed``, ``features``,
+    ``no_renders``. Writes
     ``diff.json``, ``figure_diff.png``, ``report.html`` in ``out``; ``.data`` is the :class:`Diff`."""
     return run_job(
         JOB,
