@@ -166,6 +166,7 @@ def untrained(tmp_path_factory):
         (["--layer", "nope"], "model A (Net): Net has no layer 'nope'"),
         (["--layer", "fc"], "cannot be compared"),
         (["--layer", "relu3", "--threshold", "2"], "between -1 and 1"),
+        (["--layer", "relu3", "--features", "-1"], "--features"),
     ],
 )
 def test_bad_layers_are_one_line_exit_2_nothing_written(untrained, tmp_path, capsys, extra, message):
