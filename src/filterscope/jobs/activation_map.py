@@ -44,6 +44,7 @@ from .map_layout import LAYOUTS, MIN_POINTS, grid_cells, layout_2d, nearest_poin
 
 MAP_FILE = "map.json"
 MAP_PNG = "map.png"
+MAP_NPZ = "map.npz"  # the points' layout and the cells' mean vectors (the explorer and benchmarks read it)
 DEFAULT_GRID = 12
 PER_IMAGE = 64  # at most this many positions per image (drawn at random, seeded)
 MAX_VECTORS = 20000  # the layer pass keeps at most this many vectors in all
@@ -175,6 +176,22 @@ class ActivationMap:
             "class": self.target,
             "cells": [c.record(self.layer.name, self.grid) for c in self.cells],
         }
+
+    def arrays(self) -> bytes:
+        """``map.npz``: ``xy`` (the clipped layout in [0, 1]²), ``image`` and ``yx`` of every point, and
+        ``cells`` ``[k, 2]`` (i, j) with ``means`` ``[k, C]``, their mean activation vectors."""
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            xy=self.xy.astype(np.float32),
+            image=self.point_image.astype(np.int32),
+            yx=self.point_yx.astype(np.int16),
+            cells=np.array([[c.i, c.j] for c in self.cells], np.int32).reshape(-1, 2),
+            means=np.stack([c.mean for c in self.cells]).astype(np.float32)
+            if self.cells
+            else np.zeros((0, self.layer.shape[0]), np.float32),
+        )
+        return buf.getvalue()
 
     def html(self) -> str:
         from ..outputs.map_page import map_report
@@ -563,6 +580,7 @@ def _write(ctx: RunContext, amap: ActivationMap | None) -> None:
     with ctx.timed("write"):
         ctx.run.write(MAP_FILE, json_bytes(amap.record()))
         ctx.run.write(MAP_PNG, map_png(amap))
+        ctx.run.write(MAP_NPZ, amap.arrays())
         ctx.run.write_text(REPORT, amap.html())
         ctx.run.result(
             "map",
@@ -581,7 +599,7 @@ def _summary(r: JobResult) -> list[str]:
     for c in sorted(m.cells, key=lambda c: -len(c.points))[:8]:
         nm = c.name["name"] if c.name else "—"
         lines.append(f"  ({c.i:2d},{c.j:2d})  {len(c.points):4d} pts  {c.class_name[:28]:28s}  {nm}")
-    lines.append(f"wrote {r.run_dir}/{MAP_FILE}, {MAP_PNG}, report.html, run.json")
+    lines.append(f"wrote {r.run_dir}/{MAP_FILE}, {MAP_PNG}, {MAP_NPZ}, report.html, run.json")
     return lines
 
 
