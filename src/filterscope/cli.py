@@ -737,10 +737,14 @@ def concepts(
         f"({rec['fidelity']['reconstruction_top1_agreement_all']:.1%} of all) · "
         f"stability median {rec['stability']['median']:.3f}",
     ]
+    if res.warning:
+        lines.append(f"warning: {res.warning}")
     for c in res.concepts:
+        named = f" · named {c.name['name']} (AUC {c.name['auc']:.2f})" if c.name else ""
+        scored = f" · score {c.score:.2f}" if c.score is not None else ""
         lines.append(
             f"  concept {c.concept:2d}: importance {c.importance:+.3f} · ablation drop {c.ablation_drop:.3f} · "
-            f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}"
+            f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}{named}{scored}"
         )
     lines.append(f"wrote {res.run_dir}/report.html, concepts.json, concept_maps.npz ({res.timings['total_s']:.1f} s)")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)

@@ -67,19 +67,26 @@ def to_maps(rows: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
 
 class PositionSample:
     """A uniform sample of at most ``cap`` activation vectors out of all those streamed through :meth:`add`
-    (Algorithm R, vectorised per batch; the same seed and order give the same sample)."""
+    (Algorithm R, vectorised per batch; the same seed and order give the same sample).
 
-    def __init__(self, cap: int, channels: int, seed: int = 0):
+    ``meta`` > 0 keeps that many int32 columns beside each vector (its provenance: image, view, row, column),
+    chosen by the same draws, so a kept vector keeps its own provenance."""
+
+    def __init__(self, cap: int, channels: int, seed: int = 0, meta: int = 0):
         self.cap = int(cap)
         self.rows = np.empty((self.cap, channels), dtype=np.float32)
+        self.meta = np.empty((self.cap, meta), dtype=np.int32) if meta else None
         self.seen = 0
         self.rng = np.random.default_rng(seed)
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, meta: np.ndarray | None = None) -> None:
         n = rows.shape[0]
         free = max(0, min(n, self.cap - self.seen))
+        keep_meta = self.meta is not None and meta is not None
         if free:
             self.rows[self.seen : self.seen + free] = rows[:free]
+            if keep_meta:
+                self.meta[self.seen : self.seen + free] = meta[:free]
         rest = rows[free:]
         if len(rest):
             t = self.seen + free + np.arange(len(rest))  # 0-based index of each row in the stream
@@ -87,11 +94,18 @@ class PositionSample:
             keep = j < self.cap
             # numpy assigns repeated indices in order, so a later row wins as in the sequential algorithm
             self.rows[j[keep]] = rest[keep]
+            if keep_meta:
+                self.meta[j[keep]] = meta[free:][keep]
         self.seen += n
 
     @property
     def data(self) -> np.ndarray:
         return self.rows[: min(self.seen, self.cap)]
+
+    @property
+    def provenance(self) -> np.ndarray | None:
+        """The kept vectors' meta columns, in the order of :attr:`data` (``None`` without meta)."""
+        return None if self.meta is None else self.meta[: min(self.seen, self.cap)]
 
 
 def _module(model: Model, info: LayerInfo) -> torch.nn.Module:

@@ -75,6 +75,7 @@ RANDOM_ORDERS = 8
 N_VOTES = 5
 BATCH = 8
 CROP_PX = 112
+MIN_CLASS_IMAGES = 5  # fewer images of the class than this: its concepts would be those of other things
 
 BANK_FILE = "concept_bank.npy"
 MAPS_FILE = "concept_maps.npz"
@@ -103,6 +104,9 @@ class Concept:
     heat: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)  # (maps row, image) where strongest
     render: torch.Tensor | None = field(default=None, repr=False)
     render_record: dict | None = None
+    name: dict | None = None  # INVERT name over the images' labels (jobs/names.py), None when not significant
+    purity: dict | None = None  # most common label among its top images and its share
+    score: float | None = None  # MIS interpretability score (jobs/names.py), None when skipped
 
     @property
     def stable(self) -> bool:
@@ -119,6 +123,9 @@ class Concept:
             "stability": round(self.stability, 4),
             "stable": self.stable,
             "share": round(self.share, 4),
+            "name": self.name,
+            "purity": self.purity,
+            "score": self.score,
         }
         if self.render_record is not None:
             rec["render"] = self.render_record
@@ -146,6 +153,12 @@ class Concepts:
     status: str = "complete"
     timings: dict = field(default_factory=dict)
     job: JobResult | None = None  # the run's JobResult when written to a folder
+    names: dict = field(default_factory=dict)  # where names' labels came from, the score's method (names.py)
+
+    @property
+    def warning(self) -> str | None:
+        """Set when too few images are of the class for its concepts to be about it (issue 44)."""
+        return self.data.get("class_support", {}).get("warning")
 
     def raise_if_partial(self) -> None:
         """Raise :class:`~filterscope.errors.Interrupted` (exit 130) when the run stopped before the end."""
@@ -168,6 +181,7 @@ class Concepts:
             },
             "deletion": self.deletion,
             "data": self.data,
+            "names": self.names,
         }
 
     def html(self) -> str:
@@ -446,22 +460,40 @@ class ActivationTally:
     """What the activation pass keeps, whatever backend produced the batches: a :class:`PositionSample` of
     the layer's vectors, the count (and summed probability) of whole-image predictions, the unreadable files
     skipped and the images used. Fed batch by batch in the batches' order, so the same batches in the same
-    order give the same tally on every backend."""
+    order give the same tally on every backend.
 
-    def __init__(self, max_vectors: int, channels: int, seed: int):
-        self.sample = PositionSample(max_vectors, channels, seed)
+    ``provenance``: keep beside each sampled vector its (image, view, y, x) (:data:`PROVENANCE`) and the
+    top-1 prediction of every whole image (``predictions``: file index → class)."""
+
+    def __init__(self, max_vectors: int, channels: int, seed: int, provenance: bool = False):
+        self.sample = PositionSample(max_vectors, channels, seed, meta=len(PROVENANCE) if provenance else 0)
         self.votes: Counter = Counter()
         self.confidence: Counter = Counter()  # summed probability of each predicted class: breaks count ties
+        self.predictions: dict[int, int] = {}
         self.skipped = self.used = 0
 
-    def add(self, rows: np.ndarray, top_c: list[int], top_p: list[float], skipped: int, used: int) -> None:
+    def add(
+        self,
+        rows: np.ndarray,
+        top_c: list[int],
+        top_p: list[float],
+        skipped: int,
+        used: int,
+        prov: np.ndarray | None = None,
+        index: list[int] | None = None,
+    ) -> None:
         for c, pc in zip(top_c, top_p):
             self.votes[int(c)] += 1
             self.confidence[int(c)] += float(pc)
+        if index is not None:
+            self.predictions.update({int(i): int(c) for i, c in zip(index, top_c)})
         if len(rows):
-            self.sample.add(rows)
+            self.sample.add(rows, prov)
         self.skipped += int(skipped)
         self.used += int(used)
+
+
+PROVENANCE = ("image", "view", "y", "x")  # the columns activation_batch gives each vector
 
 
 def activation_units(src: _Source, n_crops: int) -> list[int]:
@@ -474,17 +506,19 @@ def activation_units(src: _Source, n_crops: int) -> list[int]:
 
 def unit_views(
     model: Model, src: _Source, start: int, n_crops: int, seed: int, memo: dict | None = None
-) -> tuple[torch.Tensor, int, int]:
+) -> tuple[torch.Tensor, int, int, list[int]]:
     """The views of the activation batch at ``start``: ``(views [n, C, S, S], whole images among them (first),
-    unreadable files skipped)``. A folder's batch: its readable images, then each one's ``n_crops`` random
-    crops, drawn from a generator seeded by (seed, the image's index in the folder), never by arrival order
+    unreadable files skipped, the whole images' indices in the folder (a photo: its views' indices))``. A
+    folder's batch: its readable images, then each one's ``n_crops`` random crops, drawn from a generator
+    seeded by (seed, the image's index in the folder), never by arrival order
     (``memo``: keeps one photo's views between its batches)."""
     if src.kind == "photo":
         memo = {} if memo is None else memo
         if "photo" not in memo:
             x = model_input(model, load_image(src.files[0]))
             memo["photo"] = torch.cat([x, random_crops(x, n_crops, _crop_gen(seed, 0))[0]])
-        return memo["photo"][start : start + BATCH], 1 if start == 0 else 0, 0
+        views = memo["photo"][start : start + BATCH]
+        return views, 1 if start == 0 else 0, 0, list(range(start, start + len(views)))
     from .dataset import ImageFolder
 
     folder = ImageFolder(src.files[start : start + BATCH], model)
@@ -494,37 +528,64 @@ def unit_views(
     index = torch.arange(start, start + len(items))[ok]
     x = x[ok]
     extra = [random_crops(x[i : i + 1], n_crops, _crop_gen(seed, int(j)))[0] for i, j in enumerate(index)]
-    return torch.cat([x, *extra]), len(x), int((~ok).sum())
+    return torch.cat([x, *extra]), len(x), int((~ok).sum()), index.tolist()
 
 
 def activation_batch(
     model: Model, info: LayerInfo, src: _Source, start: int, n_crops: int, seed: int, cap=None, memo=None
 ):
     """One batch of the activation pass, as :meth:`ActivationTally.add` takes it: ``(rows [n, C] float32,
-    predicted classes and their probabilities of the whole images, skipped, used)``. The one function both
-    backends run (``cap``: an open :func:`~filterscope.optvis.hooks.capture` of the layer, else one is
-    opened here)."""
+    predicted classes and their probabilities of the whole images, skipped, used, provenance [n, 4] int32
+    (:data:`PROVENANCE`: file index, view — 0 the whole image, j its crop j —, row and column in the layer's
+    map), the whole images' file indices)``. The one function both backends run (``cap``: an open
+    :func:`~filterscope.optvis.hooks.capture` of the layer, else one is opened here)."""
     if cap is None:
         with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
             return activation_batch(model, info, src, start, n_crops, seed, cap, memo)
-    views, whole, skipped = unit_views(model, src, start, n_crops, seed, memo)
+    views, whole, skipped, index = unit_views(model, src, start, n_crops, seed, memo)
     if len(views) == 0:
-        return np.empty((0, info.channels), np.float32), [], [], skipped, 0
+        return np.empty((0, info.channels), np.float32), [], [], skipped, 0, np.empty((0, 4), np.int32), []
     with torch.inference_mode():
         logits = run(model.forward, views.to(model.device), cap)
         if logits is None or logits.dim() != 2:
             raise UsageError(f"{model.name} does not output class logits: concepts need them")
         top_p, top_c = torch.softmax(logits[:whole].float(), 1).max(1)
-        rows = positions(cap.acts[info.name].float()).cpu().numpy()
+        maps = cap.acts[info.name]
+        rows = positions(maps.float()).cpu().numpy()
     used = len(views) if src.kind == "photo" else whole
-    return rows, top_c.tolist(), top_p.tolist(), skipped, used
+    return (
+        rows,
+        top_c.tolist(),
+        top_p.tolist(),
+        skipped,
+        used,
+        _provenance(src, index, whole, n_crops, maps.shape),
+        index,
+    )
 
 
-def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop):
-    """The streamed activation pass on this process: the batches of :func:`activation_units` in order."""
+def _provenance(src: _Source, index: list[int], whole: int, n_crops: int, shape) -> np.ndarray:
+    """``[n, 4]`` (image, view, y, x) of the rows of a batch's maps ``shape`` ``[B, C, h, w]`` in
+    :func:`~.activations.positions` order: a folder's batch is its whole images, then each one's crops; a
+    photo's views are view ``start + i`` of image 0."""
+    b, _, h, w = shape
+    if src.kind == "photo":
+        img = np.zeros(b, np.int64)
+        view = np.asarray(index, np.int64)
+    else:
+        img = np.concatenate([np.asarray(index, np.int64), np.repeat(np.asarray(index, np.int64), n_crops)])
+        view = np.concatenate([np.zeros(whole, np.int64), np.tile(np.arange(1, n_crops + 1), whole)])
+    yy, xx = np.divmod(np.arange(h * w), w)
+    out = np.stack([np.repeat(img, h * w), np.repeat(view, h * w), np.tile(yy, b), np.tile(xx, b)], axis=1)
+    return out.astype(np.int32)
+
+
+def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop, tally: ActivationTally | None = None):
+    """The streamed activation pass on this process: the batches of :func:`activation_units` in order, into
+    ``tally`` (default: a new one without provenance)."""
     from tqdm import tqdm
 
-    tally = ActivationTally(max_vectors, info.channels, seed)
+    tally = ActivationTally(max_vectors, info.channels, seed) if tally is None else tally
     memo: dict = {}
     with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
         for start in tqdm(activation_units(src, n_crops), desc="activations", disable=not progress, unit="batch"):
@@ -616,6 +677,9 @@ def _run(
         )
     _top_crops(model, src, n_crops, seed, ev, order, concepts_, info)
     timings["evidence_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    names_rec, support = _names(model, src, n_crops, seed, ev, order, concepts_, cls, cname(cls))
+    timings["names_s"] = time.perf_counter() - t
 
     fidelity = {
         "explained_variance": round(ev["ev"], 5),
@@ -636,6 +700,7 @@ def _run(
         "vectors_sampled": int(len(rows)),
         "class_images": int(mask.sum()),
         "averaged_over": "images predicted as the class" if mask.any() else "all images (none is predicted as it)",
+        "class_support": support,
         "predicted": [{"class": c, "name": cname(c), "images": n} for c, n in pred_counts.most_common(5)],
         "dictionary": {
             "method": method,
@@ -658,6 +723,7 @@ def _run(
         deletion,
         data,
         settings,
+        names=names_rec,
     )
     if render_settings is not None and not stop():
         t = time.perf_counter()
@@ -678,6 +744,58 @@ def _run(
     if ctx is not None:
         ctx.record["timings"].update(res.timings)
     return res
+
+
+def _same_class(folder: str, class_name: str) -> bool:
+    """Whether a class sub-folder is named after the class (``coffee_mug`` and ``coffee mug`` alike)."""
+
+    def norm(t: str) -> str:
+        return " ".join(t.replace("_", " ").replace("-", " ").lower().split())
+
+    return norm(folder) == norm(class_name)
+
+
+def class_support(pred: np.ndarray, cls: int, class_name: str, labels=None, source=None) -> dict:
+    """How many images are of the class — predicted as it, or in a class sub-folder named after it — and,
+    under :data:`MIN_CLASS_IMAGES`, the warning to show instead of trusting the concepts: they are then
+    learnt and ranked on images of other things."""
+    predicted = pred == cls
+    foldered = np.array([_same_class(lab, class_name) for lab in labels]) if source == "folders" else predicted
+    n = int((predicted | foldered).sum())
+    out = {"images": n, "predicted": int(predicted.sum()), "minimum": MIN_CLASS_IMAGES}
+    if source == "folders":
+        out["in_its_folder"] = int(foldered.sum())
+    if n < MIN_CLASS_IMAGES:
+        out["warning"] = (
+            f"only {n} of the {len(pred)} images are {class_name} (predicted or by folder): its concepts would "
+            f"describe other things; give a folder with at least {MIN_CLASS_IMAGES} images of {class_name}"
+        )
+    return out
+
+
+def _names(model, src, n_crops, seed, ev, order, concepts_, cls, class_name) -> tuple[dict, dict]:
+    """Each concept's name, purity and score (jobs/names.py) from its per-image strength (the max of its map
+    over positions) on the evidence pass's images, labelled by their class sub-folders or the model's
+    predictions; and the class's support (how many images are of it)."""
+    from .names import default_similarity, describe_units, image_labels, mis_min_images, scoring_record
+
+    acts = ev["maps"].reshape(len(ev["maps"]), ev["maps"].shape[1], -1).max(2)[:, order]
+    if src.kind == "folder":
+        files = [src.files[i] for i in ev["view_ids"]]
+        labels, source = image_labels(files, src.root, model, predictions=ev["pred"].tolist())
+    else:
+        labels, source = image_labels([src.files[0]] * len(acts), src.root, model, predictions=ev["pred"].tolist())
+    support = class_support(ev["pred"], cls, class_name, labels, source)
+    sim = embed = None
+    if len(acts) >= mis_min_images():
+        sim = default_similarity()
+        if src.kind == "folder":
+            embed = sim.embed(files)
+        else:
+            embed = sim.embed(torch.stack([_view_image(model, src, n_crops, seed, i) for i in ev["view_ids"]]))
+    for c, d in zip(concepts_, describe_units(acts, labels, top=N_CROPS, embed=embed), strict=True):
+        c.name, c.purity, c.score = d["name"], d["purity"], d["score"]
+    return scoring_record(source, sim, len(acts)), support
 
 
 def _views(model, src, n_crops, seed):
