@@ -43,6 +43,7 @@ SKIMAGE = (
 PRESETS = {  # candidate: (preset, changes)
     "fast": ("fast", {}),
     "fast-24": ("fast", {"steps": 24}),
+    "fast-128px": ("fast", {"size": 128}),
     "maco-fused": ("maco-fused", {}),
 }
 
@@ -56,10 +57,8 @@ def machine() -> dict:
 
 
 def planted() -> dict:
-    import map_standins
     from planted_map import feature_cells, planted_folder, planted_net
 
-    map_standins.install()
     from filterscope.jobs.activation_map import activation_map
 
     rows = []
@@ -194,8 +193,10 @@ def markdown(res: dict) -> str:
     if "planted" in res:
         p = res["planted"]
         lines += ["", "## Held-out planted nets (defaults: UMAP, grid 12, renders)", ""]
-        lines.append("| classes | distractors | rotation | cells | cells per feature (≥ 70 % one folder) | "
-                     "every feature has a cell | renders up | wall s |")
+        lines.append(
+            "| classes | distractors | rotation | cells | cells per feature (≥ 70 % one folder) | "
+            "every feature has a cell | renders up | wall s |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|")
         for r in p["nets"]:
             per = ", ".join(f"{v}" for v in r["cells_per_feature"].values())
@@ -217,7 +218,8 @@ def markdown(res: dict) -> str:
         lines.append(f"- timings (s): {q['timings']}")
         lines.append(
             f"- {q['points']} points, grid {q['grid']}, {q['cells']} cells, {q['cells_with_render']} with their "
-            f"render ({q['render_method']}): every cell has its render: {'yes' if q['every_cell_has_its_render'] else '**no**'}"
+            f"render ({q['render_method']}): every cell has its render: "
+            + ("yes" if q["every_cell_has_its_render"] else "**no**")
         )
     if "preset" in res:
         lines += ["", "## Preset for the cell renders", ""]

@@ -72,8 +72,9 @@ def planted_net(n_classes: int = 5, distractors: int = 4, seed: int | None = Non
         net.fc.weight.zero_()
         net.fc.bias.zero_()
         net.fc.weight[:, :n_classes] = 4.0 * torch.eye(n_classes)
-    model = wrap_module(net.eval(), "planted_cnn", mean=(0.5,), std=(0.5,), input_size=SIDE,
-                        categories=class_names(n_classes))
+    model = wrap_module(
+        net.eval(), "planted_cnn", mean=(0.5,), std=(0.5,), input_size=SIDE, categories=class_names(n_classes)
+    )
     model.resize_size = SIDE
     return model, u
 

@@ -12,14 +12,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import map_standins  # noqa: E402
-from planted_map import class_names, feature_cells, planted_folder, planted_net  # noqa: E402
+from planted_map import class_names, feature_cells, planted_folder, planted_net
 
-map_standins.install()  # only where the shared layer pass / names module is not merged yet
-
-from filterscope.cli import main  # noqa: E402
-from filterscope.errors import LayerError, UsageError  # noqa: E402
-from filterscope.jobs.activation_map import activation_map, cell_file  # noqa: E402
+from filterscope.cli import main
+from filterscope.errors import LayerError, UsageError
+from filterscope.jobs.activation_map import activation_map, cell_file
 
 N = 5
 
@@ -106,8 +103,9 @@ def test_class_map_keeps_its_class_and_shades_cells_by_attribution(planted, tmp_
     rec = json.loads((out / "map.json").read_text())
     assert rec["class"]["folder"] == "class_2" and all("attribution" in c for c in rec["cells"])
     # by index (ImageFolder order) the same folder
-    amap2 = activation_map(model, root, layer="pool", grid=6, layout="pca", class_=2, no_renders=True,
-                           out=tmp_path / "cls2").data
+    amap2 = activation_map(
+        model, root, layer="pool", grid=6, layout="pca", class_=2, no_renders=True, out=tmp_path / "cls2"
+    ).data
     assert amap2.target["folder"] == "class_2"
 
 

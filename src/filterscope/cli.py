@@ -43,7 +43,10 @@ __all__ = ["cli", "main", "parse_channels"]
 
 JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
-    "map": ("filterscope.jobs.activation_map", "The map of a LAYER: an activation atlas, every cell rendered and named."),
+    "map": (
+        "filterscope.jobs.activation_map",
+        "The map of a LAYER: an activation atlas, every cell rendered and named.",
+    ),
     "tuning": (
         "filterscope.jobs.tuning",
         "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",

@@ -59,14 +59,17 @@ CROP_PX = 96  # side of an exemplar's crop in the report
 class MapRequest:
     """The arguments of ``filterscope map``."""
 
-    images: str | None = opt(None, "Folder of images; class sub-folders name the cells [default: bundled photos].",
-                             argument=True, optional=True)
+    images: str | None = opt(
+        None,
+        "Folder of images; class sub-folders name the cells [default: bundled photos].",
+        argument=True,
+        optional=True,
+    )
     layer: str = opt("default", "Layer with spatial maps.")
     grid: int = opt(DEFAULT_GRID, "Cells per side of the grid over the layout (at least 2).")
     layout: str = opt("umap", "2-D layout of the vectors: umap, pca or tsne.", choices=LAYOUTS)
     class_: str | None = opt(
-        None, "Class map: a class sub-folder (name or index) or the model's class index.", flag="--class",
-        metavar="K"
+        None, "Class map: a class sub-folder (name or index) or the model's class index.", flag="--class", metavar="K"
     )
     min_points: int = opt(MIN_POINTS, "Fewest points a cell needs to be drawn.", min=1)
     seed: int = opt(0, "Seed of the sampling, the layout and the renders.", min=0)
@@ -292,8 +295,19 @@ def _plan(model: Model, req: MapRequest) -> MapPlan:
         "objective": f"direction(cossim_pow={COSSIM_POW:g})",
     }
     return MapPlan(
-        model, info, root, files, folders, req.grid, req.layout, req.min_points, req.seed, target, render,
-        req.backend, settings,
+        model,
+        info,
+        root,
+        files,
+        folders,
+        req.grid,
+        req.layout,
+        req.min_points,
+        req.seed,
+        target,
+        render,
+        req.backend,
+        settings,
     )
 
 
@@ -321,8 +335,7 @@ def _layer_pass(ctx: RunContext, p: MapPlan):
         max_vectors=MAX_VECTORS,
         seed=p.seed,
         backend=p.backend,
-        address=None,
-        workers=2,
+        root=p.root,
         progress=ctx.show_progress,
         stop=ctx.stop,
     )
@@ -370,7 +383,9 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
         ctx.mark_partial(0, 1, "layer passes", resumable=False)
         return None  # type: ignore[return-value]
     files = [Path(f).resolve() for f in lv.files]
-    predictions = np.asarray(lv.predictions)
+    predictions = np.full(len(files), -1, np.int64)  # -1: an unreadable image (no vectors either)
+    for i, c in dict(lv.predictions).items():
+        predictions[int(i)] = int(c)
     keep = _per_image(np.asarray(lv.image), PER_IMAGE, p.seed)
     labels, source = _labels(p, files, predictions)
     folder_of = [f.relative_to(p.root).parts[0] if p.folders else None for f in files]
@@ -379,6 +394,7 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
         if "folder" in target:
             chosen = {i for i, fo in enumerate(folder_of) if fo == target["folder"]}
             preds = predictions[sorted(chosen)] if chosen else np.zeros(0, np.int64)
+            preds = preds[preds >= 0]
             target["class"] = int(np.bincount(preds).argmax()) if len(preds) else -1  # its most predicted class
         else:
             chosen = {i for i, c in enumerate(predictions) if int(c) == target["class"]}
@@ -455,6 +471,8 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
         len(files),
     )
     amap.run_dir = ctx.path
+    ctx.record["cells_total"] = len(cells)  # for whoever follows the run's progress in run.json
+    ctx.run.save()
     with ctx.timed("exemplars"):
         _exemplar_crops(p, amap, files)
     if p.render is not None:

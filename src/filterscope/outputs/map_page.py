@@ -79,7 +79,12 @@ def layout_figure(amap: Any):
     for c in amap.cells:
         ax.add_patch(
             plt.Rectangle(
-                (c.j / amap.grid, 1 - (c.i + 1) / amap.grid), 1 / amap.grid, 1 / amap.grid, fill=False, ec="#333", lw=0.6
+                (c.j / amap.grid, 1 - (c.i + 1) / amap.grid),
+                1 / amap.grid,
+                1 / amap.grid,
+                fill=False,
+                ec="#333",
+                lw=0.6,
             )
         )
     if len(names) <= 20:
@@ -112,10 +117,8 @@ def map_context(amap: Any, render_src=None, crop_src=None) -> dict[str, Any]:
                 **r,
                 "k": c.i * amap.grid + c.j,
                 "src": (render_src(r) if render_src else r["render"]) if r["render"] else None,
-                "crops": [
-                    {**e, "src": crop_src(png_bytes(x))} for e, x in zip(r["top"], c.crops)
-                ],
-                "colour": "#%02x%02x%02x" % colour if colour else None,
+                "crops": [{**e, "src": crop_src(png_bytes(x))} for e, x in zip(r["top"], c.crops)],
+                "colour": "#{:02x}{:02x}{:02x}".format(*colour) if colour else None,
             }
         )
     return {
