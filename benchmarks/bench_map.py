@@ -163,6 +163,7 @@ def preset(run_dir: Path, n_cells: int = 6) -> dict:
     from filterscope.optvis.presets import get_preset
     from filterscope.optvis.render import Renderer, channel_seed
 
+    torch.set_num_threads(1)  # CPU seconds per render without thread contention on a shared machine
     z = np.load(run_dir / "map.npz")
     means = z["means"]
     pick = np.linspace(0, len(means) - 1, n_cells).round().astype(int)
@@ -174,13 +175,23 @@ def preset(run_dir: Path, n_cells: int = 6) -> dict:
         rows = []
         for k in pick:
             obj = direction(info.name, torch.from_numpy(means[k]))
-            t = time.perf_counter()
+            t, c0 = time.perf_counter(), time.process_time()
             res = r.render(obj, [channel_seed(0, int(k))])
-            rows.append({"cell": int(k), "before": res.before[0], "after": res.after[0], "s": time.perf_counter() - t})
+            rows.append(
+                {
+                    "cell": int(k),
+                    "before": res.before[0],
+                    "after": res.after[0],
+                    "s": time.perf_counter() - t,
+                    "cpu_s": time.process_time() - c0,
+                    "steps": res.steps_done,
+                }
+            )
         out[name] = {
             "median_activation": round(float(np.median([q["after"] for q in rows])), 3),
             "median_start": round(float(np.median([q["before"] for q in rows])), 3),
             "median_s": round(float(np.median([q["s"] for q in rows])), 2),
+            "median_cpu_s": round(float(np.median([q["cpu_s"] for q in rows])), 2),
             "cells": rows,
         }
         print("preset", name, {k: v for k, v in out[name].items() if k != "cells"}, flush=True)
@@ -223,10 +234,17 @@ def markdown(res: dict) -> str:
         )
     if "preset" in res:
         lines += ["", "## Preset for the cell renders", ""]
-        lines.append("| candidate | median activation along the cell direction | median start | median s |")
-        lines.append("|---|---|---|---|")
+        lines.append(
+            f"On {len(res['preset']['cells'])} cells of the photo map (one torch thread; load "
+            f"{res['preset']['machine']['load_avg_1_5_15']}):"
+        )
+        lines.append("")
+        lines.append("| candidate | median activation along the cell direction | start | median CPU s | median s |")
+        lines.append("|---|---|---|---|---|")
         for name, v in res["preset"]["candidates"].items():
-            lines.append(f"| {name} | {v['median_activation']} | {v['median_start']} | {v['median_s']} |")
+            lines.append(
+                f"| {name} | {v['median_activation']} | {v['median_start']} | {v['median_cpu_s']} | {v['median_s']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -361,13 +361,6 @@ def _votes(model: Model, info: LayerInfo, means: np.ndarray, base: np.ndarray, c
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _class_name(model: Model, i: int, folders: list[str] | None) -> str:
-    cats = getattr(model, "categories", None)
-    if cats and 0 <= i < len(cats):
-        return cats[i]
-    return f"class {i}"
-
-
 def _labels(p: MapPlan, files: list[Path], predictions: np.ndarray) -> tuple[list[str], str]:
     from .names import image_labels
 
@@ -375,7 +368,7 @@ def _labels(p: MapPlan, files: list[Path], predictions: np.ndarray) -> tuple[lis
 
 
 def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
-    from .names import name_units, purity
+    from .names import class_name, name_units, purity
 
     with ctx.timed("vectors"):
         lv = _layer_pass(ctx, p)
@@ -398,7 +391,7 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
             target["class"] = int(np.bincount(preds).argmax()) if len(preds) else -1  # its most predicted class
         else:
             chosen = {i for i, c in enumerate(predictions) if int(c) == target["class"]}
-        target["class_name"] = _class_name(p.model, target["class"], p.folders) if target["class"] >= 0 else None
+        target["class_name"] = class_name(p.model, target["class"]) if target["class"] >= 0 else None
         target["images"] = len(chosen)
         if not chosen:
             what = f"folder {target['folder']!r}" if "folder" in target else f"predicted as class {target['class']}"
@@ -436,7 +429,7 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
         votes = _votes(p.model, p.info, np.stack([c.mean for c in cells]), base) if cells else np.zeros((0, 0))
     for c, v in zip(cells, votes):
         c.class_index = int(v.argmax())
-        c.class_name = _class_name(p.model, c.class_index, p.folders)
+        c.class_name = class_name(p.model, c.class_index)
         c.vote = float(v[c.class_index])
         if target is not None and target["class"] >= 0:
             c.attribution = float(v[target["class"]])
@@ -650,8 +643,6 @@ def activation_map(
     ``layout``, ``class_``, ``min_points``, ``seed``, ``no_renders``, ``method``, ``backend``); writes
     ``map.json``, ``map.png``, ``report.html`` and ``run.json`` in ``out``. ``result.data`` is the
     :class:`ActivationMap`."""
-    if "klass" in options:
-        options["class_"] = options.pop("klass")
     return run_job(
         JOB,
         model,
