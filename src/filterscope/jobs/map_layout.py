@@ -46,6 +46,7 @@ def layout_2d(vectors: np.ndarray, method: str = "umap", seed: int = 0) -> np.nd
         raise ValueError(f"unknown layout {method!r}")
     import warnings
 
+    _sleeping_numba_threads()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs.*")  # a seed makes UMAP single-threaded: wanted
         warnings.filterwarnings("ignore", category=UserWarning, module="umap")
@@ -59,6 +60,20 @@ def layout_2d(vectors: np.ndarray, method: str = "umap", seed: int = 0) -> np.nd
             random_state=seed,
         )
         return u.fit_transform(x).astype(np.float32)
+
+
+def _sleeping_numba_threads() -> None:
+    """Have numba (UMAP's compiler) use its ``workqueue`` threading layer, whose idle threads sleep, unless the
+    user chose one (``NUMBA_THREADING_LAYER``). Its OpenMP layer's threads keep spinning after UMAP's parallel
+    loops and take the CPU from torch: measured on 2 cores, a cell render after a UMAP layout cost 64 CPU
+    seconds instead of 2.7. Only a process that has not started numba's threads yet is changed."""
+    import os
+
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    import numba
+
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 @dataclass
