@@ -42,7 +42,7 @@ def mclient(model, tmp_path_factory):
         e.jobs.close()
 
 
-def _wait(client, url, timeout=400.0):
+def _wait(client, url, timeout=900.0):
     t = time.monotonic()
     seen = []
     while time.monotonic() - t < timeout:
@@ -61,7 +61,7 @@ def test_layer_map_page_job_cells_and_files(mclient):
     r = mclient.get(page)
     assert r.status_code == 200 and 'data-job="/api/map/efficientnet_lite0/bn2"' in r.text
     j, seen = _wait(mclient, "/api/map/efficientnet_lite0/bn2")
-    assert j["state"] == "done", j
+    assert j["state"] == "done", j.get("error")
     r = mclient.get(page)
     assert r.status_code == 200
     cells = re.findall(r'<a class="mcell" href="([^"]+)"', r.text)
@@ -85,7 +85,7 @@ def test_layer_map_page_job_cells_and_files(mclient):
 @pytest.mark.slow
 def test_class_map_of_the_photos_predicted_as_espresso(mclient):
     j, _ = _wait(mclient, "/api/map/efficientnet_lite0/bn2/967")  # the coffee photos: espresso
-    assert j["state"] == "done", j
+    assert j["state"] == "done", j.get("error")
     r = mclient.get("/m/efficientnet_lite0/bn2/class/967/map")
     assert r.status_code == 200 and "data-attr=" in r.text and "espresso" in r.text
     assert "/m/efficientnet_lite0/bn2/class/967/map" in mclient.get("/m/efficientnet_lite0/bn2/class/967").text

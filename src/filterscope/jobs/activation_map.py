@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -273,8 +274,8 @@ def _plan(model: Model, req: MapRequest) -> MapPlan:
     _check(req)
     info = network_layer(model, req.layer, use="map")
     check_maps_layer(info, "map")
-    root = _root(req).resolve()
-    files = [f.resolve() for f in list_images(root)]
+    root = Path(os.path.abspath(_root(req)))  # absolute, links kept: a folder of links (the explorer's) stays the root
+    files = list_images(root)
     folders = class_folders(root, files)
     target = _target(model, req.class_, folders)
     render = None if req.no_renders else get_preset(req.method or RENDER_METHOD)
@@ -375,7 +376,7 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
     if ctx.stop():
         ctx.mark_partial(0, 1, "layer passes", resumable=False)
         return None  # type: ignore[return-value]
-    files = [Path(f).resolve() for f in lv.files]
+    files = [Path(f) for f in lv.files]
     predictions = np.full(len(files), -1, np.int64)  # -1: an unreadable image (no vectors either)
     for i, c in dict(lv.predictions).items():
         predictions[int(i)] = int(c)
