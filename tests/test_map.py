@@ -107,6 +107,19 @@ def test_class_map_keeps_its_class_and_shades_cells_by_attribution(planted, tmp_
         model, root, layer="pool", grid=6, layout="pca", class_=2, no_renders=True, out=tmp_path / "cls2"
     ).data
     assert amap2.target["folder"] == "class_2"
+    # without class folders: the images the model predicts as the class
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(root.rglob("*.png")):
+        (flat / f.name).write_bytes(f.read_bytes())
+    amap3 = activation_map(model, flat, layer="pool", grid=6, layout="pca", class_=2, no_renders=True,
+                           out=tmp_path / "cls3").data  # fmt: skip
+    assert amap3.target == {**amap3.target, "class": 2} and "folder" not in amap3.target
+    assert all(amap3.files[int(i)].startswith("class_2_") for i in amap3.point_image)
+    assert (
+        "class 2" in (tmp_path / "cls3" / "report.html").read_text()
+        or "class_2" in (tmp_path / "cls3" / "report.html").read_text()
+    )
 
 
 @pytest.mark.slow
