@@ -53,6 +53,10 @@ JOBS: dict[str, tuple[str, str]] = {
     "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
     "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
     "render": ("filterscope.jobs.channels", "Render channels of a layer: one PNG per channel, a grid, and run.json."),
+    "map": (
+        "filterscope.jobs.activation_map",
+        "The map of a LAYER: an activation atlas, every cell rendered and named.",
+    ),
     "tuning": (
         "filterscope.jobs.tuning",
         "What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves.",

@@ -54,6 +54,7 @@ from .workers import (
     run_diff,
     run_examples,
     run_explanation,
+    run_map,
     run_render,
     run_tuning,
 )
@@ -1025,6 +1026,134 @@ def static(request: Request) -> Response:
     return Response(resources.files(pkg).joinpath(rel).read_bytes(), media_type="text/css")
 
 
+# ---------------------------------------------------------------- the map of a layer (issue 45)
+
+MAP_GRID, CLASS_MAP_GRID, MAP_SEED = 12, 6, 0  # a class keeps few of the photos: a coarser grid
+MAP_FILE = re.compile(r"^(map\.png|[A-Za-z0-9_.\-]+/cell_[0-9]{4}\.png)$")
+
+
+def _map_job(ex: Explorer, request: Request, layer: str, k: int | None):
+    """The map job of ``layer`` (or of class ``k``) over the current photo set: its key, its summary and
+    ``map.json`` when finished (else ``None``), a function that starts it, and the number of photos."""
+    photos = ex.photo_set()
+    set_hash = store.photo_set_hash([h for h, _ in photos])
+    grid = MAP_GRID if k is None else CLASS_MAP_GRID
+    key = store.result_key(ex.model, "map", layer=layer, target_class=k, photo_set=set_hash, grid=grid, seed=MAP_SEED)[
+        0
+    ]
+    out = ex.cache.root / "results" / "maps" / key  # under results: "cache clear" removes it
+
+    def start():
+        _, folder = store.photo_set_dir(ex.cache, photos)
+        return _submit(ex, request, key, "map", run_map, str(folder), layer, k, grid, MAP_SEED, str(out))
+
+    got = store.load_json(ex.cache, key)
+    rec = None
+    if got is not None:
+        try:
+            rec = json.loads((out / "map.json").read_text())
+        except (OSError, ValueError):
+            got = None
+    return key, got, rec, start, len(photos)
+
+
+def _map_base(ex: Explorer, layer: str, k: int | None) -> str:
+    return f"/m/{ex.model.name}/{layer}" + (f"/class/{k}" if k is not None else "")
+
+
+def _map_cells(ex: Explorer, key: str, got: dict, rec: dict, base: str) -> list[dict]:
+    out = []
+    for c in rec["cells"]:
+        n = c["i"] * rec["grid"] + c["j"]
+        crops = [f"/png/{x}.png" for x in got["crop_keys"].get(str(n), [])]
+        out.append(
+            {
+                **c,
+                "k": n,
+                "url": f"{base}/map/cell/{n}",
+                "render_url": f"/mapfile/{key}/{c['render']}" if c["render"] else None,
+                "crops": [{**e, "url": u, "hash": Path(e["image"]).stem} for e, u in zip(c["top"], crops)],
+            }
+        )
+    return out
+
+
+def map_page(request: Request) -> Response:
+    """The map of a layer (or of one class's photos) over the server's photos: ``jobs.activation_map`` run
+    once as a job with progress; the rendered grid to pan and zoom, a cell's name and exemplars on hover."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request) if "k" in request.path_params else None
+    key, got, rec, _, n_photos = _map_job(ex, request, layer, k)
+    base = _map_base(ex, layer, k)
+    cells = _map_cells(ex, key, got, rec, base) if rec is not None else []
+    return ex.page(
+        "map.html",
+        request=request,
+        layer=layer,
+        k=k,
+        class_name=ex.class_name(k) if k is not None else None,
+        n_photos=n_photos,
+        rec=rec,
+        cells=cells,
+        map_png=f"/mapfile/{key}/map.png",
+        api=f"/api/map/{ex.model.name}/{layer}" + (f"/{k}" if k is not None else ""),
+        grid=rec["grid"] if rec else (MAP_GRID if k is None else CLASS_MAP_GRID),
+    )
+
+
+def map_cell_page(request: Request) -> Response:
+    """One cell of a map: its render, its exemplars (each opening its photo's page), its class, name and the
+    channels nearest its direction (each opening its filter page)."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request) if "k" in request.path_params else None
+    key, got, rec, _, _ = _map_job(ex, request, layer, k)
+    base = _map_base(ex, layer, k)
+    if rec is None:
+        return RedirectResponse(f"{base}/map", status_code=303)
+    n = request.path_params["c"]
+    cell = next((c for c in _map_cells(ex, key, got, rec, base) if c["k"] == n), None)
+    if cell is None:
+        raise HTTPException(404, f"the map has no drawn cell {n}")
+    name = ex.class_name(k) if k is not None else None
+    return ex.page("map_cell.html", request=request, layer=layer, k=k, class_name=name, cell=cell, rec=rec, base=base)
+
+
+def api_map(request: Request) -> Response:
+    """The map job: done, or its progress; POST starts it (a cancelled one resumes its renders)."""
+    ex: Explorer = request.app.state.explorer
+    layer, _ = ex.check(request)
+    k = ex.class_index(request) if "k" in request.path_params else None
+    key, got, _, start, _ = _map_job(ex, request, layer, k)
+    if got is not None:
+        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
+    st = _job(request, key, start, retry_errors=False)  # e.g. a class no photo is predicted as: a refusal
+    return JSONResponse(st) if st else _not_started(key)
+
+
+def map_file(request: Request) -> Response:
+    """``map.png`` or a cell render of a finished map run (nothing else of the run folder)."""
+    ex: Explorer = request.app.state.explorer
+    key, rel = request.path_params["key"], request.path_params["path"]
+    if not HEX64.match(key) or not MAP_FILE.match(rel) or ".." in rel:
+        raise HTTPException(404, "not a map file")
+    root = (ex.cache.root / "results" / "maps" / key).resolve()
+    f = (root / rel).resolve()
+    if root not in f.parents or not f.is_file():
+        raise HTTPException(404, "no such map file")
+    return Response(f.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+def go_map(request: Request) -> Response:
+    """The home page's map form: to ``/m/<model>/<layer>/map``."""
+    ex: Explorer = request.app.state.explorer
+    layer = request.query_params.get("layer", ex.default_layer)
+    if layer not in ex.layer_names:
+        raise HTTPException(400, f"{ex.model.name} has no layer {layer!r} with filters")
+    return RedirectResponse(f"/m/{ex.model.name}/{layer}/map", status_code=303)
+
+
 API = ["GET", "POST"]  # GET reports a job, POST starts it
 
 
@@ -1049,6 +1178,14 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
         Route("/api/concepts/{model}/{layer}/{k:idx}", api_concepts, methods=API),
         Route("/api/concept-renders/{model}/{layer}/{k:idx}", api_concept_renders, methods=API),
         Route("/cmap/{key}/{row:idx}/{j:idx}.png", concept_map),
+        Route("/mapgo", go_map),
+        Route("/m/{model}/{layer}/map", map_page),
+        Route("/m/{model}/{layer}/map/cell/{c:idx}", map_cell_page),
+        Route("/m/{model}/{layer}/class/{k:idx}/map", map_page),
+        Route("/m/{model}/{layer}/class/{k:idx}/map/cell/{c:idx}", map_cell_page),
+        Route("/api/map/{model}/{layer}", api_map, methods=API),
+        Route("/api/map/{model}/{layer}/{k:idx}", api_map, methods=API),
+        Route("/mapfile/{key}/{path:path}", map_file),
         Route("/api/circuit/{model}/{layer}/{c:idx}", api_circuit, methods=API),
         Route("/api/tuning/{model}/{layer}/{c:idx}", api_tuning, methods=API),
         Route("/m/{model}/{layer}/diff", diff_page),

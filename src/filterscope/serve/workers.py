@@ -456,3 +456,58 @@ class JobManager:
                     self.shared[f"{j.id}:cancel"] = True
         self.pool.shutdown(wait=True, cancel_futures=True)
         self._manager.shutdown()
+
+
+def run_map(job: str, folder: str, layer: str, target_class: int | None, grid: int, seed: int, out: str) -> str:
+    """Worker: ``filterscope map`` over the server's photo set (``folder``), run through the job contract
+    (``run_job`` of :data:`filterscope.jobs.activation_map.JOB`) into the run folder ``out``; progress is the
+    run's finished cell renders (from its ``run.json``); a cancelled run resumes where it stopped. Each cell's
+    exemplar crops go into the render cache, and a summary (the run folder, the crops' keys) into the
+    cache's results under ``job`` (written last: its presence means done)."""
+    import json as _json
+
+    from ..errors import Interrupted
+    from ..jobs.activation_map import JOB
+    from ..jobs.contract import run_job
+    from ..outputs.cache import active_cache, make_key
+    from ..outputs.images import png_bytes
+    from .store import store_json
+
+    run_file = Path(out) / "run.json"
+
+    def stop() -> bool:
+        try:
+            rec = _json.loads(run_file.read_text())
+            total = int(rec.get("cells_total", 0))
+            done = sum(k.startswith("cell_") for k in rec.get("results", {}))
+            _progress(job, [2 + done, 2 + total] if total else [0, 2])
+        except (OSError, ValueError):
+            pass
+        return _cancelled(job)
+
+    _progress(job, [0, 2])
+    try:
+        prev = _json.loads(run_file.read_text()) if run_file.is_file() else None
+    except (OSError, ValueError):
+        prev = None
+    try:
+        res = run_job(
+            JOB, _MODEL, out=out, resume=bool(prev and prev.get("status") == "partial"), progress=False,
+            should_stop=stop, images=folder, layer=layer, grid=grid, seed=seed,
+            class_=None if target_class is None else str(target_class),
+        )  # fmt: skip
+        res.raise_if_partial()
+    except Interrupted:
+        return "cancelled"
+    cache = active_cache()
+    crops = {}
+    for c in res.data.cells:
+        k = c.index(res.data.grid)
+        keys = []
+        for i, crop in enumerate(c.crops):
+            key = make_key({"map_job": job, "cell": k, "crop": i})
+            cache.put(key, png_bytes(crop), {"map_job": job, "cell": k, "crop": i})
+            keys.append(key)
+        crops[str(k)] = keys
+    store_json(cache, job, {"run": str(out), "crop_keys": crops, "timings": res.record["timings"]})
+    return "ok"

@@ -1,0 +1,124 @@
+"""The geometry of a layer's map (Carter et al., "Activation Atlas", Distill 2019): activation vectors laid
+out in two dimensions, a grid over the layout, and the cells that hold enough points.
+
+- :func:`layout_2d`: UMAP (umap-learn, the atlas's own choice: cosine metric, 20 neighbours, ``min_dist``
+  0.01), or PCA / t-SNE from scikit-learn; ``random_state`` from the seed, so the same seed gives the same map.
+- :func:`grid_cells`: the layout with outliers clipped at the 1st/99th percentiles of each axis, scaled to
+  the unit square and cut into ``G × G`` cells; a cell is kept when it holds at least ``min_points`` points
+  (captum's default 8). Cell ``(i, j)`` is row ``i`` from the top (layout y, high y on top) and column ``j``
+  from the left (layout x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LAYOUTS = ("umap", "pca", "tsne")
+CLIP = (1.0, 99.0)  # percentiles: points beyond are clipped to the edge (the atlas's outlier rule)
+MIN_POINTS = 8  # captum's default minimum of points per cell
+UMAP_NEIGHBORS, UMAP_MIN_DIST = 20, 0.01  # the atlas notebook's UMAP settings
+PCA_BEFORE = 50  # UMAP and t-SNE run on the first 50 principal components (fast, and the usual practice)
+
+
+def layout_2d(vectors: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
+    """``[n, 2]`` positions of ``vectors`` ``[n, C]`` in a 2-D layout (``umap``, ``pca`` or ``tsne``);
+    deterministic for a seed. UMAP and t-SNE use the cosine metric on the vectors reduced to
+    :data:`PCA_BEFORE` principal components when they have more dimensions."""
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(vectors, dtype=np.float32)
+    n, c = x.shape
+    if method == "pca" or n < 4:
+        if n < 2 or c < 2:
+            return np.zeros((n, 2), np.float32)
+        return PCA(2, random_state=seed).fit_transform(x).astype(np.float32)
+    if c > PCA_BEFORE and n > PCA_BEFORE:
+        x = PCA(PCA_BEFORE, random_state=seed).fit_transform(x).astype(np.float32)
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+
+        perplexity = float(min(30.0, max(2.0, (n - 1) / 3)))
+        t = TSNE(2, metric="cosine", init="pca", perplexity=perplexity, random_state=seed)
+        return t.fit_transform(x).astype(np.float32)
+    if method != "umap":
+        raise ValueError(f"unknown layout {method!r}")
+    import warnings
+
+    _sleeping_numba_threads()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs.*")  # a seed makes UMAP single-threaded: wanted
+        warnings.filterwarnings("ignore", category=UserWarning, module="umap")
+        import umap
+
+        u = umap.UMAP(
+            n_components=2,
+            n_neighbors=min(UMAP_NEIGHBORS, n - 1),
+            min_dist=UMAP_MIN_DIST,
+            metric="cosine",
+            random_state=seed,
+        )
+        return u.fit_transform(x).astype(np.float32)
+
+
+def _sleeping_numba_threads() -> None:
+    """Have numba (UMAP's compiler) use its ``workqueue`` threading layer, whose idle threads sleep, unless the
+    user chose one (``NUMBA_THREADING_LAYER``). Its OpenMP layer's threads keep spinning after UMAP's parallel
+    loops and take the CPU from torch: measured on 2 cores, a cell render after a UMAP layout cost 64 CPU
+    seconds instead of 2.7. Only a process that has not started numba's threads yet is changed."""
+    import os
+
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    import numba
+
+    numba.config.THREADING_LAYER = "workqueue"
+
+
+@dataclass
+class Grid:
+    """Where every point falls: ``xy`` the clipped layout scaled to [0, 1]², ``cell`` ``[n, 2]`` its ``(i, j)``,
+    and ``cells`` the kept cells ``(i, j) -> point indices`` (row-major order)."""
+
+    size: int
+    xy: np.ndarray
+    cell: np.ndarray
+    cells: dict[tuple[int, int], np.ndarray]
+    bounds: tuple[tuple[float, float], tuple[float, float]]  # the clip bounds of x and y in layout units
+
+
+def grid_cells(layout: np.ndarray, size: int, min_points: int = MIN_POINTS) -> Grid:
+    """Cut ``layout`` ``[n, 2]`` into a ``size × size`` grid after clipping each axis at its 1st/99th
+    percentiles; keep the cells with at least ``min_points`` points."""
+    lo = np.percentile(layout, CLIP[0], axis=0)
+    hi = np.percentile(layout, CLIP[1], axis=0)
+    span = np.where(hi - lo > 1e-12, hi - lo, 1.0)
+    xy = (np.clip(layout, lo, hi) - lo) / span
+    j = np.minimum((xy[:, 0] * size).astype(np.int64), size - 1)
+    i = np.minimum(((1.0 - xy[:, 1]) * size).astype(np.int64), size - 1)  # row 0 at the top: high y
+    cell = np.stack([i, j], 1)
+    flat = i * size + j
+    cells: dict[tuple[int, int], np.ndarray] = {}
+    for k in np.unique(flat):
+        idx = np.flatnonzero(flat == k)
+        if len(idx) >= min_points:
+            cells[(int(k // size), int(k % size))] = idx
+    bounds = ((float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1])))
+    return Grid(size, xy.astype(np.float32), cell, cells, bounds)
+
+
+def nearest_points(vectors: np.ndarray, idx: np.ndarray, centre: np.ndarray, images: np.ndarray, k: int) -> list[int]:
+    """Up to ``k`` of the points ``idx`` nearest ``centre`` (Euclidean, in activation space), at most one per
+    image, nearest first: the exemplars of a cell."""
+    d = np.linalg.norm(vectors[idx] - centre[None], axis=1)
+    out, seen = [], set()
+    for p in idx[np.argsort(d, kind="stable")]:
+        im = int(images[p])
+        if im in seen:
+            continue
+        seen.add(im)
+        out.append(int(p))
+        if len(out) == k:
+            break
+    return out

@@ -1,0 +1,206 @@
+"""The map of a layer (``filterscope map``): on a hand-built net whose layer holds planted colour detectors
+(tests/planted_map.py) every planted feature gets cells of its own, those cells support their class and are
+named by their folder, the cell renders activate their direction, the same seed gives the same map, a class
+map keeps its class only, ``--resume`` keeps finished renders; bad input is one line, exit 2, nothing written."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from planted_map import class_names, feature_cells, planted_folder, planted_net
+
+from filterscope.cli import main
+from filterscope.errors import LayerError, UsageError
+from filterscope.jobs.activation_map import activation_map, cell_file
+
+N = 5
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    model, u = planted_net(N)
+    root = planted_folder(tmp_path_factory.mktemp("planted") / "imgs", u, per_class=6)
+    return model, root
+
+
+def _every_feature_has_cells(amap, n=N):
+    found = feature_cells(amap, n)
+    assert all(found.values()), {k: len(v) for k, v in found.items()}
+    return found
+
+
+def test_every_planted_feature_gets_cells_of_its_own_named_and_voted_by_its_class(planted, tmp_path):
+    model, root = planted
+    out = tmp_path / "out"
+    res = activation_map(model, root, layer="pool", grid=8, layout="pca", no_renders=True, out=out)
+    amap = res.data
+    found = _every_feature_has_cells(amap)
+    for name, cells in found.items():
+        k = class_names(N).index(name)
+        # the cell's direction supports its own class through the rest of the network
+        assert any(c.class_index == k for c in cells), (name, [c.class_name for c in cells])
+        assert any(c.name and c.name["name"] == name for c in cells), (name, [c.name for c in cells])
+    rec = json.loads((out / "map.json").read_text())
+    assert rec["layer"] == "pool" and rec["grid"] == 8 and rec["layout"]["method"] == "pca"
+    assert len(rec["cells"]) == len(amap.cells)
+    for c in rec["cells"]:
+        assert {"i", "j", "n", "name", "class", "render", "top"} <= set(c)
+        assert 0 <= c["i"] < 8 and 0 <= c["j"] < 8 and c["n"] >= 8
+        assert c["render"] is None  # --no-renders
+        for e in c["top"]:
+            assert {"image", "x", "y", "activation"} <= set(e)
+            assert (root / e["image"]).is_file() and e["image"].startswith("class_")
+            assert 0 <= e["x"] < 16 and 0 <= e["y"] < 16
+    assert (out / "map.png").is_file() and (out / "report.html").is_file()
+    html = (out / "report.html").read_text()
+    assert html.count('class="cell filled"') == len(amap.cells)
+
+
+@pytest.mark.slow
+def test_umap_map_separates_planted_features_renders_activate_their_cell_and_seed_repeats(planted, tmp_path):
+    model, root = planted
+    a = activation_map(model, root, layer="pool", grid=6, seed=3, out=tmp_path / "a").data
+    _every_feature_has_cells(a)
+    rendered = [c for c in a.cells if c.render is not None]
+    assert len(rendered) == len(a.cells)
+    for c in rendered:  # every render activates its cell's direction more than its start did
+        r = c.render_record
+        assert r["activation_after"] > r["activation_before"], (c.i, c.j, r)
+        assert (tmp_path / "a" / cell_file("pool", c.index(6))).is_file()
+    rec = json.loads((tmp_path / "a" / "map.json").read_text())
+    assert all(c["render"] and (tmp_path / "a" / c["render"]).is_file() for c in rec["cells"])
+    b = activation_map(model, root, layer="pool", grid=6, seed=3, no_renders=True, out=tmp_path / "b").data
+    np.testing.assert_array_equal(a.layout, b.layout)  # UMAP's random_state: the same seed, the same map
+    assert [(c.i, c.j, len(c.points)) for c in a.cells] == [(c.i, c.j, len(c.points)) for c in b.cells]
+
+
+@pytest.mark.slow
+def test_cell_renders_activate_their_direction(planted, tmp_path):
+    model, root = planted
+    amap = activation_map(model, root, layer="pool", grid=4, layout="pca", out=tmp_path / "o").data
+    assert amap.cells and all(c.render is not None for c in amap.cells), [c.render_record for c in amap.cells]
+    for c in amap.cells:
+        r = c.render_record
+        assert r["activation_after"] > r["activation_before"], (c.i, c.j, r)
+
+
+def test_class_map_keeps_its_class_and_shades_cells_by_attribution(planted, tmp_path):
+    model, root = planted
+    out = tmp_path / "cls"
+    amap = activation_map(
+        model, root, layer="pool", grid=6, layout="pca", class_="class_2", no_renders=True, out=out
+    ).data
+    assert amap.target["folder"] == "class_2" and amap.target["class"] == 2
+    assert all(amap.files[int(i)].startswith("class_2/") for i in amap.point_image)
+    assert all(c.attribution is not None for c in amap.cells)
+    best = max(amap.cells, key=lambda c: c.attribution)
+    assert best.class_index == 2 and best.attribution > 0  # the blob cells carry the class
+    rec = json.loads((out / "map.json").read_text())
+    assert rec["class"]["folder"] == "class_2" and all("attribution" in c for c in rec["cells"])
+    # by index (ImageFolder order) the same folder
+    amap2 = activation_map(
+        model, root, layer="pool", grid=6, layout="pca", class_=2, no_renders=True, out=tmp_path / "cls2"
+    ).data
+    assert amap2.target["folder"] == "class_2"
+    # without class folders: the images the model predicts as the class
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(root.rglob("*.png")):
+        (flat / f.name).write_bytes(f.read_bytes())
+    amap3 = activation_map(model, flat, layer="pool", grid=6, layout="pca", class_=2, no_renders=True,
+                           out=tmp_path / "cls3").data  # fmt: skip
+    assert amap3.target == {**amap3.target, "class": 2} and "folder" not in amap3.target
+    assert all(amap3.files[int(i)].startswith("class_2_") for i in amap3.point_image)
+    assert (
+        "class 2" in (tmp_path / "cls3" / "report.html").read_text()
+        or "class_2" in (tmp_path / "cls3" / "report.html").read_text()
+    )
+
+
+@pytest.mark.slow
+def test_resume_keeps_finished_cell_renders(planted, tmp_path):
+    model, root = planted
+    out = tmp_path / "r"
+    calls = {"n": 0}
+
+    def stop_after_two() -> bool:
+        rec = out / "run.json"
+        if rec.is_file():
+            calls["n"] = sum(k.startswith("cell_") for k in json.loads(rec.read_text())["results"])
+        return calls["n"] >= 2
+
+    first = activation_map(model, root, layer="pool", grid=4, layout="pca", out=out, should_stop=stop_after_two)
+    assert first.status == "partial"
+    done = {k: v for k, v in first.record["results"].items() if k.startswith("cell_")}
+    assert len(done) == 2 and not (out / "map.json").exists()
+    stamps = {k: (out / v["file"]).stat().st_mtime_ns for k, v in done.items()}
+    second = activation_map(model, root, layer="pool", grid=4, layout="pca", out=out, resume=True)
+    assert second.status == "complete"
+    for k, v in done.items():  # kept, not rendered again
+        assert (out / v["file"]).stat().st_mtime_ns == stamps[k]
+        assert second.record["results"][k] == v
+    rec = json.loads((out / "map.json").read_text())
+    assert all(c["render"] for c in rec["cells"])
+
+
+# ---------------------------------------------------------------- bad input: one line, exit 2, nothing written
+
+
+@pytest.mark.parametrize(
+    "kw, err",
+    [
+        ({"grid": 1}, UsageError),
+        ({"layer": "no_such_layer"}, LayerError),
+        ({"layer": "fc"}, LayerError),  # no spatial maps
+        ({"class_": 9}, UsageError),  # 5 class folders
+        ({"class_": "class_9"}, UsageError),
+        ({"min_points": 0}, UsageError),
+        ({"layuot": "pca"}, UsageError),  # unknown option
+    ],
+)
+def test_api_refuses_bad_input_and_writes_nothing(planted, tmp_path, kw, err):
+    model, root = planted
+    out = tmp_path / "bad"
+    with pytest.raises(err):
+        activation_map(model, root, **{"layer": "pool", **kw}, out=out)
+    assert not out.exists()
+
+
+def test_api_refuses_a_folder_without_images(planted, tmp_path):
+    model, _ = planted
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images"):
+        activation_map(model, tmp_path / "empty", layer="pool", out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--grid", "1"], "--grid must be at least 2"),
+        (["--layer", "no_such_layer"], "no_such_layer"),
+        (["--class", "5000"], "out of range"),
+    ],
+)
+def test_cli_refuses_bad_input_in_one_line_exit_2(tmp_path, capsys, args, needle):
+    from filterscope.models.inputs import sample_photos_dir
+
+    out = tmp_path / "bad"
+    rc = main(["map", str(sample_photos_dir()), "--no-renders", "--out", str(out), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error:") and needle in err[0], err
+    assert not out.exists()
+
+
+def test_cli_refuses_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "bad"
+    rc = main(["map", str(tmp_path / "empty"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "no images" in err[0]
+    assert not out.exists()
