@@ -37,6 +37,7 @@ _WHERE = {
     "render_objective": ".jobs.render_objective",
     "DictionaryResult": ".jobs.layer_dictionary",
     "dictionary": ".jobs.layer_dictionary",
+    "activation_map": ".jobs.activation_map",
     "Diff": ".jobs.diff",
     "diff": ".jobs.diff",
     "Tuning": ".jobs.tuning",
@@ -83,6 +84,7 @@ def __dir__() -> list[str]:
 
 if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.accentuate import Accentuation, accentuate
+    from .jobs.activation_map import activation_map
     from .jobs.atlas import build_atlas
     from .jobs.boost import boost
     from .jobs.channels import ChannelRender, render, render_channels
@@ -105,6 +107,7 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .optvis.render import Renderer, RenderSettings
 
 __all__ = [
+    "activation_map",
     "DictionaryResult",
     "dictionary",
     "Diff",
