@@ -37,6 +37,7 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")  # time renders, not cache re
 
 import numpy as np
 import torch
+from common import tables
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -230,65 +231,8 @@ def main() -> None:
     out["not_measured"] = ["1,000 images (≤ 10 min, ≤ 3 GB): not run in this session"]
     res_dir = ROOT / "benchmarks" / "results"
     (res_dir / "dictionary.json").write_text(json.dumps(out, indent=1))
-    (res_dir / "dictionary.md").write_text(markdown(out))
-    print(markdown(out))
-
-
-def markdown(r: dict) -> str:
-    m = r["machine"]
-    lines = [
-        "# dictionary benchmark",
-        "",
-        f"Machine: {m['cpus']} CPUs ({m['platform']}), torch threads {m['torch_threads']}; load average "
-        f"{m['load_start']} at the start, {m.get('load_end')} at the end (a shared machine: timings are upper "
-        f"bounds); peak RSS {m.get('peak_rss_gb')} GB.",
-        "",
-    ]
-    if "planted" in r:
-        lines += ["## Held-out planted nets (8 detectors in 4 channels)", ""]
-        lines += ["| seed | recovered | named right | raw channels recover | detector score | mixed channel score |"]
-        lines += ["|---|---|---|---|---|---|"]
-        for p in r["planted"]:
-            lines.append(
-                f"| {p['seed']} | {p['recovered']}/{p['planted']} | {p['named_right']}/{p['planted']} | "
-                f"{p['channels_recovered']}/{p['planted']} | {p['detector_score_mean']} | "
-                f"{p['mixed_channel_score_mean']} |"
-            )
-        lines.append("")
-    L = r["lite0_bn2"]
-    lines += [
-        "## efficientnet_lite0 bn2, 48 photos (defaults)",
-        "",
-        f"Job wall time {L['wall_s']} s (target ≤ {r['targets']['wall_s']} s), renders {L['renders']}, "
-        f"{L['features']} features, k {L['k']}; timings {L['timings']}.",
-        "",
-        "| dictionary | features | EV train | EV held out | L0 | dead | dense | stability | fit s/seed |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name in ("sae", "nmf", "channels", "naive_topk", "overcomplete_recipe"):
-        x = L.get(name)
-        if x is None:
-            continue
-        lines.append(
-            f"| {name} | {x.get('features')} | {x['explained_variance']} | {x['explained_variance_held_out']} | "
-            f"{x['l0']} | {100 * x['dead_fraction']:.1f} % | {100 * x['dense_fraction']:.1f} % | {x['stability']} | "
-            f"{x.get('fit_s_per_seed', '')} |"
-        )
-    if "stability_curve" in L:
-        lines += [
-            "",
-            "### Stability against size and images",
-            "",
-            "| images | features | k | EV held out | stability |",
-        ]
-        lines += ["|---|---|---|---|---|"]
-        for c in L["stability_curve"]:
-            lines.append(
-                f"| {c['images']} | {c['features']} | {c['k']} | {c['explained_variance_held_out']} | "
-                f"{c['stability']} |"
-            )
-    lines += ["", "Not measured: " + "; ".join(r["not_measured"]), ""]
-    return "\n".join(lines)
+    (res_dir / "dictionary.md").write_text(tables.dictionary_table(out))
+    print(tables.dictionary_table(out))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ os.environ.setdefault("FILTERSCOPE_NO_CACHE", "1")
 
 import numpy as np
 import torch
+from common import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -181,78 +182,6 @@ def lite(work: Path) -> dict:
     }
 
 
-def markdown(res: dict) -> str:
-    lines = ["# filterscope diff (issue 46)", ""]
-    m = res["machine"]
-    lines.append(
-        f"Machine: {m['cpus']} CPUs, torch {m['torch']} with {m['threads']} threads, shared with other jobs "
-        f"(load average {m['load_start']} at the start, {m['load_end']} at the end): timings are upper bounds."
-    )
-    if "pairs" in res:
-        p = res["pairs"]
-        lines += ["", "## Held-out backdoor pairs", ""]
-        lines.append(
-            "Families (`tests/backdoor_net.py`, seeds, mark positions and classes other than the test's): "
-            "**plain** — the fine-tune (3 epochs, lr 3e-3) only adds the backdoor, 20 marked of 80 images; "
-            "**shift** — the fine-tune is also to thicker strokes; **hard** — the same with a stronger fine-tune "
-            "(6 epochs, lr 1e-2) and only 10 marked of 90 images, so that domain fixes dominate the flips."
-        )
-        lines += ["", "| family | pairs | backdoor class listed first | a top-3 carrier of that class ≥ 80 % marked |"]
-        lines.append("|---|---|---|---|")
-        for fam, f in p["families"].items():
-            lines.append(f"| {fam} | {f['n']} | {f['class_first']}/{f['n']} | {f['carrier_hits']}/{f['n']} |")
-        lines += ["", "Pairs where one of the top-3 units by the measure has ≥ 80 % marked top-10 images (first unit's "
-                  "mean marked share; top-3 mean marked share):", ""]  # fmt: skip
-        fams = [*p["families"], "all"]
-        lines.append("| measure | " + " | ".join(fams) + " |")
-        lines.append("|---" * (len(fams) + 1) + "|")
-        for k, per in p["summary"].items():
-            name = f"**{k}** (default)" if k == DEFAULT_METRIC else k
-            cells = [
-                f"{s['hits']}/{s['n']} ({s['first_unit_marked_mean']:.2f}; {s['top3_marked_mean']:.2f})"
-                for s in (per[f] for f in fams)
-            ]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines += ["", "| family | seed | class | mark | acc A/B | attack | first class (in/out) | target (in/out) | "
-                  + " | ".join(METRICS) + " |", "|---" * (8 + len(METRICS)) + "|"]  # fmt: skip
-        for r in p["rows"]:
-            cells = [" ".join(f"{v:.1f}" for v in r["measures"][k]["top3_marked"]) for k in METRICS]
-            tf = r["target_flips"] or [0, 0]
-            lines.append(
-                f"| {r['family']} | {r['seed']} | {r['target']} | {tuple(r['mark_at'])} | "
-                f"{r['clean_accuracy_a']:.2f}/{r['clean_accuracy_b']:.2f} | {r['attack_success_b']:.2f} | "
-                f"{r['first_class']} ({r['first_class_flips'][0]}/{r['first_class_flips'][1]}) | "
-                f"{tf[0]}/{tf[1]} | " + " | ".join(cells) + " |"
-            )
-        lines.append("")
-        lines.append(
-            "Cells of the last table: the marked share of the top-10 images of each of the top-3 units by that "
-            "measure. Measures (`filterscope.jobs.diff.METRICS`): `r` = 1 − matched r; `attribution` = the unit's "
-            "gradient × activation on B's margin (new top-1 − old top-1) over every flipped image, as a share of the "
-            "largest; `class` = the same over the flipped images of the class listed first; `mean` = (class + "
-            "(1 − r)) / 2; `mean_all` = (attribution + (1 − r)) / 2; `rank` = the mean of the unit's ranks by "
-            "`class` and by 1 − r."
-        )
-    if "lite" in res:
-        t = res["lite"]
-        c = t["counts"]
-        lines += ["", "## efficientnet_lite0 → efficientnet_lite1 at bn2", ""]
-        lines.append(
-            f"{t['images']} images ({t['images_from']}). Wall time of the CLI, model loading included, no renders: "
-            f"**{t['wall_s']} s** (target ≤ 120 s; load average {t['load_at_start']} → {t['load_at_end']}); the run "
-            f"itself {t['timings'].get('total_s')} s (pass {t['timings'].get('pass_s')} s, attribution "
-            f"{t['timings'].get('attribution_s')} s, writing {t['timings'].get('write_s')} s)."
-        )
-        lines.append(
-            f"Units of B: {c['matched']} matched, {c['new']} new, {c['dead']} dead of {c['units']} "
-            f"(all accounted for: {t['all_accounted']}); {c['lost']} units of A lost; median r of the matched "
-            f"{t['r_median_matched']}; {t['flipped']} images change their top-1; classes moving most: "
-            + ", ".join(f"{n} ({i} in / {o} out)" for n, i, o in t["first_classes"])
-            + "."
-        )
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", choices=["pairs", "lite"], action="append")
@@ -272,12 +201,12 @@ def main() -> None:
             res["lite"] = lite(work)
             print(res["lite"], flush=True)
         if "pairs" in parts:
-            res["pairs"] = pairs(work)
+            res["pairs"] = {**pairs(work), "metrics": list(METRICS), "default_metric": DEFAULT_METRIC}
     res["machine"]["load_end"] = [round(v, 1) for v in os.getloadavg()]
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(res, indent=1) + "\n")
-    (ROOT / "benchmarks/results/diff.md").write_text(markdown(res))
-    print(markdown(res))
+    (ROOT / "benchmarks/results/diff.md").write_text(tables.diff_table(res))
+    print(tables.diff_table(res))
 
 
 if __name__ == "__main__":

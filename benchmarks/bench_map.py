@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import tables
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
@@ -207,61 +208,6 @@ def preset(run_dir: Path, n_cells: int = 6) -> dict:
     return {"cells": [int(k) for k in pick], "candidates": out, "machine": machine()}
 
 
-def markdown(res: dict) -> str:
-    lines = ["# filterscope map (activation atlas)", ""]
-    lines.append(f"Machine: {res['machine']}. The machine was shared with other jobs: see the load averages.")
-    if "planted" in res:
-        p = res["planted"]
-        lines += ["", "## Held-out planted nets (defaults: UMAP, grid 12, renders)", ""]
-        lines.append(
-            "| classes | distractors | rotation | cells | cells per feature (≥ 70 % one folder) | "
-            "every feature has a cell | renders up | wall s |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for r in p["nets"]:
-            per = ", ".join(f"{v}" for v in r["cells_per_feature"].values())
-            lines.append(
-                f"| {r['classes']} | {r['distractors']} | {r['rotation_seed']} | {r['cells']} | {per} | "
-                f"{'yes' if r['every_feature_has_a_cell'] else '**no**'} | "
-                f"{r['renders_that_activate_their_direction']}/{r['renders']} | {r['wall_s']} |"
-            )
-    if "photos" in res:
-        q = res["photos"]
-        lines += ["", "## efficientnet_lite0 bn2, 48 photos, defaults with renders", ""]
-        lines.append(f"- {q['images']} images: 36 bundled + skimage.data {', '.join(q['skimage_images'])}")
-        lines.append(f"- `{q['command']}`, torch threads: {q.get('torch_threads', 'default')}")
-        lines.append(
-            f"- wall **{q['wall_s']} s** (target ≤ {q['target_s']} s: {'met' if q['meets_target'] else '**not met**'})"
-            f"; load average before {q['machine_before']['load_avg_1_5_15']}, after "
-            f"{q['machine_after']['load_avg_1_5_15']} on {q['machine_before']['cpus']} cores"
-        )
-        if "cpu_s" in q:
-            lines.append(
-                f"- CPU time of the process: {q['cpu_s']} s (user + system; under load it includes threads "
-                f"waiting for each other): what the run asks of the machine, whatever else runs on it"
-            )
-        lines.append(f"- timings (s): {q['timings']}")
-        lines.append(
-            f"- {q['points']} points, grid {q['grid']}, {q['cells']} cells, {q['cells_with_render']} with their "
-            f"render ({q['render_method']}): every cell has its render: "
-            + ("yes" if q["every_cell_has_its_render"] else "**no**")
-        )
-    if "preset" in res:
-        lines += ["", "## Preset for the cell renders", ""]
-        lines.append(
-            f"On {len(res['preset']['cells'])} cells of the photo map (one torch thread; load "
-            f"{res['preset']['machine']['load_avg_1_5_15']}):"
-        )
-        lines.append("")
-        lines.append("| candidate | median activation along the cell direction | start | median CPU s | median s |")
-        lines.append("|---|---|---|---|---|")
-        for name, v in res["preset"]["candidates"].items():
-            lines.append(
-                f"| {name} | {v['median_activation']} | {v['median_start']} | {v['median_cpu_s']} | {v['median_s']} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", default="planted,photos,preset")
@@ -282,8 +228,8 @@ def main() -> None:
         res["preset"] = preset(out)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(res, indent=1) + "\n")
-    (RESULTS / "map.md").write_text(markdown(res))
-    print(markdown(res))
+    (RESULTS / "map.md").write_text(tables.map_table(res))
+    print(tables.map_table(res))
 
 
 if __name__ == "__main__":

@@ -415,6 +415,193 @@ def concepts_table(res: dict) -> str:
 
 
 # result file → (its table, the command that writes it)
+
+
+def dictionary_table(r: dict) -> str:
+    m = r["machine"]
+    lines = [
+        "# dictionary benchmark",
+        "",
+        f"Machine: {m['cpus']} CPUs ({m['platform']}), torch threads {m['torch_threads']}; load average "
+        f"{m['load_start']} at the start, {m.get('load_end')} at the end (a shared machine: timings are upper "
+        f"bounds); peak RSS {m.get('peak_rss_gb')} GB.",
+        "",
+    ]
+    if "planted" in r:
+        lines += ["## Held-out planted nets (8 detectors in 4 channels)", ""]
+        lines += ["| seed | recovered | named right | raw channels recover | detector score | mixed channel score |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for p in r["planted"]:
+            lines.append(
+                f"| {p['seed']} | {p['recovered']}/{p['planted']} | {p['named_right']}/{p['planted']} | "
+                f"{p['channels_recovered']}/{p['planted']} | {p['detector_score_mean']} | "
+                f"{p['mixed_channel_score_mean']} |"
+            )
+        lines.append("")
+    L = r["lite0_bn2"]
+    lines += [
+        "## efficientnet_lite0 bn2, 48 photos (defaults)",
+        "",
+        f"Job wall time {L['wall_s']} s (target ≤ {r['targets']['wall_s']} s), renders {L['renders']}, "
+        f"{L['features']} features, k {L['k']}; timings {L['timings']}.",
+        "",
+        "| dictionary | features | EV train | EV held out | L0 | dead | dense | stability | fit s/seed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in ("sae", "nmf", "channels", "naive_topk", "overcomplete_recipe"):
+        x = L.get(name)
+        if x is None:
+            continue
+        lines.append(
+            f"| {name} | {x.get('features')} | {x['explained_variance']} | {x['explained_variance_held_out']} | "
+            f"{x['l0']} | {100 * x['dead_fraction']:.1f} % | {100 * x['dense_fraction']:.1f} % | {x['stability']} | "
+            f"{x.get('fit_s_per_seed', '')} |"
+        )
+    if "stability_curve" in L:
+        lines += [
+            "",
+            "### Stability against size and images",
+            "",
+            "| images | features | k | EV held out | stability |",
+        ]
+        lines += ["|---|---|---|---|---|"]
+        for c in L["stability_curve"]:
+            lines.append(
+                f"| {c['images']} | {c['features']} | {c['k']} | {c['explained_variance_held_out']} | "
+                f"{c['stability']} |"
+            )
+    lines += ["", "Not measured: " + "; ".join(r["not_measured"]), ""]
+    return "\n".join(lines)
+
+
+def map_table(res: dict) -> str:
+    lines = ["# filterscope map (activation atlas)", ""]
+    lines.append(f"Machine: {res['machine']}. The machine was shared with other jobs: see the load averages.")
+    if "planted" in res:
+        p = res["planted"]
+        lines += ["", "## Held-out planted nets (defaults: UMAP, grid 12, renders)", ""]
+        lines.append(
+            "| classes | distractors | rotation | cells | cells per feature (≥ 70 % one folder) | "
+            "every feature has a cell | renders up | wall s |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for r in p["nets"]:
+            per = ", ".join(f"{v}" for v in r["cells_per_feature"].values())
+            lines.append(
+                f"| {r['classes']} | {r['distractors']} | {r['rotation_seed']} | {r['cells']} | {per} | "
+                f"{'yes' if r['every_feature_has_a_cell'] else '**no**'} | "
+                f"{r['renders_that_activate_their_direction']}/{r['renders']} | {r['wall_s']} |"
+            )
+    if "photos" in res:
+        q = res["photos"]
+        lines += ["", "## efficientnet_lite0 bn2, 48 photos, defaults with renders", ""]
+        lines.append(f"- {q['images']} images: 36 bundled + skimage.data {', '.join(q['skimage_images'])}")
+        lines.append(f"- `{q['command']}`, torch threads: {q.get('torch_threads', 'default')}")
+        lines.append(
+            f"- wall **{q['wall_s']} s** (target ≤ {q['target_s']} s: {'met' if q['meets_target'] else '**not met**'})"
+            f"; load average before {q['machine_before']['load_avg_1_5_15']}, after "
+            f"{q['machine_after']['load_avg_1_5_15']} on {q['machine_before']['cpus']} cores"
+        )
+        if "cpu_s" in q:
+            lines.append(
+                f"- CPU time of the process: {q['cpu_s']} s (user + system; under load it includes threads "
+                f"waiting for each other): what the run asks of the machine, whatever else runs on it"
+            )
+        lines.append(f"- timings (s): {q['timings']}")
+        lines.append(
+            f"- {q['points']} points, grid {q['grid']}, {q['cells']} cells, {q['cells_with_render']} with their "
+            f"render ({q['render_method']}): every cell has its render: "
+            + ("yes" if q["every_cell_has_its_render"] else "**no**")
+        )
+    if "preset" in res:
+        lines += ["", "## Preset for the cell renders", ""]
+        lines.append(
+            f"On {len(res['preset']['cells'])} cells of the photo map (one torch thread; load "
+            f"{res['preset']['machine']['load_avg_1_5_15']}):"
+        )
+        lines.append("")
+        lines.append("| candidate | median activation along the cell direction | start | median CPU s | median s |")
+        lines.append("|---|---|---|---|---|")
+        for name, v in res["preset"]["candidates"].items():
+            lines.append(
+                f"| {name} | {v['median_activation']} | {v['median_start']} | {v['median_cpu_s']} | {v['median_s']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def diff_table(res: dict) -> str:
+    lines = ["# filterscope diff (issue 46)", ""]
+    m = res["machine"]
+    lines.append(
+        f"Machine: {m['cpus']} CPUs, torch {m['torch']} with {m['threads']} threads, shared with other jobs "
+        f"(load average {m['load_start']} at the start, {m['load_end']} at the end): timings are upper bounds."
+    )
+    if "pairs" in res:
+        p = res["pairs"]
+        metrics = p.get("metrics", list(p["summary"]))
+        lines += ["", "## Held-out backdoor pairs", ""]
+        lines.append(
+            "Families (`tests/backdoor_net.py`, seeds, mark positions and classes other than the test's): "
+            "**plain** — the fine-tune (3 epochs, lr 3e-3) only adds the backdoor, 20 marked of 80 images; "
+            "**shift** — the fine-tune is also to thicker strokes; **hard** — the same with a stronger fine-tune "
+            "(6 epochs, lr 1e-2) and only 10 marked of 90 images, so that domain fixes dominate the flips."
+        )
+        lines += ["", "| family | pairs | backdoor class listed first | a top-3 carrier of that class ≥ 80 % marked |"]
+        lines.append("|---|---|---|---|")
+        for fam, f in p["families"].items():
+            lines.append(f"| {fam} | {f['n']} | {f['class_first']}/{f['n']} | {f['carrier_hits']}/{f['n']} |")
+        lines += ["", "Pairs where one of the top-3 units by the measure has ≥ 80 % marked top-10 images (first unit's "
+                  "mean marked share; top-3 mean marked share):", ""]  # fmt: skip
+        fams = [*p["families"], "all"]
+        lines.append("| measure | " + " | ".join(fams) + " |")
+        lines.append("|---" * (len(fams) + 1) + "|")
+        for k, per in p["summary"].items():
+            name = f"**{k}** (default)" if k == p.get("default_metric") else k
+            cells = [
+                f"{s['hits']}/{s['n']} ({s['first_unit_marked_mean']:.2f}; {s['top3_marked_mean']:.2f})"
+                for s in (per[f] for f in fams)
+            ]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines += ["", "| family | seed | class | mark | acc A/B | attack | first class (in/out) | target (in/out) | "
+                  + " | ".join(metrics) + " |", "|---" * (8 + len(metrics)) + "|"]  # fmt: skip
+        for r in p["rows"]:
+            cells = [" ".join(f"{v:.1f}" for v in r["measures"][k]["top3_marked"]) for k in metrics]
+            tf = r["target_flips"] or [0, 0]
+            lines.append(
+                f"| {r['family']} | {r['seed']} | {r['target']} | {tuple(r['mark_at'])} | "
+                f"{r['clean_accuracy_a']:.2f}/{r['clean_accuracy_b']:.2f} | {r['attack_success_b']:.2f} | "
+                f"{r['first_class']} ({r['first_class_flips'][0]}/{r['first_class_flips'][1]}) | "
+                f"{tf[0]}/{tf[1]} | " + " | ".join(cells) + " |"
+            )
+        lines.append("")
+        lines.append(
+            "Cells of the last table: the marked share of the top-10 images of each of the top-3 units by that "
+            "measure. Measures (`filterscope.jobs.diff.metrics`): `r` = 1 − matched r; `attribution` = the unit's "
+            "gradient × activation on B's margin (new top-1 − old top-1) over every flipped image, as a share of the "
+            "largest; `class` = the same over the flipped images of the class listed first; `mean` = (class + "
+            "(1 − r)) / 2; `mean_all` = (attribution + (1 − r)) / 2; `rank` = the mean of the unit's ranks by "
+            "`class` and by 1 − r."
+        )
+    if "lite" in res:
+        t = res["lite"]
+        c = t["counts"]
+        lines += ["", "## efficientnet_lite0 → efficientnet_lite1 at bn2", ""]
+        lines.append(
+            f"{t['images']} images ({t['images_from']}). Wall time of the CLI, model loading included, no renders: "
+            f"**{t['wall_s']} s** (target ≤ 120 s; load average {t['load_at_start']} → {t['load_at_end']}); the run "
+            f"itself {t['timings'].get('total_s')} s (pass {t['timings'].get('pass_s')} s, attribution "
+            f"{t['timings'].get('attribution_s')} s, writing {t['timings'].get('write_s')} s)."
+        )
+        lines.append(
+            f"Units of B: {c['matched']} matched, {c['new']} new, {c['dead']} dead of {c['units']} "
+            f"(all accounted for: {t['all_accounted']}); {c['lost']} units of A lost; median r of the matched "
+            f"{t['r_median_matched']}; {t['flipped']} images change their top-1; classes moving most: "
+            + ", ".join(f"{n} ({i} in / {o} out)" for n, i, o in t["first_classes"])
+            + "."
+        )
+    return "\n".join(lines) + "\n"
+
+
 TABLES: dict[str, tuple[Callable[[dict], str], str]] = {
     "bench": (render_table, "python benchmarks/bench_render.py"),
     "bench_quick": (render_table, "python benchmarks/bench_render.py --quick"),
@@ -426,5 +613,8 @@ TABLES: dict[str, tuple[Callable[[dict], str], str]] = {
     "serve_guard": (serve_guard_table, "python benchmarks/bench_serve_guard.py"),
     "concepts": (concepts_table, "python benchmarks/bench_concepts.py"),
     "circuits": (circuits_table, "python benchmarks/bench_circuits.py"),
+    "dictionary": (dictionary_table, "python benchmarks/bench_dictionary.py"),
+    "map": (map_table, "python benchmarks/bench_map.py"),
+    "diff": (diff_table, "python benchmarks/bench_diff.py"),
     "gpu": (gpu_table, "python benchmarks/bench_gpu.py"),
 }
