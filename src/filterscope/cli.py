@@ -44,6 +44,10 @@ __all__ = ["cli", "main", "parse_channels"]
 JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
     "accentuate": ("filterscope.jobs.accentuate", "Feature accentuation: IMAGE pushed to excite each filter."),
+    "circuit": (
+        "filterscope.jobs.circuit",
+        "The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation.",
+    ),
     "boost": ("filterscope.jobs.boost", "The main job: IMAGE's top filters at LAYER and their boosted features."),
     "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
     "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
@@ -279,89 +283,6 @@ def concepts(
             f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}{named}{scored}"
         )
     lines.append(f"wrote {res.run_dir}/report.html, concepts.json, concept_maps.npz ({res.timings['total_s']:.1f} s)")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
-@model_options
-@click.option("--layer", default=None, help="Layer [default: blocks.5 when the model has it, else its default layer].")
-@click.option("--channel", type=click.IntRange(min=0), required=True, help="The channel of LAYER to explain.")
-@click.option("--from", "from_layer", default=None, help="Earlier layer [default: the layer that feeds LAYER].")
-@click.option("--images", default=None, help="Folder of images for attribution (default: the bundled photos).")
-@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs shown with renders.")
-@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Inputs zeroed by ablation [default: 8].")
-@click.option(
-    "--linearize",
-    type=click.Choice(["identity", "gated"]),
-    default="identity",
-    show_default=True,
-    help="Activations in the expanded weights: the identity (Voss et al.) or their mean slope on the images.",
-)
-@click.option("--no-renders", is_flag=True, help="Skip the renders of the inputs (faster).")
-@click.option("--method", type=METHOD, default=None, help="Render preset of the inputs [default: fast].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("circuit")
-@output_options
-@cache_options
-def circuit(
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    channel,
-    from_layer,
-    images,
-    top,
-    k,
-    linearize,
-    no_renders,
-    method,
-    seed,
-    out,
-    quiet,
-    as_json,
-):
-    """The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation."""
-    from .jobs.circuit import run_circuit
-    from .models.inputs import list_images
-
-    if images:
-        list_images(images)
-    out = out or default_out("circuit")
-    model = load(model_name, weights, trust_checkpoint, device)
-    res = run_circuit(
-        model,
-        layer,
-        channel,
-        out=out,
-        from_layer=from_layer,
-        images=images,
-        top=top,
-        k=k,
-        renders=not no_renders,
-        linearize=linearize,
-        method=method,
-        seed=seed,
-        progress=not quiet,
-    )
-    res.raise_if_partial()
-    c = res.data
-    ab = c.ablation
-    lines = [
-        f"{model.name} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
-        f"zeroing the first {ab['k']} inputs listed changes it by {ab['change_top']:.4f} "
-        f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
-        *([f"warning: {ab['warning']}"] if ab.get("warning") else []),
-        f"inputs by measured effect (zeroed alone; expanded weight normalised to the circuit's largest, "
-        f"Spearman {c.ranking['weights_agreement'][c.linear['linearize']]['spearman_effect']:+.2f} with |effect|):",
-    ]
-    for i in c.shown:
-        lines.append(
-            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f} (mean |Δ| {i.effect_abs:.4f})"
-            f"  attribution {i.attribution:+.4f}  weight {i.weight_norm:+.2f}"
-        )
-    lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
     emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
 
 

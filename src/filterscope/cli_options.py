@@ -451,7 +451,10 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
         kw["type"] = click.IntRange(min=meta.get("min"), max=meta.get("max")) if "min" in meta else int
     elif base is float:
         kw["type"] = click.FloatRange(min=meta["min"]) if "min" in meta else float
-    if default is not None and base is not bool:
+    if meta.get("required"):
+        kw["required"] = True  # the API's default is not the command line's; no default at all (click 8.3+)
+        del kw["default"]
+    elif default is not None and base is not bool:
         kw["show_default"] = True
     if meta.get("metavar"):
         kw["metavar"] = meta["metavar"]
