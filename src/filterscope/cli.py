@@ -17,7 +17,6 @@ import click
 
 from .cli_options import (
     CHANNELS,
-    METHOD,
     MODEL_INPUT,
     backend_options,
     cache_options,
@@ -49,6 +48,10 @@ JOBS: dict[str, tuple[str, str]] = {
         "The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation.",
     ),
     "boost": ("filterscope.jobs.boost", "The main job: IMAGE's top filters at LAYER and their boosted features."),
+    "concepts": (
+        "filterscope.jobs.concepts",
+        "Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html.",
+    ),
     "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
     "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
     "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
@@ -167,123 +170,6 @@ def layers_text(model_name: str, outline, default: str, show_all: bool = False) 
             if show_all:
                 out += [line(i, "      ") for i in inner.get(e.name, [])]
     return out
-
-
-@cli.command()
-@click.argument("images")
-@model_options
-@click.option("--layer", default="default", show_default=True, help="Layer with spatial maps.")
-@click.option(
-    "--concepts", "n_concepts", type=click.IntRange(min=1), default=10, show_default=True, help="Concepts to learn."
-)
-@click.option("--class", "target_class", type=int, default=None, help="Class [default: the one predicted most often].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option(
-    "--method",
-    type=click.Choice(["auto", "nmf", "semi-nmf"]),
-    default="auto",
-    show_default=True,
-    help="Factorisation: auto = nmf for a non-negative layer, semi-nmf for a signed one.",
-)
-@click.option(
-    "--crops", type=click.IntRange(min=0), default=None, help="Random crops per image [default: 3; one photo: 64]."
-)
-@click.option(
-    "--rank",
-    type=click.Choice(["ablation", "gradient"]),
-    default="ablation",
-    show_default=True,
-    help="Order of the concepts: the measured drop of log p when one is removed, or its first-order estimate.",
-)
-@click.option("--render-method", type=METHOD, default=None, help="Preset of the concept renders (default: fast).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
-@click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
-@click.option("--compare-methods", is_flag=True, help="Also fit the other method on the same vectors (run.json).")
-@backend_options(
-    "Where the activation pass runs: this process, or Ray Data actors (same files).",
-    workers=(2, "Ray actors."),
-    threads="CPU threads per Ray actor [default: torch's here].",
-)
-@out_option("concepts")
-@output_options
-@cache_options
-def concepts(
-    images,
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    n_concepts,
-    target_class,
-    seed,
-    method,
-    crops,
-    rank,
-    render_method,
-    steps,
-    no_render,
-    compare_methods,
-    backend,
-    address,
-    workers,
-    threads,
-    out,
-    quiet,
-    as_json,
-):
-    """Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html."""
-    from .jobs.concepts import concepts as run_concepts
-
-    if backend == "ray":  # before the model loads
-        from .jobs.ray_data import ray_data
-
-        ray_data()
-    out = out or default_out("concepts")
-    model = load(model_name, weights, trust_checkpoint, device)
-    res = run_concepts(
-        model,
-        images,
-        layer=layer,
-        n_concepts=n_concepts,
-        target_class=target_class,
-        seed=seed,
-        method=method,
-        crops=crops,
-        rank=rank,
-        render=not no_render,
-        render_method=render_method,
-        render_steps=steps,
-        compare_methods=compare_methods,
-        out=out,
-        progress=not quiet,
-        backend=backend,
-        address=address,
-        workers=workers,
-        threads=threads,
-    )
-    res.raise_if_partial()
-    rec = res.record()
-    lines = [
-        f"{model.name} · {res.layer.name} · {len(res.concepts)} concepts ({res.method}) of {res.class_name} "
-        f"({res.target_class}) from {rec['data']['images']} images"
-        + (f", {rec['data']['skipped_unreadable']} unreadable skipped" if rec["data"]["skipped_unreadable"] else ""),
-        f"explained variance {rec['fidelity']['explained_variance']:.3f} · reconstruction keeps top-1 on "
-        f"{rec['fidelity']['reconstruction_top1_agreement']:.1%} of the class images "
-        f"({rec['fidelity']['reconstruction_top1_agreement_all']:.1%} of all) · "
-        f"stability median {rec['stability']['median']:.3f}",
-    ]
-    if res.warning:
-        lines.append(f"warning: {res.warning}")
-    for c in res.concepts:
-        named = f" · named {c.name['name']} (AUC {c.name['auc']:.2f})" if c.name else ""
-        scored = f" · score {c.score:.2f}" if c.score is not None else ""
-        lines.append(
-            f"  concept {c.concept:2d}: importance {c.importance:+.3f} · ablation drop {c.ablation_drop:.3f} · "
-            f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}{named}{scored}"
-        )
-    lines.append(f"wrote {res.run_dir}/report.html, concepts.json, concept_maps.npz ({res.timings['total_s']:.1f} s)")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
 
 
 @cli.command()
