@@ -9,30 +9,20 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import click
 
 from .cli_options import (
-    CHANNELS,
     MODEL_INPUT,
-    backend_options,
-    cache_options,
-    diversity_option,
     emit,
     load,
     model_options,
-    out_option,
     output_options,
     parse_channels,
-    render_options,
-    settings_for,
 )
 from .errors import FilterscopeError, UsageError
-from .outputs.naming import default_out
-from .outputs.rundir import check_writable
 
 __all__ = ["cli", "main", "parse_channels"]
 
@@ -46,6 +36,10 @@ JOBS: dict[str, tuple[str, str]] = {
     "circuit": (
         "filterscope.jobs.circuit",
         "The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation.",
+    ),
+    "atlas": (
+        "filterscope.jobs.atlas",
+        "Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html).",
     ),
     "boost": ("filterscope.jobs.boost", "The main job: IMAGE's top filters at LAYER and their boosted features."),
     "concepts": (
@@ -208,146 +202,6 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
     elif not quiet:
         click.echo(table(result))
         click.echo(f"wrote {Path(run_dir) / 'evaluation.json'}")
-
-
-@cli.command()
-@model_options
-@click.option(
-    "--layers",
-    "layer_names",
-    default="default",
-    show_default=True,
-    help="Comma-separated layers, e.g. blocks.3,blocks.5.",
-)
-@click.option(
-    "--channels", type=CHANNELS, default="all", show_default=True, help="Channels of every layer: all, 0-63, 1,5,9."
-)
-@render_options
-@click.option("--images", default=None, help="Folder of images for dataset examples (default: bundled photos).")
-@click.option(
-    "--top",
-    "n_top",
-    type=click.IntRange(min=1, max=50),
-    default=6,
-    show_default=True,
-    help="Dataset examples per channel.",
-)
-@click.option(
-    "--diversity",
-    type=click.IntRange(min=0),
-    default=0,
-    callback=diversity_option,
-    help="N ≥ 2 diverse variants per channel.",
-)
-@backend_options(
-    "Where the renders run: worker processes here, or Ray actors.",
-    workers=(
-        None,
-        "Worker processes (local; default: one per core when there are enough channels) or Ray actors (default 2).",
-    ),
-    threads="CPU threads per render (default: 1 in worker processes, torch's otherwise); the same value gives "
-    "identical files on any backend.",
-)
-@out_option("atlas")
-@click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
-@output_options
-@cache_options
-def atlas(
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer_names,
-    channels,
-    method,
-    steps,
-    lr,
-    size,
-    seed,
-    batch,
-    param,
-    transforms,
-    optimizer,
-    views,
-    precision,
-    images,
-    n_top,
-    diversity,
-    backend,
-    address,
-    workers,
-    threads,
-    out,
-    resume,
-    quiet,
-    as_json,
-):
-    """Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html)."""
-    from .jobs.atlas import build_atlas
-    from .jobs.interrupt import graceful_stop
-    from .models.inputs import list_images
-    from .models.layers import network_layer
-
-    t0 = time.perf_counter()
-    method, settings = settings_for(
-        method, steps, lr, size, batch, device, param, transforms, optimizer, views, precision
-    )
-    if images:
-        list_images(images)
-    if backend == "ray":
-        from .jobs.ray_backend import require_ray
-
-        require_ray()
-    out = out or default_out("atlas")
-    model = load(model_name, weights, trust_checkpoint, device)
-    if images and model.in_channels not in (1, 3):
-        settings = settings.with_(decorrelation_images=str(images))  # also the colour statistics of the bands
-    infos = []
-    for name in [n.strip() for n in layer_names.split(",") if n.strip()]:
-        info = network_layer(model, name, "atlas")
-        if info.name not in [i.name for i in infos]:
-            infos.append(info)
-    if not infos:
-        raise UsageError("--layers is empty")
-    chans = {i.name: list(range(i.channels)) if channels is None else channels for i in infos}
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        summary = build_atlas(
-            model,
-            infos,
-            chans,
-            settings,
-            seed,
-            out,
-            method=method,
-            images=images,
-            n_top=n_top,
-            diversity=diversity,
-            batch=batch,
-            backend=backend,
-            address=address,
-            workers=workers,
-            threads=threads,
-            resume=resume,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    summary.raise_if_partial()
-    lines = [
-        f"atlas of {summary.channels} channels ({summary.rendered} rendered now, {summary.skipped} kept) "
-        f"in {time.perf_counter() - t0:.1f} s → {summary.run_dir}/index.html"
-    ]
-    emit(
-        as_json,
-        quiet,
-        {
-            "run_dir": str(summary.run_dir),
-            "timings": summary.seconds,
-            "channels": summary.channels,
-            "rendered": summary.rendered,
-        },
-        lines,
-    )
 
 
 @cli.command()

@@ -368,40 +368,6 @@ def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: s
     return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device, **opts)
 
 
-def settings_for(
-    method: str | None,
-    steps,
-    lr,
-    size,
-    batch,
-    device,
-    param=None,
-    transforms=None,
-    optimizer=None,
-    views=None,
-    precision=None,
-):
-    """The preset with the command line's overrides (:func:`~filterscope.optvis.presets.resolve_settings`),
-    checked (settings and memory) before a model is loaded: for the commands not yet declared as jobs."""
-    from .optvis.memory import check_render_memory
-    from .optvis.presets import DEFAULT_METHOD, resolve_settings
-
-    method = method or DEFAULT_METHOD
-    settings = resolve_settings(
-        method,
-        steps=steps,
-        lr=lr,
-        size=size,
-        param=param,
-        transforms=transforms,
-        optimizer=optimizer,
-        views=views,
-        precision=precision,
-    )
-    check_render_memory(settings.size, (batch or 1) * settings.views, device)
-    return method, settings
-
-
 def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
     if as_json:
         click.echo(json.dumps(payload, indent=2, default=str))
