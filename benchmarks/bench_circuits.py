@@ -221,13 +221,14 @@ def handbuilt(n: int = 10) -> dict:
 def timing(model) -> dict:
     """`filterscope circuit` blocks.5:42 as the CLI runs it (a fresh run folder, all files), with its default
     renders from a cold cache and without renders; then the explorer's tuning of a second filter."""
-    from filterscope.jobs.circuit import run_circuit
+    from filterscope.jobs.circuit import JOB
+    from filterscope.jobs.contract import run_job
 
     out = {}
     for renders in (True, False):
         with tempfile.TemporaryDirectory() as d:
             t, cpu = time.perf_counter(), time.process_time()
-            r = run_circuit(model, "blocks.5", 42, out=Path(d) / "c", renders=renders, progress=False)
+            r = run_job(JOB, model, out=Path(d) / "c", layer="blocks.5", channel=42, no_renders=not renders)
             wall, cpu = time.perf_counter() - t, time.process_time() - cpu
         key = "with_renders" if renders else "no_renders"
         out[f"circuit_blocks5_{key}_s"] = round(wall, 2)

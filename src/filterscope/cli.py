@@ -9,34 +9,23 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import click
 
 from .cli_options import (
-    CHANNELS,
-    METHOD,
     MODEL_INPUT,
     MODEL_KEYS,
     _load_model,
-    backend_options,
-    cache_options,
-    diversity_option,
     emit,
     load,
     model_option_list,
     model_options,
-    out_option,
     output_options,
     parse_channels,
-    render_options,
-    settings_for,
 )
 from .errors import FilterscopeError, UsageError
-from .outputs.naming import default_out
-from .outputs.rundir import check_writable
 
 __all__ = ["cli", "main", "parse_channels"]
 
@@ -47,7 +36,19 @@ __all__ = ["cli", "main", "parse_channels"]
 JOBS: dict[str, tuple[str, str]] = {
     # name: (module holding its JOB, the line `filterscope --help` lists) — the jobs on the one job shape
     "accentuate": ("filterscope.jobs.accentuate", "Feature accentuation: IMAGE pushed to excite each filter."),
+    "circuit": (
+        "filterscope.jobs.circuit",
+        "The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation.",
+    ),
+    "atlas": (
+        "filterscope.jobs.atlas",
+        "Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html).",
+    ),
     "boost": ("filterscope.jobs.boost", "The main job: IMAGE's top filters at LAYER and their boosted features."),
+    "concepts": (
+        "filterscope.jobs.concepts",
+        "Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html.",
+    ),
     "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
     "dictionary": ("filterscope.jobs.layer_dictionary", "A layer read as a dictionary: SAE features of IMAGES."),
     "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
@@ -174,206 +175,6 @@ def layers_text(model_name: str, outline, default: str, show_all: bool = False) 
 
 
 @cli.command()
-@click.argument("images")
-@model_options
-@click.option("--layer", default="default", show_default=True, help="Layer with spatial maps.")
-@click.option(
-    "--concepts", "n_concepts", type=click.IntRange(min=1), default=10, show_default=True, help="Concepts to learn."
-)
-@click.option("--class", "target_class", type=int, default=None, help="Class [default: the one predicted most often].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option(
-    "--method",
-    type=click.Choice(["auto", "nmf", "semi-nmf"]),
-    default="auto",
-    show_default=True,
-    help="Factorisation: auto = nmf for a non-negative layer, semi-nmf for a signed one.",
-)
-@click.option(
-    "--crops", type=click.IntRange(min=0), default=None, help="Random crops per image [default: 3; one photo: 64]."
-)
-@click.option(
-    "--rank",
-    type=click.Choice(["ablation", "gradient"]),
-    default="ablation",
-    show_default=True,
-    help="Order of the concepts: the measured drop of log p when one is removed, or its first-order estimate.",
-)
-@click.option("--render-method", type=METHOD, default=None, help="Preset of the concept renders (default: fast).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Render steps (default: the preset's).")
-@click.option("--no-render", is_flag=True, help="Skip the renders from noise.")
-@click.option("--compare-methods", is_flag=True, help="Also fit the other method on the same vectors (run.json).")
-@backend_options(
-    "Where the activation pass runs: this process, or Ray Data actors (same files).",
-    workers=(2, "Ray actors."),
-    threads="CPU threads per Ray actor [default: torch's here].",
-)
-@out_option("concepts")
-@output_options
-@cache_options
-def concepts(
-    images,
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    n_concepts,
-    target_class,
-    seed,
-    method,
-    crops,
-    rank,
-    render_method,
-    steps,
-    no_render,
-    compare_methods,
-    backend,
-    address,
-    workers,
-    threads,
-    out,
-    quiet,
-    as_json,
-):
-    """Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html."""
-    from .jobs.concepts import concepts as run_concepts
-
-    if backend == "ray":  # before the model loads
-        from .jobs.ray_data import ray_data
-
-        ray_data()
-    out = out or default_out("concepts")
-    model = load(model_name, weights, trust_checkpoint, device)
-    res = run_concepts(
-        model,
-        images,
-        layer=layer,
-        n_concepts=n_concepts,
-        target_class=target_class,
-        seed=seed,
-        method=method,
-        crops=crops,
-        rank=rank,
-        render=not no_render,
-        render_method=render_method,
-        render_steps=steps,
-        compare_methods=compare_methods,
-        out=out,
-        progress=not quiet,
-        backend=backend,
-        address=address,
-        workers=workers,
-        threads=threads,
-    )
-    res.raise_if_partial()
-    rec = res.record()
-    lines = [
-        f"{model.name} · {res.layer.name} · {len(res.concepts)} concepts ({res.method}) of {res.class_name} "
-        f"({res.target_class}) from {rec['data']['images']} images"
-        + (f", {rec['data']['skipped_unreadable']} unreadable skipped" if rec["data"]["skipped_unreadable"] else ""),
-        f"explained variance {rec['fidelity']['explained_variance']:.3f} · reconstruction keeps top-1 on "
-        f"{rec['fidelity']['reconstruction_top1_agreement']:.1%} of the class images "
-        f"({rec['fidelity']['reconstruction_top1_agreement_all']:.1%} of all) · "
-        f"stability median {rec['stability']['median']:.3f}",
-    ]
-    if res.warning:
-        lines.append(f"warning: {res.warning}")
-    for c in res.concepts:
-        named = f" · named {c.name['name']} (AUC {c.name['auc']:.2f})" if c.name else ""
-        scored = f" · score {c.score:.2f}" if c.score is not None else ""
-        lines.append(
-            f"  concept {c.concept:2d}: importance {c.importance:+.3f} · ablation drop {c.ablation_drop:.3f} · "
-            f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}{named}{scored}"
-        )
-    lines.append(f"wrote {res.run_dir}/report.html, concepts.json, concept_maps.npz ({res.timings['total_s']:.1f} s)")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
-@model_options
-@click.option("--layer", default=None, help="Layer [default: blocks.5 when the model has it, else its default layer].")
-@click.option("--channel", type=click.IntRange(min=0), required=True, help="The channel of LAYER to explain.")
-@click.option("--from", "from_layer", default=None, help="Earlier layer [default: the layer that feeds LAYER].")
-@click.option("--images", default=None, help="Folder of images for attribution (default: the bundled photos).")
-@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True, help="Inputs shown with renders.")
-@click.option("--k", "k", type=click.IntRange(min=1), default=None, help="Inputs zeroed by ablation [default: 8].")
-@click.option(
-    "--linearize",
-    type=click.Choice(["identity", "gated"]),
-    default="identity",
-    show_default=True,
-    help="Activations in the expanded weights: the identity (Voss et al.) or their mean slope on the images.",
-)
-@click.option("--no-renders", is_flag=True, help="Skip the renders of the inputs (faster).")
-@click.option("--method", type=METHOD, default=None, help="Render preset of the inputs [default: fast].")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@out_option("circuit")
-@output_options
-@cache_options
-def circuit(
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer,
-    channel,
-    from_layer,
-    images,
-    top,
-    k,
-    linearize,
-    no_renders,
-    method,
-    seed,
-    out,
-    quiet,
-    as_json,
-):
-    """The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation."""
-    from .jobs.circuit import run_circuit
-    from .models.inputs import list_images
-
-    if images:
-        list_images(images)
-    out = out or default_out("circuit")
-    model = load(model_name, weights, trust_checkpoint, device)
-    res = run_circuit(
-        model,
-        layer,
-        channel,
-        out=out,
-        from_layer=from_layer,
-        images=images,
-        top=top,
-        k=k,
-        renders=not no_renders,
-        linearize=linearize,
-        method=method,
-        seed=seed,
-        progress=not quiet,
-    )
-    res.raise_if_partial()
-    c = res.data
-    ab = c.ablation
-    lines = [
-        f"{model.name} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
-        f"zeroing the first {ab['k']} inputs listed changes it by {ab['change_top']:.4f} "
-        f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
-        *([f"warning: {ab['warning']}"] if ab.get("warning") else []),
-        f"inputs by measured effect (zeroed alone; expanded weight normalised to the circuit's largest, "
-        f"Spearman {c.ranking['weights_agreement'][c.linear['linearize']]['spearman_effect']:+.2f} with |effect|):",
-    ]
-    for i in c.shown:
-        lines.append(
-            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f} (mean |Δ| {i.effect_abs:.4f})"
-            f"  attribution {i.attribution:+.4f}  weight {i.weight_norm:+.2f}"
-        )
-    lines.append(f"wrote {res.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
-    emit(as_json, quiet, json.loads((res.run_dir / "run.json").read_text()), lines)
-
-
-@cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--images", default=None, help="Folder of natural images (default: the bundled photos).")
 @click.option(
@@ -409,146 +210,6 @@ def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_js
     elif not quiet:
         click.echo(table(result))
         click.echo(f"wrote {Path(run_dir) / 'evaluation.json'}")
-
-
-@cli.command()
-@model_options
-@click.option(
-    "--layers",
-    "layer_names",
-    default="default",
-    show_default=True,
-    help="Comma-separated layers, e.g. blocks.3,blocks.5.",
-)
-@click.option(
-    "--channels", type=CHANNELS, default="all", show_default=True, help="Channels of every layer: all, 0-63, 1,5,9."
-)
-@render_options
-@click.option("--images", default=None, help="Folder of images for dataset examples (default: bundled photos).")
-@click.option(
-    "--top",
-    "n_top",
-    type=click.IntRange(min=1, max=50),
-    default=6,
-    show_default=True,
-    help="Dataset examples per channel.",
-)
-@click.option(
-    "--diversity",
-    type=click.IntRange(min=0),
-    default=0,
-    callback=diversity_option,
-    help="N ≥ 2 diverse variants per channel.",
-)
-@backend_options(
-    "Where the renders run: worker processes here, or Ray actors.",
-    workers=(
-        None,
-        "Worker processes (local; default: one per core when there are enough channels) or Ray actors (default 2).",
-    ),
-    threads="CPU threads per render (default: 1 in worker processes, torch's otherwise); the same value gives "
-    "identical files on any backend.",
-)
-@out_option("atlas")
-@click.option("--resume", is_flag=True, help="Skip channels already finished in --out.")
-@output_options
-@cache_options
-def atlas(
-    model_name,
-    weights,
-    trust_checkpoint,
-    device,
-    layer_names,
-    channels,
-    method,
-    steps,
-    lr,
-    size,
-    seed,
-    batch,
-    param,
-    transforms,
-    optimizer,
-    views,
-    precision,
-    images,
-    n_top,
-    diversity,
-    backend,
-    address,
-    workers,
-    threads,
-    out,
-    resume,
-    quiet,
-    as_json,
-):
-    """Every channel of the chosen layers, with dataset examples, as a static site (DIR/index.html)."""
-    from .jobs.atlas import build_atlas
-    from .jobs.interrupt import graceful_stop
-    from .models.inputs import list_images
-    from .models.layers import network_layer
-
-    t0 = time.perf_counter()
-    method, settings = settings_for(
-        method, steps, lr, size, batch, device, param, transforms, optimizer, views, precision
-    )
-    if images:
-        list_images(images)
-    if backend == "ray":
-        from .jobs.ray_backend import require_ray
-
-        require_ray()
-    out = out or default_out("atlas")
-    model = load(model_name, weights, trust_checkpoint, device)
-    if images and model.in_channels not in (1, 3):
-        settings = settings.with_(decorrelation_images=str(images))  # also the colour statistics of the bands
-    infos = []
-    for name in [n.strip() for n in layer_names.split(",") if n.strip()]:
-        info = network_layer(model, name, "atlas")
-        if info.name not in [i.name for i in infos]:
-            infos.append(info)
-    if not infos:
-        raise UsageError("--layers is empty")
-    chans = {i.name: list(range(i.channels)) if channels is None else channels for i in infos}
-    check_writable(out)
-    with graceful_stop(quiet) as stop:
-        summary = build_atlas(
-            model,
-            infos,
-            chans,
-            settings,
-            seed,
-            out,
-            method=method,
-            images=images,
-            n_top=n_top,
-            diversity=diversity,
-            batch=batch,
-            backend=backend,
-            address=address,
-            workers=workers,
-            threads=threads,
-            resume=resume,
-            progress=not quiet,
-            should_stop=stop,
-        )
-    summary.raise_if_partial()
-    lines = [
-        f"atlas of {summary.channels} channels ({summary.rendered} rendered now, {summary.skipped} kept) "
-        f"in {time.perf_counter() - t0:.1f} s → {summary.run_dir}/index.html"
-    ]
-    emit(
-        as_json,
-        quiet,
-        {
-            "run_dir": str(summary.run_dir),
-            "timings": summary.seconds,
-            "channels": summary.channels,
-            "rendered": summary.rendered,
-        },
-        lines,
-    )
 
 
 def _second_model_options(command):

@@ -268,92 +268,9 @@ def cache_option_list() -> list[click.Option]:
     ]
 
 
-def cache_options(command):
-    """The render cache's options (:func:`cache_option_list`), applied before the command runs."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        _configure_cache(kwargs.pop("cache_dir"), kwargs.pop("no_cache"))
-        return command(*args, **kwargs)
-
-    wrapper.__click_params__ = getattr(wrapper, "__click_params__", []) + cache_option_list()[::-1]
-    return wrapper
-
-
-def out_option(job: str):
-    """``--out DIR``: the run folder, by default the job's folder under ``filterscope-out``."""
-    return click.option("--out", default=None, help=f"Output directory [default: {default_out(job)}].")
-
-
 def output_options(f):
     f = click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary on stdout.")(f)
     f = click.option("--quiet", "-q", is_flag=True, help="No progress bars or messages.")(f)
-    return f
-
-
-def backend_options(backend_help: str, *, workers: tuple[int | None, str], threads: str):
-    """``--backend local|ray``, ``--address``, ``--workers``, ``--threads``: where a job's work runs."""
-    default, workers_help = workers
-
-    def deco(f):
-        f = click.option("--threads", type=click.IntRange(min=1), default=None, help=threads)(f)
-        shown = default is not None
-        f = click.option(
-            "--workers", type=click.IntRange(min=1), default=default, show_default=shown, help=workers_help
-        )(f)
-        f = click.option("--address", default=None, help="Ray cluster address (default: start a local Ray).")(f)
-        return click.option(
-            "--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True, help=backend_help
-        )(f)
-
-    return deco
-
-
-def render_options(f):
-    f = click.option(
-        "--precision",
-        type=RegistryChoice("precision", _precisions),
-        default=None,
-        help="The network's arithmetic in the render loop (default float32; bfloat16 runs it under autocast).",
-    )(f)
-    f = click.option(
-        "--views",
-        type=click.IntRange(1, 64),
-        default=None,
-        help="Transformed views of each image per step (default 1; costs ~N steps on a CPU, less on a GPU).",
-    )(f)
-    f = click.option(
-        "--optimizer",
-        type=RegistryChoice("optimizer", _optimizers),
-        default=None,
-        help="Override the method's optimiser.",
-    )(f)
-    f = click.option(
-        "--transforms",
-        type=RegistryChoice("transforms", _transforms),
-        default=None,
-        help="Override the method's transforms.",
-    )(f)
-    f = click.option(
-        "--param", type=RegistryChoice("param", _params), default=None, help="Override the method's parameterisation."
-    )(f)
-    f = click.option(
-        "--batch",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Images per step (default: 1 on CPU, from memory on GPU).",
-    )(f)
-    f = click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)(f)
-    f = click.option("--size", type=int, default=None, help="Side of the rendered image (default: the model's input).")(
-        f
-    )
-    f = click.option("--lr", type=PositiveNumber(), default=None, help="Learning rate (default: the method's).")(f)
-    f = click.option(
-        "--steps", type=click.IntRange(min=1), default=None, help="Optimisation steps (default: the method's)."
-    )(f)
-    f = click.option(
-        "--method", type=METHOD, default=None, help="Preset (default: fast; maco-fused for class logits)."
-    )(f)
     return f
 
 
@@ -368,52 +285,12 @@ def load(model_name: str, weights: str | None, trust_checkpoint: bool, device: s
     return load_model(model_name, weights=weights, trust_checkpoint=trust_checkpoint, device=device, **opts)
 
 
-def settings_for(
-    method: str | None,
-    steps,
-    lr,
-    size,
-    batch,
-    device,
-    param=None,
-    transforms=None,
-    optimizer=None,
-    views=None,
-    precision=None,
-):
-    """The preset with the command line's overrides (:func:`~filterscope.optvis.presets.resolve_settings`),
-    checked (settings and memory) before a model is loaded: for the commands not yet declared as jobs."""
-    from .optvis.memory import check_render_memory
-    from .optvis.presets import DEFAULT_METHOD, resolve_settings
-
-    method = method or DEFAULT_METHOD
-    settings = resolve_settings(
-        method,
-        steps=steps,
-        lr=lr,
-        size=size,
-        param=param,
-        transforms=transforms,
-        optimizer=optimizer,
-        views=views,
-        precision=precision,
-    )
-    check_render_memory(settings.size, (batch or 1) * settings.views, device)
-    return method, settings
-
-
 def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
     if as_json:
         click.echo(json.dumps(payload, indent=2, default=str))
     elif not quiet:
         for line in lines:
             click.echo(line)
-
-
-def diversity_option(ctx, param, value: int) -> int:
-    from .jobs.diversity import check_diversity
-
-    return check_diversity(value)
 
 
 # ---------------------------------------------------------------- a job's command, made from its request
@@ -451,7 +328,10 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
         kw["type"] = click.IntRange(min=meta.get("min"), max=meta.get("max")) if "min" in meta else int
     elif base is float:
         kw["type"] = click.FloatRange(min=meta["min"]) if "min" in meta else float
-    if default is not None and base is not bool:
+    if meta.get("required"):
+        kw["required"] = True  # the API's default is not the command line's; no default at all (click 8.3+)
+        del kw["default"]
+    elif default is not None and base is not bool:
         kw["show_default"] = True
     if meta.get("metavar"):
         kw["metavar"] = meta["metavar"]

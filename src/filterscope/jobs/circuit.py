@@ -42,7 +42,7 @@ from ..optvis.hooks import StopForward
 from ..optvis.linearize import GateMeter, linear_copy
 from ..optvis.presets import DEFAULT_METHOD
 from .circuit_rank import DEFAULT_RANKING, RANKING_TEXT, effect_order, rank_agreement, removal_effects
-from .contract import JobResult, open_run
+from .contract import Job, JobResult, RunContext, opt, run_job
 
 LINEARIZE = ("identity", "gated")
 OTHER = {"identity": "gated", "gated": "identity"}
@@ -590,62 +590,151 @@ def ablation_k(k: int | None, src: LayerInfo) -> int:
     return k if k is not None else min(DEFAULT_K, src.channels)
 
 
+@dataclass
+class CircuitRequest:
+    """The arguments of ``filterscope circuit``."""
+
+    layer: str | None = opt(None, "Layer [default: blocks.5 when the model has it, else its default layer].")
+    channel: int = opt(0, "The channel of LAYER to explain.", min=0, required=True)
+    from_layer: str | None = opt(None, "Earlier layer [default: the layer that feeds LAYER].", flag="--from")
+    images: str | None = opt(None, "Folder of images for attribution (default: the bundled photos).")
+    top: int = opt(DEFAULT_TOP, "Inputs shown with renders.", min=1)
+    k: int | None = opt(None, "Inputs zeroed by ablation [default: 8].", min=1)
+    linearize: str = opt(
+        "identity",
+        "Activations in the expanded weights: the identity (Voss et al.) or their mean slope on the images.",
+        choices=LINEARIZE,
+    )
+    no_renders: bool = opt(False, "Skip the renders of the inputs (faster).")
+    method: str | None = opt(None, "Render preset of the inputs [default: fast].", registry="method")
+    seed: int = opt(0, "", min=0)
+
+
+@dataclass
+class CircuitPlan:
+    """A validated circuit request: both layers resolved, the images listed, ``k`` decided."""
+
+    model: Model
+    info: LayerInfo
+    src: LayerInfo
+    channel: int
+    files: list[Path]
+    label: str
+    top: int
+    k: int
+    renders: bool
+    linearize: str
+    method: str | None
+    seed: int
+    settings: dict
+
+
+def _check_images(req: CircuitRequest) -> None:
+    if req.images:
+        list_images(req.images)
+
+
+def _plan(model: Model, req: CircuitRequest) -> CircuitPlan:
+    from ..optvis.presets import get_preset
+
+    info, src = validate(model, req.layer, req.channel, req.from_layer, req.top, req.k, req.linearize)
+    k = ablation_k(req.k, src)
+    files = list_images(req.images or sample_photos_dir())
+    label = _label(req.images)
+    renders = not req.no_renders
+    method = req.method or DEFAULT_METHOD
+    settings = {
+        "model": model.describe(),
+        "layer": info.name,
+        "channel": req.channel,
+        "from": src.name,
+        "images": label,
+        "top": req.top,
+        "k": k,
+        "n_random": N_RANDOM,
+        "renders": renders,
+        "linearize": req.linearize,
+        "method": method,
+        "render": get_preset(method).for_model(model).as_dict() if renders else None,
+        "seed": req.seed,
+    }
+    return CircuitPlan(
+        model, info, src, req.channel, files, label, req.top, k, renders, req.linearize, req.method, req.seed, settings
+    )
+
+
+def _compute(ctx: RunContext, p: CircuitPlan) -> Circuit:
+    res = compute_circuit(p, ctx.show_progress, ctx.stop)
+    ctx.record["timings"].update(res.timings)
+    if res.status == "partial":
+        if res.ablation:
+            done = sum(i.render_png is not None for i in res.shown)
+            ctx.mark_partial(done, len(res.shown), "input renders", resumable=False)
+        else:
+            ctx.mark_partial(res.n_images, len(p.files), "images (no ablation)", resumable=False)
+    res.run_dir = ctx.path
+    return res
+
+
+def _write(ctx: RunContext, res: Circuit) -> None:
+    with ctx.timed("write"):
+        write_circuit(ctx.run, res)
+    res.timings = ctx.record["timings"]
+
+
+def _summary(r: JobResult) -> list[str]:
+    c = r.data
+    ab = c.ablation
+    lines = [
+        f"{c.model} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
+        f"zeroing the first {ab['k']} inputs listed changes it by {ab['change_top']:.4f} "
+        f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
+        *([f"warning: {ab['warning']}"] if ab.get("warning") else []),
+        f"inputs by measured effect (zeroed alone; expanded weight normalised to the circuit's largest, "
+        f"Spearman {c.ranking['weights_agreement'][c.linear['linearize']]['spearman_effect']:+.2f} with |effect|):",
+    ]
+    for i in c.shown:
+        lines.append(
+            f"  {c.source}:{i.channel:<4d} {i.sign:<8} effect {i.effect:+.4f} (mean |Δ| {i.effect_abs:.4f})"
+            f"  attribution {i.attribution:+.4f}  weight {i.weight_norm:+.2f}"
+        )
+    lines.append(f"wrote {r.run_dir}/circuit.json, figure_circuit.png, report.html, run.json")
+    return lines
+
+
+JOB = Job(
+    "circuit",
+    CircuitRequest,
+    _plan,
+    _compute,
+    _write,
+    _summary,
+    help="The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation.",
+    renders=True,
+    precheck=_check_images,
+)
+
+
 def circuit(
     model: Model,
     layer: str | None = None,
     channel: int = 0,
     *,
-    from_layer: str | None = None,
-    images: str | Path | None = None,
-    top: int = DEFAULT_TOP,
-    k: int | None = None,
     renders: bool = True,
-    linearize: str = "identity",
-    method: str | None = None,
-    seed: int = 0,
     out: str | Path | None = None,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
+    **options,
 ) -> Circuit:
     """The channels of ``from_layer`` (default: the layer that feeds ``layer``) that build ``channel`` of
     ``layer``: expanded weights, attribution over ``images`` (default: the bundled photos), ablation, and the
-    top ``top`` inputs' renders. With ``out``, also writes the run (see :func:`run_circuit`)."""
+    top ``top`` inputs' renders (``options``: the fields of :class:`CircuitRequest`). With ``out``, also
+    writes ``circuit.json``, ``circuit_weights.npz``, ``figure_circuit.png``, ``report.html``, the renders
+    and ``run.json`` there (the job :data:`JOB`)."""
+    req = JOB.make_request(layer=layer, channel=channel, no_renders=not renders, **options)
     if out is not None:
-        return run_circuit(
-            model,
-            layer,
-            channel,
-            out=out,
-            from_layer=from_layer,
-            images=images,
-            top=top,
-            k=k,
-            renders=renders,
-            linearize=linearize,
-            method=method,
-            seed=seed,
-            progress=progress,
-            should_stop=should_stop,
-        ).data
-    info, src = validate(model, layer, channel, from_layer, top, k, linearize)
-    k = ablation_k(k, src)
-    files = list_images(images or sample_photos_dir())
-    return compute_circuit(
-        model,
-        info,
-        src,
-        channel,
-        files,
-        _label(images),
-        top,
-        k,
-        renders,
-        method,
-        seed,
-        progress,
-        should_stop,
-        linearize,
-    )
+        return run_job(JOB, model, req, out=out, progress=progress, should_stop=should_stop).data
+    return compute_circuit(_plan(model, req), progress, should_stop)
 
 
 def _label(images) -> str:
@@ -653,22 +742,12 @@ def _label(images) -> str:
 
 
 def compute_circuit(
-    model: Model,
-    info: LayerInfo,
-    src: LayerInfo,
-    channel: int,
-    files: list[Path],
-    images_label: str,
-    top: int,
-    k: int,
-    renders: bool,
-    method: str,
-    seed: int,
-    progress: bool = False,
-    should_stop: Callable[[], bool] | None = None,
-    linearize: str = "identity",
+    plan: CircuitPlan, progress: bool = False, should_stop: Callable[[], bool] | None = None
 ) -> Circuit:
-    """The work of :func:`circuit` on validated arguments (no files)."""
+    """The work of :func:`circuit` on a validated plan (no files)."""
+    p = plan
+    model, info, src, channel, files, images_label = p.model, p.info, p.src, p.channel, p.files, p.label
+    top, k, renders, method, seed, linearize = p.top, p.k, p.renders, p.method, p.seed, p.linearize
     timings: dict[str, float] = {}
     t = time.perf_counter()
     batches = list(image_batches(model, files))
@@ -834,77 +913,6 @@ def _render(model, info, src, res: Circuit, method, seed, progress, should_stop)
     finally:
         bar.close()
     return "complete" if done == len(shown) else "partial"
-
-
-def run_circuit(
-    model: Model,
-    layer: str | None,
-    channel: int,
-    *,
-    out: str | Path,
-    from_layer: str | None = None,
-    images: str | Path | None = None,
-    top: int = DEFAULT_TOP,
-    k: int | None = None,
-    renders: bool = True,
-    linearize: str = "identity",
-    method: str | None = None,
-    seed: int = 0,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> JobResult:
-    """``filterscope circuit`` on the job contract: validate, then write ``circuit.json``,
-    ``circuit_weights.npz``, ``figure_circuit.png``, ``report.html``, renders and ``run.json`` into ``out``."""
-    from ..optvis.presets import DEFAULT_METHOD, get_preset
-
-    info, src = validate(model, layer, channel, from_layer, top, k, linearize)
-    k = ablation_k(k, src)
-    files = list_images(images or sample_photos_dir())
-    settings = {
-        "model": model.describe(),
-        "layer": info.name,
-        "channel": channel,
-        "from": src.name,
-        "images": _label(images),
-        "top": top,
-        "k": k,
-        "n_random": N_RANDOM,
-        "renders": renders,
-        "linearize": linearize,
-        "method": method or DEFAULT_METHOD,
-        "render": get_preset(method or DEFAULT_METHOD).for_model(model).as_dict() if renders else None,
-        "seed": seed,
-    }
-    with open_run("circuit", out, settings, progress=progress, should_stop=should_stop) as ctx:
-        res = compute_circuit(
-            model,
-            info,
-            src,
-            channel,
-            files,
-            _label(images),
-            top,
-            k,
-            renders,
-            method,
-            seed,
-            progress,
-            ctx.stop,
-            linearize,
-        )
-        with ctx.timed("write"):
-            write_circuit(ctx.run, res)
-        ctx.record["timings"].update(res.timings)
-        if res.status == "partial":
-            if res.ablation:
-                done = sum(i.render_png is not None for i in res.shown)
-                ctx.mark_partial(done, len(res.shown), "input renders", resumable=False)
-            else:
-                ctx.mark_partial(res.n_images, len(files), "images (no ablation)", resumable=False)
-        res.run_dir = ctx.path
-        ctx.data = res
-    res.timings = dict(ctx.result.record["timings"])
-    return ctx.result
 
 
 def write_circuit(run, res: Circuit) -> None:

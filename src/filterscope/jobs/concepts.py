@@ -42,6 +42,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ from .activations import (
     to_maps,
 )
 from .attribution import check_class
-from .contract import JobResult
+from .contract import Job, JobResult, RunContext, opt, run_job
 
 DEFAULT_CONCEPTS = 10
 FOLDER_CROPS = 3  # random crops per image of a folder
@@ -251,58 +252,96 @@ def _crop_gen(seed: int, i: int) -> torch.Generator:
 # ---------------------------------------------------------------- the job
 
 
-def concepts(
-    model: Model,
-    images: str | Path,
-    *,
-    layer: str = "default",
-    n_concepts: int = DEFAULT_CONCEPTS,
-    target_class: int | None = None,
-    seed: int = 0,
-    method: str = "auto",
-    crops: int | None = None,
-    max_vectors: int = MAX_VECTORS,
-    rank: str = "ablation",
-    render: bool = True,
-    render_method: str | None = None,
-    render_steps: int | None = None,
-    compare_methods: bool = False,
-    out: str | Path | None = None,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-    backend: str = "local",
-    address: str | None = None,
-    workers: int = 2,
-    threads: int | None = None,
-) -> Concepts:
-    """Learn ``n_concepts`` concepts of ``layer`` from ``images`` (a folder, or one photo whose random crops
-    are the data), rank them for ``target_class`` (default: the class predicted most often) by gradient ×
-    coefficient and by ablation, and show each by its top crops, its maps, its render and its votes.
+@dataclass
+class ConceptsRequest:
+    """The arguments of ``filterscope concepts``."""
 
-    With ``out``: ``report.html``, ``figure_concepts.png``, ``concepts.json``, ``concept_maps.npz``,
-    ``concept_bank.npy``, the renders ``<layer>/concept_0003.png`` and ``run.json`` there. Bad arguments raise
-    :class:`~filterscope.errors.UsageError` before anything is written.
+    images: str | None = opt(None, "A folder, or one photo whose random crops are the data.", argument=True)
+    layer: str = opt("default", "Layer with spatial maps.")
+    n_concepts: int = opt(DEFAULT_CONCEPTS, "Concepts to learn.", min=1, flag="--concepts")
+    target_class: int | None = opt(None, "Class [default: the one predicted most often].", flag="--class")
+    seed: int = opt(0, "", min=0)
+    method: str = opt(
+        "auto",
+        "Factorisation: auto = nmf for a non-negative layer, semi-nmf for a signed one.",
+        choices=("auto", "nmf", "semi-nmf"),
+    )
+    crops: int | None = opt(None, "Random crops per image [default: 3; one photo: 64].", min=0)
+    rank: str = opt(
+        "ablation",
+        "Order of the concepts: the measured drop of log p when one is removed, or its first-order estimate.",
+        choices=RANKS,
+    )
+    render_method: str | None = opt(None, "Preset of the concept renders (default: fast).", registry="method")
+    render_steps: int | None = opt(None, "Render steps (default: the preset's).", min=1, flag="--steps")
+    no_render: bool = opt(False, "Skip the renders from noise.")
+    compare_methods: bool = opt(False, "Also fit the other method on the same vectors (run.json).")
+    backend: str = opt(
+        "local",
+        "Where the activation pass runs: this process, or Ray Data actors (same files).",
+        choices=("local", "ray"),
+    )
+    address: str | None = opt(None, "Ray cluster address (default: start a local Ray).")
+    workers: int = opt(2, "Ray actors.", min=1)
+    threads: int | None = opt(None, "CPU threads per Ray actor [default: torch's here].", min=1)
+    max_vectors: int = opt(MAX_VECTORS, "Activation vectors the dictionary is learnt from.", cli=False)
 
-    ``backend="ray"`` runs the activation pass on Ray Data (a local Ray of ``workers`` CPUs, or the cluster
-    at ``address``; ``workers`` actors, each loading the model once and using ``threads`` CPU threads,
-    default this process's); the dictionary is learnt here, and the files equal the local backend's."""
+
+@dataclass
+class ConceptsPlan:
+    """A validated concepts request: the layer, the data, the crops, the render preset and Ray resolved."""
+
+    model: Model
+    info: LayerInfo
+    src: _Source
+    images: str
+    n_crops: int
+    n_concepts: int
+    target_class: int | None
+    seed: int
+    method: str
+    max_vectors: int
+    backend: str
+    ray_settings: dict | None
+    ray_started: bool
+    render_settings: Any
+    compare_methods: bool
+    settings: dict
+    t0: float
+
+
+def _check_request(req: ConceptsRequest) -> None:
+    """Before a model is loaded: a named images argument, and Ray Data installed for the ray backend."""
+    if req.images is None:
+        raise UsageError("concepts need images: a folder, or one photo")
+    if req.backend == "ray":
+        from .ray_data import ray_data
+
+        ray_data()
+
+
+def _plan(model: Model, req: ConceptsRequest) -> ConceptsPlan:
     t0 = time.perf_counter()
-    dic.check_method(method)
+    images, n_concepts, crops, max_vectors = req.images, req.n_concepts, req.crops, req.max_vectors
+    if images is None:
+        raise UsageError("concepts need images: a folder, or one photo")
+    dic.check_method(req.method)
     if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
         raise UsageError(f"the number of concepts must be at least 1, got {n_concepts}")
     if crops is not None and crops < 0:
         raise UsageError(f"crops must be ≥ 0, got {crops}")
-    if rank not in RANKS:
-        raise UsageError(f"unknown concept ranking {rank!r}", hint="use " + " or ".join(RANKS))
+    if req.rank not in RANKS:
+        raise UsageError(f"unknown concept ranking {req.rank!r}", hint="use " + " or ".join(RANKS))
     if max_vectors < n_concepts:
         raise UsageError(f"max_vectors must be at least the number of concepts, got {max_vectors}")
-    info = network_layer(model, layer, "concepts")
+    info = network_layer(model, req.layer, "concepts")
     check_maps_layer(info)
     if n_concepts > info.channels:
         raise UsageError(f"{n_concepts} concepts is more than the {info.channels} channels of {info.name}")
-    check_class(model, target_class)
-    ray_settings = _check_backend(model, backend, address, workers, threads)
-    render_settings = get_preset(render_method or DEFAULT_METHOD).with_(steps=render_steps) if render else None
+    check_class(model, req.target_class)
+    ray_settings = _check_backend(model, req.backend, req.address, req.workers, req.threads)
+    render = not req.no_render
+    render_settings = get_preset(req.render_method or DEFAULT_METHOD).with_(steps=req.render_steps) if render else None
     src = _source(images)
     n_crops = (PHOTO_CROPS if src.kind == "photo" else FOLDER_CROPS) if crops is None else int(crops)
     if src.kind == "folder" and src.readable < n_concepts:
@@ -311,43 +350,46 @@ def concepts(
         )
     if src.kind == "photo" and n_crops < n_concepts:
         raise UsageError(f"one photo needs at least as many crops as concepts: --crops {n_crops} < {n_concepts}")
-    if out is not None:
-        from ..outputs.rundir import check_writable
-
-        check_writable(out)
     settings = {
         "model": model.describe(),
         "images": str(images),
         "input": src.kind,
         "layer": info.name,
         "concepts": n_concepts,
-        "target_class": target_class,
-        "seed": seed,
-        "method": method,
+        "target_class": req.target_class,
+        "seed": req.seed,
+        "method": req.method,
         "crops": n_crops,
         "crop_side": [0.3, 0.6],
         "max_vectors": max_vectors,
-        "rank": rank,
+        "rank": req.rank,
         "render": render_settings.for_model(model).as_dict() if render_settings else None,
         "render_method": render_settings.label if render_settings is not None else None,
-        "compare_methods": compare_methods,
-        "backend": backend,
+        "compare_methods": req.compare_methods,
+        "backend": req.backend,
         **({"ray": ray_settings} if ray_settings else {}),
     }
-    timings: dict[str, float] = {}
-    stop = should_stop or (lambda: False)
-
-    _probe(model, info, src, method)  # logits and, for nmf, the sign: checked before the run folder opens
+    _probe(model, info, src, req.method)  # logits and, for nmf, the sign: checked before the run folder opens
     ray_started = False
     if ray_settings is not None:
         from .ray_data import connect
 
         ray_started = connect(ray_settings)  # an unreachable --address: one line, before the run folder opens
+    return ConceptsPlan(
+        model, info, src, str(images), n_crops, n_concepts, req.target_class, req.seed, req.method, max_vectors,
+        req.backend, ray_settings, ray_started, render_settings, req.compare_methods, settings, t0,
+    )  # fmt: skip
 
-    def learn(ctx, stop):
+
+def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool]) -> Concepts:
+    """The activation pass, the dictionary, the evidence, the renders (no files); raises :class:`_Stopped`
+    when stopped before the concepts are complete. A local Ray the plan started is shut down at the end."""
+    model, info, src, n_crops, seed, n_concepts = p.model, p.info, p.src, p.n_crops, p.seed, p.n_concepts
+    timings: dict[str, float] = {}
+    try:
         # 1. activation pass
         t = time.perf_counter()
-        if backend == "ray":
+        if p.backend == "ray":
             from .ray_data import collect_ray
 
             tally = collect_ray(
@@ -356,16 +398,16 @@ def concepts(
                 src,
                 n_crops,
                 seed,
-                ActivationTally(max_vectors, info.channels, seed),
+                ActivationTally(p.max_vectors, info.channels, seed),
                 activation_units(src, n_crops),
                 activation_batch,
-                ray_settings,
+                p.ray_settings,
                 progress,
                 stop,
-                shutdown=ray_started,
+                shutdown=p.ray_started,
             )
         else:
-            tally = _collect(model, info, src, n_crops, seed, max_vectors, progress, stop)
+            tally = _collect(model, info, src, n_crops, seed, p.max_vectors, progress, stop)
         sample, votes, confidence, skipped, views = (
             tally.sample,
             tally.votes,
@@ -377,52 +419,128 @@ def concepts(
         if stop():
             raise _Stopped("stopped during the activation pass")
         if views < n_concepts or sample.data.shape[0] < n_concepts:
-            raise UsageError(f"only {views} readable images in {images}: fewer than the {n_concepts} concepts")
+            raise UsageError(f"only {views} readable images in {p.images}: fewer than the {n_concepts} concepts")
         rows = sample.data
         signed = bool(rows.min() < 0)
-        chosen = ("semi-nmf" if signed else "nmf") if method == "auto" else method
+        chosen = ("semi-nmf" if signed else "nmf") if p.method == "auto" else p.method
         if chosen == "nmf" and signed:
             raise UsageError(
                 f"{info.name} has negative activations (min {rows.min():.3g}): nmf needs non-negative ones",
                 hint="use --method semi-nmf or auto",
             )
-        cls = target_class
+        cls = p.target_class
         if cls is None:
             # predicted most often; a tie goes to the class predicted with more summed probability
             cls = min(votes, key=lambda c: (-votes[c], -confidence[c], c))
         return _run(
-            ctx, model, info, src, n_crops, seed, chosen, n_concepts, cls, sample, votes, skipped,
-            settings, render_settings, compare_methods, timings, t0, progress, stop,
+            model, info, src, n_crops, seed, chosen, n_concepts, cls, sample, votes, skipped,
+            p.settings, p.render_settings, p.compare_methods, timings, p.t0, progress, stop,
         )  # fmt: skip
-
-    try:
-        if out is None:
-            try:
-                return learn(None, stop)
-            except _Stopped as e:
-                from ..errors import Interrupted
-
-                raise Interrupted(f"interrupted: {e}; nothing was written") from None
-        from .contract import open_run
-
-        with open_run("concepts", out, settings, progress=progress, should_stop=should_stop) as ctx:
-            try:
-                res = learn(ctx, ctx.stop)
-            except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
-                ctx.mark_partial(0, n_concepts, f"concepts ({e})", resumable=False)
-                res = None
-            ctx.data = res
-        if res is None:
-            from ..errors import Interrupted
-
-            raise Interrupted(ctx.result.interruption)
-        res.status, res.job = ctx.result.status, ctx.result
-        return res
     finally:
-        if ray_started:  # a local Ray this run started (the pass shuts it; a failure before it may not)
+        if p.ray_started:  # a local Ray this run started (the pass shuts it; a failure before it may not)
             from .ray_data import ray_data
 
             ray_data().shutdown()
+
+
+def _compute(ctx: RunContext, p: ConceptsPlan) -> Concepts | None:
+    try:
+        res = _learn(p, ctx.show_progress, ctx.stop)
+    except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
+        ctx.mark_partial(0, p.n_concepts, f"concepts ({e})", resumable=False)
+        return None
+    res.run_dir = ctx.path
+    return res
+
+
+def _write(ctx: RunContext, res: Concepts | None) -> None:
+    if res is None:
+        return
+    t = time.perf_counter()
+    res.timings = {k: round(v, 3) for k, v in res.timings.items() if k != "total_s"}
+    write_concepts(ctx, res)
+    res.timings["write_s"] = round(time.perf_counter() - t, 3)
+    done = sum(c.render is not None for c in res.concepts)
+    if res.settings.get("render") is not None and done < len(res.concepts):
+        ctx.mark_partial(done, len(res.concepts), "concept renders", resumable=False)
+        res.status = "partial"
+    ctx.record["timings"].update(res.timings)
+    res.timings = ctx.record["timings"]  # total_s is added when the run closes
+
+
+def _summary(r: JobResult) -> list[str]:
+    res = r.data
+    rec = res.record()
+    lines = [
+        f"{res.model} · {res.layer.name} · {len(res.concepts)} concepts ({res.method}) of {res.class_name} "
+        f"({res.target_class}) from {rec['data']['images']} images"
+        + (f", {rec['data']['skipped_unreadable']} unreadable skipped" if rec["data"]["skipped_unreadable"] else ""),
+        f"explained variance {rec['fidelity']['explained_variance']:.3f} · reconstruction keeps top-1 on "
+        f"{rec['fidelity']['reconstruction_top1_agreement']:.1%} of the class images "
+        f"({rec['fidelity']['reconstruction_top1_agreement_all']:.1%} of all) · "
+        f"stability median {rec['stability']['median']:.3f}",
+    ]
+    if res.warning:
+        lines.append(f"warning: {res.warning}")
+    for c in res.concepts:
+        named = f" · named {c.name['name']} (AUC {c.name['auc']:.2f})" if c.name else ""
+        scored = f" · score {c.score:.2f}" if c.score is not None else ""
+        lines.append(
+            f"  concept {c.concept:2d}: importance {c.importance:+.3f} · ablation drop {c.ablation_drop:.3f} · "
+            f"stability {c.stability:.2f}{'' if c.stable else ' (unstable)'} · {c.label}{named}{scored}"
+        )
+    lines.append(f"wrote {r.run_dir}/report.html, concepts.json, concept_maps.npz ({res.timings['total_s']:.1f} s)")
+    return lines
+
+
+JOB = Job(
+    "concepts",
+    ConceptsRequest,
+    _plan,
+    _compute,
+    _write,
+    _summary,
+    help="Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html.",
+    renders=True,
+    precheck=_check_request,
+)
+
+
+def concepts(
+    model: Model,
+    images: str | Path,
+    *,
+    render: bool = True,
+    out: str | Path | None = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    **options,
+) -> Concepts:
+    """Learn ``n_concepts`` concepts of ``layer`` from ``images`` (a folder, or one photo whose random crops
+    are the data), rank them for ``target_class`` (default: the class predicted most often) by gradient ×
+    coefficient and by ablation, and show each by its top crops, its maps, its render and its votes
+    (``options``: the fields of :class:`ConceptsRequest`; ``render=False`` skips the renders).
+
+    With ``out``: ``report.html``, ``figure_concepts.png``, ``concepts.json``, ``concept_maps.npz``,
+    ``concept_bank.npy``, the renders ``<layer>/concept_0003.png`` and ``run.json`` there (the job
+    :data:`JOB`). Bad arguments raise :class:`~filterscope.errors.UsageError` before anything is written.
+
+    ``backend="ray"`` runs the activation pass on Ray Data (a local Ray of ``workers`` CPUs, or the cluster
+    at ``address``; ``workers`` actors, each loading the model once and using ``threads`` CPU threads,
+    default this process's); the dictionary is learnt here, and the files equal the local backend's."""
+    from ..errors import Interrupted
+
+    req = JOB.make_request(images=None if images is None else str(images), no_render=not render, **options)
+    if out is not None:
+        r = run_job(JOB, model, req, out=out, progress=progress, should_stop=should_stop)
+        if r.data is None:
+            raise Interrupted(r.interruption)
+        r.data.status, r.data.job = r.status, r
+        return r.data
+    try:
+        return _learn(_plan(model, req), progress, should_stop or (lambda: False))
+    except _Stopped as e:
+        raise Interrupted(f"interrupted: {e}; nothing was written") from None
 
 
 def _check_backend(model, backend: str, address: str | None, workers: int, threads: int | None) -> dict | None:
@@ -609,7 +727,7 @@ def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop, tally
 
 
 def _run(
-    ctx, model, info, src, n_crops, seed, method, k, cls, sample, votes, skipped, settings, render_settings,
+    model, info, src, n_crops, seed, method, k, cls, sample, votes, skipped, settings, render_settings,
     compare_methods, timings, t0, progress, stop,
 ) -> Concepts:  # fmt: skip
     rows, seen = sample.data, sample.seen
@@ -749,20 +867,8 @@ def _run(
         t = time.perf_counter()
         _render(model, info, res, render_settings, seed, stop, progress)
         timings["render_s"] = time.perf_counter() - t
-    if ctx is not None:
-        t = time.perf_counter()
-        res.timings = {k2: round(v, 3) for k2, v in timings.items()}
-        res.run_dir = ctx.path
-        _write(ctx, res)
-        timings["write_s"] = time.perf_counter() - t
-        done = sum(c.render is not None for c in res.concepts)
-        if render_settings is not None and done < len(res.concepts):
-            ctx.mark_partial(done, len(res.concepts), "concept renders", resumable=False)
-            res.status = "partial"
     timings["total_s"] = time.perf_counter() - t0
     res.timings = {k2: round(v, 3) for k2, v in timings.items()}
-    if ctx is not None:
-        ctx.record["timings"].update(res.timings)
     return res
 
 
@@ -1111,7 +1217,8 @@ def _npy(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write(ctx, res: Concepts) -> None:
+def write_concepts(ctx: RunContext, res: Concepts) -> None:
+    """Every file of a concepts run, and its record in ``run.json``."""
     from ..outputs import figures
     from ..outputs.naming import REPORT, figure_file
 

@@ -179,6 +179,7 @@ def opt(default: Any = None, help: str = "", **cli: Any) -> Any:
     ``optional`` (an argument that may be left out), ``names`` (comma-separated names of a registry:
     ``"method"``), ``registry`` (one name of a registry: ``"method"``, ``"param"``, ``"transforms"``,
     ``"optimizer"``, ``"precision"``), ``positive`` (a finite number > 0), ``max`` (highest int, with ``min``),
+    ``required`` (an option the command line asks for although the API has a default),
     ``cli=False`` (an option of the API alone)."""
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
