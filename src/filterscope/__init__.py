@@ -19,6 +19,7 @@ from .version import __version__ as __version__
 _WHERE = {
     "Accentuation": ".jobs.accentuate",
     "accentuate": ".jobs.accentuate",
+    "atlas": ".jobs.atlas",
     "build_atlas": ".jobs.atlas",
     "boost": ".jobs.boost",
     "ChannelRender": ".jobs.channels",
@@ -85,7 +86,7 @@ def __dir__() -> list[str]:
 if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.accentuate import Accentuation, accentuate
     from .jobs.activation_map import activation_map
-    from .jobs.atlas import build_atlas
+    from .jobs.atlas import atlas, build_atlas
     from .jobs.boost import boost
     from .jobs.channels import ChannelRender, render, render_channels
     from .jobs.circuit import Circuit, circuit
@@ -107,6 +108,7 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .optvis.render import Renderer, RenderSettings
 
 __all__ = [
+    "atlas",
     "activation_map",
     "DictionaryResult",
     "dictionary",

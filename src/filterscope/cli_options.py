@@ -306,7 +306,9 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
     default = meta.get("cli_default", default)
     name = f.name
     if meta.get("argument"):
-        return click.Argument([name], required=default is None and not meta.get("optional"), default=default)
+        required = default is None and not meta.get("optional")
+        # a required argument gets no default: click counts even default=None as given
+        return click.Argument([name], required=required, **({} if required else {"default": default}))
     flag = meta.get("flag") or "--" + name.replace("_", "-")
     kw: dict[str, Any] = {"help": meta.get("help", ""), "default": default}
     base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
