@@ -187,3 +187,19 @@ def make_pair(
 def _save(x: torch.Tensor, path: Path, Image) -> None:
     a = (x[0].numpy() * 255).round().clip(0, 255).astype(np.uint8)
     Image.fromarray(a, "L").save(path)
+
+
+def untrained_pair(d: Path) -> Path:
+    """Two random-weight checkpoints of :class:`Net` (``d/w0.pt``, ``d/w1.pt``), this file as ``d/net.py``
+    and three noise images in ``d/images``: enough for the refusals of the diff tests."""
+    from PIL import Image
+
+    shutil.copyfile(__file__, d / "net.py")
+    for s in (0, 1):
+        torch.manual_seed(s)
+        torch.save(Net().state_dict(), d / f"w{s}.pt")
+    (d / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8), "L").save(d / "images" / f"{i}.png")
+    return d

@@ -141,22 +141,10 @@ def test_api_renders_both_sides_and_another_layer_and_width_of_b(pair, tmp_path)
 
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
-    """Two random-weight checkpoints of the backdoor net and a few images: enough for the refusals."""
-    import shutil
-
+    """Two random-weight checkpoints of the backdoor net and three images: enough for the refusals."""
     import backdoor_net
-    from PIL import Image
 
-    d = tmp_path_factory.mktemp("untrained")
-    shutil.copyfile(backdoor_net.__file__, d / "net.py")
-    for s in (0, 1):
-        torch.manual_seed(s)
-        torch.save(backdoor_net.Net().state_dict(), d / f"w{s}.pt")
-    (d / "images").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8), "L").save(d / "images" / f"{i}.png")
-    return d
+    return backdoor_net.untrained_pair(tmp_path_factory.mktemp("untrained"))
 
 
 @pytest.mark.parametrize(

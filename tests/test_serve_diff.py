@@ -55,23 +55,9 @@ def ex(pair, tmp_path_factory):
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
     """Two random-weight checkpoints of the backdoor net and three images: enough for the refusals."""
-    import shutil
-
     import backdoor_net
-    import numpy as np
-    import torch
-    from PIL import Image
 
-    d = tmp_path_factory.mktemp("untrained")
-    shutil.copyfile(backdoor_net.__file__, d / "net.py")
-    for s in (0, 1):
-        torch.manual_seed(s)
-        torch.save(backdoor_net.Net().state_dict(), d / f"w{s}.pt")
-    (d / "images").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8), "L").save(d / "images" / f"{i}.png")
-    return d
+    return backdoor_net.untrained_pair(tmp_path_factory.mktemp("untrained"))
 
 
 @pytest.fixture(scope="module")
