@@ -372,7 +372,7 @@ def job_command(job: Any) -> click.Command:
         if job.renders:
             _configure_cache(kw.pop("cache_dir"), kw.pop("no_cache"))
         models = {s: {k: kw.pop(k + s) for k in MODEL_KEYS} for s in ("", "_b")[: 1 + bool(second)]}
-        request = job.make_request(**{k: v for k, v in kw.items()})
+        request = job.make_request(**kw)
         if job.precheck is not None:
             job.precheck(request)  # a wrong folder is refused before a model is loaded
         if second:
