@@ -126,8 +126,8 @@ def ceiling(model, layer, device, batch, n=8, repeats=4, net=None):
     machine's real speed)."""
     import torch
 
+    from filterscope.models.hooks import capture, run
     from filterscope.models.layers import get_layer
-    from filterscope.optvis.hooks import capture, run
 
     info = get_layer(model, layer)
     net = net or model.net

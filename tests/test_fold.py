@@ -9,11 +9,11 @@ import torch
 import torchvision
 from torch import nn
 
+from filterscope.models.hooks import capture, run
 from filterscope.models.layers import list_layers
 from filterscope.models.relu import final_relus
 from filterscope.optvis import fold as fold_module
 from filterscope.optvis.fold import conv_norm_pairs, fold_batchnorm
-from filterscope.optvis.hooks import capture, run
 from filterscope.optvis.memory import reuse_freed_memory
 from filterscope.optvis.objectives import channel
 from filterscope.optvis.render import Renderer, RenderSettings

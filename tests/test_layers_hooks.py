@@ -6,8 +6,8 @@ import torchvision
 
 from filterscope.errors import LayerError
 from filterscope.models import load_model
+from filterscope.models.hooks import capture, run
 from filterscope.models.layers import default_layer, get_layer, list_layers
-from filterscope.optvis.hooks import capture, run
 
 
 def n_hooks(net):

@@ -154,7 +154,7 @@ def test_diversity_pushes_images_apart(tiny_model):
     div = Renderer(model, s).render(channel("conv2", 11) + 4.0 * diversity("conv2"), [1, 2, 3])
 
     def mean_sim(images):
-        from filterscope.optvis.hooks import capture, run
+        from filterscope.models.hooks import capture, run
 
         with capture(model.net, ["conv2"], stop=True) as cap, torch.no_grad():
             run(model.forward, images, cap)

@@ -37,11 +37,11 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import RenderError, UsageError
+from ..models.hooks import run
 from ..models.inputs import load_image, model_input, sample_image_path
-from ..models.layers import LayerInfo, list_layers, map_views, network_layer
+from ..models.layers import LayerInfo, capture_layers, list_layers, network_layer
 from ..models.model import Model
 from ..models.relu import final_relus
-from ..optvis.hooks import capture, run
 from ..optvis.objectives import Objective, channel, closeness
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.images import png_bytes
@@ -136,14 +136,7 @@ def gradient_norms(
     xx = x[None].to(model.device).detach().clone().requires_grad_(True)
     with (
         torch.enable_grad(),
-        capture(
-            model.net,
-            [info.name],
-            calls={info.name: info.calls},
-            stop=True,
-            views=map_views(model, [info.name]),
-            inputs_of=[relu] if relu else [],
-        ) as cap,
+        capture_layers(model, [info], stop=True, inputs_of=[relu] if relu else []) as cap,
     ):
         run(model.forward, xx, cap)
         a = cap.inputs[relu] if relu else cap.acts[info.name]

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from ..errors import LayerError, UsageError
+from ..models.hooks import StopForward
 from ..models.inputs import list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import LayerInfo, list_layers, network_layer
 from ..models.model import Model
-from ..optvis.hooks import StopForward
 from ..optvis.linearize import GateMeter, linear_copy
 from ..optvis.presets import DEFAULT_METHOD
 from .circuit_rank import DEFAULT_RANKING, RANKING_TEXT, effect_order, rank_agreement, removal_effects

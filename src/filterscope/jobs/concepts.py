@@ -49,10 +49,10 @@ import torch
 from PIL import Image
 
 from ..errors import ImageError, UsageError
+from ..models.hooks import run
 from ..models.inputs import IMAGE_SUFFIXES, list_images, load_image, model_input
-from ..models.layers import LayerInfo, network_layer
+from ..models.layers import LayerInfo, capture_layers, network_layer
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 from ..optvis.presets import DEFAULT_METHOD, get_preset
 from ..outputs.images import png_bytes
 from ..outputs.site import data_uri as _uri
@@ -571,7 +571,7 @@ def _probe(model, info, src, method: str) -> None:
     """One image through the model: it must output class logits, and ``nmf`` needs a non-negative layer."""
     first = next((f for f in src.files if _readable(f)), src.files[0])
     x = model_input(model, load_image(first))
-    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap, torch.inference_mode():
+    with capture_layers(model, [info]) as cap, torch.inference_mode():
         logits = run(model.forward, x.to(model.device), cap)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise UsageError(f"{model.name} does not output class logits: concepts need them")
@@ -671,7 +671,7 @@ def activation_batch(
     map), the whole images' file indices)``. The one function both backends run (``cap``: an open
     :func:`~filterscope.optvis.hooks.capture` of the layer, else one is opened here)."""
     if cap is None:
-        with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
+        with capture_layers(model, [info]) as cap:
             return activation_batch(model, info, src, start, n_crops, seed, cap, memo)
     views, whole, skipped, index = unit_views(model, src, start, n_crops, seed, memo)
     if len(views) == 0:
@@ -718,7 +718,7 @@ def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop, tally
 
     tally = ActivationTally(max_vectors, info.channels, seed) if tally is None else tally
     memo: dict = {}
-    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap:
+    with capture_layers(model, [info]) as cap:
         for start in tqdm(activation_units(src, n_crops), desc="activations", disable=not progress, unit="batch"):
             tally.add(*activation_batch(model, info, src, start, n_crops, seed, cap, memo))
             if stop():

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ImageError
+from ..models.hooks import run
 from ..models.inputs import list_images, load_image, model_input
-from ..models.layers import LayerInfo, map_views
+from ..models.layers import LayerInfo, capture_layers
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 
 RESERVOIR = 512
 
@@ -140,10 +140,9 @@ def collect_examples(
     stats = {i.name: ChannelStats(i.channels, min(n_top, len(files)), keep_means=keep_means) for i in layers}
     rng = np.random.default_rng(seed)
     names = [i.name for i in layers]
-    calls = {i.name: i.calls for i in layers}
     skipped = 0
     with (
-        capture(model.net, names, calls=calls, stop=predictions is None, views=map_views(model, names)) as cap,
+        capture_layers(model, layers, stop=predictions is None) as cap,
         torch.inference_mode(),
     ):
         for x, index, ok in tqdm(

@@ -43,10 +43,10 @@ import numpy as np
 import torch
 
 from ..errors import LayerError, UsageError
+from ..models.hooks import run
 from ..models.inputs import list_images, load_image, model_input
-from ..models.layers import LayerInfo, map_views, network_layer
+from ..models.layers import LayerInfo, capture_layers, map_views, network_layer
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 from .contract import Job, JobResult, RunContext, opt, run_job
 from .feature_diff import PairedSample, feature_diff
 from .unit_match import DEAD_RULE, CorrelationTally, common_maps, dead_units, match_units
@@ -235,7 +235,7 @@ def _plan(model: Model, req: DiffRequest) -> DiffPlan:
 def _acts(model: Model, info: LayerInfo, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Maps ``[N, C, H, W]`` of ``info`` and the logits (None when the output is not ``[N, classes]``)."""
     with (
-        capture(model.net, [info.name], calls={info.name: info.calls}, views=map_views(model, [info.name])) as cap,
+        capture_layers(model, [info]) as cap,
         torch.inference_mode(),
     ):
         out = run(model.forward, x.to(model.device), cap)

@@ -22,11 +22,11 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError
+from ..models.hooks import capture, run
 from ..models.inputs import image_tensor, list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import LOGIT, get_layer, list_layers, map_views
 from ..models.model import Model
 from ..models.relu import final_relus
-from ..optvis.hooks import capture, run
 
 ROBUST_CROPS = 8
 

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from ..errors import UsageError
+from ..models.hooks import run
 from ..models.inputs import channel_conversion, load_image, model_input, sample_image_path
-from ..models.layers import LayerInfo, list_layers, map_views, network_layer
+from ..models.layers import LayerInfo, capture_layers, list_layers, network_layer
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 from ..outputs import figures
 from ..outputs.naming import figure_file
 from ..outputs.rundir import RunDir
@@ -66,13 +66,7 @@ def inspect(
     x = x.to(model.device)
     needs_input = not info.spatial or info.shape[1] * info.shape[2] == 1
     with (
-        capture(
-            model.net,
-            [info.name],
-            calls={info.name: info.calls},
-            inputs_of=[info.name] if needs_input else [],
-            views=map_views(model, [info.name]),
-        ) as cap,
+        capture_layers(model, [info], inputs_of=[info.name] if needs_input else []) as cap,
         torch.inference_mode(),
     ):
         logits = run(model.forward, x, cap)
@@ -114,7 +108,7 @@ def _feeding_maps(model: Model, x: torch.Tensor, info: LayerInfo) -> tuple[torch
         return ones, "none (no spatial maps feed this layer)"
     src = candidates[-1]
     with (
-        capture(model.net, [src.name], calls={src.name: src.calls}, views=map_views(model, [src.name])) as cap,
+        capture_layers(model, [src]) as cap,
         torch.inference_mode(),
     ):
         run(model.forward, x, cap)

@@ -21,9 +21,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..models.layers import LayerInfo, list_layers
+from ..models.hooks import run
+from ..models.layers import LayerInfo, capture_layers, list_layers
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 
@@ -85,7 +85,7 @@ def path_profiles(model: Model, images: torch.Tensor, layers: Sequence[LayerInfo
     if x.shape[-1] != model.input_size:
         x = F.interpolate(x, size=(model.input_size,) * 2, mode="bilinear", antialias=True)
     with (
-        capture(model.net, names, calls={i.name: i.calls for i in layers}, stop=True) as cap,
+        capture_layers(model, layers, stop=True) as cap,
         torch.inference_mode(),
     ):
         run(model.forward, x, cap)

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 
 from ..errors import LayerError
+from ..models.hooks import run
 from ..models.inputs import list_images, sample_photos_dir
-from ..models.layers import LayerInfo, map_views, network_layer
+from ..models.layers import LayerInfo, capture_layers, network_layer
 from ..models.model import Model
 from ..optvis import stimuli as S
-from ..optvis.hooks import capture, run
 from ..optvis.stimuli import (
     ALPHA,
     BATCH,
@@ -156,9 +156,7 @@ def _centre_and_mean(model: Model, info: LayerInfo, x: torch.Tensor, batch: int)
     centre, mean = [], []
     h, w = info.shape[1] // 2, info.shape[2] // 2
     with (
-        capture(
-            model.net, [info.name], calls={info.name: info.calls}, stop=True, views=map_views(model, [info.name])
-        ) as cap,
+        capture_layers(model, [info], stop=True) as cap,
         torch.inference_mode(),
     ):
         for i in range(0, x.shape[0], batch):

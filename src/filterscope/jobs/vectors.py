@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from ..errors import ImageError
-from ..models.layers import LayerInfo
+from ..models.hooks import run
+from ..models.layers import LayerInfo, capture_layers
 from ..models.model import Model
-from ..optvis.hooks import capture, run
 
 
 @dataclass
@@ -143,7 +143,7 @@ def stream_maps(
 
     stop = stop if stop is not None else (lambda: False)
     loader = DataLoader(ImageFolder(list(files), model), batch_size=batch, shuffle=False)
-    with capture(model.net, [info.name], calls={info.name: info.calls}) as cap, torch.inference_mode():
+    with capture_layers(model, [info]) as cap, torch.inference_mode():
         for x, index, ok in loader:
             if not ok.any():
                 continue

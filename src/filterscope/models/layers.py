@@ -15,13 +15,14 @@ head is used.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from ..defaults import LOGIT
 from ..errors import LayerError, closest
+from .hooks import capture
 from .model import Model
 
 
@@ -200,12 +201,24 @@ def get_layer(model: Model, name: str = "default") -> LayerInfo:
 
 
 def map_views(model: Model, names) -> dict:
-    """For :class:`~filterscope.optvis.hooks.capture`: how each named layer's raw output becomes maps
+    """For :class:`~filterscope.models.hooks.capture`: how each named layer's raw output becomes maps
     (only the layers that need it: token and NHWC outputs)."""
     if isinstance(model.net, torch.jit.ScriptModule):
         return {}
     infos = {i.name: i for i in list_layers(model)}
     return {n: infos[n].to_maps for n in names if n in infos and (infos[n].tokens or infos[n].nhwc)}
+
+
+def capture_layers(
+    model: Model, infos: Sequence[LayerInfo], *, stop: bool = False, inputs_of: Iterable[str] = ()
+) -> capture:
+    """A :class:`~filterscope.models.hooks.capture` of resolved layers: their call counts and map views come
+    from the :class:`LayerInfo` objects, so no caller re-derives them from a name."""
+    names = [i.name for i in infos]
+    return capture(
+        model.net, names, calls={i.name: i.calls for i in infos}, stop=stop, views=map_views(model, names),
+        inputs_of=inputs_of,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- the outline a person reads

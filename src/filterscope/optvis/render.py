@@ -21,11 +21,11 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError, closest
+from ..models.hooks import capture, run
 from ..models.layers import list_layers, map_views
 from ..models.model import Model
 from ..models.relu import final_relus, relus_before
 from .fold import fold_batchnorm
-from .hooks import capture, run
 from .memory import reuse_freed_memory
 from .objectives import Context, Objective, stack
 from .param import ImageParam, estimate_color_sqrt, make_param, param_options, param_registry
