@@ -12,12 +12,16 @@
    vectors: NMF at the same size, the raw channels, the naive TopK SAE (plain torch: random init, no
    dead-latent handling, Adam 1e-3, 20 epochs) and overcomplete's README recipe (random init, no dead-latent
    handling, Adam 5e-4, batch 1024, 20 epochs), each at the default size and k, two seeds.
-3. Stability against dictionary size and number of images, when the default misses 0.6.
+3. ``--parts curve``: held-out explained variance and stability against the number of training images and
+   the dictionary's size (what a user needs).
+4. ``--parts scale``: the CLI job on 1,000 images (crops, flips and colour shifts of the 48: a test of time
+   and memory, not of quality), wall time and peak memory.
 
 Writes benchmarks/results/dictionary.{json,md}. The machine's load average is recorded: timings on a shared
 machine are upper bounds.
 
-    python benchmarks/bench_dictionary.py            # a few minutes alone on 2 CPU cores
+    python benchmarks/bench_dictionary.py                       # planted + default: minutes alone on 2 cores
+    python benchmarks/bench_dictionary.py --parts curve,scale   # each part updates its own keys of the JSON
 """
 
 from __future__ import annotations
@@ -134,10 +138,7 @@ def _sae_metrics(train, held, cfgs) -> dict:
     }
 
 
-def lite0(tmp: Path, model, folder: Path, curve: bool) -> dict:
-    from filterscope.jobs.vectors import layer_vectors
-    from filterscope.models.layers import network_layer
-
+def lite0(tmp: Path, model, folder: Path) -> dict:
     t = time.perf_counter()
     r = ld.dictionary(model, folder, out=tmp / "lite0", layer="bn2", progress=False)
     wall = time.perf_counter() - t
@@ -153,14 +154,8 @@ def lite0(tmp: Path, model, folder: Path, curve: bool) -> dict:
         "named": sum(f.name is not None for f in d.features),
     }
     # the same sample, split as the job splits it
-    info = network_layer(model, "bn2")
-    lv = layer_vectors(
-        model, info, _files(folder), crops=ld.DEFAULT_CROPS, max_vectors=ld.MAX_VECTORS, seed=0, root=folder
-    )
-    readable = sorted(lv.predictions)
-    held_imgs = readable[ld.HOLDOUT_EVERY - 1 :: ld.HOLDOUT_EVERY]
-    mask = np.isin(lv.image, held_imgs)
-    train, held = lv.vectors[~mask], lv.vectors[mask]
+    vectors, _, mask = _split(model, folder)
+    train, held = vectors[~mask], vectors[mask]
     f, k = res["features"], res["k"]
     t = time.perf_counter()
     ld.NMF_ITER = NMF_ITER  # scikit-learn's NMF at 600+ components: capped so the benchmark ends
@@ -179,24 +174,42 @@ def lite0(tmp: Path, model, folder: Path, curve: bool) -> dict:
         for s in (0, 1)
     ]
     res["overcomplete_recipe"] = _sae_metrics(train, held, oc)
-    if curve:
-        res["stability_curve"] = _curve(train, held, lv, mask, k)
     return res
 
 
-def _curve(train, held, lv, mask, k) -> list[dict]:
-    """Stability of the default recipe against dictionary size (all images) and number of images (default size)."""
-    out = []
+def _split(model, folder: Path):
+    """The job's sample of ``bn2`` over ``folder`` and its split: (vectors, image of each, held-out mask)."""
+    from filterscope.jobs.vectors import layer_vectors
+    from filterscope.models.layers import network_layer
+
+    lv = layer_vectors(
+        model, network_layer(model, "bn2"), _files(folder), crops=ld.DEFAULT_CROPS, max_vectors=ld.MAX_VECTORS,
+        seed=0, root=folder,
+    )  # fmt: skip
+    readable = sorted(lv.predictions)
+    mask = np.isin(lv.image, readable[ld.HOLDOUT_EVERY - 1 :: ld.HOLDOUT_EVERY])
+    return lv.vectors, lv.image, mask
+
+
+def curve(model, folder: Path) -> list[dict]:
+    """The default recipe against the number of training images (the same held-out images; default size, k
+    and epochs for each) and against dictionary size (all training images): held-out explained variance and
+    stability, to say what a user needs."""
+    vectors, image, mask = _split(model, folder)
+    train, held, train_img = vectors[~mask], vectors[mask], image[~mask]
+    imgs = np.unique(train_img)
     ep = ld.default_epochs
-    for f in (160, 320, 640, 1280):
-        cfgs = [SAEConfig(features=f, k=ld.default_k(f), epochs=ep(len(train)), seed=s) for s in (0, 1)]
-        out.append({"images": int(len(np.unique(lv.image[~mask]))), **_sae_metrics(train, held, cfgs)})
-    imgs = np.unique(lv.image[~mask])
-    for n in (12, 24):
-        sub = train[np.isin(lv.image[~mask], imgs[:n])]
+    out = []
+    for n in (12, 24, len(imgs)):
+        sub = train[np.isin(train_img, imgs[:n])]
         f = ld.default_features(train.shape[1], len(sub))
         cfgs = [SAEConfig(features=f, k=ld.default_k(f), epochs=ep(len(sub)), seed=s) for s in (0, 1)]
-        out.append({"images": n, **_sae_metrics(sub, held, cfgs)})
+        out.append({"images": int(n), **_sae_metrics(sub, held, cfgs)})
+        print(json.dumps(out[-1]), flush=True)
+    for f in (160, 320, 1280):
+        cfgs = [SAEConfig(features=f, k=ld.default_k(f), epochs=ep(len(train)), seed=s) for s in (0, 1)]
+        out.append({"images": int(len(imgs)), **_sae_metrics(train, held, cfgs)})
+        print(json.dumps(out[-1]), flush=True)
     return out
 
 
@@ -206,30 +219,91 @@ def _files(folder: Path):
     return list_images(folder)
 
 
+def make_scaled(src: Path, folder: Path, n: int, seed: int = 0) -> Path:
+    """``n`` distinct files from the photos in ``src``: random crops (a third to all of each side), flips and
+    small colour shifts, 256 px JPEGs. Distinct files with repeated content: a test of time and memory at
+    scale, not of a dictionary's quality (offline there are no 1,000 distinct photos)."""
+    from PIL import ImageEnhance
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = _files(src)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        im = Image.open(files[i % len(files)]).convert("RGB")
+        w, h = im.size
+        s = rng.uniform(0.3, 1.0)
+        cw, ch = int(w * s), int(h * s)
+        x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        im = im.crop((x, y, x + cw, y + ch)).resize((256, 256))
+        if rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        ImageEnhance.Color(im).enhance(float(rng.uniform(0.7, 1.3))).save(folder / f"img_{i:04d}.jpg", quality=90)
+    return folder
+
+
+def scale(tmp: Path, folder: Path, n: int = 1000) -> dict:
+    """The CLI job with its defaults (renders included) on ``n`` images, in its own process: wall time and
+    peak resident memory (the target: 1,000 images in ≤ 10 min and ≤ 3 GB)."""
+    import subprocess
+
+    imgs = make_scaled(folder, tmp / f"scaled_{n}", n)
+    cmd = [sys.executable, "-m", "filterscope", "dictionary", str(imgs), "--layer", "bn2", "--out", str(tmp / "s")]
+    t = time.perf_counter()
+    subprocess.run([*cmd, "-q"], check=True)
+    wall = time.perf_counter() - t
+    rec = json.loads((tmp / "s" / "run.json").read_text())
+    return {
+        "images": n,
+        "command": "filterscope dictionary IMAGES --layer bn2 (defaults, renders included)",
+        "wall_s": round(wall, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2),
+        "timings": rec.get("timings") or rec.get("dictionary", {}).get("timings"),
+        "metrics": rec.get("dictionary", {}).get("metrics"),
+    }
+
+
+PARTS = ("planted", "default", "curve", "scale")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--curve", action="store_true", help="also the stability curve (size, images)")
-    ap.add_argument("--skip-planted", action="store_true")
+    ap.add_argument(
+        "--parts", default="planted,default", help=f"comma-separated, of {', '.join(PARTS)} [default: planted,default]"
+    )
     args = ap.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    if unknown := set(parts) - set(PARTS):
+        ap.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    res_dir = ROOT / "benchmarks" / "results"
+    path = res_dir / "dictionary.json"
+    out: dict = json.loads(path.read_text()) if path.exists() else {}  # parts run alone keep the others' results
     machine = {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
         "load_start": [round(v, 1) for v in os.getloadavg()],
+        "parts": parts,
     }
-    out: dict = {"machine": machine, "targets": TARGETS}
+    out["targets"] = TARGETS
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        if not args.skip_planted:
+        if "planted" in parts:
             out["planted"] = [planted(s, tmp) for s in (1, 2)]
             print(json.dumps(out["planted"]), flush=True)
         folder = photos48(tmp / "photos48")
-        model = load_model("efficientnet_lite0")
-        out["lite0_bn2"] = lite0(tmp, model, folder, args.curve)
+        if "default" in parts or "curve" in parts:
+            model = load_model("efficientnet_lite0")
+            lite = out.setdefault("lite0_bn2", {})
+            if "default" in parts:
+                lite.update(lite0(tmp, model, folder))
+            if "curve" in parts:
+                lite["stability_curve"] = curve(model, folder)
+        if "scale" in parts:
+            out["scale"] = scale(tmp, folder)
     machine["load_end"] = [round(v, 1) for v in os.getloadavg()]
     machine["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
-    out["not_measured"] = ["1,000 images (≤ 10 min, ≤ 3 GB): not run in this session"]
-    res_dir = ROOT / "benchmarks" / "results"
+    out.setdefault("machines", {}).update({p: machine for p in parts})
+    out["machine"] = machine
     (res_dir / "dictionary.json").write_text(json.dumps(out, indent=1))
     (res_dir / "dictionary.md").write_text(tables.dictionary_table(out))
     print(tables.dictionary_table(out))

@@ -41,6 +41,7 @@ PLACE = {
     "serve": "serve",
     "cli": "cli",
     "cli_options": "cli",
+    "__main__": "cli",
 }
 
 
