@@ -422,9 +422,10 @@ def dictionary_table(r: dict) -> str:
     lines = [
         "# dictionary benchmark",
         "",
-        f"Machine: {m['cpus']} CPUs ({m['platform']}), torch threads {m['torch_threads']}; load average "
-        f"{m['load_start']} at the start, {m.get('load_end')} at the end (a shared machine: timings are upper "
-        f"bounds); peak RSS {m.get('peak_rss_gb')} GB.",
+        f"Machine: {m['cpus']} CPUs ({m['platform']}), torch threads {m['torch_threads']}. Each part's load "
+        "average at its start and end (above 2, the machine was shared and its timings are upper bounds): "
+        + "; ".join(f"{part} {x['load_start']} → {x.get('load_end')}" for part, x in r.get("machines", {}).items())
+        + ".",
         "",
     ]
     if "planted" in r:
@@ -462,15 +463,26 @@ def dictionary_table(r: dict) -> str:
             "",
             "### Stability against size and images",
             "",
-            "| images | features | k | EV held out | stability |",
+            "| training images | features | k | EV train | EV held out | dead | stability |",
         ]
-        lines += ["|---|---|---|---|---|"]
+        lines += ["|---|---|---|---|---|---|---|"]
         for c in L["stability_curve"]:
             lines.append(
-                f"| {c['images']} | {c['features']} | {c['k']} | {c['explained_variance_held_out']} | "
-                f"{c['stability']} |"
+                f"| {c['images']} | {c['features']} | {c['k']} | {c['explained_variance']} | "
+                f"{c['explained_variance_held_out']} | {100 * c['dead_fraction']:.1f} % | {c['stability']} |"
             )
-    lines += ["", "Not measured: " + "; ".join(r["not_measured"]), ""]
+    if "scale" in r:
+        sc = r["scale"]
+        lines += [
+            "",
+            f"## {sc['images']} images (time and memory)",
+            "",
+            f"`{sc['command']}`: wall {sc['wall_s']} s (target ≤ 600 s), peak resident memory {sc['peak_rss_gb']} GB "
+            f"(target ≤ 3 GB); timings {sc.get('timings')}.",
+        ]
+    if r.get("not_measured"):
+        lines += ["", "Not measured: " + "; ".join(r["not_measured"])]
+    lines.append("")
     return "\n".join(lines)
 
 
