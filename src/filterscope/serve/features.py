@@ -179,8 +179,8 @@ def _histogram(h: dict, width: int = 240, height: int = 60) -> dict:
     w = width / max(1, len(counts))
     bars = []
     for i, c in enumerate(counts):
-        h = round(height * c / top, 1)
-        bars.append({"x": round(i * w, 1), "w": round(w - 1, 1), "h": h, "y": round(height - h, 1), "n": c})
+        bar = round(height * c / top, 1)
+        bars.append({"x": round(i * w, 1), "w": round(w - 1, 1), "h": bar, "y": round(height - bar, 1), "n": c})
     edges = h.get("edges", [0, 0])
     return {"bars": bars, "width": width, "height": height, "lo": edges[0], "hi": edges[-1], "of": h.get("of", "")}
 
