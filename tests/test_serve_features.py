@@ -89,7 +89,8 @@ def _feat(j, name=None, label="", votes=(), channels=(), freq=0.1, score=None):
     named = {"name": name, "auc": 0.9, "p": 1e-4} if name else None
     return {
         "feature": j, "frequency": freq, "score": score, "name": named,
-        "purity": {"label": label, "share": 0.5} if label else None, "votes": [{"class": 0, "name": v} for v in votes],
+        "purity": {"label": label, "share": 0.5} if label else None,
+        "votes": [{"class": 0, "name": v, "logit_rise": 0.5} for v in votes],
         "channels": [{"channel": c, "weight": 0.5} for c in channels],
     }  # fmt: skip
 
@@ -97,12 +98,28 @@ def _feat(j, name=None, label="", votes=(), channels=(), freq=0.1, score=None):
 def test_search_words_match_name_class_votes_and_a_number_a_channel():
     from filterscope.serve.features import matches
 
-    f = _feat(3, name="espresso OR cup", label="coffee mug", votes=["espresso", "plate"], channels=[12, 7, 300])
-    assert matches(f, []) and matches(f, ["espresso"]) and matches(f, ["mug"]) and matches(f, ["plate"])
-    assert matches(f, ["12"]) and matches(f, ["012"]) and matches(f, ["300", "cup"])
-    assert not matches(f, ["1"]) and not matches(f, ["3"])  # a number is a channel, whole: not a feature id, no prefix
-    assert not matches(f, ["espresso", "zebra"])  # every word must match
-    assert not matches(_feat(4), ["espresso"])  # no name, label or votes
+    f = _feat(3, name="espresso OR cup", label="coffee mug", votes=["espresso", "plate"])
+    chans = {12, 7, 300}
+    assert matches(f, [], chans) and matches(f, ["espresso"], chans) and matches(f, ["mug"], chans)
+    assert matches(f, ["plate"], chans) and matches(f, ["12"], chans) and matches(f, ["012"], chans)
+    assert matches(f, ["300", "cup"], chans)
+    assert not matches(f, ["1"], chans) and not matches(f, ["3"], chans)  # a whole channel: no feature id, no prefix
+    assert not matches(f, ["espresso", "zebra"], chans)  # every word must match
+    assert not matches(_feat(4), ["espresso"], chans)  # no name, label or votes
+
+
+def test_a_channel_takes_part_in_the_live_features_with_its_largest_decoder_weights(monkeypatch):
+    from filterscope.serve import features as fmod
+
+    monkeypatch.setattr(fmod, "PART_OF", 2)
+    dec = np.array([[0.6, 0.0, 0.8], [0.0, -1.0, 0.0], [0.0, 0.3, -0.9], [0.0, 0.2, 0.98]], np.float32)
+    feats = [_feat(j) for j in range(4)]
+    feats[3]["frequency"] = 0.0  # dead: takes no part
+    assert fmod.takes_part(dec, feats) == [
+        [(0, pytest.approx(0.6))],  # the only non-zero weight on channel 0
+        [(1, -1.0), (2, pytest.approx(0.3))],  # largest |weight| first, signs kept
+        [(2, pytest.approx(-0.9)), (0, pytest.approx(0.8))],  # two at most; the dead feature 3 left out
+    ]
 
 
 def test_sort_orders_score_frequency_and_name_unscored_and_unnamed_last():
@@ -189,6 +206,50 @@ def test_foreign_host_and_cross_site_post_start_no_dictionary(fex):
     assert not any(j.kind in ("dictionary", "feature-render") for j in fex.jobs.jobs.values())
 
 
+def test_a_scored_dictionary_from_the_cache_is_listed_by_score(fex, images):
+    """A finished dictionary put where the job leaves one (its run folder, then its summary): the index and the
+    pages read it with no job, scores and all (the worker test's 16 photos are too few for scores)."""
+    from filterscope.serve import store
+    from filterscope.serve.app import Explorer
+    from filterscope.serve.features import dictionary_key
+
+    ex = Explorer(fex.model, fex.cache, jobs=fex.jobs, bundled=False, images=images, dictionary_options={"epochs": 1})
+    key, run, _ = dictionary_key(ex, LAYER)
+    feats = [
+        _feat(0, name="red", label="red", votes=["red"], channels=[2, 0], score=0.7),
+        _feat(1, label="blue", votes=["blue"], channels=[1], freq=0.3, score=0.9),
+        _feat(2, name="green", votes=["green"], channels=[3, 2], freq=0.0),
+    ]
+    for f in feats:
+        f.update(mean=1.0, top=[], histogram={"of": "peak activation per image", "edges": [0, 1, 2], "counts": [3, 1]})
+        f.update(render=None, exemplars=None)
+    metrics = {"features": 3, "explained_variance": 0.9, "explained_variance_held_out": None, "l0": 1.0,
+               "dead_fraction": 0.33, "dense_fraction": 0.0, "stability": 0.7}  # fmt: skip
+    rec = {"layer": LAYER, "basis": "sae", "metrics": metrics, "scoring": {"labels": "predictions"}, "features": feats}
+    run.mkdir(parents=True)
+    (run / "dictionary.json").write_text(json.dumps(rec))
+    dec = np.array([[0.6, 0, 0.8, 0], [0, 1, 0, 0], [0, 0, 0.6, 0.8]], np.float32)
+    np.savez(run / "dictionary.npz", decoder=dec)
+    (run / "run.json").write_text(json.dumps({"settings": {"seed": 0}}))
+    store.store_json(ex.cache, key, {"run": str(run), "features": 3})
+    started = ex.jobs.started
+    with _client(ex) as c:
+        m = _m(ex)
+        page = c.get(f"{m}/features")
+        assert page.status_code == 200 and "no scores" not in page.text
+        assert [int(i) for i in re.findall(r'data-id="([0-9]+)"', page.text)] == [1, 0, 2]
+        assert 'class="dead"' in page.text and "3 of 3 features (1 dead" in page.text
+        assert _shown(c.get(f"{m}/features?q=2").text) == {0}  # feature 2 writes on channel 2 too, but it is dead
+        assert _shown(c.get(f"{m}/features?q=BLUE").text) == {1} and _shown(c.get(f"{m}/features?q=3").text) == set()
+        one = c.get(f"{m}/features/1").text
+        assert "0.90 (MIS 2-AFC" in one and f'href="{m}/f/1"' in one and "no name" in one
+        assert f'data-job="/api/feature-render/{ex.model.name}/{LAYER}/1"' in one  # no render yet: a render job
+        unit = c.get(f"{m}/f/2").text
+        assert re.findall(rf'href="{m}/features/([0-9]+)">feature', unit) == ["0"] and "(weight +0.80)" in unit
+        assert "No live feature writes on filter 3" in c.get(f"{m}/f/3").text
+    assert ex.jobs.started == started
+
+
 # ---------------------------------------------------------------- the dictionary computed in a worker
 
 
@@ -224,8 +285,19 @@ def test_dictionary_job_runs_once_in_a_worker_with_progress_and_is_cached(client
 
 
 @pytest.mark.slow
+def _takes_part(rec: dict, run) -> list[list[tuple[int, float]]]:
+    """Per channel, the 8 live features with the largest |decoder weight| on it (from the run's npz)."""
+    dec = np.load(run / "dictionary.npz")["decoder"]
+    live = np.array([f["frequency"] > 0 for f in rec["features"]])
+    out = []
+    for c in range(dec.shape[1]):
+        order = sorted((j for j in range(len(dec)) if live[j] and dec[j, c] != 0), key=lambda j: (-abs(dec[j, c]), j))
+        out.append([(j, float(dec[j, c])) for j in order[:8]])
+    return out
+
+
 def test_index_sorted_searched_on_the_server_and_linked(client, fex, computed):
-    rec, _, _ = computed
+    rec, run, _ = computed
     m = _m(fex)
     r = client.get(f"{m}/features")
     assert r.status_code == 200 and 'id="q"' in r.text
@@ -240,7 +312,8 @@ def test_index_sorted_searched_on_the_server_and_linked(client, fex, computed):
     )
     # a channel number finds the features it takes part in, without JS
     c = rec["features"][0]["channels"][0]["channel"]
-    want = {f["feature"] for f in rec["features"] if c in [x["channel"] for x in f["channels"]]}
+    want = {j for j, _ in _takes_part(rec, run)[c]}
+    assert want and len(want) <= 8
     page = client.get(f"{m}/features?q={c}").text
     assert _shown(page) == want and f'value="{c}"' in page
     # a word: the name, label or votes of the features it finds, and of no other
@@ -250,14 +323,14 @@ def test_index_sorted_searched_on_the_server_and_linked(client, fex, computed):
     shown = _shown(page)
     from filterscope.serve.features import matches
 
-    assert shown == {f["feature"] for f in rec["features"] if matches(f, [word.lower()])} and shown
+    assert shown == {f["feature"] for f in rec["features"] if matches(f, [word.lower()], set())} and shown
     assert f"{len(shown)} of 8 features" in page
     assert client.get(f"{m}/features?q=zzzz-nothing").text.count(" hidden") >= 8
 
 
 @pytest.mark.slow
 def test_feature_page_shows_its_parts_and_links_both_ways(client, fex, computed):
-    rec, _, _ = computed
+    rec, run, _ = computed
     m = _m(fex)
     f = next(f for f in rec["features"] if f["render"])
     r = client.get(f"{m}/features/{f['feature']}")
@@ -271,7 +344,7 @@ def test_feature_page_shows_its_parts_and_links_both_ways(client, fex, computed)
     for u in imgs:
         assert client.get(u).status_code == 200, u
     assert len(re.findall(r'href="/m/[^"]+/img/[0-9a-f]{64}"', r.text)) == len(f["top"])
-    assert '<svg class="hist"' in r.text and r.text.count("<rect") == len(f["histogram"]["counts"])
+    assert '<svg class="fhist"' in r.text and r.text.count("<rect") == len(f["histogram"]["counts"])
     # forged ids, traversal on the real run's key
     assert client.get(f"{m}/features/8").status_code == 404
     assert client.get(f"{m}/features/{'9' * 18}").status_code == 404
@@ -282,10 +355,7 @@ def test_feature_page_shows_its_parts_and_links_both_ways(client, fex, computed)
     c = f["channels"][0]["channel"]
     page = client.get(f"{m}/f/{c}").text
     listed = [int(i) for i in re.findall(rf'href="{m}/features/([0-9]+)">feature', page)]
-    live = [g for g in rec["features"] if g["frequency"] > 0]
-    want = sorted(((abs(x["weight"]), g["feature"]) for g in live for x in g["channels"] if x["channel"] == c),
-                  key=lambda t: (-t[0], t[1]))  # fmt: skip
-    assert listed == [g for _, g in want][:8] and f["feature"] in listed
+    assert listed == [j for j, _ in _takes_part(rec, run)[c]] and listed
 
 
 @pytest.mark.slow

@@ -3,7 +3,8 @@
 Every page has a stable URL made of the model, the layer, the photo's sha256 and the filter:
 ``/m/<model>/<layer>/img/<sha256>`` (the explanation), ``…/f/<channel>`` (a filter with that photo),
 ``/m/<model>/<layer>/f/<channel>`` (a filter alone, with its circuit and tuning), ``/m/<model>/<layer>/class/<k>``
-(a class's concepts over the server's photos). Progress is polled from small JSON endpoints
+(a class's concepts over the server's photos), ``/m/<model>/<layer>/features`` (the layer's dictionary, one page
+per feature: ``serve/features.py``). Progress is polled from small JSON endpoints
 (``/api/…``). Path parameters are checked against the model's layers, a 64-hex-digit hash or a channel
 range, so no URL names a file; the atlas is served by Starlette's ``StaticFiles`` (which refuses paths that
 leave its folder and lists no directory).

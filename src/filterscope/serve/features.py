@@ -31,7 +31,7 @@ DICT_SEED = 0
 MAX_Q = 100  # characters of a search: longer is refused (400), so a URL cannot make the server scan a novel
 SORTS = ("score", "frequency", "name")
 FEAT_FILE = re.compile(r"^[A-Za-z0-9_.\-]+/(feature|exemplars)_[0-9]{4,9}\.png$")
-CHANNEL_FEATURES = 8  # features listed on a filter page
+PART_OF = 8  # a channel takes part in the features with the largest |decoder weight| on it: this many
 CELL_FEATURES = 5  # nearest features listed on a map cell's page
 
 
@@ -120,10 +120,9 @@ def _is_number(word: str) -> bool:
     return re.fullmatch(r"[0-9]+", word) is not None
 
 
-def matches(f: dict, words: list[str]) -> bool:
-    """Whether feature ``f`` answers every word of a search: a number is a channel the feature is made of
-    (among its largest decoder weights), any other word part of its name, label or a class it votes for."""
-    chans = {c["channel"] for c in f.get("channels", [])}
+def matches(f: dict, words: list[str], chans: set[int]) -> bool:
+    """Whether feature ``f`` answers every word of a search: a number is a channel that takes part in it (one
+    of ``chans``: see :func:`takes_part`), any other word part of its name, label or a class it votes for."""
     text = _text(f)
     return all(int(w) in chans if _is_number(w) else w in text for w in words)
 
@@ -158,6 +157,37 @@ def _file_url(d: LayerDictionary, rel: str | None) -> str | None:
     return f"/featfile/{d.key}/{rel}" if rel and FEAT_FILE.match(rel) else None
 
 
+def takes_part(decoder: np.ndarray | None, feats: list[dict]) -> list[list[tuple[int, float]]]:
+    """Per channel, the live features it takes part in: the :data:`PART_OF` with the largest |decoder
+    weight| on it (non-zero), largest first, as ``(feature, weight)``; what a filter page lists and what a
+    channel number finds in the index. Without a decoder: the features listing it among their channels."""
+    live = np.array([f["frequency"] > 0 for f in feats], bool)
+    if decoder is None or decoder.shape[0] != len(feats):
+        n = 1 + max((c["channel"] for f in feats for c in f.get("channels", [])), default=-1)
+        out: list[list[tuple[int, float]]] = [[] for _ in range(n)]
+        for f in feats:
+            for c in f.get("channels", []) if live[f["feature"]] else []:
+                out[c["channel"]].append((f["feature"], c["weight"]))
+        return [sorted(r, key=lambda t: (-abs(t[1]), t[0]))[:PART_OF] for r in out]
+    a = np.abs(decoder) * live[:, None]
+    top = np.argsort(-a, axis=0, kind="stable")[:PART_OF]  # [PART_OF, C]
+    return [[(int(j), float(decoder[j, c])) for j in top[:, c] if a[j, c] > 0] for c in range(decoder.shape[1])]
+
+
+def _parts(ex: Explorer, d: LayerDictionary) -> tuple[list[list[tuple[int, float]]], list[set[int]]]:
+    """:func:`takes_part` of a dictionary, and its inverse (per feature, the channels that take part in it)."""
+
+    def make():
+        per_channel = takes_part(_decoder(ex, d), d.features)
+        per_feature: list[set[int]] = [set() for _ in d.features]
+        for c, rows in enumerate(per_channel):
+            for j, _ in rows:
+                per_feature[j].add(c)
+        return per_channel, per_feature
+
+    return ex.memo(("dictionary-parts", d.key), make)
+
+
 def _row(ex: Explorer, layer: str, d: LayerDictionary, f: dict) -> dict:
     """An index row: the record, its URL, render, the words the search looks in, the channels and votes."""
     base = f"/m/{ex.model.name}/{layer}"
@@ -166,20 +196,21 @@ def _row(ex: Explorer, layer: str, d: LayerDictionary, f: dict) -> dict:
         "url": f"{base}/features/{f['feature']}",
         "render_url": _file_url(d, f.get("render")),
         "text": _text(f),
-        "chan": " " + " ".join(str(c["channel"]) for c in f.get("channels", [])) + " ",
+        "chan": " " + " ".join(str(c) for c in sorted(_parts(ex, d)[1][f["feature"]])) + " ",
         "chan_links": [{**c, "url": f"{base}/f/{c['channel']}"} for c in f.get("channels", [])[:4]],
         "vote_links": [{**v, "url": _class_link(ex, layer, v["class"])} for v in f.get("votes", [])[:2]],
     }
 
 
-def _histogram(h: dict, width: int = 240, height: int = 60) -> dict:
-    """An SVG bar chart's rectangles of a feature's histogram (peak activation per image)."""
+def _histogram(h: dict, width: int = 320, height: int = 80) -> dict:
+    """An SVG bar chart's rectangles of a feature's histogram (peak activation per image); bar heights grow
+    with the square root of the count, so that the few strong images show beside the many quiet ones."""
     counts = h.get("counts", [])
     top = max(counts, default=0) or 1
     w = width / max(1, len(counts))
     bars = []
     for i, c in enumerate(counts):
-        bar = round(height * c / top, 1)
+        bar = round(height * (c / top) ** 0.5, 1)
         bars.append({"x": round(i * w, 1), "w": round(w - 1, 1), "h": bar, "y": round(height - bar, 1), "n": c})
     edges = h.get("edges", [0, 0])
     return {"bars": bars, "width": width, "height": height, "lo": edges[0], "hi": edges[-1], "of": h.get("of", "")}
@@ -217,21 +248,18 @@ def _exemplars(ex: Explorer, layer: str, f: dict) -> list[dict]:
 
 
 def channel_features(ex: Explorer, layer: str, c: int) -> dict[str, Any]:
-    """The filter page's part: the features of ``layer``'s dictionary that channel ``c`` takes part in (``c``
-    among a feature's largest decoder weights), largest |weight| on ``c`` first; or, before the dictionary is
-    computed, the link that computes it."""
+    """The filter page's part: the features of ``layer``'s dictionary that channel ``c`` takes part in (the
+    live ones with the largest |decoder weight| on ``c``, :func:`takes_part`), largest first, each with its
+    weight on ``c``; or, before the dictionary is computed, the link that computes it."""
     base = f"/m/{ex.model.name}/{layer}/features"
     d = layer_dictionary(ex, layer)
-    out: dict[str, Any] = {"index": base, "computed": d is not None, "channel": c, "features": [], "more": 0}
+    out: dict[str, Any] = {"index": base, "computed": d is not None, "channel": c, "features": []}
     if d is None:
         return out
-    rows = []
-    for f in d.features:
-        w = next((x["weight"] for x in f.get("channels", []) if x["channel"] == c), None)
-        if w is not None and f["frequency"] > 0:
-            rows.append({"feature": f["feature"], "weight": w, "name": f.get("name"), "url": f"{base}/{f['feature']}"})
-    rows.sort(key=lambda r: (-abs(r["weight"]), r["feature"]))
-    out["features"], out["more"] = rows[:CHANNEL_FEATURES], max(0, len(rows) - CHANNEL_FEATURES)
+    per_channel = _parts(ex, d)[0]
+    for j, w in per_channel[c] if c < len(per_channel) else []:
+        f = d.features[j]
+        out["features"].append({"feature": j, "weight": w, "name": f.get("name"), "url": f"{base}/{j}"})
     out["search"] = f"{base}?q={c}"
     return out
 
@@ -280,7 +308,7 @@ def features_page(request: Request) -> Response:
         words = q.lower().split()
         for f in sorted(d.features, key=sort_key(sort)):
             row = _row(ex, layer, d, f)
-            row["hidden"] = not matches(f, words)
+            row["hidden"] = not matches(f, words, _parts(ex, d)[1][f["feature"]])
             shown += not row["hidden"]
             dead += f["frequency"] == 0
             rows.append(row)
