@@ -374,3 +374,30 @@ def test_an_unrendered_feature_renders_on_request_under_the_jobs_cache_key(clien
     png = client.get(j["urls"][0])
     assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     assert f'src="{j["urls"][0]}"' in client.get(f"{m}/features/{todo['feature']}").text
+
+
+@pytest.mark.slow
+def test_map_cell_lists_its_nearest_features_once_the_dictionary_is_computed(client, fex, computed, images):
+    from filterscope.serve import app as app_mod
+    from filterscope.serve.app import Explorer
+
+    rec, run, _ = computed
+    old = app_mod.MAP_GRID
+    app_mod.MAP_GRID = 2  # few cells: few renders
+    try:
+        j, _ = _wait(client, f"/api/map/{fex.model.name}/{LAYER}")
+        assert j["state"] == "done", j.get("error")
+        cells = re.findall(r'<a class="mcell" href="([^"]+)"', client.get(f"{_m(fex)}/map").text)
+        assert cells
+        page = client.get(cells[0]).text
+        near = [int(i) for i in re.findall(rf'href="{_m(fex)}/features/([0-9]+)">', page)]
+        assert near and all(rec["features"][k]["frequency"] > 0 for k in near)
+        # the nearest first: cosine of the cell's mean with the decoder rows, from the map's own map.npz
+        cos = [float(x) for x in re.findall(r'/features/[0-9]+">[0-9]+</a>[^(]*\(([-0-9.]+)\)', page)]
+        assert cos == sorted(cos, reverse=True) and len(cos) == len(near)
+        other = Explorer(fex.model, fex.cache, jobs=fex.jobs, bundled=False, images=images, dictionary_options={})
+        with _client(other) as c:  # the same map, a dictionary not computed: the link that computes it
+            page = c.get(cells[0]).text
+            assert "compute the layer's dictionary" in page and f'href="{_m(fex)}/features"' in page
+    finally:
+        app_mod.MAP_GRID = old
