@@ -3,7 +3,8 @@
 Every page has a stable URL made of the model, the layer, the photo's sha256 and the filter:
 ``/m/<model>/<layer>/img/<sha256>`` (the explanation), ``…/f/<channel>`` (a filter with that photo),
 ``/m/<model>/<layer>/f/<channel>`` (a filter alone, with its circuit and tuning), ``/m/<model>/<layer>/class/<k>``
-(a class's concepts over the server's photos). Progress is polled from small JSON endpoints
+(a class's concepts over the server's photos), ``/m/<model>/<layer>/features`` (the layer's dictionary, one page
+per feature: ``serve/features.py``). Progress is polled from small JSON endpoints
 (``/api/…``). Path parameters are checked against the model's layers, a 64-hex-digit hash or a channel
 range, so no URL names a file; the atlas is served by Starlette's ``StaticFiles`` (which refuses paths that
 leave its folder and lists no directory).
@@ -102,6 +103,7 @@ class Explorer:
         concepts: int = CONCEPTS,
         concept_crops: int | None = None,
         model_b=None,
+        dictionary_options: dict | None = None,
     ):
         self.model = model
         # serve --model-b: the second model, diffed against this one on the diff page (jobs.diff, in a worker)
@@ -124,6 +126,8 @@ class Explorer:
         for p in list_images(self.images)[: store.MAX_PHOTO_SET] if self.images else []:
             self.photos.setdefault(hashlib.sha256(p.read_bytes()).hexdigest(), p)
         self.n_concepts, self.concept_crops = concepts, concept_crops
+        # the feature browser's dictionary job: its defaults, unless these options (tests: a short training)
+        self.dictionary_options = dict(dictionary_options or {})
         self.n_classes = model.num_classes
         self.photo_hash = {p.name: h for h, p in self.photos.items()}
         self.env = jinja2.Environment(
@@ -609,6 +613,8 @@ def where(request: Request) -> Response:
 
 
 def filter_page(request: Request) -> Response:
+    from . import features
+
     ex: Explorer = request.app.state.explorer
     layer, info = ex.check(request)
     c = ex.channel(request, info)
@@ -667,6 +673,7 @@ def filter_page(request: Request) -> Response:
         atlas_page=atlas_page,
         circuit=_circuit_view(ex, request, layer, c),
         tuning=_tuning_view(ex, request, layer, c),
+        unit_features=features.channel_features(ex, layer, c),
     )
 
 
@@ -1103,8 +1110,11 @@ def map_page(request: Request) -> Response:
 
 
 def map_cell_page(request: Request) -> Response:
-    """One cell of a map: its render, its exemplars (each opening its photo's page), its class, name and the
-    channels nearest its direction (each opening its filter page)."""
+    """One cell of a map: its render, its exemplars (each opening its photo's page), its class, name, the
+    channels nearest its direction (each opening its filter page) and, when the layer's dictionary is
+    computed, the features nearest it."""
+    from . import features
+
     ex: Explorer = request.app.state.explorer
     layer, _ = ex.check(request)
     k = ex.class_index(request) if "k" in request.path_params else None
@@ -1117,7 +1127,11 @@ def map_cell_page(request: Request) -> Response:
     if cell is None:
         raise HTTPException(404, f"the map has no drawn cell {n}")
     name = ex.class_name(k) if k is not None else None
-    return ex.page("map_cell.html", request=request, layer=layer, k=k, class_name=name, cell=cell, rec=rec, base=base)
+    near = features.cell_features(ex, layer, Path(got["run"]), cell["i"], cell["j"])
+    return ex.page(
+        "map_cell.html", request=request, layer=layer, k=k, class_name=name, cell=cell, rec=rec, base=base,
+        cell_features=near, features_url=f"/m/{ex.model.name}/{layer}/features",
+    )  # fmt: skip
 
 
 def api_map(request: Request) -> Response:
@@ -1160,6 +1174,8 @@ API = ["GET", "POST"]  # GET reports a job, POST starts it
 def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
     """The Starlette application for ``explorer``, behind the guard ``access`` (by default: loopback names on
     any port, the explorer's token, a fresh signing secret)."""
+    from . import features  # the feature browser (serve/features.py imports this module)
+
     access = access or Access(token=explorer.token)
     routes = [
         Route("/", home),
@@ -1194,6 +1210,7 @@ def create_app(explorer: Explorer, access: Access | None = None) -> Starlette:
         Route("/photo/{h}.png", photo),
         Route("/where/{model}/{layer}/{h}/{c:idx}.png", where),
         Route("/static/{name}", static),
+        *features.routes(),
     ]
     if explorer.atlas is not None:
         routes += [

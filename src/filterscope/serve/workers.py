@@ -511,3 +511,78 @@ def run_map(job: str, folder: str, layer: str, target_class: int | None, grid: i
         crops[str(k)] = keys
     store_json(cache, job, {"run": str(out), "crop_keys": crops, "timings": res.record["timings"]})
     return "ok"
+
+
+def run_dictionary(job: str, folder: str, layer: str, options: dict, out: str) -> str:
+    """Worker: ``filterscope dictionary`` over the server's photos (``folder``), run through the job contract
+    (``run_job`` of :data:`filterscope.jobs.layer_dictionary.JOB`, its defaults unless ``options`` says
+    otherwise) into the run folder ``out``; progress is the job's own bars; a cancelled run resumes (the
+    learnt basis and the finished renders are kept). A summary (the run folder, the number of features, the
+    timings) goes into the cache's results under ``job``, last: its presence means done."""
+    import json as _json
+
+    from ..errors import Interrupted
+    from ..jobs.contract import run_job
+    from ..jobs.layer_dictionary import JOB
+    from ..outputs.cache import active_cache
+    from .store import store_json
+
+    def on_progress(desc: str, done: int, total: int) -> None:
+        _progress(job, [done, max(total, 1), desc])
+
+    run_file = Path(out) / "run.json"
+    try:
+        prev = _json.loads(run_file.read_text()) if run_file.is_file() else None
+    except (OSError, ValueError):
+        prev = None
+    _progress(job, [0, 1, "dictionary: starting"])
+    try:
+        res = run_job(
+            JOB, _MODEL, out=out, resume=bool(prev and prev.get("status") == "partial"),
+            should_stop=lambda: _cancelled(job), on_progress=on_progress, images=folder, layer=layer, **options,
+        )  # fmt: skip
+    except Interrupted:
+        return "cancelled"
+    if res.data is None or (res.status != "complete" and _cancelled(job)):
+        return "cancelled"  # a render that failed leaves the run partial but its pages whole: shown as it is
+    rec = res.record.get("dictionary", {})
+    store_json(active_cache(), job, {"run": str(out), "features": rec.get("features"), "timings": res.data.timings})
+    return "ok"
+
+
+def run_feature_render(job: str, layer: str, vector: list, method: str, seed: int) -> str:
+    """Worker: one dictionary feature's render from noise along its decoder ``vector`` (the ``direction``
+    objective, the preset ``method``, ``seed``), into the render cache under the key the dictionary job uses,
+    so a feature the job rendered and one rendered here are the same cache entry."""
+    import torch
+
+    from ..models.layers import get_layer
+    from ..optvis.objectives import direction
+    from ..optvis.presets import get_preset
+    from ..optvis.render import Renderer
+    from ..outputs.cache import active_cache, render_key
+    from ..outputs.images import png_bytes
+
+    settings = get_preset(method)
+    info = get_layer(_MODEL, layer)
+    obj = direction(info.name, torch.as_tensor(np.asarray(vector, dtype=np.float32)))
+    key, fields = render_key(_MODEL, obj, settings.for_model(_MODEL).as_dict(), seed, layer=info.name)
+    cache = active_cache()
+    if cache.has(key):
+        return "ok"
+    every = max(1, settings.steps // 12)
+
+    def on_step(i: int) -> None:
+        if i % every == 0 or i == settings.steps:
+            _progress(job, [i, settings.steps])
+
+    _progress(job, [0, settings.steps])
+    out = Renderer(_MODEL, settings).render([obj], [seed], on_step=on_step, should_stop=lambda: _cancelled(job))
+    if out.interrupted:
+        return "cancelled"
+    if out.status[0] != "ok":
+        return out.status[0]
+    rec = {"activation_before": round(out.before[0], 6), "activation_after": round(out.after[0], 6), "status": "ok"}
+    cache.put(key, png_bytes(out.images[0]), {**fields, **rec})
+    _progress(job, [settings.steps, settings.steps])
+    return "ok"
