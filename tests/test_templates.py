@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from filterscope.outputs.site import environment, stylesheet
 
 SHARED = ("base.html", "_channel.html", "style.css")
+RENDER_API = "/api/render/efficientnet_lite0/blocks.5/3?method=fast&seed=0"
 EXAMPLES = [{"src": "/photo/ab.png", "name": "chelsea_0.jpg", "value": 8.924}]
 TABLE = [("layer", "blocks.5"), ("method", "fast"), ("interpretability score", "0.77")]
 
@@ -23,8 +24,8 @@ def _filter_page(**over) -> str:
     ctx = {
         "live": True, "csrf": "t", "model_name": "efficientnet_lite0", "version": "0", "cache_dir": "/c",
         "atlas": True, "model_b_name": None, "layer": "blocks.5", "channel": 3, "channels": 8, "h": None,
-        "base": "/m/efficientnet_lite0/blocks.5", "render_api": "/api/render/efficientnet_lite0/blocks.5/3?method=fast&seed=0",
-        "diversity": 2, "table": TABLE, "examples": EXAMPLES, "n_photos": 36, "atlas_page": "/atlas/blocks.5/channel_0003.html",
+        "base": "/m/efficientnet_lite0/blocks.5", "render_api": RENDER_API, "diversity": 2, "table": TABLE,
+        "examples": EXAMPLES, "n_photos": 36, "atlas_page": "/atlas/blocks.5/channel_0003.html",
         "circuit": {"rec": None, "api": "/api/circuit/x"}, "tuning": {"rec": None, "api": "/api/tuning/x"},
     }  # fmt: skip
     return _explorer_env().get_template("filter.html").render(**{**ctx, **over})
@@ -33,12 +34,22 @@ def _filter_page(**over) -> str:
 def _atlas_page() -> str:
     ch = {
         "index": 3, "render": "channel_0003.png", "prev": "channel_0002.html", "next": None, "diversity": [],
-        "examples": [{**EXAMPLES[0], "thumb": "../examples/t.png"}], "hist": [{"height": 100, "count": 1, "label": "a"}],
-        "hist_lo": 0.0, "hist_hi": 1.0, "table": TABLE,
+        "examples": [{**EXAMPLES[0], "thumb": "../examples/t.png"}], "table": TABLE,
+        "hist": [{"height": 100, "count": 1, "label": "a"}], "hist_lo": 0.0, "hist_hi": 1.0,
     }  # fmt: skip
-    return environment().get_template("channel.html").render(
-        root="../", live=False, model_name="efficientnet_lite0", model={}, version="0", layer={"name": "blocks.5"},
-        ch=ch, n_images=36,
+    return (
+        environment()
+        .get_template("channel.html")
+        .render(
+            root="../",
+            live=False,
+            model_name="efficientnet_lite0",
+            model={},
+            version="0",
+            layer={"name": "blocks.5"},
+            ch=ch,
+            n_images=36,
+        )
     )
 
 
@@ -73,7 +84,7 @@ def test_atlas_and_explorer_channel_pages_share_layout_and_sections():
     ) in live
     # the render: a file in the atlas, the slot of its job in the explorer until it is done
     assert '<img class="big" src="channel_0003.png" alt="render of channel 3">' in atlas
-    assert '<div class="job" id="render" data-job="/api/render/efficientnet_lite0/blocks.5/3?method=fast&amp;seed=0">' in live
+    assert f'<div class="job" id="render" data-job="{RENDER_API.replace("&", "&amp;")}">' in live
     assert live.count('data-src="1" hidden alt="variant') == 2  # the diversity job's two slots
 
 
