@@ -19,6 +19,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -57,14 +58,93 @@ def worker_pool(
 ) -> cf.ProcessPoolExecutor:
     """``workers`` spawned processes (no fork of a process that holds torch threads), each with ``threads``
     torch threads, Ctrl-C left to the driver, a user's architecture imported and the model unpickled once
-    (:func:`worker_model`), then ``setup(*args)`` (a module-level function: it is pickled). The one worker
-    start-up of the CLI's :class:`RenderPool` and the explorer's ``serve.workers.JobManager``."""
+    (:func:`worker_model`), then ``setup(*args)`` (a module-level function: it is pickled). The executor of
+    :class:`WorkerPool`."""
     return cf.ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=(pickle.dumps(model), threads, model.code, setup, args),
     )
+
+
+# A task's channel (``WorkerPool(tasks=True)``): one dict shared with the workers (a multiprocessing Manager's),
+# "<task>:step" → the task's progress as it reports it, "<task>:cancel" → True once the driver cancelled it.
+
+
+def task_progress(shared, task: str, value: Any) -> None:
+    """Worker: report ``task``'s progress (any picklable value, e.g. ``[done, total]``) to the driver."""
+    try:
+        shared[f"{task}:step"] = value
+    except Exception:  # the driver went away: nobody is asking
+        pass
+
+
+def task_cancelled(shared, task: str) -> bool:
+    """Worker: whether the driver cancelled ``task`` (checked between steps; a task then returns early)."""
+    try:
+        return bool(shared.get(f"{task}:cancel"))
+    except Exception:  # the driver went away: stop
+        return True
+
+
+class WorkerPool:
+    """The one executor of filterscope's worker processes: the CLI's pool backend (:class:`RenderPool`) and
+    the explorer's jobs (``serve.workers.JobManager``) both run on it, one instance per process that needs
+    workers. Started by :func:`worker_pool`; with ``tasks=True`` it also keeps a task channel (see
+    :func:`task_progress`, :func:`task_cancelled`), handed to the workers as ``setup``'s first argument,
+    through which a running task reports progress and learns it was cancelled; without it, a task already
+    running always finishes (what a render pool wants: a finished channel is kept)."""
+
+    def __init__(
+        self,
+        model: Model,
+        workers: int,
+        threads: int = 1,
+        setup: Callable[..., None] | None = None,
+        args: tuple = (),
+        *,
+        tasks: bool = False,
+    ) -> None:
+        self.workers = workers
+        self._manager = multiprocessing.get_context("spawn").Manager() if tasks else None
+        self.shared = self._manager.dict() if self._manager is not None else None
+        if self.shared is not None:
+            args = (self.shared, *args)
+        self.executor = worker_pool(model, workers, threads, setup, args)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        """Run ``fn(*args)`` (module-level, picklable) in a worker."""
+        return self.executor.submit(fn, *args)
+
+    def start(self, task: str, fn: Callable[..., Any], *args: Any) -> cf.Future:
+        """Run ``fn(task, *args)`` in a worker, with a clean channel for ``task`` (``tasks=True``)."""
+        self.shared.pop(f"{task}:cancel", None)
+        self.shared.pop(f"{task}:step", None)
+        return self.executor.submit(fn, task, *args)
+
+    def progress(self, task: str) -> Any:
+        """What ``task`` last reported (None before its first report)."""
+        return self.shared.get(f"{task}:step")
+
+    def forget(self, task: str) -> None:
+        """Drop ``task``'s progress once it is over."""
+        self.shared.pop(f"{task}:step", None)
+
+    def cancel(self, task: str, future: cf.Future) -> None:
+        """Stop ``task``: dropped from the queue if it has not started, else told to stop between two steps."""
+        if not future.cancel():
+            self.shared[f"{task}:cancel"] = True
+
+    def warm(self) -> None:
+        """Start every worker now (each loads the model), so the first task does not pay for it."""
+        cf.wait([self.executor.submit(os.getpid) for _ in range(self.workers)])
+
+    def close(self) -> None:
+        """Stop the workers: queued tasks are dropped, running ones finish first (cancel them before)."""
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        if self._manager is not None:
+            self._manager.shutdown()
 
 
 def _render_shard(layer: LayerInfo, channels: list[int], settings: RenderSettings, seed: int) -> list[tuple]:
@@ -112,16 +192,17 @@ def choose_layout(model: Model, n_channels: int, workers: int | None, threads: i
 
 
 class RenderPool:
-    """A pool of worker processes holding the model; :meth:`close` it when done."""
+    """The CLI's pool backend: a layer's channels rendered on a :class:`WorkerPool` holding the model, one
+    channel per task, written here as each arrives; :meth:`close` it when done."""
 
     def __init__(self, model: Model, workers: int, threads: int = 1):
         self.workers = workers
         self.threads = threads
-        self.pool = worker_pool(model, workers, threads)
+        self.pool = WorkerPool(model, workers, threads)
 
     def close(self) -> None:
         """Stop the workers (a channel a worker is still rendering is finished first)."""
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
 
     def render_layer(
         self,

@@ -1,6 +1,10 @@
 """The atlas's static site: plain HTML/CSS from Jinja2 templates, relative links only, so it works from
 ``file://`` and from ``filterscope serve`` (``--static``: the explorer's guarded Starlette app,
-``serve.app.create_static_app``, bound to 127.0.0.1 by default)."""
+``serve.app.create_static_app``, bound to 127.0.0.1 by default).
+
+The templates here are the one set the atlas and the explorer share: ``base.html`` (the layout),
+``style.css`` (the stylesheet) and ``_channel.html`` (the sections of a channel's page, as macros); the
+explorer's own pages (``serve/templates``) extend and import them through :func:`environment`."""
 
 from __future__ import annotations
 
@@ -15,13 +19,25 @@ from ..version import __version__
 from .naming import channel_file, channel_page, grid_file
 
 
-@functools.lru_cache(maxsize=1)
-def _env() -> jinja2.Environment:
+def environment(*first: jinja2.BaseLoader) -> jinja2.Environment:
+    """The Jinja2 environment of filterscope's pages: the templates of ``first`` (the explorer's pages),
+    then this package's (the shared layout, stylesheet and channel sections, the reports); autoescaped, and
+    an undefined name is an error rather than an empty string."""
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("filterscope.outputs", "templates"),
+        loader=jinja2.ChoiceLoader([*first, jinja2.PackageLoader("filterscope.outputs", "templates")]),
         autoescape=jinja2.select_autoescape(["html"]),
         undefined=jinja2.StrictUndefined,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _env() -> jinja2.Environment:
+    return environment()
+
+
+def stylesheet() -> bytes:
+    """``style.css``, the one stylesheet of the atlas (copied into its folder) and the explorer (``/static/``)."""
+    return resources.files("filterscope.outputs").joinpath("templates/style.css").read_bytes()
 
 
 def _hist(entry: dict) -> tuple[list[dict], float, float]:
@@ -66,9 +82,10 @@ def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list
     env = _env()
     rec = run.record
     settings = rec["settings"]
-    base = {"model": settings["model"], "version": __version__}
+    model = settings["model"]
+    base = {"model": model, "model_name": model["name"], "version": __version__, "live": False}
     pages = []
-    run.write("style.css", resources.files("filterscope.outputs").joinpath("templates/style.css").read_bytes())
+    run.write("style.css", stylesheet())
     n_images = examples.get("n_images", 0) if examples else 0
     index_layers = []
     for lay in layers:
@@ -133,7 +150,7 @@ def build_site(run, layers: list[dict[str, Any]], examples: dict | None) -> list
                 ]
             if ex:
                 ctx["examples"] = [
-                    {"crop": "../" + e["crop"], "image": "../" + e["thumb"], "name": e["name"], "value": e["value"]}
+                    {"src": "../" + e["crop"], "thumb": "../" + e["thumb"], "name": e["name"], "value": e["value"]}
                     for e in ex["top"]
                 ]
                 ctx["hist"], ctx["hist_lo"], ctx["hist_hi"] = _hist(ex)

@@ -41,7 +41,7 @@ from ..models.layers import default_layer, get_layer, layer_outline, list_layers
 from ..optvis.presets import DEFAULT_METHOD, default_method
 from ..outputs.cache import RenderCache
 from ..outputs.naming import channel_page
-from ..outputs.site import name_rows
+from ..outputs.site import environment, name_rows, stylesheet
 from ..version import __version__
 from . import compute, store
 from .guard import Access, Guard
@@ -130,11 +130,8 @@ class Explorer:
         self.dictionary_options = dict(dictionary_options or {})
         self.n_classes = model.num_classes
         self.photo_hash = {p.name: h for h, p in self.photos.items()}
-        self.env = jinja2.Environment(
-            loader=jinja2.PackageLoader("filterscope.serve", "templates"),
-            autoescape=jinja2.select_autoescape(["html"]),
-            undefined=jinja2.StrictUndefined,
-        )
+        # the explorer's pages, over the layout, stylesheet and channel sections it shares with the atlas
+        self.env = environment(jinja2.PackageLoader("filterscope.serve", "templates"))
         self._thumbs: dict[tuple, bytes] = {}
         self._maps: dict[str, Any] = {}
         self._lock = threading.Lock()  # the two memos above, read and written from the thread pool
@@ -147,6 +144,7 @@ class Explorer:
     def render_page(self, name: str, csrf: str, **ctx: Any) -> str:
         """The HTML of template ``name`` with the context every page shares."""
         base = {
+            "live": True,
             "csrf": csrf,
             "model_name": self.model.name,
             "version": __version__,
@@ -650,7 +648,7 @@ def filter_page(request: Request) -> Response:
     exm = store.load_json(ex.cache, ex.examples_key(layer))  # not there yet: the page's script starts it
     if exm is not None:
         vals = sorted(((row[c], n) for n, row in zip(exm["names"], exm["means"])), reverse=True)[:6]
-        examples = [{"name": n, "value": v, "hash": ex.photo_hash.get(n, "")} for v, n in vals]
+        examples = [{"name": n, "value": v, "src": f"/photo/{ex.photo_hash.get(n, '')}.png"} for v, n in vals]
         if exm.get("units"):  # the filter's name, purity and score over the photos (jobs/names.py)
             table += name_rows(exm["units"][c], exm.get("scoring") or {})
     atlas_page = None
@@ -1020,17 +1018,18 @@ def atlas_channel(request: Request) -> Response:
 
 
 def static(request: Request) -> Response:
+    """The stylesheet the explorer shares with the atlas and the explorer's script. ``serve.css`` (the
+    explorer's stylesheet before there was one for both) answers the same sheet, for pages still open in a
+    browser from an earlier version."""
     from importlib import resources
 
     name = request.path_params["name"]
-    where = {
-        "style.css": ("filterscope.outputs", "templates/style.css"),
-        "serve.css": ("filterscope.serve", "templates/serve.css"),
-    }
-    if name not in where:
-        raise HTTPException(404, "no such file")
-    pkg, rel = where[name]
-    return Response(resources.files(pkg).joinpath(rel).read_bytes(), media_type="text/css")
+    if name in ("style.css", "serve.css"):
+        return Response(stylesheet(), media_type="text/css")
+    if name == "live.js":
+        js = resources.files("filterscope.serve").joinpath("templates/live.js").read_bytes()
+        return Response(js, media_type="text/javascript")
+    raise HTTPException(404, "no such file")
 
 
 # ---------------------------------------------------------------- the map of a layer (issue 45)

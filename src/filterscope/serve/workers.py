@@ -1,4 +1,5 @@
-"""The explorer's jobs: renders and explanations in a pool of single-threaded worker processes.
+"""The explorer's jobs: renders and explanations in a pool of single-threaded worker processes (the
+executor of the CLI's pool backend, ``jobs.pool.WorkerPool``).
 
 - one worker per core by default (the layout that measured fastest on 2 cores, see ``jobs/pool.py``);
 - identical requests share one job: a job's id is its cache key, so ten clients asking for the same filter
@@ -13,7 +14,6 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
-import multiprocessing
 import os
 import pickle
 import threading
@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from ..jobs.pool import WorkerPool, task_cancelled, task_progress, worker_model
+
 _MODEL = None
-_SHARED = None  # a Manager dict: "<job>:step" → progress, "<job>:cancel" → True
+_SHARED = None  # the pool's task channel (jobs.pool.WorkerPool(tasks=True)): progress and cancel flags
 # this worker's tuning memo: a layer's stimulus and photo responses, kept for its other filters (the worker's
 # model never changes); one process, one thread, so no lock. Behind it, the cache every worker shares
 # (store.TuningMemo): a pool hands a layer's next filter to any worker
@@ -36,7 +38,6 @@ WORKER_NICE = 10  # render workers yield the CPU to the server process that answ
 def _setup_worker(shared, cache_root: str) -> None:
     """A worker's own start-up, after ``jobs.pool``'s (threads, Ctrl-C, the user's code, the model)."""
     global _MODEL, _SHARED
-    from ..jobs.pool import worker_model
     from ..outputs.cache import configure
 
     configure(cache_root, enabled=True)
@@ -49,17 +50,11 @@ def _setup_worker(shared, cache_root: str) -> None:
 
 
 def _cancelled(job: str) -> bool:
-    try:
-        return bool(_SHARED.get(f"{job}:cancel"))
-    except Exception:  # the server went away: stop
-        return True
+    return task_cancelled(_SHARED, job)
 
 
 def _progress(job: str, value: Any) -> None:
-    try:
-        _SHARED[f"{job}:step"] = value
-    except Exception:
-        pass
+    task_progress(_SHARED, job, value)
 
 
 def run_render(job: str, layer: str, channel: int, method: str, seed: int, diversity: int) -> str:
@@ -340,7 +335,9 @@ class ServerBusy(TooManyJobs):
 
 
 class JobManager:
-    """Worker processes plus the table of jobs, deduplicated by id (the result's cache key)."""
+    """The table of the explorer's jobs, deduplicated by id (the result's cache key), with its bounds per
+    client and server; they run on the executor the CLI's pool backend runs on (:class:`WorkerPool`, with
+    its task channel for progress and cancelling)."""
 
     def __init__(
         self, model, workers: int, cache_root, *, per_client: int = 4, max_jobs: int = 16, abandon_s: float = 10.0
@@ -349,11 +346,7 @@ class JobManager:
         self.per_client = per_client
         self.max_jobs = max_jobs
         self.abandon_s = abandon_s
-        from ..jobs.pool import worker_pool
-
-        self._manager = multiprocessing.get_context("spawn").Manager()
-        self.shared = self._manager.dict()
-        self.pool = worker_pool(model, workers, 1, _setup_worker, (self.shared, str(cache_root)))
+        self.pool = WorkerPool(model, workers, 1, _setup_worker, (str(cache_root),), tasks=True)
         self.jobs: dict[str, Job] = {}
         self.started = 0  # jobs handed to the workers (identical requests share one)
         # re-entrant: cancelling a queued future runs its done-callback (which takes the lock) in this thread
@@ -364,8 +357,7 @@ class JobManager:
 
     def warm(self) -> None:
         """Start every worker now (loading the model), so the first click does not pay for it."""
-        futs = [self.pool.submit(os.getpid) for _ in range(self.workers)]
-        cf.wait(futs)
+        self.pool.warm()
 
     def submit(self, job_id: str, kind: str, client: str, fn, *args) -> Job:
         """The job ``job_id`` (started now unless it runs already); ``client`` now waits for it."""
@@ -380,9 +372,7 @@ class JobManager:
             mine = sum(1 for j in active if client in j.waiters)
             if mine >= self.per_client:
                 raise TooManyJobs(f"you have {mine} jobs running; wait for one to finish")
-            self.shared.pop(f"{job_id}:cancel", None)
-            self.shared.pop(f"{job_id}:step", None)
-            fut = self.pool.submit(fn, job_id, *args)
+            fut = self.pool.start(job_id, fn, *args)
             self.started += 1
             job = Job(job_id, kind, fut, waiters={client: time.monotonic()})
             self.jobs[job_id] = job
@@ -403,7 +393,7 @@ class JobManager:
                 job.state = "done" if status == "ok" else "cancelled" if status == "cancelled" else "error"
                 if job.state == "error":
                     job.error = f"render failed: {status}"
-            self.shared.pop(f"{job.id}:step", None)
+            self.pool.forget(job.id)
 
     def status(self, job_id: str, client: str | None = None) -> dict[str, Any] | None:
         """What a client sees when it polls (and the poll keeps the job alive for it)."""
@@ -415,7 +405,7 @@ class JobManager:
                 job.waiters[client] = time.monotonic()
             if job.state == "queued" and job.future.running():
                 job.state = "running"
-            step = self.shared.get(f"{job_id}:step") if job.state == "running" else None
+            step = self.pool.progress(job_id) if job.state == "running" else None
             return {
                 "id": job.id,
                 "kind": job.kind,
@@ -430,8 +420,7 @@ class JobManager:
             job = self.jobs.get(job_id)
             if job is None or job.state not in ("queued", "running"):
                 return
-            if not job.future.cancel():
-                self.shared[f"{job_id}:cancel"] = True  # the worker stops between two steps
+            self.pool.cancel(job_id, job.future)  # dropped from the queue, or the worker stops between two steps
 
     def _reap(self) -> None:
         while not self._stop.wait(1.0):
@@ -452,10 +441,9 @@ class JobManager:
         self._stop.set()
         with self.lock:
             for j in self.jobs.values():
-                if j.state in ("queued", "running") and not j.future.cancel():
-                    self.shared[f"{j.id}:cancel"] = True
-        self.pool.shutdown(wait=True, cancel_futures=True)
-        self._manager.shutdown()
+                if j.state in ("queued", "running"):
+                    self.pool.cancel(j.id, j.future)
+        self.pool.close()
 
 
 def run_map(job: str, folder: str, layer: str, target_class: int | None, grid: int, seed: int, out: str) -> str:

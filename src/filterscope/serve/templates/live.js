@@ -1,20 +1,5 @@
-<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{% block title %}filterscope explorer{% endblock %}</title>
-<link rel="stylesheet" href="/static/style.css">
-<link rel="stylesheet" href="/static/serve.css">
-<link rel="icon" href="data:,">
-</head>
-<body>
-<header><a href="/">filterscope explorer</a> · {{ model_name }}{% if atlas %} · <a href="/atlas/index.html">atlas</a>{% endif %}{% block crumbs %}{% endblock %}</header>
-<main>
-{% block main %}{% endblock %}
-</main>
-<footer>filterscope {{ version }} · results cached in {{ cache_dir }}</footer>
-<script>
+// the explorer's live parts (outputs/templates/base.html loads this on every explorer page): jobs started and polled,
+// finished parts swapped in, the layer picker
 // start a job (POST, same origin) and poll it until it is done; then show its picture (data-src) or its part
 function fsPoll(el) {
   var url = el.dataset.job, bar = el.querySelector("progress"), msg = el.querySelector(".msg");
@@ -77,6 +62,3 @@ document.querySelectorAll("input.allmods").forEach(function (box) {
   });
 });
 document.querySelectorAll("[data-job]").forEach(fsPoll);
-</script>
-</body>
-</html>
