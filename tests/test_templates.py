@@ -27,6 +27,7 @@ def _filter_page(**over) -> str:
         "base": "/m/efficientnet_lite0/blocks.5", "render_api": RENDER_API, "diversity": 2, "table": TABLE,
         "examples": EXAMPLES, "n_photos": 36, "atlas_page": "/atlas/blocks.5/channel_0003.html",
         "circuit": {"rec": None, "api": "/api/circuit/x"}, "tuning": {"rec": None, "api": "/api/tuning/x"},
+        "unit_features": {"computed": False, "index": "/m/efficientnet_lite0/blocks.5/features"},
     }  # fmt: skip
     return _explorer_env().get_template("filter.html").render(**{**ctx, **over})
 

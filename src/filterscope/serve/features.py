@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from . import store
-from .app import HEX64, Explorer, _job, _not_started, _submit
+from .explorer import HEX64, Explorer, job_status, not_started, submit
 from .workers import run_dictionary, run_feature_render
 
 DICT_SEED = 0
@@ -100,7 +100,7 @@ def _start(ex: Explorer, request: Request, layer: str):
     def start():
         _, folder = store.photo_set_dir(ex.cache, photos)
         opts = {"seed": DICT_SEED, **ex.dictionary_options}
-        return _submit(ex, request, key, "dictionary", run_dictionary, str(folder), layer, opts, str(out))
+        return submit(ex, request, key, "dictionary", run_dictionary, str(folder), layer, opts, str(out))
 
     return key, start
 
@@ -365,8 +365,8 @@ def api_features(request: Request) -> Response:
         if st is not None and st["state"] == "done":
             return JSONResponse({**st, "cached": False, "urls": []})
         return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = _job(request, key, start, retry_errors=False)  # e.g. too few vectors for the features: a refusal
-    return JSONResponse(st) if st else _not_started(key)
+    st = job_status(request, key, start, retry_errors=False)  # e.g. too few vectors for the features: a refusal
+    return JSONResponse(st) if st else not_started(key)
 
 
 def api_feature_render(request: Request) -> Response:
@@ -391,9 +391,9 @@ def api_feature_render(request: Request) -> Response:
             return JSONResponse({**st, "cached": False, "urls": urls})
         return JSONResponse({"id": key, "state": "done", "cached": True, "urls": urls})
     args = (layer, vec, method, seed)
-    st = _job(request, key, lambda: _submit(ex, request, key, "feature-render", run_feature_render, *args))
+    st = job_status(request, key, lambda: submit(ex, request, key, "feature-render", run_feature_render, *args))
     if st is None:
-        return _not_started(key)
+        return not_started(key)
     return JSONResponse({**st, "cached": False, "urls": urls} if st["state"] == "done" else st)
 
 
