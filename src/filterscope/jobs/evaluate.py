@@ -218,14 +218,8 @@ class EvaluatePlan:
     settings: dict
 
 
-def _check_images(req: EvaluateRequest) -> None:
-    if req.images:
-        list_images(req.images)
-
-
-def _plan(model: Model, req: EvaluateRequest) -> EvaluatePlan:
-    """The run's finished channel renders (their files present), the photos and the second model."""
-    run_dir = Path(req.run_dir)
+def _renders(run_dir: Path) -> dict[str, list[dict]]:
+    """layer → the results of the run's finished channel renders (their files there), or a UsageError."""
     record = read_run(run_dir, "evaluate")
     entries = [
         r
@@ -239,6 +233,20 @@ def _plan(model: Model, req: EvaluateRequest) -> EvaluatePlan:
         if not (run_dir / r["file"]).is_file():
             raise UsageError(f"{run_dir / r['file']}, recorded in {run_dir / 'run.json'}, is missing")
         by_layer.setdefault(r["layer"], []).append(r)
+    return by_layer
+
+
+def _check(req: EvaluateRequest) -> None:
+    """Before a model is loaded: the run has renders to score, the photos folder has images."""
+    _renders(Path(req.run_dir))
+    if req.images:
+        list_images(req.images)
+
+
+def _plan(model: Model, req: EvaluateRequest) -> EvaluatePlan:
+    """The run's finished channel renders (their files present), the photos and the second model."""
+    run_dir = Path(req.run_dir)
+    by_layer = _renders(run_dir)
     for layer in by_layer:
         if layer != LOGIT:
             get_layer(model, layer)  # a model without the run's layer: one line
@@ -249,8 +257,6 @@ def _plan(model: Model, req: EvaluateRequest) -> EvaluatePlan:
         ev = load_model(ev, device=str(model.device))
     if ev is not None and not isinstance(ev, Model):
         raise UsageError("eval_model must be a model name or a filterscope Model")
-    if req.images:
-        list_images(req.images)
     settings = {
         "model": model.describe(),
         "images": str(req.images or "bundled photos"),
@@ -326,7 +332,7 @@ JOB = Job(
     _write,
     _summary,
     help="Measure renders: activation vs natural images, robustness to crops, transferability.",
-    precheck=_check_images,
+    precheck=_check,
     into_run="run_dir",
     json=lambda r: r.data,
 )
