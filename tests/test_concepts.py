@@ -397,6 +397,7 @@ def _stable(folder) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_concepts_resume_gives_the_files_of_an_uninterrupted_run(tiny_model, tmp_path, monkeypatch):
     """Stopped in its activation pass (after 1 of 3 batches), then in its renders (after the first), a
     concepts run keeps its finished pieces; each resume redoes none of them (counted) and the end is the
