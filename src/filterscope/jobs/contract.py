@@ -311,9 +311,7 @@ def run_job(
         out = folder
     if job.precheck is not None:
         job.precheck(req)
-    if model is None:
-        if job.into_run is None:
-            raise UsageError(f"{job.name} needs a model")
+    if model is None and job.into_run is not None:
         model = recorded_model(out)
     plan = job.validate(model, req)
     with open_run(
