@@ -193,16 +193,17 @@ def model_option_list(suffix: str = "", of: str = "", recorded: bool = False) ->
     s, u = suffix, suffix.replace("-", "_")
     if recorded:
         first: dict[str, Any] = {"default": None}
-        of = "[default: the model the run records] " + of
+        whose = "[default: the model the run records] " + of
     else:
         # no default at all for the twin: click 8.3+ counts an explicit default=None as given, so a
         # required --model-b with default=None was never asked for
         first = {"default": DEFAULT_MODEL, "show_default": True} if not s else {"required": True}
+        whose = of
     return [
         click.Option(
             [f"--model{s}", f"model_name{u}"],
             **first,
-            help=of + "Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
+            help=whose + "Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
             "path/net.py:Class or package.module:factory (with --weights FILE), or a TorchScript file.",
         ),
         click.Option(
