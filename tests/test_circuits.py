@@ -236,7 +236,19 @@ def test_tuning_resumes_with_its_finished_pieces(lines, photos, tmp_path, monkey
     whole = T.run_tuning(lines, "g", [0, 2], out=tmp_path / "whole", **opts)
     assert whole.status == "complete" and not (tmp_path / "whole" / "resume").exists()
     out = tmp_path / "cut"
-    cut = T.run_tuning(lines, "g", [0, 2], out=out, should_stop=_stop_after_kept(out, 2), **opts)
+    from filterscope.jobs.interrupt import StopRequest
+
+    stop = StopRequest()  # what SIGINT sets (falsy until signalled): set once 2 pieces are kept
+    real_keep = T.RunContext.keep
+
+    def keep(ctx, *a, **k):
+        real_keep(ctx, *a, **k)
+        if _stop_after_kept(out, 2)():
+            stop.signum = 2
+
+    monkeypatch.setattr(T.RunContext, "keep", keep)
+    cut = T.run_tuning(lines, "g", [0, 2], out=out, should_stop=stop, **opts)
+    monkeypatch.undo()
     assert cut.status == "partial" and not (out / "tuning.json").exists()
     assert "2 of 6 pieces of the stimulus and photo passes finished" in cut.interruption
     assert "--resume" in cut.interruption

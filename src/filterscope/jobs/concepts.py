@@ -555,7 +555,7 @@ def concepts(
     if resume:
         raise UsageError("resume needs out: the run folder to finish")
     try:
-        return _learn(_plan(model, req), progress, should_stop or (lambda: False))
+        return _learn(_plan(model, req), progress, should_stop if should_stop is not None else (lambda: False))
     except _Stopped as e:
         raise Interrupted(f"interrupted: {e}; nothing was written") from None
 
@@ -1259,7 +1259,7 @@ def render_concepts(
     from ..optvis.render import Renderer, channel_seed
     from ..outputs.cache import active_cache, render_key
 
-    stop = should_stop or (lambda: False)
+    stop = should_stop if should_stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
     cache = active_cache() if model.in_channels <= 3 else None
     sd = settings.for_model(model).as_dict()
     renderer = Renderer(model, settings)

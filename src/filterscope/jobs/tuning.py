@@ -506,7 +506,7 @@ def compute_tuning(
     ``ctx``: the run of the job: each finished piece of the two passes (:data:`CHUNK` stimuli of a family,
     :data:`PHOTO_BATCH` photos) is kept there for ``--resume`` and, resuming, taken from it; a progress bar
     counts the pieces. A stopped run is ``partial`` with ``pieces_done`` of ``pieces`` finished."""
-    stop = should_stop or (lambda: False)
+    stop = should_stop if should_stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
     timings: dict[str, float] = {}
     t = time.perf_counter()
     stim = make_stimuli(model)
