@@ -203,6 +203,71 @@ def test_tuning_memo_gives_the_same_answers_and_skips_the_passes(lines, photos):
     assert list(bounded) == [(i,) for i in range(20 - 2 * T.MEMO_LAYERS, 20)]
 
 
+def _stop_after_kept(out, n: int):
+    """A ``should_stop`` that fires once the run in ``out`` has kept ``n`` pieces for ``--resume``."""
+
+    def stop() -> bool:
+        f = out / "run.json"
+        return f.is_file() and sum(k.startswith("resume:") for k in json.loads(f.read_text())["results"]) >= n
+
+    return stop
+
+
+def _sha(folder, names):
+    import hashlib
+    import re
+
+    out = {}
+    for n in names:
+        data = (folder / n).read_bytes()
+        if n.endswith(".html"):  # the report's footer lists the run's timings
+            data = re.sub(rb"timings:.*?</footer>", b"</footer>", data, flags=re.S)
+        out[n] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def test_tuning_resumes_with_its_finished_pieces(lines, photos, tmp_path, monkeypatch):
+    """Stopped after 2 of its 6 pieces (grey, 3 × 128 gratings, curves, the 8 photos), tuning keeps them;
+    resumed, it runs only the 3 missing stimulus pieces and the photos, and ends with the files of an
+    uninterrupted run (sha256) and no kept pieces left."""
+    from filterscope.jobs import tuning as T
+
+    opts = dict(images=photos, progress=False)
+    whole = T.run_tuning(lines, "g", [0, 2], out=tmp_path / "whole", **opts)
+    assert whole.status == "complete" and not (tmp_path / "whole" / "resume").exists()
+    out = tmp_path / "cut"
+    from filterscope.jobs.interrupt import StopRequest
+
+    stop = StopRequest()  # what SIGINT sets (falsy until signalled): set once 2 pieces are kept
+    real_keep = T.RunContext.keep
+
+    def keep(ctx, *a, **k):
+        real_keep(ctx, *a, **k)
+        if _stop_after_kept(out, 2)():
+            stop.signum = 2
+
+    monkeypatch.setattr(T.RunContext, "keep", keep)
+    cut = T.run_tuning(lines, "g", [0, 2], out=out, should_stop=stop, **opts)
+    monkeypatch.undo()
+    assert cut.status == "partial" and not (out / "tuning.json").exists()
+    assert "2 of 6 pieces of the stimulus and photo passes finished" in cut.interruption
+    assert "--resume" in cut.interruption
+    kept = sorted((out / "resume" / "g").glob("*.npz"))
+    assert [f.name for f in kept] == ["gratings_00000.npz", "grey_00000.npz"]
+    calls = []
+    real = T.responses
+    monkeypatch.setattr(T, "responses", lambda *a, **k: calls.append(a[2].shape[0]) or real(*a, **k))
+    done = T.run_tuning(lines, "g", [0, 2], out=out, resume=True, **opts)
+    assert done.status == "complete" and calls == [128, 128, 120]  # gratings 128-383 and the curves: kept, not redone
+    assert not (out / "resume").exists()
+    names = ["tuning.json", "figure_tuning.png", "report.html"]
+    assert _sha(out, names) == _sha(tmp_path / "whole", names)
+    rec, ref = (json.loads((d / "run.json").read_text()) for d in (out, tmp_path / "whole"))
+    assert rec["files"] == ref["files"] and rec["results"] == ref["results"] and rec["status"] == "complete"
+    with pytest.raises(UsageError, match="other settings"):  # a resume with other settings is refused
+        T.run_tuning(lines, "g", [0, 2], out=out, resume=True, seed=1, **opts)
+
+
 def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos, lines_tuning, tmp_path, monkeypatch):
     """The explorer's pool hands a layer's next filter to any worker (or a fresh one): the layer's stimulus
     and photo responses are in the cache they all share, so a second filter of the layer, in a worker whose

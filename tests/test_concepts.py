@@ -370,3 +370,80 @@ def test_top_concept_sits_on_a_small_shortcut_mark_with_the_default_ranking(tmp_
     assert np.mean(hits) >= 0.8, hits
     assert res.settings["rank"] == "ablation" and len(res.concepts) == 10
     assert [c.importance for c in res.concepts] == sorted((c.importance for c in res.concepts), reverse=True)
+
+
+# ---------------------------------------------------------------- --resume
+
+
+def _stable(folder) -> dict:
+    """What must be the same after a resume: every PNG and JSON file by sha256, the npz/npy files by their
+    arrays, report.html without its footer's timings, and run.json's results and files (fit times aside)."""
+    import hashlib
+    import re
+
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = str(p.relative_to(folder))
+        if p.suffix in (".png",) or p.name == "concepts.json":
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif p.suffix in (".npz", ".npy"):  # zip entries carry a time stamp: compare the arrays
+            z = np.load(p)
+            arrays = {k: z[k] for k in z.files} if p.suffix == ".npz" else {"": z}
+            out[rel] = {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in arrays.items()}
+        elif p.name == "report.html":
+            out[rel] = hashlib.sha256(re.sub(rb"timings:.*?</footer>", b"", p.read_bytes(), flags=re.S)).hexdigest()
+    rec = json.loads((folder / "run.json").read_text())
+    out["results"], out["files"] = rec["results"], rec["files"]
+    return out
+
+
+@pytest.mark.slow
+def test_concepts_resume_gives_the_files_of_an_uninterrupted_run(tiny_model, tmp_path, monkeypatch):
+    """Stopped in its activation pass (after 1 of 3 batches), then in its renders (after the first), a
+    concepts run keeps its finished pieces; each resume redoes none of them (counted) and the end is the
+    uninterrupted run's files."""
+    from filterscope.jobs import concepts as C
+    from filterscope.outputs.cache import ENV_OFF
+
+    monkeypatch.setenv(ENV_OFF, "1")  # every render is made, none comes from the render cache
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(sample_photos_dir().glob("*.jpg"))[:24]:
+        shutil.copy(f, photos / f.name)
+    opts = dict(layer="conv3", n_concepts=3, crops=1, render_method="seed", render_steps=2, progress=False)
+    whole = fs.concepts(tiny_model, photos, out=tmp_path / "whole", **opts)
+    assert whole.status == "complete" and not (tmp_path / "whole" / "resume").exists()
+
+    calls = {"batches": 0, "evidence": 0, "renders": 0}
+    real_batch, real_evidence = C.activation_batch, C._evidence
+    from filterscope.optvis.render import Renderer
+
+    real_render = Renderer.render
+
+    def count(name, fn):
+        return lambda *a, **k: calls.__setitem__(name, calls[name] + 1) or fn(*a, **k)
+
+    monkeypatch.setattr(C, "activation_batch", count("batches", real_batch))
+    monkeypatch.setattr(C, "_evidence", count("evidence", real_evidence))
+    monkeypatch.setattr(Renderer, "render", count("renders", real_render))
+
+    out = tmp_path / "cut"
+    with pytest.raises(fs.FilterscopeError, match="activation pass stopped after 1 of 3 batches.*--resume"):
+        fs.concepts(tiny_model, photos, out=out, should_stop=lambda: calls["batches"] >= 1, **opts)
+    assert json.loads((out / "run.json").read_text())["status"] == "partial"
+    assert (out / "resume" / "activations.npz").is_file() and not (out / "concepts.json").exists()
+
+    def after_first_render() -> bool:  # once the first render is kept
+        return (out / "resume" / "conv3" / "render_0000.npz").is_file()
+
+    calls.update(batches=0, evidence=0, renders=0)
+    second = fs.concepts(tiny_model, photos, out=out, resume=True, should_stop=after_first_render, **opts)
+    assert second.status == "partial" and "1 of 3 concept renders finished" in second.job.interruption
+    assert calls == {"batches": 2, "evidence": 1, "renders": 1}  # the first batch was kept, not redone
+    assert (out / "resume" / "conv3" / "render_0000.npz").is_file()
+
+    calls.update(batches=0, evidence=0, renders=0)
+    done = fs.concepts(tiny_model, photos, out=out, resume=True, **opts)
+    assert done.status == "complete" and not (out / "resume").exists()
+    assert calls == {"batches": 0, "evidence": 0, "renders": 2}  # the pass, the evidence, the first render: kept
+    assert _stable(out) == _stable(tmp_path / "whole")

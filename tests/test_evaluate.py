@@ -136,3 +136,110 @@ def test_lucid_and_maco_presets_beat_seed_on_robustness(model):
         medians[name] = float(np.median([sc.robust_ratio for sc in score_images(model, layer, chans, imgs, nat)]))
     assert medians["lucid"] > medians["seed"], medians
     assert medians["maco"] > medians["seed"], medians
+
+
+# ---------------------------------------------------------------- evaluate on the job shape: files added to a run
+
+
+@pytest.fixture()
+def tiny_run(tiny_model, tmp_path, monkeypatch):
+    """A complete render run of the tiny CNN (two channels of conv3, 2 steps, no render cache)."""
+    from filterscope.jobs import channels
+    from filterscope.jobs.contract import run_job
+    from filterscope.outputs.cache import ENV_OFF
+
+    monkeypatch.setenv(ENV_OFF, "1")
+    out = tmp_path / "run"
+    r = run_job(channels.JOB, tiny_model, out=out, layer="conv3", channels=[1, 4], steps=2, method="seed")
+    assert r.status == "complete"
+    return out
+
+
+@pytest.fixture()
+def few_photos(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    for f in list_images(sample_photos_dir())[:6]:
+        shutil.copy(f, d / f.name)
+    return d
+
+
+def _listing(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_evaluate_adds_its_file_and_record_to_the_run(tiny_model, tiny_run, few_photos):
+    from filterscope.jobs.evaluate import evaluate
+
+    before = json.loads((tiny_run / "run.json").read_text())
+    res = evaluate(tiny_run, tiny_model, images=few_photos)
+    assert res.status == "complete" and res.run_dir == tiny_run
+    rows = res.data["layers"]["conv3"]["channels"]
+    assert [r["channel"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["activation"] / r["natural_max"], rel=1e-3)
+    assert json.loads((tiny_run / "evaluation.json").read_text()) == json.loads(json.dumps(res.data))
+    after = json.loads((tiny_run / "run.json").read_text())
+    added = after.pop("added")
+    assert after == before  # the run's record of its own job is untouched
+    entry = added["evaluate"]
+    assert entry == res.record and entry["status"] == "complete" and entry["files"] == ["evaluation.json"]
+    assert entry["settings"]["model"]["name"] == "tiny_cnn" and entry["settings"]["images"] == str(few_photos)
+    assert entry["results"]["conv3"]["channels"] == 2 and "total_s" in entry["timings"]
+    assert "evaluation.json" not in after["files"]
+
+    again = evaluate(tiny_run, tiny_model, images=few_photos)  # replaces its entry and its file
+    assert again.data == res.data
+    assert list(json.loads((tiny_run / "run.json").read_text())["added"]) == ["evaluate"]
+
+    # a fresh run in the folder removes what was added to the one before (no stale evaluation)
+    from filterscope.jobs import channels
+    from filterscope.jobs.contract import run_job
+
+    run_job(channels.JOB, tiny_model, out=tiny_run, layer="conv3", channels=[2], steps=2, method="seed")
+    assert not (tiny_run / "evaluation.json").exists()
+    assert "added" not in json.loads((tiny_run / "run.json").read_text())
+
+
+def test_evaluate_refuses_what_is_not_a_complete_run_and_writes_nothing(tiny_model, tiny_run, tmp_path, capsys):
+    from filterscope.errors import UsageError
+    from filterscope.jobs.evaluate import evaluate
+
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "run.json").write_text("{not json")
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_run, partial)
+    rec = json.loads((partial / "run.json").read_text())
+    (partial / "run.json").write_text(json.dumps({**rec, "status": "partial"}))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "run.json").write_text(json.dumps({**rec, "results": {}, "files": []}))
+    cases = {
+        tmp_path / "nope": "no such folder",
+        tmp_path / "plain": "not a filterscope run directory",
+        tmp_path / "file.txt": "not a folder",
+        tmp_path / "broken": "not valid JSON",
+        partial: "holds a partial render run: evaluate needs a complete one; finish it with --resume",
+        empty: "no finished channel renders",
+    }
+    for folder, message in cases.items():
+        before = _listing(tmp_path)
+        with pytest.raises(UsageError, match=message):
+            evaluate(folder, tiny_model)
+        rc = main(["evaluate", str(folder)])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.count("\n") == 1 and err.startswith("error: ") and message.split(":")[0] in err, err
+        assert _listing(tmp_path) == before, folder  # nothing written, no lock file made
+    with pytest.raises(UsageError, match="takes no out"):
+        from filterscope.jobs import evaluate as ev_job
+        from filterscope.jobs.contract import run_job
+
+        run_job(ev_job.JOB, tiny_model, run_dir=str(tiny_run), out=tmp_path / "elsewhere")
+    assert not (tmp_path / "elsewhere").exists() and not (tiny_run / "evaluation.json").exists()
+    rec_file = tiny_run / "run.json"
+    before = rec_file.read_bytes()
+    with pytest.raises(UsageError, match="no images"):
+        evaluate(tiny_run, tiny_model, images=tmp_path / "plain")
+    assert rec_file.read_bytes() == before

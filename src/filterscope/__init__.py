@@ -30,6 +30,7 @@ _WHERE = {
     "compare": ".jobs.compare",
     "Concepts": ".jobs.concepts",
     "concepts": ".jobs.concepts",
+    "evaluate": ".jobs.evaluate",
     "Explanation": ".jobs.explain",
     "explain": ".jobs.explain",
     "Inspection": ".jobs.inspect",
@@ -94,6 +95,7 @@ if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.concepts import Concepts, concepts
     from .jobs.contract import JobResult, run_job
     from .jobs.diff import Diff, diff
+    from .jobs.evaluate import evaluate
     from .jobs.explain import Explanation, explain
     from .jobs.inspect import Inspection, inspect
     from .jobs.layer_dictionary import DictionaryResult, dictionary
@@ -114,6 +116,7 @@ __all__ = [
     "dictionary",
     "Diff",
     "diff",
+    "evaluate",
     "JobResult",
     "run_job",
     "Accentuation",

@@ -10,19 +10,16 @@ import json
 import os
 import sys
 import warnings
-from pathlib import Path
 
 import click
 
 from .cli_options import (
-    MODEL_INPUT,
     MODEL_KEYS,
     _load_model,
     emit,
     load,
     model_option_list,
     model_options,
-    output_options,
     parse_channels,
 )
 from .errors import FilterscopeError, UsageError
@@ -51,6 +48,10 @@ JOBS: dict[str, tuple[str, str]] = {
     ),
     "compare": ("filterscope.jobs.compare", "The same channels rendered with every preset, side by side."),
     "dictionary": ("filterscope.jobs.layer_dictionary", "A layer read as a dictionary: SAE features of IMAGES."),
+    "evaluate": (
+        "filterscope.jobs.evaluate",
+        "Measure renders: activation vs natural images, robustness to crops, transferability.",
+    ),
     "explain": ("filterscope.jobs.explain", "Which filters drive IMAGE's prediction, and the evidence."),
     "inspect": ("filterscope.jobs.inspect", "Which filters of LAYER an IMAGE excites most, and where."),
     "render": ("filterscope.jobs.channels", "Render channels of a layer: one PNG per channel, a grid, and run.json."),
@@ -172,44 +173,6 @@ def layers_text(model_name: str, outline, default: str, show_all: bool = False) 
             if show_all:
                 out += [line(i, "      ") for i in inner.get(e.name, [])]
     return out
-
-
-@cli.command()
-@click.argument("run_dir", type=click.Path())
-@click.option("--images", default=None, help="Folder of natural images (default: the bundled photos).")
-@click.option(
-    "--eval-model", default=None, help="Second model for transferability of logit renders, e.g. efficientnet_lite1."
-)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--trust-checkpoint", is_flag=True)
-@output_options
-def evaluate(run_dir, images, eval_model, device, trust_checkpoint, quiet, as_json):
-    """Measure renders: activation vs natural images, robustness to crops, transferability."""
-    from .jobs.evaluate import evaluate_run, table
-    from .models.inputs import list_images
-    from .outputs.rundir import atomic_write, json_bytes
-
-    rec_file = Path(run_dir) / "run.json"
-    if not rec_file.is_file():
-        raise UsageError(f"{run_dir} is not a filterscope run directory (no run.json)")
-    if images:
-        list_images(images)
-    try:
-        record = json.loads(rec_file.read_text())
-        m = record["settings"]["model"]
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"{rec_file} does not record the model it was made with") from None
-    recorded = {k: m.get(k) for k in MODEL_INPUT}  # a user's model comes back with the input it had
-    recorded["mean"], recorded["std"] = (tuple(m[k]) if m.get(k) else None for k in ("mean", "std"))
-    model = load(m.get("spec") or m["name"], m.get("weights_file"), trust_checkpoint, device, **recorded)
-    ev = load(eval_model, None, trust_checkpoint, device) if eval_model else None
-    result = evaluate_run(run_dir, model, images=images, eval_model=ev)
-    atomic_write(Path(run_dir) / "evaluation.json", json_bytes(result))
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    elif not quiet:
-        click.echo(table(result))
-        click.echo(f"wrote {Path(run_dir) / 'evaluation.json'}")
 
 
 def _second_model_options(command):

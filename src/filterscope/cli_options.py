@@ -186,17 +186,24 @@ class FloatList(click.ParamType):
 MODEL_INPUT = ("in_channels", "input_size", "mean", "std")
 
 
-def model_option_list(suffix: str = "", of: str = "") -> list[click.Option]:
+def model_option_list(suffix: str = "", of: str = "", recorded: bool = False) -> list[click.Option]:
     """The model options (``--model``, ``--weights``, ``--trust-checkpoint``, ``--device`` and the input
-    options); ``suffix`` ``-b`` makes the twins of a second model (``--model-b`` …), ``of`` says whose."""
+    options); ``suffix`` ``-b`` makes the twins of a second model (``--model-b`` …), ``of`` says whose;
+    ``recorded``: ``--model`` defaults to the model a run folder records (a job that adds to a run)."""
     s, u = suffix, suffix.replace("-", "_")
+    if recorded:
+        first: dict[str, Any] = {"default": None}
+        whose = "[default: the model the run records] " + of
+    else:
+        # no default at all for the twin: click 8.3+ counts an explicit default=None as given, so a
+        # required --model-b with default=None was never asked for
+        first = {"default": DEFAULT_MODEL, "show_default": True} if not s else {"required": True}
+        whose = of
     return [
         click.Option(
             [f"--model{s}", f"model_name{u}"],
-            # no default at all for the twin: click 8.3+ counts an explicit default=None as given, so a
-            # required --model-b with default=None was never asked for
-            **({"default": DEFAULT_MODEL, "show_default": True} if not s else {"required": True}),
-            help=of + "Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
+            **first,
+            help=whose + "Registry name, timm:NAME, torchvision:NAME, a bare torchvision/timm name, your code as "
             "path/net.py:Class or package.module:factory (with --weights FILE), or a TorchScript file.",
         ),
         click.Option(
@@ -349,13 +356,17 @@ def job_command(job: Any) -> click.Command:
     fields = dataclasses.fields(job.request)
     second = [f.name for f in fields if getattr(hints[f.name], "__name__", "") == "Model"]
     shown = [f for f in fields if f.name not in second and f.metadata.get("cli", True)]
+    loaded = [f.name for f in shown if f.metadata.get("load")]
     params: list[click.Parameter] = [_param_for(f, hints[f.name]) for f in shown]
-    params += model_option_list()
+    params += model_option_list(recorded=job.into_run is not None)
     if len(second) > 1:
         raise TypeError(f"{job.name}: at most one second model in a request")
     if second:
         params += model_option_list("-b", of="The second model: ")
-    params.append(click.Option(["--out"], default=None, help=f"Output directory [default: {default_out(job.name)}]."))
+    if job.into_run is None:
+        params.append(
+            click.Option(["--out"], default=None, help=f"Output directory [default: {default_out(job.name)}].")
+        )
     if job.resumable:
         params.append(click.Option(["--resume"], is_flag=True, help="Finish an interrupted run in --out."))
     params += [
@@ -366,20 +377,39 @@ def job_command(job: Any) -> click.Command:
         params += cache_option_list()
 
     def callback(**kw: Any) -> None:
-        from .jobs.contract import run_job
+        from .jobs.contract import read_run, recorded_model, run_job
 
-        out, quiet, as_json, resume = kw.pop("out"), kw.pop("quiet"), kw.pop("as_json"), kw.pop("resume", False)
+        out, quiet, as_json, resume = kw.pop("out", None), kw.pop("quiet"), kw.pop("as_json"), kw.pop("resume", False)
         if job.renders:
             _configure_cache(kw.pop("cache_dir"), kw.pop("no_cache"))
         models = {s: {k: kw.pop(k + s) for k in MODEL_KEYS} for s in ("", "_b")[: 1 + bool(second)]}
         request = job.make_request(**kw)
+        if job.into_run is not None:
+            read_run(getattr(request, job.into_run), job.name)  # a wrong folder, before a model is loaded
         if job.precheck is not None:
             job.precheck(request)  # a wrong folder is refused before a model is loaded
+        main = models[""]
+        if job.into_run is not None and main["model_name"] is None:  # the model the run was made with
+            given = {k: main[k] for k in ("weights", *MODEL_INPUT)}
+            folder = getattr(request, job.into_run)
+            model = recorded_model(folder, device=main["device"], trust_checkpoint=main["trust_checkpoint"], **given)
+        else:
+            model = _load_model(main)
+        named = {n: getattr(request, n) for n in loaded if isinstance(getattr(request, n), str)}
+        if named:  # a model named by an option: loaded like --model, with its --device and --trust-checkpoint
+            like = {**dict.fromkeys(MODEL_KEYS), "device": main["device"], "trust_checkpoint": main["trust_checkpoint"]}
+            named = {n: _load_model({**like, "model_name": v}) for n, v in named.items()}
+            request = dataclasses.replace(request, **named)
         if second:
             request = dataclasses.replace(request, **{second[0]: _load_model(models["_b"])})
-        res = run_job(job, _load_model(models[""]), request, out=out, resume=resume, progress=not quiet)
+        res = run_job(job, model, request, out=out, resume=resume, progress=not quiet)
         res.raise_if_partial()
-        record = json.loads((res.run_dir / RUN_FILE).read_text())  # as written, numbers as JSON numbers
+        if job.json is not None:
+            record = json.loads(json.dumps(job.json(res), default=str))
+        elif job.into_run is not None:
+            record = res.record
+        else:
+            record = json.loads((res.run_dir / RUN_FILE).read_text())  # as written, numbers as JSON numbers
         emit(as_json, quiet, record, job.summary(res) if job.summary else [])
 
     return click.Command(job.name, params=params, callback=callback, help=job.help, short_help=job.help.split("\n")[0])

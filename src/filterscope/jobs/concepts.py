@@ -381,33 +381,45 @@ def _plan(model: Model, req: ConceptsRequest) -> ConceptsPlan:
     )  # fmt: skip
 
 
-def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool]) -> Concepts:
+def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool], ctx: RunContext | None = None) -> Concepts:
     """The activation pass, the dictionary, the evidence, the renders (no files); raises :class:`_Stopped`
-    when stopped before the concepts are complete. A local Ray the plan started is shut down at the end."""
+    when stopped before the concepts are complete. A local Ray the plan started is shut down at the end.
+
+    ``ctx``: the job's run, where the finished pieces are kept for ``--resume`` (the activation pass's state,
+    the evidence pass, the deletion curves, each render) and, resuming, taken from."""
     model, info, src, n_crops, seed, n_concepts = p.model, p.info, p.src, p.n_crops, p.seed, p.n_concepts
     timings: dict[str, float] = {}
     try:
-        # 1. activation pass
+        # 1. activation pass (going on from the state an interrupted run kept)
         t = time.perf_counter()
+        tally = ActivationTally(p.max_vectors, info.channels, seed)
+        units = activation_units(src, n_crops)
+        kept = ctx.kept("activations") if ctx is not None else None
+        if kept is not None:
+            tally.restore(*kept)
+        checkpoint = (lambda tl: ctx.keep("activations", *tl.state())) if ctx is not None else None
         if p.backend == "ray":
             from .ray_data import collect_ray
 
-            tally = collect_ray(
-                model,
-                info,
-                src,
-                n_crops,
-                seed,
-                ActivationTally(p.max_vectors, info.channels, seed),
-                activation_units(src, n_crops),
-                activation_batch,
-                p.ray_settings,
-                progress,
-                stop,
-                shutdown=p.ray_started,
-            )
+            if tally.units < len(units):
+                tally = collect_ray(
+                    model,
+                    info,
+                    src,
+                    n_crops,
+                    seed,
+                    tally,
+                    units[tally.units :],
+                    activation_batch,
+                    p.ray_settings,
+                    progress,
+                    stop,
+                    shutdown=p.ray_started,
+                )
+                if checkpoint is not None:
+                    checkpoint(tally)
         else:
-            tally = _collect(model, info, src, n_crops, seed, p.max_vectors, progress, stop)
+            tally = _collect(model, info, src, n_crops, seed, p.max_vectors, progress, stop, tally, checkpoint)
         sample, votes, confidence, skipped, views = (
             tally.sample,
             tally.votes,
@@ -416,8 +428,8 @@ def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool]) -> Concept
             tally.used,
         )
         timings["activation_pass_s"] = time.perf_counter() - t
-        if stop():
-            raise _Stopped("stopped during the activation pass")
+        if tally.units < len(units):
+            raise _Stopped(f"the activation pass stopped after {tally.units} of {len(units)} batches")
         if views < n_concepts or sample.data.shape[0] < n_concepts:
             raise UsageError(f"only {views} readable images in {p.images}: fewer than the {n_concepts} concepts")
         rows = sample.data
@@ -434,7 +446,7 @@ def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool]) -> Concept
             cls = min(votes, key=lambda c: (-votes[c], -confidence[c], c))
         return _run(
             model, info, src, n_crops, seed, chosen, n_concepts, cls, sample, votes, skipped,
-            p.settings, p.render_settings, p.compare_methods, timings, p.t0, progress, stop,
+            p.settings, p.render_settings, p.compare_methods, timings, p.t0, progress, stop, ctx,
         )  # fmt: skip
     finally:
         if p.ray_started:  # a local Ray this run started (the pass shuts it; a failure before it may not)
@@ -445,9 +457,9 @@ def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool]) -> Concept
 
 def _compute(ctx: RunContext, p: ConceptsPlan) -> Concepts | None:
     try:
-        res = _learn(p, ctx.show_progress, ctx.stop)
-    except _Stopped as e:  # before any concept was finished: run.json says partial, nothing else is written
-        ctx.mark_partial(0, p.n_concepts, f"concepts ({e})", resumable=False)
+        res = _learn(p, ctx.show_progress, ctx.stop, ctx)
+    except _Stopped as e:  # before the concepts were finished: run.json says partial, the pieces are kept
+        ctx.mark_partial(0, p.n_concepts, f"concepts ({e})")
         return None
     res.run_dir = ctx.path
     return res
@@ -462,7 +474,7 @@ def _write(ctx: RunContext, res: Concepts | None) -> None:
     res.timings["write_s"] = round(time.perf_counter() - t, 3)
     done = sum(c.render is not None for c in res.concepts)
     if res.settings.get("render") is not None and done < len(res.concepts):
-        ctx.mark_partial(done, len(res.concepts), "concept renders", resumable=False)
+        ctx.mark_partial(done, len(res.concepts), "concept renders")
         res.status = "partial"
     ctx.record["timings"].update(res.timings)
     res.timings = ctx.record["timings"]  # total_s is added when the run closes
@@ -502,6 +514,7 @@ JOB = Job(
     _summary,
     help="Concepts of IMAGES (a folder, or one photo whose random crops are the data) for a class: report.html.",
     renders=True,
+    resumable=True,
     precheck=_check_request,
 )
 
@@ -512,6 +525,7 @@ def concepts(
     *,
     render: bool = True,
     out: str | Path | None = None,
+    resume: bool = False,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     **options,
@@ -523,7 +537,8 @@ def concepts(
 
     With ``out``: ``report.html``, ``figure_concepts.png``, ``concepts.json``, ``concept_maps.npz``,
     ``concept_bank.npy``, the renders ``<layer>/concept_0003.png`` and ``run.json`` there (the job
-    :data:`JOB`). Bad arguments raise :class:`~filterscope.errors.UsageError` before anything is written.
+    :data:`JOB`; ``resume`` finishes an interrupted run of ``out``, keeping its finished pieces). Bad
+    arguments raise :class:`~filterscope.errors.UsageError` before anything is written.
 
     ``backend="ray"`` runs the activation pass on Ray Data (a local Ray of ``workers`` CPUs, or the cluster
     at ``address``; ``workers`` actors, each loading the model once and using ``threads`` CPU threads,
@@ -532,13 +547,15 @@ def concepts(
 
     req = JOB.make_request(images=None if images is None else str(images), no_render=not render, **options)
     if out is not None:
-        r = run_job(JOB, model, req, out=out, progress=progress, should_stop=should_stop)
+        r = run_job(JOB, model, req, out=out, resume=resume, progress=progress, should_stop=should_stop)
         if r.data is None:
             raise Interrupted(r.interruption)
         r.data.status, r.data.job = r.status, r
         return r.data
+    if resume:
+        raise UsageError("resume needs out: the run folder to finish")
     try:
-        return _learn(_plan(model, req), progress, should_stop or (lambda: False))
+        return _learn(_plan(model, req), progress, should_stop if should_stop is not None else (lambda: False))
     except _Stopped as e:
         raise Interrupted(f"interrupted: {e}; nothing was written") from None
 
@@ -602,6 +619,7 @@ class ActivationTally:
         self.confidence: Counter = Counter()  # summed probability of each predicted class: breaks count ties
         self.predictions: dict[int, int] = {}
         self.skipped = self.used = 0
+        self.units = 0  # batches added (the first ``units`` of :func:`activation_units`)
 
     def add(
         self,
@@ -622,6 +640,38 @@ class ActivationTally:
             self.sample.add(rows, prov)
         self.skipped += int(skipped)
         self.used += int(used)
+        self.units += 1
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """``(arrays, meta)``: everything the tally holds, exactly (the sample's random state included), for
+        :meth:`restore` to go on where it stopped (``--resume``)."""
+        s = self.sample
+        arrays = {"rows": s.data, **({"meta": s.provenance} if s.meta is not None else {})}
+        meta = {
+            "seen": s.seen,
+            "rng": s.rng.bit_generator.state,
+            "votes": {str(k): v for k, v in self.votes.items()},
+            "confidence": {str(k): v for k, v in self.confidence.items()},
+            "predictions": {str(k): v for k, v in self.predictions.items()},
+            "skipped": self.skipped,
+            "used": self.used,
+            "units": self.units,
+        }
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """The tally :meth:`state` describes."""
+        s = self.sample
+        n = arrays["rows"].shape[0]
+        s.rows[:n] = arrays["rows"]
+        if s.meta is not None and "meta" in arrays:
+            s.meta[:n] = arrays["meta"]
+        s.seen = int(meta["seen"])
+        s.rng.bit_generator.state = meta["rng"]
+        self.votes = Counter({int(k): v for k, v in meta["votes"].items()})
+        self.confidence = Counter({int(k): v for k, v in meta["confidence"].items()})
+        self.predictions = {int(k): v for k, v in meta["predictions"].items()}
+        self.skipped, self.used, self.units = int(meta["skipped"]), int(meta["used"]), int(meta["units"])
 
 
 PROVENANCE = ("image", "view", "y", "x")  # the columns activation_batch gives each vector
@@ -711,24 +761,49 @@ def _provenance(src: _Source, index: list[int], whole: int, n_crops: int, shape)
     return out.astype(np.int32)
 
 
-def _collect(model, info, src, n_crops, seed, max_vectors, progress, stop, tally: ActivationTally | None = None):
+CHECKPOINT_S = 60.0  # at most this long between two kept states of the activation pass (--resume)
+
+
+def _collect(
+    model,
+    info,
+    src,
+    n_crops,
+    seed,
+    max_vectors,
+    progress,
+    stop,
+    tally: ActivationTally | None = None,
+    checkpoint: Callable[[ActivationTally], None] | None = None,
+):
     """The streamed activation pass on this process: the batches of :func:`activation_units` in order, into
-    ``tally`` (default: a new one without provenance)."""
+    ``tally`` (default: a new one without provenance), from the first batch ``tally`` does not hold yet.
+    ``checkpoint(tally)``: called when stopped, every :data:`CHECKPOINT_S` seconds and at the end (the tally
+    then holds whole batches only), so an interrupted pass goes on where it stopped."""
     from tqdm import tqdm
 
     tally = ActivationTally(max_vectors, info.channels, seed) if tally is None else tally
+    units = activation_units(src, n_crops)
     memo: dict = {}
+    last = time.perf_counter()
     with capture_layers(model, [info]) as cap:
-        for start in tqdm(activation_units(src, n_crops), desc="activations", disable=not progress, unit="batch"):
+        bar = tqdm(total=len(units), initial=tally.units, desc="activations", disable=not progress, unit="batch")
+        for start in units[tally.units :]:
             tally.add(*activation_batch(model, info, src, start, n_crops, seed, cap, memo))
+            bar.update()
+            now = time.perf_counter()
+            if checkpoint is not None and (stop() or tally.units == len(units) or now - last > CHECKPOINT_S):
+                checkpoint(tally)
+                last = now
             if stop():
                 break
+        bar.close()
     return tally
 
 
 def _run(
     model, info, src, n_crops, seed, method, k, cls, sample, votes, skipped, settings, render_settings,
-    compare_methods, timings, t0, progress, stop,
+    compare_methods, timings, t0, progress, stop, ctx=None,
 ) -> Concepts:  # fmt: skip
     rows, seen = sample.data, sample.seen
     names = model.categories or []
@@ -763,10 +838,16 @@ def _run(
 
     # 3. evidence pass over the whole images
     t = time.perf_counter()
-    ev = _evidence(model, info, src, n_crops, seed, d, cls, progress, stop)
+    kept = ctx.kept("evidence") if ctx is not None else None
+    if kept is not None:
+        ev = {**kept[0], **kept[1]}
+    else:
+        ev = _evidence(model, info, src, n_crops, seed, d, cls, progress, stop)
+        if stop():
+            raise _Stopped("stopped during the evidence pass")
+        if ctx is not None:
+            ctx.keep("evidence", *_split(ev))
     timings["evidence_pass_s"] = time.perf_counter() - t
-    if stop():
-        raise _Stopped("stopped during the evidence pass")
     mask = ev["pred"] == cls
     over = mask if mask.any() else np.ones_like(mask)
     rank = settings.get("rank", "ablation")
@@ -785,10 +866,16 @@ def _run(
     # 4. deletion curves on the class images
     t = time.perf_counter()
     del_idx = [int(ev["view_ids"][i]) for i in np.nonzero(over)[0][:DELETION_IMAGES]]
-    deletion = _deletion(model, info, src, n_crops, seed, d, order, cls, del_idx, stop)
+    kept = ctx.kept("deletion") if ctx is not None else None
+    if kept is not None:
+        deletion = kept[1]
+    else:
+        deletion = _deletion(model, info, src, n_crops, seed, d, order, cls, del_idx, stop)
+        if stop():
+            raise _Stopped("stopped during the deletion curves")
+        if ctx is not None:
+            ctx.keep("deletion", {}, deletion)
     timings["deletion_s"] = time.perf_counter() - t
-    if stop():
-        raise _Stopped("stopped during the deletion curves")
 
     # 5. votes, labels, top crops, renders
     t = time.perf_counter()
@@ -865,11 +952,17 @@ def _run(
     )
     if render_settings is not None and not stop():
         t = time.perf_counter()
-        _render(model, info, res, render_settings, seed, stop, progress)
+        _render(model, info, res, render_settings, seed, stop, progress, ctx)
         timings["render_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
     res.timings = {k2: round(v, 3) for k2, v in timings.items()}
     return res
+
+
+def _split(piece: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """A piece of work as (its numpy arrays, the rest: JSON), for :meth:`RunContext.keep`."""
+    arrays = {k: v for k, v in piece.items() if isinstance(v, np.ndarray)}
+    return arrays, {k: v for k, v in piece.items() if k not in arrays}
 
 
 def _same_class(folder: str, class_name: str) -> bool:
@@ -1152,23 +1245,29 @@ def render_concepts(
     *,
     should_stop: Callable[[], bool] | None = None,
     progress: bool = False,
+    done: dict[int, tuple[torch.Tensor, dict]] | None = None,
+    on_render: Callable[[int, torch.Tensor, dict], None] | None = None,
 ) -> list[tuple[torch.Tensor | None, dict | None]]:
     """Each concept's render from noise: the ``direction`` objective along ``vectors[j]`` at ``info``, seed
     ``channel_seed(seed, j)``, through the render cache (what ``concepts`` and the explorer's concept page
     show). Returns one ``(image, record)`` per vector: ``(None, {"status": …})`` for a failed render,
-    ``(None, None)`` for one not reached when ``should_stop()`` stopped the renders."""
+    ``(None, None)`` for one not reached when ``should_stop()`` stopped the renders. ``done``: renders
+    finished before (``--resume``), not redone; ``on_render(j, image, record)``: each new successful one."""
     from tqdm import tqdm
 
     from ..optvis.objectives import direction
     from ..optvis.render import Renderer, channel_seed
     from ..outputs.cache import active_cache, render_key
 
-    stop = should_stop or (lambda: False)
+    stop = should_stop if should_stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
     cache = active_cache() if model.in_channels <= 3 else None
     sd = settings.for_model(model).as_dict()
     renderer = Renderer(model, settings)
     out: list[tuple[torch.Tensor | None, dict | None]] = [(None, None)] * len(vectors)
     for j in tqdm(range(len(vectors)), desc="concept renders", disable=not progress, unit="concept"):
+        if done and j in done:
+            out[j] = done[j]
+            continue
         vec = np.asarray(vectors[j]).astype(np.float32)
         obj = direction(info.name, torch.from_numpy(vec))
         key, fields = render_key(model, obj, sd, channel_seed(seed, j), layer=info.name)
@@ -1197,15 +1296,30 @@ def render_concepts(
                     cache.put(key, png_bytes(res.images[0]), {**fields, **record, "status": "ok"})
             else:
                 out[j] = (None, {"status": res.status[0]})
+        if on_render is not None and out[j][0] is not None:
+            on_render(j, *out[j])
         if stop():
             return out
     return out
 
 
-def _render(model, info, res: Concepts, settings, seed, stop, progress) -> None:
-    """Each concept's render (:func:`render_concepts`) into its :class:`Concept`."""
+def _render(model, info, res: Concepts, settings, seed, stop, progress, ctx: RunContext | None = None) -> None:
+    """Each concept's render (:func:`render_concepts`) into its :class:`Concept`; with ``ctx``, each kept as
+    it finishes and, resuming, taken from there (when its concept's vector is the same)."""
+    vectors = [c.vector for c in res.concepts]
+    done: dict[int, tuple[torch.Tensor, dict]] = {}
+    on_render = None
+    if ctx is not None:
+        for j, vec in enumerate(vectors):
+            kept = ctx.kept(f"{info.name}/render_{j:04d}")
+            if kept is not None and np.array_equal(kept[0]["vector"], vec):
+                done[j] = (torch.from_numpy(kept[0]["image"]), kept[1])
+
+        def on_render(j: int, image: torch.Tensor, record: dict) -> None:
+            ctx.keep(f"{info.name}/render_{j:04d}", {"image": image.numpy(), "vector": vectors[j]}, record)
+
     renders = render_concepts(
-        model, info, [c.vector for c in res.concepts], settings, seed, should_stop=stop, progress=progress
+        model, info, vectors, settings, seed, should_stop=stop, progress=progress, done=done, on_render=on_render
     )
     for c, (image, record) in zip(res.concepts, renders):
         c.render, c.render_record = image, record

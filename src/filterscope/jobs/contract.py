@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FilterscopeError, Interrupted, UsageError, closest
-from ..outputs.rundir import RunDir
+from ..outputs.rundir import AddedRun, RunDir, read_run
 from .interrupt import graceful_stop
 
 
@@ -120,6 +120,46 @@ class RunContext:
         then = "run the same command with --resume to finish" if resumable else "rerun it to finish (it starts over)"
         self.interruption = f"interrupted: {done} of {total} {what} finished and kept in {self.path}; {then}"
 
+    # -- pieces kept for --resume
+    def keep(self, name: str, arrays: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+        """Keep a finished piece of the work for ``--resume``: numpy ``arrays`` exactly and a JSON-able
+        ``meta``, in ``resume/<name>.npz``, recorded as the result ``resume:<name>`` (so the record says what
+        is finished). Kept pieces are removed when the run completes (:func:`run_job`)."""
+        import io
+        import json
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()}, _meta=np.array(json.dumps(meta or {})))
+        rel = f"{KEPT}/{name}.npz"
+        self.run.write(rel, buf.getvalue())
+        self.run.result(f"{KEPT}:{name}", {"file": rel})
+
+    def kept(self, name: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """``(arrays, meta)`` of the piece ``name`` an interrupted earlier run of the folder kept (only when
+        resuming), else ``None``."""
+        import io
+        import json
+
+        import numpy as np
+
+        rel = f"{KEPT}/{name}.npz"
+        if not self.resume or not self.run.done(f"{KEPT}:{name}") or not self.run.file(rel).is_file():
+            return None
+        with np.load(io.BytesIO(self.run.file(rel).read_bytes()), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files if k != "_meta"}
+            meta = json.loads(str(z["_meta"]))
+        return arrays, meta
+
+    def drop_kept(self) -> None:
+        """Remove every piece kept for ``--resume`` (the run no longer needs them)."""
+        for key in [k for k in self.record["results"] if k.startswith(f"{KEPT}:")]:
+            self.run.discard(self.record["results"][key]["file"], key)
+
+
+KEPT = "resume"  # the folder (and result-key prefix) of the pieces a run keeps for --resume
+
 
 def _closing(close: Callable[[], None], file) -> Callable[[], None]:
     def both() -> None:
@@ -140,16 +180,18 @@ def open_run(
     resume: bool = False,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    into: bool = False,
 ) -> Iterator[RunContext]:
     """Open ``out`` as the run folder of ``command`` (locked, earlier outputs of the folder removed unless
     ``resume``), record ``settings``, and close it with its status and total time; see the module docstring.
+    ``into``: ``out`` is a complete run that ``command`` adds files to (:class:`~..outputs.rundir.AddedRun`).
 
     Without ``should_stop``, SIGINT/SIGTERM ask the job to stop after the current step (in the main thread)."""
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         if should_stop is None:
             should_stop = stack.enter_context(graceful_stop(quiet=not progress))
-        run = RunDir(out, command, settings, resume=resume)
+        run = AddedRun(out, command, settings) if into else RunDir(out, command, settings, resume=resume)
         ctx = RunContext(run, should_stop, progress, resume)
         try:
             yield ctx
@@ -180,7 +222,8 @@ def opt(default: Any = None, help: str = "", **cli: Any) -> Any:
     ``"method"``), ``registry`` (one name of a registry: ``"method"``, ``"param"``, ``"transforms"``,
     ``"optimizer"``, ``"precision"``), ``positive`` (a finite number > 0), ``max`` (highest int, with ``min``),
     ``required`` (an option the command line asks for although the API has a default),
-    ``cli=False`` (an option of the API alone)."""
+    ``cli=False`` (an option of the API alone), ``load`` (a model named by the option: the command line
+    loads it like ``--model``, with its ``--device`` and ``--trust-checkpoint``)."""
     if isinstance(default, (list, dict, set)):
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **cli})
     return field(default=default, metadata={"help": help, **cli})
@@ -213,6 +256,10 @@ class Job:
     renders: bool = False  # it renders: the command line adds the render cache's options
     resumable: bool = False  # --resume finishes an interrupted run
     precheck: Callable[[Any], None] | None = None  # cheap checks of the request before a model is loaded
+    # the request field naming a complete run folder the job adds its files to (no run folder of its own;
+    # the model defaults to the one the run records): evaluate
+    into_run: str | None = None
+    json: Callable[[JobResult], Any] | None = None  # what --json prints (default: the job's record)
 
     def make_request(self, request: Any = None, **fields: Any) -> Any:
         """The job's request from a request object or keyword fields (an unknown field is a usage error)."""
@@ -244,22 +291,64 @@ def run_job(
     ``filterscope-out/<job>``); returns the :class:`JobResult` whose ``data`` is the job's own object.
 
     The request is ``request`` or built from ``fields``. Bad input raises before anything is written.
-    ``on_progress(desc, done, total)``: called on every step of the job's progress bars (shown or not)."""
+    ``on_progress(desc, done, total)``: called on every step of the job's progress bars (shown or not).
+
+    A job ``into_run`` writes into the run folder its request names (not ``out``); ``model=None`` there
+    means the model that run recorded (:func:`recorded_model`). Pieces kept for ``--resume``
+    (:meth:`RunContext.keep`) are removed once the run is complete."""
     from ..outputs.naming import default_out
 
     req = job.make_request(request, **fields)
     if resume and not job.resumable:
         raise UsageError(f"{job.name} cannot resume; rerun it")
+    if job.into_run is not None:
+        folder = getattr(req, job.into_run)
+        if folder is None:
+            raise UsageError(f"{job.name} needs the run folder to add its files to")
+        if out is not None:
+            raise UsageError(f"{job.name} writes into the run folder {folder}; it takes no out")
+        read_run(folder, job.name)
+        out = folder
     if job.precheck is not None:
         job.precheck(req)
+    if model is None and job.into_run is not None:
+        model = recorded_model(out)
     plan = job.validate(model, req)
     with open_run(
-        job.name, out or default_out(job.name), plan.settings, resume=resume, progress=progress, should_stop=should_stop
+        job.name,
+        out or default_out(job.name),
+        plan.settings,
+        resume=resume,
+        progress=progress,
+        should_stop=should_stop,
+        into=job.into_run is not None,
     ) as ctx:
         ctx.on_progress = on_progress
         data = job.compute(ctx, plan)
         job.write(ctx, data)
         ctx.data = data
+        if ctx.status == "complete":
+            ctx.drop_kept()
     if ctx.error is not None:
         raise ctx.error
     return ctx.result
+
+
+def recorded_model(run_dir: str | Path, *, device: str = "auto", trust_checkpoint: bool = False, **given: Any) -> Any:
+    """The model the run in ``run_dir`` was made with, loaded again from its ``run.json`` (registry name or
+    spec, weights file, input size, channels, normalisation); ``given`` overrides those (``weights``,
+    ``in_channels``, ``input_size``, ``mean``, ``std``)."""
+    from ..models import load_model
+
+    rec_file = Path(run_dir) / "run.json"
+    try:
+        m = read_run(run_dir, "this job")["settings"]["model"]
+        spec = m.get("spec") or m["name"]
+    except (KeyError, TypeError, AttributeError):
+        raise UsageError(f"{rec_file} does not record the model it was made with") from None
+    opts: dict[str, Any] = {k: m.get(k) for k in ("in_channels", "input_size")}
+    opts.update({k: tuple(m[k]) if m.get(k) else None for k in ("mean", "std")})
+    opts["weights"] = m.get("weights_file")
+    opts.update({k: v for k, v in given.items() if v is not None})
+    opts = {k: v for k, v in opts.items() if v is not None}
+    return load_model(spec, trust_checkpoint=trust_checkpoint, device=device, **opts)

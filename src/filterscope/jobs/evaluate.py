@@ -12,8 +12,7 @@ its top 1 / top 5 (transferability). Every render also gets two picture measures
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +21,13 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from ..errors import UsageError
-from ..models.hooks import capture, run
+from ..models.hooks import run
 from ..models.inputs import image_tensor, list_images, load_image, model_input, sample_photos_dir
-from ..models.layers import LOGIT, get_layer, list_layers, map_views
+from ..models.layers import LOGIT, capture_layers, get_layer, list_layers
 from ..models.model import Model
 from ..models.relu import final_relus
+from ..outputs.rundir import json_bytes, read_run
+from .contract import Job, JobResult, RunContext, opt, run_job
 
 ROBUST_CROPS = 8
 
@@ -73,14 +74,7 @@ def layer_means(model: Model, layer: str, x: torch.Tensor, pre_relu: bool = Fals
     orders = {i.name: i.order for i in list_layers(model)} if pre_relu else {}
     relu = final_relus(model.net, orders, [layer]).get(layer) if pre_relu else None
     with (
-        capture(
-            model.net,
-            [layer],
-            calls={layer: info.calls},
-            stop=True,
-            views=map_views(model, [layer]),
-            inputs_of=[relu] if relu else [],
-        ) as cap,
+        capture_layers(model, [info], stop=True, inputs_of=[relu] if relu else []) as cap,
         torch.inference_mode(),
     ):
         run(model.forward, x, cap)
@@ -193,18 +187,33 @@ def path_scores(
     return out
 
 
-def evaluate_run(
-    run_dir: str | Path, model: Model, *, images: str | Path | None = None, eval_model: Model | None = None
-) -> dict:
-    """Score every channel render recorded in ``run_dir/run.json``."""
-    run_dir = Path(run_dir)
-    rec_file = run_dir / "run.json"
-    if not rec_file.is_file():
-        raise UsageError(f"{run_dir} is not a filterscope run directory (no run.json)")
-    try:
-        record = json.loads(rec_file.read_text())
-    except ValueError:
-        raise UsageError(f"{rec_file} is not valid JSON") from None
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class EvaluateRequest:
+    """The arguments of ``filterscope evaluate``."""
+
+    run_dir: str | None = opt(None, "A complete run whose channel renders are scored.", argument=True)
+    images: str | None = opt(None, "Folder of natural images (default: the bundled photos).")
+    eval_model: Model | str | None = opt(
+        None, "Second model for transferability of logit renders, e.g. efficientnet_lite1.", load=True
+    )
+
+
+@dataclass
+class EvaluatePlan:
+    model: Model
+    run_dir: Path
+    by_layer: dict[str, list[dict]]  # layer → its finished channel renders' results
+    images: str | None
+    eval_model: Model | None
+    settings: dict
+
+
+def _renders(run_dir: Path) -> dict[str, list[dict]]:
+    """layer → the results of the run's finished channel renders (their files there), or a UsageError."""
+    record = read_run(run_dir, "evaluate")
     entries = [
         r
         for r in record.get("results", {}).values()
@@ -214,40 +223,137 @@ def evaluate_run(
         raise UsageError(f"{run_dir} has no finished channel renders to evaluate")
     by_layer: dict[str, list[dict]] = {}
     for r in entries:
+        if not (run_dir / r["file"]).is_file():
+            raise UsageError(f"{run_dir / r['file']}, recorded in {run_dir / 'run.json'}, is missing")
         by_layer.setdefault(r["layer"], []).append(r)
+    return by_layer
+
+
+def _check(req: EvaluateRequest) -> None:
+    """Before a model is loaded: the run has renders to score, the photos folder has images."""
+    _renders(Path(req.run_dir))
+    if req.images:
+        list_images(req.images)
+
+
+def _plan(model: Model, req: EvaluateRequest) -> EvaluatePlan:
+    """The run's finished channel renders (their files present), the photos and the second model."""
+    run_dir = Path(req.run_dir)
+    by_layer = _renders(run_dir)
+    for layer in by_layer:
+        if layer != LOGIT:
+            get_layer(model, layer)  # a model without the run's layer: one line
+    ev = req.eval_model
+    if isinstance(ev, str):
+        from ..models import load_model
+
+        ev = load_model(ev, device=str(model.device))
+    if ev is not None and not isinstance(ev, Model):
+        raise UsageError("eval_model must be a model name or a filterscope Model")
+    settings = {
+        "model": model.describe(),
+        "images": str(req.images or "bundled photos"),
+        "eval_model": ev.describe() if ev is not None else None,
+        "robust_crops": ROBUST_CROPS,
+    }
+    return EvaluatePlan(model, run_dir, by_layer, req.images, ev, settings)
+
+
+def score_layer(model: Model, layer: str, recs: list[dict], run_dir: Path, images, eval_model) -> dict:
+    """``{"summary", "channels"}`` of one layer's renders ``recs`` (their results in ``run.json``)."""
+    nat = natural_max(model, layer, images)
+    imgs = torch.stack([image_tensor(load_image(run_dir / r["file"]), model.in_channels) for r in recs])
+    chans = [r["channel"] for r in recs]
+    scores = score_images(model, layer, chans, imgs, nat, eval_model)
+    for s, ps in zip(scores, path_scores(model, layer, chans, imgs, images)):
+        s.path_similarity = None if np.isnan(ps) else ps
+    ratios = np.array([s.ratio for s in scores])
+    robust = np.array([s.robust_ratio for s in scores])
+    summary = {
+        "channels": len(scores),
+        "median_ratio": float(np.median(ratios)),
+        "median_robust_ratio": float(np.median(robust)),
+        "mean_robust_ratio": float(np.mean(robust)),
+        "median_colourfulness": float(np.median([s.colourfulness for s in scores])),
+        "median_rms_contrast": float(np.median([s.rms_contrast for s in scores])),
+    }
+    paths = [s.path_similarity for s in scores if s.path_similarity is not None]
+    if paths:
+        summary["median_path_similarity"] = float(np.median(paths))
+    if eval_model is not None and layer == LOGIT:
+        summary["top1"] = float(np.mean([s.top1 for s in scores]))
+        summary["top5"] = float(np.mean([s.top5 for s in scores]))
+    return {"summary": summary, "channels": [s.as_dict() for s in scores]}
+
+
+def _compute(ctx: RunContext, p: EvaluatePlan) -> dict | None:
     out: dict = {
-        "run": str(run_dir),
-        "model": model.name,
-        "images": str(images or "bundled photos"),
-        "eval_model": eval_model.name if eval_model else None,
+        "run": str(p.run_dir),
+        "model": p.model.name,
+        "images": str(p.images or "bundled photos"),
+        "eval_model": p.eval_model.name if p.eval_model else None,
         "robust_crops": ROBUST_CROPS,
         "layers": {},
     }
-    for layer, recs in by_layer.items():
-        nat = natural_max(model, layer, images)
-        imgs = torch.stack([image_tensor(load_image(run_dir / r["file"]), model.in_channels) for r in recs])
-        chans = [r["channel"] for r in recs]
-        scores = score_images(model, layer, chans, imgs, nat, eval_model)
-        for s, ps in zip(scores, path_scores(model, layer, chans, imgs, images)):
-            s.path_similarity = None if np.isnan(ps) else ps
-        ratios = np.array([s.ratio for s in scores])
-        robust = np.array([s.robust_ratio for s in scores])
-        summary = {
-            "channels": len(scores),
-            "median_ratio": float(np.median(ratios)),
-            "median_robust_ratio": float(np.median(robust)),
-            "mean_robust_ratio": float(np.mean(robust)),
-            "median_colourfulness": float(np.median([s.colourfulness for s in scores])),
-            "median_rms_contrast": float(np.median([s.rms_contrast for s in scores])),
-        }
-        paths = [s.path_similarity for s in scores if s.path_similarity is not None]
-        if paths:
-            summary["median_path_similarity"] = float(np.median(paths))
-        if eval_model is not None and layer == LOGIT:
-            summary["top1"] = float(np.mean([s.top1 for s in scores]))
-            summary["top5"] = float(np.mean([s.top5 for s in scores]))
-        out["layers"][layer] = {"summary": summary, "channels": [s.as_dict() for s in scores]}
+    with ctx.progress(len(p.by_layer), "evaluate", unit="layer") as bar:
+        for layer, recs in p.by_layer.items():
+            if ctx.stop():
+                ctx.mark_partial(len(out["layers"]), len(p.by_layer), "layers", resumable=False)
+                return None
+            out["layers"][layer] = score_layer(p.model, layer, recs, p.run_dir, p.images, p.eval_model)
+            bar.update()
     return out
+
+
+def _write(ctx: RunContext, result: dict | None) -> None:
+    if result is None:
+        return
+    ctx.run.write(EVALUATION_FILE, json_bytes(result))
+    for layer, data in result["layers"].items():
+        ctx.run.result(layer, data["summary"])
+
+
+def _summary(r: JobResult) -> list[str]:
+    return [table(r.data), f"wrote {r.run_dir / EVALUATION_FILE}"]
+
+
+JOB = Job(
+    "evaluate",
+    EvaluateRequest,
+    _plan,
+    _compute,
+    _write,
+    _summary,
+    help="Measure renders: activation vs natural images, robustness to crops, transferability.",
+    precheck=_check,
+    into_run="run_dir",
+    json=lambda r: r.data,
+)
+
+
+def evaluate(
+    run_dir: str | Path,
+    model: Model | None = None,
+    *,
+    images: str | Path | None = None,
+    eval_model: Model | str | None = None,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> JobResult:
+    """Score every finished channel render of the complete run in ``run_dir`` (ratio to the best of
+    ``images``, robustness to crops, colourfulness, contrast, path similarity; with ``eval_model``, whether a
+    second model recognises a class render). ``model`` defaults to the one the run records. Writes
+    ``evaluation.json`` into the run and records itself under ``run.json``'s ``added.evaluate``; returns the
+    :class:`~.contract.JobResult` whose ``data`` is the evaluation (the content of ``evaluation.json``)."""
+    return run_job(
+        JOB,
+        model,
+        run_dir=None if run_dir is None else str(run_dir),
+        images=None if images is None else str(images),
+        eval_model=eval_model,
+        progress=progress,
+        should_stop=should_stop,
+    )
 
 
 def table(result: dict) -> str:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import LayerError
+from ..errors import LayerError, UsageError
 from ..models.hooks import run
 from ..models.inputs import list_images, sample_photos_dir
 from ..models.layers import LayerInfo, capture_layers, network_layer
@@ -293,6 +293,8 @@ class Tuning:
     timings: dict = field(default_factory=dict)
     status: str = "complete"
     run_dir: Path | None = None
+    pieces: int = 0  # pieces of the stimulus and photo passes (kept for --resume), and how many are finished
+    pieces_done: int = 0
 
     @property
     def n_stimuli(self) -> int:
@@ -452,18 +454,34 @@ def tuning(
     images: str | Path | None = None,
     seed: int = 0,
     out: str | Path | None = None,
+    resume: bool = False,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
 ) -> Tuning:
     """Tuning curves and descriptions of ``channels`` of ``layer`` (default: all) from synthetic stimuli;
-    ``images`` (default: the bundled photos) give the natural maximum. With ``out``, writes the run."""
+    ``images`` (default: the bundled photos) give the natural maximum. With ``out``, writes the run
+    (``resume``: finish an interrupted run of ``out``, keeping its finished pieces)."""
     if out is not None:
         return run_tuning(
-            model, layer, channels, out=out, images=images, seed=seed, progress=progress, should_stop=should_stop
+            model,
+            layer,
+            channels,
+            out=out,
+            images=images,
+            seed=seed,
+            resume=resume,
+            progress=progress,
+            should_stop=should_stop,
         ).data
+    if resume:
+        raise UsageError("resume needs out: the run folder to finish")
     info, chans = validate(model, layer, channels)
     files = list_images(images or sample_photos_dir())
     return compute_tuning(model, info, chans, files, str(images or "bundled photos"), seed, should_stop)
+
+
+CHUNK = 4 * BATCH  # stimuli per piece of the stimulus pass (a whole number of batches: the same batches as one pass)
+PHOTO_BATCH = 16  # photos per batch (and per piece) of the natural pass
 
 
 def compute_tuning(
@@ -475,39 +493,85 @@ def compute_tuning(
     seed: int,
     should_stop: Callable[[], bool] | None = None,
     memo: dict | None = None,
+    ctx: RunContext | None = None,
 ) -> Tuning:
     """The work of :func:`tuning` on validated arguments (no files).
 
     ``memo``: a dict owned by a caller whose model does not change (the explorer's worker): the layer's
     responses to the stimuli and to the photos are kept there, for every channel at once, so the next channel
-    of the same layer skips both passes (~95 % of the time). At most :data:`MEMO_LAYERS` layers are kept."""
+    of the same layer skips both passes (~95 % of the time). At most :data:`MEMO_LAYERS` layers are kept.
+
+    ``ctx``: the run of the job: each finished piece of the two passes (:data:`CHUNK` stimuli of a family,
+    :data:`PHOTO_BATCH` photos) is kept there for ``--resume`` and, resuming, taken from it; a progress bar
+    counts the pieces. A stopped run is ``partial`` with ``pieces_done`` of ``pieces`` finished."""
+    stop = should_stop if should_stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
     timings: dict[str, float] = {}
     t = time.perf_counter()
     stim = make_stimuli(model)
     families: dict = {}  # made here when the stimuli run; from the memo, only the best stimuli's families
     key, nat_key = memo_keys(model, info, files)
+    units = [(fam, i) for fam in stim.names() for i in range(0, _family_size(stim, fam), CHUNK)]
+    units += [("photos", i) for i in range(0, len(files), PHOTO_BATCH)]
+    done = 0
+    bar = ctx.progress(len(units), "tuning", unit="piece") if ctx is not None else None
+
+    def piece(fam: str, i: int, make: Callable[..., tuple], *args) -> tuple[np.ndarray, np.ndarray]:
+        """The (centre, mean) responses of one piece: kept by an earlier run, else ``make(*args)``."""
+        nonlocal done
+        got = ctx.kept(f"{info.name}/{fam}_{i:05d}") if ctx is not None else None
+        if got is not None:
+            value = got[0]["centre"], got[0]["mean"]
+        else:
+            value = make(*args)
+            if ctx is not None:
+                ctx.keep(f"{info.name}/{fam}_{i:05d}", {"centre": value[0], "mean": value[1]})
+        done += 1
+        if bar is not None:
+            bar.update()
+        return value
+
     if memo is not None and key in memo:
         resp, means = memo[key]
+        done += sum(u[0] != "photos" for u in units)
     else:
         resp, means = {}, {}
         families = stim.families()
         for fam, (x, rgb) in families.items():
-            resp[fam], means[fam] = responses(model, info, x, rgb=rgb)
-            if should_stop and should_stop():
+            flat = x.reshape(-1, *x.shape[-3 if rgb else -2 :])
+            parts = []
+            for i in range(0, flat.shape[0], CHUNK):
+                parts.append(piece(fam, i, responses, model, info, flat[i : i + CHUNK], BATCH, rgb))
+                if stop():
+                    break
+            if len(parts) * CHUNK >= flat.shape[0]:
+                resp[fam], means[fam] = (np.concatenate([pp[j] for pp in parts]) for j in (0, 1))
+            if stop():
                 break
         if memo is not None and len(resp) == len(families):
             _remember(memo, key, (resp, means))
     timings["stimuli_s"] = time.perf_counter() - t
     status = "complete" if len(resp) == len(stim.names()) else "partial"
     t = time.perf_counter()
-    from ..models.inputs import load_image, model_input
-
-    if memo is not None and nat_key in memo:
+    nat_c = nat_m = None
+    if status == "partial":
+        pass
+    elif memo is not None and nat_key in memo:
         nat_c, nat_m = memo[nat_key]
+        done += sum(u[0] == "photos" for u in units)
     else:
-        nat_c, nat_m = _nat(model, info, torch.cat([model_input(model, load_image(f)) for f in files]))
-        if memo is not None:
-            _remember(memo, nat_key, (nat_c, nat_m))
+        parts = []
+        for i in range(0, len(files), PHOTO_BATCH):
+            parts.append(piece("photos", i, _photo_responses, model, info, files[i : i + PHOTO_BATCH]))
+            if stop():
+                break
+        if len(parts) * PHOTO_BATCH >= len(files):
+            nat_c, nat_m = (np.concatenate([pp[j] for pp in parts]) for j in (0, 1))
+            if memo is not None:
+                _remember(memo, nat_key, (nat_c, nat_m))
+        else:
+            status = "partial"
+    if bar is not None:
+        bar.close()
     timings["natural_s"] = time.perf_counter() - t
     t = time.perf_counter()
     out = []
@@ -534,7 +598,25 @@ def compute_tuning(
         {k: round(v, 3) for k, v in timings.items()},
         status,
     )
+    res.pieces, res.pieces_done = len(units), done
     return res
+
+
+def _photo_responses(model: Model, info: LayerInfo, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    from ..models.inputs import load_image, model_input
+
+    return _nat(model, info, torch.cat([model_input(model, load_image(f)) for f in files]))
+
+
+def _family_size(stim: Stimuli, name: str) -> int:
+    """How many stimuli the family ``name`` has (without drawing them)."""
+    if name in ("grey", "grey_value"):
+        return 1
+    if name == "gratings":
+        return len(ORIENTATIONS) * len(stim.periods) * len(PHASES)
+    if name == "curves":
+        return len(CURVE_DIRECTIONS) * (len(stim.radii) + 1) * 2
+    return len(HUES) * len(SATURATIONS)
 
 
 def memo_keys(model: Model, info: LayerInfo, files: list[Path]) -> tuple[tuple, tuple]:
@@ -596,11 +678,11 @@ def _plan(model: Model, req: TuningRequest) -> TuningPlan:
 
 
 def _compute(ctx: RunContext, p: TuningPlan) -> Tuning:
-    res = compute_tuning(p.model, p.info, p.channels, p.files, p.label, p.seed, ctx.stop)
+    res = compute_tuning(p.model, p.info, p.channels, p.files, p.label, p.seed, ctx.stop, ctx=ctx)
     ctx.record["timings"].update(res.timings)
     res.run_dir = ctx.path
     if res.status == "partial":
-        ctx.mark_partial(0, len(p.channels), "channels", resumable=False)
+        ctx.mark_partial(res.pieces_done, res.pieces, "pieces of the stimulus and photo passes")
     return res
 
 
@@ -629,6 +711,7 @@ JOB = Job(
     _write,
     _summary,
     help="What CHANNELS answer to synthetic stimuli: gratings, colour fields, curves; tuning.json, report.html.",
+    resumable=True,
     precheck=_check_images,
 )
 
@@ -641,13 +724,14 @@ def run_tuning(
     out: str | Path,
     images: str | Path | None = None,
     seed: int = 0,
+    resume: bool = False,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
 ) -> JobResult:
     """``filterscope tuning`` on the job contract: ``tuning.json``, ``figure_tuning.png``, ``report.html``,
     ``run.json`` in ``out``."""
     req = TuningRequest(layer, None if channels is None else list(channels), images, seed)
-    return run_job(JOB, model, req, out=out, progress=progress, should_stop=should_stop)
+    return run_job(JOB, model, req, out=out, resume=resume, progress=progress, should_stop=should_stop)
 
 
 def write_tuning(run, res: Tuning) -> None:

@@ -227,7 +227,8 @@ class RunDir:
             return None
 
     def _remove_recorded(self, previous: dict[str, Any]) -> None:
-        for rel in previous.get("files", []) + [RUN_FILE]:
+        added = [f for entry in _added(previous).values() for f in entry.get("files", [])]
+        for rel in previous.get("files", []) + added + [RUN_FILE]:
             p = (self.path / rel).resolve()
             if self.path.resolve() in p.parents and p.is_file():
                 p.unlink()
@@ -303,3 +304,79 @@ class RunDir:
             self.release()
         except Exception:
             pass
+
+
+# ---------------------------------------------------------------- files added to a finished run
+
+ADDED = "added"  # run.json key: job name → the record of a job that added files to the run (evaluate)
+
+
+def _added(record: dict[str, Any]) -> dict[str, dict]:
+    added = record.get(ADDED)
+    return {k: v for k, v in added.items() if isinstance(v, dict)} if isinstance(added, dict) else {}
+
+
+def read_run(path: str | os.PathLike, adding: str) -> dict[str, Any]:
+    """The record of the complete run in ``path`` that the job ``adding`` adds files to; a
+    :class:`UsageError` (nothing written) when ``path`` is no folder, holds no run, or an unfinished one."""
+    path = Path(path)
+    rec_file = path / RUN_FILE
+    if not path.exists():
+        raise UsageError(f"{path} is not a filterscope run directory (no such folder)")
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a filterscope run directory (not a folder)")
+    if not rec_file.is_file():
+        raise UsageError(f"{path} is not a filterscope run directory (no run.json)")
+    try:
+        record = json.loads(rec_file.read_text())
+    except (OSError, ValueError):
+        raise UsageError(f"{rec_file} is not valid JSON") from None
+    if not isinstance(record, dict) or not isinstance(record.get("command"), str):
+        raise UsageError(f"{rec_file} is not the record of a filterscope run")
+    status = record.get("status")
+    if status != "complete":
+        then = "; finish it with --resume first" if status == "partial" else ""
+        raise UsageError(
+            f"{path} holds a {status or 'unfinished'} {record['command']} run: {adding} needs a complete one{then}"
+        )
+    return record
+
+
+class AddedRun(RunDir):
+    """A job that adds files to a complete run (``evaluate``): its files are written atomically next to the
+    run's own, and its record — the usual shape: settings, versions, files, results, timings, status — is
+    ``run.json``'s ``added.<command>`` entry, so the run's record of its own job is untouched. The folder is
+    locked while it writes; the files of an earlier entry of the same job are removed first."""
+
+    def __init__(self, path: str | os.PathLike, command: str, settings: dict[str, Any]):
+        self.path = Path(path)
+        self.command = command
+        self._lock = None
+        read_run(self.path, command)  # refused before the lock file is made
+        self._lock = lock_dir(self.path)
+        self.host = read_run(self.path, command)  # again, under the lock
+        previous = _added(self.host).get(command)
+        if previous is not None:
+            own = set(self.host.get("files", []))
+            self._remove_recorded({"files": [f for f in previous.get("files", []) if f not in own]})
+        self.record = {
+            "command": command,
+            "status": "running",
+            "settings": json.loads(json_bytes(settings)),
+            "versions": versions(),
+            "argv": sys.argv[1:],
+            "results": {},
+            "files": [],
+            "timings": {},
+        }
+        self.host[ADDED] = {**_added(self.host), command: self.record}
+
+    def _remove_recorded(self, previous: dict[str, Any]) -> None:
+        for rel in previous.get("files", []):  # never the run's own run.json
+            p = (self.path / rel).resolve()
+            if self.path.resolve() in p.parents and p.is_file():
+                p.unlink()
+
+    def save(self) -> None:
+        self.record["results"] = dict(sorted(self.record["results"].items(), key=lambda kv: _natural(kv[0])))
+        atomic_write(self.path / RUN_FILE, json_bytes(self.host))
