@@ -84,6 +84,23 @@ def test_planted_features_recovered_and_named(planted, tmp_path, model_free_scor
     assert len(_recovered(ch)) < len(CLASSES)
 
 
+@pytest.mark.slow
+def test_nmf_basis_through_the_same_files(planted, tmp_path, model_free_score):
+    """``--basis nmf``: the concepts' (semi-)NMF at the given size, written as the SAE is: the same record,
+    arrays and report, with its own metrics (8 non-negative components of a 4-channel layer explain it)."""
+    dictionary(
+        planted_model(0), planted, out=tmp_path / "nmf", layer="mix", basis="nmf", features=8, max_vectors=2048,
+        no_renders=True,
+    )  # fmt: skip
+    d = json.loads((tmp_path / "nmf" / "dictionary.json").read_text())
+    assert d["basis"] == "nmf" and len(d["features"]) == 8
+    m = d["metrics"]
+    assert m["explained_variance"] > 0.9 and m["explained_variance_held_out"] > 0.9, m
+    assert m["stability"] is not None and 0 < m["stability"] <= 1
+    assert np.load(tmp_path / "nmf" / "dictionary.npz")["decoder"].shape == (8, 4)
+    assert any(f["top"] for f in d["features"]) and (tmp_path / "nmf" / "report.html").is_file()
+
+
 def test_detectors_score_above_mixed_channels(planted, tmp_path, model_free_score):
     kw = dict(basis="channels", no_renders=True, crops=0, max_vectors=1024)
     det = dictionary(planted_model(0), planted, out=tmp_path / "det", layer="detect", **kw).data

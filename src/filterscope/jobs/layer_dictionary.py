@@ -60,7 +60,10 @@ HIST_BINS = 12
 STRIP_PX = 96
 DEFAULT_RENDERS = 8
 RENDER_BATCH = 4
-NMF_ITER = 200
+# scikit-learn's coordinate-descent NMF at 653 features on 7,840 vectors of lite0's bn2 (48 photos): 15 / 40
+# iterations explain 0.833 / 0.846 of the training and 0.617 / 0.638 of the held-out variance, at ~11 / 8 s
+# an iteration on 1 thread (a shared machine); 200 took over half an hour. 30 keeps --basis nmf practical.
+NMF_ITER = 30
 DICT_FILE = "dictionary.json"
 NPZ_FILE = "dictionary.npz"
 
