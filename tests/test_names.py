@@ -160,3 +160,12 @@ def test_image_labels_folders_then_predictions(tmp_path: Path, tiny_model):
     assert source == "predictions" and len(labels) == 3 and all(lab.startswith("class ") for lab in labels)
     with pytest.raises(UsageError):
         image_labels(files[:3], tmp_path / "tree" / "squares")  # flat, and nothing to predict with
+
+
+def test_no_formula_of_a_label_with_itself():
+    """Where no label can be significant alone (two images each of nine) and no extension is a concept, the
+    beam search names nothing — it once returned "c0 OR c0" with AUC −1."""
+    labels = ["c2", "c3", "c0", "c3", "c1", "c0", "c2", "c1", "c3"]
+    acts = np.zeros((9, 2))
+    acts[:, 1] = [lab == "c0" for lab in labels]
+    assert name_units(acts, labels) == [None, None]

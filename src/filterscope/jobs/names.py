@@ -312,8 +312,11 @@ def name_units(
         b_neg = b_neg[bi.T, cols[None]]
         b_terms = np.concatenate([b_terms[bi.T, cols[None]], li.T[..., None]], axis=2)
         # the longer formula wins where its AUC is higher and every term of it earns its place
-        new_z = _z(a_raw[cols, top[:, 0]], b_n[0], b_neg[0], n)
-        better = np.flatnonzero(new_z >= best_z + Z_GAIN)
+        # an extension that is no concept (every label already in the formula or too small: nan, ranked as
+        # −1) never wins, also where the best so far is no name (z −inf)
+        chosen = a.transpose(1, 0, 2).reshape(u, -1)[cols, top[:, 0]]
+        new_z = _z(new_auc, b_n[0], b_neg[0], n)
+        better = np.flatnonzero(np.isfinite(chosen) & (new_z >= best_z + Z_GAIN))
         keep = _terms_hold(acts, lab, b_terms[0, better], b_neg[0, better], better, alpha)
         for j in better[keep]:
             best_terms[j] = [int(t) for t in b_terms[0, j]]
