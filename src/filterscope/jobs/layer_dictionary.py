@@ -556,6 +556,7 @@ def _compute(ctx: RunContext, p: DictionaryPlan) -> DictionaryResult | None:
         if ctx.stop():
             ctx.mark_partial(0, 1, "dictionaries", resumable=True)
             return None
+        ctx.run.write(NPZ_FILE, _npz(basis, lv, p, second))  # with the twin's decoder: per-feature stability
     timings["dictionary_s"] = time.perf_counter() - t
     metrics = basis_metrics(basis, train, held, second)
     compared = {}
@@ -650,7 +651,7 @@ def _rel(p: DictionaryPlan, i: int) -> str:
     return p.files[i].relative_to(p.root).as_posix()
 
 
-def _npz(basis: Basis, lv, p: DictionaryPlan) -> bytes:
+def _npz(basis: Basis, lv, p: DictionaryPlan, twin: Basis | None = None) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
@@ -659,8 +660,28 @@ def _npz(basis: Basis, lv, p: DictionaryPlan) -> bytes:
         mean_vector=lv.vectors.mean(0).astype(np.float32),
         **basis.arrays,
         **({"decoder": basis.decoder.astype(np.float32)} if "decoder" not in basis.arrays else {}),
+        **({"twin_decoder": twin.decoder.astype(np.float32)} if twin is not None else {}),
     )
     return buf.getvalue()
+
+
+def read_dictionary(run: str | Path) -> tuple[Basis, str, np.ndarray | None]:
+    """The dictionary a ``filterscope dictionary`` run wrote (``RUN/dictionary.npz``): its basis (to encode
+    new vectors), its layer, and the decoder of its second fit (another seed) when saved, else None. Raises
+    :class:`UsageError` when the folder holds no readable dictionary (``nmf`` fitted by scikit-learn keeps no
+    encoder in the npz: it cannot be reused)."""
+    npz = Path(run) / NPZ_FILE
+    if not npz.is_file():
+        raise UsageError(f"no {NPZ_FILE} in {run}", hint="give the folder of a `filterscope dictionary` run")
+    try:
+        a = dict(np.load(npz, allow_pickle=False))
+        kind, layer = str(a["basis"]), str(a["layer"])
+    except (OSError, ValueError, KeyError) as e:
+        raise UsageError(f"{npz} is not a dictionary: {e}") from None
+    basis = _load_basis(npz, kind, int(a["decoder"].shape[1]) if "decoder" in a else 0)
+    if basis is None:
+        raise UsageError(f"the {kind} dictionary in {run} keeps no encoder", hint="use a --basis sae run")
+    return basis, layer, a.get("twin_decoder")
 
 
 def _describe(p: DictionaryPlan, st: EncodeStats, labels, source) -> tuple[list[dict], dict]:
