@@ -15,9 +15,11 @@
 3. Stability against dictionary size and number of images, when the default misses 0.6.
 
 Writes benchmarks/results/dictionary.{json,md}. The machine's load average is recorded: timings on a shared
-machine are upper bounds.
+machine are upper bounds. ``--planted-only --seeds 1 2 3`` runs part 1 alone (with each unit's score and the
+similarity named) into benchmarks/results/dictionary_planted.{json,md}.
 
     python benchmarks/bench_dictionary.py            # a few minutes alone on 2 CPU cores
+    python benchmarks/bench_dictionary.py --planted-only --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -103,6 +105,9 @@ def planted(seed: int, tmp: Path) -> dict:
         "channels_recovered": _channels_recovered(mix),
         "detector_score_mean": round(float(np.mean([f.score for f in det.features])), 4),
         "mixed_channel_score_mean": round(float(np.mean([f.score for f in mix.features])), 4),
+        "detector_scores": [f.score for f in det.features],
+        "mixed_channel_scores": [f.score for f in mix.features],
+        "similarity": det.scoring.get("similarity"),
         "wall_s": round(wall, 1),
     }
 
@@ -206,10 +211,35 @@ def _files(folder: Path):
     return list_images(folder)
 
 
+def _planted_md(out: dict) -> str:
+    """The planted part's table, with each unit's score (MIS on the units' activation ranges)."""
+    m = out["machine"]
+    lines = [
+        "# dictionary benchmark: held-out planted nets",
+        "",
+        f"Machine: {m['cpus']} CPUs, torch threads {m['torch_threads']}; load average {m['load_start']} at the "
+        f"start, {m.get('load_end')} at the end (a shared machine). Similarity: {out['planted'][0]['similarity']}.",
+        "",
+        "| seed | recovered | named right | raw channels recover | detector score (mean; per detector) | "
+        "mixed channel score (mean; per channel) | detectors above |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in out["planted"]:
+        ok = p["detector_score_mean"] > p["mixed_channel_score_mean"]
+        lines.append(
+            f"| {p['seed']} | {p['recovered']}/{p['planted']} | {p['named_right']}/{p['planted']} | "
+            f"{p['channels_recovered']}/{p['planted']} | {p['detector_score_mean']}; {p['detector_scores']} | "
+            f"{p['mixed_channel_score_mean']}; {p['mixed_channel_scores']} | {'yes' if ok else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--curve", action="store_true", help="also the stability curve (size, images)")
     ap.add_argument("--skip-planted", action="store_true")
+    ap.add_argument("--planted-only", action="store_true", help="part 1 alone, into dictionary_planted.{json,md}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="seeds of the held-out planted nets")
     args = ap.parse_args()
     machine = {
         "cpus": os.cpu_count(),
@@ -218,10 +248,19 @@ def main() -> None:
         "load_start": [round(v, 1) for v in os.getloadavg()],
     }
     out: dict = {"machine": machine, "targets": TARGETS}
+    if args.planted_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            out["planted"] = [planted(s, Path(tmp)) for s in args.seeds]
+        machine["load_end"] = [round(v, 1) for v in os.getloadavg()]
+        res_dir = ROOT / "benchmarks" / "results"
+        (res_dir / "dictionary_planted.json").write_text(json.dumps(out, indent=1))
+        (res_dir / "dictionary_planted.md").write_text(_planted_md(out))
+        print(_planted_md(out))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if not args.skip_planted:
-            out["planted"] = [planted(s, tmp) for s in (1, 2)]
+            out["planted"] = [planted(s, tmp) for s in args.seeds]
             print(json.dumps(out["planted"]), flush=True)
         folder = photos48(tmp / "photos48")
         model = load_model("efficientnet_lite0")
