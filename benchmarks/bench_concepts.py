@@ -121,14 +121,14 @@ def shortcut(seed: int, tmp: Path) -> dict:
     marks = striped_folder(folder / "images", 48, seed=seed + 100)
     t = time.perf_counter()
     d = dictionary(model, folder / "images", out=folder / "dictionary", layer="act3", no_renders=True)
-    out["dictionary"] = {**d.data.metrics, "wall_s": round(time.perf_counter() - t, 1)}
+    out["dictionary_run"] = {**d.data.metrics, "wall_s": round(time.perf_counter() - t, 1)}
     for basis in ("nmf", "dictionary"):
         kw = {"basis": "dictionary", "dictionary": str(folder / "dictionary")} if basis == "dictionary" else {}
         t = time.perf_counter()
         res = fs.concepts(model, folder / "images", layer="act3", target_class=0, render=False, progress=False,
                           out=folder / basis, **kw)  # fmt: skip
         hits = mark_hits(res.maps, res.images, marks)
-        out[basis] = {
+        out[f"{basis}_concepts"] = {
             "top_concept_on_mark": round(float(np.mean(hits)), 4),
             "marked_images": len(hits),
             "top_importance": round(res.concepts[0].importance, 5),
@@ -162,11 +162,11 @@ def shortcut_main(seeds: list[int]) -> None:
         "|---|---|---|---|---|",
     ]
     for r in runs:
-        m = r["dictionary"]
+        m, a, b = r["dictionary_run"], r["nmf_concepts"], r["dictionary_concepts"]
         lines.append(
-            f"| {r['seed']} | {r['training_accuracy']:.3f} | {r['nmf']['top_concept_on_mark']:.1%} "
-            f"({r['nmf']['marked_images']}) | {r['dictionary']['top_concept_on_mark']:.1%} (feature "
-            f"{r['dictionary']['top_feature']}) | {m['features']}, {m['explained_variance_held_out']}, "
+            f"| {r['seed']} | {r['training_accuracy']:.3f} | {a['top_concept_on_mark']:.1%} "
+            f"({a['marked_images']}) | {b['top_concept_on_mark']:.1%} (feature "
+            f"{b['top_feature']}) | {m['features']}, {m['explained_variance_held_out']}, "
             f"{m['stability']} |"
         )
     (out / "concepts_shortcut.md").write_text("\n".join(lines) + "\n")
