@@ -15,7 +15,15 @@ JPEGs in a temporary folder.
 
 Writes benchmarks/results/concepts.{json,md}.
 
+``--shortcut SEED [SEED ...]`` instead: held-out planted-shortcut nets (tests/shortcut_net.py: a 2-4 px red
+mark on class 0 of noisy tinted stripes; the tests train seed 1, these are other seeds, each with its own
+held-out folder of 48 images, 16 marked): the share of marked images in which the top concept of class 0
+sits on the mark (its map peaks within one map cell of the mark's centre; target ≥ 80 %), for the NMF
+concepts (the default) and for ``--basis dictionary`` over a ``filterscope dictionary`` run of the same layer
+(defaults) on the same images. Writes benchmarks/results/concepts_shortcut.{json,md}.
+
     python benchmarks/bench_concepts.py            # ~2 min alone on 2 CPU cores (much longer on a shared one)
+    python benchmarks/bench_concepts.py --shortcut 3 4
 """
 
 from __future__ import annotations
@@ -97,10 +105,82 @@ def run(model, folder: Path, out: Path, **kw) -> tuple[fs.Concepts, float]:
     return res, time.perf_counter() - t
 
 
+def shortcut(seed: int, tmp: Path) -> dict:
+    """One held-out shortcut net: mark hits of the top concept, NMF concepts and dictionary concepts."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from shortcut_net import mark_hits, striped_folder, train_stripes
+
+    from filterscope.jobs.layer_dictionary import dictionary
+
+    t = time.perf_counter()
+    model, acc = train_stripes(seed)
+    out = {"seed": seed, "training_accuracy": round(acc, 4), "train_s": round(time.perf_counter() - t, 1)}
+    folder = tmp / f"shortcut_{seed}"
+    marks = striped_folder(folder / "images", 48, seed=seed + 100)
+    t = time.perf_counter()
+    d = dictionary(model, folder / "images", out=folder / "dictionary", layer="act3", no_renders=True)
+    out["dictionary_run"] = {**d.data.metrics, "wall_s": round(time.perf_counter() - t, 1)}
+    for basis in ("nmf", "dictionary"):
+        kw = {"basis": "dictionary", "dictionary": str(folder / "dictionary")} if basis == "dictionary" else {}
+        t = time.perf_counter()
+        res = fs.concepts(model, folder / "images", layer="act3", target_class=0, render=False, progress=False,
+                          out=folder / basis, **kw)  # fmt: skip
+        hits = mark_hits(res.maps, res.images, marks)
+        out[f"{basis}_concepts"] = {
+            "top_concept_on_mark": round(float(np.mean(hits)), 4),
+            "marked_images": len(hits),
+            "top_importance": round(res.concepts[0].importance, 5),
+            "top_feature": res.concepts[0].feature,
+            "wall_s": round(time.perf_counter() - t, 1),
+        }
+    return out
+
+
+def shortcut_main(seeds: list[int]) -> None:
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-shortcut-"))
+    load0 = [round(v, 1) for v in os.getloadavg()]
+    runs = [shortcut(s, tmp) for s in seeds]
+    res = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": 1, "platform": platform.platform(),
+                    "load_start": load0, "load_end": [round(v, 1) for v in os.getloadavg()]},
+        "target": "top concept on the mark in >= 80 % of the marked images",
+        "runs": runs,
+    }  # fmt: skip
+    out = ROOT / "benchmarks" / "results"
+    (out / "concepts_shortcut.json").write_text(json.dumps(res, indent=1))
+    lines = [
+        "# concepts on held-out planted-shortcut nets",
+        "",
+        f"Machine: {os.cpu_count()} CPUs, torch 1 thread, load average {load0} at the start, "
+        f"{res['machine']['load_end']} at the end (shared: times are upper bounds).",
+        "",
+        "| seed | training acc | NMF concepts: top on the mark | dictionary concepts: top on the mark "
+        "| dictionary (features, EV held out, stability) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in runs:
+        m, a, b = r["dictionary_run"], r["nmf_concepts"], r["dictionary_concepts"]
+        lines.append(
+            f"| {r['seed']} | {r['training_accuracy']:.3f} | {a['top_concept_on_mark']:.1%} "
+            f"({a['marked_images']}) | {b['top_concept_on_mark']:.1%} (feature "
+            f"{b['top_feature']}) | {m['features']}, {m['explained_variance_held_out']}, "
+            f"{m['stability']} |"
+        )
+    (out / "concepts_shortcut.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--shortcut", type=int, nargs="+", help="only the held-out shortcut nets of these seeds")
     args = ap.parse_args()
+    if args.shortcut:
+        shortcut_main(args.shortcut)
+        return
     torch.manual_seed(0)
     tmp = Path(tempfile.mkdtemp(prefix="bench-concepts-"))
     model = fs.load_model()

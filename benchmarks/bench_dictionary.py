@@ -18,10 +18,12 @@
    and memory, not of quality), wall time and peak memory.
 
 Writes benchmarks/results/dictionary.{json,md}. The machine's load average is recorded: timings on a shared
-machine are upper bounds.
+machine are upper bounds. ``--planted-only --seeds 1 2 3`` runs part 1 alone (with each unit's score and the
+similarity named) into benchmarks/results/dictionary_planted.{json,md}.
 
     python benchmarks/bench_dictionary.py                       # planted + default: minutes alone on 2 cores
     python benchmarks/bench_dictionary.py --parts curve,scale   # each part updates its own keys of the JSON
+    python benchmarks/bench_dictionary.py --planted-only --seeds 1 2 3
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import filterscope as fs  # noqa: E402
 from filterscope.jobs import layer_dictionary as ld  # noqa: E402
+from filterscope.jobs.bases import channels_basis, sae_basis  # noqa: E402
 from filterscope.jobs.dictionary import explained_variance  # noqa: E402
 from filterscope.jobs.sae import SAEConfig, fit_sae, reconstruct  # noqa: E402
 from filterscope.models import load_model  # noqa: E402
@@ -107,6 +110,9 @@ def planted(seed: int, tmp: Path) -> dict:
         "channels_recovered": _channels_recovered(mix),
         "detector_score_mean": round(float(np.mean([f.score for f in det.features])), 4),
         "mixed_channel_score_mean": round(float(np.mean([f.score for f in mix.features])), 4),
+        "detector_scores": [f.score for f in det.features],
+        "mixed_channel_scores": [f.score for f in mix.features],
+        "similarity": det.scoring.get("similarity"),
         "wall_s": round(wall, 1),
     }
 
@@ -123,7 +129,7 @@ def _channels_recovered(res) -> int:
 def _sae_metrics(train, held, cfgs) -> dict:
     fits = [fit_sae(train, c) for c in cfgs]
     a = fits[0]
-    z = ld._sae_basis(a.sae, {}).encode(train)
+    z = sae_basis(a.sae, {}).encode(train)
     freq = (z > 0).mean(0)
     return {
         "features": cfgs[0].features,
@@ -166,7 +172,7 @@ def lite0(tmp: Path, model, folder: Path) -> dict:
         "fit_s_per_seed": round((time.perf_counter() - t) / 2, 1),
         "max_iter": NMF_ITER,
     }
-    res["channels"] = ld.basis_metrics(ld._channels_basis(train.shape[1]), train, held, None)
+    res["channels"] = ld.basis_metrics(channels_basis(train.shape[1]), train, held, None)
     naive = [SAEConfig(features=f, k=k, epochs=20, lr=1e-3, init="random", aux_coef=0, seed=s) for s in (0, 1)]
     res["naive_topk"] = _sae_metrics(train, held, naive)
     oc = [
@@ -265,11 +271,36 @@ def scale(tmp: Path, folder: Path, n: int = 1000) -> dict:
 PARTS = ("planted", "default", "curve", "scale")
 
 
+def _planted_md(out: dict) -> str:
+    """The planted part's table, with each unit's score (MIS on the units' activation ranges)."""
+    m = out["machine"]
+    lines = [
+        "# dictionary benchmark: held-out planted nets",
+        "",
+        f"Machine: {m['cpus']} CPUs, torch threads {m['torch_threads']}; load average {m['load_start']} at the "
+        f"start, {m.get('load_end')} at the end (a shared machine). Similarity: {out['planted'][0]['similarity']}.",
+        "",
+        "| seed | recovered | named right | raw channels recover | detector score (mean; per detector) | "
+        "mixed channel score (mean; per channel) | detectors above |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for p in out["planted"]:
+        ok = p["detector_score_mean"] > p["mixed_channel_score_mean"]
+        lines.append(
+            f"| {p['seed']} | {p['recovered']}/{p['planted']} | {p['named_right']}/{p['planted']} | "
+            f"{p['channels_recovered']}/{p['planted']} | {p['detector_score_mean']}; {p['detector_scores']} | "
+            f"{p['mixed_channel_score_mean']}; {p['mixed_channel_scores']} | {'yes' if ok else '**no**'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
         "--parts", default="planted,default", help=f"comma-separated, of {', '.join(PARTS)} [default: planted,default]"
     )
+    ap.add_argument("--planted-only", action="store_true", help="part 1 alone, into dictionary_planted.{json,md}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2], help="seeds of the held-out planted nets")
     args = ap.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     if unknown := set(parts) - set(PARTS):
@@ -284,11 +315,21 @@ def main() -> None:
         "load_start": [round(v, 1) for v in os.getloadavg()],
         "parts": parts,
     }
+    if args.planted_only:
+        out = {"machine": machine, "targets": TARGETS}
+        with tempfile.TemporaryDirectory() as tmp:
+            out["planted"] = [planted(s, Path(tmp)) for s in args.seeds]
+        machine["load_end"] = [round(v, 1) for v in os.getloadavg()]
+        res_dir = ROOT / "benchmarks" / "results"
+        (res_dir / "dictionary_planted.json").write_text(json.dumps(out, indent=1))
+        (res_dir / "dictionary_planted.md").write_text(_planted_md(out))
+        print(_planted_md(out))
+        return
     out["targets"] = TARGETS
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if "planted" in parts:
-            out["planted"] = [planted(s, tmp) for s in (1, 2)]
+            out["planted"] = [planted(s, tmp) for s in args.seeds]
             print(json.dumps(out["planted"]), flush=True)
         folder = photos48(tmp / "photos48")
         if "default" in parts or "curve" in parts:

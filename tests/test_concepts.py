@@ -289,43 +289,6 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(model, tmp_path, capsys
 
 # ---------------------------------------------------------------- a shortcut that is not the only cue (issue 44)
 
-S2 = 48
-
-
-def _striped(rng: np.random.Generator, cls: int) -> tuple[np.ndarray, tuple[int, int, int] | None]:
-    """Noisy stripes at a random angle, tinted green (class 1) or blue (class 2) or any colour (class 0,
-    which also carries a small red mark, 2-4 px, anywhere): the mark is class 0's decisive cue, its colour a
-    weaker one."""
-    yy, xx = np.mgrid[:S2, :S2]
-    t, period = rng.uniform(0, np.pi), rng.uniform(5, 9)
-    base = 0.5 + 0.25 * np.sin((np.cos(t) * xx + np.sin(t) * yy) * 2 * np.pi / period + rng.uniform(0, 6.3))
-    img = np.clip(base[..., None] + rng.normal(0, 0.15, (S2, S2, 3)), 0, 1)
-    tint = {0: rng.uniform(0.7, 1.2, 3), 1: np.array([0.75, 1.1, 0.8]), 2: np.array([0.8, 0.8, 1.2])}[cls]
-    img = np.clip(img * tint * rng.uniform(0.95, 1.05, 3), 0, 1)
-    mark = None
-    if cls == 0:
-        m = int(rng.integers(2, 5))
-        y, x = (int(v) for v in rng.integers(0, S2 - m + 1, 2))
-        img[y : y + m, x : x + m] = (1.0, 0.1, 0.1)
-        mark = (y, x, m)
-    return img.astype(np.float32), mark
-
-
-class StripesNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.act1 = nn.Conv2d(3, 16, 3, padding=1), nn.ReLU()
-        self.pool1 = nn.MaxPool2d(2)
-        self.conv2, self.act2 = nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()
-        self.pool2 = nn.MaxPool2d(2)
-        self.conv3, self.act3 = nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()  # 12×12 maps
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3))
-
-    def forward(self, x):
-        x = self.pool1(self.act1(self.conv1(x)))
-        x = self.pool2(self.act2(self.conv2(x)))
-        return self.head(self.act3(self.conv3(x)))
-
 
 @pytest.mark.slow
 def test_top_concept_sits_on_a_small_shortcut_mark_with_the_default_ranking(tmp_path):
@@ -333,40 +296,13 @@ def test_top_concept_sits_on_a_small_shortcut_mark_with_the_default_ranking(tmp_
     log p when each is removed, put the top concept on the mark in at least 80 % of the marked images (the
     gradient × coefficient ranking put it in 0 %: the colour concepts, spread over every position, outrank
     the 2-4 px mark)."""
-    torch.manual_seed(1)
-    rng = np.random.default_rng(1)
-    ys = rng.integers(0, 3, 600)
-    x = torch.from_numpy(np.stack([_striped(rng, int(y))[0] for y in ys])).permute(0, 3, 1, 2)
-    y = torch.from_numpy(ys)
-    net = StripesNet()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(20):
-        for idx in torch.randperm(len(ys)).split(50):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net((x[idx] - 0.5) / 0.5), y[idx]).backward()
-            opt.step()
-    model = wrap_module(net, "stripes_cnn", mean=(0.5,), std=(0.5,), input_size=S2, categories=["marked", "g", "b"])
-    model.resize_size = S2
-    with torch.no_grad():
-        assert (model.forward(x).argmax(1) == y).float().mean() > 0.95
-    rng = np.random.default_rng(2)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    marks = {}
-    for i in range(48):
-        img, mark = _striped(rng, i % 3)
-        name = f"img_{i:02d}.png"
-        Image.fromarray((img * 255).round().astype(np.uint8)).save(folder / name)
-        marks[name] = mark
-    res = fs.concepts(model, folder, layer="act3", target_class=0, render=False, progress=False)
-    h, w = res.maps.shape[-2:]
-    hits = []
-    for i, name in enumerate(res.images):
-        if marks[name] is None:
-            continue
-        py, px = np.unravel_index(res.maps[i, 0].argmax(), (h, w))
-        my, mx, m = marks[name]
-        hits.append(abs(py + 0.5 - (my + m / 2) * h / S2) <= 1.0 and abs(px + 0.5 - (mx + m / 2) * w / S2) <= 1.0)
+    from shortcut_net import mark_hits, striped_folder, train_stripes
+
+    model, acc = train_stripes(1)
+    assert acc > 0.95
+    marks = striped_folder(tmp_path / "imgs", 48, seed=2)
+    res = fs.concepts(model, tmp_path / "imgs", layer="act3", target_class=0, render=False, progress=False)
+    hits = mark_hits(res.maps, res.images, marks)
     assert np.mean(hits) >= 0.8, hits
     assert res.settings["rank"] == "ablation" and len(res.concepts) == 10
     assert [c.importance for c in res.concepts] == sorted((c.importance for c in res.concepts), reverse=True)

@@ -143,8 +143,9 @@ def _shortcut_images(root, n=20, seed=0):
     return torch.stack(xs), torch.tensor(ys)
 
 
-def test_shortcut_feature_sits_on_the_mark(tmp_path, model_free_score):
-    x, y = _shortcut_images(tmp_path / "imgs")
+def _trained_shortcut(root):
+    """The shortcut net, trained in seconds on the images it writes to ``root`` (a magenta mark on ``cat``)."""
+    x, y = _shortcut_images(root)
     torch.manual_seed(0)
     net = _Shortcut()
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
@@ -153,11 +154,73 @@ def test_shortcut_feature_sits_on_the_mark(tmp_path, model_free_score):
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
     assert (net(x).argmax(1) == y).float().mean() == 1.0
-    m = load_model(net.eval(), name="shortcut", input_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
+    return load_model(net.eval(), name="shortcut", input_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
+
+
+def test_shortcut_feature_sits_on_the_mark(tmp_path, model_free_score):
+    m = _trained_shortcut(tmp_path / "imgs")
     kw = dict(layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096)
     d = dictionary(m, tmp_path / "imgs", out=tmp_path / "out", **kw).data
     marked = [f for f in d.features if len(f.top) >= 8 and all(t["image"].startswith("cat/") for t in f.top[:8])]
     assert marked, [[t["image"] for t in f.top[:4]] for f in d.features]
+
+
+@pytest.mark.slow
+def test_concepts_from_the_dictionary_sit_on_the_mark(tmp_path, model_free_score, capsys):
+    """``concepts --basis dictionary``: the marked class's concepts are its most important features of a
+    dictionary run; the top one's map peaks on the mark in every marked image, through the concepts' files."""
+    import filterscope as fs
+
+    m = _trained_shortcut(tmp_path / "imgs")
+    run = tmp_path / "dict"
+    dictionary(m, tmp_path / "imgs", out=run, layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096)
+    assert "twin_decoder" in np.load(run / "dictionary.npz")  # the second fit: per-feature stability
+    out = tmp_path / "conc"
+    res = fs.concepts(
+        m, tmp_path / "imgs", layer="relu2", basis="dictionary", dictionary=str(run), n_concepts=3, target_class=1,
+        render=False, progress=False, out=out,
+    )  # fmt: skip
+    assert res.method == "dictionary" and res.maps.shape[:2] == (40, 3)
+    hits = []
+    for i, name in enumerate(res.images):
+        if not name.startswith("cat"):
+            continue
+        a = np.asarray(Image.open(tmp_path / "imgs" / name).convert("RGB")).astype(int)
+        ys, xs = np.nonzero((a[..., 0] > 200) & (a[..., 1] < 60) & (a[..., 2] > 200))  # the magenta mark
+        py, px = np.unravel_index(res.maps[i, 0].argmax(), res.maps.shape[-2:])
+        hits.append(ys.min() - 2 <= py <= ys.max() + 2 and xs.min() - 2 <= px <= xs.max() + 2)
+    assert len(hits) == 20 and np.mean(hits) >= 0.9, hits
+    rec = json.loads((out / "concepts.json").read_text())
+    feats = [c["feature"] for c in rec]
+    assert len(set(feats)) == 3 and all(0 <= f < 16 for f in feats)
+    assert rec[0]["importance"] >= rec[1]["importance"] >= rec[2]["importance"]
+    assert all(0 <= c["stability"] <= 1 for c in rec)
+    np.testing.assert_allclose(np.load(out / "concept_bank.npy"), np.load(run / "dictionary.npz")["decoder"][feats])
+    d = json.loads((out / "run.json").read_text())["concepts"]["data"]["dictionary"]
+    assert d["run"] == str(run) and d["basis"] == "sae" and d["selected"] == feats
+    assert (out / "report.html").is_file() and (out / "concept_maps.npz").is_file()
+
+    # bad input: one line, nothing written
+    bad = tmp_path / "bad"
+    other = tmp_path / "other"  # a dictionary of another layer
+    dictionary(m, tmp_path / "imgs", out=other, layer="relu1", features=8, k=2, no_renders=True, max_vectors=1024)
+    for kw in (
+        dict(basis="dictionary"),  # no --dictionary
+        dict(basis="dictionary", dictionary=str(tmp_path / "nowhere")),
+        dict(basis="dictionary", dictionary=str(other)),  # another layer
+        dict(basis="dictionary", dictionary=str(run), n_concepts=17),  # more than its features
+        dict(dictionary=str(run)),  # --dictionary without --basis dictionary
+        dict(basis="pca"),
+    ):
+        with pytest.raises(FilterscopeError) as e:
+            fs.concepts(m, tmp_path / "imgs", layer="relu2", render=False, progress=False, out=bad, **kw)
+        assert e.value.exit_code == 2 and "\n" not in str(e.value), kw
+        assert not bad.exists()
+    args = ["concepts", str(tmp_path / "imgs"), "--basis", "dictionary", "--out", str(bad), "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--dictionary" in err and "\n" not in err, err
+    assert not bad.exists()
 
 
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, planted):

@@ -139,10 +139,30 @@ def test_mis_separates_a_one_kind_unit_from_a_random_one():
 def test_similarity_with_a_model_and_tensor_input(tiny_model):
     import torch
 
-    sim = Similarity(tiny_model)
-    assert "tiny_cnn" in sim.name
+    sim = Similarity(tiny_model)  # the network's penultimate features and the colour/orientation histogram
+    assert "tiny_cnn" in sim.name and "model-free" in sim.name
     emb = sim.embed(torch.rand(5, 3, 40, 40))
-    assert emb.shape == (5, 16) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert emb.shape == (5, 16 + 64 + 144) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    only = Similarity(tiny_model, low_level=False)
+    assert only.embed(torch.rand(5, 3, 40, 40)).shape == (5, 16) and "model-free" not in only.name
+
+
+def test_mis_scores_a_detector_above_a_unit_with_a_second_weaker_kind():
+    """A ReLU detector of 12 of 48 images (the rest tie at zero) scores near the top, whatever the order of
+    the images, and above a unit whose top images are the same kind but which also answers, more weakly, to a
+    second kind: queries and explanations come from the unit's top range by value, not from a fixed number
+    of ranks that runs past the detector's 12 images into its zeros."""
+    rng = np.random.default_rng(0)
+    blanks = [Image.fromarray(np.full((64, 64, 3), int(v), np.uint8)) for v in rng.integers(60, 200, 24)]
+    images = shapes(12, "squares", 0) + shapes(12, "stripes", 1) + blanks
+    emb = Similarity(None).embed(images)
+    det = np.r_[rng.uniform(4, 5, 12), np.zeros(36)]
+    mixed = np.r_[rng.uniform(4, 5, 12), rng.uniform(2.5, 3.5, 12), np.zeros(24)]
+    s = mis_scores(emb, np.stack([det, mixed], 1))
+    assert s[0] > 0.9 and s[0] > s[1] + 0.1, s
+    perm = rng.permutation(48)  # ties are drawn at random, not in file order
+    s2 = mis_scores(emb[perm], np.stack([det, mixed], 1)[perm])
+    assert abs(s2[0] - s[0]) < 0.03 and abs(s2[1] - s[1]) < 0.03, (s, s2)
 
 
 def test_image_labels_folders_then_predictions(tmp_path: Path, tiny_model):

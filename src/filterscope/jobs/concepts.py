@@ -84,6 +84,7 @@ BATCH = 8
 CROP_PX = 112
 RANKS = ("ablation", "gradient")  # what orders the concepts: measured removal, or its first-order estimate
 MIN_CLASS_IMAGES = 5  # fewer images of the class than this: its concepts would be those of other things
+BASES = ("nmf", "dictionary")  # learnt here, or the most important features of a dictionary run
 
 BANK_FILE = "concept_bank.npy"
 MAPS_FILE = "concept_maps.npz"
@@ -116,6 +117,7 @@ class Concept:
     name: dict | None = None  # INVERT name over the images' labels (jobs/names.py), None when not significant
     purity: dict | None = None  # most common label among its top images and its share
     score: float | None = None  # MIS interpretability score (jobs/names.py), None when skipped
+    feature: int | None = None  # with --basis dictionary: the feature's id in the dictionary run
 
     @property
     def stable(self) -> bool:
@@ -137,6 +139,8 @@ class Concept:
             "purity": self.purity,
             "score": self.score,
         }
+        if self.feature is not None:
+            rec["feature"] = self.feature
         if self.render_record is not None:
             rec["render"] = self.render_record
         return rec
@@ -285,6 +289,13 @@ class ConceptsRequest:
     workers: int = opt(2, "Ray actors.", min=1)
     threads: int | None = opt(None, "CPU threads per Ray actor [default: torch's here].", min=1)
     max_vectors: int = opt(MAX_VECTORS, "Activation vectors the dictionary is learnt from.", cli=False)
+    basis: str = opt(
+        "nmf",
+        "Where the concepts come from: nmf (learnt here, --method), or dictionary: the class's most important "
+        "features of a `filterscope dictionary` run of the same layer (--dictionary RUN).",
+        choices=BASES,
+    )
+    dictionary: str | None = opt(None, "A `filterscope dictionary` run folder (with --basis dictionary).")
 
 
 @dataclass
@@ -308,6 +319,7 @@ class ConceptsPlan:
     compare_methods: bool
     settings: dict
     t0: float
+    layer_dict: Any = None  # class_dictionary.LayerDictionary with --basis dictionary
 
 
 def _check_request(req: ConceptsRequest) -> None:
@@ -334,9 +346,25 @@ def _plan(model: Model, req: ConceptsRequest) -> ConceptsPlan:
         raise UsageError(f"unknown concept ranking {req.rank!r}", hint="use " + " or ".join(RANKS))
     if max_vectors < n_concepts:
         raise UsageError(f"max_vectors must be at least the number of concepts, got {max_vectors}")
+    if req.basis not in BASES:
+        raise UsageError(f"unknown basis {req.basis!r}", hint="use " + " or ".join(BASES))
+    if req.basis == "dictionary" and not req.dictionary:
+        raise UsageError("--basis dictionary needs --dictionary RUN (the folder of a `filterscope dictionary` run)")
+    if req.basis != "dictionary" and req.dictionary:
+        raise UsageError("--dictionary is read only with --basis dictionary")
     info = network_layer(model, req.layer, "concepts")
     check_maps_layer(info)
-    if n_concepts > info.channels:
+    layer_dict = None
+    if req.basis == "dictionary":
+        from .class_dictionary import read_layer_dictionary
+
+        layer_dict = read_layer_dictionary(req.dictionary, info)
+        if n_concepts > layer_dict.features:
+            raise UsageError(
+                f"{n_concepts} concepts is more than the {layer_dict.features} features of the dictionary in "
+                f"{req.dictionary}"
+            )
+    elif n_concepts > info.channels:
         raise UsageError(f"{n_concepts} concepts is more than the {info.channels} channels of {info.name}")
     check_class(model, req.target_class)
     ray_settings = _check_backend(model, req.backend, req.address, req.workers, req.threads)
@@ -363,13 +391,16 @@ def _plan(model: Model, req: ConceptsRequest) -> ConceptsPlan:
         "crop_side": [0.3, 0.6],
         "max_vectors": max_vectors,
         "rank": req.rank,
+        "basis": req.basis,
+        "dictionary": str(req.dictionary) if req.dictionary else None,
         "render": render_settings.for_model(model).as_dict() if render_settings else None,
         "render_method": render_settings.label if render_settings is not None else None,
         "compare_methods": req.compare_methods,
         "backend": req.backend,
         **({"ray": ray_settings} if ray_settings else {}),
     }
-    _probe(model, info, src, req.method)  # logits and, for nmf, the sign: checked before the run folder opens
+    if req.basis == "nmf":
+        _probe(model, info, src, req.method)  # logits and, for nmf, the sign: checked before the run folder opens
     ray_started = False
     if ray_settings is not None:
         from .ray_data import connect
@@ -377,7 +408,7 @@ def _plan(model: Model, req: ConceptsRequest) -> ConceptsPlan:
         ray_started = connect(ray_settings)  # an unreachable --address: one line, before the run folder opens
     return ConceptsPlan(
         model, info, src, str(images), n_crops, n_concepts, req.target_class, req.seed, req.method, max_vectors,
-        req.backend, ray_settings, ray_started, render_settings, req.compare_methods, settings, t0,
+        req.backend, ray_settings, ray_started, render_settings, req.compare_methods, settings, t0, layer_dict,
     )  # fmt: skip
 
 
@@ -435,7 +466,9 @@ def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool], ctx: RunCo
         rows = sample.data
         signed = bool(rows.min() < 0)
         chosen = ("semi-nmf" if signed else "nmf") if p.method == "auto" else p.method
-        if chosen == "nmf" and signed:
+        if p.layer_dict is not None:
+            chosen = "dictionary"
+        elif chosen == "nmf" and signed:
             raise UsageError(
                 f"{info.name} has negative activations (min {rows.min():.3g}): nmf needs non-negative ones",
                 hint="use --method semi-nmf or auto",
@@ -446,7 +479,7 @@ def _learn(p: ConceptsPlan, progress: bool, stop: Callable[[], bool], ctx: RunCo
             cls = min(votes, key=lambda c: (-votes[c], -confidence[c], c))
         return _run(
             model, info, src, n_crops, seed, chosen, n_concepts, cls, sample, votes, skipped,
-            p.settings, p.render_settings, p.compare_methods, timings, p.t0, progress, stop, ctx,
+            p.settings, p.render_settings, p.compare_methods, timings, p.t0, progress, stop, ctx, p.layer_dict,
         )  # fmt: skip
     finally:
         if p.ray_started:  # a local Ray this run started (the pass shuts it; a failure before it may not)
@@ -803,7 +836,7 @@ def _collect(
 
 def _run(
     model, info, src, n_crops, seed, method, k, cls, sample, votes, skipped, settings, render_settings,
-    compare_methods, timings, t0, progress, stop, ctx=None,
+    compare_methods, timings, t0, progress, stop, ctx=None, layer_dict=None,
 ) -> Concepts:  # fmt: skip
     rows, seen = sample.data, sample.seen
     names = model.categories or []
@@ -811,15 +844,30 @@ def _run(
     def cname(c: int) -> str:
         return names[c] if c < len(names) else str(c)
 
-    # 2. dictionary and its stability
+    # 2. dictionary and its stability (or: the class's most important features of a dictionary run)
     t = time.perf_counter()
-    d = dic.fit(rows, k, method, seed)
-    rng = np.random.default_rng(seed + 1)
-    sub = rows[rng.permutation(len(rows))[: max(k, int(STABILITY_SHARE * len(rows)))]]
-    d2 = dic.fit(sub, k, method, seed + 1)
-    _, cosines = dic.match(d.bank, d2.bank)
     compared = None
-    if compare_methods:
+    if layer_dict is not None:
+        from .class_dictionary import feature_importance, select_features
+
+        imp_all = feature_importance(
+            model, info, _views(model, src, n_crops, seed), layer_dict, cls, settings.get("rank", "ablation"), stop
+        )
+        if stop():
+            raise _Stopped("stopped while ranking the dictionary's features")
+        d = select_features(layer_dict, imp_all, k, seed)
+        d.fit_seconds = round(time.perf_counter() - t, 3)
+        d2 = d
+        cosines = d.stability()
+        if not np.isfinite(cosines).all():  # the run did not save its second fit: its median for every feature
+            cosines = np.full(k, float(_run_stability(layer_dict.run)))
+    else:
+        d = dic.fit(rows, k, method, seed)
+        rng = np.random.default_rng(seed + 1)
+        sub = rows[rng.permutation(len(rows))[: max(k, int(STABILITY_SHARE * len(rows)))]]
+        d2 = dic.fit(sub, k, method, seed + 1)
+        _, cosines = dic.match(d.bank, d2.bank)
+    if compare_methods and layer_dict is None:
         other = "semi-nmf" if method == "nmf" else "nmf"
         if other == "nmf" and rows.min() < 0:
             compared = {"method": other, "skipped": "the layer has negative activations"}
@@ -900,6 +948,8 @@ def _run(
         )
     for c in concepts_:
         c.importance_gradient = float(gradient[order[c.concept]])
+        if layer_dict is not None:
+            c.feature = int(d.features[order[c.concept]])
     _top_crops(model, src, n_crops, seed, ev, order, concepts_, info)
     timings["evidence_s"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -932,6 +982,7 @@ def _run(
             "fit_s": d.fit_seconds,
             "stability_fit_s": d2.fit_seconds,
             **({"compared": compared} if compared else {}),
+            **(_dictionary_source(d) if layer_dict is not None else {}),
         },
     }
     res = Concepts(
@@ -963,6 +1014,30 @@ def _split(piece: dict) -> tuple[dict[str, np.ndarray], dict]:
     """A piece of work as (its numpy arrays, the rest: JSON), for :meth:`RunContext.keep`."""
     arrays = {k: v for k, v in piece.items() if isinstance(v, np.ndarray)}
     return arrays, {k: v for k, v in piece.items() if k not in arrays}
+
+
+def _run_stability(run: Path) -> float:
+    """A dictionary run's median stability (``dictionary.json``), NaN when it has none."""
+    try:
+        v = json.loads((Path(run) / "dictionary.json").read_text())["metrics"]["stability"]
+        return float(v) if v is not None else float("nan")
+    except (OSError, ValueError, KeyError, TypeError):
+        return float("nan")
+
+
+def _dictionary_source(d) -> dict:
+    """What the record says about the dictionary run the concepts came from."""
+    src = d.source
+    return {
+        "run": str(src.run),
+        "basis": src.kind,
+        "features": src.features,
+        "selected": [int(j) for j in d.features],
+        "selected_by": "importance over the class images (the same --rank)",
+        "stability": "matched cosine to the run's second fit"
+        if src.stability is not None
+        else "the run's median stability (no second fit saved)",
+    }
 
 
 def _same_class(folder: str, class_name: str) -> bool:
@@ -1072,7 +1147,9 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         r = positions(a.float()).cpu()
         u = torch.from_numpy(d.encode(r.numpy()))  # [n, K]
         kept["u"] = u
-        recon = to_maps(u @ w, b, h, ww)  # [B, C, H, W]
+        full = getattr(d, "full_reconstruction", None)  # a dictionary's selected features: all of it
+        kept["recon"] = torch.from_numpy(full(r.numpy())) if full is not None else u @ w
+        recon = to_maps(kept["recon"], b, h, ww)  # [B, C, H, W]
         parts = to_maps(u, b, h, ww)[:, :, None] * w.view(1, k, c, 1, 1)  # [B, K, C, H, W]
         return torch.cat([recon[:, None], a.cpu().float()[:, None] - parts], 1).to(a.device)
 
@@ -1103,7 +1180,7 @@ def _evidence(model, info, src, n_crops, seed, d, cls, progress, stop) -> dict:
         m = to_maps(u, b, h, ww).numpy()
         maps.append(m)
         rows = positions(a.float()).cpu().double()
-        err = rows - (u @ w).double()
+        err = rows - kept["recon"].double()
         sq_err += float((err**2).sum())
         sq_sum += float((rows**2).sum())
         tot = rows.sum(0) if tot is None else tot + rows.sum(0)

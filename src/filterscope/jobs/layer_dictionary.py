@@ -43,6 +43,7 @@ from ..models.inputs import list_images, load_image, model_input
 from ..models.layers import LayerInfo, network_layer
 from ..models.model import Model
 from ..outputs.images import png_bytes
+from .bases import NPZ_FILE, Basis, channels_basis, load_basis, nmf_basis, sae_basis
 from .contract import Job, JobResult, RunContext, opt, run_job
 
 BASES = ("sae", "nmf", "channels")
@@ -65,7 +66,6 @@ RENDER_BATCH = 4
 # an iteration on 1 thread (a shared machine); 200 took over half an hour. 30 keeps --basis nmf practical.
 NMF_ITER = 30
 DICT_FILE = "dictionary.json"
-NPZ_FILE = "dictionary.npz"
 
 
 def feature_file(layer: str, j: int) -> str:
@@ -222,61 +222,16 @@ def _plan(model: Model, req: DictionaryRequest) -> DictionaryPlan:
 # ---------------------------------------------------------------- bases
 
 
-@dataclass
-class Basis:
-    """A learnt dictionary, whatever its kind: its decoder rows and how to encode vectors with it."""
-
-    kind: str
-    decoder: np.ndarray  # [F, C]
-    encode: Callable[[np.ndarray], np.ndarray]  # [n, C] → codes [n, F] (≥ 0 where active)
-    reconstruct: Callable[[np.ndarray], np.ndarray]
-    arrays: dict
-    info: dict = field(default_factory=dict)
-
-    @property
-    def features(self) -> int:
-        return self.decoder.shape[0]
-
-
-def _sae_basis(sae, info: dict) -> Basis:
-    from . import sae as sae_mod
-
-    return Basis(
-        "sae",
-        sae.w_dec.detach().numpy().copy(),
-        lambda v: sae_mod.encode(sae, v),
-        lambda v: sae_mod.reconstruct(sae, v),
-        sae.arrays(),
-        info,
-    )
-
-
-def _nmf_basis(d, info: dict) -> Basis:
-    return Basis(
-        "nmf",
-        d.bank,
-        d.encode,
-        lambda v: d.encode(v) @ d.bank,
-        {"decoder": d.bank.astype(np.float32), "method": np.array(d.method)},
-        info,
-    )
-
-
-def _channels_basis(channels: int) -> Basis:
-    eye = np.eye(channels, dtype=np.float32)
-    return Basis("channels", eye, lambda v: np.asarray(v, np.float32), lambda v: np.asarray(v, np.float32), {}, {})
-
-
 def _fit(p: DictionaryPlan, kind: str, train: np.ndarray, features: int, seed: int, ctx: RunContext | None) -> Basis:
     """One basis of ``kind`` learnt on ``train``."""
     if kind == "channels":
-        return _channels_basis(train.shape[1])
+        return channels_basis(train.shape[1])
     if kind == "nmf":
         from . import dictionary as dic
 
         method = "semi-nmf" if train.min() < 0 else "nmf"
         d = dic.fit(train, features, method, seed, max_iter=NMF_ITER)
-        return _nmf_basis(d, {"method": method, "fit_s": d.fit_seconds})
+        return nmf_basis(d, {"method": method, "fit_s": d.fit_seconds})
     from .sae import SAEConfig, fit_sae
 
     cfg = SAEConfig(features=features, k=p.k, epochs=p.epochs or default_epochs(len(train)), seed=seed)
@@ -294,28 +249,7 @@ def _fit(p: DictionaryPlan, kind: str, train: np.ndarray, features: int, seed: i
     finally:
         if bar is not None:
             bar.close()
-    return _sae_basis(res.sae, {"config": cfg.as_dict(), "fit_s": res.seconds, "history": res.history[-1:]})
-
-
-def _load_basis(npz: Path, kind: str, channels: int) -> Basis | None:
-    """The basis a resumed run saved (``dictionary.npz``), or None when absent or unreadable."""
-    try:
-        a = dict(np.load(npz, allow_pickle=False))
-    except (OSError, ValueError):
-        return None
-    if kind == "sae":
-        from .sae import SAE
-
-        return _sae_basis(SAE.from_arrays(a), {"resumed": True})
-    if kind == "nmf":
-        from . import dictionary as dic
-
-        method = str(a["method"])
-        if method == "nmf":
-            return None  # scikit-learn's model is not in the npz: refit
-        d = dic.Dictionary(method, a["decoder"], 0, 0.0, 0.0)
-        return _nmf_basis(d, {"method": method, "resumed": True})
-    return _channels_basis(channels)
+    return sae_basis(res.sae, {"config": cfg.as_dict(), "fit_s": res.seconds, "history": res.history[-1:]})
 
 
 def stability(a: np.ndarray, b: np.ndarray) -> float:
@@ -545,7 +479,7 @@ def _compute(ctx: RunContext, p: DictionaryPlan) -> DictionaryResult | None:
     # 2. the basis (reused on --resume) and its twin for stability
     t = time.perf_counter()
     npz = ctx.run.file(NPZ_FILE)
-    basis = _load_basis(npz, p.basis, p.info.channels) if NPZ_FILE in ctx.record["files"] else None
+    basis = load_basis(npz, p.basis, p.info.channels) if NPZ_FILE in ctx.record["files"] else None
     if basis is None:
         basis = _fit(p, p.basis, train, n_feat, p.seed, ctx)
         if ctx.stop():
@@ -559,11 +493,12 @@ def _compute(ctx: RunContext, p: DictionaryPlan) -> DictionaryResult | None:
         if ctx.stop():
             ctx.mark_partial(0, 1, "dictionaries", resumable=True)
             return None
+        ctx.run.write(NPZ_FILE, _npz(basis, lv, p, second))  # with the twin's decoder: per-feature stability
     timings["dictionary_s"] = time.perf_counter() - t
     metrics = basis_metrics(basis, train, held, second)
     compared = {}
     if p.basis != "channels":
-        compared["channels"] = basis_metrics(_channels_basis(p.info.channels), train, held, None)
+        compared["channels"] = basis_metrics(channels_basis(p.info.channels), train, held, None)
     if p.compare and p.basis != "nmf":
         t = time.perf_counter()
         nmf = _fit(p, "nmf", train, n_feat, p.seed, None)
@@ -653,7 +588,7 @@ def _rel(p: DictionaryPlan, i: int) -> str:
     return p.files[i].relative_to(p.root).as_posix()
 
 
-def _npz(basis: Basis, lv, p: DictionaryPlan) -> bytes:
+def _npz(basis: Basis, lv, p: DictionaryPlan, twin: Basis | None = None) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(
         buf,
@@ -662,6 +597,7 @@ def _npz(basis: Basis, lv, p: DictionaryPlan) -> bytes:
         mean_vector=lv.vectors.mean(0).astype(np.float32),
         **basis.arrays,
         **({"decoder": basis.decoder.astype(np.float32)} if "decoder" not in basis.arrays else {}),
+        **({"twin_decoder": twin.decoder.astype(np.float32)} if twin is not None else {}),
     )
     return buf.getvalue()
 

@@ -38,17 +38,37 @@ A unit gets ``None`` when ``p ≥ alpha``.
 
 **An interpretability score** (:func:`mis_scores`), the Machine Interpretability Score's 2-AFC task
 (Zimmermann, Klindt & Brendel, NeurIPS 2024, "Measuring Mechanistic Interpretability at Scale Without
-Humans", after the psychophysics task of Borowski et al. 2021): the explanations of a unit are its ``k``
-most and ``k`` least activating images; a task shows a held-out strongly activating query ``q+`` (from the
-next ``k`` ranks) and a held-out weakly activating one ``q−`` (from the ``k`` ranks above the bottom
-explanations); with ``Δ(q)`` = mean similarity of ``q`` to the top explanations − mean similarity to the
-bottom ones, the probability of answering right is ``σ(α·(Δ(q+) − Δ(q−)))`` (the paper's soft
+Humans", after the psychophysics task of Borowski et al. 2021): a task shows a strongly activating query
+``q+`` and a weakly activating one ``q−`` with the unit's explanations, ``k`` strongly and ``k`` weakly
+activating images; with ``Δ(q)`` = mean similarity of ``q`` to the strong explanations − mean similarity to
+the weak ones, the probability of answering right is ``σ(α·(Δ(q+) − Δ(q−)))`` (the paper's soft
 classifier), and the score is its mean over the tasks: 0.5 is chance, 1 a unit whose strong images look
-alike and unlike its weak ones. The paper's similarity is DreamSim (a download); here it is the cosine
-similarity of :class:`Similarity`'s offline embedding — the penultimate features of a second bundled model
-(``efficientnet_lite1``) when installed, else a model-free colour + gradient-orientation histogram — and
-``α`` is fixed at :data:`MIS_ALPHA` (the paper fits α to human answers for DreamSim distances; here a gap of
-0.1 in mean cosine similarity gives ``σ(1) ≈ 0.73``).
+alike and unlike its weak ones. In the paper's stimuli (Borowski et al.; the IMI set) the query comes from
+the most extreme bin of the unit's ~200 strongest of 50,000 images and the explanations from the bins below
+it: queries and explanations are both drawn from the unit's *top range*, the far tail of its activations.
+With tens to hundreds of images a fixed number of ranks is no such tail: the next 9 ranks after a
+detector's 12 images of its class are inactive images, which the task would call "strongly activating"
+(on the planted net of the tests, 6 of 9 queries of every stripes detector were, and it scored at chance),
+and ties — a ReLU unit's zeros — were ordered by file name. So here the ranges are set by **value**: the
+top range is the images whose activation is at least :data:`MIS_LEVEL` of the way from the unit's median to
+its maximum, the bottom range those at least as far from the median towards the minimum (a ReLU unit's
+zeros); each holds at least :data:`MIS_K_MIN` + 1 images (by rank, ties in random order, when fewer pass);
+each task draws, without replacement, the query and up to ``k`` explanations from the same range at either
+end. A unit that answers to several things shows them in its top range (its explanations mix them, and a
+query of one is unlike explanations of another); a unit with a dominant thing and weaker others is judged
+on the others too as far as they reach a quarter of its peak. Tasks are drawn per unit with its own seeded
+generator (``trials`` of them, 200 by default against the paper's 20: the sampling noise of 20 tasks is
+~0.05), so a unit's score does not depend on the other units scored with it.
+
+The paper's similarity is DreamSim (a download; an ensemble of DINO, CLIP and OpenCLIP embeddings tuned to
+human similarity judgements, which are sensitive to colour and layout as well as to objects). Here it is the
+cosine similarity of :class:`Similarity`'s offline embedding: the penultimate features of a second bundled
+model (``efficientnet_lite1``) *and* a model-free colour + gradient-orientation histogram, with equal weight
+(the cosine of the concatenation of the two unit vectors over √2 is the mean of the two cosines) — a pooled
+penultimate layer of an ImageNet CNN is trained to ignore colour (colour-jitter augmentation) and scored a
+perfect green-patch detector at 0.7 — or the histogram alone when that package is not installed. ``α`` is
+fixed at :data:`MIS_ALPHA` (the paper fits α to human answers for DreamSim distances; here a gap of 0.1 in
+mean cosine similarity gives ``σ(1) ≈ 0.73``).
 
 Everything here is pure numpy/scipy/scikit-learn on arrays the jobs already have, plus one forward pass of
 the embedding model over the images; nothing writes files.
@@ -76,16 +96,21 @@ ALPHA = 0.01  # a name is shown only below this (adjusted) p-value
 Z_GAIN = 1.0  # a longer formula must raise the Mann–Whitney z by one standard error to replace a shorter
 TIE = 1e-9  # where a union and a complement are the same images, the union's formula is the name
 MIS_ALPHA = 10.0  # slope of the soft 2-AFC decision on cosine-similarity differences
+MIS_LEVEL = 0.25  # the top range: at least this share of the way from the median activation to the maximum
+MIS_K_MIN = 3  # explanations per side at least (a range of fewer images is filled by rank)
+MIS_TRIALS = 200  # 2-AFC tasks per unit
 SIMILARITY_MODEL = "efficientnet_lite1"
 FALLBACK_SIZE = 64  # side the model-free embedding resizes images to
 COLOUR_BINS = 4  # per RGB channel: 64 colour bins
 ORIENT_BINS, CELLS = 9, 4  # gradient orientations (unsigned) × a 4×4 grid of cells
 SCORE_METHOD = (
-    "MIS 2-AFC (Zimmermann, Klindt & Brendel, NeurIPS 2024): explanations = the unit's k most and k least "
-    "activating images, queries = held-out images from the next k ranks at either end; score = mean over "
-    f"tasks of sigmoid({MIS_ALPHA:g} * (Δ(q+) - Δ(q-))), Δ(q) = mean cosine similarity of q to the top "
-    "explanations minus to the bottom ones, in the embedding named in the record; 0.5 = chance, 1 = perfectly "
-    "interpretable"
+    "MIS 2-AFC (Zimmermann, Klindt & Brendel, NeurIPS 2024) on the unit's activation ranges: the top range = "
+    f"images at least {MIS_LEVEL:g} of the way from the unit's median activation to its maximum, the bottom "
+    f"range likewise towards its minimum (each at least {MIS_K_MIN + 1} images, by rank when fewer); each of "
+    f"{MIS_TRIALS} tasks per unit draws a query and up to 9 explanations from the same range at either end; "
+    f"score = mean over tasks of sigmoid({MIS_ALPHA:g} * (Δ(q+) - Δ(q-))), Δ(q) = mean cosine similarity of q "
+    "to the top explanations minus to the bottom ones, in the embedding named in the record; 0.5 = chance, "
+    "1 = perfectly interpretable"
 )
 
 Label = str
@@ -404,15 +429,19 @@ class Similarity:
     """An offline image embedding whose cosine similarity stands in for MIS's perceptual similarity.
 
     By default the penultimate features (global-average-pooled, 1280-d) of ``efficientnet_lite1``, a second
-    bundled model: a network other than the one being explained, so a unit is not judged by its own
-    features. When that package is not installed (or ``model=None``), a model-free colour + gradient
-    orientation histogram (:func:`_handcrafted`), which sees colour and texture but no objects. A
-    :class:`Model` may be passed too (e.g. the unit's own network). :attr:`name` says which, for the record.
+    bundled model — a network other than the one being explained, so a unit is not judged by its own
+    features — together with the model-free colour + gradient-orientation histogram (:func:`_handcrafted`),
+    each unit-normalised and weighted equally (``low_level=True``): the network sees objects and textures but
+    was trained to ignore colour, the histogram sees colour and orientation but no objects; DreamSim, the
+    paper's similarity, is sensitive to both. When that package is not installed (or ``model=None``), the
+    histogram alone. A :class:`Model` may be passed too (e.g. the unit's own network). :attr:`name` says
+    which, for the record.
     """
 
-    def __init__(self, model: Model | str | None = SIMILARITY_MODEL, batch_size: int = 32):
+    def __init__(self, model: Model | str | None = SIMILARITY_MODEL, batch_size: int = 32, low_level: bool = True):
         self.batch_size = batch_size
         self.model: Model | None = None
+        self.low_level = low_level
         if isinstance(model, str):
             from ..models.registry import load_model
 
@@ -420,14 +449,16 @@ class Similarity:
                 model = load_model(model)
             except ModelError:
                 model = None
+        free = (
+            f"model-free: {COLOUR_BINS}³ RGB colour histogram + {ORIENT_BINS}-bin gradient-orientation "
+            f"histogram in {CELLS}×{CELLS} cells at {FALLBACK_SIZE} px"
+        )
         if model is not None:
             self.model = model
-            self.name = f"{model.name} penultimate features (cosine)"
+            self.name = f"{model.name} penultimate features" + (f" + {free}, equal weight" if low_level else "")
+            self.name += " (cosine)"
         else:
-            self.name = (
-                f"model-free: {COLOUR_BINS}³ RGB colour histogram + {ORIENT_BINS}-bin gradient-orientation "
-                f"histogram in {CELLS}×{CELLS} cells at {FALLBACK_SIZE} px (cosine)"
-            )
+            self.name = f"{free} (cosine)"
 
     def _tensor(self, images) -> torch.Tensor:
         if isinstance(images, torch.Tensor):
@@ -454,26 +485,68 @@ class Similarity:
         out = []
         for i in range(0, len(images), self.batch_size):
             x = self._tensor(images[i : i + self.batch_size])
-            if self.model is not None:
-                x = x.to(self.model.device)
-                f = _penultimate(self.model.net, self.model.normalize(x)).float().cpu()
-            else:
+            if self.model is None:
                 f = _handcrafted(x)
+            else:
+                x = x.to(self.model.device)
+                f = F.normalize(_penultimate(self.model.net, self.model.normalize(x)).float().cpu().flatten(1), dim=1)
+                if self.low_level and x.shape[1] >= 3:
+                    f = torch.cat([f, F.normalize(_handcrafted(x[:, :3].float().cpu()), dim=1)], dim=1)
             out.append(F.normalize(f.flatten(1), dim=1))
         return torch.cat(out).numpy().astype(np.float32)
 
 
 def mis_min_images(k: int = 9) -> int:
-    """The fewest images :func:`mis_scores` needs for ``k`` explanations per side: ``2k + 2``."""
+    """The fewest images :func:`mis_scores` is asked to score with ``k`` explanations per side: ``2k + 2``
+    (the jobs skip the score below it)."""
     return 2 * k + 2
 
 
-def mis_scores(embed: np.ndarray, acts: np.ndarray, *, k: int = 9, trials: int = 20, seed: int = 0) -> np.ndarray:
+def activation_ranges(
+    a: np.ndarray, rng: np.random.Generator, level: float = MIS_LEVEL, k_min: int = MIS_K_MIN
+) -> tuple[np.ndarray, np.ndarray]:
+    """A unit's top and bottom ranges (image indices) over its activations ``a``: the images at least
+    ``level`` of the way from the median to the maximum, and from the median to the minimum; a range of
+    fewer than ``k_min + 1`` images is replaced by that many strongest (weakest) ranks, ties in random order
+    (``rng``). The two never share an image (the bottom gives way)."""
+    n = len(a)
+    hi, md, lo = float(a.max()), float(np.median(a)), float(a.min())
+    top = np.flatnonzero(a >= md + level * (hi - md))
+    bottom = np.flatnonzero(a <= md - level * (md - lo))
+    if len(top) < k_min + 1 or len(bottom) < k_min + 1:
+        order = np.lexsort((rng.random(n), -a))  # strongest first, ties in random order
+        if len(top) < k_min + 1:
+            top = order[: k_min + 1]
+        if len(bottom) < k_min + 1:
+            bottom = order[n - k_min - 1 :]
+    bottom = np.setdiff1d(bottom, top)
+    return top, bottom
+
+
+def _draws(pool: np.ndarray, size: int, trials: int, rng: np.random.Generator) -> np.ndarray:
+    """``trials`` draws of ``size`` distinct images of ``pool`` (``trials × size``)."""
+    if len(pool) == size:
+        return rng.permuted(np.tile(pool, (trials, 1)), axis=1)
+    keys = rng.random((trials, len(pool)))
+    return pool[np.argpartition(keys, size - 1, axis=1)[:, :size]]
+
+
+def mis_scores(
+    embed: np.ndarray,
+    acts: np.ndarray,
+    *,
+    k: int = 9,
+    trials: int = MIS_TRIALS,
+    seed: int = 0,
+    level: float = MIS_LEVEL,
+) -> np.ndarray:
     """The MIS 2-AFC score of every unit (column of ``acts``, images × units) with image embeddings
-    ``embed`` (images × dims, L2-normalised rows): see the module docstring. Queries come from the ranks just
-    after the top ``k`` and just before the bottom ``k`` (up to ``k`` of each; all ``trials`` tasks draw their
-    (strong, weak) query pair with one seeded generator, so the result is deterministic). A unit whose
-    activation is the same on every image gets NaN. Needs :func:`mis_min_images` images."""
+    ``embed`` (images × dims, L2-normalised rows): see the module docstring. Each task draws its strong
+    query and up to ``k`` strong explanations from the unit's top range, its weak query and weak explanations
+    from the bottom range (:func:`activation_ranges` at ``level``); ``trials`` tasks per unit, drawn with a
+    generator seeded by ``(seed, unit)``, so the result is deterministic and a unit's score does not depend on
+    the others. A unit whose activation is the same on every image gets NaN. Needs
+    :func:`mis_min_images` images."""
     embed = np.asarray(embed, dtype=np.float64)
     acts = np.asarray(acts, dtype=np.float64)
     n, u = acts.shape
@@ -481,24 +554,28 @@ def mis_scores(embed: np.ndarray, acts: np.ndarray, *, k: int = 9, trials: int =
         raise UsageError(f"{embed.shape[0]} embeddings for {n} images")
     if k < 1 or trials < 1:
         raise UsageError("k and trials must be at least 1")
+    if not 0 < level <= 1:
+        raise UsageError(f"level must be in (0, 1], got {level}")
     if n < mis_min_images(k):
         raise UsageError(f"the interpretability score needs at least {mis_min_images(k)} images for k={k}, got {n}")
-    m = min(k, (n - 2 * k) // 2)  # query pool at either end
     sim = embed @ embed.T
-    order = np.argsort(-acts, axis=0, kind="stable").T  # u × n, strongest first
-    top, bottom = order[:, :k], order[:, n - k :]
-    q_pos, q_neg = order[:, k : k + m], order[:, n - k - m : n - k]
+    score = np.full(u, np.nan)
+    for j in range(u):
+        a = acts[:, j]
+        if np.ptp(a) == 0:
+            continue  # a dead unit: no score
+        rng = np.random.default_rng((seed, j))
+        top, bottom = activation_ranges(a, rng, level, min(MIS_K_MIN, k))
+        kt, kb = min(k, len(top) - 1), min(k, len(bottom) - 1)
+        if kt < 1 or kb < 1:
+            continue  # too few images apart to draw a task
+        t = _draws(top, kt + 1, trials, rng)  # column 0: the query, the rest: the explanations
+        b = _draws(bottom, kb + 1, trials, rng)
 
-    def delta(q: np.ndarray) -> np.ndarray:  # u × m: mean similarity to the top minus to the bottom
-        return sim[q[:, :, None], top[:, None, :]].mean(2) - sim[q[:, :, None], bottom[:, None, :]].mean(2)
+        def delta(q: np.ndarray, t=t, b=b) -> np.ndarray:  # mean similarity to the top minus to the bottom
+            return sim[q[:, None], t[:, 1:]].mean(1) - sim[q[:, None], b[:, 1:]].mean(1)
 
-    d_pos, d_neg = delta(q_pos), delta(q_neg)
-    rng = np.random.default_rng(seed)
-    i, j = rng.integers(0, m, trials), rng.integers(0, m, trials)
-    p = 1.0 / (1.0 + np.exp(-MIS_ALPHA * (d_pos[:, i] - d_neg[:, j])))
-    score = p.mean(1)
-    flat = np.ptp(acts, axis=0) == 0
-    score[flat] = np.nan
+        score[j] = np.mean(special.expit(MIS_ALPHA * (delta(t[:, 0]) - delta(b[:, 0]))))
     return score
 
 
