@@ -151,26 +151,9 @@ def shortcut_main(seeds: list[int]) -> None:
     }  # fmt: skip
     out = ROOT / "benchmarks" / "results"
     (out / "concepts_shortcut.json").write_text(json.dumps(res, indent=1))
-    lines = [
-        "# concepts on held-out planted-shortcut nets",
-        "",
-        f"Machine: {os.cpu_count()} CPUs, torch 1 thread, load average {load0} at the start, "
-        f"{res['machine']['load_end']} at the end (shared: times are upper bounds).",
-        "",
-        "| seed | training acc | NMF concepts: top on the mark | dictionary concepts: top on the mark "
-        "| dictionary (features, EV held out, stability) |",
-        "|---|---|---|---|---|",
-    ]
-    for r in runs:
-        m, a, b = r["dictionary_run"], r["nmf_concepts"], r["dictionary_concepts"]
-        lines.append(
-            f"| {r['seed']} | {r['training_accuracy']:.3f} | {a['top_concept_on_mark']:.1%} "
-            f"({a['marked_images']}) | {b['top_concept_on_mark']:.1%} (feature "
-            f"{b['top_feature']}) | {m['features']}, {m['explained_variance_held_out']}, "
-            f"{m['stability']} |"
-        )
-    (out / "concepts_shortcut.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    md = tables.concepts_shortcut_table(res)
+    (out / "concepts_shortcut.md").write_text(md)
+    print(md)
 
 
 def main() -> None:

@@ -486,6 +486,30 @@ def dictionary_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def concepts_shortcut_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [
+        "# concepts on held-out planted-shortcut nets",
+        "",
+        f"Machine: {m['cpus']} CPUs, torch {m['torch_threads']} thread, load average {m['load_start']} at the start, "
+        f"{m['load_end']} at the end (shared: times are upper bounds). Target: {res['target']}.",
+        "",
+        "| seed | training acc | NMF concepts: top on the mark | dictionary concepts: top on the mark "
+        "| dictionary (features, EV held out, stability) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in res["runs"]:
+        d, a, b = r["dictionary_run"], r["nmf_concepts"], r["dictionary_concepts"]
+        lines.append(
+            f"| {r['seed']} | {r['training_accuracy']:.3f} | {a['top_concept_on_mark']:.1%} "
+            f"({a['marked_images']}) | {b['top_concept_on_mark']:.1%} (feature "
+            f"{b['top_feature']}) | {d['features']}, {d['explained_variance_held_out']}, {d['stability']} |"
+        )
+    for note in res.get("notes", []):
+        lines += ["", note]
+    return "\n".join(lines) + "\n"
+
+
 def map_table(res: dict) -> str:
     lines = ["# filterscope map (activation atlas)", ""]
     lines.append(f"Machine: {res['machine']}. The machine was shared with other jobs: see the load averages.")
@@ -624,6 +648,7 @@ TABLES: dict[str, tuple[Callable[[dict], str], str]] = {
     "serve": (serve_table, "python benchmarks/bench_serve.py"),
     "serve_guard": (serve_guard_table, "python benchmarks/bench_serve_guard.py"),
     "concepts": (concepts_table, "python benchmarks/bench_concepts.py"),
+    "concepts_shortcut": (concepts_shortcut_table, "python benchmarks/bench_concepts.py --shortcut 3 4 5 6"),
     "circuits": (circuits_table, "python benchmarks/bench_circuits.py"),
     "dictionary": (dictionary_table, "python benchmarks/bench_dictionary.py"),
     "map": (map_table, "python benchmarks/bench_map.py"),
