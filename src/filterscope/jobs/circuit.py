@@ -549,6 +549,7 @@ class Circuit:
     timings: dict = field(default_factory=dict)
     status: str = "complete"
     run_dir: Path | None = None
+    _figure_png: bytes | None = field(default=None, repr=False)
 
     @property
     def shown(self) -> list[CircuitInput]:
@@ -597,6 +598,20 @@ class Circuit:
         from ..outputs.figures_circuits import circuit_figure
 
         return circuit_figure(self)
+
+    def figure_png(self) -> bytes:
+        """``figure_circuit.png``'s bytes, drawn once (the report embeds the same picture)."""
+        if self._figure_png is None:
+            import io
+
+            import matplotlib.pyplot as plt
+
+            fig = self.figure()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+            plt.close(fig)
+            self._figure_png = buf.getvalue()
+        return self._figure_png
 
     def html(self) -> str:
         from ..outputs.figures_circuits import circuit_report
@@ -765,7 +780,8 @@ def _summary(r: JobResult) -> list[str]:
     c = r.data
     ab = c.ablation
     lines = [
-        f"{c.model} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
+        f"{c.model} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images; "
+        f"effects measured on {c.ranking.get('n_images', c.n_images)})",
         f"zeroing the first {ab['k']} inputs listed changes it by {ab['change_top']:.4f} "
         f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
         *([f"warning: {ab['warning']}"] if ab.get("warning") else []),
@@ -1038,7 +1054,7 @@ def write_circuit(run, res: Circuit) -> None:
     run.write("circuit_weights.npz", buf.getvalue())
     rec = res.record()
     run.write("circuit.json", json_bytes(rec))
-    run.write_figure(figure_file("circuit"), res.figure())
+    run.write(figure_file("circuit"), res.figure_png())
     run.write_text(REPORT, res.html())
     summary = {k: v for k, v in rec.items() if k != "inputs"}
     summary["top_inputs"] = rec["inputs"][: res.top]
