@@ -303,7 +303,10 @@ def main() -> None:
     torch.manual_seed(0)
     model = fs.load_model("efficientnet_lite0")
     res = json.loads(out_json.read_text()) if out_json.exists() and args.only else {}
-    res = {k: v for k, v in res.items() if k in ("ranking", "handbuilt", "timing", "machine")}
+    res = {k: v for k, v in res.items() if k in ("ranking", "handbuilt", "timing", "machine", "machine_of")}
+    for part in ("ranking", "handbuilt", "timing"):  # the parts kept from an earlier run keep its machine
+        if part in res and part not in parts and "machine" in res:
+            res.setdefault("machine_of", {}).setdefault(part, res["machine"])
     res["machine"] = {
         "threads": torch.get_num_threads(),
         "cpu": f"{os.cpu_count()} cores",
