@@ -554,6 +554,57 @@ def test_greedy_order_first_k_together_then_by_effect_and_nothing_last():
     assert greedy_order(e).tolist() == [0, 1, 3, 4, 2, 5]
 
 
+def test_effects_on_a_seeded_choice_of_images_are_those_images_effects(photos, tmp_path):
+    """With more images than ``effect_images``, the removal effects (and so the order) are made on a seeded
+    choice of that many, named in the record; they are the effects a circuit on those images alone measures.
+    Attribution and the ablation check still use every image."""
+    import shutil
+
+    model = wrap_module(trap_net("dead"), "dead", mean=(0.0,), std=(1.0,), input_size=16, in_channels=3)
+    c = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=2, effect_images=3, seed=1)
+    names = c.ranking["images"]
+    assert c.ranking["n_images"] == 3 == len(set(names)) and c.n_images == 8
+    assert set(names) <= {f.name for f in photos.iterdir()}
+    again = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=2, effect_images=3, seed=1)
+    assert again.ranking["images"] == names  # seeded
+    alone = tmp_path / "three"
+    alone.mkdir()
+    for n in names:
+        shutil.copy(photos / n, alone / n)
+    ref = fs.circuit(model, "out", 0, from_layer="a", images=alone, renders=False, k=2)
+    assert ref.ranking["n_images"] == 3 and sorted(ref.ranking["images"]) == sorted(names)
+    got = {i.channel: (i.effect, i.effect_abs) for i in c.inputs}
+    for i in ref.inputs:
+        assert got[i.channel] == pytest.approx((i.effect, i.effect_abs), rel=1e-5, abs=1e-6)
+    assert [i.channel for i in c.inputs[:2]] == [i.channel for i in ref.inputs[:2]]
+    full = fs.circuit(model, "out", 0, from_layer="a", images=photos, renders=False, k=2, effect_images=50)
+    assert full.ranking["n_images"] == 8  # fewer images than the limit: all of them
+
+
+def test_masked_means_through_the_folded_net_are_the_networks(photos):
+    """The removal effects run through the batch-norm-folded copy of the network (the render loop's): it is
+    used where a convolution feeds a batch norm, and gives the network's own means."""
+    from filterscope.jobs.circuit import Masked, image_batches
+    from filterscope.models.inputs import list_images
+
+    net = nn.Sequential()
+    net.add_module("a", nn.Conv2d(3, 4, 1))
+    net.add_module("blk", Block(4))
+    net.add_module("out", nn.Conv2d(4, 2, 1))
+    net.add_module("pool", nn.AdaptiveAvgPool2d(1))
+    net.add_module("flat", nn.Flatten())
+    model = wrap_module(_seeded(net.eval(), 3), "bn", mean=(0.5,), std=(0.5,), input_size=16, in_channels=3)
+    src, dst = get_layer(model, "a"), get_layer(model, "out")
+    batches = list(image_batches(model, list_images(photos), batch=3))
+    folded, plain = (Masked(model, src, dst, 1, batches, fold=f) for f in (True, False))
+    assert folded.net is not model.net and plain.net is model.net
+    masks = (torch.rand(5, 4, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    for i in range(len(batches)):
+        a, b = folded.run(masks, i), plain.run(masks, i)
+        assert a.shape == (batches[i].shape[0], 5)
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_ablation_warns_when_the_first_k_are_no_better_than_random(photos):
     """All four inputs carry the filter equally: no set of 2 beats 2 random ones by 1.5×, and the circuit
     says so in its record."""
@@ -600,6 +651,10 @@ def test_circuit_files_and_renders(lines, photos, tmp_path):
     ).is_file()
     w = np.load(tmp_path / "c" / "circuit_weights.npz")
     assert w["maps"].shape == (4, 48, 48)
+    run = json.loads((tmp_path / "c" / "run.json").read_text())
+    # the filter with its method's steps, the input thumbnails with at most --input-steps (one batch)
+    assert run["settings"]["input_steps"] == min(16, run["settings"]["render"]["steps"])
+    assert rec["ranking"]["n_images"] == 8 and run["settings"]["effect_images"] == 18
     assert "<html" in c._repr_html_() and c.run_dir == tmp_path / "c"
 
 
@@ -620,6 +675,8 @@ def run_main(capsys, *args):
         (["--model", "digits_cnn", "--layer", "conv3", "--channel", "32"], "out of range"),
         (["--model", "digits_cnn", "--layer", "flatten", "--channel", "0"], "spatial maps"),
         (["--model", "digits_cnn", "--layer", "conv3", "--channel", "0", "--k", "33"], "--k must be"),
+        (["--model", "digits_cnn", "--layer", "conv3", "--channel", "0", "--effect-images", "0"], "effect-images"),
+        (["--model", "digits_cnn", "--layer", "conv3", "--channel", "0", "--input-steps", "0"], "input-steps"),
     ],
 )
 def test_circuit_cli_bad_input(tmp_path, capsys, args, message):

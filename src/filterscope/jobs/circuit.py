@@ -4,7 +4,8 @@ The inputs are listed in the order the network confirms (:mod:`filterscope.jobs.
 held-out photos by ``benchmarks/bench_circuits.py``):
 
 1. **Measured effect**: per image, how much C's spatial mean falls when one input channel alone is set to
-   zero (the network as it runs: ReLUs that are off, ReLU6 caps and squeeze-excite gates included). The
+   zero (the network as it runs: ReLUs that are off, ReLU6 caps and squeeze-excite gates included), on at
+   most ``effect_images`` of the images (:data:`EFFECT_IMAGES`, a seeded choice: the costliest step). The
    default order: the first k greedily on these effects (the set that moves C most together), then the
    others by their own effect; inputs that change nothing come last.
 2. **Ablation check** of that order, on every circuit: zeroing the first k listed against k random inputs
@@ -26,6 +27,7 @@ worker can call it); with ``out`` it runs as a job (:func:`run_circuit`) and wri
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +53,10 @@ DEFAULT_K = 8
 N_RANDOM = 8
 MIN_RATIO = 1.5  # the first k listed must move the filter at least this much more than k random
 BATCH = 12
+EFFECT_IMAGES = 18  # images the removal effects are measured on by default (:func:`effect_images`)
+# render steps of the inputs' thumbnails (at most the method's; the target gets the method's own): 16 steps of
+# ``fast`` reach 0.8-0.9 of the 48-step activation with the same motifs, at a third of the time
+INPUT_STEPS = 16
 
 
 # ---------------------------------------------------------------- layers: which feeds which
@@ -282,12 +288,20 @@ class Masked:
     With ``sources`` (``src``'s outputs from :func:`attribution`) and their unmasked result ``base``, the
     network before ``src`` runs on one blank image and the stored outputs continue from ``src``; kept only
     when it reproduces ``base`` (nothing after ``src`` reads a tensor from before it), else every batch runs
-    from its images."""
+    from its images. ``fold``: run through the copy of the network with its batch norms folded into their
+    convolutions (:func:`~filterscope.optvis.fold.fold_batchnorm`, the render loop's copy: the same values up
+    to float rounding, a quarter less work on a CPU); it falls back to the network itself where nothing folds."""
 
-    def __init__(self, model, src, dst, channel, batches, sources=None, base=None):
+    def __init__(self, model, src, dst, channel, batches, sources=None, base=None, fold: bool = True):
         self.model, self.src, self.dst, self.channel = model, src, dst, channel
         self.batches = batches
         self.sources = None
+        self.net = model.net
+        if fold:
+            from ..optvis.fold import fold_batchnorm
+
+            example = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
+            self.net = fold_batchnorm(model.net, example, keep=(src.name, dst.name))
         if sources is not None and base is not None:
             self.sources = sources
             one = torch.ones(1, src.channels, device=model.device)
@@ -300,11 +314,34 @@ class Masked:
     def sizes(self) -> list[int]:
         return [int(b.shape[0]) for b in (self.sources if self.sources is not None else self.batches)]
 
+    def take(self, index: np.ndarray) -> Masked:
+        """The same measurement on the images ``index`` only (positions among all images), in batches of
+        :data:`BATCH`; ``self`` when ``index`` is every image in order."""
+        n = sum(int(b.shape[0]) for b in self.batches)
+        if len(index) == n and np.array_equal(index, np.arange(n)):
+            return self
+        sub = copy.copy(self)
+        pick = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        sub.batches = list(torch.cat(self.batches)[pick.to(self.batches[0].device)].split(BATCH))
+        if self.sources is not None:
+            sub.sources = list(torch.cat(self.sources)[pick.to(self.sources[0].device)].split(BATCH))
+        return sub
+
     def run(self, masks: torch.Tensor, i: int) -> torch.Tensor:
         with torch.inference_mode():
             if self.sources is not None:
-                return _masked_means(self.model, self.src, self.dst, self.channel, None, masks, stored=self.sources[i])
-            return _masked_means(self.model, self.src, self.dst, self.channel, self.batches[i], masks)
+                return _masked_means(self, None, masks, stored=self.sources[i])
+            return _masked_means(self, self.batches[i], masks)
+
+
+def effect_images(n: int, limit: int, seed: int) -> np.ndarray:
+    """Positions of the images the removal effects are measured on: all ``n`` when ``n <= limit``, else
+    ``limit`` of them drawn with ``seed`` (sorted). The removal of every input on every image is the
+    costliest part of a circuit (images × inputs passes through the layers between ``from`` and the filter);
+    ``benchmarks/bench_circuits.py`` validated the default order made on 18 photos against held-out ones."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
 
 
 def ablation(
@@ -377,31 +414,46 @@ def ablation(
     }
 
 
-def _masked_means(model, src, dst, channel, x, masks, stored: torch.Tensor | None = None) -> torch.Tensor:
-    """``dst``'s channel mean ``[B, M]`` for each image of ``x`` (or each stored ``src`` output) with
-    ``src``'s output times each mask row."""
-    m = masks.shape[0]
+def measured_effects(
+    masked: Masked, base: np.ndarray, used: np.ndarray, should_stop: Callable[[], bool] | None = None
+) -> np.ndarray | None:
+    """The removal effects ``[len(used), C_src]`` (:func:`~filterscope.jobs.circuit_rank.removal_effects`) on
+    the images ``used`` (:func:`effect_images`) of ``masked``, whose unmasked means are ``base``; None when
+    stopped. What :func:`compute_circuit` ranks on, and ``benchmarks/bench_circuits.py`` checks."""
+    some = masked.take(used)
+    n = masked.src.channels
+    return removal_effects(some.run, some.sizes, n, base[used], masked.model.device, should_stop=should_stop)
+
+
+def _masked_means(m: Masked, x, masks, stored: torch.Tensor | None = None) -> torch.Tensor:
+    """``m.dst``'s channel mean ``[B, M]`` for each image of ``x`` (or each stored ``m.src`` output) with
+    ``m.src``'s output times each mask row, through ``m.net``."""
+    model, net, src, dst, channel = m.model, m.net, m.src, m.dst, m.channel
+    k = masks.shape[0]
+
+    def forward(v):
+        return net(model.normalize(v))
 
     def expand(out):
         o = stored if stored is not None else out
-        return (o.unsqueeze(1) * masks.view(1, m, -1, 1, 1).to(o.dtype)).flatten(0, 1)
+        return (o.unsqueeze(1) * masks.view(1, k, -1, 1, 1).to(o.dtype)).flatten(0, 1)
 
     if stored is not None:
         x = torch.zeros(1, model.in_channels, model.input_size, model.input_size, device=model.device)
     b = stored.shape[0] if stored is not None else x.shape[0]
     try:
-        with _Tap(model.net, src, dst, expand) as tap:
-            out = tap.run(model.forward, x)
-        if out is None or out.shape[0] != b * m:
+        with _Tap(net, src, dst, expand) as tap:
+            out = tap.run(forward, x)
+        if out is None or out.shape[0] != b * k:
             raise RuntimeError("batch did not expand")
-        return out[:, channel].flatten(1).mean(1).view(b, m).float().cpu()
+        return out[:, channel].flatten(1).mean(1).view(b, k).float().cpu()
     except RuntimeError:
         if stored is not None:
-            return torch.full((b, m), float("nan"))
+            return torch.full((b, k), float("nan"))
         cols = []  # a later op mixes in a tensor from before src: one pass per mask
         for row in masks:
-            with _Tap(model.net, src, dst, lambda o, r=row: o * r.view(1, -1, 1, 1).to(o.dtype)) as tap:
-                out = tap.run(model.forward, x)
+            with _Tap(net, src, dst, lambda o, r=row: o * r.view(1, -1, 1, 1).to(o.dtype)) as tap:
+                out = tap.run(forward, x)
             cols.append(out[:, channel].flatten(1).mean(1).float().cpu())
         return torch.stack(cols, 1)
 
@@ -497,6 +549,7 @@ class Circuit:
     timings: dict = field(default_factory=dict)
     status: str = "complete"
     run_dir: Path | None = None
+    _figure_png: bytes | None = field(default=None, repr=False)
 
     @property
     def shown(self) -> list[CircuitInput]:
@@ -545,6 +598,20 @@ class Circuit:
         from ..outputs.figures_circuits import circuit_figure
 
         return circuit_figure(self)
+
+    def figure_png(self) -> bytes:
+        """``figure_circuit.png``'s bytes, drawn once (the report embeds the same picture)."""
+        if self._figure_png is None:
+            import io
+
+            import matplotlib.pyplot as plt
+
+            fig = self.figure()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=fig.dpi, metadata={"Software": None})
+            plt.close(fig)
+            self._figure_png = buf.getvalue()
+        return self._figure_png
 
     def html(self) -> str:
         from ..outputs.figures_circuits import circuit_report
@@ -600,6 +667,9 @@ class CircuitRequest:
     images: str | None = opt(None, "Folder of images for attribution (default: the bundled photos).")
     top: int = opt(DEFAULT_TOP, "Inputs shown with renders.", min=1)
     k: int | None = opt(None, "Inputs zeroed by ablation [default: 8].", min=1)
+    effect_images: int = opt(
+        EFFECT_IMAGES, "Images the measured effects are made on (a seeded choice when there are more).", min=1
+    )
     linearize: str = opt(
         "identity",
         "Activations in the expanded weights: the identity (Voss et al.) or their mean slope on the images.",
@@ -607,6 +677,9 @@ class CircuitRequest:
     )
     no_renders: bool = opt(False, "Skip the renders of the inputs (faster).")
     method: str | None = opt(None, "Render preset of the inputs [default: fast].", registry="method")
+    input_steps: int = opt(
+        INPUT_STEPS, "Render steps of the inputs' thumbnails (at most the method's; the filter gets all).", min=1
+    )
     seed: int = opt(0, "", min=0)
 
 
@@ -627,6 +700,9 @@ class CircuitPlan:
     method: str | None
     seed: int
     settings: dict
+    effect_images: int = EFFECT_IMAGES
+    input_steps: int = INPUT_STEPS
+    root: Path | None = None  # the images folder (names in the record are relative to it)
 
 
 def _check_images(req: CircuitRequest) -> None:
@@ -639,7 +715,8 @@ def _plan(model: Model, req: CircuitRequest) -> CircuitPlan:
 
     info, src = validate(model, req.layer, req.channel, req.from_layer, req.top, req.k, req.linearize)
     k = ablation_k(req.k, src)
-    files = list_images(req.images or sample_photos_dir())
+    root = Path(req.images or sample_photos_dir())
+    files = list_images(root)
     label = _label(req.images)
     renders = not req.no_renders
     method = req.method or DEFAULT_METHOD
@@ -652,14 +729,31 @@ def _plan(model: Model, req: CircuitRequest) -> CircuitPlan:
         "top": req.top,
         "k": k,
         "n_random": N_RANDOM,
+        "effect_images": req.effect_images,
         "renders": renders,
         "linearize": req.linearize,
         "method": method,
         "render": get_preset(method).for_model(model).as_dict() if renders else None,
+        "input_steps": min(req.input_steps, get_preset(method).steps) if renders else None,
         "seed": req.seed,
     }
     return CircuitPlan(
-        model, info, src, req.channel, files, label, req.top, k, renders, req.linearize, req.method, req.seed, settings
+        model,
+        info,
+        src,
+        req.channel,
+        files,
+        label,
+        req.top,
+        k,
+        renders,
+        req.linearize,
+        req.method,
+        req.seed,
+        settings,
+        req.effect_images,
+        req.input_steps,
+        root,
     )
 
 
@@ -686,7 +780,8 @@ def _summary(r: JobResult) -> list[str]:
     c = r.data
     ab = c.ablation
     lines = [
-        f"{c.model} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images)",
+        f"{c.model} · {c.layer}:{c.channel} built from {c.source} ({len(c.inputs)} inputs, {c.n_images} images; "
+        f"effects measured on {c.ranking.get('n_images', c.n_images)})",
         f"zeroing the first {ab['k']} inputs listed changes it by {ab['change_top']:.4f} "
         f"vs {ab['change_random']:.4f} for {ab['k']} random ({ab['change_ratio']:.1f}×)",
         *([f"warning: {ab['warning']}"] if ab.get("warning") else []),
@@ -741,6 +836,13 @@ def _label(images) -> str:
     return str(images) if images else "bundled photos"
 
 
+def _relative(f: Path, root: Path | None) -> str:
+    try:
+        return f.relative_to(root).as_posix() if root is not None and root.is_dir() else f.name
+    except ValueError:
+        return f.name
+
+
 def compute_circuit(
     plan: CircuitPlan, progress: bool = False, should_stop: Callable[[], bool] | None = None
 ) -> Circuit:
@@ -772,12 +874,11 @@ def compute_circuit(
 
     abl: dict = {}
     effects = None
+    used = effect_images(len(p.activation), plan.effect_images, seed)
     if not stopped and not (should_stop and should_stop()):
         t = time.perf_counter()
         masked = Masked(model, src, info, channel, batches, p.sources, p.activation)
-        effects = removal_effects(
-            masked.run, masked.sizes, src.channels, p.activation, model.device, should_stop=should_stop
-        )
+        effects = measured_effects(masked, p.activation, used, should_stop)
         timings["removal_effects_s"] = time.perf_counter() - t
     if effects is None:  # stopped: no measured effect, the order falls back to the attribution
         stopped = True
@@ -829,6 +930,8 @@ def compute_circuit(
         "first": [int(c) for c in order[: min(top, len(order))]],
     }
     if effects is not None:
+        ranking["n_images"] = len(used)
+        ranking["images"] = [_relative(files[i], plan.root) for i in used.tolist()]
         ranking["weights_agreement"] = {
             linearize: rank_agreement(weights, effect_abs, order),
             OTHER[linearize]: rank_agreement(weights_g, effect_abs, order),
@@ -867,7 +970,7 @@ def compute_circuit(
         res.status = "partial"
     if renders and res.status == "complete":
         t = time.perf_counter()
-        res.status = _render(model, info, src, res, method, seed, progress, should_stop)
+        res.status = _render(model, info, src, res, method, seed, progress, should_stop, plan.input_steps)
         timings["render_s"] = time.perf_counter() - t
     res.timings = {k_: round(v, 3) for k_, v in timings.items()}
     return res
@@ -888,28 +991,46 @@ def agreement(weights: np.ndarray, other: np.ndarray, attr: np.ndarray, lineariz
     return out
 
 
-def _render(model, info, src, res: Circuit, method, seed, progress, should_stop) -> str:
-    """The target channel's and the shown inputs' renders (through the render cache)."""
+def _render(model, info, src, res: Circuit, method, seed, progress, should_stop, input_steps=INPUT_STEPS) -> str:
+    """The target channel's render (the method's steps) and the shown inputs' thumbnails (at most
+    ``input_steps``, one batch), through the render cache."""
     from tqdm import tqdm
 
     from ..optvis.presets import DEFAULT_METHOD, get_preset
     from .stream import render_stream
 
     settings = get_preset(method or DEFAULT_METHOD)
+    thumbs = settings.with_(steps=min(settings.steps, input_steps))
     shown = {i.channel: i for i in res.shown}
-    bar = tqdm(total=len(shown) + 1, desc=f"render {src.name} inputs", unit="filter", disable=not progress)
+    bar = tqdm(
+        total=settings.steps + thumbs.steps,
+        desc=f"render {info.name}:{res.channel} and its inputs",
+        unit="step",
+        disable=not progress,
+    )
+    step = [0]
+
+    def on_step(n: int) -> None:
+        bar.update(max(0, n - step[0]))
+        step[0] = n
+
     try:
-        for r in render_stream(model, info, [res.channel], settings, seed, batch=1, should_stop=should_stop):
+        for r in render_stream(
+            model, info, [res.channel], settings, seed, batch=1, on_step=on_step, should_stop=should_stop
+        ):
             if r.status == "ok":
                 res.target_render, res.target_png = r.image, r.png
-            bar.update(1)
+        bar.n, step[0] = settings.steps, 0
         done = 0
-        for r in render_stream(model, src, list(shown), settings, seed, batch=1, should_stop=should_stop):
+        for r in render_stream(
+            model, src, list(shown), thumbs, seed, batch=len(shown), on_step=on_step, should_stop=should_stop
+        ):
             if r.status == "ok":
                 inp = shown[r.channel]
                 inp.render, inp.render_png, inp.render_activation = r.image, r.png, r.after
             done += 1
-            bar.update(1)
+        bar.n = bar.total
+        bar.refresh()
     finally:
         bar.close()
     return "complete" if done == len(shown) else "partial"
@@ -933,7 +1054,7 @@ def write_circuit(run, res: Circuit) -> None:
     run.write("circuit_weights.npz", buf.getvalue())
     rec = res.record()
     run.write("circuit.json", json_bytes(rec))
-    run.write_figure(figure_file("circuit"), res.figure())
+    run.write(figure_file("circuit"), res.figure_png())
     run.write_text(REPORT, res.html())
     summary = {k: v for k, v in rec.items() if k != "inputs"}
     summary["top_inputs"] = rec["inputs"][: res.top]

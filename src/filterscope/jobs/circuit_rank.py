@@ -26,9 +26,9 @@ import torch
 DEFAULT_RANKING = "effect"
 RANKINGS = ("effect", "effect_single", "attribution", "attribution_image", "weight")
 RANKING_TEXT = {
-    "effect": "measured: each input zeroed alone on every image; the first k (the ablation's) greedily, each "
-    "the input that with those listed before it moves the filter's mean most (mean over images of |sum of "
-    "their effects|), then the others by their mean |effect|; inputs with no effect last",
+    "effect": "measured: each input zeroed alone on every image of the ranking's images; the first k (the "
+    "ablation's) greedily, each the input that with those listed before it moves the filter's mean most (mean "
+    "over images of |sum of their effects|), then the others by their mean |effect|; inputs with no effect last",
     "effect_single": "measured: mean over images of |change of the filter's mean| with the input zeroed alone",
     "attribution": "|mean over images of gradient × activation|",
     "attribution_image": "greedy on per-image gradient × activation (the network linearised at each image)",

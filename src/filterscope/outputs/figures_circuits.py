@@ -44,6 +44,12 @@ def _crop(res, m: np.ndarray) -> np.ndarray:
     return m[r0:r1, c0:c1]
 
 
+def _effect_images(res) -> str:
+    """How many images the measured effects were made on: ``18 of 36`` when fewer than all."""
+    n = res.ranking.get("n_images", res.n_images)
+    return f"{n} of {res.n_images}" if n < res.n_images else str(n)
+
+
 def circuit_figure(res) -> plt.Figure:
     """``figure_circuit.png``: the target's render, summed weight vs attribution of every input, the
     ablation; then per shown input its render and its expanded-weight map."""
@@ -117,7 +123,7 @@ def circuit_figure(res) -> plt.Figure:
         ax.set_title(f"exp. weight {i.weight_norm:+.2f} (rank {i.rank_weight + 1})", fontsize=7)
     fig.suptitle(
         f"filterscope circuit · {res.model} · {res.layer}:{res.channel} built from {res.source} "
-        f"(inputs by measured effect over {res.n_images} images; expanded weights at {tuple(res.position)})",
+        f"(inputs by measured effect over {_effect_images(res)} images; expanded weights at {tuple(res.position)})",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 0.92, 1))
@@ -164,7 +170,7 @@ def circuit_report(res) -> str:
             "by_weight": by_weight,
             "agree": res.ranking.get("weights_agreement", {}).get(lin),
             "target": _uri(res.target_png) if res.target_png is not None else None,
-            "figure": fig_uri(circuit_figure(res)),
+            "figure": _uri(res.figure_png()) if hasattr(res, "figure_png") else fig_uri(circuit_figure(res)),
             "vmax": vmax,
             "ab": res.ablation,
         },
