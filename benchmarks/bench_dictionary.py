@@ -212,7 +212,7 @@ def curve(model, folder: Path) -> list[dict]:
         cfgs = [SAEConfig(features=f, k=ld.default_k(f), epochs=ep(len(sub)), seed=s) for s in (0, 1)]
         out.append({"images": int(n), **_sae_metrics(sub, held, cfgs)})
         print(json.dumps(out[-1]), flush=True)
-    for f in (160, 320, 1280):
+    for f in (320, 1280):
         cfgs = [SAEConfig(features=f, k=ld.default_k(f), epochs=ep(len(train)), seed=s) for s in (0, 1)]
         out.append({"images": int(len(imgs)), **_sae_metrics(train, held, cfgs)})
         print(json.dumps(out[-1]), flush=True)
