@@ -227,13 +227,16 @@ def test_serve_and_browser(atlas_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_backend_matches_local(tmp_path, ray_lock):
+def test_ray_backend_matches_local(tmp_path, capsys, ray_lock):
+    """The local run in this process, the Ray run as a command; both take their examples from 4 photos."""
     pytest.importorskip("ray")
     env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"}
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
+        shutil.copy(f, photos / f.name)
+    cli = [sys.executable, "-m", "filterscope.cli"]
     args = [
-        sys.executable,
-        "-m",
-        "filterscope.cli",
         "atlas",
         "--layers",
         "blocks.0",
@@ -245,14 +248,14 @@ def test_ray_backend_matches_local(tmp_path, ray_lock):
         "3",
         "--threads",
         "1",
+        "--images",
+        str(photos),
         "--quiet",
     ]
-    local = subprocess.run(
-        args + ["--out", str(tmp_path / "local")], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert local.returncode == 0, local.stderr
+    rc, _, err = run_main(capsys, *args, "--out", tmp_path / "local")
+    assert rc == 0, err
     remote = subprocess.run(
-        args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
+        cli + args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
         capture_output=True,
         text=True,
         env=env,
