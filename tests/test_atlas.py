@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+import filterscope as fs
 from filterscope.cli import main
 
 ATLAS = ["atlas", "--layers", "blocks.0", "--channels", "0-5", "--steps", "6", "--top", "4", "--quiet"]
@@ -226,13 +227,16 @@ def test_serve_and_browser(atlas_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_backend_matches_local(tmp_path, ray_lock):
+def test_ray_backend_matches_local(tmp_path, capsys, ray_lock):
+    """The local run in this process, the Ray run as a command; both take their examples from 4 photos."""
     pytest.importorskip("ray")
     env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"}
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
+        shutil.copy(f, photos / f.name)
+    cli = [sys.executable, "-m", "filterscope.cli"]
     args = [
-        sys.executable,
-        "-m",
-        "filterscope.cli",
         "atlas",
         "--layers",
         "blocks.0",
@@ -244,14 +248,14 @@ def test_ray_backend_matches_local(tmp_path, ray_lock):
         "3",
         "--threads",
         "1",
+        "--images",
+        str(photos),
         "--quiet",
     ]
-    local = subprocess.run(
-        args + ["--out", str(tmp_path / "local")], capture_output=True, text=True, env=env, timeout=600
-    )
-    assert local.returncode == 0, local.stderr
+    rc, _, err = run_main(capsys, *args, "--out", tmp_path / "local")
+    assert rc == 0, err
     remote = subprocess.run(
-        args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
+        cli + args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
         capture_output=True,
         text=True,
         env=env,
@@ -272,7 +276,11 @@ def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
     --workers/--threads, a CPU with ≥ 2 cores and ≥ 8 channels per core gets one worker per core (printed)."""
     from filterscope.jobs.pool import cpu_cores
 
-    args = ["atlas", "--layers", "blocks.0", "--channels", "0-3", "--steps", "5", "--top", "3"]
+    photos = tmp_path / "photos"  # 4 photos for the examples (not what is compared): not the 36 bundled ones
+    photos.mkdir()
+    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
+        shutil.copy(f, photos / f.name)
+    args = ["atlas", "--layers", "blocks.0", "--channels", "0-3", "--steps", "5", "--top", "3", "--images", photos]
     assert run_main(capsys, *args, "--threads", "1", "--quiet", "--out", tmp_path / "one")[0] == 0
     assert run_main(capsys, *args, "--workers", "2", "--threads", "1", "--quiet", "--out", tmp_path / "two")[0] == 0
     one, two = (json.loads((tmp_path / d / "run.json").read_text()) for d in ("one", "two"))
@@ -282,7 +290,9 @@ def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
         assert (tmp_path / "one" / r["file"]).read_bytes() == (
             tmp_path / "two" / two["results"][k]["file"]
         ).read_bytes()
-    rc, _, err = run_main(capsys, *args[:4], "0-15", *args[5:], "--out", tmp_path / "auto")
+    # the layout is chosen from the channel count before anything renders: one step per channel says it
+    auto_args = [*args[:4], "0-15", "--steps", "1", *args[7:]]
+    rc, _, err = run_main(capsys, *auto_args, "--out", tmp_path / "auto")
     assert rc == 0
     auto = json.loads((tmp_path / "auto/run.json").read_text())["layout"]
     if cpu_cores() >= 2:

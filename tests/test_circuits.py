@@ -697,10 +697,22 @@ def test_tuning_cli_bad_input(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_circuit_cli_on_efficientnet(tmp_path, capsys):
+def test_circuit_cli_on_efficientnet(photos, tmp_path, capsys):
+    """On the module's 8 photos (the removal effects are measured per image: the 36 bundled ones cost 4×)."""
     out = tmp_path / "c"
     rc, stdout, _ = run_main(
-        capsys, "circuit", "--layer", "blocks.5", "--channel", "42", "--no-renders", "--out", out, "--json"
+        capsys,
+        "circuit",
+        "--layer",
+        "blocks.5",
+        "--channel",
+        "42",
+        "--images",
+        photos,
+        "--no-renders",
+        "--out",
+        out,
+        "--json",
     )
     assert rc == 0
     rec = json.loads((out / "circuit.json").read_text())

@@ -4,8 +4,6 @@ what the CLI refuses, with the same one-line message, and writes nothing then.""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -13,8 +11,6 @@ import filterscope as fs
 from filterscope.errors import FilterscopeError, Interrupted, UsageError
 from filterscope.jobs.contract import open_run
 from filterscope.optvis.presets import get_preset, resolve_settings
-
-CLI = [sys.executable, "-m", "filterscope.cli"]
 
 
 def test_open_run_records_status_and_timings(tmp_path):
@@ -107,16 +103,21 @@ REFUSALS = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("api, argv", REFUSALS, ids=[" ".join(a[:3]) for _, a in REFUSALS])
-def test_api_refuses_what_the_cli_refuses(model, tmp_path, api, argv):
+def test_api_refuses_what_the_cli_refuses(model, tmp_path, capsys, api, argv):
+    """The CLI runs in this process (its exit code is ``main``'s return value): a fresh interpreter per case
+    cost ~5 s of imports and model loading each; the CLI as a process is tested in test_cli and test_plugins."""
     import filterscope.jobs.accentuate
     import filterscope.jobs.inspect  # noqa: F401
+    from filterscope.cli import main
 
     with pytest.raises(UsageError) as e:
         api(model, tmp_path / "api")
     assert not (tmp_path / "api").exists()
-    p = subprocess.run(CLI + argv + ["--out", str(tmp_path / "cli")], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2, p.stderr
-    assert p.stderr.strip() == f"error: {e.value}"
+    capsys.readouterr()
+    rc = main(argv + ["--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert err.strip() == f"error: {e.value}"
     assert not (tmp_path / "cli").exists()
 
 
