@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.parse
 
 import numpy as np
 import pytest
 from planted_dictionary import CLASSES, make_folder, planted_model
+from serve_jobs import wait_job
 from starlette.testclient import TestClient
 
 from filterscope.outputs.cache import RenderCache
@@ -65,16 +65,7 @@ def _m(ex) -> str:
 
 
 def _wait(client, url, timeout=300.0):
-    t = time.monotonic()
-    seen = []
-    while time.monotonic() - t < timeout:
-        r = client.post(url)
-        j = r.json()
-        seen.append(j.get("progress"))
-        if r.status_code >= 400 or j["state"] in ("done", "error", "cancelled"):
-            return j, seen
-        time.sleep(0.3)
-    raise AssertionError(f"{url} not done in {timeout} s: {j}")
+    return wait_job(client, url, timeout, 0.3)
 
 
 def _shown(page: str) -> set[int]:

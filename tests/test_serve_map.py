@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 import shutil
-import time
 
 import pytest
+from serve_jobs import wait_job
 
 from filterscope.models.inputs import sample_photos_dir
 from filterscope.outputs.cache import RenderCache
@@ -43,16 +43,7 @@ def mclient(model, tmp_path_factory):
 
 
 def _wait(client, url, timeout=900.0):
-    t = time.monotonic()
-    seen = []
-    while time.monotonic() - t < timeout:
-        r = client.post(url)
-        j = r.json()
-        seen.append(j.get("progress"))
-        if r.status_code >= 400 or j["state"] in ("done", "error", "cancelled"):
-            return j, seen
-        time.sleep(0.5)
-    raise AssertionError(f"{url} not done in {timeout} s: {j}")
+    return wait_job(client, url, timeout, 0.5)
 
 
 @pytest.mark.slow

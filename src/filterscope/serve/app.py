@@ -39,7 +39,18 @@ from ..optvis.presets import DEFAULT_METHOD, default_method
 from ..outputs.naming import channel_page
 from ..outputs.site import name_rows, stylesheet
 from . import compute, store
-from .explorer import CONCEPT_SEED, CSRF_SLOT, HEX64, MAX_UPLOAD, Explorer, csrf, job_status, not_started, submit
+from .explorer import (
+    CONCEPT_SEED,
+    CSRF_SLOT,
+    HEX64,
+    MAX_UPLOAD,
+    Explorer,
+    csrf,
+    job_status,
+    not_started,
+    run_file,
+    submit,
+)
 from .guard import Access, Guard
 from .workers import (
     run_accent,
@@ -857,14 +868,7 @@ def api_map(request: Request) -> Response:
 def map_file(request: Request) -> Response:
     """``map.png`` or a cell render of a finished map run (nothing else of the run folder)."""
     ex: Explorer = request.app.state.explorer
-    key, rel = request.path_params["key"], request.path_params["path"]
-    if not HEX64.match(key) or not MAP_FILE.match(rel) or ".." in rel:
-        raise HTTPException(404, "not a map file")
-    root = (ex.cache.root / "results" / "maps" / key).resolve()
-    f = (root / rel).resolve()
-    if root not in f.parents or not f.is_file():
-        raise HTTPException(404, "no such map file")
-    return Response(f.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+    return run_file(ex, "maps", request.path_params["key"], request.path_params["path"], MAP_FILE, "map file")
 
 
 def go_map(request: Request) -> Response:

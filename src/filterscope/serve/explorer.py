@@ -12,7 +12,7 @@ from typing import Any
 import jinja2
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..models.inputs import list_images, sample_image_path, sample_photos_dir
 from ..models.layers import default_layer, get_layer, layer_outline, list_layers
@@ -309,3 +309,15 @@ def job_status(request: Request, key: str, start, retry_errors: bool = True) -> 
         start()
         st = ex.jobs.status(key, ex.client(request))
     return st
+
+
+def run_file(ex: Explorer, folder: str, key: str, rel: str, allowed: re.Pattern, what: str) -> Response:
+    """A PNG of a finished job's run folder in the cache (``results/<folder>/<key>/<rel>``): only names that
+    ``allowed`` matches, never outside that folder; anything else is a 404."""
+    if not HEX64.match(key) or not allowed.match(rel) or ".." in rel:
+        raise HTTPException(404, f"not a {what}")
+    root = (ex.cache.root / "results" / folder / key).resolve()
+    f = (root / rel).resolve()
+    if root not in f.parents or not f.is_file():
+        raise HTTPException(404, f"no such {what}")
+    return Response(f.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})

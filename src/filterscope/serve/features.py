@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from . import store
-from .explorer import HEX64, Explorer, job_status, not_started, submit
+from .explorer import HEX64, Explorer, job_status, not_started, run_file, submit
 from .workers import run_dictionary, run_feature_render
 
 DICT_SEED = 0
@@ -401,13 +401,7 @@ def feature_file(request: Request) -> Response:
     """A feature's render or exemplar strip from a finished dictionary run (nothing else of its folder)."""
     ex: Explorer = request.app.state.explorer
     key, rel = request.path_params["key"], request.path_params["path"]
-    if not HEX64.match(key) or not FEAT_FILE.match(rel) or ".." in rel:
-        raise HTTPException(404, "not a feature file")
-    root = (ex.cache.root / "results" / "dictionaries" / key).resolve()
-    f = (root / rel).resolve()
-    if root not in f.parents or not f.is_file():
-        raise HTTPException(404, "no such feature file")
-    return Response(f.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+    return run_file(ex, "dictionaries", key, rel, FEAT_FILE, "feature file")
 
 
 def routes() -> list:
