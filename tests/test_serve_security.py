@@ -79,7 +79,7 @@ def _active(ex) -> int:
     return sum(1 for j in ex.jobs.jobs.values() if j.state in ("queued", "running"))
 
 
-def _drain(ex, timeout: float = 30.0) -> None:
+def _drain(ex, timeout: float = 120.0) -> None:
     """Cancel every unfinished job and wait until none is left (so the next test starts with a free server)."""
     for k in [j.id for j in ex.jobs.jobs.values() if j.state in ("queued", "running")]:
         ex.jobs.cancel(k)

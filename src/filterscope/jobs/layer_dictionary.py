@@ -259,20 +259,33 @@ def stability(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.median(match(a, b)[1]))
 
 
+METRIC_CHUNK = 8192  # rows encoded at a time for the metrics: memory stays O(chunk × F), not O(sample × F)
+
+
+def _explained_variance(basis: Basis, rows: np.ndarray) -> float:
+    """1 − ‖A − Â‖² / ‖A − mean(A)‖² (as :func:`~.dictionary.explained_variance`), reconstructed by chunks."""
+    mean = rows.mean(0, dtype=np.float64)
+    err = tot = 0.0
+    for s in range(0, len(rows), METRIC_CHUNK):
+        x = rows[s : s + METRIC_CHUNK]
+        err += float(((x - basis.reconstruct(x)).astype(np.float64) ** 2).sum())
+        tot += float(((x - mean) ** 2).sum())
+    return 1.0 - err / max(tot, 1e-12)
+
+
 def basis_metrics(basis: Basis, train: np.ndarray, held: np.ndarray | None, second: Basis | None) -> dict:
     """Explained variance (train, held out), L0, dead and dense shares over the sample, stability."""
-    from .dictionary import explained_variance
-
-    z = basis.encode(train)
-    active = z > 0
-    freq = active.mean(0)
+    count = np.zeros(basis.features, dtype=np.int64)
+    for s in range(0, len(train), METRIC_CHUNK):
+        count += (basis.encode(train[s : s + METRIC_CHUNK]) > 0).sum(0)
+    freq = count / max(1, len(train))
     out = {
         "features": basis.features,
-        "explained_variance": round(explained_variance(train, basis.reconstruct(train)), 4),
+        "explained_variance": round(_explained_variance(basis, train), 4),
         "explained_variance_held_out": (
-            round(explained_variance(held, basis.reconstruct(held)), 4) if held is not None and len(held) else None
+            round(_explained_variance(basis, held), 4) if held is not None and len(held) else None
         ),
-        "l0": round(float(active.sum(1).mean()), 2),
+        "l0": round(float(count.sum() / max(1, len(train))), 2),
         "dead_fraction": round(float((freq == 0).mean()), 4),
         "dense_fraction": round(float((freq > DENSE).mean()), 4),
         "stability": round(stability(basis.decoder, second.decoder), 4) if second is not None else None,
