@@ -48,6 +48,7 @@ from .explorer import (
     csrf,
     job_status,
     not_started,
+    render_job,
     run_file,
     submit,
 )
@@ -250,18 +251,8 @@ def api_render(request: Request) -> Response:
     else:
         key = ex.render_key(layer, c, method, seed)
         keys = [key]
-    urls = [f"/png/{k}.png" for k in keys]
-    if all(ex.cache.has(k) for k in keys):
-        st = ex.jobs.status(key, ex.client(request))
-        if st is not None and st["state"] == "done":  # rendered by this server just now, not read from the cache
-            return JSONResponse({**st, "cached": False, "urls": urls})
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": urls})
-    st = job_status(request, key, lambda: submit(ex, request, key, "render", run_render, layer, c, method, seed, div))
-    if st is None:
-        return not_started(key)
-    if st["state"] == "done":
-        st = {**st, "cached": False, "urls": urls}
-    return JSONResponse(st)
+    args = (layer, c, method, seed, div)
+    return render_job(ex, request, key, keys, lambda: submit(ex, request, key, "render", run_render, *args))
 
 
 def api_accent(request: Request) -> Response:
@@ -495,20 +486,11 @@ def api_concept_renders(request: Request) -> Response:
         raise HTTPException(404, "compute this class's concepts first")
     bank = [c["vector"] for c in got[0]["concepts"]]
     rkeys = store.concept_render_keys(ex.model, layer, bank, DEFAULT_METHOD, CONCEPT_SEED)
-    urls = [f"/png/{r}.png" for r in rkeys]
     job = store.result_key(ex.model, "concept-renders", concepts=key, method=DEFAULT_METHOD)[0]
-    st = ex.jobs.status(job, ex.client(request))
-    if all(ex.cache.has(r) for r in rkeys):
-        if st is not None and st["state"] == "done":
-            return JSONResponse({**st, "cached": False, "urls": urls})
-        return JSONResponse({"id": job, "state": "done", "cached": True, "urls": urls})
     args = (layer, bank, DEFAULT_METHOD, CONCEPT_SEED)
-    st = job_status(request, job, lambda: submit(ex, request, job, "concept-renders", run_concept_renders, *args))
-    if st is None:
-        return not_started(job)
-    if st["state"] == "done":
-        st = {**st, "cached": False, "urls": urls}
-    return JSONResponse(st)
+    return render_job(
+        ex, request, job, rkeys, lambda: submit(ex, request, job, "concept-renders", run_concept_renders, *args)
+    )
 
 
 def concept_map(request: Request) -> Response:

@@ -321,3 +321,18 @@ def run_file(ex: Explorer, folder: str, key: str, rel: str, allowed: re.Pattern,
     if root not in f.parents or not f.is_file():
         raise HTTPException(404, f"no such {what}")
     return Response(f.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+def render_job(ex: Explorer, request: Request, job: str, keys: list[str], start) -> JSONResponse:
+    """Renders kept in the cache under ``keys``, made by the job ``job``: done with their URLs (``cached`` when
+    they were there before this server made them), else the job's status; a POST starts it with ``start``."""
+    urls = [f"/png/{k}.png" for k in keys]
+    if all(ex.cache.has(k) for k in keys):
+        st = ex.jobs.status(job, ex.client(request))
+        if st is not None and st["state"] == "done":  # rendered by this server just now, not read from the cache
+            return JSONResponse({**st, "cached": False, "urls": urls})
+        return JSONResponse({"id": job, "state": "done", "cached": True, "urls": urls})
+    st = job_status(request, job, start)
+    if st is None:
+        return not_started(job)
+    return JSONResponse({**st, "cached": False, "urls": urls} if st["state"] == "done" else st)

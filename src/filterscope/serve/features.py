@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from . import store
-from .explorer import HEX64, Explorer, job_status, not_started, run_file, submit
+from .explorer import HEX64, Explorer, job_status, not_started, render_job, run_file, submit
 from .workers import run_dictionary, run_feature_render
 
 DICT_SEED = 0
@@ -384,17 +384,10 @@ def api_feature_render(request: Request) -> Response:
     if got is None:
         raise HTTPException(404, "the dictionary's decoder cannot be read")
     key, vec, method, seed = got
-    urls = [f"/png/{key}.png"]
-    st = ex.jobs.status(key, ex.client(request))
-    if ex.cache.has(key):
-        if st is not None and st["state"] == "done":
-            return JSONResponse({**st, "cached": False, "urls": urls})
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": urls})
     args = (layer, vec, method, seed)
-    st = job_status(request, key, lambda: submit(ex, request, key, "feature-render", run_feature_render, *args))
-    if st is None:
-        return not_started(key)
-    return JSONResponse({**st, "cached": False, "urls": urls} if st["state"] == "done" else st)
+    return render_job(
+        ex, request, key, [key], lambda: submit(ex, request, key, "feature-render", run_feature_render, *args)
+    )
 
 
 def feature_file(request: Request) -> Response:
