@@ -278,7 +278,7 @@ def _plan(model: Model, req: MapRequest) -> MapPlan:
     files = list_images(root)
     folders = class_folders(root, files)
     target = _target(model, req.class_, folders)
-    render = None if req.no_renders else get_preset(req.method or RENDER_METHOD)
+    render = None if req.no_renders else get_preset(req.method or RENDER_METHOD).for_model(model)
     settings = {
         "model": model.describe(),
         "layer": info.name,
@@ -291,7 +291,7 @@ def _plan(model: Model, req: MapRequest) -> MapPlan:
         "per_image": PER_IMAGE,
         "max_vectors": MAX_VECTORS,
         "backend": req.backend,
-        "render": render.for_model(model).as_dict() if render is not None else None,
+        "render": render.as_dict() if render is not None else None,
         "render_method": render.preset if render is not None else None,
         "objective": f"direction(cossim_pow={COSSIM_POW:g})",
     }
@@ -516,7 +516,6 @@ def _render_cells(ctx: RunContext, p: MapPlan, amap: ActivationMap) -> None:
     from ..outputs.images import png_bytes
 
     cache = active_cache() if p.model.in_channels <= 3 else None
-    sd = p.render.for_model(p.model).as_dict()
     renderer = None
     todo = []
     for c in amap.cells:
@@ -539,7 +538,7 @@ def _render_cells(ctx: RunContext, p: MapPlan, amap: ActivationMap) -> None:
             k = c.index(p.grid)
             obj = direction(p.info.name, torch.from_numpy(c.mean), cossim_pow=COSSIM_POW)
             seed = channel_seed(p.seed, k)
-            key, fields = render_key(p.model, obj, sd, seed, layer=p.info.name)
+            key, fields = render_key(p.model, obj, p.render, seed, layer=p.info.name)
             hit = cache.get(key) if cache is not None else None
             if hit is not None:
                 with Image.open(io.BytesIO(hit.png)) as im:

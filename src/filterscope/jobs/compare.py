@@ -72,12 +72,12 @@ def _plan(model: Model, req: CompareRequest) -> ComparePlan:
     info.check_channels(chans)
     if not req.methods:
         raise UsageError("give at least one method to compare")
-    presets = {n: get_preset(n).with_(steps=req.steps) for n in req.methods}
+    presets = {n: get_preset(n).with_(steps=req.steps).for_model(model) for n in req.methods}
     record = {
         "model": model.describe(),
         "layer": info.name,
         "channels": chans,
-        "methods": {n: s.for_model(model).as_dict() for n, s in presets.items()},
+        "methods": {n: s.as_dict() for n, s in presets.items()},
         "seed": req.seed,
     }
     return ComparePlan(model, info, chans, presets, req.seed, record)
@@ -99,7 +99,7 @@ def _compute(ctx: RunContext, p: ComparePlan) -> Comparison:
                 "layer": info.name,
                 "channels": chans,
                 "method": n,
-                "render": st.for_model(model).as_dict(),
+                "render": st.as_dict(),
                 "seed": seed,
                 "batch": None,
                 "diversity": 0,

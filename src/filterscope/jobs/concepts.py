@@ -369,7 +369,9 @@ def _plan(model: Model, req: ConceptsRequest) -> ConceptsPlan:
     check_class(model, req.target_class)
     ray_settings = _check_backend(model, req.backend, req.address, req.workers, req.threads)
     render = not req.no_render
-    render_settings = get_preset(req.render_method or DEFAULT_METHOD).with_(steps=req.render_steps) if render else None
+    render_settings = None
+    if render:
+        render_settings = get_preset(req.render_method or DEFAULT_METHOD).with_(steps=req.render_steps).for_model(model)
     src = _source(images)
     n_crops = (PHOTO_CROPS if src.kind == "photo" else FOLDER_CROPS) if crops is None else int(crops)
     if src.kind == "folder" and src.readable < n_concepts:
@@ -393,7 +395,7 @@ def _plan(model: Model, req: ConceptsRequest) -> ConceptsPlan:
         "rank": req.rank,
         "basis": req.basis,
         "dictionary": str(req.dictionary) if req.dictionary else None,
-        "render": render_settings.for_model(model).as_dict() if render_settings else None,
+        "render": render_settings.as_dict() if render_settings else None,
         "render_method": render_settings.label if render_settings is not None else None,
         "compare_methods": req.compare_methods,
         "backend": req.backend,
@@ -1338,7 +1340,7 @@ def render_concepts(
 
     stop = should_stop if should_stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
     cache = active_cache() if model.in_channels <= 3 else None
-    sd = settings.for_model(model).as_dict()
+    settings = settings.for_model(model)
     renderer = Renderer(model, settings)
     out: list[tuple[torch.Tensor | None, dict | None]] = [(None, None)] * len(vectors)
     for j in tqdm(range(len(vectors)), desc="concept renders", disable=not progress, unit="concept"):
@@ -1347,7 +1349,7 @@ def render_concepts(
             continue
         vec = np.asarray(vectors[j]).astype(np.float32)
         obj = direction(info.name, torch.from_numpy(vec))
-        key, fields = render_key(model, obj, sd, channel_seed(seed, j), layer=info.name)
+        key, fields = render_key(model, obj, settings, channel_seed(seed, j), layer=info.name)
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             with Image.open(io.BytesIO(hit.png)) as im:

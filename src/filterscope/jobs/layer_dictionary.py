@@ -193,7 +193,7 @@ def _plan(model: Model, req: DictionaryRequest) -> DictionaryPlan:
     if not req.no_renders and req.renders > 0:
         from ..optvis.presets import DEFAULT_METHOD, get_preset
 
-        render_settings = get_preset(req.method or DEFAULT_METHOD)
+        render_settings = get_preset(req.method or DEFAULT_METHOD).for_model(model)
     settings = {
         "model": model.describe(),
         "images": str(req.images),
@@ -207,7 +207,7 @@ def _plan(model: Model, req: DictionaryRequest) -> DictionaryPlan:
         "max_vectors": req.max_vectors,
         "holdout": f"every {HOLDOUT_EVERY}th image from {HOLDOUT_MIN} images on",
         "renders": 0 if render_settings is None else req.renders,
-        "render": render_settings.for_model(model).as_dict() if render_settings is not None else None,
+        "render": render_settings.as_dict() if render_settings is not None else None,
         "compare": req.compare,
         "backend": req.backend,
         **({"ray": ray} if ray else {}),
@@ -642,7 +642,6 @@ def _render(ctx: RunContext, p: DictionaryPlan, basis: Basis, feats: list[Featur
         (f for f in feats if f.frequency > 0), key=lambda f: (-(f.score if f.score is not None else -1), -f.frequency)
     )[: p.renders]
     cache = active_cache() if p.model.in_channels <= 3 else None
-    sd = p.render_settings.for_model(p.model).as_dict()
     renderer = None
     done = 0
     todo = []
@@ -653,7 +652,7 @@ def _render(ctx: RunContext, p: DictionaryPlan, basis: Basis, feats: list[Featur
             continue
         obj = direction(p.info.name, torch.from_numpy(basis.decoder[f.feature].astype(np.float32)))
         seed = channel_seed(p.seed, f.feature)
-        key, fields = render_key(p.model, obj, sd, seed, layer=p.info.name)
+        key, fields = render_key(p.model, obj, p.render_settings, seed, layer=p.info.name)
         hit = cache.get(key) if cache is not None else None
         if hit is not None:
             ctx.run.write(rel, hit.png)

@@ -97,8 +97,8 @@ def render_stream(
     keys: dict[int, tuple[str, dict]] = {}
     todo = list(channels)
     if cache is not None:
-        settings_dict = settings.for_model(model).as_dict()
-        keys = {c: render_key(model, objective_of(c), settings_dict, seed, layer=layer.name) for c in channels}
+        settings = settings.for_model(model)
+        keys = {c: render_key(model, objective_of(c), settings, seed, layer=layer.name) for c in channels}
     renderer = Renderer(model, settings)
     b = batch or (auto_batch(model, settings, layer) if todo else 1)
     pos = 0

@@ -234,7 +234,7 @@ def _render_key(ex: Explorer, d: LayerDictionary, layer: str, j: int) -> tuple[s
     method = DEFAULT_METHOD
     seed = channel_seed(int(st.get("seed", DICT_SEED)), j)
     obj = direction(layer, torch.from_numpy(dec[j]))
-    key = render_key(ex.model, obj, get_preset(method).for_model(ex.model).as_dict(), seed, layer=layer)[0]
+    key = render_key(ex.model, obj, get_preset(method), seed, layer=layer)[0]
     return key, dec[j].tolist(), method, seed
 
 

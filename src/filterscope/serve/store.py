@@ -240,11 +240,11 @@ def concept_render_keys(model, layer: str, bank, method: str, seed: int) -> list
     from ..optvis.presets import get_preset
     from ..optvis.render import channel_seed
 
-    sd = get_preset(method).for_model(model).as_dict()
+    settings = get_preset(method).for_model(model)
     keys = []
     for j, vec in enumerate(bank):
         obj = direction(layer, torch.as_tensor(np.asarray(vec, dtype=np.float32)))
-        keys.append(render_key(model, obj, sd, channel_seed(seed, j), layer=layer)[0])
+        keys.append(render_key(model, obj, settings, channel_seed(seed, j), layer=layer)[0])
     return keys
 
 

@@ -554,7 +554,7 @@ def run_feature_render(job: str, layer: str, vector: list, method: str, seed: in
     settings = get_preset(method)
     info = get_layer(_MODEL, layer)
     obj = direction(info.name, torch.as_tensor(np.asarray(vector, dtype=np.float32)))
-    key, fields = render_key(_MODEL, obj, settings.for_model(_MODEL).as_dict(), seed, layer=info.name)
+    key, fields = render_key(_MODEL, obj, settings, seed, layer=info.name)
     cache = active_cache()
     if cache.has(key):
         return "ok"
