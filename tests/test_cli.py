@@ -374,3 +374,41 @@ def test_sigint_keeps_finished_channels_and_resume_matches_uninterrupted(tmp_pat
     for r in (a, b):
         r.pop("timings"), r.pop("argv")
     assert a == b
+
+
+def test_cli_spec_is_current():
+    """The shipped command-line spec (``cli_spec.json``) matches every job's request: rerun
+    ``python scripts/cli_spec.py`` after changing a request (in a fresh process: no test's registrations)."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, str(root / "scripts" / "cli_spec.py"), "--check"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["render", "--help"],
+        ["concepts", "--bogus"],
+        ["render", "--method", "nope"],
+        ["dictionary", "--features", "0"],
+        ["nope"],
+    ],
+)
+def test_help_and_usage_errors_do_not_load_torch(argv):
+    """``filterscope --help``, a job's ``--help`` and a usage error answer from the shipped spec: neither
+    the job's module nor torch is imported (what made them take seconds)."""
+    code = (
+        "import sys; from filterscope.cli import main; rc = main(sys.argv[1:]); "
+        "print('LOADED', sorted(m for m in ('torch', 'filterscope.jobs.channels', 'filterscope.jobs.concepts') "
+        "if m in sys.modules), rc)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("LOADED [] "), last
+    rc = int(last.split()[-1])
+    assert rc == (0 if argv[-1] == "--help" else 2)
+    if rc == 2:
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr

@@ -189,3 +189,18 @@ def test_no_formula_of_a_label_with_itself():
     acts = np.zeros((9, 2))
     acts[:, 1] = [lab == "c0" for lab in labels]
     assert name_units(acts, labels) == [None, None]
+
+
+def test_a_faint_echo_does_not_join_a_union():
+    """A unit firing on ``red`` and, consistently but at a tenth of that, on ``stripes`` is named ``red``; at
+    three quarters it is ``red OR stripes`` (ranks alone cannot tell the two apart)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(["red", "stripes", "blue", "green", "grey"], 12)
+    base = np.abs(rng.normal(0, 0.01, size=(len(labels), 2)))
+    acts = base.copy()
+    acts[labels == "red"] += 2.7 + rng.normal(0, 0.1, size=(12, 2))
+    acts[labels == "stripes", 0] += 0.25
+    acts[labels == "stripes", 1] += 2.0
+    names = name_units(acts, list(labels))
+    assert names[0]["name"] == "red"
+    assert names[1]["name"] == "red OR stripes"

@@ -68,8 +68,9 @@ JOBS: dict[str, tuple[str, str]] = {
 
 
 class JobGroup(click.Group):
-    """The command group: its own commands, and the jobs of :data:`JOBS`, whose modules are imported only
-    when one of them runs (or shows its help), so ``filterscope --help`` does not load torch."""
+    """The command group: its own commands, and the jobs of :data:`JOBS`, made from their shipped specs
+    (``cli_spec.json``, :func:`~filterscope.cli_options.job_spec`), so ``filterscope --help``, a job's
+    ``--help`` and a usage error do not load torch: a job's module is imported only when it runs."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *JOBS})
@@ -78,9 +79,14 @@ class JobGroup(click.Group):
         if name in JOBS and name not in self.commands:
             import importlib
 
-            from .cli_options import job_command
+            from .cli_options import job_command, read_specs, spec_command
 
-            self.add_command(job_command(importlib.import_module(JOBS[name][0]).JOB), name)
+            spec = read_specs().get(name)
+            module = JOBS[name][0]
+            if spec is not None:  # the shipped spec: the job's module (and torch) loads only when it runs
+                self.add_command(spec_command(spec, lambda: importlib.import_module(module).JOB), name)
+            else:
+                self.add_command(job_command(importlib.import_module(module).JOB), name)
         return super().get_command(ctx, name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

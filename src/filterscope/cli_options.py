@@ -7,6 +7,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -89,15 +90,41 @@ class RegistryChoice(click.ParamType):
     """A name from one of filterscope's registries, read when needed (plugins included, no import cost
     at start-up); the help text lists the names."""
 
-    def __init__(self, what: str, names: Callable[[], Iterable[str]]):
+    def __init__(
+        self,
+        what: str,
+        names: Callable[[], Iterable[str]],
+        known: Iterable[str] | None = None,
+        group: str | None = None,
+    ):
         self.name = what
         self.names = names
+        self.known = None if known is None else list(known)
+        self.group = group  # the entry-point group of its plugins, if it has one
+
+    def shown(self, known: Iterable[str] | None) -> RegistryChoice:
+        """This choice with ``known`` names (a job spec's built-in ones): the help lists them and the plugins'
+        entry points, and the name is checked against those without loading the registry (and torch);
+        where the registry is loaded already (names registered in code, in this process), against it."""
+        return RegistryChoice(self.name, self.names, known, self.group)
+
+    def _listed(self) -> list[str]:
+        """The names without loading the registry: the known ones and the plugins' entry points (what a
+        command line process can register before it parses its options)."""
+        names = list(self.known or ())
+        if self.group is not None:
+            from importlib.metadata import entry_points
+
+            names += [ep.name for ep in entry_points(group=self.group) if ep.name not in names]
+        return names
 
     def get_metavar(self, param, ctx=None) -> str:
-        return "[" + "|".join(self.names()) + "]"
+        return "[" + "|".join(self.names() if self.known is None else self._listed()) + "]"
 
     def convert(self, value, param, ctx):
-        names = list(self.names())
+        names = self._listed() if self.known is not None else []
+        if value not in names and (self.known is None or "filterscope.optvis" in sys.modules):
+            names = list(self.names())  # the registry itself: loaded already (names registered in code), or asked
         if value not in names:
             hint = closest(value, names)
             self.fail(
@@ -159,7 +186,7 @@ class NameList(click.ParamType):
 
 REGISTRIES = {
     "method": METHOD,
-    "param": RegistryChoice("param", _params),
+    "param": RegistryChoice("param", _params, group="filterscope.params"),
     "transforms": RegistryChoice("transforms", _transforms),
     "optimizer": RegistryChoice("optimizer", _optimizers),
     "precision": RegistryChoice("precision", _precisions),
@@ -303,44 +330,94 @@ def emit(as_json: bool, quiet: bool, payload: dict, lines: list[str]) -> None:
 # ---------------------------------------------------------------- a job's command, made from its request
 
 
-def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
-    """The click option (or argument) of one field of a job's request."""
-    meta = dict(f.metadata)
-    if f.default is not dataclasses.MISSING:
-        default = f.default
-    else:
-        default = None if f.default_factory is dataclasses.MISSING else f.default_factory()
-    default = meta.get("cli_default", default)
-    name = f.name
+def _kind(hint: Any) -> str:
+    """``bool``, ``int``, ``float`` or ``other``: what a field's type says about its option."""
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    return {bool: "bool", int: "int", float: "float"}.get(base, "other")
+
+
+def _jsonable(x: Any) -> Any:
+    return json.loads(json.dumps(x))
+
+
+def job_spec(job: Any) -> dict:
+    """What the command line needs of a :class:`~filterscope.jobs.contract.Job` before it runs, as JSON: its
+    help, flags and request fields (name, kind, default, :func:`~filterscope.jobs.contract.opt` metadata),
+    and the built-in names of the registries its options take. :data:`SPEC_FILE` holds every job's, so
+    ``filterscope JOB --help`` and a usage error need not import the job (and torch)."""
+    hints = typing.get_type_hints(job.request)
+    fields = dataclasses.fields(job.request)
+    second = [f.name for f in fields if getattr(hints[f.name], "__name__", "") == "Model"]
+    if len(second) > 1:
+        raise TypeError(f"{job.name}: at most one second model in a request")
+    shown = [f for f in fields if f.name not in second and f.metadata.get("cli", True)]
+    specs = []
+    for f in shown:
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = None if f.default_factory is dataclasses.MISSING else f.default_factory()
+        specs.append({"name": f.name, "kind": _kind(hints[f.name]), "default": default, "meta": dict(f.metadata)})
+    used = {f["meta"].get("registry") or f["meta"].get("names") for f in specs} - {None}
+    return _jsonable(
+        {
+            "name": job.name,
+            "help": job.help,
+            "renders": job.renders,
+            "resumable": job.resumable,
+            "into_run": job.into_run,
+            "second": second,
+            "fields": specs,
+            "registries": {r: list(REGISTRIES[r].names()) for r in sorted(used)},
+        }
+    )
+
+
+SPEC_FILE = "cli_spec.json"  # every job's job_spec, beside this module (scripts/cli_spec.py writes it)
+
+
+def read_specs() -> dict[str, dict]:
+    """The jobs' specs as shipped (:data:`SPEC_FILE`); empty when the file is missing."""
+    from importlib.resources import files
+
+    try:
+        return json.loads(files("filterscope").joinpath(SPEC_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, OSError, ValueError):
+        return {}
+
+
+def _param_for(fs: dict, registries: dict[str, list[str]]) -> click.Parameter:
+    """The click option (or argument) of one field of a job's request (from its :func:`job_spec` entry)."""
+    meta, name, kind = fs["meta"], fs["name"], fs["kind"]
+    default = meta.get("cli_default", fs["default"])
     if meta.get("argument"):
         required = default is None and not meta.get("optional")
         # a required argument gets no default: click counts even default=None as given
         return click.Argument([name], required=required, **({} if required else {"default": default}))
     flag = meta.get("flag") or "--" + name.replace("_", "-")
     kw: dict[str, Any] = {"help": meta.get("help", ""), "default": default}
-    base = typing.get_args(hint)[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
-    if base is bool:
+    if kind == "bool":
         kw.update(is_flag=True, default=bool(default))
     elif meta.get("channels"):
         kw["type"] = CHANNELS
     elif meta.get("names"):
-        kw["type"] = NameList(REGISTRIES[meta["names"]])
+        kw["type"] = NameList(REGISTRIES[meta["names"]].shown(registries.get(meta["names"])))
         if isinstance(default, list):
             kw["default"] = ",".join(default)
     elif meta.get("registry"):
-        kw["type"] = REGISTRIES[meta["registry"]]
+        kw["type"] = REGISTRIES[meta["registry"]].shown(registries.get(meta["registry"]))
     elif meta.get("positive"):
         kw["type"] = PositiveNumber()
     elif meta.get("choices"):
         kw["type"] = click.Choice(list(meta["choices"]))
-    elif base is int:
+    elif kind == "int":
         kw["type"] = click.IntRange(min=meta.get("min"), max=meta.get("max")) if "min" in meta else int
-    elif base is float:
+    elif kind == "float":
         kw["type"] = click.FloatRange(min=meta["min"]) if "min" in meta else float
     if meta.get("required"):
         kw["required"] = True  # the API's default is not the command line's; no default at all (click 8.3+)
         del kw["default"]
-    elif default is not None and base is not bool:
+    elif default is not None and kind != "bool":
         kw["show_default"] = True
     if meta.get("metavar"):
         kw["metavar"] = meta["metavar"]
@@ -348,37 +425,45 @@ def _param_for(f: dataclasses.Field, hint: Any) -> click.Parameter:
 
 
 def job_command(job: Any) -> click.Command:
-    """The command of a :class:`~filterscope.jobs.contract.Job`: its request's fields as options, the model
-    options (``-b`` twins for a field typed ``Model``), ``--out``, ``--resume`` when it resumes, ``--quiet``,
-    ``--json`` and the render cache's options when it renders; it runs the job with
-    :func:`~filterscope.jobs.contract.run_job` and prints the job's summary (or the record with ``--json``)."""
-    hints = typing.get_type_hints(job.request)
-    fields = dataclasses.fields(job.request)
-    second = [f.name for f in fields if getattr(hints[f.name], "__name__", "") == "Model"]
-    shown = [f for f in fields if f.name not in second and f.metadata.get("cli", True)]
-    loaded = [f.name for f in shown if f.metadata.get("load")]
-    params: list[click.Parameter] = [_param_for(f, hints[f.name]) for f in shown]
-    params += model_option_list(recorded=job.into_run is not None)
-    if len(second) > 1:
-        raise TypeError(f"{job.name}: at most one second model in a request")
+    """The command of a :class:`~filterscope.jobs.contract.Job` (see :func:`spec_command`)."""
+    return spec_command(job_spec(job), lambda: job)
+
+
+def spec_command(spec: dict, load_job: Callable[[], Any]) -> click.Command:
+    """The command of a job from its :func:`job_spec`: its request's fields as options, the model options
+    (``-b`` twins for a field typed ``Model``), ``--out``, ``--resume`` when it resumes, ``--quiet``,
+    ``--json`` and the render cache's options when it renders. Only when it runs is the job loaded
+    (``load_job()``): it runs with :func:`~filterscope.jobs.contract.run_job` and prints the job's summary
+    (or the record with ``--json``)."""
+    name, second, into_run = spec["name"], spec["second"], spec["into_run"]
+    shown = spec["fields"]
+    loaded = [f["name"] for f in shown if f["meta"].get("load")]
+    api_default = [f["name"] for f in shown if "cli_default" not in f["meta"]]
+    params: list[click.Parameter] = [_param_for(f, spec["registries"]) for f in shown]
+    params += model_option_list(recorded=into_run is not None)
     if second:
         params += model_option_list("-b", of="The second model: ")
-    if job.into_run is None:
-        params.append(
-            click.Option(["--out"], default=None, help=f"Output directory [default: {default_out(job.name)}].")
-        )
-    if job.resumable:
+    if into_run is None:
+        params.append(click.Option(["--out"], default=None, help=f"Output directory [default: {default_out(name)}]."))
+    if spec["resumable"]:
         params.append(click.Option(["--resume"], is_flag=True, help="Finish an interrupted run in --out."))
     params += [
         click.Option(["--quiet", "-q"], is_flag=True, help="No progress bars or messages."),
         click.Option(["--json", "as_json"], is_flag=True, help="Print a machine-readable summary on stdout."),
     ]
-    if job.renders:
+    if spec["renders"]:
         params += cache_option_list()
 
     def callback(**kw: Any) -> None:
+        from click.core import ParameterSource
+
         from .jobs.contract import read_run, recorded_model, run_job
 
+        job = load_job()
+        ctx = click.get_current_context()
+        for n in api_default:  # an option left out takes the request's own default (as the Python API does)
+            if ctx.get_parameter_source(n) in (ParameterSource.DEFAULT, None):
+                kw.pop(n, None)
         out, quiet, as_json, resume = kw.pop("out", None), kw.pop("quiet"), kw.pop("as_json"), kw.pop("resume", False)
         if job.renders:
             _configure_cache(kw.pop("cache_dir"), kw.pop("no_cache"))
@@ -412,7 +497,8 @@ def job_command(job: Any) -> click.Command:
             record = json.loads((res.run_dir / RUN_FILE).read_text())  # as written, numbers as JSON numbers
         emit(as_json, quiet, record, job.summary(res) if job.summary else [])
 
-    return click.Command(job.name, params=params, callback=callback, help=job.help, short_help=job.help.split("\n")[0])
+    help_text = spec["help"]
+    return click.Command(name, params=params, callback=callback, help=help_text, short_help=help_text.split("\n")[0])
 
 
 MODEL_KEYS = ("model_name", "weights", "trust_checkpoint", "device", *MODEL_INPUT)

@@ -25,7 +25,9 @@ Mann–Whitney z higher by at least :data:`Z_GAIN`, one standard error (AUC alon
 unit that fires on dogs and, a little less, on cats) — *and* every term earns its place: each label's
 images alone activate the unit more (for a union; less, for a complement) than the images outside the
 formula, at p < ``alpha``; otherwise a label that happens to hold one strong image would join almost every
-name.
+name. A union's labels must also each lift the unit's mean activation at least :data:`TERM_SHARE` as much as
+its strongest label: ranks alone cannot tell "cats a little less than dogs" from a faint, consistent echo (a
+red feature that stripes nudge to a tenth of its response is "red", not "red OR stripes").
 
 The name's ``p`` is the one-sided Mann–Whitney p-value that the concept's images activate the unit more
 than the others (:func:`mannwhitney_p`: scipy's asymptotic :func:`~scipy.stats.mannwhitneyu` with the tie
@@ -94,6 +96,8 @@ from ..models.model import Model
 
 ALPHA = 0.01  # a name is shown only below this (adjusted) p-value
 Z_GAIN = 1.0  # a longer formula must raise the Mann–Whitney z by one standard error to replace a shorter
+TERM_SHARE = 0.5  # each label of a union lifts the unit's mean activation (over the images outside it) at
+# least half as much as its strongest label: "red OR stripes" is no name for a red unit that stripes nudge
 TIE = 1e-9  # where a union and a complement are the same images, the union's formula is the name
 MIS_ALPHA = 10.0  # slope of the soft 2-AFC decision on cosine-similarity differences
 MIS_LEVEL = 0.25  # the top range: at least this share of the way from the median activation to the maximum
@@ -255,9 +259,14 @@ def _terms_hold(
         outside = np.flatnonzero(~np.isin(lab, t))
         cols = units[rows]
         y = acts[np.ix_(outside, cols)]
+        lift = []
         for term in t:
             x = acts[np.ix_(np.flatnonzero(lab == term), cols)]
             ok[rows] &= mannwhitney_p(x, y, "less" if g else "greater") < alpha
+            lift.append(x.mean(0) - y.mean(0))
+        if not g:  # a union's every label draws a fair share of the activation its strongest label draws
+            lift = np.array(lift)
+            ok[rows] &= (lift >= TERM_SHARE * lift.max(0)).all(0)
     return ok
 
 
