@@ -472,6 +472,7 @@ def _compute(ctx: RunContext, p: DictionaryPlan) -> DictionaryResult | None:
     lv = layer_vectors(
         p.model, p.info, p.files, crops=p.crops, max_vectors=p.max_vectors, seed=p.seed, backend=p.backend,
         address=p.address, workers=p.workers, root=p.root, progress=ctx.show_progress, stop=ctx.stop,
+        bars=ctx.progress,  # the pass's bar is the job's: the explorer's page follows it (issue 44)
     )  # fmt: skip
     timings["layer_pass_s"] = time.perf_counter() - t0
     if ctx.stop():
