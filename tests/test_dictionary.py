@@ -238,7 +238,7 @@ def test_the_activation_pass_reports_its_batches_to_on_progress_before_training(
     batches = -(-len(CLASSES) * 12 // 8)  # 96 images, 8 a batch
     pass_steps = [(d, n) for desc, d, n in seen if desc == "activation pass"]
     assert pass_steps == [(i, batches) for i in range(batches + 1)], seen[:20]  # 0/12 as soon as it starts
-    first_epoch = next(i for i, (desc, _, _) in enumerate(seen) if desc.startswith("dictionary ("))
+    first_epoch = next(i for i, (desc, _, _) in enumerate(seen) if desc.startswith("training the dictionary ("))
     assert seen.index(("activation pass", batches, batches)) < first_epoch
     assert seen[0] == ("activation pass", 0, batches)  # nothing else reports before the pass
 

@@ -279,7 +279,7 @@ def test_dictionary_job_runs_once_in_a_worker_with_progress_and_is_cached(client
 def test_the_page_follows_the_activation_pass_before_training(images, tmp_path):
     """Issue 44: while the layer's activation pass runs (here a net slowed to 0.4 s a batch, 2 batches), the job's
     status reports the pass (``[done, total, "activation pass"]``), before the first training epoch; the page's
-    script prints it (live.js: ``running · activation pass 1/2 · 3.1 s``)."""
+    script prints it (live.js: ``running · activation pass 1/2 · 3.1 s``, then ``training the dictionary …``)."""
     import time
 
     from planted_dictionary import planted_model
@@ -311,8 +311,8 @@ def test_the_page_follows_the_activation_pass_before_training(images, tmp_path):
     descs = [p[2] for p in seen]
     assert "activation pass" in descs, seen
     at = descs.index("activation pass")
-    assert all(not d.startswith("dictionary (") for d in descs[:at]), seen  # the pass comes before training
-    assert any(d.startswith("dictionary (") for d in descs[at:]), seen  # then the epochs
+    training = [d.startswith("training the dictionary (") for d in descs]
+    assert not any(training[:at]) and any(training[at:]), seen  # the pass first, then the epochs
     assert {tuple(p[1:]) for p in seen if p[2] == "activation pass"} == {(2, "activation pass")}  # 16 images, 8 a batch
     assert all(0 <= p[0] <= 2 for p in seen if p[2] == "activation pass")
 

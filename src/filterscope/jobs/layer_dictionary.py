@@ -235,7 +235,7 @@ def _fit(p: DictionaryPlan, kind: str, train: np.ndarray, features: int, seed: i
     from .sae import SAEConfig, fit_sae
 
     cfg = SAEConfig(features=features, k=p.k, epochs=p.epochs or default_epochs(len(train)), seed=seed)
-    bar = ctx.progress(cfg.epochs, f"dictionary (seed {seed})", unit="epoch") if ctx is not None else None
+    bar = ctx.progress(cfg.epochs, f"training the dictionary (seed {seed})", unit="epoch") if ctx is not None else None
     last = [0]
 
     def tick(e: int) -> None:
