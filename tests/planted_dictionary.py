@@ -11,6 +11,7 @@ patterns (``stripes_000`` … ``yellow``), each with position jitter and pixel n
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,19 @@ class PlantedNet(nn.Module):
         return self.fc(self.pool(self.mix(self.detect(self.conv(x)))).flatten(1))
 
 
+class SlowPlantedNet(PlantedNet):
+    """The planted net taking ``delay`` seconds more per batch of images: a job's passes long enough to watch."""
+
+    def __init__(self, seed: int = 0, delay: float = 0.3) -> None:
+        super().__init__(seed)
+        self.delay = delay
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            time.sleep(self.delay)
+        return super().forward(x)
+
+
 def pattern(cls: str, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     """One image of class ``cls`` (``H×W×3`` uint8): the pattern in a jittered square on grey, with noise."""
     img = np.full((size, size, 3), 0.5)
@@ -100,8 +114,10 @@ def make_folder(root: Path, per_class: int = 6, seed: int = 0, classes=CLASSES) 
     return root
 
 
-def planted_model(seed: int = 0):
-    """The planted net as a filterscope Model (32 px input, no normalisation)."""
+def planted_model(seed: int = 0, delay: float | None = None):
+    """The planted net as a filterscope Model (32 px input, no normalisation); with ``delay``, the slow one."""
     from filterscope.models import load_model
 
-    return load_model(PlantedNet(seed).eval(), name=f"planted_{seed}", input_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
+    net = PlantedNet(seed) if delay is None else SlowPlantedNet(seed, delay)
+    name = f"planted_{seed}" if delay is None else f"planted_slow_{seed}"
+    return load_model(net.eval(), name=name, input_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)

@@ -223,6 +223,27 @@ def test_concepts_from_the_dictionary_sit_on_the_mark(tmp_path, model_free_score
     assert not bad.exists()
 
 
+def test_the_activation_pass_reports_its_batches_to_on_progress_before_training(tmp_path, model_free_score):
+    """The explorer's features page follows ``run_job(on_progress=...)``: the layer's activation pass is one of the
+    job's bars (a batch of 8 images a step), reported before the first training epoch."""
+    from filterscope.jobs.contract import run_job
+    from filterscope.jobs.layer_dictionary import JOB
+
+    folder = make_folder(tmp_path / "images", per_class=3)
+    seen: list[tuple[str, int, int]] = []
+    res = run_job(
+        JOB, planted_model(0), out=tmp_path / "d", images=str(folder), layer="mix", features=8, k=1, epochs=2,
+        crops=0, no_renders=True, on_progress=lambda *a: seen.append(a),
+    )  # fmt: skip
+    assert res.status == "complete"
+    batches = 3  # 24 images, 8 a batch
+    pass_steps = [(d, n) for desc, d, n in seen if desc == "activation pass"]
+    assert pass_steps == [(i, batches) for i in range(batches + 1)], seen[:20]  # 0/3 as soon as it starts
+    first_epoch = next(i for i, (desc, _, _) in enumerate(seen) if desc.startswith("training the dictionary ("))
+    assert seen.index(("activation pass", batches, batches)) < first_epoch
+    assert seen[0] == ("activation pass", 0, batches)  # nothing else reports before the pass
+
+
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, planted):
     empty = tmp_path / "empty"
     empty.mkdir()

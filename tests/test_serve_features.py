@@ -276,6 +276,48 @@ def test_dictionary_job_runs_once_in_a_worker_with_progress_and_is_cached(client
 
 
 @pytest.mark.slow
+def test_the_page_follows_the_activation_pass_before_training(images, tmp_path):
+    """Issue 44: while the layer's activation pass runs (here a net slowed to 0.4 s a batch, 2 batches), the job's
+    status reports the pass (``[done, total, "activation pass"]``), before the first training epoch; the page's
+    script prints it (live.js: ``running · activation pass 1/2 · 3.1 s``, then ``training the dictionary …``)."""
+    import time
+
+    from planted_dictionary import planted_model
+
+    from filterscope.serve.app import Explorer
+
+    model = planted_model(0, delay=0.4)
+    model.categories = list(CLASSES)
+    opts = {"epochs": 2, "no_renders": True, "crops": 0, "features": 8}
+    e = Explorer(model, RenderCache(tmp_path / "cache"), workers=1, bundled=False, images=images,
+                 dictionary_options=opts)  # fmt: skip
+    api = f"/api/features/{model.name}/{LAYER}"
+    seen: list = []
+    try:
+        with _client(e) as c:
+            assert c.post(api).json()["state"] in ("queued", "running")
+            t = time.monotonic()
+            while time.monotonic() - t < 300:
+                j = c.get(api).json()  # a GET only reports
+                if j["state"] not in ("queued", "running"):
+                    break
+                if j["progress"] and (not seen or j["progress"] != seen[-1]):
+                    seen.append(j["progress"])
+                time.sleep(0.05)
+            assert j["state"] == "done", j
+            assert e.jobs.started == 1
+    finally:
+        e.jobs.close()
+    descs = [p[2] for p in seen]
+    assert "activation pass" in descs, seen
+    at = descs.index("activation pass")
+    training = [d.startswith("training the dictionary (") for d in descs]
+    assert not any(training[:at]) and any(training[at:]), seen  # the pass first, then the epochs
+    assert {tuple(p[1:]) for p in seen if p[2] == "activation pass"} == {(2, "activation pass")}  # 16 images, 8 a batch
+    assert all(0 <= p[0] <= 2 for p in seen if p[2] == "activation pass")
+
+
+@pytest.mark.slow
 def _takes_part(rec: dict, run) -> list[list[tuple[int, float]]]:
     """Per channel, the 8 live features with the largest |decoder weight| on it (from the run's npz)."""
     dec = np.load(run / "dictionary.npz")["decoder"]

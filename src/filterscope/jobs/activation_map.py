@@ -339,6 +339,7 @@ def _layer_pass(ctx: RunContext, p: MapPlan):
         root=p.root,
         progress=ctx.show_progress,
         stop=ctx.stop,
+        bars=ctx.progress,
     )
 
 

@@ -4,6 +4,8 @@
   (Fel et al. 2023 learn concepts on crops, so a concept can be a part of an object, not only a whole photo).
 - :class:`PositionSample`: a fixed-size uniform sample (reservoir, Algorithm R) of the ``C``-vectors at every
   position of every image streamed through it: memory is ``cap × C`` floats however large the folder is.
+- :func:`pass_bar`: the progress bar of an activation pass: a job's own bar (``ctx.progress``) when the pass
+  runs inside a job, so the job's ``on_progress`` (the explorer's status) follows the pass too.
 - :func:`forward_variants`: in one pass, the layer's maps, the logits when they are followed by ``m``
   variants per image (an ablation, a reconstruction), and the gradient of a class logit with respect to the
   unchanged maps; the network before the layer runs once per image when what follows the layer broadcasts
@@ -16,6 +18,7 @@ whose replacement would need the inverse of the token view).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +29,20 @@ from ..models.layers import LayerInfo
 from ..models.model import Model
 
 CROP_SIDE = (0.3, 0.6)  # a crop's side as a fraction of the input side
+
+# a progress-bar factory with RunContext.progress's signature: (total, desc, unit=..., initial=...) -> tqdm bar
+Bars = Callable[..., Any]
+
+
+def pass_bar(total: int, desc: str, progress: bool, bars: Bars | None = None, initial: int = 0):
+    """The bar of an activation pass over ``total`` batches: made by ``bars`` when given (a job passes its
+    ``ctx.progress``, whose bars reach the job's ``on_progress`` shown or not), else a tqdm bar shown only when
+    ``progress``."""
+    if bars is not None:
+        return bars(total, desc, unit="batch", initial=initial)
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not progress, unit="batch")
 
 
 def check_maps_layer(info: LayerInfo, use: str = "concepts") -> None:

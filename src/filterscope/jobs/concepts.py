@@ -59,9 +59,11 @@ from ..outputs.site import data_uri as _uri
 from ..outputs.site import figure_uri as _fig_uri
 from . import dictionary as dic
 from .activations import (
+    Bars,
     PositionSample,
     check_maps_layer,
     forward_variants,
+    pass_bar,
     positions,
     random_crops,
     to_maps,
@@ -810,19 +812,20 @@ def _collect(
     stop,
     tally: ActivationTally | None = None,
     checkpoint: Callable[[ActivationTally], None] | None = None,
+    bars: Bars | None = None,
+    desc: str = "activations",
 ):
     """The streamed activation pass on this process: the batches of :func:`activation_units` in order, into
     ``tally`` (default: a new one without provenance), from the first batch ``tally`` does not hold yet.
     ``checkpoint(tally)``: called when stopped, every :data:`CHECKPOINT_S` seconds and at the end (the tally
-    then holds whole batches only), so an interrupted pass goes on where it stopped."""
-    from tqdm import tqdm
-
+    then holds whole batches only), so an interrupted pass goes on where it stopped. ``bars``: the job's bar
+    factory (:func:`~.activations.pass_bar`), so the pass's batches reach its ``on_progress``."""
     tally = ActivationTally(max_vectors, info.channels, seed) if tally is None else tally
     units = activation_units(src, n_crops)
     memo: dict = {}
     last = time.perf_counter()
     with capture_layers(model, [info]) as cap:
-        bar = tqdm(total=len(units), initial=tally.units, desc="activations", disable=not progress, unit="batch")
+        bar = pass_bar(len(units), desc, progress, bars, initial=tally.units)
         for start in units[tally.units :]:
             tally.add(*activation_batch(model, info, src, start, n_crops, seed, cap, memo))
             bar.update()

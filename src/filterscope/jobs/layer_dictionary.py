@@ -235,7 +235,7 @@ def _fit(p: DictionaryPlan, kind: str, train: np.ndarray, features: int, seed: i
     from .sae import SAEConfig, fit_sae
 
     cfg = SAEConfig(features=features, k=p.k, epochs=p.epochs or default_epochs(len(train)), seed=seed)
-    bar = ctx.progress(cfg.epochs, f"dictionary (seed {seed})", unit="epoch") if ctx is not None else None
+    bar = ctx.progress(cfg.epochs, f"training the dictionary (seed {seed})", unit="epoch") if ctx is not None else None
     last = [0]
 
     def tick(e: int) -> None:
@@ -472,6 +472,7 @@ def _compute(ctx: RunContext, p: DictionaryPlan) -> DictionaryResult | None:
     lv = layer_vectors(
         p.model, p.info, p.files, crops=p.crops, max_vectors=p.max_vectors, seed=p.seed, backend=p.backend,
         address=p.address, workers=p.workers, root=p.root, progress=ctx.show_progress, stop=ctx.stop,
+        bars=ctx.progress,  # the pass's bar is the job's: the explorer's page follows it (issue 44)
     )  # fmt: skip
     timings["layer_pass_s"] = time.perf_counter() - t0
     if ctx.stop():

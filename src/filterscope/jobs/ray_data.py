@@ -127,13 +127,16 @@ def collect_ray(
     progress: bool = True,
     stop: Callable[[], bool] | None = None,
     shutdown: bool = False,
+    bars: Callable | None = None,
+    desc: str = "activations (ray)",
 ):
     """The activation pass of :func:`~.concepts.concepts` on Ray Data: ``batch_fn`` (the local pass's
     :func:`~.concepts.activation_batch`) run on the batches starting at ``units``, added in order to
     ``tally`` (an empty :class:`~.concepts.ActivationTally`); returns it, filled as the local pass would
     (stops early, keeping what arrived, when ``stop()``). Connects first when not connected; ``shutdown``:
-    shut Ray down at the end (a local Ray the caller started), as it does a Ray it starts itself."""
-    from tqdm import tqdm
+    shut Ray down at the end (a local Ray the caller started), as it does a Ray it starts itself. ``bars``: the
+    job's bar factory (:func:`~.activations.pass_bar`), so the pass's batches reach its ``on_progress``."""
+    from .activations import pass_bar
 
     ray = ray_data()
     stop = stop if stop is not None else (lambda: False)  # a StopRequest is falsy until signalled
@@ -143,7 +146,7 @@ def collect_ray(
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.execution_options.preserve_order, ctx.enable_progress_bars)
     level = logging.getLogger("ray.data").level
-    bar = tqdm(total=len(units), desc="activations (ray)", disable=not progress, unit="batch")
+    bar = pass_bar(len(units), desc, progress, bars)
     try:
         ctx.execution_options.preserve_order = True  # the driver also re-orders, should a batch overtake
         ctx.enable_progress_bars = False  # one bar: ours

@@ -25,6 +25,8 @@ from ..models.hooks import run
 from ..models.layers import LayerInfo, capture_layers
 from ..models.model import Model
 
+PASS = "activation pass"  # the pass's bar: what a job's progress (and the explorer's page) reads while it runs
+
 
 @dataclass
 class LayerVectors:
@@ -85,11 +87,14 @@ def layer_vectors(
     root: Path | None = None,
     progress: bool = False,
     stop: Callable[[], bool] | None = None,
+    bars: Callable | None = None,
 ) -> LayerVectors:
     """Stream ``files`` and ``crops`` random crops of each (seeded per image by ``seed``) through ``model``
     and keep a uniform sample of at most ``max_vectors`` of ``info``'s position vectors with their
     provenance. ``backend="ray"`` runs the batches on Ray Data actors (``workers`` of them, or the cluster at
-    ``address``); the result equals the local pass's. Stops early (keeping what arrived) when ``stop()``."""
+    ``address``); the result equals the local pass's. Stops early (keeping what arrived) when ``stop()``.
+    ``bars``: a job's ``ctx.progress``: the pass's bar (:data:`PASS`, one step a batch) is then one of the
+    job's, reported to its ``on_progress`` (the explorer's job status) like its other bars."""
     from .concepts import ActivationTally, _check_backend, _collect, activation_batch, activation_units
 
     src = _source(files, root)
@@ -101,10 +106,10 @@ def layer_vectors(
         settings = _check_backend(model, "ray", address, workers, threads)
         collect_ray(
             model, info, src, crops, seed, tally, activation_units(src, crops), activation_batch, settings,
-            progress, stop,
+            progress, stop, bars=bars, desc=PASS,
         )  # fmt: skip
     elif backend == "local":
-        _collect(model, info, src, crops, seed, max_vectors, progress, stop, tally)
+        _collect(model, info, src, crops, seed, max_vectors, progress, stop, tally, bars=bars, desc=PASS)
     else:
         from ..errors import UsageError
 

@@ -45,9 +45,8 @@ from .explorer import (
     HEX64,
     MAX_UPLOAD,
     Explorer,
+    cached_or_job,
     csrf,
-    job_status,
-    not_started,
     render_job,
     run_file,
     submit,
@@ -207,20 +206,16 @@ def api_explain(request: Request) -> Response:
     h = request.path_params["h"]
     path = ex.image_path(h)
     key = ex.explanation_key(layer, h)
-    if ex.maps(layer, h) is not None:
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = job_status(request, key, lambda: submit(ex, request, key, "explanation", run_explanation, str(path), layer))
-    return JSONResponse(st) if st else not_started(key)
+    start = lambda: submit(ex, request, key, "explanation", run_explanation, str(path), layer)
+    return cached_or_job(ex, request, key, ex.maps(layer, h) is not None, start)
 
 
 def api_examples(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, _ = ex.check(request)
     key = ex.examples_key(layer)
-    if store.load_json(ex.cache, key) is not None:
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = job_status(request, key, lambda: submit(ex, request, key, "examples", run_examples, layer))
-    return JSONResponse(st) if st else not_started(key)
+    start = lambda: submit(ex, request, key, "examples", run_examples, layer)
+    return cached_or_job(ex, request, key, store.load_json(ex.cache, key) is not None, start)
 
 
 def _render_args(request: Request, layer: str, model=None) -> tuple[str, int, int]:
@@ -263,24 +258,11 @@ def api_accent(request: Request) -> Response:
     c, h = ex.channel(request, info), request.path_params["h"]
     path = ex.image_path(h)
     keys = ex.accent_keys(layer, h, c)
+    hit = ex.cache.get(keys[0]) if all(ex.cache.has(k) for k in keys) else None
+    fields = {"gain": hit.record.get("gain"), "ssim": hit.record.get("ssim")} if hit is not None else None
+    start = lambda: submit(ex, request, keys[0], "accentuation", run_accent, str(path), layer, c, keys)
     urls = [f"/png/{k}.png" for k in keys]
-    if all(ex.cache.has(k) for k in keys):
-        st = ex.jobs.status(keys[0], ex.client(request))
-        rec = ex.cache.get(keys[0]).record
-        done = {"gain": rec.get("gain"), "ssim": rec.get("ssim"), "urls": urls}
-        if st is not None and st["state"] == "done":  # computed by this server just now
-            return JSONResponse({**st, "cached": False, **done})
-        return JSONResponse({"id": keys[0], "state": "done", "cached": True, **done})
-    st = job_status(
-        request,
-        keys[0],
-        lambda: submit(ex, request, keys[0], "accentuation", run_accent, str(path), layer, c, keys),
-    )
-    if st is None:
-        return not_started(keys[0])
-    if st["state"] == "done":
-        st = {**st, "cached": False, "urls": urls}
-    return JSONResponse(st)
+    return cached_or_job(ex, request, keys[0], hit is not None, start, urls=urls, fields=fields)
 
 
 def png(request: Request) -> Response:
@@ -466,13 +448,8 @@ def api_concepts(request: Request) -> Response:
     layer, _ = ex.check(request)
     k = ex.class_index(request)
     key, got, start, _ = _concepts_job(ex, request, layer, k)
-    if got is not None:
-        st = ex.jobs.status(key, ex.client(request))
-        if st is not None and st["state"] == "done":  # computed by this server just now
-            return JSONResponse({**st, "cached": False, "urls": []})
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = job_status(request, key, start, retry_errors=False)  # e.g. fewer photos than concepts: a refusal
-    return JSONResponse(st) if st else not_started(key)
+    # retry_errors off: e.g. fewer photos than concepts is a refusal
+    return cached_or_job(ex, request, key, got is not None, start, retry_errors=False)
 
 
 def api_concept_renders(request: Request) -> Response:
@@ -576,13 +553,8 @@ def _api_filter_job(request: Request, kind: str) -> Response:
     layer, info = ex.check(request)
     c = ex.channel(request, info)
     key, got, start = _filter_jobs(ex, request, layer, c, kind)
-    if got is not None:
-        st = ex.jobs.status(key, ex.client(request))
-        if st is not None and st["state"] == "done":
-            return JSONResponse({**st, "cached": False, "urls": []})
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = job_status(request, key, start, retry_errors=False)
-    return JSONResponse(st) if st else not_started(key)
+    # retry_errors off: e.g. a circuit of the first layer is a refusal
+    return cached_or_job(ex, request, key, got is not None, start, retry_errors=False)
 
 
 def api_circuit(request: Request) -> Response:
@@ -695,13 +667,8 @@ def api_diff(request: Request) -> Response:
     """The diff of the two models at a layer: done, or the job's progress; POST starts it."""
     ex: Explorer = request.app.state.explorer
     _, _, key, rec, start = _diff_job(ex, request)
-    if rec is not None:
-        st = ex.jobs.status(key, ex.client(request))
-        if st is not None and st["state"] == "done":
-            return JSONResponse({**st, "cached": False, "urls": []})
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = job_status(request, key, start, retry_errors=False)  # a layer whose maps cannot be compared: a refusal
-    return JSONResponse(st) if st else not_started(key)
+    # retry_errors off: a layer whose maps cannot be compared is a refusal
+    return cached_or_job(ex, request, key, rec is not None, start, retry_errors=False)
 
 
 def atlas_channel(request: Request) -> Response:
@@ -841,10 +808,8 @@ def api_map(request: Request) -> Response:
     layer, _ = ex.check(request)
     k = ex.class_index(request) if "k" in request.path_params else None
     key, got, _, start, _ = _map_job(ex, request, layer, k)
-    if got is not None:
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = job_status(request, key, start, retry_errors=False)  # e.g. a class no photo is predicted as: a refusal
-    return JSONResponse(st) if st else not_started(key)
+    # retry_errors off: e.g. a class no photo is predicted as is a refusal
+    return cached_or_job(ex, request, key, got is not None, start, retry_errors=False)
 
 
 def map_file(request: Request) -> Response:

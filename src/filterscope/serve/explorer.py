@@ -323,16 +323,36 @@ def run_file(ex: Explorer, folder: str, key: str, rel: str, allowed: re.Pattern,
     return Response(f.read_bytes(), media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
+def cached_or_job(
+    ex: Explorer,
+    request: Request,
+    key: str,
+    cached: bool,
+    start,
+    *,
+    urls: list[str] | tuple[str, ...] = (),
+    fields: dict[str, Any] | None = None,
+    retry_errors: bool = True,
+) -> JSONResponse:
+    """The answer of every job route (``/api/…``): a result found in the cache (``cached``) is ``done`` with its
+    ``urls`` and ``fields`` (``cached`` true when it was there before this server's job ``key`` made it, else
+    that job's status with ``cached`` false); no result: the job's status (``done`` with ``urls`` too), or
+    ``none`` until a POST starts it with ``start()`` (:func:`job_status`; ``retry_errors`` off for jobs whose
+    failure is a refusal, reported rather than restarted). One path, so every route answers alike."""
+    done = {"cached": False, **(fields or {}), "urls": list(urls)}
+    if cached:
+        st = ex.jobs.status(key, ex.client(request))
+        if st is not None and st["state"] == "done":  # made by this server just now, not read from the cache
+            return JSONResponse({**st, **done})
+        return JSONResponse({"id": key, "state": "done", **done, "cached": True})
+    st = job_status(request, key, start, retry_errors)
+    if st is None:
+        return not_started(key)
+    return JSONResponse({**st, "cached": False, "urls": list(urls)} if st["state"] == "done" else st)
+
+
 def render_job(ex: Explorer, request: Request, job: str, keys: list[str], start) -> JSONResponse:
     """Renders kept in the cache under ``keys``, made by the job ``job``: done with their URLs (``cached`` when
     they were there before this server made them), else the job's status; a POST starts it with ``start``."""
     urls = [f"/png/{k}.png" for k in keys]
-    if all(ex.cache.has(k) for k in keys):
-        st = ex.jobs.status(job, ex.client(request))
-        if st is not None and st["state"] == "done":  # rendered by this server just now, not read from the cache
-            return JSONResponse({**st, "cached": False, "urls": urls})
-        return JSONResponse({"id": job, "state": "done", "cached": True, "urls": urls})
-    st = job_status(request, job, start)
-    if st is None:
-        return not_started(job)
-    return JSONResponse({**st, "cached": False, "urls": urls} if st["state"] == "done" else st)
+    return cached_or_job(ex, request, job, all(ex.cache.has(k) for k in keys), start, urls=urls)

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from . import store
-from .explorer import HEX64, Explorer, job_status, not_started, render_job, run_file, submit
+from .explorer import HEX64, Explorer, cached_or_job, render_job, run_file, submit
 from .workers import run_dictionary, run_feature_render
 
 DICT_SEED = 0
@@ -360,13 +360,8 @@ def api_features(request: Request) -> Response:
     ex: Explorer = request.app.state.explorer
     layer, _ = ex.check(request)
     key, start = _start(ex, request, layer)
-    if layer_dictionary(ex, layer) is not None:
-        st = ex.jobs.status(key, ex.client(request))
-        if st is not None and st["state"] == "done":
-            return JSONResponse({**st, "cached": False, "urls": []})
-        return JSONResponse({"id": key, "state": "done", "cached": True, "urls": []})
-    st = job_status(request, key, start, retry_errors=False)  # e.g. too few vectors for the features: a refusal
-    return JSONResponse(st) if st else not_started(key)
+    # retry_errors off: e.g. too few vectors for the features is a refusal
+    return cached_or_job(ex, request, key, layer_dictionary(ex, layer) is not None, start, retry_errors=False)
 
 
 def api_feature_render(request: Request) -> Response:
