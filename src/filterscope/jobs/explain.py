@@ -264,7 +264,8 @@ def _compute(ctx: RunContext, p: ExplainPlan) -> Explanation:
     kept = (lambda c, photo: _load_accent(run, p.info.name, c, photo)) if ctx.resume else None
     keep = (lambda a: _save_accent(run, a)) if ctx.path is not None else None  # in memory: nothing to resume
     res = _work(p, ctx.show_progress, ctx.stop, kept=kept, on_accent=keep)
-    res.timings["total_s"] = round(ctx.elapsed(), 3)  # the run's, once it writes (:func:`_write`)
+    if ctx.path is None:  # in memory (a run in a folder gets its total once it has written, :func:`_write`)
+        res.timings["total_s"] = round(ctx.elapsed(), 3)
     if res.status == "partial":
         ctx.mark_partial(len(res.filters), p.request.top, "channels")
         res.interruption = ctx.interruption
