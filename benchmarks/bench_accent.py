@@ -39,7 +39,7 @@ from common import tables
 from PIL import Image
 
 import filterscope as fs
-from filterscope.jobs.accentuate import DEFAULT_STEPS, accentuate
+from filterscope.jobs.accentuate import DEFAULT_STEPS, accentuate_image
 from filterscope.models.inputs import list_images, load_image, model_input
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def run_set(model, photos: dict[str, Image.Image], methods: list[str], examples:
         x = model_input(model, im)
         top = fs.inspect(model, x, LAYER, top=3, rank="contribution").top
         for m in methods:
-            for a in accentuate(model, x, LAYER, top, method=m, steps=DEFAULT_STEPS):
+            for a in accentuate_image(model, x, LAYER, top, method=m, steps=DEFAULT_STEPS):
                 rows[m].append(
                     {
                         "photo": name,

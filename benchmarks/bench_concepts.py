@@ -179,7 +179,7 @@ def main() -> None:
     folder = make_folder(args.images, tmp)
     rss0 = peak_rss_gb()
     main_res, wall = run(model, folder, tmp / "out_main")
-    rec = main_res.record()
+    rec = main_res.data.record()
     t = main_res.timings
     per_image = ("activation_pass_s", "evidence_pass_s", "deletion_s")  # the stages that grow with the images
     passes = sum(t.get(k, 0) for k in per_image)
@@ -222,12 +222,12 @@ def main() -> None:
         r, _ = run(model, f, tmp / f"out_{n}", render=False, compare_methods=(n == 50))
         scaling[n] = round(sum(r.timings.get(k, 0) for k in per_image), 2)
         if n == 50:
-            dd = r.record()["data"]["dictionary"]
+            dd = r.data.record()["data"]["dictionary"]
             res_json["methods_50_images"] = {
                 "nmf": {
                     "explained_variance": r.fidelity["explained_variance_sample"],
                     "fit_s": dd["fit_s"],
-                    "stability_median": r.record()["stability"]["median"],
+                    "stability_median": r.data.record()["stability"]["median"],
                 },
                 "semi-nmf": dd.get("compared"),
             }

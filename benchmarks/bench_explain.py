@@ -89,7 +89,7 @@ def accentuation(model, files, strength, steps, layer="blocks.5", top=3) -> dict
     for f in files:
         x = model_input(model, load_image(f))
         ins = fs.inspect(model, x, layer, top=top, rank="contribution")
-        for a in fs.accentuate(model, x, layer, ins.top, strength=strength, steps=steps):
+        for a in fs.accentuate(model, x, layer, ins.top, strength=strength, steps=steps).data:
             rows.append(
                 {
                     "photo": f.name,

@@ -79,7 +79,7 @@ def guide_figures(tmp: Path) -> None:
 
     model = filterscope.load_model()
     photo = filterscope.load_image(filterscope.sample_image_path())
-    rows = [Image.open(io.BytesIO(a._repr_png_())) for a in filterscope.accentuate(model, photo, "blocks.5", top)]
+    rows = [Image.open(io.BytesIO(a._repr_png_())) for a in filterscope.accentuate(model, photo, "blocks.5", top).data]
     w, h = rows[0].size
     sheet = Image.new("RGB", (w, h * len(rows) + 8 * (len(rows) - 1)), "white")
     for i, im in enumerate(rows):

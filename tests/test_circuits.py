@@ -233,7 +233,7 @@ def test_tuning_resumes_with_its_finished_pieces(lines, photos, tmp_path, monkey
     from filterscope.jobs import tuning as T
 
     opts = dict(images=photos, progress=False)
-    whole = T.run_tuning(lines, "g", [0, 2], out=tmp_path / "whole", **opts)
+    whole = T.tuning(lines, "g", [0, 2], out=tmp_path / "whole", **opts)
     assert whole.status == "complete" and not (tmp_path / "whole" / "resume").exists()
     out = tmp_path / "cut"
     from filterscope.jobs.interrupt import StopRequest
@@ -247,7 +247,7 @@ def test_tuning_resumes_with_its_finished_pieces(lines, photos, tmp_path, monkey
             stop.signum = 2
 
     monkeypatch.setattr(T.RunContext, "keep", keep)
-    cut = T.run_tuning(lines, "g", [0, 2], out=out, should_stop=stop, **opts)
+    cut = T.tuning(lines, "g", [0, 2], out=out, should_stop=stop, **opts)
     monkeypatch.undo()
     assert cut.status == "partial" and not (out / "tuning.json").exists()
     assert "2 of 6 pieces of the stimulus and photo passes finished" in cut.interruption
@@ -257,7 +257,7 @@ def test_tuning_resumes_with_its_finished_pieces(lines, photos, tmp_path, monkey
     calls = []
     real = T.responses
     monkeypatch.setattr(T, "responses", lambda *a, **k: calls.append(a[2].shape[0]) or real(*a, **k))
-    done = T.run_tuning(lines, "g", [0, 2], out=out, resume=True, **opts)
+    done = T.tuning(lines, "g", [0, 2], out=out, resume=True, **opts)
     assert done.status == "complete" and calls == [128, 128, 120]  # gratings 128-383 and the curves: kept, not redone
     assert not (out / "resume").exists()
     names = ["tuning.json", "figure_tuning.png", "report.html"]
@@ -265,7 +265,7 @@ def test_tuning_resumes_with_its_finished_pieces(lines, photos, tmp_path, monkey
     rec, ref = (json.loads((d / "run.json").read_text()) for d in (out, tmp_path / "whole"))
     assert rec["files"] == ref["files"] and rec["results"] == ref["results"] and rec["status"] == "complete"
     with pytest.raises(UsageError, match="other settings"):  # a resume with other settings is refused
-        T.run_tuning(lines, "g", [0, 2], out=out, resume=True, seed=1, **opts)
+        T.tuning(lines, "g", [0, 2], out=out, resume=True, seed=1, **opts)
 
 
 def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos, lines_tuning, tmp_path, monkeypatch):
@@ -296,7 +296,7 @@ def test_explorer_tuning_reuses_a_layers_responses_across_workers(lines, photos,
         assert rec["channel"] == c and cache.has(fig)
         assert (len(calls) > n) == (c == 0), (c, len(calls), n)  # only the first filter ran the stimuli
     assert keys == [["computed", "computed"], ["cache", "cache"], ["process", "process"]]
-    plain = lines_tuning[1].record()["channels"]["1"]  # fs.tuning with no memo
+    plain = lines_tuning[1].data.record()["channels"]["1"]  # fs.tuning with no memo
     second = store.load_json(cache, jobs[1])  # from the cache: the answer of a run without any memo
     assert all(second[k] == plain[k] for k in ("orientation", "orientation_selectivity", "frequency", "hue"))
 
@@ -521,7 +521,7 @@ def test_default_order_lists_what_carries_the_filter_first(kind, photos):
         assert c.ranking["weights_agreement"]["identity"]["spearman_effect"] < 0.5
     ab = c.ablation
     assert ab["first"] == order[:2] and ab["change_top"] > ab["change_random"] and ab["passed"]
-    rec = c.record()
+    rec = c.data.record()
     assert [i["channel"] for i in rec["inputs"]] == order and rec["ranking"]["method"] == "effect"
     assert {"layer", "channel", "weight", "attribution", "effect", "weight_gated"} <= set(rec["inputs"][0])
 

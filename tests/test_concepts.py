@@ -102,7 +102,7 @@ def test_planted_shortcut_concept_sits_on_the_mark_and_ablation_removes_it(short
     # two concepts: the grey noise (and blob) everywhere, and the mark
     res = fs.concepts(shortcut, folder, layer="act3", n_concepts=2, crops=1, render=False, out=tmp_path / "out")
     assert res.target_class == 1  # "marked": predicted most often
-    assert res.data["skipped_unreadable"] == 1
+    assert res.data.data["skipped_unreadable"] == 1
     top = res.concepts[0]
     h, w = res.maps.shape[-2:]
     hits = []
@@ -365,7 +365,9 @@ def test_concepts_resume_gives_the_files_of_an_uninterrupted_run(tiny_model, tmp
 
     out = tmp_path / "cut"
     with pytest.raises(fs.FilterscopeError, match="activation pass stopped after 1 of 3 batches.*--resume"):
-        fs.concepts(tiny_model, photos, out=out, should_stop=lambda: calls["batches"] >= 1, **opts)
+        cut = fs.concepts(tiny_model, photos, out=out, should_stop=lambda: calls["batches"] >= 1, **opts)
+        assert cut.status == "partial" and cut.data is None  # stopped before the concepts were learnt
+        cut.raise_if_partial()
     assert json.loads((out / "run.json").read_text())["status"] == "partial"
     assert (out / "resume" / "activations.npz").is_file() and not (out / "concepts.json").exists()
 
@@ -374,7 +376,7 @@ def test_concepts_resume_gives_the_files_of_an_uninterrupted_run(tiny_model, tmp
 
     calls.update(batches=0, evidence=0, renders=0)
     second = fs.concepts(tiny_model, photos, out=out, resume=True, should_stop=after_first_render, **opts)
-    assert second.status == "partial" and "1 of 3 concept renders finished" in second.job.interruption
+    assert second.status == "partial" and "1 of 3 concept renders finished" in second.interruption
     assert calls == {"batches": 2, "evidence": 1, "renders": 1}  # the first batch was kept, not redone
     assert (out / "resume" / "conv3" / "render_0000.npz").is_file()
 

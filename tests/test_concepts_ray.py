@@ -59,8 +59,8 @@ def test_ray_backend_writes_the_local_files(model, photos, tmp_path, ray_session
     remote = fs.concepts(model, photos, out=tmp_path / "ray", backend="ray", workers=2, **kw)
     print("local", local.timings, "ray", remote.timings)
     _same_files(tmp_path / "local", tmp_path / "ray")
-    assert remote.data["skipped_unreadable"] == local.data["skipped_unreadable"] == 1
-    assert remote.data["vectors_seen"] == local.data["vectors_seen"] == 12 * 3 * 7 * 7
+    assert remote.data.data["skipped_unreadable"] == local.data.data["skipped_unreadable"] == 1
+    assert remote.data.data["vectors_seen"] == local.data.data["vectors_seen"] == 12 * 3 * 7 * 7
     rec = json.loads((tmp_path / "ray" / "run.json").read_text())
     assert rec["status"] == "complete" and rec["settings"]["backend"] == "ray"
     assert rec["settings"]["ray"]["workers"] == 2 and rec["settings"]["ray"]["address"] is None

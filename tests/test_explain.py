@@ -127,7 +127,7 @@ def test_accentuation_gain_and_ssim(model):
     while staying close to the photo (SSIM ≥ 0.5), and changes the photo where the filter looks."""
     x = model_input(model, load_image(sample_photos_dir() / "camera_0.jpg"))
     ins = fs.inspect(model, x, "blocks.5", top=2, rank="contribution")
-    accs = fs.accentuate(model, x, "blocks.5", ins.top, steps=16)
+    accs = fs.accentuate(model, x, "blocks.5", ins.top, steps=16).data
     assert [a.channel for a in accs] == list(ins.top)  # one accentuation per filter asked for
     for a in accs:
         assert a.activation_photo == pytest.approx(float(ins.means[a.channel]), rel=1e-4, abs=1e-4)
@@ -261,10 +261,10 @@ def test_adaptive_accentuation_stays_close_on_a_photo_outside_the_bundle(model, 
 
     ins = fs.inspect(model, china, "blocks.5", top=2, rank="contribution")
     assert 112 in ins.top
-    for a in fs.accentuate(model, china, "blocks.5", ins.top):
+    for a in fs.accentuate(model, china, "blocks.5", ins.top).data:
         assert a.method == "adaptive" and a.strength == DEFAULT_STRENGTH
         assert a.ssim >= 0.9 and a.gain >= 2.0, (a.channel, a.ssim, a.gain)
-    (old,) = fs.accentuate(model, china, "blocks.5", [112], method="fixed")
+    (old,) = fs.accentuate(model, china, "blocks.5", [112], method="fixed").data
     assert old.strength == 1000 and old.ssim < 0.9
 
 

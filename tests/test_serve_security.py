@@ -418,7 +418,7 @@ def test_every_channel_count_goes_through_the_one_image_writer(bands, digits):
     result, maps = compute.explanation(model, photo, layer, top=3)
     where = Image.open(io.BytesIO(compute.where_it_fires(photo, model, maps[0], 48)))
     assert where.mode == "RGB" and where.size == (48, 48)
-    (acc,) = accentuate(model, photo, layer, [0], steps=3)
+    (acc,) = accentuate(model, photo, layer, [0], steps=3).data
     pic = Image.open(io.BytesIO(png_bytes(acc.image)))
     assert pic.mode == want and pic.size == (model.input_size,) * 2
     assert Image.open(io.BytesIO(png_bytes(acc.change_rgb()))).mode == "RGB"

@@ -38,7 +38,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..errors import RenderError, UsageError
 from ..models.hooks import run
-from ..models.inputs import load_image, model_input, sample_image_path
+from ..models.inputs import load_image, model_input
 from ..models.layers import LayerInfo, capture_layers, list_layers, network_layer
 from ..models.model import Model
 from ..models.relu import final_relus
@@ -46,8 +46,9 @@ from ..optvis.objectives import Objective, channel, closeness
 from ..optvis.render import Renderer, RenderSettings, channel_seed
 from ..outputs.images import png_bytes
 from ..outputs.naming import accent_change_file, accent_file
-from .contract import Job, JobResult, RunContext, opt
+from .contract import Job, JobResult, RunContext, opt, run_job
 from .evaluate import layer_means
+from .inspect import given_image
 from .similarity import ssim, ssim_batch
 
 DEFAULT_STRENGTH = 5.0  # ``adaptive``: weight of 1 − SSIM against the gradient-normalised objective
@@ -174,6 +175,32 @@ def check_method(method: str) -> str:
 
 def accentuate(
     model: Model,
+    image: str | Path | Image.Image | torch.Tensor | None = None,
+    layer: str = "default",
+    channels: Sequence[int] | None = (0,),
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    **options,
+) -> JobResult:
+    """Accentuate each of ``channels`` of ``layer`` (``None``: all) in ``image`` (a file, a PIL image or the
+    model's input tensor; default: the bundled cup); ``options``: ``strength``, ``steps``, ``seed``,
+    ``method`` (:class:`AccentuateRequest`, :func:`accentuate_image`).
+
+    Returns the job's :class:`~.contract.JobResult`; its ``data`` is the list of :class:`Accentuation` in
+    channel order. Without ``out`` it runs in memory and writes nothing; with ``out`` it writes
+    ``<layer>/accent_0042.png``, the change maps and ``run.json`` there (the job :data:`JOB`; ``resume``
+    keeps the channels an interrupted run of ``out`` finished)."""
+    return run_job(
+        JOB, model, out=out, in_memory=out is None, resume=resume, progress=progress, should_stop=should_stop,
+        image=image, layer=layer, channels=None if channels is None else list(channels), **options,
+    )  # fmt: skip
+
+
+def accentuate_image(
+    model: Model,
     image: Image.Image | torch.Tensor,
     layer: str = "default",
     channels: Sequence[int] = (0,),
@@ -187,8 +214,9 @@ def accentuate(
     should_stop: Callable[[], bool] | None = None,
     on_done: Callable[[Accentuation], None] | None = None,
 ) -> list[Accentuation]:
-    """Accentuate each of ``channels`` of ``layer`` in ``image`` (a PIL image, or the model's input
-    ``[3,S,S]``/``[1,3,S,S]``); ``on_done`` sees each finished one; stops after the current filter when
+    """The work of :func:`accentuate` (no run, no files; what other jobs call): accentuate each of
+    ``channels`` of ``layer`` in ``image`` (a PIL image, or the model's input ``[3,S,S]``/``[1,3,S,S]``);
+    ``on_done`` sees each finished one; stops after the current filter when
     ``should_stop()``.
 
     ``method``: ``adaptive`` (default) maximises the filter's mean activation divided by its gradient norm
@@ -265,7 +293,9 @@ def write_accentuation(run, acc: Accentuation) -> dict:
 class AccentuateRequest:
     """The arguments of ``filterscope accentuate``."""
 
-    image: str | None = opt(None, "Image file [default: the bundled photo].", argument=True, optional=True)
+    image: str | Path | Image.Image | torch.Tensor | None = opt(
+        None, "Image file [default: the bundled photo].", argument=True, optional=True
+    )
     layer: str = opt("default", "Layer.")
     channels: list[int] | None = opt([0], "e.g. 12 or 3,17,42.", channels=True, cli_default="0-2")
     strength: float | None = opt(
@@ -283,7 +313,7 @@ class AccentuateRequest:
 @dataclass
 class AccentuatePlan:
     model: Model
-    image: Image.Image
+    image: Image.Image | torch.Tensor
     info: LayerInfo
     channels: list[int]
     strength: float
@@ -292,12 +322,12 @@ class AccentuatePlan:
 
 
 def _check_image(req: AccentuateRequest) -> None:
-    if req.image:
+    if isinstance(req.image, (str, Path)) and str(req.image):
         load_image(req.image)
 
 
 def _plan(model: Model, req: AccentuateRequest) -> AccentuatePlan:
-    pil = load_image(Path(req.image) if req.image else sample_image_path())
+    pil, name = given_image(req.image)
     info = network_layer(model, req.layer, "accentuate")
     chans = list(range(info.channels)) if req.channels is None else [int(c) for c in req.channels]
     info.check_channels(chans)
@@ -311,7 +341,7 @@ def _plan(model: Model, req: AccentuateRequest) -> AccentuatePlan:
     req = replace(req, steps=steps)
     settings = {
         "model": model.describe(),
-        "image": str(req.image or "bundled:coffee.jpg"),
+        "image": name,
         "layer": info.name,
         "channels": chans,
         "method": req.method,
@@ -352,7 +382,7 @@ def _compute(ctx: RunContext, p: AccentuatePlan) -> list[Accentuation]:
     done = [c for c in p.channels if ctx.resume and ctx.run.done(key.format(c))]  # finished before: kept
     todo = [c for c in p.channels if c not in done]
     accs = (
-        accentuate(
+        accentuate_image(
             p.model,
             p.image,
             p.info.name,
@@ -369,7 +399,7 @@ def _compute(ctx: RunContext, p: AccentuatePlan) -> list[Accentuation]:
         else []
     )
     if done:
-        x = model_input(p.model, p.image)
+        x = p.image if isinstance(p.image, torch.Tensor) else model_input(p.model, p.image)
         photo = accs[0].photo if accs else (x[0] if x.dim() == 4 else x).detach().float().cpu()
         kept = {c: load_accentuation(ctx.run, ctx.run.record["results"][key.format(c)], photo) for c in done}
         new = {a.channel: a for a in accs}

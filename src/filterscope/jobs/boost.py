@@ -23,7 +23,7 @@ from ..outputs import figures
 from ..outputs.naming import channel_file, figure_file
 from .backends import render_to_dir
 from .contract import Job, JobResult, RunContext, opt, run_job
-from .inspect import Inspection, inspect, inspection_record, write_inspection
+from .inspect import Inspection, inspect_image, inspection_record, write_inspection
 from .render_options import RenderOptions
 
 
@@ -99,7 +99,7 @@ def _plan(model: Model, req: BoostRequest) -> BoostPlan:
 def _compute(ctx: RunContext, p: BoostPlan) -> Boost:
     run, info, model, settings = ctx.run, p.info, p.model, p.render
     with ctx.timed("inspect"):
-        ins = inspect(model, p.pil, info.name, top=p.top)
+        ins = inspect_image(model, p.pil, info.name, top=p.top)
         write_inspection(run, ins)
         run.record["inspection"] = inspection_record(ins)
     with ctx.timed("render"):

@@ -820,16 +820,16 @@ def circuit(
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
     **options,
-) -> Circuit:
+) -> JobResult:
     """The channels of ``from_layer`` (default: the layer that feeds ``layer``) that build ``channel`` of
     ``layer``: expanded weights, attribution over ``images`` (default: the bundled photos), ablation, and the
-    top ``top`` inputs' renders (``options``: the fields of :class:`CircuitRequest`). With ``out``, also
-    writes ``circuit.json``, ``circuit_weights.npz``, ``figure_circuit.png``, ``report.html``, the renders
-    and ``run.json`` there (the job :data:`JOB`)."""
+    top ``top`` inputs' renders (``options``: the fields of :class:`CircuitRequest`).
+
+    Returns the job's :class:`~.contract.JobResult`; its ``data`` is the :class:`Circuit`. Without ``out`` it
+    runs in memory and writes nothing; with ``out`` it writes ``circuit.json``, ``circuit_weights.npz``,
+    ``figure_circuit.png``, ``report.html``, the renders and ``run.json`` there (the job :data:`JOB`)."""
     req = JOB.make_request(layer=layer, channel=channel, no_renders=not renders, **options)
-    if out is not None:
-        return run_job(JOB, model, req, out=out, progress=progress, should_stop=should_stop).data
-    return compute_circuit(_plan(model, req), progress, should_stop)
+    return run_job(JOB, model, req, out=out, in_memory=out is None, progress=progress, should_stop=should_stop)
 
 
 def _label(images) -> str:

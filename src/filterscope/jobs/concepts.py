@@ -168,18 +168,12 @@ class Concepts:
     run_dir: Path | None = None
     status: str = "complete"
     timings: dict = field(default_factory=dict)
-    job: JobResult | None = None  # the run's JobResult when written to a folder
     names: dict = field(default_factory=dict)  # where names' labels came from, the score's method (names.py)
 
     @property
     def warning(self) -> str | None:
         """Set when too few images are of the class for its concepts to be about it (issue 44)."""
         return self.data.get("class_support", {}).get("warning")
-
-    def raise_if_partial(self) -> None:
-        """Raise :class:`~filterscope.errors.Interrupted` (exit 130) when the run stopped before the end."""
-        if self.job is not None:
-            self.job.raise_if_partial()
 
     def record(self) -> dict:
         return {
@@ -499,6 +493,10 @@ def _compute(ctx: RunContext, p: ConceptsPlan) -> Concepts | None:
         ctx.mark_partial(0, p.n_concepts, f"concepts ({e})")
         return None
     res.run_dir = ctx.path
+    done = sum(c.render is not None for c in res.concepts)
+    if res.settings.get("render") is not None and done < len(res.concepts):
+        ctx.mark_partial(done, len(res.concepts), "concept renders")
+        res.status = "partial"
     return res
 
 
@@ -509,10 +507,6 @@ def _write(ctx: RunContext, res: Concepts | None) -> None:
     res.timings = {k: round(v, 3) for k, v in res.timings.items() if k != "total_s"}
     write_concepts(ctx, res)
     res.timings["write_s"] = round(time.perf_counter() - t, 3)
-    done = sum(c.render is not None for c in res.concepts)
-    if res.settings.get("render") is not None and done < len(res.concepts):
-        ctx.mark_partial(done, len(res.concepts), "concept renders")
-        res.status = "partial"
     ctx.record["timings"].update(res.timings)
     res.timings = ctx.record["timings"]  # total_s is added when the run closes
 
@@ -566,35 +560,27 @@ def concepts(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     **options,
-) -> Concepts:
+) -> JobResult:
     """Learn ``n_concepts`` concepts of ``layer`` from ``images`` (a folder, or one photo whose random crops
     are the data), rank them for ``target_class`` (default: the class predicted most often) by gradient ×
     coefficient and by ablation, and show each by its top crops, its maps, its render and its votes
     (``options``: the fields of :class:`ConceptsRequest`; ``render=False`` skips the renders).
 
-    With ``out``: ``report.html``, ``figure_concepts.png``, ``concepts.json``, ``concept_maps.npz``,
-    ``concept_bank.npy``, the renders ``<layer>/concept_0003.png`` and ``run.json`` there (the job
-    :data:`JOB`; ``resume`` finishes an interrupted run of ``out``, keeping its finished pieces). Bad
-    arguments raise :class:`~filterscope.errors.UsageError` before anything is written.
+    Returns the job's :class:`~.contract.JobResult`; its ``data`` is the :class:`Concepts` (shown as the
+    report in Jupyter), or ``None`` when the run was stopped before the concepts were learnt (``partial``).
+    Without ``out`` it runs in memory and writes nothing. With ``out``: ``report.html``,
+    ``figure_concepts.png``, ``concepts.json``, ``concept_maps.npz``, ``concept_bank.npy``, the renders
+    ``<layer>/concept_0003.png`` and ``run.json`` there (the job :data:`JOB`; ``resume`` finishes an
+    interrupted run of ``out``, keeping its finished pieces). Bad arguments raise
+    :class:`~filterscope.errors.UsageError` before anything is written.
 
     ``backend="ray"`` runs the activation pass on Ray Data (a local Ray of ``workers`` CPUs, or the cluster
     at ``address``; ``workers`` actors, each loading the model once and using ``threads`` CPU threads,
     default this process's); the dictionary is learnt here, and the files equal the local backend's."""
-    from ..errors import Interrupted
-
     req = JOB.make_request(images=None if images is None else str(images), no_render=not render, **options)
-    if out is not None:
-        r = run_job(JOB, model, req, out=out, resume=resume, progress=progress, should_stop=should_stop)
-        if r.data is None:
-            raise Interrupted(r.interruption)
-        r.data.status, r.data.job = r.status, r
-        return r.data
-    if resume:
-        raise UsageError("resume needs out: the run folder to finish")
-    try:
-        return _learn(_plan(model, req), progress, should_stop if should_stop is not None else (lambda: False))
-    except _Stopped as e:
-        raise Interrupted(f"interrupted: {e}; nothing was written") from None
+    return run_job(
+        JOB, model, req, out=out, in_memory=out is None, resume=resume, progress=progress, should_stop=should_stop
+    )
 
 
 def _check_backend(model, backend: str, address: str | None, workers: int, threads: int | None) -> dict | None:

@@ -15,6 +15,23 @@ On leaving the block the record gets ``timings.total_s`` and its status (``compl
 exception after files were written marks it ``failed`` with the one-line error (before any, nothing is
 written), and the folder's lock is always released. The CLI turns a
 ``partial`` result into exit 130 (:meth:`JobResult.raise_if_partial`).
+
+Every job is declared once as a :class:`Job` and run by :func:`run_job`; the job's function in the API
+(``fs.inspect``, ``fs.tuning``, …: one name per job) calls it and returns its :class:`JobResult`, whose
+``data`` is the job's own object (an ``Inspection``, a ``Tuning``, …).
+
+**In memory** (``run_job(job, model, ..., in_memory=True)``, what ``fs.inspect(model, image)`` and the other
+notebook jobs do when given no ``out``): the same validate → compute steps on a :class:`RunContext` whose run
+is a :class:`~filterscope.outputs.rundir.MemoryRun`: no folder, nothing written to disk, and the ``write``
+step (the job's JSON, figures and report) is skipped. The result has ``run_dir=None`` and a record of the
+same shape (``command``, ``settings``, ``status``, ``results``, ``timings``). Nothing is kept for
+``--resume`` (there is no folder to resume), and without ``should_stop`` the run never asks to stop: Ctrl-C
+raises ``KeyboardInterrupt`` as in any Python call.
+
+**Attributes of the data**: a :class:`JobResult` forwards an attribute it does not have itself to its
+``data``, so ``fs.inspect(model, image).means`` is ``.data.means``. Its own fields win: ``run_dir``,
+``status``, ``record`` (the ``run.json`` dict; a job object's ``record()`` method is ``.data.record()``),
+``data`` and ``interruption``.
 """
 
 from __future__ import annotations
@@ -29,15 +46,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FilterscopeError, Interrupted, UsageError, closest
-from ..outputs.rundir import AddedRun, RunDir, read_run
+from ..outputs.rundir import AddedRun, MemoryRun, RunDir, read_run
 from .interrupt import graceful_stop
 
 
 @dataclass
 class JobResult:
-    """What every job returns: where it wrote, how it ended, its ``run.json`` record and its own result."""
+    """What every job returns: where it wrote (``None`` for a run in memory), how it ended, its ``run.json``
+    record and its own result ``data``. Other attributes are the data's (see the module docstring)."""
 
-    run_dir: Path
+    run_dir: Path | None
     status: str  # complete | partial
     record: dict
     data: Any = None
@@ -46,7 +64,21 @@ class JobResult:
     def raise_if_partial(self) -> None:
         """Raise :class:`Interrupted` (exit 130 from the CLI) when the run was stopped before the end."""
         if self.status == "partial":
-            raise Interrupted(self.interruption or f"interrupted: partial results kept in {self.run_dir}")
+            where = f"partial results kept in {self.run_dir}" if self.run_dir is not None else "nothing was written"
+            raise Interrupted(self.interruption or f"interrupted: {where}")
+
+    def __getattr__(self, name: str) -> Any:
+        """The data's attribute ``name`` (``result.means`` is ``result.data.means``): called only for names
+        the result itself does not have."""
+        if name.startswith("__") or "data" not in self.__dict__:  # copy/pickle probes, a half-built object
+            raise AttributeError(name)
+        data = self.__dict__["data"]
+        try:
+            return getattr(data, name)
+        except AttributeError:
+            kind = type(data).__name__
+            why = f"nor has its data ({kind})" if data is not None else f"and the {self.status} run has no data"
+            raise AttributeError(f"JobResult has no attribute {name!r}, {why}") from None
 
 
 class RunContext:
@@ -70,7 +102,8 @@ class RunContext:
         self.on_progress: Callable[[str, int, int], None] | None = None
 
     @property
-    def path(self) -> Path:
+    def path(self) -> Path | None:
+        """The run folder; ``None`` for a run in memory (:class:`~filterscope.outputs.rundir.MemoryRun`)."""
         return self.run.path
 
     @property
@@ -117,6 +150,9 @@ class RunContext:
     def mark_partial(self, done: int, total: int, what: str = "items", resumable: bool = True) -> None:
         """The run was stopped with ``done`` of ``total`` finished: it ends ``partial`` with that message."""
         self.status = "partial"
+        if self.path is None:
+            self.interruption = f"interrupted: {done} of {total} {what} finished (in memory; nothing was written)"
+            return
         then = "run the same command with --resume to finish" if resumable else "rerun it to finish (it starts over)"
         self.interruption = f"interrupted: {done} of {total} {what} finished and kept in {self.path}; {then}"
 
@@ -124,7 +160,10 @@ class RunContext:
     def keep(self, name: str, arrays: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
         """Keep a finished piece of the work for ``--resume``: numpy ``arrays`` exactly and a JSON-able
         ``meta``, in ``resume/<name>.npz``, recorded as the result ``resume:<name>`` (so the record says what
-        is finished). Kept pieces are removed when the run completes (:func:`run_job`)."""
+        is finished). Kept pieces are removed when the run completes (:func:`run_job`). A run in memory keeps
+        nothing (there is no folder to resume)."""
+        if self.path is None:
+            return
         import io
         import json
 
@@ -209,6 +248,30 @@ def open_run(
         ctx.result = JobResult(run.path, ctx.status, run.record, ctx.data, ctx.interruption)
 
 
+@contextlib.contextmanager
+def memory_run(
+    command: str,
+    settings: dict[str, Any],
+    *,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> Iterator[RunContext]:
+    """:func:`open_run` without a folder: a :class:`RunContext` on a :class:`~..outputs.rundir.MemoryRun`
+    (see the module docstring); on leaving, the record gets ``timings.total_s`` and its status, and
+    ``ctx.result`` is the :class:`JobResult` with ``run_dir=None``."""
+    t0 = time.perf_counter()
+    run = MemoryRun(command, settings)
+    ctx = RunContext(run, should_stop if should_stop is not None else _never, progress)
+    yield ctx
+    run.record["timings"]["total_s"] = round(time.perf_counter() - t0, 3)
+    run.finish(ctx.status)
+    ctx.result = JobResult(None, ctx.status, run.record, ctx.data, ctx.interruption)
+
+
+def _never() -> bool:
+    return False
+
+
 # ---------------------------------------------------------------- one shape for every job
 
 
@@ -285,6 +348,7 @@ def run_job(
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    in_memory: bool = False,
     **fields: Any,
 ) -> JobResult:
     """Run ``job`` on ``model``: validate → compute → write in the run folder ``out`` (default
@@ -292,6 +356,8 @@ def run_job(
 
     The request is ``request`` or built from ``fields``. Bad input raises before anything is written.
     ``on_progress(desc, done, total)``: called on every step of the job's progress bars (shown or not).
+    ``in_memory``: validate → compute only, no folder and no files (:func:`memory_run`; ``out``, ``resume``
+    and a job ``into_run`` are refused); ``run_dir`` is ``None``.
 
     A job ``into_run`` writes into the run folder its request names (not ``out``); ``model=None`` there
     means the model that run recorded (:func:`recorded_model`). Pieces kept for ``--resume``
@@ -299,6 +365,22 @@ def run_job(
     from ..outputs.naming import default_out
 
     req = job.make_request(request, **fields)
+    if in_memory:
+        if job.into_run is not None:
+            raise UsageError(f"{job.name} adds files to a run folder: it cannot run in memory")
+        if out is not None:
+            raise UsageError(f"{job.name} in memory writes no files: it takes no out")
+        if resume:
+            raise UsageError("resume needs out: the run folder to finish")
+        if job.precheck is not None:
+            job.precheck(req)
+        plan = job.validate(model, req)
+        with memory_run(job.name, plan.settings, progress=progress, should_stop=should_stop) as ctx:
+            ctx.on_progress = on_progress
+            ctx.data = job.compute(ctx, plan)
+        if ctx.error is not None:
+            raise ctx.error
+        return ctx.result
     if resume and not job.resumable:
         raise UsageError(f"{job.name} cannot resume; rerun it")
     if job.into_run is not None:

@@ -37,11 +37,11 @@ from ..optvis.presets import DEFAULT_METHOD, get_preset
 from ..outputs.images import png_bytes
 from ..outputs.site import data_uri as _uri
 from ..outputs.site import figure_uri as _fig_uri
-from .accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, Accentuation, accentuate
+from .accentuate import DEFAULT_STEPS, DEFAULT_STRENGTH, Accentuation, accentuate_image
 from .attribution import check_class, check_rank, deletion_curve
 from .boost import check_top
 from .contract import Job, JobResult, RunContext, opt, run_job
-from .inspect import Inspection, inspect
+from .inspect import Inspection, inspect_image
 
 DELETION_KS = tuple(range(1, 17))
 N_EXAMPLES = 3
@@ -262,9 +262,13 @@ def _load_accent(run, layer: str, c: int, photo: torch.Tensor) -> Accentuation |
 def _compute(ctx: RunContext, p: ExplainPlan) -> Explanation:
     run = ctx.run
     kept = (lambda c, photo: _load_accent(run, p.info.name, c, photo)) if ctx.resume else None
-    res = _work(p, ctx.show_progress, ctx.stop, kept=kept, on_accent=lambda a: _save_accent(run, a))
+    keep = (lambda a: _save_accent(run, a)) if ctx.path is not None else None  # in memory: nothing to resume
+    res = _work(p, ctx.show_progress, ctx.stop, kept=kept, on_accent=keep)
+    if ctx.path is None:  # in memory (a run in a folder gets its total once it has written, :func:`_write`)
+        res.timings["total_s"] = round(ctx.elapsed(), 3)
     if res.status == "partial":
         ctx.mark_partial(len(res.filters), p.request.top, "channels")
+        res.interruption = ctx.interruption
     return res
 
 
@@ -323,21 +327,17 @@ def explain(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     **options,
-) -> Explanation:
-    """Explain ``image`` (default: the bundled cup; ``options``: the fields of :class:`ExplainRequest`); with
-    ``out``, write ``report.html``, ``figure_explain.png``, the accentuations and renders, and ``run.json``
-    there (the job :data:`JOB`); ``resume`` finishes an interrupted run of ``out``, keeping its finished
-    accentuations."""
-    if out is not None:
-        return run_job(
-            JOB, model, out=out, resume=resume, progress=progress, should_stop=should_stop, image=image, **options
-        ).data
-    if resume:
-        raise UsageError("resume needs out: the run folder to finish")
-    t0 = time.perf_counter()
-    res = _work(_plan(model, JOB.make_request(image=image, **options)), progress, should_stop)
-    res.timings["total_s"] = round(time.perf_counter() - t0, 3)
-    return res
+) -> JobResult:
+    """Explain ``image`` (default: the bundled cup; ``options``: the fields of :class:`ExplainRequest`).
+
+    Returns the job's :class:`~.contract.JobResult`; its ``data`` is the :class:`Explanation` (shown as the
+    report in Jupyter). Without ``out`` it runs in memory and writes nothing; with ``out`` it writes
+    ``report.html``, ``figure_explain.png``, the accentuations and renders, and ``run.json`` there (the job
+    :data:`JOB`); ``resume`` finishes an interrupted run of ``out``, keeping its finished accentuations."""
+    return run_job(
+        JOB, model, out=out, in_memory=out is None, resume=resume, progress=progress, should_stop=should_stop,
+        image=image, **options,
+    )  # fmt: skip
 
 
 def _explain(
@@ -367,7 +367,7 @@ def _explain(
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     x = model_input(model, pil)
-    ins = inspect(model, x, info.name, top=top, rank=rank, target_class=target_class)
+    ins = inspect_image(model, x, info.name, top=top, rank=rank, target_class=target_class)
     if ins.contributions is None:
         raise UsageError(f"{model.name} does not output class logits: explain needs them")
     timings["inspect_s"] = time.perf_counter() - t0
@@ -383,7 +383,7 @@ def _explain(
     done = {c: a for c, a in found.items() if a is not None}
     todo = [c for c in chans if c not in done]
     new = (
-        accentuate(
+        accentuate_image(
             model,
             x,
             info.name,

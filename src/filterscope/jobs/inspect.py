@@ -6,6 +6,7 @@ layer), the maps are taken from the spatial tensor that feeds it, and :attr:`Ins
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ..outputs.naming import figure_file
 from ..outputs.rundir import RunDir
 from ..results import InspectionData
 from .attribution import check_class, check_rank, contributions
-from .contract import Job, JobResult, RunContext, opt
+from .contract import Job, JobResult, RunContext, opt, run_job
 
 
 class Inspection(InspectionData):
@@ -44,6 +45,32 @@ class Inspection(InspectionData):
 
 def inspect(
     model: Model,
+    image: str | Path | Image.Image | torch.Tensor | None = None,
+    layer: str = "default",
+    top: int = 5,
+    *,
+    rank: str = "activation",
+    target_class: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+) -> JobResult:
+    """Inspect ``image`` (a file, a PIL image, the model's input tensor; default: the bundled cup) at
+    ``layer``: every filter's mean and max activation, the ``top`` filters by ``rank`` (``activation`` or
+    ``contribution`` to ``target_class``, default the prediction) and where they fire.
+
+    Returns the job's :class:`~.contract.JobResult`; its ``data`` is the :class:`Inspection` (and its
+    attributes are the result's: ``fs.inspect(model, photo).top``). Without ``out`` it runs in memory and
+    writes nothing; with ``out`` it writes ``activations.csv``, the bar chart, the heat maps and
+    ``run.json`` there (the job :data:`JOB`, as ``filterscope inspect``)."""
+    return run_job(
+        JOB, model, out=out, in_memory=out is None, progress=progress, should_stop=should_stop,
+        image=image, layer=layer, top=top, rank=rank, target_class=target_class,
+    )  # fmt: skip
+
+
+def inspect_image(
+    model: Model,
     image: Image.Image | torch.Tensor,
     layer: str = "default",
     top: int = 5,
@@ -51,7 +78,8 @@ def inspect(
     rank: str = "activation",
     target_class: int | None = None,
 ) -> Inspection:
-    """Run ``image`` through ``model`` and collect ``layer``'s activations with a forward hook.
+    """The work of :func:`inspect` (no run, no files; what other jobs call): run ``image`` through ``model``
+    and collect ``layer``'s activations with a forward hook.
 
     ``rank="contribution"`` orders the filters by their contribution to ``target_class`` (default: the
     predicted class), gradient × activation summed over the map (see :mod:`.attribution`); the
@@ -156,7 +184,9 @@ def inspection_record(ins: Inspection) -> dict:
 class InspectRequest:
     """The arguments of ``filterscope inspect``."""
 
-    image: str | None = opt(None, "Image file [default: the bundled photo].", argument=True, optional=True)
+    image: str | Path | Image.Image | torch.Tensor | None = opt(
+        None, "Image file [default: the bundled photo].", argument=True, optional=True
+    )
     layer: str = opt("default", "Layer.")
     top: int = opt(5, "Filters listed.", min=1)
     rank: str = opt(
@@ -170,15 +200,27 @@ class InspectRequest:
 @dataclass
 class InspectPlan:
     model: Model
-    image: Image.Image
+    image: Image.Image | torch.Tensor
     request: InspectRequest
     layer: str
     settings: dict
 
 
 def _check_image(req: InspectRequest) -> None:
-    if req.image:
+    if isinstance(req.image, (str, Path)) and str(req.image):
         load_image(req.image)
+
+
+def given_image(image: str | Path | Image.Image | torch.Tensor | None) -> tuple[Image.Image | torch.Tensor, str]:
+    """The image a job was given and its name in ``run.json``: a file (its path; default: the bundled cup), or
+    a PIL image or the model's input tensor given in Python."""
+    if isinstance(image, Image.Image):
+        return image, "<PIL image>"
+    if isinstance(image, torch.Tensor):
+        if image.dim() not in (3, 4) or (image.dim() == 4 and image.shape[0] != 1):
+            raise UsageError(f"an image tensor is [C,H,W] or [1,C,H,W], got {list(image.shape)}")
+        return image, "<tensor>"
+    return load_image(Path(image) if image else sample_image_path()), str(image or "bundled:coffee.jpg")
 
 
 def _plan(model: Model, req: InspectRequest) -> InspectPlan:
@@ -186,11 +228,11 @@ def _plan(model: Model, req: InspectRequest) -> InspectPlan:
     check_class(model, req.target_class)
     if req.top < 1:
         raise UsageError(f"--top must be at least 1, got {req.top}")
-    pil = load_image(Path(req.image) if req.image else sample_image_path())
+    pil, name = given_image(req.image)
     info = network_layer(model, req.layer, "inspect")
     settings = {
         "model": model.describe(),
-        "image": str(req.image or "bundled:coffee.jpg"),
+        "image": name,
         "image_conversion": channel_conversion(model.in_channels),
         "layer": info.name,
         "top": req.top,
@@ -202,7 +244,7 @@ def _plan(model: Model, req: InspectRequest) -> InspectPlan:
 
 def _compute(ctx: RunContext, p: InspectPlan) -> Inspection:
     r = p.request
-    return inspect(p.model, p.image, p.layer, top=r.top, rank=r.rank, target_class=r.target_class)
+    return inspect_image(p.model, p.image, p.layer, top=r.top, rank=r.rank, target_class=r.target_class)
 
 
 def _write(ctx: RunContext, ins: Inspection) -> None:

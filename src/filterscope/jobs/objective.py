@@ -42,9 +42,9 @@ def objective_for(model: Model, text: str) -> Objective:
                 raise UsageError(f"direction vector {arg} has {vec.numel()} values; {layer} has {n} channels")
             return vec
         from ..models.inputs import load_image
-        from .inspect import inspect
+        from .inspect import inspect_image
 
-        return inspect(model, load_image(arg), layer, top=1).means
+        return inspect_image(model, load_image(arg), layer, top=1).means
 
     return parse(text, resolve, vector, channels=lambda name: get_layer(model, name).channels)
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import LayerError, UsageError
+from ..errors import LayerError
 from ..models.hooks import run
 from ..models.inputs import list_images, sample_photos_dir
 from ..models.layers import LayerInfo, capture_layers, network_layer
@@ -457,27 +457,19 @@ def tuning(
     resume: bool = False,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
-) -> Tuning:
+) -> JobResult:
     """Tuning curves and descriptions of ``channels`` of ``layer`` (default: all) from synthetic stimuli;
-    ``images`` (default: the bundled photos) give the natural maximum. With ``out``, writes the run
-    (``resume``: finish an interrupted run of ``out``, keeping its finished pieces)."""
-    if out is not None:
-        return run_tuning(
-            model,
-            layer,
-            channels,
-            out=out,
-            images=images,
-            seed=seed,
-            resume=resume,
-            progress=progress,
-            should_stop=should_stop,
-        ).data
-    if resume:
-        raise UsageError("resume needs out: the run folder to finish")
-    info, chans = validate(model, layer, channels)
-    files = list_images(images or sample_photos_dir())
-    return compute_tuning(model, info, chans, files, str(images or "bundled photos"), seed, should_stop)
+    ``images`` (default: the bundled photos) give the natural maximum.
+
+    Returns the job's :class:`~.contract.JobResult`; its ``data`` is the :class:`Tuning`. Without ``out`` it
+    runs in memory and writes nothing; with ``out`` it writes ``tuning.json``, ``figure_tuning.png``,
+    ``report.html`` and ``run.json`` there (the job :data:`JOB`; ``resume``: finish an interrupted run of
+    ``out``, keeping its finished pieces)."""
+    chans = None if channels is None else list(channels)
+    req = TuningRequest(layer, chans, None if images is None else str(images), seed)
+    return run_job(
+        JOB, model, req, out=out, in_memory=out is None, resume=resume, progress=progress, should_stop=should_stop
+    )
 
 
 CHUNK = 4 * BATCH  # stimuli per piece of the stimulus pass (a whole number of batches: the same batches as one pass)
@@ -714,24 +706,6 @@ JOB = Job(
     resumable=True,
     precheck=_check_images,
 )
-
-
-def run_tuning(
-    model: Model,
-    layer: str = "default",
-    channels: Sequence[int] | None = None,
-    *,
-    out: str | Path,
-    images: str | Path | None = None,
-    seed: int = 0,
-    resume: bool = False,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-) -> JobResult:
-    """``filterscope tuning`` on the job contract: ``tuning.json``, ``figure_tuning.png``, ``report.html``,
-    ``run.json`` in ``out``."""
-    req = TuningRequest(layer, None if channels is None else list(channels), images, seed)
-    return run_job(JOB, model, req, out=out, resume=resume, progress=progress, should_stop=should_stop)
 
 
 def write_tuning(run, res: Tuning) -> None:

@@ -380,3 +380,48 @@ class AddedRun(RunDir):
     def save(self) -> None:
         self.record["results"] = dict(sorted(self.record["results"].items(), key=lambda kv: _natural(kv[0])))
         atomic_write(self.path / RUN_FILE, json_bytes(self.host))
+
+
+class MemoryRun(RunDir):
+    """A run without a folder (a job run in memory from Python, ``run_job(..., in_memory=True)``): the same
+    record as a :class:`RunDir`'s, kept in memory, and the bytes a job writes while it computes kept in
+    :attr:`files` (name → bytes); nothing touches the disk, there is no lock and nothing to resume."""
+
+    def __init__(self, command: str, settings: dict[str, Any]):
+        self.path = None  # type: ignore[assignment]
+        self.command = command
+        self._lock = None
+        self.files: dict[str, bytes] = {}
+        self.record = {
+            "command": command,
+            "status": "running",
+            "settings": json.loads(json_bytes(settings)),
+            "versions": versions(),
+            "argv": sys.argv[1:],
+            "results": {},
+            "files": [],
+            "timings": {},
+        }
+
+    def file(self, rel: str) -> Path:
+        raise OutputError(f"{self.command} ran in memory: it has no folder to read {rel} from")
+
+    def write(self, rel: str, data: bytes) -> Path:
+        self.files[rel] = bytes(data)
+        if rel not in self.record["files"]:
+            self.record["files"] = sorted(self.record["files"] + [rel])
+        return Path(rel)
+
+    def discard(self, rel: str, key: str | None = None) -> None:
+        self.files.pop(rel, None)
+        self.record["files"] = [f for f in self.record["files"] if f != rel]
+        if key is not None:
+            self.record["results"].pop(key, None)
+
+    def save(self) -> None:
+        self.record["results"] = dict(sorted(self.record["results"].items(), key=lambda kv: _natural(kv[0])))
+
+    def finish(self, status: str = "complete", **extra: Any) -> None:  # type: ignore[override]
+        self.record["status"] = status
+        self.record.update(extra)
+        self.save()

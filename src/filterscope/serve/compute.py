@@ -1,6 +1,6 @@
 """What the explorer computes, from the jobs the CLI runs: the only place the app asks *what* to compute.
 
-- :func:`explanation`: ``jobs.inspect.inspect(rank="contribution")`` (prediction, filters ranked by their
+- :func:`explanation`: ``jobs.inspect.inspect_image(rank="contribution")`` (prediction, filters ranked by their
   contribution to the predicted class and by mean activation, where they fire) and the ablation check of
   ``jobs.attribution`` (the class probability's drop with each ranking's top 8 zeroed);
 - :func:`accentuation`: ``jobs.accentuate.accentuate`` (the photo pushed to excite one filter while it stays
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from ..jobs.evaluate import layer_means
-from ..jobs.inspect import inspect
+from ..jobs.inspect import inspect_image
 from ..models.inputs import list_images, load_image, model_input, sample_photos_dir
 from ..models.layers import network_layer
 from ..models.model import Model
@@ -64,7 +64,7 @@ def explanation(model: Model, image: Image.Image, layer: str = "default", top: i
     check, and every filter's map (where it fires) as a ``[C, h, w]`` float16 array."""
     info = network_layer(model, layer, "explain")
     x = model_input(model, image).to(model.device)
-    ins = inspect(model, x, info.name, top=top, rank="contribution")
+    ins = inspect_image(model, x, info.name, top=top, rank="contribution")
     k = max(1, min(top, info.channels))
     result = {
         "layer": info.name,
@@ -84,9 +84,9 @@ def explanation(model: Model, image: Image.Image, layer: str = "default", top: i
 def accentuation(model: Model, image: Image.Image, layer: str, channel: int) -> tuple[bytes, bytes, dict]:
     """The accentuation of one filter in the photo: its PNG, the PNG of where it changed the photo, and
     its record (activation on the photo and on the accentuation, gain, SSIM)."""
-    from ..jobs.accentuate import accentuate
+    from ..jobs.accentuate import accentuate_image
 
-    (acc,) = accentuate(model, image, layer, [channel])
+    (acc,) = accentuate_image(model, image, layer, [channel])
     return png_bytes(acc.image), png_bytes(acc.change_rgb()), acc.record()
 
 

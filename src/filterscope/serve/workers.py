@@ -131,20 +131,19 @@ def run_concepts(
     """Worker: ``jobs.concepts.concepts`` over the server's photo set (``folder``: ``<sha256><suffix>`` files)
     for one class, renders off; its record, concept vectors and maps go into the cache's results (the JSON
     last), each concept's top crops into the render cache as PNGs."""
-    from ..errors import Interrupted
     from ..jobs.concepts import concepts
     from ..outputs.cache import active_cache, make_key
     from ..outputs.images import png_bytes
     from .store import store_explanation
 
     _progress(job, [0, 2])
-    try:
-        res = concepts(
-            _MODEL, folder, layer=layer, n_concepts=n_concepts, target_class=target_class, seed=seed,
-            crops=crops, render=False, progress=False, should_stop=lambda: _cancelled(job),
-        )  # fmt: skip
-    except Interrupted:
+    run = concepts(
+        _MODEL, folder, layer=layer, n_concepts=n_concepts, target_class=target_class, seed=seed,
+        crops=crops, render=False, progress=False, should_stop=lambda: _cancelled(job),
+    )  # fmt: skip
+    if run.status != "complete" or run.data is None:
         return "cancelled"
+    res = run.data
     _progress(job, [1, 2])
     cache = active_cache()
     rows = []
@@ -197,9 +196,10 @@ def run_circuit(job: str, layer: str, channel: int, folder: str) -> str:
     from .store import store_json
 
     _progress(job, [0, 1])
-    res = circuit(_MODEL, layer, channel, images=folder, renders=False, should_stop=lambda: _cancelled(job))
-    if res.status != "complete":
-        return "cancelled" if _cancelled(job) else f"circuit {res.status}"
+    run = circuit(_MODEL, layer, channel, images=folder, renders=False, should_stop=lambda: _cancelled(job))
+    if run.status != "complete":
+        return "cancelled" if _cancelled(job) else f"circuit {run.status}"
+    res = run.data
     store_json(active_cache(), job, {**res.record(), "timings": res.timings, "top": res.top})
     _progress(job, [1, 1])
     return "ok"
