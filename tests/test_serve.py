@@ -286,14 +286,11 @@ def server(explorer, tmp_path_factory):
     """The explorer on uvicorn at 127.0.0.1:<random port>, with a small atlas built through the cache."""
     import uvicorn
 
-    from filterscope.jobs.atlas import build_atlas
-    from filterscope.models.layers import get_layer
-    from filterscope.optvis.presets import get_preset
+    from filterscope.jobs.atlas import atlas as atlas_job
     from filterscope.serve.app import create_app
 
     atlas = tmp_path_factory.mktemp("atlas")
-    info = get_layer(explorer.model, "blocks.5")
-    build_atlas(explorer.model, [info], {"blocks.5": [0, 1]}, get_preset("fast"), 0, atlas, progress=False, threads=1)
+    atlas_job(explorer.model, {"blocks.5": [0, 1]}, out=atlas, method="fast", seed=0, threads=1)
     from filterscope.serve.store import import_atlas
 
     assert import_atlas(explorer.model, explorer.cache, atlas) == 2  # as `filterscope serve ATLAS_DIR` does

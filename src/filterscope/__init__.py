@@ -20,7 +20,6 @@ _WHERE = {
     "Accentuation": ".jobs.accentuate",
     "accentuate": ".jobs.accentuate",
     "atlas": ".jobs.atlas",
-    "build_atlas": ".jobs.atlas",
     "boost": ".jobs.boost",
     "ChannelRender": ".jobs.channels",
     "render": ".jobs.channels",
@@ -87,7 +86,7 @@ def __dir__() -> list[str]:
 if typing.TYPE_CHECKING:  # what type checkers and IDEs see
     from .jobs.accentuate import Accentuation, accentuate
     from .jobs.activation_map import activation_map
-    from .jobs.atlas import atlas, build_atlas
+    from .jobs.atlas import atlas
     from .jobs.boost import boost
     from .jobs.channels import ChannelRender, render, render_channels
     from .jobs.circuit import Circuit, circuit
@@ -137,7 +136,6 @@ __all__ = [
     "Renderer",
     "Target",
     "boost",
-    "build_atlas",
     "compare",
     "Concepts",
     "concepts",

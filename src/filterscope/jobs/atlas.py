@@ -12,7 +12,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +38,6 @@ EXAMPLES_FILE = "examples.json"
 NAMES_VERSION = 1  # examples.json written before channels had names and scores is recomputed
 THUMB = 96
 CROP = 128
-
-
-@dataclass
-class AtlasSummary(JobResult):
-    """:class:`~filterscope.jobs.contract.JobResult` of an atlas: channel counts and timings."""
-
-    channels: int = 0
-    rendered: int = 0
-    skipped: int = 0
-    interrupted: bool = False
-    seconds: dict = field(default_factory=dict)
 
 
 def folder_signature(files: Sequence[Path]) -> str:
@@ -391,30 +380,3 @@ def atlas(
     return run_job(
         JOB, model, out=out, resume=resume, progress=progress, should_stop=should_stop, layers=layers, **options
     )
-
-
-def build_atlas(
-    model: Model,
-    layers: Sequence[LayerInfo],
-    channels: dict[str, list[int]],
-    settings: RenderSettings,
-    seed: int,
-    out: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    should_stop: Callable[[], bool] | None = None,
-    **options,
-) -> AtlasSummary:
-    """:func:`atlas` with resolved layers, a channel list per layer and ready settings (``options``: the
-    other fields of :class:`AtlasRequest`); returns an :class:`AtlasSummary`."""
-    by_layer = {(i if isinstance(i, LayerInfo) else str(i)): channels[getattr(i, "name", i)] for i in layers}
-    r = atlas(
-        model, by_layer, out=out, resume=resume, progress=progress, should_stop=should_stop, settings=settings,
-        seed=seed, **options,
-    )  # fmt: skip
-    a = r.data
-    return AtlasSummary(
-        r.run_dir, r.status, r.record, a, r.interruption, a.channels, a.rendered, a.skipped, a.interrupted,
-        dict(r.record["timings"]),
-    )  # fmt: skip
