@@ -204,3 +204,16 @@ def test_a_faint_echo_does_not_join_a_union():
     names = name_units(acts, list(labels))
     assert names[0]["name"] == "red"
     assert names[1]["name"] == "red OR stripes"
+
+
+def test_a_complement_of_a_few_images_does_not_beat_a_strong_label():
+    """A unit that fires most on ``seven`` (25 of 80 images, overlapping the rest) and least on ``one`` (6):
+    ``NOT one`` has the higher AUC but separates far more weakly (z); the name is ``seven``."""
+    rng = np.random.default_rng(1)
+    labels = np.array(["seven"] * 25 + ["one"] * 6 + [f"c{i}" for i in range(7) for _ in range(7)])
+    acts = np.where(labels == "seven", rng.normal(3.8, 1.0, 80), rng.normal(2.0, 0.8, 80))
+    acts[labels == "one"] = rng.normal(0.3, 0.1, 6)
+    a_seven = roc_auc_score(labels == "seven", acts)
+    a_not_one = roc_auc_score(labels != "one", acts)
+    assert a_not_one > a_seven  # INVERT's AUC alone would name it "NOT one"
+    assert name_units(acts[:, None], list(labels))[0]["name"] == "seven"

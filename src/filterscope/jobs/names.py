@@ -20,8 +20,10 @@ The AUC of a union is computed from per-label rank sums (ranks are computed once
 :func:`scipy.stats.rankdata`; the AUC of a set of images is the Mann–Whitney U statistic of its rank sum
 over ``n1·n0``, which equals :func:`sklearn.metrics.roc_auc_score`, ties counted half), so the whole search
 is a few matrix products over all units at once. The beam ranks formulas of one length by AUC (INVERT's
-criterion). Between lengths, a longer formula replaces a shorter one when it separates more strongly — a
-Mann–Whitney z higher by at least :data:`Z_GAIN`, one standard error (AUC alone would keep ``dog`` for a
+criterion), except that a complement ``NOT a`` is named over the best single label only when it separates more
+strongly, as a longer formula must (excluding a few images easily reaches a high AUC). Between lengths, a
+longer formula replaces a shorter one when it separates more strongly — a Mann–Whitney z higher by at least
+:data:`Z_GAIN`, one standard error (AUC alone would keep ``dog`` for a
 unit that fires on dogs and, a little less, on cats) — *and* every term earns its place: each label's
 images alone activate the unit more (for a union; less, for a complement) than the images outside the
 formula, at p < ``alpha``; otherwise a label that happens to hold one strong image would join almost every
@@ -318,10 +320,17 @@ def name_units(
     b_n = n_of[order % n_lab]
     b_neg = order >= n_lab
     b_terms = (order % n_lab)[..., None]  # b × u × terms
-    best_auc = auc[order[0], cols]
-    best_terms = [[int(t)] for t in b_terms[0, :, 0]]
-    best_neg = b_neg[0].copy()
-    best_z = _z(best_auc, b_n[0], best_neg, n)
+    # the first name: the best label by AUC, unless the best complement separates more strongly (z higher by
+    # Z_GAIN) — "NOT a" of a small label reaches a high AUC while saying little about what the unit fires on
+    pos = np.argmax(rank_by[:n_lab], axis=0)
+    neg = n_lab + np.argmax(rank_by[n_lab:], axis=0)
+    z_pos = _z(auc[pos, cols], n_of[pos], np.zeros(u, dtype=bool), n)
+    z_neg = _z(auc[neg, cols], n_of[neg - n_lab], np.ones(u, dtype=bool), n)
+    first = np.where(z_neg >= z_pos + Z_GAIN, neg, pos)
+    best_auc = auc[first, cols]
+    best_terms = [[int(t)] for t in first % n_lab]
+    best_neg = first >= n_lab
+    best_z = np.where(best_neg, z_neg, z_pos)
     testable = np.full(u, float((_min_p(cand_n, n) < alpha).sum()))
     can_join = _min_p(n_of, n) < alpha  # a label too small to ever be significant is no term of a formula
 
