@@ -4,21 +4,18 @@ measuring or rendering a kept piece again."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 
-import numpy as np
 import pytest
+from resume_check import hashes, kept_count, spy_keeps, stop_at
 
 import filterscope as fs
 from filterscope.cli import main
 from filterscope.errors import UsageError
 from filterscope.jobs import circuit as C
-from filterscope.jobs.contract import RunContext
 
 OUTPUTS = ("circuit.json", "circuit_weights.npz", "figure_circuit.png", "report.html")
 
@@ -32,48 +29,9 @@ def photos20(tmp_path_factory):
     return d
 
 
-def hashes(folder) -> dict[str, str]:
-    """sha256 of every output file but run.json (whose timings differ from run to run): of the arrays of an
-    ``.npz`` (a zip whose entries carry the time they were written), of a report without its timings."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name not in ("run.json", ".lock"):
-            if p.suffix == ".npz":
-                with np.load(p) as z:
-                    data = b"".join(k.encode() + z[k].tobytes() for k in sorted(z.files))
-            elif p.name == "report.html":
-                data = re.sub(rb"timings: [^<]*", b"", p.read_bytes())
-            else:
-                data = p.read_bytes()
-            out[p.relative_to(folder).as_posix()] = hashlib.sha256(data).hexdigest()
-    return out
-
-
-def kept_count(out) -> int:
-    f = out / "run.json"
-    return sum(k.startswith("resume:") for k in json.loads(f.read_text())["results"]) if f.is_file() else 0
-
-
-def stop_at(out, n: int):
-    """A ``should_stop`` that fires once the run in ``out`` has kept ``n`` pieces (earlier runs' included)."""
-    return lambda: kept_count(out) >= n
-
-
-@pytest.fixture
-def keeps(monkeypatch):
-    """Every piece kept, by name, in order: a piece kept twice was computed twice."""
-    names: list[str] = []
-    keep = RunContext.keep
-
-    def spy(self, name, arrays, meta=None):
-        names.append(name)
-        return keep(self, name, arrays, meta)
-
-    monkeypatch.setattr(RunContext, "keep", spy)
-    return names
-
-
-def test_circuit_stopped_in_every_stage_resumes_to_the_same_bytes(tiny_model, photos20, tmp_path, keeps):
+@pytest.mark.slow
+def test_circuit_stopped_in_every_stage_resumes_to_the_same_bytes(tiny_model, photos20, tmp_path, monkeypatch):
+    keeps = spy_keeps(monkeypatch)
     opts = dict(layer="conv3", channel=5, images=str(photos20), top=4, seed=3)
     whole = fs.circuit(tiny_model, out=tmp_path / "whole", **opts)
     assert whole.status == "complete" and whole.ablation and whole.target_png is not None
