@@ -23,6 +23,8 @@ held-out photos by ``benchmarks/bench_circuits.py``):
 :func:`circuit` computes all of it with no files (a pure function of the model and its arguments, so a
 worker can call it); with ``out`` it runs as a job (:func:`run_circuit`) and writes ``circuit.json``,
 ``circuit_weights.npz``, ``figure_circuit.png``, ``report.html``, the input renders and ``run.json``.
+An interrupted job keeps its finished pieces (each batch of the attribution pass, each piece of the removal
+effects, the ablation check, each render) for ``--resume``, which takes them back instead of redoing them.
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ on layer A of model A and layer B of model B). From it:
 Each unit has its top exemplars in B and its match's in A (``{"image", "x", "y", "activation"}``, ``x``/``y``
 in each model's own map); the top few changed units are rendered in both models (through the render cache).
 Writes ``diff.json``, ``diff.npz`` (the correlation matrix), ``figure_diff.png``, ``report.html`` and the
-renders ``b/<layer_b>/channel_0042.png`` beside ``a/<layer>/channel_0007.png``.
+renders ``b/<layer_b>/channel_0042.png`` beside ``a/<layer>/channel_0007.png``. An interrupted run keeps
+the pass's state, the margin attribution's batches, each model's feature dictionary and each render for
+``--resume``, which goes on from there.
 """
 
 from __future__ import annotations
