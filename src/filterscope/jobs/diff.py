@@ -567,7 +567,7 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         names_b, names_a = _names(p, ps, labels)
     features = None
     if ps.paired is not None:
-        with ctx.timed("features"):
+        with ctx.timed("features"), ctx.progress(2, "diff: feature dictionaries", unit="model") as bar:
             features = feature_diff(
                 ps.paired,
                 req.features,
@@ -581,6 +581,7 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
                 device=p.model_b.device,
                 stop=ctx.stop,
                 pieces=pc,
+                on_side=bar.update,
             )
         if features is None:
             done = sum(ctx.run.done(f"{KEPT}:features/{t}") for t in "ab")

@@ -129,10 +129,11 @@ def feature_diff(
     device="cpu",
     stop: Callable[[], bool] = lambda: False,
     pieces: Pieces | None = None,
+    on_side: Callable[[], None] | None = None,
 ) -> dict | None:
     """``diff.json``'s ``features``: ``{"gained", "lost", "matched", "method", ...}``; None when stopped.
     ``pieces``: each model's fitted dictionary (its codes, peaks and fit) is kept there for ``--resume`` and,
-    resuming, taken back instead of fitted again."""
+    resuming, taken back instead of fitted again; ``on_side()``: after each model's dictionary."""
     from .names import default_similarity, describe_units, mis_min_images, scoring_record
 
     xa, xb, meta = sample.split()
@@ -141,11 +142,16 @@ def feature_diff(
     def side(tag: str, x: np.ndarray) -> _Side | None:
         got = pieces.get(f"features/{tag}") if pieces is not None else None
         if got is not None:
-            return _Side(got[0]["codes"], got[0]["peaks"], got[0]["where"], float(got[1]["fvu"]))
-        out = _side(x, meta, len(names), cfg, device, stop)
-        if out is not None and pieces is not None:
-            arrays = {"codes": out.codes, "peaks": out.peaks, "where": out.where}
-            pieces.put(f"features/{tag}", arrays, {"fvu": out.fvu})
+            out = _Side(got[0]["codes"], got[0]["peaks"], got[0]["where"], float(got[1]["fvu"]))
+        else:
+            out = _side(x, meta, len(names), cfg, device, stop)
+            if out is None:
+                return None
+            if pieces is not None:
+                arrays = {"codes": out.codes, "peaks": out.peaks, "where": out.where}
+                pieces.put(f"features/{tag}", arrays, {"fvu": out.fvu})
+        if on_side is not None:
+            on_side()
         return out
 
     a = side("a", xa)
