@@ -23,6 +23,8 @@ held-out photos by ``benchmarks/bench_circuits.py``):
 :func:`circuit` computes all of it with no files (a pure function of the model and its arguments, so a
 worker can call it); with ``out`` it runs as a job (:func:`run_circuit`) and writes ``circuit.json``,
 ``circuit_weights.npz``, ``figure_circuit.png``, ``report.html``, the input renders and ``run.json``.
+An interrupted job keeps its finished pieces (each batch of the attribution pass, each piece of the removal
+effects, the ablation check, each render) for ``--resume``, which takes them back instead of redoing them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +48,7 @@ from ..optvis.linearize import GateMeter, linear_copy
 from ..optvis.presets import DEFAULT_METHOD
 from .circuit_rank import DEFAULT_RANKING, RANKING_TEXT, effect_order, rank_agreement, removal_effects
 from .contract import Job, JobResult, RunContext, opt, run_job
+from .pieces import Pieces, bar, png_array
 
 LINEARIZE = ("identity", "gated")
 OTHER = {"identity": "gated", "gated": "identity"}
@@ -211,15 +215,35 @@ def attribution(
     channel: int,
     batches: list[torch.Tensor],
     should_stop: Callable[[], bool] | None = None,
+    pieces: Pieces | None = None,
+    on_batch: Callable[[], None] | None = None,
 ) -> Pass:
     """Gradient × activation of every ``src`` channel on ``dst``'s channel mean (summed over the map), per
-    image; on the way, the gates of squeeze-excite modules and the mean slopes of activation modules."""
+    image; on the way, the gates of squeeze-excite modules and the mean slopes of activation modules.
+
+    Stops after the batch during which ``should_stop`` turned true. ``pieces``: each finished batch is kept
+    there (its rows, ``src``'s outputs and the meters' running sums), and the batches an interrupted run
+    kept are taken back instead of run again, so the result is the same to the bit; ``on_batch()``: after
+    each batch (kept ones included)."""
     from ..optvis.linearize import SlopeMeter
 
     lin = linear_copy(model.net)
     gates, slopes = GateMeter(model.net, lin.se), SlopeMeter(model.net, lin.activations)
     attrs, acts, sources = [], [], []
     leaf: list = []
+    start = 0
+    while pieces is not None and start < len(batches):
+        got = pieces.get(f"attribution/{start:04d}")
+        if got is None:
+            break
+        arrays, meta = got
+        attrs.append(torch.from_numpy(arrays["attribution"]))
+        acts.append(torch.from_numpy(arrays["activation"]))
+        sources.append(torch.from_numpy(arrays["source"]).to(model.device))
+        _restore_meters((gates, slopes), arrays, meta)
+        start += 1
+        if on_batch is not None:
+            on_batch()
 
     def as_leaf(out):
         z = out.detach().clone().requires_grad_(True)
@@ -228,19 +252,42 @@ def attribution(
 
     try:
         with torch.enable_grad(), _Tap(model.net, src, dst, as_leaf) as tap:
-            for x in batches:
-                out = tap.run(model.forward, x)
+            for i in range(start, len(batches)):
+                if i > start and should_stop and should_stop():
+                    break
+                out = tap.run(model.forward, batches[i])
                 a = out[:, channel].flatten(1).mean(1)
                 (g,) = torch.autograd.grad(a.sum(), leaf[0])
                 attrs.append((g * leaf[0]).sum((2, 3)).detach().float().cpu())
                 acts.append(a.detach().float().cpu())
                 sources.append(leaf[0].detach())
-                if should_stop and should_stop():
-                    break
+                if pieces is not None:
+                    arrays, meta = _meter_state((gates, slopes))
+                    arrays.update(attribution=attrs[-1], activation=acts[-1], source=sources[-1].cpu())
+                    pieces.put(f"attribution/{i:04d}", arrays, meta)
+                if on_batch is not None:
+                    on_batch()
     finally:
         gates.remove()
         slopes.remove()
     return Pass(torch.cat(attrs).numpy(), torch.cat(acts).numpy(), sources, gates.gates(), slopes.gains())
+
+
+def _meter_state(meters: tuple) -> tuple[dict[str, np.ndarray], dict]:
+    """The running sums and counts of the gate and slope meters (a piece of the attribution pass)."""
+    arrays, meta = {}, {}
+    for m, tag in zip(meters, ("gate", "slope")):
+        names = sorted(m.sums)
+        meta[tag] = [[n, int(m.count[n])] for n in names]
+        arrays.update({f"{tag}_{j}": m.sums[n].numpy() for j, n in enumerate(names)})
+    return arrays, meta
+
+
+def _restore_meters(meters: tuple, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """The meters' sums and counts as :func:`_meter_state` kept them."""
+    for m, tag in zip(meters, ("gate", "slope")):
+        m.sums = {n: torch.from_numpy(arrays[f"{tag}_{j}"]) for j, (n, _) in enumerate(meta[tag])}
+        m.count = {n: c for n, c in meta[tag]}
 
 
 def expanded_weights(
@@ -415,14 +462,43 @@ def ablation(
 
 
 def measured_effects(
-    masked: Masked, base: np.ndarray, used: np.ndarray, should_stop: Callable[[], bool] | None = None
+    masked: Masked,
+    base: np.ndarray,
+    used: np.ndarray,
+    should_stop: Callable[[], bool] | None = None,
+    pieces: Pieces | None = None,
+    progress: Callable[[int, int], Any] | None = None,
 ) -> np.ndarray | None:
     """The removal effects ``[len(used), C_src]`` (:func:`~filterscope.jobs.circuit_rank.removal_effects`) on
     the images ``used`` (:func:`effect_images`) of ``masked``, whose unmasked means are ``base``; None when
-    stopped. What :func:`compute_circuit` ranks on, and ``benchmarks/bench_circuits.py`` checks."""
+    stopped. What :func:`compute_circuit` ranks on, and ``benchmarks/bench_circuits.py`` checks.
+    ``pieces``: each finished piece (a batch of images × a block of inputs) is kept there, and those an
+    interrupted run kept are taken back; ``progress(total, initial)``: a progress bar over the pieces."""
+    from .circuit_rank import mask_pieces
+
     some = masked.take(used)
     n = masked.src.channels
-    return removal_effects(some.run, some.sizes, n, base[used], masked.model.device, should_stop=should_stop)
+    todo = mask_pieces(some.sizes, n)
+    kept: dict[tuple[int, int], torch.Tensor] = {}
+    for i, c0, _ in todo if pieces is not None else ():
+        got = pieces.get(f"effects/{i:03d}_{c0:04d}")
+        if got is not None:
+            kept[(i, c0)] = torch.from_numpy(got[0]["means"])
+    shown = progress(len(todo), len(kept)) if progress is not None else None
+
+    def on_piece(i: int, c0: int, means: torch.Tensor) -> None:
+        if pieces is not None:
+            pieces.put(f"effects/{i:03d}_{c0:04d}", {"means": means})
+        if shown is not None:
+            shown.update(1)
+
+    try:
+        return removal_effects(
+            some.run, some.sizes, n, base[used], masked.model.device, should_stop, kept=kept, on_piece=on_piece
+        )
+    finally:
+        if shown is not None:
+            shown.close()
 
 
 def _masked_means(m: Masked, x, masks, stored: torch.Tensor | None = None) -> torch.Tensor:
@@ -548,6 +624,7 @@ class Circuit:
     target_png: bytes | None = None
     timings: dict = field(default_factory=dict)
     status: str = "complete"
+    stopped: tuple[int, int, str] | None = None  # a partial circuit: (done, total, what) of the stage it stopped in
     run_dir: Path | None = None
     _figure_png: bytes | None = field(default=None, repr=False)
 
@@ -758,19 +835,17 @@ def _plan(model: Model, req: CircuitRequest) -> CircuitPlan:
 
 
 def _compute(ctx: RunContext, p: CircuitPlan) -> Circuit:
-    res = compute_circuit(p, ctx.show_progress, ctx.stop)
+    res = compute_circuit(p, ctx.show_progress, ctx.stop, ctx)
     ctx.record["timings"].update(res.timings)
     if res.status == "partial":
-        if res.ablation:
-            done = sum(i.render_png is not None for i in res.shown)
-            ctx.mark_partial(done, len(res.shown), "input renders", resumable=False)
-        else:
-            ctx.mark_partial(res.n_images, len(p.files), "images (no ablation)", resumable=False)
+        ctx.mark_partial(*(res.stopped or (0, 1, "stages")))
     res.run_dir = ctx.path
     return res
 
 
 def _write(ctx: RunContext, res: Circuit) -> None:
+    if not res.ablation:  # stopped before the inputs were measured: only the kept pieces (run.json says so)
+        return
     with ctx.timed("write"):
         write_circuit(ctx.run, res)
     res.timings = ctx.record["timings"]
@@ -806,6 +881,7 @@ JOB = Job(
     _summary,
     help="The channels of an earlier layer that build CHANNEL, by measured effect, checked by ablation.",
     renders=True,
+    resumable=True,
     precheck=_check_images,
 )
 
@@ -817,6 +893,7 @@ def circuit(
     *,
     renders: bool = True,
     out: str | Path | None = None,
+    resume: bool = False,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
     **options,
@@ -827,9 +904,12 @@ def circuit(
 
     Returns the job's :class:`~.contract.JobResult`; its ``data`` is the :class:`Circuit`. Without ``out`` it
     runs in memory and writes nothing; with ``out`` it writes ``circuit.json``, ``circuit_weights.npz``,
-    ``figure_circuit.png``, ``report.html``, the renders and ``run.json`` there (the job :data:`JOB`)."""
+    ``figure_circuit.png``, ``report.html``, the renders and ``run.json`` there (the job :data:`JOB`;
+    ``resume``: finish an interrupted run of ``out``, keeping its finished pieces)."""
     req = JOB.make_request(layer=layer, channel=channel, no_renders=not renders, **options)
-    return run_job(JOB, model, req, out=out, in_memory=out is None, progress=progress, should_stop=should_stop)
+    return run_job(
+        JOB, model, req, out=out, in_memory=out is None, resume=resume, progress=progress, should_stop=should_stop
+    )
 
 
 def _label(images) -> str:
@@ -844,9 +924,18 @@ def _relative(f: Path, root: Path | None) -> str:
 
 
 def compute_circuit(
-    plan: CircuitPlan, progress: bool = False, should_stop: Callable[[], bool] | None = None
+    plan: CircuitPlan,
+    progress: bool = False,
+    should_stop: Callable[[], bool] | None = None,
+    ctx: RunContext | None = None,
 ) -> Circuit:
-    """The work of :func:`circuit` on a validated plan (no files)."""
+    """The work of :func:`circuit` on a validated plan (no files).
+
+    ``ctx``: the job's run, where the finished pieces are kept for ``--resume`` and, resuming, taken from:
+    each batch of the attribution pass, each piece of the removal effects, the ablation check, the filter's
+    render and the inputs' thumbnails. A stopped circuit is ``partial``; :attr:`Circuit.stopped` says how far
+    it got."""
+    pc = Pieces(ctx)
     p = plan
     model, info, src, channel, files, images_label = p.model, p.info, p.src, p.channel, p.files, p.label
     top, k, renders, method, seed, linearize = p.top, p.k, p.renders, p.method, p.seed, p.linearize
@@ -856,10 +945,13 @@ def compute_circuit(
     timings["load_images_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    p = attribution(model, src, info, channel, batches, should_stop)
+    with bar(ctx, progress, len(files), f"circuit {info.name}:{channel}: attribution", "image") as shown:
+        sizes = iter([int(x.shape[0]) for x in batches])
+        p = attribution(model, src, info, channel, batches, should_stop, pc, lambda: shown.update(next(sizes)))
     attr = p.attribution.mean(0)
     timings["attribution_s"] = time.perf_counter() - t
     stopped = len(p.activation) < len(files)
+    where = (len(p.activation), len(files), "images of the attribution pass")
 
     t = time.perf_counter()
     maps, pos, linear = expanded_weights(model, src, info, channel, p.gates)
@@ -878,8 +970,15 @@ def compute_circuit(
     if not stopped and not (should_stop and should_stop()):
         t = time.perf_counter()
         masked = Masked(model, src, info, channel, batches, p.sources, p.activation)
-        effects = measured_effects(masked, p.activation, used, should_stop)
+        counted = _Counted()
+
+        def effects_bar(total: int, initial: int) -> _Counted:
+            desc = f"circuit {info.name}:{channel}: removal effects"
+            return counted.start(bar(ctx, progress, total, desc, "piece", initial), total, initial)
+
+        effects = measured_effects(masked, p.activation, used, should_stop, pc, effects_bar)
         timings["removal_effects_s"] = time.perf_counter() - t
+        where = (counted.done, counted.total, "pieces of the removal effects")
     if effects is None:  # stopped: no measured effect, the order falls back to the attribution
         stopped = True
         order = effect_order("attribution_image", None, p.attribution, weights, k)
@@ -891,7 +990,12 @@ def compute_circuit(
         effect, effect_abs = effects.mean(0), np.abs(effects).mean(0)
         ranking_method = DEFAULT_RANKING
         t = time.perf_counter()
-        abl = ablation(model, src, info, channel, batches, attr, k, seed, order=order, effect=effect, masked=masked)
+        got = pc.get("ablation")
+        if got is not None:
+            abl = got[1]
+        else:
+            abl = ablation(model, src, info, channel, batches, attr, k, seed, order=order, effect=effect, masked=masked)
+            pc.put("ablation", {}, abl)
         timings["ablation_s"] = time.perf_counter() - t
     acts = p.activation
 
@@ -967,13 +1071,31 @@ def compute_circuit(
         settings,
     )
     if stopped or not abl:
-        res.status = "partial"
+        res.status, res.stopped = "partial", where
     if renders and res.status == "complete":
         t = time.perf_counter()
-        res.status = _render(model, info, src, res, method, seed, progress, should_stop, plan.input_steps)
+        res.status = _render(model, info, src, res, method, seed, progress, should_stop, plan.input_steps, ctx)
         timings["render_s"] = time.perf_counter() - t
     res.timings = {k_: round(v, 3) for k_, v in timings.items()}
     return res
+
+
+class _Counted:
+    """A progress bar that also counts (a hidden tqdm bar does not): how far a stopped stage got."""
+
+    shown = None
+    total = done = 0
+
+    def start(self, shown, total: int, done: int) -> _Counted:
+        self.shown, self.total, self.done = shown, total, done
+        return self
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        self.shown.update(n)
+
+    def close(self) -> None:
+        self.shown.close()
 
 
 def agreement(weights: np.ndarray, other: np.ndarray, attr: np.ndarray, linearize: str = "identity") -> dict:
@@ -991,49 +1113,66 @@ def agreement(weights: np.ndarray, other: np.ndarray, attr: np.ndarray, lineariz
     return out
 
 
-def _render(model, info, src, res: Circuit, method, seed, progress, should_stop, input_steps=INPUT_STEPS) -> str:
+def _render(
+    model, info, src, res: Circuit, method, seed, progress, should_stop, input_steps=INPUT_STEPS, ctx=None
+) -> str:
     """The target channel's render (the method's steps) and the shown inputs' thumbnails (at most
-    ``input_steps``, one batch), through the render cache."""
-    from tqdm import tqdm
-
+    ``input_steps``, one batch), through the render cache; with ``ctx`` each kept as it finishes (the image
+    exactly, for the figure) and, resuming, taken from there. Sets :attr:`Circuit.stopped` when stopped."""
     from ..optvis.presets import DEFAULT_METHOD, get_preset
     from .stream import render_stream
 
+    pc = Pieces(ctx)
     settings = get_preset(method or DEFAULT_METHOD)
     thumbs = settings.with_(steps=min(settings.steps, input_steps))
     shown = {i.channel: i for i in res.shown}
-    bar = tqdm(
-        total=settings.steps + thumbs.steps,
-        desc=f"render {info.name}:{res.channel} and its inputs",
-        unit="step",
-        disable=not progress,
-    )
+    names = {c: f"render/{src.name}/channel_{c:04d}" for c in shown}
+    kept = {c: got for c in shown if (got := pc.get(names[c])) is not None}
+    target = pc.get(f"render/{info.name}/channel_{res.channel:04d}")
+    todo = [c for c in shown if c not in kept]
+    steps = (settings.steps if target is None else 0) + (thumbs.steps if todo else 0)
     step = [0]
+    with bar(ctx, progress, steps, f"render {info.name}:{res.channel} and its inputs", "step") as shown_bar:
 
-    def on_step(n: int) -> None:
-        bar.update(max(0, n - step[0]))
-        step[0] = n
+        def on_step(n: int) -> None:
+            shown_bar.update(max(0, n - step[0]))
+            step[0] = n
 
-    try:
-        for r in render_stream(
-            model, info, [res.channel], settings, seed, batch=1, on_step=on_step, should_stop=should_stop
-        ):
-            if r.status == "ok":
-                res.target_render, res.target_png = r.image, r.png
-        bar.n, step[0] = settings.steps, 0
-        done = 0
-        for r in render_stream(
-            model, src, list(shown), thumbs, seed, batch=len(shown), on_step=on_step, should_stop=should_stop
-        ):
-            if r.status == "ok":
-                inp = shown[r.channel]
-                inp.render, inp.render_png, inp.render_activation = r.image, r.png, r.after
-            done += 1
-        bar.n = bar.total
-        bar.refresh()
-    finally:
-        bar.close()
-    return "complete" if done == len(shown) else "partial"
+        if target is None:
+            for r in render_stream(
+                model, info, [res.channel], settings, seed, batch=1, on_step=on_step, should_stop=should_stop
+            ):
+                target = _kept_render(r)
+                pc.put(f"render/{info.name}/channel_{res.channel:04d}", *target)
+        if target is None:  # stopped before the filter's render finished
+            res.stopped = (0, 1 + len(shown), "renders (the filter and its inputs)")
+            return "partial"
+        if target[1]["status"] == "ok":
+            res.target_render, res.target_png = torch.from_numpy(target[0]["image"]), target[0]["png"].tobytes()
+        step[0] = 0
+        if todo:
+            for r in render_stream(
+                model, src, todo, thumbs, seed, batch=len(todo), on_step=on_step, should_stop=should_stop
+            ):
+                kept[r.channel] = _kept_render(r)
+                pc.put(names[r.channel], *kept[r.channel])
+    for c, (arrays, meta) in kept.items():
+        if meta["status"] == "ok":
+            inp = shown[c]
+            inp.render, inp.render_png = torch.from_numpy(arrays["image"]), arrays["png"].tobytes()
+            inp.render_activation = meta["activation"]
+    if len(kept) < len(shown):
+        res.stopped = (1 + len(kept), 1 + len(shown), "renders (the filter and its inputs)")
+        return "partial"
+    return "complete"
+
+
+def _kept_render(r) -> tuple[dict[str, np.ndarray], dict]:
+    """One render as a piece: the image and its PNG exactly, the activation it reached and its status."""
+    if r.status != "ok":
+        return {}, {"status": r.status}
+    arrays = {"image": r.image.detach().float().cpu().numpy(), "png": png_array(r.png)}
+    return arrays, {"status": "ok", "activation": float(r.after)}
 
 
 def write_circuit(run, res: Circuit) -> None:

@@ -38,6 +38,16 @@ ROUNDING = 1e-5  # relative: changes of the filter's mean below this are float32
 MASK_ROWS = 192  # images × masks through the rest of the network at once (memory)
 
 
+def mask_pieces(n_images: list[int], n_channels: int) -> list[tuple[int, int, int]]:
+    """The pieces :func:`removal_effects` measures one at a time, ``(batch, first channel, end channel)``:
+    per batch of images, as many single-channel masks as fit :data:`MASK_ROWS` rows."""
+    out = []
+    for i, b in enumerate(n_images):
+        per = max(1, MASK_ROWS // max(b, 1))
+        out += [(i, c0, min(n_channels, c0 + per)) for c0 in range(0, n_channels, per)]
+    return out
+
+
 def removal_effects(
     masked_means: Callable[[torch.Tensor, int], torch.Tensor],
     n_images: list[int],
@@ -45,23 +55,27 @@ def removal_effects(
     base: np.ndarray,
     device: torch.device | str = "cpu",
     should_stop: Callable[[], bool] | None = None,
+    kept: dict[tuple[int, int], torch.Tensor] | None = None,
+    on_piece: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> np.ndarray | None:
     """``[N, C]``: per image, the filter's mean without input ``c`` subtracted from its mean with all inputs
     (``base``). ``masked_means(masks, i)`` gives ``[B_i, M]`` for batch ``i`` (``n_images[i]`` images) with
-    the source's output times each mask row. None when stopped."""
-    rows = []
-    for i, b in enumerate(n_images):
-        per = max(1, MASK_ROWS // max(b, 1))
-        cols = []
-        for c0 in range(0, n_channels, per):
-            c1 = min(n_channels, c0 + per)
+    the source's output times each mask row. None when stopped (checked after each piece of
+    :func:`mask_pieces`). ``kept``: pieces ``(batch, first channel) → [B_i, M]`` finished before (an
+    interrupted run's, not measured again); ``on_piece(i, c0, means)``: each piece measured here."""
+    rows: list[list[torch.Tensor]] = [[] for _ in n_images]
+    for i, c0, c1 in mask_pieces(n_images, n_channels):
+        got = kept.get((i, c0)) if kept else None
+        if got is None:
             masks = torch.ones(c1 - c0, n_channels)
             masks[torch.arange(c1 - c0), torch.arange(c0, c1)] = 0.0
-            cols.append(masked_means(masks.to(device), i))
-            if should_stop and should_stop():
-                return None
-        rows.append(torch.cat(cols, 1))
-    ablated = torch.cat(rows).numpy().astype(np.float64)
+            got = masked_means(masks.to(device), i)
+            if on_piece is not None:
+                on_piece(i, c0, got)
+        rows[i].append(got)
+        if should_stop and should_stop():
+            return None
+    ablated = torch.cat([torch.cat(cols, 1) for cols in rows]).numpy().astype(np.float64)
     effects = base[:, None].astype(np.float64) - ablated
     # float32 rounding of the filter's mean: an input whose removal changes it by less on every image
     # changes nothing

@@ -30,7 +30,9 @@ on layer A of model A and layer B of model B). From it:
 Each unit has its top exemplars in B and its match's in A (``{"image", "x", "y", "activation"}``, ``x``/``y``
 in each model's own map); the top few changed units are rendered in both models (through the render cache).
 Writes ``diff.json``, ``diff.npz`` (the correlation matrix), ``figure_diff.png``, ``report.html`` and the
-renders ``b/<layer_b>/channel_0042.png`` beside ``a/<layer>/channel_0007.png``.
+renders ``b/<layer_b>/channel_0042.png`` beside ``a/<layer>/channel_0007.png``. An interrupted run keeps
+the pass's state, the margin attribution's batches, each model's feature dictionary and each render for
+``--resume``, which goes on from there.
 """
 
 from __future__ import annotations
@@ -47,8 +49,9 @@ from ..models.hooks import run
 from ..models.inputs import list_images, load_image, model_input
 from ..models.layers import LayerInfo, capture_layers, map_views, network_layer
 from ..models.model import Model
-from .contract import Job, JobResult, RunContext, opt, run_job
+from .contract import KEPT, Job, JobResult, RunContext, opt, run_job
 from .feature_diff import PairedSample, feature_diff
+from .pieces import Pieces, png_array
 from .unit_match import DEAD_RULE, CorrelationTally, common_maps, dead_units, match_units
 
 BATCH = 16  # images per forward pass of each model
@@ -257,55 +260,124 @@ class _Pass:
     paired: PairedSample | None = None  # A's and B's vectors at the same sampled positions (--features)
 
 
+CHECKPOINT_S = 30.0  # at most this long between two kept states of the streamed pass (--resume)
+
+
 def _both_models(ctx: RunContext, p: DiffPlan) -> _Pass | None:
-    """The streamed pass: every batch through A and B; None when stopped."""
+    """The streamed pass: every batch through A and B; None when stopped. Its state (the running sums, the
+    per-image maxima and logits so far, the paired sample) is kept for ``--resume`` when it stops, when it
+    ends and at most every :data:`CHECKPOINT_S`, and taken back, resuming, to go on from there."""
+    import time
+
     n, ca, cb = len(p.files), p.info.channels, p.info_b.channels
-    tally = CorrelationTally(ca, cb)
-    max_a, arg_a = np.zeros((n, ca), np.float32), np.zeros((n, ca), np.int32)
-    max_b, arg_b = np.zeros((n, cb), np.float32), np.zeros((n, cb), np.int32)
-    la: list[torch.Tensor] | None = []
-    lb: list[torch.Tensor] | None = []
-    common = (0, 0)
-    paired = PairedSample(ca, cb, seed=p.request.seed) if p.request.features else None
-    with ctx.progress(n, "diff: both models", unit="image") as bar:
-        for i in range(0, n, BATCH):
+    st = _PassState(n, ca, cb, PairedSample(ca, cb, seed=p.request.seed) if p.request.features else None)
+    kept = ctx.kept("pass")
+    if kept is not None:
+        st.restore(*kept)
+    last = time.perf_counter()
+    with ctx.progress(n, "diff: both models", unit="image", initial=st.done) as bar:
+        for i in range(st.done, n, BATCH):
             if ctx.stop():
-                ctx.mark_partial(i, n, "images", resumable=False)
+                ctx.mark_partial(i, n, "images of the pass through both models")
                 return None
             ims = [load_image(f) for f in p.files[i : i + BATCH]]
             a, out_a = _acts(p.model, p.info, torch.cat([model_input(p.model, im) for im in ims]))
             b, out_b = _acts(p.model_b, p.info_b, torch.cat([model_input(p.model_b, im) for im in ims]))
-            pa, pb = common_maps(a, b)
-            common = tuple(pa.shape[2:])
-            tally.update(pa, pb)
-            if paired is not None:
-                paired.add(i, pa, pb)
-            j = slice(i, i + len(ims))
-            m, k = a.flatten(2).max(2)
-            max_a[j], arg_a[j] = m.numpy(), k.numpy()
-            m, k = b.flatten(2).max(2)
-            max_b[j], arg_b[j] = m.numpy(), k.numpy()
-            la = la + [out_a] if la is not None and out_a is not None else None
-            lb = lb + [out_b] if lb is not None and out_b is not None else None
+            st.add(i, a, b, out_a, out_b)
             bar.update(len(ims))
-    return _Pass(
-        tally,
-        max_a,
-        arg_a,
-        max_b,
-        arg_b,
-        torch.cat(la) if la else None,
-        torch.cat(lb) if lb else None,
-        common,
-        paired,
-    )
+            if st.done == n or ctx.stop() or time.perf_counter() - last > CHECKPOINT_S:
+                ctx.keep("pass", *st.state())
+                last = time.perf_counter()
+    return st.result()
+
+
+class _PassState:
+    """What the streamed pass gathers, batch by batch, and its exact state for ``--resume``."""
+
+    def __init__(self, n: int, ca: int, cb: int, paired: PairedSample | None) -> None:
+        self.done = 0
+        self.tally = CorrelationTally(ca, cb)
+        self.max_a, self.arg_a = np.zeros((n, ca), np.float32), np.zeros((n, ca), np.int32)
+        self.max_b, self.arg_b = np.zeros((n, cb), np.float32), np.zeros((n, cb), np.int32)
+        self.la: list[torch.Tensor] | None = []
+        self.lb: list[torch.Tensor] | None = []
+        self.common = (0, 0)
+        self.paired = paired
+
+    def add(self, i: int, a: torch.Tensor, b: torch.Tensor, out_a, out_b) -> None:
+        """One batch's maps ``a``, ``b`` and logits, its first image ``i``."""
+        pa, pb = common_maps(a, b)
+        self.common = tuple(pa.shape[2:])
+        self.tally.update(pa, pb)
+        if self.paired is not None:
+            self.paired.add(i, pa, pb)
+        j = slice(i, i + a.shape[0])
+        m, k = a.flatten(2).max(2)
+        self.max_a[j], self.arg_a[j] = m.numpy(), k.numpy()
+        m, k = b.flatten(2).max(2)
+        self.max_b[j], self.arg_b[j] = m.numpy(), k.numpy()
+        self.la = self.la + [out_a] if self.la is not None and out_a is not None else None
+        self.lb = self.lb + [out_b] if self.lb is not None and out_b is not None else None
+        self.done = i + a.shape[0]
+
+    def result(self) -> _Pass:
+        return _Pass(
+            self.tally,
+            self.max_a,
+            self.arg_a,
+            self.max_b,
+            self.arg_b,
+            torch.cat(self.la) if self.la else None,
+            torch.cat(self.lb) if self.lb else None,
+            self.common,
+            self.paired,
+        )
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict]:
+        """``(arrays, meta)``: everything gathered so far, exactly (the paired sample's random state too)."""
+        t, d = self.tally, self.done
+        arrays = {"sa": t.sa, "sb": t.sb, "saa": t.saa, "sbb": t.sbb, "sab": t.sab}
+        arrays.update(max_a=self.max_a[:d], arg_a=self.arg_a[:d], max_b=self.max_b[:d], arg_b=self.arg_b[:d])
+        for side, logits in (("la", self.la), ("lb", self.lb)):
+            if logits:
+                arrays[side] = torch.cat(logits).numpy()
+        meta = {"done": d, "n": t.n, "common": list(self.common), "la": self.la is not None, "lb": self.lb is not None}
+        if self.paired is not None:
+            s = self.paired.sample
+            arrays.update(rows=s.data, meta=s.provenance)
+            meta.update(seen=s.seen, rng=s.rng.bit_generator.state)
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        """The state :meth:`state` kept."""
+        t, d = self.tally, int(meta["done"])
+        t.n, t.sa, t.sb, t.saa, t.sbb, t.sab = int(meta["n"]), *(arrays[k] for k in ("sa", "sb", "saa", "sbb", "sab"))
+        for name in ("max_a", "arg_a", "max_b", "arg_b"):
+            getattr(self, name)[:d] = arrays[name]
+        self.la = [torch.from_numpy(arrays["la"])] if "la" in arrays else [] if meta["la"] else None
+        self.lb = [torch.from_numpy(arrays["lb"])] if "lb" in arrays else [] if meta["lb"] else None
+        self.common, self.done = tuple(meta["common"]), d
+        if self.paired is not None:
+            s = self.paired.sample
+            m = len(arrays["rows"])
+            s.rows[:m], s.meta[:m] = arrays["rows"], arrays["meta"]
+            s.seen, s.rng.bit_generator.state = int(meta["seen"]), meta["rng"]
 
 
 def margin_attribution(
-    model: Model, info: LayerInfo, files: list[Path], new: np.ndarray, old: np.ndarray, stop: Callable[[], bool]
+    model: Model,
+    info: LayerInfo,
+    files: list[Path],
+    new: np.ndarray,
+    old: np.ndarray,
+    stop: Callable[[], bool],
+    pieces: Pieces | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray | None:
     """``[len(files), C]``: gradient × activation of ``logit[new] − logit[old]`` at ``info``, summed over
-    positions, per image (one forward and one backward of ``model`` per batch). None when stopped."""
+    positions, per image (one forward and one backward of ``model`` per batch). None when stopped.
+    ``pieces``: each batch's rows are kept there and, resuming, taken back; ``on_batch(n)``: after each batch
+    of ``n`` images."""
     view = map_views(model, [info.name]).get(info.name)
     module = dict(model.net.named_modules())[info.name]
     held: dict[str, torch.Tensor] = {}
@@ -322,6 +394,12 @@ def margin_attribution(
     handle = module.register_forward_hook(hook)
     try:
         for i in range(0, len(files), BATCH):
+            got = pieces.get(f"attribution/{i:05d}") if pieces is not None else None
+            if got is not None:
+                out.append(torch.from_numpy(got[0]["rows"]))
+                if on_batch is not None:
+                    on_batch(len(out[-1]))
+                continue
             if stop():
                 return None
             x = torch.cat([model_input(model, load_image(f)) for f in files[i : i + BATCH]]).to(model.device)
@@ -336,6 +414,10 @@ def margin_attribution(
             ga = g * held["a"].detach()
             ga = view(ga) if view is not None else ga
             out.append(ga.float().flatten(2).sum(2).cpu())
+            if pieces is not None:
+                pieces.put(f"attribution/{i:05d}", {"rows": out[-1]})
+            if on_batch is not None:
+                on_batch(len(out[-1]))
     finally:
         handle.remove()
     return torch.cat(out).numpy() if out else np.zeros((0, info.channels), np.float32)
@@ -435,6 +517,7 @@ def _class_name(models: tuple[Model, Model], c: int) -> str:
 
 def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
     req = p.request
+    pc = Pieces(ctx)
     with ctx.timed("pass"):
         ps = _both_models(ctx, p)
     if ps is None:
@@ -462,10 +545,17 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         flipped = len(flip)
         ga = np.zeros((0, cb))
         if flipped:
-            with ctx.timed("attribution"):
-                ga = margin_attribution(p.model_b, p.info_b, [p.files[i] for i in flip], new[flip], old[flip], ctx.stop)
+            files = [p.files[i] for i in flip]
+            with ctx.timed("attribution"), ctx.progress(flipped, "diff: attribution", unit="image") as bar:
+                counted = [0]
+
+                def on_batch(n: int) -> None:
+                    counted[0] += n
+                    bar.update(n)
+
+                ga = margin_attribution(p.model_b, p.info_b, files, new[flip], old[flip], ctx.stop, pc, on_batch)
             if ga is None:
-                ctx.mark_partial(len(p.files), len(p.files), "images (attribution stopped)", resumable=False)
+                ctx.mark_partial(counted[0], flipped, "flipped images of the attribution")
                 return None
             attr_all = ga.mean(0)
         classes = _classes(la, lb, old, new, flip, ga, names, (p.model_b, p.model), m)
@@ -477,7 +567,7 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
         names_b, names_a = _names(p, ps, labels)
     features = None
     if ps.paired is not None:
-        with ctx.timed("features"):
+        with ctx.timed("features"), ctx.progress(2, "diff: feature dictionaries", unit="model") as bar:
             features = feature_diff(
                 ps.paired,
                 req.features,
@@ -490,9 +580,12 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
                 seed=req.seed,
                 device=p.model_b.device,
                 stop=ctx.stop,
+                pieces=pc,
+                on_side=bar.update,
             )
         if features is None:
-            ctx.mark_partial(len(p.files), len(p.files), "images (feature dictionaries stopped)", resumable=False)
+            done = sum(ctx.run.done(f"{KEPT}:features/{t}") for t in "ab")
+            ctx.mark_partial(done, 2, "feature dictionaries (one per model)")
             return None
     scores = change_scores(m.r, attr_all, attr_classes, dead_b)
     order = rank_units(scores, req.metric)
@@ -557,9 +650,10 @@ def _compute(ctx: RunContext, p: DiffPlan) -> Diff | None:
     res.features = features
     if not req.no_renders:
         with ctx.timed("renders"):
-            if not _render(ctx, p, res):
-                ctx.mark_partial(0, N_RENDERS, "renders", resumable=False)
-                return None
+            done, total = _render(ctx, p, res)
+        if done < total:
+            ctx.mark_partial(done, total, "renders (B's changed units and their partners in A)")
+            return None
     res.run_dir = ctx.path
     return res
 
@@ -610,28 +704,45 @@ def _classes(la, lb, old, new, flip, ga, names, models, m) -> list[dict]:
     return listed
 
 
-def _render(ctx: RunContext, p: DiffPlan, res: Diff) -> bool:
-    """Render the top :data:`N_RENDERS` live units of B and their partners in A (render cache); False if stopped."""
+def _render(ctx: RunContext, p: DiffPlan, res: Diff) -> tuple[int, int]:
+    """Render the top :data:`N_RENDERS` live units of B and their partners in A (render cache), each kept for
+    ``--resume`` as it finishes (and, resuming, taken back); ``(finished, total)``: fewer when stopped."""
     from ..optvis.presets import default_method, get_preset
     from .stream import render_stream
 
+    pc = Pieces(ctx)
     top = [u for u in res.units if not u["dead"]][:N_RENDERS]
     jobs = [
         ("b", p.model_b, p.info_b, [u["channel"] for u in top]),
         ("a", p.model, p.info, sorted({u["partner"] if u["partner"] is not None else u["best"] for u in top})),
     ]
-    with ctx.progress(sum(len(c) for *_, c in jobs), "diff: renders", unit="filter") as bar:
+    total = sum(len(c) for *_, c in jobs)
+    done = 0
+    with ctx.progress(total, "diff: renders", unit="filter") as bar:
         for side, model, info, chans in jobs:
-            settings = get_preset(default_method(info.name, model))
-            done = 0
-            for rr in render_stream(model, info, chans, settings, p.request.seed, batch=1, should_stop=ctx.stop):
-                if rr.status == "ok" and rr.png is not None:
-                    res.renders[(side, rr.channel)] = rr.png
+            todo = []
+            for c in chans:
+                got = pc.get(f"render/{side}/{c:04d}")
+                if got is None:
+                    todo.append(c)
+                    continue
+                if got[0]["png"].size:
+                    res.renders[(side, c)] = got[0]["png"].tobytes()
                 done += 1
                 bar.update(1)
-            if done < len(chans):
-                return False
-    return True
+            if not todo:
+                continue
+            settings = get_preset(default_method(info.name, model))
+            for rr in render_stream(model, info, todo, settings, p.request.seed, batch=1, should_stop=ctx.stop):
+                png = rr.png if rr.status == "ok" else None
+                pc.put(f"render/{side}/{rr.channel:04d}", {"png": png_array(png)}, {"status": rr.status})
+                if png is not None:
+                    res.renders[(side, rr.channel)] = png
+                done += 1
+                bar.update(1)
+            if ctx.stop():
+                break
+    return done, total
 
 
 # ---------------------------------------------------------------- write
@@ -733,6 +844,7 @@ JOB = Job(
     help="The diff of two models on IMAGES: units of B matched to A's, new and lost units, the classes whose "
     "predictions move and the units that carry them; diff.json, figure_diff.png, report.html.",
     renders=True,
+    resumable=True,
     precheck=_check_images,
 )
 
@@ -743,6 +855,7 @@ def diff(
     *,
     model_b: Model | None = None,
     out: str | Path | None = None,
+    resume: bool = False,
     progress: bool = False,
     should_stop: Callable[[], bool] | None = None,
     **options,
@@ -751,11 +864,13 @@ def diff(
     new, dead), most changed first, and the classes whose predictions move with the units that carry them.
     ``options``: ``layer``, ``layer_b``, ``top``, ``threshold``, ``metric``, ``seed``, ``features``,
     ``no_renders``. Writes
-    ``diff.json``, ``figure_diff.png``, ``report.html`` in ``out``; ``.data`` is the :class:`Diff`."""
+    ``diff.json``, ``figure_diff.png``, ``report.html`` in ``out``; ``.data`` is the :class:`Diff`.
+    ``resume``: finish an interrupted run of ``out``, keeping its finished pieces."""
     return run_job(
         JOB,
         model,
         out=out,
+        resume=resume,
         progress=progress,
         should_stop=should_stop,
         images=None if images is None else str(images),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from .activations import PositionSample
+from .pieces import Pieces
 from .sae import SAEConfig, encode, fit_sae
 from .unit_match import match_units
 
@@ -127,14 +128,34 @@ def feature_diff(
     seed: int = 0,
     device="cpu",
     stop: Callable[[], bool] = lambda: False,
+    pieces: Pieces | None = None,
+    on_side: Callable[[], None] | None = None,
 ) -> dict | None:
-    """``diff.json``'s ``features``: ``{"gained", "lost", "matched", "method", ...}``; None when stopped."""
+    """``diff.json``'s ``features``: ``{"gained", "lost", "matched", "method", ...}``; None when stopped.
+    ``pieces``: each model's fitted dictionary (its codes, peaks and fit) is kept there for ``--resume`` and,
+    resuming, taken back instead of fitted again; ``on_side()``: after each model's dictionary."""
     from .names import default_similarity, describe_units, mis_min_images, scoring_record
 
     xa, xb, meta = sample.split()
     cfg = SAEConfig(features=features, k=sae_k(features), seed=seed)
-    a = _side(xa, meta, len(names), cfg, device, stop)
-    b = _side(xb, meta, len(names), cfg, device, stop) if a is not None else None
+
+    def side(tag: str, x: np.ndarray) -> _Side | None:
+        got = pieces.get(f"features/{tag}") if pieces is not None else None
+        if got is not None:
+            out = _Side(got[0]["codes"], got[0]["peaks"], got[0]["where"], float(got[1]["fvu"]))
+        else:
+            out = _side(x, meta, len(names), cfg, device, stop)
+            if out is None:
+                return None
+            if pieces is not None:
+                arrays = {"codes": out.codes, "peaks": out.peaks, "where": out.where}
+                pieces.put(f"features/{tag}", arrays, {"fvu": out.fvu})
+        if on_side is not None:
+            on_side()
+        return out
+
+    a = side("a", xa)
+    b = side("b", xb) if a is not None else None
     if a is None or b is None:
         return None
     dead_a, dead_b = ~(a.codes > 0).any(0), ~(b.codes > 0).any(0)
