@@ -61,10 +61,62 @@ def test_every_planted_feature_gets_cells_of_its_own_named_and_voted_by_its_clas
     assert html.count('class="cell filled"') == len(amap.cells)
 
 
+def _bars(seen: list[tuple[str, int, int]]) -> dict[str, list[tuple[int, int]]]:
+    """``on_progress`` calls grouped by bar, in the order the bars first reported."""
+    bars: dict[str, list[tuple[int, int]]] = {}
+    for desc, done, total in seen:
+        bars.setdefault(desc, []).append((done, total))
+    return bars
+
+
+def test_every_stage_reports_its_bar_to_on_progress_in_order(planted, tmp_path):
+    """Issues 42/44: the explorer's map page follows ``run_job(on_progress=...)``: the activation pass, the
+    layout, the cells' classes and names, the exemplar crops each report their own bar, in that order, each
+    to its end (the renders' bar: the UMAP test below)."""
+    from filterscope.jobs.activation_map import CLASSES_BAR, CROPS_BAR, JOB, LAYOUT_BAR, NAMES_BAR
+    from filterscope.jobs.contract import run_job
+    from filterscope.jobs.vectors import PASS
+
+    model, root = planted
+    seen: list = []
+    res = run_job(
+        JOB, model, out=tmp_path / "o", on_progress=lambda *a: seen.append(a), images=str(root), layer="pool",
+        grid=4, layout="pca", no_renders=True,
+    )  # fmt: skip
+    cells = len(res.data.cells)
+    assert cells > 0
+    bars = _bars(seen)
+    assert list(bars) == [PASS, LAYOUT_BAR, CLASSES_BAR, NAMES_BAR, CROPS_BAR], list(bars)
+    batches = bars[PASS][0][1]
+    assert bars[PASS][0] == (0, batches) and bars[PASS][-1] == (batches, batches) and batches >= 2
+    assert bars[LAYOUT_BAR] == [(0, 1), (1, 1)]  # PCA: one step
+    for b in (CLASSES_BAR, CROPS_BAR):
+        assert bars[b][0] == (0, cells) and bars[b][-1] == (cells, cells), (b, bars[b])
+    assert bars[NAMES_BAR] == [(0, 1), (1, 1)]
+    # the pass finished before the layout began: the page reads "activation pass 3/5" while it runs
+    first_layout = seen.index((LAYOUT_BAR, 0, 1))
+    assert seen.index((PASS, batches, batches)) < first_layout
+
+
 @pytest.mark.slow
 def test_umap_map_separates_planted_features_renders_activate_their_cell_and_seed_repeats(planted, tmp_path):
+    from filterscope.jobs.activation_map import JOB, LAYOUT_BAR, RENDERS_BAR
+    from filterscope.jobs.contract import run_job
+
     model, root = planted
-    a = activation_map(model, root, layer="pool", grid=6, seed=3, out=tmp_path / "a").data
+    seen: list = []
+    a = run_job(
+        JOB, model, out=tmp_path / "a", on_progress=lambda *x: seen.append(x), images=str(root), layer="pool",
+        grid=6, seed=3,
+    ).data  # fmt: skip
+    bars = _bars(seen)
+    # UMAP's epochs reach the layout's bar (umap-learn's own epoch bar, read through its tqdm_kwds)
+    epochs = bars[LAYOUT_BAR][-1][1]
+    assert epochs > 1 and bars[LAYOUT_BAR][-1] == (epochs, epochs), bars[LAYOUT_BAR]
+    assert bars[LAYOUT_BAR][0] == (0, 1)  # before the epochs: the neighbour graph (one step)
+    done = [d for d, _ in bars[LAYOUT_BAR]]
+    assert done == sorted(done)
+    assert bars[RENDERS_BAR][-1] == (len(a.cells), len(a.cells))
     _every_feature_has_cells(a)
     rendered = [c for c in a.cells if c.render is not None]
     assert len(rendered) == len(a.cells)
@@ -75,7 +127,8 @@ def test_umap_map_separates_planted_features_renders_activate_their_cell_and_see
     rec = json.loads((tmp_path / "a" / "map.json").read_text())
     assert all(c["render"] and (tmp_path / "a" / c["render"]).is_file() for c in rec["cells"])
     b = activation_map(model, root, layer="pool", grid=6, seed=3, no_renders=True, out=tmp_path / "b").data
-    np.testing.assert_array_equal(a.layout, b.layout)  # UMAP's random_state: the same seed, the same map
+    # UMAP's random_state: the same seed, the same map (and following its epochs changes nothing)
+    np.testing.assert_array_equal(a.layout, b.layout)
     assert [(c.i, c.j, len(c.points)) for c in a.cells] == [(c.i, c.j, len(c.points)) for c in b.cells]
 
 

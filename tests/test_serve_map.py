@@ -80,3 +80,51 @@ def test_class_map_of_the_photos_predicted_as_espresso(mclient):
     r = mclient.get("/m/efficientnet_lite0/bn2/class/967/map")
     assert r.status_code == 200 and "data-attr=" in r.text and "espresso" in r.text
     assert "/m/efficientnet_lite0/bn2/class/967/map" in mclient.get("/m/efficientnet_lite0/bn2/class/967").text
+
+
+@pytest.mark.slow
+def test_the_map_page_follows_the_activation_pass_then_the_layout_and_the_renders(tmp_path, monkeypatch):
+    """Issues 42/44: the map job's worker runs it with ``on_progress``, so while the layer's activation pass runs
+    (a planted net slowed to 0.4 s a batch, 2 batches) the job's status reports it (``[done, total, "activation
+    pass"]``), before the layout's bar; then the layout, the cells, the renders (live.js prints ``running ·
+    layout 120/500 · 4.2 s``, ``rendering cells 1/4``). Slow: UMAP's first layout in a fresh worker compiles
+    (26 s of the 72 s on the shared 2 cores, load 9)."""
+    import time
+
+    from planted_dictionary import CLASSES, make_folder, planted_model
+    from starlette.testclient import TestClient
+
+    from filterscope.jobs.activation_map import LAYOUT_BAR, RENDERS_BAR
+    from filterscope.jobs.vectors import PASS
+    from filterscope.serve import app as app_mod
+    from filterscope.serve.app import Explorer, create_app
+
+    images = make_folder(tmp_path / "images", per_class=2)  # 16 images: 2 batches of 8
+    model = planted_model(0, delay=0.4)
+    model.categories = list(CLASSES)
+    monkeypatch.setattr(app_mod, "MAP_GRID", 2)  # at most 4 cells: few renders
+    e = Explorer(model, RenderCache(tmp_path / "cache"), workers=1, bundled=False, images=images)
+    api = f"/api/map/{model.name}/mix"
+    seen: list = []
+    try:
+        with TestClient(create_app(e), base_url=BASE) as c:
+            assert c.post(api).json()["state"] in ("queued", "running")
+            t = time.monotonic()
+            while time.monotonic() - t < 300:
+                j = c.get(api).json()  # a GET only reports
+                if j["state"] not in ("queued", "running"):
+                    break
+                if j["progress"] and (not seen or j["progress"] != seen[-1]):
+                    seen.append(j["progress"])
+                time.sleep(0.05)
+            assert j["state"] == "done", j
+            assert e.jobs.started == 1
+            assert 'class="mcell"' in c.get(f"/m/{model.name}/mix/map").text
+    finally:
+        e.jobs.close()
+    descs = [p[2] if len(p) > 2 else None for p in seen]  # before: [0, 2], then finished renders, no bar named
+    assert PASS in descs and LAYOUT_BAR in descs, seen
+    assert max(i for i, d in enumerate(descs) if d == PASS) < descs.index(LAYOUT_BAR), seen  # the pass, then the layout
+    assert {tuple(p[1:]) for p in seen if p[2:] == [PASS]} == {(2, PASS)}  # 16 images, 8 a batch
+    assert all(0 <= p[0] <= 2 for p in seen if p[2:] == [PASS])
+    assert RENDERS_BAR in descs[descs.index(LAYOUT_BAR) :], seen

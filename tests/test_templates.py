@@ -101,3 +101,71 @@ def test_one_stylesheet_and_the_script_served_by_the_explorer():
         js = c.get("/static/live.js")
         assert js.status_code == 200 and "function fsPoll" in js.text and "javascript" in js.headers["content-type"]
         assert c.get("/static/base.html").status_code == 404
+
+
+CONCEPT_CARD = {
+    "concept": 0, "label": "crema", "stable": True, "importance": 1.0, "ablation_drop": 0.5, "stability": 1.0,
+    "share": 0.1, "channels": [{"channel": 3, "weight": 0.5}],
+    "crops": [{"url": "/png/a.png", "image": "i", "coefficient": 1}],
+    "heat": [{"url": "/cmap/k/0/0.png", "photo": "/p"}], "votes": [{"name": "cup", "logit_rise": 1.0}],
+}  # fmt: skip
+
+
+def _class_page(renders) -> str:
+    rec = {
+        "method": "nmf", "n_concepts": 1, "seed": 0, "timings": {"total_s": 3.0},
+        "fidelity": {"explained_variance": 0.3, "reconstruction_top1_agreement": 1.0},
+        "data": {"class_images": 5, "images": 9, "averaged_over": "x"}, "stability": {"median": 0.9, "unstable": []},
+    }  # fmt: skip
+    ctx = {
+        "live": True, "csrf": "t", "model_name": "efficientnet_lite0", "version": "0", "cache_dir": "/c",
+        "atlas": False, "model_b_name": None, "layer": "bn2", "k": 967, "class_name": "espresso", "n_photos": 9,
+        "n_concepts": 1, "api": "/api/concepts/efficientnet_lite0/bn2/967", "key": "k", "rec": rec,
+        "render_api": "/api/concept-renders/efficientnet_lite0/bn2/967", "cards": [CONCEPT_CARD], "renders": renders,
+    }  # fmt: skip
+    return _explorer_env().get_template("class.html").render(**ctx)
+
+
+def test_the_class_pages_render_slot_is_the_job_macro_wrapping_the_concept_cards():
+    """Issue 44: "Render the concepts from noise" is ``sections.job`` with a body (the cards whose pictures it
+    fills): its button, a hidden bar and an empty message above the cards, all inside the slot live.js polls;
+    once rendered, the slot holds the cards alone with their pictures."""
+    source = resources.files("filterscope.serve").joinpath("templates", "class.html").read_text()
+    assert "<button" not in source and '<div class="job"' not in source  # nothing hand-written left
+    page = _class_page(None)
+    slot = page[page.index('<div class="job" id="renders"') :]
+    head = (
+        '<div class="job" id="renders" data-api="/api/concept-renders/efficientnet_lite0/bn2/967"><p><button '
+        'type="button" onclick="var el = document.getElementById(\'renders\'); el.dataset.job = el.dataset.api; '
+        'this.hidden = true; fsPoll(el);">Render the concepts from noise</button> <progress hidden></progress> '
+        '<span class="msg"></span></p>'
+    )
+    assert slot.startswith(head), slot[:400]
+    card = slot.index('<section class="concept" id="concept-0">')
+    closes = slot.index("</section>")
+    assert '<img class="mid" data-src="1" hidden alt="render of concept 0">' in slot[card:closes]
+    assert slot[closes:].removeprefix("</section>").lstrip().startswith("</div>")  # the cards inside the slot
+    done = _class_page(["/png/r0.png"])
+    slot = done[done.index('<div class="job" id="renders"') :]
+    assert slot.startswith('<div class="job" id="renders" data-api="/api/concept-renders/efficientnet_lite0/bn2/967">')
+    assert "<button" not in done and "<progress" not in slot.split("</section>")[0]
+    assert '<img class="mid" src="/png/r0.png" alt="render of concept 0">' in slot
+
+
+def test_the_job_macro_without_a_body_draws_the_slot_alone():
+    env = _explorer_env()
+    draw = lambda call: env.from_string('{% import "_channel.html" as s %}' + call).render()
+    assert draw('{{ s.job("/api/x", reload=true, steps=2) }}') == (
+        '<div class="job" data-job="/api/x" data-reload="1"><progress max="2" value="0"></progress> '
+        '<span class="msg">queued</span></div>'
+    )
+    assert draw('{{ s.job("/api/x", bar=false, msg="") }}') == (
+        '<div class="job" data-job="/api/x"><progress hidden></progress> <span class="msg"></span></div>'
+    )
+    body = draw('{% call s.job("/api/x", id="j", start="Go") %}<img data-src="1" hidden>{% endcall %}')
+    assert body.startswith('<div class="job" id="j" data-api="/api/x"><p><button') and body.endswith(
+        '<span class="msg">queued</span></p>\n<img data-src="1" hidden></div>'
+    )
+    assert draw('{% call s.job("/api/x", controls=false) %}<b>done</b>{% endcall %}') == (
+        '<div class="job" data-job="/api/x">\n<b>done</b></div>'
+    )

@@ -24,6 +24,7 @@ attribution to the class: the rise of the class's logit when the cell's directio
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -54,6 +55,13 @@ N_CHANNELS = 5  # nearest channels shown per cell
 RENDER_METHOD = "fast"  # the measured choice (benchmarks/results/map.md, "preset")
 COSSIM_POW = 0.0  # the direction objective's cosine term (0: the plain projection)
 CROP_PX = 96  # side of an exemplar's crop in the report
+# the job's bars, in their order (after the layer's activation pass, vectors.PASS): what a run's progress (the
+# CLI's bars, run_job's on_progress, the explorer's map page) reads, e.g. "layout 120/500", "rendering cells 4/36"
+LAYOUT_BAR = "layout"  # one step; UMAP's epochs when it runs them
+CLASSES_BAR = "cell classes"  # each cell's class vote through the rest of the network
+NAMES_BAR = "naming cells"  # the names and purities of all cells at once
+CROPS_BAR = "exemplar crops"
+RENDERS_BAR = "rendering cells"
 
 
 @dataclass
@@ -343,9 +351,17 @@ def _layer_pass(ctx: RunContext, p: MapPlan):
     )
 
 
-def _votes(model: Model, info: LayerInfo, means: np.ndarray, base: np.ndarray, chunk: int = 32) -> np.ndarray:
+def _votes(
+    model: Model,
+    info: LayerInfo,
+    means: np.ndarray,
+    base: np.ndarray,
+    chunk: int = 32,
+    step: Callable[[int], Any] | None = None,
+) -> np.ndarray:
     """``[cells, classes]``: each logit's rise when a cell's mean vector fills the layer's map in place of the
-    mean of all vectors (the rest of the network from the layer on, on a blank input)."""
+    mean of all vectors (the rest of the network from the layer on, on a blank input); ``step(k)`` after each
+    chunk of ``k`` cells."""
     c, h, w = info.shape
     x = torch.zeros(1, model.in_channels, model.input_size, model.input_size)
     out = []
@@ -360,6 +376,8 @@ def _votes(model: Model, info: LayerInfo, means: np.ndarray, base: np.ndarray, c
 
         logits = forward_variants(model, info, x, variants, k + 1)[2][0].float().cpu()  # [1 + 1 + k, classes]
         out.append((logits[2:] - logits[1:2]).numpy())
+        if step is not None:
+            step(k)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
@@ -406,8 +424,11 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
     if len(vectors) < max(4, p.min_points):
         raise UsageError(f"map: only {len(vectors)} positions to lay out; give more images")
     with ctx.timed("layout"):
-        lay = layout_2d(vectors, p.layout, p.seed)
+        lay = _layout(ctx, p, vectors)
         g = grid_cells(lay, p.grid, p.min_points)
+    if ctx.stop():
+        ctx.mark_partial(0, 1, "layouts", resumable=False)
+        return None  # type: ignore[return-value]
     rel = [f.relative_to(p.root).as_posix() for f in files]
     base = np.asarray(lv.vectors, dtype=np.float32).mean(0)
     cells = []
@@ -427,15 +448,16 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
         order = np.argsort(-unit, kind="stable")[:N_CHANNELS]
         chans = [{"channel": int(c), "weight": round(float(unit[c]), 5)} for c in order]
         cells.append(Cell(i, j, idx, mean, top, chans))
-    with ctx.timed("votes"):
-        votes = _votes(p.model, p.info, np.stack([c.mean for c in cells]), base) if cells else np.zeros((0, 0))
+    with ctx.timed("votes"), contextlib.closing(ctx.progress(len(cells), CLASSES_BAR, unit="cell")) as bar:
+        means = np.stack([c.mean for c in cells]) if cells else None
+        votes = _votes(p.model, p.info, means, base, step=bar.update) if cells else np.zeros((0, 0))
     for c, v in zip(cells, votes):
         c.class_index = int(v.argmax())
         c.class_name = class_name(p.model, c.class_index)
         c.vote = float(v[c.class_index])
         if target is not None and target["class"] >= 0:
             c.attribution = float(v[target["class"]])
-    with ctx.timed("names"):
+    with ctx.timed("names"), contextlib.closing(ctx.progress(1, NAMES_BAR, unit="step")) as bar:
         n_img = len(files)
         shares = np.zeros((n_img, len(cells)), np.float32)
         per_img = np.bincount(image, minlength=n_img).astype(np.float32)
@@ -447,6 +469,7 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
             c.name = names[k]
             ranked = [int(i) for i in np.argsort(-shares[:, k], kind="stable") if shares[i, k] > 0][:N_TOP]
             c.purity = purity(ranked, labels)
+        bar.update(1)
     amap = ActivationMap(
         p.model.name,
         p.info,
@@ -466,14 +489,28 @@ def _compute(ctx: RunContext, p: MapPlan) -> ActivationMap:
         len(files),
     )
     amap.run_dir = ctx.path
-    ctx.record["cells_total"] = len(cells)  # for whoever follows the run's progress in run.json
-    ctx.run.save()
-    with ctx.timed("exemplars"):
-        _exemplar_crops(p, amap, files)
+    with ctx.timed("exemplars"), contextlib.closing(ctx.progress(len(cells), CROPS_BAR, unit="cell")) as bar:
+        _exemplar_crops(p, amap, files, step=bar.update)
     if p.render is not None:
         with ctx.timed("renders"):
             _render_cells(ctx, p, amap)
     return amap
+
+
+def _layout(ctx: RunContext, p: MapPlan, vectors: np.ndarray) -> np.ndarray:
+    """The 2-D layout under its own bar: one step (PCA, t-SNE, UMAP's neighbour graph), then UMAP's epochs
+    (``layout 120/500``) as its optimiser runs them."""
+    with contextlib.closing(ctx.progress(1, LAYOUT_BAR, unit="step")) as bar:
+
+        def on_epoch(done: int, total: int) -> None:
+            if total > 0 and (bar.total != total or done != bar.n):
+                bar.total = total
+                bar.update(done - bar.n)
+
+        lay = layout_2d(vectors, p.layout, p.seed, on_epoch=on_epoch)
+        if bar.n < (bar.total or 1):
+            bar.update((bar.total or 1) - bar.n)
+    return lay
 
 
 def crop_box(y: int, x: int, map_size: tuple[int, int], size: int) -> tuple[int, int, int, int]:
@@ -487,8 +524,11 @@ def crop_box(y: int, x: int, map_size: tuple[int, int], size: int) -> tuple[int,
     return left, top, left + side, top + side
 
 
-def _exemplar_crops(p: MapPlan, amap: ActivationMap, files: list[Path]) -> None:
-    """Each exemplar's crop around its position, from the image as the model sees it (``box`` added)."""
+def _exemplar_crops(
+    p: MapPlan, amap: ActivationMap, files: list[Path], step: Callable[[int], Any] | None = None
+) -> None:
+    """Each exemplar's crop around its position, from the image as the model sees it (``box`` added);
+    ``step(1)`` after each cell."""
     from torchvision.transforms.v2 import functional as TF
 
     from ..models.inputs import load_image, model_input
@@ -505,6 +545,8 @@ def _exemplar_crops(p: MapPlan, amap: ActivationMap, files: list[Path]) -> None:
             left, top, right, bottom = box
             crop = img[:, top:bottom, left:right]
             c.crops.append(TF.resize(crop, [CROP_PX, CROP_PX], antialias=True).clamp(0, 1))
+        if step is not None:
+            step(1)
 
 
 def _render_cells(ctx: RunContext, p: MapPlan, amap: ActivationMap) -> None:
@@ -530,7 +572,7 @@ def _render_cells(ctx: RunContext, p: MapPlan, amap: ActivationMap) -> None:
             c.render_record = dict(ctx.run.record["results"][key])
         else:
             todo.append(c)
-    bar = ctx.progress(len(amap.cells), "cell renders", unit="cell", initial=len(amap.cells) - len(todo))
+    bar = ctx.progress(len(amap.cells), RENDERS_BAR, unit="cell", initial=len(amap.cells) - len(todo))
     try:
         for n, c in enumerate(todo):
             if ctx.stop():

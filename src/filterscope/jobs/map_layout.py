@@ -11,6 +11,8 @@ out in two dimensions, a grid over the layout, and the cells that hold enough po
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +24,14 @@ UMAP_NEIGHBORS, UMAP_MIN_DIST = 20, 0.01  # the atlas notebook's UMAP settings
 PCA_BEFORE = 50  # UMAP and t-SNE run on the first 50 principal components (fast, and the usual practice)
 
 
-def layout_2d(vectors: np.ndarray, method: str = "umap", seed: int = 0) -> np.ndarray:
+def layout_2d(
+    vectors: np.ndarray, method: str = "umap", seed: int = 0, on_epoch: Callable[[int, int], None] | None = None
+) -> np.ndarray:
     """``[n, 2]`` positions of ``vectors`` ``[n, C]`` in a 2-D layout (``umap``, ``pca`` or ``tsne``);
     deterministic for a seed. UMAP and t-SNE use the cosine metric on the vectors reduced to
-    :data:`PCA_BEFORE` principal components when they have more dimensions."""
+    :data:`PCA_BEFORE` principal components when they have more dimensions. ``on_epoch(done, total)``: UMAP's
+    optimisation epochs as they pass (read from umap-learn's own epoch bar, :class:`EpochSink`; the layout is
+    the same with or without it); PCA and t-SNE report nothing."""
     from sklearn.decomposition import PCA
 
     x = np.asarray(vectors, dtype=np.float32)
@@ -58,8 +64,48 @@ def layout_2d(vectors: np.ndarray, method: str = "umap", seed: int = 0) -> np.nd
             min_dist=UMAP_MIN_DIST,
             metric="cosine",
             random_state=seed,
+            tqdm_kwds=EpochSink.kwds(on_epoch) if on_epoch is not None and EpochSink.usable() else None,
         )
         return u.fit_transform(x).astype(np.float32)
+
+
+class EpochSink:
+    """Where umap-learn's epoch bar is written, as ``done/total`` (its ``bar_format``): each write calls
+    ``on_epoch(done, total)``. umap-learn has no epoch callback; its optimiser loops over
+    ``tqdm(range(n_epochs), **tqdm_kwds)``, refreshed at most every :data:`EVERY_S` seconds, so following it
+    costs nothing measurable (a bar refresh, not a call per epoch)."""
+
+    EVERY_S = 0.25
+    _STEP = re.compile(r"(\d+)/(\d+)")
+
+    def __init__(self, on_epoch: Callable[[int, int], None]) -> None:
+        self.on_epoch = on_epoch
+
+    @classmethod
+    def kwds(cls, on_epoch: Callable[[int, int], None]) -> dict:
+        """umap-learn's ``tqdm_kwds`` that send its epoch bar to ``on_epoch``."""
+        return {
+            "disable": False, "file": cls(on_epoch), "bar_format": "{n}/{total}", "mininterval": cls.EVERY_S,
+            "leave": True, "dynamic_ncols": False, "ascii": True,
+        }  # fmt: skip
+
+    @staticmethod
+    def usable() -> bool:
+        """umap-learn's bar writes to a file (not a notebook widget, which ``tqdm.auto`` picks in Jupyter)."""
+        from umap import layouts
+
+        bar = getattr(layouts, "tqdm", None)
+        return bar is not None and not any(c.__module__.startswith("tqdm.notebook") for c in bar.__mro__)
+
+    def write(self, text: str) -> int:
+        found = self._STEP.findall(text)
+        if found:
+            done, total = found[-1]
+            self.on_epoch(int(done), int(total))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _sleeping_numba_threads() -> None:

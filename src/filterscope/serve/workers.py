@@ -449,9 +449,10 @@ class JobManager:
 def run_map(job: str, folder: str, layer: str, target_class: int | None, grid: int, seed: int, out: str) -> str:
     """Worker: ``filterscope map`` over the server's photo set (``folder``), run through the job contract
     (``run_job`` of :data:`filterscope.jobs.activation_map.JOB`) into the run folder ``out``; progress is the
-    run's finished cell renders (from its ``run.json``); a cancelled run resumes where it stopped. Each cell's
-    exemplar crops go into the render cache, and a summary (the run folder, the crops' keys) into the
-    cache's results under ``job`` (written last: its presence means done)."""
+    job's own bars (``activation pass 3/5``, ``layout 120/500``, ``rendering cells 4/36``, …), then the
+    exemplar tiles; a cancelled run resumes where it stopped. Each cell's exemplar crops go into the render
+    cache, and a summary (the run folder, the crops' keys) into the cache's results under ``job`` (written
+    last: its presence means done)."""
     import json as _json
 
     from ..errors import Interrupted
@@ -461,35 +462,28 @@ def run_map(job: str, folder: str, layer: str, target_class: int | None, grid: i
     from ..outputs.images import png_bytes
     from .store import store_json
 
+    def on_progress(desc: str, done: int, total: int) -> None:
+        _progress(job, [done, max(total, 1), desc])
+
     run_file = Path(out) / "run.json"
-
-    def stop() -> bool:
-        try:
-            rec = _json.loads(run_file.read_text())
-            total = int(rec.get("cells_total", 0))
-            done = sum(k.startswith("cell_") for k in rec.get("results", {}))
-            _progress(job, [2 + done, 2 + total] if total else [0, 2])
-        except (OSError, ValueError):
-            pass
-        return _cancelled(job)
-
-    _progress(job, [0, 2])
     try:
         prev = _json.loads(run_file.read_text()) if run_file.is_file() else None
     except (OSError, ValueError):
         prev = None
+    _progress(job, [0, 1, "map: starting"])
     try:
         res = run_job(
             JOB, _MODEL, out=out, resume=bool(prev and prev.get("status") == "partial"), progress=False,
-            should_stop=stop, images=folder, layer=layer, grid=grid, seed=seed,
-            class_=None if target_class is None else str(target_class),
+            should_stop=lambda: _cancelled(job), on_progress=on_progress, images=folder, layer=layer, grid=grid,
+            seed=seed, class_=None if target_class is None else str(target_class),
         )  # fmt: skip
         res.raise_if_partial()
     except Interrupted:
         return "cancelled"
     cache = active_cache()
     crops = {}
-    for c in res.data.cells:
+    cells = res.data.cells
+    for n, c in enumerate(cells, 1):
         k = c.index(res.data.grid)
         keys = []
         for i, crop in enumerate(c.crops):
@@ -497,6 +491,7 @@ def run_map(job: str, folder: str, layer: str, target_class: int | None, grid: i
             cache.put(key, png_bytes(crop), {"map_job": job, "cell": k, "crop": i})
             keys.append(key)
         crops[str(k)] = keys
+        _progress(job, [n, len(cells), "map: exemplar tiles"])
     store_json(cache, job, {"run": str(out), "crop_keys": crops, "timings": res.record["timings"]})
     return "ok"
 
