@@ -1,7 +1,6 @@
 """The layer atlas: end to end, resume, true top-N examples, flat memory, a real browser, and Ray."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -231,14 +230,13 @@ def test_serve_and_browser(atlas_dir, tmp_path):
 
 @pytest.mark.slow
 def test_ray_backend_matches_local(tmp_path, capsys, ray_lock):
-    """The local run in this process, the Ray run as a command; both take their examples from 4 photos."""
-    pytest.importorskip("ray")
-    env = {k: v for k, v in os.environ.items() if k != "FILTERSCOPE_DEBUG"}
+    """Both runs in this process (the Ray one starts a local Ray of 2 workers, shut down after it); both take
+    their examples from 4 photos."""
+    ray = pytest.importorskip("ray")
     photos = tmp_path / "photos"
     photos.mkdir()
     for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
         shutil.copy(f, photos / f.name)
-    cli = [sys.executable, "-m", "filterscope.cli"]
     args = [
         "atlas",
         "--layers",
@@ -257,14 +255,11 @@ def test_ray_backend_matches_local(tmp_path, capsys, ray_lock):
     ]
     rc, _, err = run_main(capsys, *args, "--out", tmp_path / "local")
     assert rc == 0, err
-    remote = subprocess.run(
-        cli + args + ["--backend", "ray", "--workers", "2", "--out", str(tmp_path / "ray")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert remote.returncode == 0, remote.stderr
+    try:
+        rc, _, err = run_main(capsys, *args, "--backend", "ray", "--workers", "2", "--out", tmp_path / "ray")
+    finally:
+        ray.shutdown()
+    assert rc == 0, err
     pngs = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local").rglob("*.png"))
     assert len(pngs) == 5
     for f in pngs:
