@@ -71,8 +71,13 @@ def test_atlas_end_to_end(atlas_dir):
 
 @pytest.mark.slow
 def test_atlas_resume_renders_only_missing(tmp_path, capsys):
+    photos = tmp_path / "photos"  # the examples are not what resume keeps: 4 photos, not the 36 bundled
+    photos.mkdir()
+    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
+        shutil.copy(f, photos / f.name)
+    args = [*ATLAS, "--images", photos]
     out = tmp_path / "a"
-    assert run_main(capsys, *ATLAS, "--out", out)[0] == 0
+    assert run_main(capsys, *args, "--out", out)[0] == 0
     rec = json.loads((out / "run.json").read_text())
     removed = ["blocks.0:1", "blocks.0:4"]
     originals = {k: (out / rec["results"][k]["file"]).read_bytes() for k in removed}
@@ -82,7 +87,7 @@ def test_atlas_resume_renders_only_missing(tmp_path, capsys):
         del rec["results"][k]
     rec["status"] = "partial"
     (out / "run.json").write_text(json.dumps(rec))
-    rc, _, err = run_main(capsys, *ATLAS, "--out", out, "--resume")
+    rc, _, err = run_main(capsys, *args, "--out", out, "--resume")
     assert rc == 0, err
     rec2 = json.loads((out / "run.json").read_text())
     assert rec2["status"] == "complete" and len(rec2["results"]) == 6
