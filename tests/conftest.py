@@ -29,10 +29,10 @@ FILE_COST = {
     "test_serve_concepts.py": 36, "test_concepts.py": 35, "test_serve_features.py": 34, "test_evaluate.py": 33,
     "test_cli.py": 32, "test_circuits.py": 28, "test_dictionary.py": 27, "test_serve_security.py": 27,
     "test_diff.py": 22, "test_serve_diff.py": 22, "test_ray_cluster.py": 20, "test_concepts_ray.py": 18,
-    "test_user_models.py": 17, "test_resume.py": 16, "test_plugins.py": 15, "test_render.py": 14,
-    "test_presets_targets.py": 9, "test_vectors.py": 8, "test_digits.py": 8, "test_pool.py": 8, "test_fold.py": 6,
-    "test_contract.py": 5, "test_layout.py": 5, "test_names.py": 5, "test_param_objectives.py": 5,
-    "test_layers_hooks.py": 4, "test_models.py": 4, "test_templates.py": 4, "test_sae.py": 3, "test_cuda.py": 0,
+    "test_resume.py": 16, "test_plugins.py": 15, "test_render.py": 14, "test_presets_targets.py": 9,
+    "test_digits.py": 8, "test_pool.py": 8, "test_fold.py": 6, "test_contract.py": 5, "test_layout.py": 5,
+    "test_names.py": 5, "test_param_objectives.py": 5, "test_layers_hooks.py": 4, "test_models.py": 4,
+    "test_templates.py": 4, "test_sae.py": 3, "test_cuda.py": 0,
 }  # fmt: skip
 DEFAULT_FILE_COST = 10
 
