@@ -19,33 +19,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the cores are sp
     os.environ.setdefault("OMP_NUM_THREADS", str(share))
 ROOT = Path(__file__).resolve().parents[1]
 
-# CPU-seconds of each test file run alone on one thread (`/usr/bin/time pytest -p no:xdist FILE`, less the ~4 s of
-# the interpreter and imports; measured 2026-12-07). Under `pytest -n auto --dist loadfile` a worker takes a whole
-# file at a time: handing out the heaviest files first (instead of xdist's order by test count, which left
-# heavy one- and two-test files such as test_serve_map for the end) lets the two workers finish together.
-# A file not listed counts as DEFAULT_FILE_COST; the order only needs to be roughly right.
-FILE_COST = {
-    "test_serve.py": 126, "test_explain.py": 60, "test_atlas.py": 57, "test_serve_map.py": 46, "test_map.py": 36,
-    "test_serve_concepts.py": 36, "test_concepts.py": 35, "test_serve_features.py": 34, "test_evaluate.py": 33,
-    "test_cli.py": 32, "test_circuits.py": 28, "test_dictionary.py": 27, "test_serve_security.py": 27,
-    "test_diff.py": 22, "test_serve_diff.py": 22, "test_ray_cluster.py": 20, "test_concepts_ray.py": 18,
-    "test_resume.py": 16, "test_plugins.py": 15, "test_render.py": 14, "test_presets_targets.py": 9,
-    "test_digits.py": 8, "test_pool.py": 8, "test_fold.py": 6, "test_contract.py": 5, "test_layout.py": 5,
-    "test_names.py": 5, "test_param_objectives.py": 5, "test_layers_hooks.py": 4, "test_models.py": 4,
-    "test_templates.py": 4, "test_sae.py": 3, "test_cuda.py": 0,
-}  # fmt: skip
-DEFAULT_FILE_COST = 10
-
-
-def pytest_configure(config):
-    if getattr(config.option, "loadscopereorder", False):  # xdist's order (by test count) would undo ours
-        config.option.loadscopereorder = False
-
-
-def pytest_collection_modifyitems(items):
-    """The heaviest files first (see FILE_COST); a stable sort, so each file's tests stay together and in order."""
-    items.sort(key=lambda item: -FILE_COST.get(item.path.name, DEFAULT_FILE_COST))
-
 
 @pytest.fixture(scope="session")
 def model():
