@@ -327,9 +327,11 @@ def _wait_for_results(run_json: Path, n: int, proc, timeout: float = 120) -> Non
 
 
 @pytest.mark.slow
-def test_sigint_keeps_finished_channels_and_resume_matches_uninterrupted(tmp_path):
+def test_sigint_keeps_finished_channels_and_resume_matches_uninterrupted(tmp_path, capsys):
+    """Ctrl-C on the command (a process of its own) keeps the finished channels; the resume and an uninterrupted
+    run (in this process, with the same number of torch threads as that process) give the same bytes."""
     args = ["render", "--layer", "blocks.1", "--channels", "0-5", "--steps", "40", "--quiet"]
-    env = {**os.environ}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     env.pop("FILTERSCOPE_DEBUG", None)
     out = tmp_path / "interrupted"
     proc = subprocess.Popen(
@@ -347,27 +349,15 @@ def test_sigint_keeps_finished_channels_and_resume_matches_uninterrupted(tmp_pat
     assert sorted(int(p.stem[-4:]) for p in (out / "blocks.1").glob("channel_*.png")) == done
     assert not list(out.rglob("*.tmp"))
 
-    res = subprocess.run(
-        [sys.executable, "-m", "filterscope.cli", *args, "--out", str(out), "--resume"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
+    rc, _, err = cli_inproc(capsys, *args, "--out", out, "--resume")
+    assert rc == 0, err
     rec2 = json.loads((out / "run.json").read_text())
     assert rec2["status"] == "complete" and len(rec2["results"]) == 6
     assert set(rec2["timings"]["channel_seconds"]) >= {f"blocks.1:{c}" for c in range(6)}
 
     full = tmp_path / "full"
-    res = subprocess.run(
-        [sys.executable, "-m", "filterscope.cli", *args, "--out", str(full)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert res.returncode == 0, res.stderr
+    rc, _, err = cli_inproc(capsys, *args, "--out", full)
+    assert rc == 0, err
     for f in sorted(full.rglob("*.png")):
         assert f.read_bytes() == (out / f.relative_to(full)).read_bytes(), f
     a, b = (json.loads((d / "run.json").read_text()) for d in (out, full))

@@ -157,27 +157,36 @@ def _trained_shortcut(root):
     return load_model(net.eval(), name="shortcut", input_size=32, mean=(0.0,) * 3, std=(1.0,) * 3)
 
 
-def test_shortcut_feature_sits_on_the_mark(tmp_path, model_free_score):
-    m = _trained_shortcut(tmp_path / "imgs")
-    kw = dict(layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096)
-    d = dictionary(m, tmp_path / "imgs", out=tmp_path / "out", **kw).data
+@pytest.fixture(scope="module")
+def shortcut_run(tmp_path_factory):
+    """The trained shortcut net, its images and one dictionary run of its ``relu2`` (model-free MIS score),
+    shared by the tests that only read them: ``(model, images, run folder, DictionaryResult)``."""
+    root = tmp_path_factory.mktemp("shortcut")
+    m = _trained_shortcut(root / "imgs")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(names, "default_similarity", lambda: names.Similarity(None))
+        kw = dict(layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096)
+        d = dictionary(m, root / "imgs", out=root / "dict", **kw).data
+    return m, root / "imgs", root / "dict", d
+
+
+def test_shortcut_feature_sits_on_the_mark(shortcut_run):
+    _, _, _, d = shortcut_run
     marked = [f for f in d.features if len(f.top) >= 8 and all(t["image"].startswith("cat/") for t in f.top[:8])]
     assert marked, [[t["image"] for t in f.top[:4]] for f in d.features]
 
 
 @pytest.mark.slow
-def test_concepts_from_the_dictionary_sit_on_the_mark(tmp_path, model_free_score, capsys):
+def test_concepts_from_the_dictionary_sit_on_the_mark(shortcut_run, tmp_path, model_free_score, capsys):
     """``concepts --basis dictionary``: the marked class's concepts are its most important features of a
     dictionary run; the top one's map peaks on the mark in every marked image, through the concepts' files."""
     import filterscope as fs
 
-    m = _trained_shortcut(tmp_path / "imgs")
-    run = tmp_path / "dict"
-    dictionary(m, tmp_path / "imgs", out=run, layer="relu2", features=16, k=2, no_renders=True, max_vectors=4096)
+    m, imgs, run, _ = shortcut_run
     assert "twin_decoder" in np.load(run / "dictionary.npz")  # the second fit: per-feature stability
     out = tmp_path / "conc"
     res = fs.concepts(
-        m, tmp_path / "imgs", layer="relu2", basis="dictionary", dictionary=str(run), n_concepts=3, target_class=1,
+        m, imgs, layer="relu2", basis="dictionary", dictionary=str(run), n_concepts=3, target_class=1,
         render=False, progress=False, out=out,
     )  # fmt: skip
     assert res.method == "dictionary" and res.maps.shape[:2] == (40, 3)
@@ -185,7 +194,7 @@ def test_concepts_from_the_dictionary_sit_on_the_mark(tmp_path, model_free_score
     for i, name in enumerate(res.images):
         if not name.startswith("cat"):
             continue
-        a = np.asarray(Image.open(tmp_path / "imgs" / name).convert("RGB")).astype(int)
+        a = np.asarray(Image.open(imgs / name).convert("RGB")).astype(int)
         ys, xs = np.nonzero((a[..., 0] > 200) & (a[..., 1] < 60) & (a[..., 2] > 200))  # the magenta mark
         py, px = np.unravel_index(res.maps[i, 0].argmax(), res.maps.shape[-2:])
         hits.append(ys.min() - 2 <= py <= ys.max() + 2 and xs.min() - 2 <= px <= xs.max() + 2)
@@ -203,7 +212,7 @@ def test_concepts_from_the_dictionary_sit_on_the_mark(tmp_path, model_free_score
     # bad input: one line, nothing written
     bad = tmp_path / "bad"
     other = tmp_path / "other"  # a dictionary of another layer
-    dictionary(m, tmp_path / "imgs", out=other, layer="relu1", features=8, k=2, no_renders=True, max_vectors=1024)
+    dictionary(m, imgs, out=other, layer="relu1", features=8, k=2, no_renders=True, max_vectors=1024)
     for kw in (
         dict(basis="dictionary"),  # no --dictionary
         dict(basis="dictionary", dictionary=str(tmp_path / "nowhere")),
@@ -213,10 +222,10 @@ def test_concepts_from_the_dictionary_sit_on_the_mark(tmp_path, model_free_score
         dict(basis="pca"),
     ):
         with pytest.raises(FilterscopeError) as e:
-            fs.concepts(m, tmp_path / "imgs", layer="relu2", render=False, progress=False, out=bad, **kw)
+            fs.concepts(m, imgs, layer="relu2", render=False, progress=False, out=bad, **kw)
         assert e.value.exit_code == 2 and "\n" not in str(e.value), kw
         assert not bad.exists()
-    args = ["concepts", str(tmp_path / "imgs"), "--basis", "dictionary", "--out", str(bad), "--quiet"]
+    args = ["concepts", str(imgs), "--basis", "dictionary", "--out", str(bad), "--quiet"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--dictionary" in err and "\n" not in err, err

@@ -126,10 +126,13 @@ def test_evaluate_a_render_run(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_lucid_and_maco_presets_beat_seed_on_robustness(model):
+    """At seed's budget of 48 steps (maco's own 96 add nothing to the claim: medians 4.98 at 48, 6.44 at 96,
+    seed 3.50), Lucid's and MACO's parameterisations and transforms give renders that stay stronger under
+    the small crops of ``robust_views``."""
     layer, chans = "blocks.5", [17, 88, 150]
     nat = natural_max(model, layer)
     medians = {}
-    for name, steps in (("seed", None), ("lucid", 48), ("maco", None)):
+    for name, steps in (("seed", None), ("lucid", 48), ("maco", 48)):
         s = get_preset(name).with_(steps=steps)
         ren = Renderer(model, s)
         imgs = torch.stack([ren.render(channel(layer, c), [channel_seed(0, c)]).images[0] for c in chans])

@@ -257,3 +257,20 @@ def test_cli_refuses_an_empty_folder(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "no images" in err[0]
     assert not out.exists()
+
+
+def test_cosine_distances_are_umaps_cosine():
+    """The matrix the layout hands UMAP below 4,096 points is UMAP's own cosine metric, zero vectors included
+    (two zero vectors at 0, a zero vector and another at 1)."""
+    from umap.distances import cosine
+
+    from filterscope.jobs.map_layout import cosine_distances
+
+    rng = np.random.default_rng(0)
+    x = np.maximum(rng.normal(size=(40, 12)), 0).astype(np.float32)
+    x[:3] = 0
+    d = cosine_distances(x)
+    ref = np.array([[cosine(a, b) for b in x] for a in x])
+    assert d.dtype == np.float32 and d.shape == (40, 40)
+    np.testing.assert_allclose(d, ref, atol=1e-6)
+    assert d[0, 1] == 0.0 and d[0, 5] == 1.0 and np.all(np.diag(d) == 0)

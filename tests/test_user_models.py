@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -95,6 +96,10 @@ def test_user_file_from_the_cli_layers_inspect_render_atlas(user_net, tmp_path, 
         assert im.mode == "L" and im.size == (56, 56)
         assert np.asarray(im).std() > 1  # not a flat image
 
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in sorted(sample_photos_dir().glob("*_0.jpg"))[:4]:
+        shutil.copy(f, photos / f.name)
     rc, out, err = cli(
         capsys,
         "atlas",
@@ -111,6 +116,8 @@ def test_user_file_from_the_cli_layers_inspect_render_atlas(user_net, tmp_path, 
         2,
         "--threads",
         1,
+        "--images",
+        photos,  # the examples' pass is not what this checks: 4 photos, not the 36 bundled
         "--out",
         tmp_path / "a",
         "-q",
