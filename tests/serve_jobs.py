@@ -16,3 +16,20 @@ def wait_job(client, url: str, timeout: float = 300.0, poll: float = 0.3) -> tup
             return j, seen
         time.sleep(poll)
     raise AssertionError(f"{url} not done in {timeout} s: {j}")
+
+
+def follow_job(client, url: str, timeout: float = 300.0, poll: float = 0.05) -> tuple[dict, list]:
+    """Start the job with one POST, then follow it with GETs only (a GET never starts a job): its last status
+    and each distinct progress value it reported, in order."""
+    assert client.post(url).json()["state"] in ("queued", "running")
+    t = time.monotonic()
+    seen: list = []
+    j: dict = {}
+    while time.monotonic() - t < timeout:
+        j = client.get(url).json()
+        if j["state"] not in ("queued", "running"):
+            break
+        if j["progress"] and (not seen or j["progress"] != seen[-1]):
+            seen.append(j["progress"])
+        time.sleep(poll)
+    return j, seen

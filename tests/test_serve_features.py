@@ -18,7 +18,7 @@ import urllib.parse
 import numpy as np
 import pytest
 from planted_dictionary import CLASSES, make_folder, planted_model
-from serve_jobs import wait_job
+from serve_jobs import follow_job, wait_job
 from starlette.testclient import TestClient
 
 from filterscope.outputs.cache import RenderCache
@@ -280,7 +280,6 @@ def test_the_page_follows_the_activation_pass_before_training(images, tmp_path):
     """Issue 44: while the layer's activation pass runs (here a net slowed to 0.4 s a batch, 2 batches), the job's
     status reports the pass (``[done, total, "activation pass"]``), before the first training epoch; the page's
     script prints it (live.js: ``running · activation pass 1/2 · 3.1 s``, then ``training the dictionary …``)."""
-    import time
 
     from planted_dictionary import planted_model
 
@@ -292,18 +291,9 @@ def test_the_page_follows_the_activation_pass_before_training(images, tmp_path):
     e = Explorer(model, RenderCache(tmp_path / "cache"), workers=1, bundled=False, images=images,
                  dictionary_options=opts)  # fmt: skip
     api = f"/api/features/{model.name}/{LAYER}"
-    seen: list = []
     try:
         with _client(e) as c:
-            assert c.post(api).json()["state"] in ("queued", "running")
-            t = time.monotonic()
-            while time.monotonic() - t < 300:
-                j = c.get(api).json()  # a GET only reports
-                if j["state"] not in ("queued", "running"):
-                    break
-                if j["progress"] and (not seen or j["progress"] != seen[-1]):
-                    seen.append(j["progress"])
-                time.sleep(0.05)
+            j, seen = follow_job(c, api)
             assert j["state"] == "done", j
             assert e.jobs.started == 1
     finally:

@@ -9,7 +9,7 @@ import re
 import shutil
 
 import pytest
-from serve_jobs import wait_job
+from serve_jobs import follow_job, wait_job
 
 from filterscope.models.inputs import sample_photos_dir
 from filterscope.outputs.cache import RenderCache
@@ -89,7 +89,6 @@ def test_the_map_page_follows_the_activation_pass_then_the_layout_and_the_render
     pass"]``), before the layout's bar; then the layout, the cells, the renders (live.js prints ``running ·
     layout 120/500 · 4.2 s``, ``rendering cells 1/4``). Slow: UMAP's first layout in a fresh worker compiles
     (26 s of the 72 s on the shared 2 cores, load 9)."""
-    import time
 
     from planted_dictionary import CLASSES, make_folder, planted_model
     from starlette.testclient import TestClient
@@ -105,18 +104,9 @@ def test_the_map_page_follows_the_activation_pass_then_the_layout_and_the_render
     monkeypatch.setattr(app_mod, "MAP_GRID", 2)  # at most 4 cells: few renders
     e = Explorer(model, RenderCache(tmp_path / "cache"), workers=1, bundled=False, images=images)
     api = f"/api/map/{model.name}/mix"
-    seen: list = []
     try:
         with TestClient(create_app(e), base_url=BASE) as c:
-            assert c.post(api).json()["state"] in ("queued", "running")
-            t = time.monotonic()
-            while time.monotonic() - t < 300:
-                j = c.get(api).json()  # a GET only reports
-                if j["state"] not in ("queued", "running"):
-                    break
-                if j["progress"] and (not seen or j["progress"] != seen[-1]):
-                    seen.append(j["progress"])
-                time.sleep(0.05)
+            j, seen = follow_job(c, api)
             assert j["state"] == "done", j
             assert e.jobs.started == 1
             assert 'class="mcell"' in c.get(f"/m/{model.name}/mix/map").text

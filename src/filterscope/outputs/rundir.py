@@ -176,6 +176,21 @@ def unlock_dir(real: str) -> None:
         held[0].close()  # closing the file releases the flock
 
 
+def new_record(command: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """The record a run starts with: its command and settings (as JSON gives them back), the versions, the
+    command line, and empty results, files and timings."""
+    return {
+        "command": command,
+        "status": "running",
+        "settings": json.loads(json_bytes(settings)),
+        "versions": versions(),
+        "argv": sys.argv[1:],
+        "results": {},
+        "files": [],
+        "timings": {},
+    }
+
+
 class RunDir:
     """One run's output directory and its ``run.json``.
 
@@ -205,16 +220,7 @@ class RunDir:
         else:
             if previous is not None:
                 self._remove_recorded(previous)
-            self.record = {
-                "command": command,
-                "status": "running",
-                "settings": settings,
-                "versions": versions(),
-                "argv": sys.argv[1:],
-                "results": {},
-                "files": [],
-                "timings": {},
-            }
+            self.record = new_record(command, settings)
         check_writable(self.path, keep=True)
 
     def _read_previous(self) -> dict[str, Any] | None:
@@ -359,16 +365,7 @@ class AddedRun(RunDir):
         if previous is not None:
             own = set(self.host.get("files", []))
             self._remove_recorded({"files": [f for f in previous.get("files", []) if f not in own]})
-        self.record = {
-            "command": command,
-            "status": "running",
-            "settings": json.loads(json_bytes(settings)),
-            "versions": versions(),
-            "argv": sys.argv[1:],
-            "results": {},
-            "files": [],
-            "timings": {},
-        }
+        self.record = new_record(command, settings)
         self.host[ADDED] = {**_added(self.host), command: self.record}
 
     def _remove_recorded(self, previous: dict[str, Any]) -> None:
@@ -392,16 +389,7 @@ class MemoryRun(RunDir):
         self.command = command
         self._lock = None
         self.files: dict[str, bytes] = {}
-        self.record = {
-            "command": command,
-            "status": "running",
-            "settings": json.loads(json_bytes(settings)),
-            "versions": versions(),
-            "argv": sys.argv[1:],
-            "results": {},
-            "files": [],
-            "timings": {},
-        }
+        self.record = new_record(command, settings)
 
     def file(self, rel: str) -> Path:
         raise OutputError(f"{self.command} ran in memory: it has no folder to read {rel} from")
