@@ -5,11 +5,11 @@ folder with it; ``data`` is the job's own object and the result answers for its 
 import copy
 import json
 import pickle
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from photos import bundled_photos
 
 import filterscope as fs
 from filterscope.errors import Interrupted, LayerError, UsageError
@@ -24,10 +24,7 @@ from filterscope.jobs.tuning import Tuning
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
-        shutil.copy(f, d / f.name)
-    return d
+    return bundled_photos(tmp_path_factory.mktemp("photos"), 4, "*_0.jpg")
 
 
 @pytest.fixture

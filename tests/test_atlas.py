@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from photos import bundled_photos
 from PIL import Image
 
-import filterscope as fs
 from filterscope.cli import main
 
 ATLAS = ["atlas", "--layers", "blocks.0", "--channels", "0-5", "--steps", "6", "--top", "4", "--quiet"]
@@ -71,10 +71,9 @@ def test_atlas_end_to_end(atlas_dir):
 
 @pytest.mark.slow
 def test_atlas_resume_renders_only_missing(tmp_path, capsys):
-    photos = tmp_path / "photos"  # the examples are not what resume keeps: 4 photos, not the 36 bundled
-    photos.mkdir()
-    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
-        shutil.copy(f, photos / f.name)
+    photos = bundled_photos(
+        tmp_path / "photos", 4, "*_0.jpg"
+    )  # the examples are not what resume keeps: 4 photos, not the 36 bundled
     args = [*ATLAS, "--images", photos]
     out = tmp_path / "a"
     assert run_main(capsys, *args, "--out", out)[0] == 0
@@ -238,10 +237,7 @@ def test_ray_backend_matches_local(tmp_path, capsys, ray_lock):
     """Both runs in this process (the Ray one starts a local Ray of 2 workers, shut down after it); both take
     their examples from 4 photos."""
     ray = pytest.importorskip("ray")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
-        shutil.copy(f, photos / f.name)
+    photos = bundled_photos(tmp_path / "photos", 4, "*_0.jpg")
     args = [
         "atlas",
         "--layers",
@@ -279,10 +275,9 @@ def test_worker_processes_match_in_process_and_auto_layout(tmp_path, capsys):
     --workers/--threads, a CPU with ≥ 2 cores and ≥ 8 channels per core gets one worker per core (printed)."""
     from filterscope.jobs.pool import cpu_cores
 
-    photos = tmp_path / "photos"  # 4 photos for the examples (not what is compared): not the 36 bundled ones
-    photos.mkdir()
-    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:4]:
-        shutil.copy(f, photos / f.name)
+    photos = bundled_photos(
+        tmp_path / "photos", 4, "*_0.jpg"
+    )  # 4 photos for the examples (not what is compared): not the 36 bundled ones
     args = ["atlas", "--layers", "blocks.0", "--channels", "0-3", "--steps", "5", "--top", "3", "--images", photos]
     assert run_main(capsys, *args, "--threads", "1", "--quiet", "--out", tmp_path / "one")[0] == 0
     assert run_main(capsys, *args, "--workers", "2", "--threads", "1", "--quiet", "--out", tmp_path / "two")[0] == 0

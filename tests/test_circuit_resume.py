@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 
 import pytest
+from photos import bundled_photos
 from resume_check import hashes, kept_count, spy_keeps, stop_at
 
 import filterscope as fs
@@ -23,10 +23,7 @@ OUTPUTS = ("circuit.json", "circuit_weights.npz", "figure_circuit.png", "report.
 @pytest.fixture(scope="module")
 def photos20(tmp_path_factory):
     """20 bundled photos: two batches of the attribution pass, two of the removal effects (18 of them)."""
-    d = tmp_path_factory.mktemp("photos20")
-    for f in sorted(fs.sample_photos_dir().glob("*.jpg"))[:20]:
-        shutil.copy(f, d / f.name)
-    return d
+    return bundled_photos(tmp_path_factory.mktemp("photos20"), 20)
 
 
 @pytest.mark.slow

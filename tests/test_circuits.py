@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from photos import bundled_photos
 from torch import nn
 
 import filterscope as fs
@@ -74,12 +75,7 @@ def lines():
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     """8 of the bundled photos (one per scene): enough for attribution and the natural range, and quick."""
-    import shutil
-
-    d = tmp_path_factory.mktemp("photos")
-    for f in sorted(fs.sample_photos_dir().glob("*_0.jpg"))[:8]:
-        shutil.copy(f, d / f.name)
-    return d
+    return bundled_photos(tmp_path_factory.mktemp("photos"), 8, "*_0.jpg")
 
 
 @pytest.fixture(scope="module")

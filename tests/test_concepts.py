@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from photos import bundled_photos
 from PIL import Image
 from torch import nn
 
@@ -342,10 +343,7 @@ def test_concepts_resume_gives_the_files_of_an_uninterrupted_run(tiny_model, tmp
     from filterscope.outputs.cache import ENV_OFF
 
     monkeypatch.setenv(ENV_OFF, "1")  # every render is made, none comes from the render cache
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for f in sorted(sample_photos_dir().glob("*.jpg"))[:24]:
-        shutil.copy(f, photos / f.name)
+    photos = bundled_photos(tmp_path / "photos", 24)
     opts = dict(layer="conv3", n_concepts=3, crops=1, render_method="seed", render_steps=2, progress=False)
     whole = fs.concepts(tiny_model, photos, out=tmp_path / "whole", **opts)
     assert whole.status == "complete" and not (tmp_path / "whole" / "resume").exists()

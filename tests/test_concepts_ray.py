@@ -3,30 +3,26 @@ bundled model on real photos; an in-memory module on one photo's crops), and bad
 in one line before anything is written or Ray starts."""
 
 import json
-import shutil
 import sys
 import threading
 import time
 
 import numpy as np
 import pytest
+from photos import bundled_photos
 from tiny_net import tiny_net
 
 import filterscope as fs
 from filterscope.cli import main
 from filterscope.errors import UsageError
 from filterscope.models import load_model
-from filterscope.models.inputs import sample_photos_dir
 
 FILES = ("concepts.json", "concept_bank.npy", "concept_maps.npz")
 
 
 @pytest.fixture
 def photos(tmp_path):
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for f in sorted(p for p in sample_photos_dir().iterdir() if p.suffix == ".jpg")[:12]:
-        shutil.copy(f, folder / f.name)
+    folder = bundled_photos(tmp_path / "photos", 12)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")  # skipped and counted by both backends
     return folder
 

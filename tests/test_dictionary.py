@@ -15,6 +15,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from photos import bundled_photos
 from PIL import Image
 from planted_dictionary import CLASSES, make_folder, planted_model
 from torch import nn
@@ -288,14 +289,8 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, planted):
 
 @pytest.mark.slow
 def test_cli_real_model_renders_and_resume(tmp_path, capsys):
-    import shutil
 
-    from filterscope.models.inputs import sample_photos_dir
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for f in sorted(sample_photos_dir().glob("*.jpg"))[:12]:
-        shutil.copy(f, photos / f.name)
+    photos = bundled_photos(tmp_path / "photos", 12)
     out = tmp_path / "run"
     args = ["dictionary", str(photos), "--layer", "bn2", "--features", "64", "--k", "8", "--epochs", "5"]
     args += ["--renders", "2", "--method", "seed", "--no-cache", "--crops", "1", "--out", str(out), "--quiet"]

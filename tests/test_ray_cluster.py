@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from photos import bundled_photos
 
 pytestmark = pytest.mark.slow
 RAY = Path(sys.executable).parent / "ray"
@@ -96,15 +97,10 @@ def _cli(*args, **kw) -> subprocess.Popen:
 
 
 def test_atlas_on_two_node_cluster_survives_a_killed_worker(cluster, tmp_path, capsys):
-    import shutil
 
     from filterscope.cli import main
-    from filterscope.models.inputs import sample_photos_dir
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for f in sorted(sample_photos_dir().glob("*_0.jpg"))[:4]:
-        shutil.copy(f, photos / f.name)
+    photos = bundled_photos(tmp_path / "photos", 4, "*_0.jpg")
     args = [*ARGS, "--images", photos]
     out = tmp_path / "ray"
     proc = _cli(*args, "--backend", "ray", "--address", cluster, "--workers", "2", "--out", out)

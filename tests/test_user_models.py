@@ -2,11 +2,11 @@
 
 import importlib.util
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from photos import bundled_photos
 from PIL import Image
 from torch import nn
 
@@ -96,10 +96,7 @@ def test_user_file_from_the_cli_layers_inspect_render_atlas(user_net, tmp_path, 
         assert im.mode == "L" and im.size == (56, 56)
         assert np.asarray(im).std() > 1  # not a flat image
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for f in sorted(sample_photos_dir().glob("*_0.jpg"))[:4]:
-        shutil.copy(f, photos / f.name)
+    photos = bundled_photos(tmp_path / "photos", 4, "*_0.jpg")
     rc, out, err = cli(
         capsys,
         "atlas",
