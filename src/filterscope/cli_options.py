@@ -376,6 +376,7 @@ def job_spec(job: Any) -> dict:
 SPEC_FILE = "cli_spec.json"  # every job's job_spec, beside this module (scripts/cli_spec.py writes it)
 
 
+@functools.cache
 def read_specs() -> dict[str, dict]:
     """The jobs' specs as shipped (:data:`SPEC_FILE`); empty when the file is missing."""
     from importlib.resources import files
