@@ -23,11 +23,10 @@ is a few matrix products over all units at once. The beam ranks formulas of one 
 criterion), except that a complement ``NOT a`` is named over the best single label only when it separates more
 strongly, as a longer formula must (excluding a few images easily reaches a high AUC). Between lengths, a
 longer formula replaces a shorter one when it separates more strongly — a Mann–Whitney z higher by at least
-:data:`Z_GAIN`, one standard error (AUC alone would keep ``dog`` for a
-unit that fires on dogs and, a little less, on cats) — *and* every term earns its place: each label's
-images alone activate the unit more (for a union; less, for a complement) than the images outside the
-formula, at p < ``alpha``; otherwise a label that happens to hold one strong image would join almost every
-name. A union's labels must also each lift the unit's mean activation at least :data:`TERM_SHARE` as much as
+:data:`Z_GAIN`, one standard error (AUC alone would keep ``dog`` for a unit that fires on dogs and, a little
+less, on cats) — *and* every term earns its place: each label's images alone activate the unit more (for a
+union; less, for a complement) than the images outside the formula, at p < ``alpha``; otherwise a label that
+happens to hold one strong image would join almost every name. A union's labels must also each lift the unit's mean activation at least :data:`TERM_SHARE` as much as
 its strongest label: ranks alone cannot tell "cats a little less than dogs" from a faint, consistent echo (a
 red feature that stripes nudge to a tenth of its response is "red", not "red OR stripes").
 
