@@ -26,9 +26,10 @@ longer formula replaces a shorter one when it separates more strongly — a Mann
 :data:`Z_GAIN`, one standard error (AUC alone would keep ``dog`` for a unit that fires on dogs and, a little
 less, on cats) — *and* every term earns its place: each label's images alone activate the unit more (for a
 union; less, for a complement) than the images outside the formula, at p < ``alpha``; otherwise a label that
-happens to hold one strong image would join almost every name. A union's labels must also each lift the unit's mean activation at least :data:`TERM_SHARE` as much as
-its strongest label: ranks alone cannot tell "cats a little less than dogs" from a faint, consistent echo (a
-red feature that stripes nudge to a tenth of its response is "red", not "red OR stripes").
+happens to hold one strong image would join almost every name. A union's labels must also each lift the unit's
+mean activation at least :data:`TERM_SHARE` as much as its strongest label: ranks alone cannot tell "cats a
+little less than dogs" from a faint, consistent echo (a red feature that stripes nudge to a tenth of its
+response is "red", not "red OR stripes").
 
 The name's ``p`` is the one-sided Mann–Whitney p-value that the concept's images activate the unit more
 than the others (:func:`mannwhitney_p`: scipy's asymptotic :func:`~scipy.stats.mannwhitneyu` with the tie
