@@ -34,15 +34,15 @@ CROP_SIDE = (0.3, 0.6)  # a crop's side as a fraction of the input side
 Bars = Callable[..., Any]
 
 
-def pass_bar(total: int, desc: str, progress: bool, bars: Bars | None = None, initial: int = 0):
-    """The bar of an activation pass over ``total`` batches: made by ``bars`` when given (a job passes its
-    ``ctx.progress``, whose bars reach the job's ``on_progress`` shown or not), else a tqdm bar shown only when
-    ``progress``."""
+def pass_bar(total: int, desc: str, progress: bool, bars: Bars | None = None, initial: int = 0, unit: str = "batch"):
+    """The bar of an activation pass (or any stage) over ``total`` steps: made by ``bars`` when given (a job
+    passes its ``ctx.progress``, whose bars reach the job's ``on_progress`` shown or not), else a tqdm bar
+    shown only when ``progress``."""
     if bars is not None:
-        return bars(total, desc, unit="batch", initial=initial)
+        return bars(total, desc, unit=unit, initial=initial)
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=not progress, unit="batch")
+    return tqdm(total=total, initial=initial, desc=desc, disable=not progress, unit=unit)
 
 
 def check_maps_layer(info: LayerInfo, use: str = "concepts") -> None:

@@ -38,9 +38,8 @@ def png_array(png: bytes | None) -> np.ndarray:
 
 
 def bar(ctx: RunContext | None, progress: bool, total: int, desc: str, unit: str = "item", initial: int = 0):
-    """The run's progress bar (followed by the explorer's workers), else a tqdm bar shown when ``progress``."""
-    if ctx is not None:
-        return ctx.progress(total, desc, unit=unit, initial=initial)
-    from tqdm import tqdm
+    """The run's progress bar (followed by the explorer's workers), else a tqdm bar shown when ``progress``
+    (:func:`~.activations.pass_bar` with the run's bars)."""
+    from .activations import pass_bar
 
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not progress, dynamic_ncols=True)
+    return pass_bar(total, desc, progress, ctx.progress if ctx is not None else None, initial=initial, unit=unit)
